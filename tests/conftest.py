@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.fakes.rekognition import FakeRekognition
+
+
+def picture(
+    color: tuple[int, int, int],
+    size: tuple[int, int] = (160, 120),
+    image_format: str = "PNG",
+) -> bytes:
+    """A solid-colour picture; the fake Rekognition endpoint answers by colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, image_format)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def module_fake() -> Iterator[FakeRekognition]:
+    with FakeRekognition() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(module_fake: FakeRekognition) -> Iterator[FakeRekognition]:
+    module_fake.reset()
+    yield module_fake
+    module_fake.reset()
+
+
+@pytest.fixture(scope="module")
+def module_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("thumbor")

@@ -1,0 +1,183 @@
+"""Real Thumbor servers for end-to-end tests: a subprocess per server, HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECURITY_KEY = "test-security-key"
+MAX_AGE = 86400
+
+DEFAULT_HANDLER_LISTS = [
+    "thumbor.handler_lists.healthcheck",
+    "thumbor.handler_lists.upload",
+    "thumbor.handler_lists.blacklist",
+    "thumbor_rekognition.handler_list",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def thumbor_executable() -> str:
+    candidate = Path(sys.executable).with_name("thumbor")
+    return str(candidate) if candidate.exists() else shutil.which("thumbor") or "thumbor"
+
+
+def base_config(root: Path, images: Path, endpoint: str | None) -> dict[str, Any]:
+    """A moderated Thumbor over a folder of originals, with file storage and result storage."""
+    config: dict[str, Any] = {
+        "SECURITY_KEY": SECURITY_KEY,
+        "ALLOW_UNSAFE_URL": True,
+        "LOADER": "thumbor_rekognition.loader",
+        "MODERATION_SOURCE_LOADER": "thumbor.loaders.file_loader",
+        "FILE_LOADER_ROOT_PATH": str(images),
+        "STORAGE": "thumbor.storages.file_storage",
+        "FILE_STORAGE_ROOT_PATH": str(root / "storage"),
+        "RESULT_STORAGE": "thumbor.result_storages.file_storage",
+        "RESULT_STORAGE_FILE_STORAGE_ROOT_PATH": str(root / "result"),
+        "RESULT_STORAGE_STORES_UNSAFE": True,
+        "MAX_AGE": MAX_AGE,
+        "HANDLER_LISTS": DEFAULT_HANDLER_LISTS,
+        "MODERATION_SQLITE_PATH": str(root / "decisions.sqlite3"),
+        "MODERATION_CACHE_TTL_SECONDS": 0.2,
+        "REKOGNITION_MAX_ATTEMPTS": 1,
+        "REKOGNITION_TIMEOUT_SECONDS": 3.0,
+    }
+    if endpoint:
+        config["REKOGNITION_ENDPOINT_URL"] = endpoint
+    return config
+
+
+def aws_test_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    environment.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    environment.pop("AWS_PROFILE", None)
+    return environment
+
+
+class ThumborServer:
+    """`thumbor --conf=...` in a subprocess, with its log kept for inspection."""
+
+    def __init__(self, root: Path, config: Mapping[str, Any], processes: int = 1) -> None:
+        self.root = root
+        self.config = dict(config)
+        self.processes = processes
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        self.conf_path = root / f"thumbor-{id(self)}.conf"
+        self.log_path = root / f"thumbor-{id(self)}.log"
+
+    def write_conf(self) -> None:
+        lines = [f"{key} = {value!r}" for key, value in self.config.items()]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, wait: bool = True) -> ThumborServer:
+        self.write_conf()
+        self.port = free_port()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - fixed arguments
+            [
+                thumbor_executable(),
+                f"--conf={self.conf_path}",
+                "--ip=127.0.0.1",
+                f"--port={self.port}",
+                "--log-level=info",
+                f"--processes={self.processes}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=aws_test_environment(),
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"thumbor exited with {self.process.returncode}:\n{self.log}")
+            try:
+                if self.get("/healthcheck").status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"thumbor did not start within {timeout}s:\n{self.log}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        if self.process is None:
+            raise RuntimeError("not started")
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> ThumborServer:
+        self.stop()
+        return self.start()
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=body, headers=dict(headers or {}))
+            reply = connection.getresponse()
+            return Response(reply.status, reply.headers, reply.read())
+        finally:
+            connection.close()
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None) -> Response:
+        return self.request("GET", path, headers=headers)

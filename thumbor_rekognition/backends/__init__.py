@@ -1,0 +1,70 @@
+"""The backend contract: a picture in, moderation labels out.
+
+``MODERATION_BACKEND`` names a module with a ``Backend`` class taking the plugin's
+settings. ``detect`` is blocking; the moderator runs it in the plugin's executor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from thumbor_rekognition.decision import Analysis
+from thumbor_rekognition.preparation import PreparedImage
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+
+class BackendError(Exception):
+    """The backend gave no answer; the picture stays pending and is judged again later."""
+
+    kind = "error"
+
+
+class RetryableError(BackendError):
+    """A passing fault: throttling, an internal error, a timeout, a dropped connection."""
+
+    kind = "retryable"
+
+
+class BadImageError(BackendError):
+    """The backend refused the picture we prepared: a preparation bug, logged loudly."""
+
+    kind = "bad_image"
+
+
+class BackendConfigurationError(BackendError):
+    """Credentials, permissions or endpoint are wrong: nothing works until an operator acts."""
+
+    kind = "configuration"
+
+
+class Backend:
+    """Judge one prepared picture."""
+
+    name = "backend"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
+        """Labels at or above min_confidence (0..100); raises BackendError."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Build clients or load models ahead of the first request."""
+
+    def unseen_categories(self) -> frozenset[str]:
+        """Category slugs this backend can never report."""
+        return frozenset()
+
+
+def load_backend(settings: Settings) -> Backend:
+    """Instantiate the Backend class of the module MODERATION_BACKEND names."""
+    module = importlib.import_module(settings.backend)
+    backend_class = getattr(module, "Backend", None)
+    if not isinstance(backend_class, type) or not issubclass(backend_class, Backend):
+        raise TypeError(f"MODERATION_BACKEND module {settings.backend} has no Backend class")
+    backend: Backend = backend_class(settings)
+    return backend

@@ -1,0 +1,163 @@
+"""Amazon Rekognition DetectModerationLabels through boto3."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import botocore.parsers
+
+from thumbor_rekognition.backends import (
+    Backend as BaseBackend,
+)
+from thumbor_rekognition.backends import (
+    BackendConfigurationError,
+    BackendError,
+    BadImageError,
+    RetryableError,
+)
+from thumbor_rekognition.decision import Analysis, Label, labels_from_rekognition
+from thumbor_rekognition.preparation import PreparedImage
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "InternalServerError",
+        "ServiceUnavailableException",
+        "LimitExceededException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+BAD_IMAGE_CODES = frozenset(
+    {"InvalidImageFormatException", "ImageTooLargeException", "InvalidParameterException"}
+)
+CONFIGURATION_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "ResourceNotFoundException",
+        "ResourceNotReadyException",
+        "InvalidS3ObjectException",
+        "HumanLoopQuotaExceededException",
+    }
+)
+
+
+class Backend(BaseBackend):
+    """One boto3 client per process, created on first use so that it is built after fork."""
+
+    name = "rekognition"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._pid = 0
+
+    def client(self) -> Any:
+        """The process's Rekognition client."""
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                self._client = self._build_client()
+                self._pid = os.getpid()
+            return self._client
+
+    def _build_client(self) -> Any:
+        settings = self.settings
+        config = botocore.config.Config(
+            connect_timeout=settings.rekognition_timeout,
+            read_timeout=settings.rekognition_timeout,
+            # total_max_attempts counts the first attempt; botocore's max_attempts does not.
+            retries={"mode": "standard", "total_max_attempts": settings.rekognition_max_attempts},
+            max_pool_connections=max(10, settings.workers),
+        )
+        session = boto3.session.Session()
+        return session.client(
+            "rekognition",
+            region_name=settings.rekognition_region,
+            endpoint_url=settings.rekognition_endpoint_url,
+            config=config,
+        )
+
+    def warm_up(self) -> None:
+        self.client()
+
+    def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
+        labels: dict[tuple[str, str], Label] = {}
+        model_version = ""
+        for frame in image.frames:
+            response = self._call(frame.data, min_confidence)
+            model_version = str(response.get("ModerationModelVersion", model_version))
+            for label in labels_from_rekognition(response.get("ModerationLabels", [])):
+                known = labels.get((label.parent, label.name))
+                if known is None or known.confidence < label.confidence:
+                    labels[(label.parent, label.name)] = label
+        return Analysis(
+            labels=tuple(labels.values()),
+            backend=self.name,
+            model_version=model_version,
+            min_confidence=min_confidence,
+            frames=len(image.frames),
+        )
+
+    def _call(self, data: bytes, min_confidence: float) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = self.client().detect_moderation_labels(
+                Image={"Bytes": data}, MinConfidence=min_confidence
+            )
+        except botocore.exceptions.ClientError as error:
+            raise classify_client_error(error) from error
+        except (
+            botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError,
+            botocore.exceptions.NoRegionError,
+        ) as error:
+            raise BackendConfigurationError(
+                f"Rekognition credentials or region: {error}"
+            ) from error
+        except (
+            botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError,
+        ) as error:
+            raise RetryableError(f"Rekognition unreachable: {error}") from error
+        except botocore.parsers.ResponseParserError as error:
+            raise RetryableError(f"Rekognition sent a malformed response: {error}") from error
+        except botocore.exceptions.BotoCoreError as error:
+            raise BackendError(f"Rekognition call failed: {error}") from error
+        # botocore turns a 200 whose body is not JSON into an empty response: that is no
+        # answer, not an image without labels.
+        if not isinstance(response.get("ModerationLabels"), list):
+            raise RetryableError("Rekognition response has no ModerationLabels list")
+        return response
+
+
+def classify_client_error(error: botocore.exceptions.ClientError) -> BackendError:
+    """Map a Rekognition error code onto retryable, bad image or configuration."""
+    details = error.response.get("Error", {})
+    code = str(details.get("Code", "Unknown"))
+    message = f"Rekognition {code}: {details.get('Message', '')}".strip()
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in RETRYABLE_CODES or status >= 500:
+        return RetryableError(message)
+    if code in BAD_IMAGE_CODES:
+        return BadImageError(message)
+    if code in CONFIGURATION_CODES or status in (401, 403):
+        return BackendConfigurationError(message)
+    return BackendError(message)

@@ -1,0 +1,415 @@
+"""Every configuration key the plugin reads, and the typed settings built from them.
+
+Keys are declared here with ``Config.define`` so that ``thumbor-config`` prints them
+with their descriptions. ``Settings.from_config`` reads them once, at start-up, casts
+strings (``--use-environment`` hands every value over as a string) and fails with a
+message that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from thumbor.config import Config
+
+from thumbor_rekognition import policy, taxonomy
+
+GROUP = "Moderation"
+REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
+NUDENET_GROUP = "Moderation - offline model"
+ADMIN_GROUP = "Moderation - administration"
+
+_KEYS: list[tuple[str, Any, str, str]] = [
+    (
+        "MODERATION_SOURCE_LOADER",
+        "thumbor.loaders.http_loader",
+        "Loader that fetches originals; thumbor_rekognition.loader wraps it and moderates "
+        "what it returns.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKEND",
+        "thumbor_rekognition.backends.rekognition",
+        "Module that judges pictures: thumbor_rekognition.backends.rekognition (Amazon "
+        "Rekognition) or thumbor_rekognition.backends.nudenet (offline, nudity only).",
+        GROUP,
+    ),
+    (
+        "MODERATION_MIN_CONFIDENCE",
+        0.5,
+        "Confidence (0..1) above which a label rejects an image, for every category "
+        "without its own threshold.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CATEGORY_THRESHOLDS",
+        {},
+        "Per-category thresholds, e.g. {'explicit_nudity': 0.6}. A threshold on a "
+        "category covers its children unless a child has its own. Names match "
+        "case-insensitively; an unknown name stops start-up.",
+        GROUP,
+    ),
+    (
+        "MODERATION_IGNORED_CATEGORIES",
+        [],
+        "Categories that never reject an image, e.g. ['revealing_clothes']. Ignoring a "
+        "category ignores its children unless a child has its own threshold.",
+        GROUP,
+    ),
+    (
+        "MODERATION_RULES",
+        "",
+        "Thresholds written as a Cloudinary moderation string, e.g. "
+        "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Merged with "
+        "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
+        "given different values in two places stops start-up.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REVIEW_BAND",
+        0.0,
+        "Width (0..1) of a band below each threshold: a label scoring inside it makes "
+        "the decision 'pending' for a human instead of 'approved'. 0 disables it.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REJECTED_RESPONSE",
+        "placeholder",
+        "What a rejected image is answered with: 'placeholder' (an image at the "
+        "requested size, HTTP 200) or 'forbidden' (HTTP 403, empty body).",
+        GROUP,
+    ),
+    (
+        "MODERATION_PLACEHOLDER_PATH",
+        None,
+        "Image file served in place of rejected images; a neutral built-in one when unset.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REJECTED_MAX_AGE",
+        60,
+        "Cache-Control max-age in seconds for rejected and pending responses "
+        "(0 sends 'no-store'). Never Thumbor's MAX_AGE.",
+        GROUP,
+    ),
+    (
+        "MODERATION_ON_ERROR",
+        "reject",
+        "What to serve when no decision could be made (backend down): 'reject' serves "
+        "the rejected response, 'allow' serves the image uncached. Either way the "
+        "picture is judged again on a later request.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DECISION_STORE",
+        "thumbor_rekognition.stores.sqlite",
+        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine).",
+        GROUP,
+    ),
+    (
+        "MODERATION_SQLITE_PATH",
+        "/tmp/thumbor/moderation.sqlite3",  # noqa: S108 - mirrors Thumbor's own /tmp defaults
+        "SQLite file of the sqlite decision store; shared safely by every process of one machine.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CACHE_TTL_SECONDS",
+        2.0,
+        "How long a process keeps a decision in memory before reading it again; bounds "
+        "how late an override made by another process is enforced.",
+        GROUP,
+    ),
+    (
+        "MODERATION_WORKERS",
+        8,
+        "Threads per Thumbor process for backend calls, hashing and image preparation.",
+        GROUP,
+    ),
+    (
+        "MODERATION_MAX_PIXELS",
+        100_000_000,
+        "Largest image (width x height) the plugin will decode; larger ones are refused "
+        "with HTTP 400 before decoding.",
+        GROUP,
+    ),
+    (
+        "MODERATION_ANALYSIS_MAX_SIDE",
+        1600,
+        "Longest side in pixels of the copy sent to the backend; larger originals are "
+        "decoded at reduced size and scaled down.",
+        GROUP,
+    ),
+    (
+        "REKOGNITION_REGION",
+        "us-east-1",
+        "AWS region of the Rekognition endpoint. Credentials come from boto3's standard "
+        "chain (environment, shared files, instance role).",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_ENDPOINT_URL",
+        None,
+        "Rekognition endpoint URL; unset means AWS's own for the region.",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_TIMEOUT_SECONDS",
+        5.0,
+        "Connect and read timeout of one Rekognition call, in seconds.",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_MAX_ATTEMPTS",
+        3,
+        "Attempts per Rekognition call, first one included (botocore 'standard' retries).",
+        REKOGNITION_GROUP,
+    ),
+]
+
+for _key, _default, _description, _group in _KEYS:
+    Config.define(_key, _default, _description, _group)
+
+DEFAULTS: Mapping[str, Any] = {key: default for key, default, _, _ in _KEYS}
+
+
+class ConfigurationError(ValueError):
+    """A configuration value the plugin cannot work with; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that does not show itself in repr or logs."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plugin's configuration, validated and typed."""
+
+    source_loader: str
+    backend: str
+    policy: policy.Policy
+    rejected_response: str
+    placeholder_path: str | None
+    rejected_max_age: int
+    on_error: str
+    decision_store: str
+    sqlite_path: str
+    cache_ttl: float
+    workers: int
+    max_pixels: int
+    analysis_max_side: int
+    rekognition_region: str
+    rekognition_endpoint_url: str | None
+    rekognition_timeout: float
+    rekognition_max_attempts: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> Settings:
+        """Read and validate every key from a Thumbor config object."""
+        reader = _Reader(config)
+        return cls(
+            source_loader=reader.module("MODERATION_SOURCE_LOADER"),
+            backend=reader.module("MODERATION_BACKEND"),
+            policy=_read_policy(reader),
+            rejected_response=reader.choice(
+                "MODERATION_REJECTED_RESPONSE", ("placeholder", "forbidden")
+            ),
+            placeholder_path=reader.optional_str("MODERATION_PLACEHOLDER_PATH"),
+            rejected_max_age=reader.integer("MODERATION_REJECTED_MAX_AGE", minimum=0),
+            on_error=reader.choice("MODERATION_ON_ERROR", ("reject", "allow")),
+            decision_store=reader.module("MODERATION_DECISION_STORE"),
+            sqlite_path=reader.string("MODERATION_SQLITE_PATH"),
+            cache_ttl=reader.number("MODERATION_CACHE_TTL_SECONDS", minimum=0.0),
+            workers=reader.integer("MODERATION_WORKERS", minimum=1),
+            max_pixels=reader.integer("MODERATION_MAX_PIXELS", minimum=6400),
+            analysis_max_side=reader.integer(
+                "MODERATION_ANALYSIS_MAX_SIDE", minimum=80, maximum=10_000
+            ),
+            rekognition_region=reader.string("REKOGNITION_REGION"),
+            rekognition_endpoint_url=reader.optional_str("REKOGNITION_ENDPOINT_URL"),
+            rekognition_timeout=reader.number(
+                "REKOGNITION_TIMEOUT_SECONDS", minimum=0.1, maximum=300.0
+            ),
+            rekognition_max_attempts=reader.integer(
+                "REKOGNITION_MAX_ATTEMPTS", minimum=1, maximum=20
+            ),
+        )
+
+
+def _read_policy(reader: _Reader) -> policy.Policy:
+    default = reader.number("MODERATION_MIN_CONFIDENCE", minimum=0.0, maximum=1.0)
+    band = reader.number("MODERATION_REVIEW_BAND", minimum=0.0, maximum=1.0)
+    rules: dict[str, float | None] = {}
+    origin: dict[str, str] = {}
+
+    def add(category: str, value: float | None, key: str) -> None:
+        slug = _category(category, key)
+        if slug in rules and rules[slug] != value:
+            raise ConfigurationError(
+                f"{key} gives category '{category}' the value {_show(value)}, but "
+                f"{origin[slug]} already gives it {_show(rules[slug])}."
+            )
+        rules[slug] = value
+        origin[slug] = key
+
+    rules_string = reader.string("MODERATION_RULES")
+    if rules_string.strip():
+        try:
+            parsed = policy.parse_cloudinary_rules(rules_string)
+        except ValueError as error:
+            raise ConfigurationError(f"MODERATION_RULES: {error}") from error
+        for category, value in parsed.items():
+            add(category, value, "MODERATION_RULES")
+
+    for category, value in reader.mapping("MODERATION_CATEGORY_THRESHOLDS").items():
+        threshold = _threshold(value, f"MODERATION_CATEGORY_THRESHOLDS['{category}']")
+        add(category, threshold, "MODERATION_CATEGORY_THRESHOLDS")
+
+    for category in reader.names("MODERATION_IGNORED_CATEGORIES"):
+        add(category, None, "MODERATION_IGNORED_CATEGORIES")
+
+    return policy.Policy(default=default, rules=rules, review_band=band)
+
+
+def _category(name: str, key: str) -> str:
+    slug = taxonomy.canonical(name)
+    if slug is None:
+        hint = taxonomy.suggest(name)
+        suggestion = f" Did you mean '{hint}'?" if hint else ""
+        raise ConfigurationError(
+            f"{key} names an unknown moderation category '{name}'.{suggestion} "
+            f"Known categories: {', '.join(sorted(taxonomy.known_slugs()))}."
+        )
+    return slug
+
+
+def _threshold(value: Any, key: str) -> float:
+    number = _to_float(value, key)
+    if not 0.0 <= number <= 1.0:
+        raise ConfigurationError(
+            f"Config '{key}' has value {value!r}. Thresholds are confidences between 0 and 1."
+        )
+    return number
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigurationError(f"Config '{key}' has value {value!r}. Not a valid number.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"Config '{key}' has value {value!r}. Not a valid number."
+        ) from None
+    if not math.isfinite(number):
+        raise ConfigurationError(f"Config '{key}' has value {value!r}. Not a finite number.")
+    return number
+
+
+def _show(value: float | None) -> str:
+    return "ignore" if value is None else repr(value)
+
+
+class _Reader:
+    """Typed access to raw config values, with errors that name the key."""
+
+    def __init__(self, config: Any) -> None:
+        self._config = config
+
+    def raw(self, key: str) -> Any:
+        value = getattr(self._config, key, DEFAULTS[key])
+        return DEFAULTS[key] if value is None and DEFAULTS[key] is not None else value
+
+    def _fail(self, key: str, value: Any, reason: str) -> ConfigurationError:
+        return ConfigurationError(f"Config '{key}' has value {value!r}. {reason}")
+
+    def string(self, key: str) -> str:
+        value = self.raw(key)
+        if not isinstance(value, str):
+            raise self._fail(key, value, "Not a string.")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.raw(key)
+        if value is None or value in ("", "None"):
+            return None
+        if not isinstance(value, str):
+            raise self._fail(key, value, "Not a string.")
+        return value
+
+    def module(self, key: str) -> str:
+        value = self.string(key).strip()
+        if not value or any(not part.isidentifier() for part in value.split(".")):
+            raise self._fail(key, value, "Not a Python module path.")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(key)
+        normalised = value.strip().lower() if isinstance(value, str) else value
+        if normalised not in choices:
+            raise self._fail(key, value, f"Must be one of: {', '.join(choices)}.")
+        return str(normalised)
+
+    def number(self, key: str, minimum: float | None = None, maximum: float | None = None) -> float:
+        value = self.raw(key)
+        number = _to_float(value, key)
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise self._fail(key, value, f"Must be between {minimum} and {maximum}.")
+        return number
+
+    def integer(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self.raw(key)
+        if isinstance(value, bool):
+            raise self._fail(key, value, "Not a valid integer.")
+        try:
+            number = int(value) if not isinstance(value, float) or value.is_integer() else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None:
+            raise self._fail(key, value, "Not a valid integer.")
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            bounds = (
+                f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            )
+            raise self._fail(key, value, f"Must be {bounds}.")
+        return number
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.raw(key)
+        if isinstance(value, str):
+            value = self._json(key, value) if value.strip() else {}
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise self._fail(key, value, "Not a mapping of category names to thresholds.")
+        return dict(value)
+
+    def names(self, key: str) -> list[str]:
+        value = self.raw(key)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = self._json(key, text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+            isinstance(item, str) for item in value
+        ):
+            raise self._fail(key, value, "Not a list of category names.")
+        return list(value)
+
+    def _json(self, key: str, text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise self._fail(key, text, f"Not valid JSON ({error.msg}).") from None

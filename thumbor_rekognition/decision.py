@@ -1,0 +1,189 @@
+"""What the plugin decided about a picture, and what it was decided from."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from thumbor_rekognition import taxonomy
+
+
+class Status(str, enum.Enum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    PENDING = "pending"
+
+
+class Source(str, enum.Enum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Label:
+    """One moderation label as a backend reported it; confidence on Rekognition's 0..100."""
+
+    name: str
+    parent: str
+    level: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Label:
+        return cls(
+            name=str(data["name"]),
+            parent=str(data.get("parent", "")),
+            level=int(data.get("level", 0)),
+            confidence=float(data["confidence"]),
+        )
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A label that decided a rejection or sent a picture to review."""
+
+    name: str
+    parent: str
+    confidence: float
+    threshold: float
+    category: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reason:
+        return cls(
+            name=str(data["name"]),
+            parent=str(data.get("parent", "")),
+            confidence=float(data["confidence"]),
+            threshold=float(data["threshold"]),
+            category=str(data.get("category", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a backend saw in one picture."""
+
+    labels: tuple[Label, ...]
+    backend: str
+    model_version: str
+    min_confidence: float
+    frames: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A picture's moderation status, keyed by its normalised URL."""
+
+    key: str
+    url: str
+    sha256: str
+    status: Status
+    source: Source
+    labels: tuple[Label, ...] = ()
+    reasons: tuple[Reason, ...] = ()
+    backend: str = ""
+    model_version: str = ""
+    policy: str = ""
+    min_confidence: float = 0.0
+    width: int = 0
+    height: int = 0
+    error: str = ""
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the decision stands; a pending one is retried."""
+        return self.status is not Status.PENDING
+
+    def replace(self, **changes: Any) -> Decision:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        data["source"] = self.source.value
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        return cls(
+            key=str(data["key"]),
+            url=str(data.get("url", data["key"])),
+            sha256=str(data.get("sha256", "")),
+            status=Status(data["status"]),
+            source=Source(data["source"]),
+            labels=tuple(Label.from_dict(item) for item in data.get("labels", ())),
+            reasons=tuple(Reason.from_dict(item) for item in data.get("reasons", ())),
+            backend=str(data.get("backend", "")),
+            model_version=str(data.get("model_version", "")),
+            policy=str(data.get("policy", "")),
+            min_confidence=float(data.get("min_confidence", 0.0)),
+            width=int(data.get("width", 0)),
+            height=int(data.get("height", 0)),
+            error=str(data.get("error", "")),
+            created_at=float(data.get("created_at", 0.0)),
+            updated_at=float(data.get("updated_at", 0.0)),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Decision:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a decision's append-only history."""
+
+    status: Status | None
+    source: Source | None
+    actor: str
+    note: str
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value if self.status else None,
+            "source": self.source.value if self.source else None,
+            "actor": self.actor,
+            "note": self.note,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        return cls(
+            status=Status(data["status"]) if data.get("status") else None,
+            source=Source(data["source"]) if data.get("source") else None,
+            actor=str(data.get("actor", "")),
+            note=str(data.get("note", "")),
+            at=float(data.get("at", 0.0)),
+        )
+
+
+def labels_from_rekognition(items: Sequence[Mapping[str, Any]]) -> tuple[Label, ...]:
+    """Labels from Rekognition's ModerationLabels list, levels filled in for model 6.x."""
+    pairs = [(str(item.get("Name", "")), str(item.get("ParentName", ""))) for item in items]
+    return tuple(
+        Label(
+            name=name,
+            parent=parent,
+            level=taxonomy.infer_level(parent, item.get("TaxonomyLevel"), pairs),
+            confidence=float(item.get("Confidence", 0.0)),
+        )
+        for (name, parent), item in zip(pairs, items, strict=True)
+    )

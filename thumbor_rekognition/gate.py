@@ -1,0 +1,205 @@
+"""The gate: Thumbor's imaging handler, asked for the decision before any cache answers.
+
+Thumbor serves result-storage hits and storage hits without calling the loader, so a
+loader alone would keep serving a picture rejected after it was cached. This handler
+takes Thumbor's image route (handler lists are matched first) and, after the signature
+check, refuses rejected pictures before result storage or storage is read. A stored
+original without a decision (an upload, a forgotten decision) is judged before use.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from thumbor.handlers import FetchResult
+from thumbor.handlers.imaging import ImagingHandler
+from thumbor.loaders import LoaderResult
+from thumbor.storages.no_storage import Storage as NoStorage
+
+from thumbor_rekognition.decision import Decision, Status
+from thumbor_rekognition.preparation import UnsupportedImage
+from thumbor_rekognition.runtime import Runtime, runtime_for
+from thumbor_rekognition.urls import normalise
+
+logger = logging.getLogger(__name__)
+
+STATUS_HEADER = "X-Moderation-Status"
+NOT_AN_IMAGE = 400
+FORBIDDEN = 403
+
+
+class ModerationHandler(ImagingHandler):  # type: ignore[misc]
+    """Thumbor's ImagingHandler with the moderation decision checked first."""
+
+    moderation_status: Status | None = None
+
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        self._runtime: Runtime = runtime_for(context.config)
+        self._substituted = False
+        self.moderation_status = None
+
+    async def execute_image_operations(self) -> None:
+        key = normalise(self.context.request.image_url)
+        decision = await self._runtime.moderator.lookup(key, self.context.metrics)
+        if decision is None or not decision.is_final:
+            # Not judged yet: no cached result may answer, and one is kept only once approved.
+            modules = self.context.modules
+            modules.result_storage = _KeptOnceApproved(modules.result_storage, self)
+        elif decision.status is Status.REJECTED:
+            self.moderation_status = Status.REJECTED
+            if self._runtime.settings.rejected_response == "forbidden":
+                self._error(FORBIDDEN)
+                return
+            self._substitute_placeholder(decision)
+        else:
+            self.moderation_status = Status.APPROVED
+        await super().execute_image_operations()
+
+    async def _fetch(self, url: str) -> Any:
+        if self._substituted:
+            return await super()._fetch(url)
+        storage = self.context.modules.storage
+        buffer = await storage.get(url)
+        if buffer is None:
+            return await super()._fetch(url)
+        refusal = await self._judge_stored(url, buffer)
+        if refusal is not None:
+            return refusal
+        if not self._substituted:
+            self.context.modules.storage = _Prefetched(self.context.modules.storage, url, buffer)
+        return await super()._fetch(url)
+
+    async def _judge_stored(self, url: str, buffer: bytes) -> FetchResult | None:
+        """Judge a stored original (a hash check when it is the picture already judged)."""
+        try:
+            decision = await self._runtime.moderator.moderate(
+                normalise(url), unquote(url), buffer, self.context.metrics
+            )
+        except UnsupportedImage as error:
+            logger.warning("stored original %s is not an image: %s", url, error)
+            return FetchResult(loader_error=NOT_AN_IMAGE)
+        outcome = apply_decision(self.context, self._runtime, decision, None)
+        if outcome is None:
+            return None
+        if not outcome.successful:
+            return FetchResult(loader_error=outcome.error)
+        self._substitute_placeholder(decision)
+        return None
+
+    def _substitute_placeholder(self, decision: Decision) -> None:
+        self._substituted = True
+        keep_out_of_caches(self.context)
+        self.context.modules.result_storage = None
+        self.context.modules.storage = _Fixed(self._runtime.placeholder)
+        fit_placeholder(self.context, decision)
+
+    def finish(self, chunk: Any = None) -> Any:
+        status = self.moderation_status
+        if status is not None:
+            self.set_header(STATUS_HEADER, status.value)
+            if status is not Status.APPROVED:
+                set_short_cache(self, self._runtime.settings.rejected_max_age)
+        return super().finish(chunk)
+
+
+def apply_decision(
+    context: Any, runtime: Runtime, decision: Decision, result: LoaderResult | None
+) -> LoaderResult | None:
+    """What to answer for a decision: the loaded result, a refusal, or None to go on."""
+    note_status(context, decision.status)
+    if decision.status is Status.APPROVED:
+        return result
+    if decision.status is Status.PENDING and runtime.settings.on_error == "allow":
+        keep_out_of_caches(context)
+        return result
+    keep_out_of_caches(context)
+    if runtime.settings.rejected_response == "forbidden":
+        return LoaderResult(successful=False, error=FORBIDDEN)
+    fit_placeholder(context, decision)
+    return LoaderResult(buffer=runtime.placeholder)
+
+
+def note_status(context: Any, status: Status) -> None:
+    """Tell the gate, when it handles this request, which status to announce."""
+    handler = getattr(context, "request_handler", None)
+    if isinstance(handler, ModerationHandler):
+        handler.moderation_status = status
+
+
+def keep_out_of_caches(context: Any) -> None:
+    """Neither the original nor the result of this request may be stored."""
+    context.modules.storage = NoStorage(context)
+    context.request.prevent_result_storage = True
+
+
+def fit_placeholder(context: Any, decision: Decision) -> None:
+    """Render the placeholder at the requested size, or the original's when none is asked."""
+    request = context.request
+    request.smart = False
+    if not request.width and not request.height and decision.width and decision.height:
+        request.width, request.height = decision.width, decision.height
+
+
+def set_short_cache(handler: Any, max_age: int) -> None:
+    """Cache headers for responses that are not an approved image."""
+    handler.clear_header("Expires")
+    if max_age > 0:
+        handler.set_header("Cache-Control", f"max-age={max_age},public")
+    else:
+        handler.set_header("Cache-Control", "no-store")
+
+
+class _KeptOnceApproved:
+    """Result storage that answers no reads and keeps a result only once it is approved."""
+
+    def __init__(self, inner: Any, handler: ModerationHandler) -> None:
+        self._inner = inner
+        self._handler = handler
+
+    async def get(self) -> None:
+        return None
+
+    async def put(self, image_bytes: bytes) -> Any:
+        if self._inner is None or self._handler.moderation_status is not Status.APPROVED:
+            return None
+        return await self._inner.put(image_bytes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __bool__(self) -> bool:
+        return self._inner is not None
+
+
+class _Prefetched:
+    """Storage that answers one path from bytes already read, and delegates the rest."""
+
+    def __init__(self, inner: Any, path: str, buffer: bytes) -> None:
+        self._inner = inner
+        self._path = path
+        self._buffer: bytes | None = buffer
+
+    async def get(self, path: str) -> Any:
+        if path == self._path and self._buffer is not None:
+            buffer, self._buffer = self._buffer, None
+            return buffer
+        return await self._inner.get(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Fixed(NoStorage):  # type: ignore[misc]
+    """Storage that holds only the placeholder and keeps nothing."""
+
+    def __init__(self, placeholder: bytes) -> None:
+        self._placeholder = placeholder
+
+    async def get(self, path: str) -> bytes:
+        return self._placeholder
+
+    async def exists(self, path: str) -> bool:
+        return True

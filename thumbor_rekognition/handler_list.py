@@ -1,0 +1,40 @@
+"""HANDLER_LISTS entry: the gate on Thumbor's image route.
+
+Routes from handler lists are matched before Thumbor's own image route, so every image
+request reaches the gate once Thumbor has checked its signature.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from libthumbor.url import Url
+
+from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.gate import ModerationHandler
+from thumbor_rekognition.runtime import runtime_for
+
+logger = logging.getLogger(__name__)
+
+
+def get_handlers(context: Any) -> list[tuple[Any, ...]]:
+    """Validate the configuration and route image requests through the gate."""
+    try:
+        runtime_for(context.config)
+        _check_loader(context)
+    except ConfigurationError as error:
+        logger.critical("thumbor-rekognition cannot start: %s", error)
+        raise SystemExit(f"thumbor-rekognition: {error}") from None
+    return [(Url.regex(), ModerationHandler, {"context": context})]
+
+
+def _check_loader(context: Any) -> None:
+    loader = context.modules.importer.loader
+    if not getattr(loader, "MODERATING_LOADER", False):
+        raise ConfigurationError(
+            f"Config 'LOADER' has value {context.config.LOADER!r}. With the moderation "
+            "gate installed it must be 'thumbor_rekognition.loader' (set the loader that "
+            "fetches originals in MODERATION_SOURCE_LOADER), or first fetches would "
+            "serve unmoderated images."
+        )

@@ -1,0 +1,79 @@
+"""The LOADER: fetch an original with MODERATION_SOURCE_LOADER and moderate it first.
+
+This is the first-fetch hook, the only place that sees original bytes before Thumbor
+stores them. A rejected picture is answered without fetching it again; an approved one
+is returned as loaded; anything else is kept out of STORAGE and RESULT_STORAGE.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from thumbor.loaders import LoaderResult
+
+from thumbor_rekognition.decision import Status
+from thumbor_rekognition.gate import NOT_AN_IMAGE, ModerationHandler, apply_decision
+from thumbor_rekognition.preparation import UnsupportedImage
+from thumbor_rekognition.runtime import runtime_for
+from thumbor_rekognition.urls import normalise
+
+logger = logging.getLogger(__name__)
+
+# Lets the handler list check at start-up that LOADER moderates.
+MODERATING_LOADER = True
+
+_warned_without_gate = False
+
+
+def validate(context: Any, path: str) -> bool:
+    """Delegate URL validation (allowed sources, path traversal) to the source loader."""
+    source = runtime_for(context.config).source_loader
+    check = getattr(source, "validate", None)
+    return bool(check(context, path)) if callable(check) else True
+
+
+async def load(context: Any, path: str) -> LoaderResult:
+    """Load an original and answer it, or a refusal, according to its decision."""
+    runtime = runtime_for(context.config)
+    _warn_without_gate(context)
+    key = normalise(path)
+    known = await runtime.moderator.lookup(key, context.metrics)
+    if known is not None and known.status is Status.REJECTED:
+        refusal = apply_decision(context, runtime, known, None)
+        if refusal is not None:
+            return refusal
+
+    result = await runtime.source_loader.load(context, path)
+    if not isinstance(result, LoaderResult):
+        # Loaders written before LoaderResult existed return the bytes themselves.
+        result = LoaderResult(buffer=result, successful=result is not None)
+        if not result.successful:
+            result.error = LoaderResult.ERROR_NOT_FOUND
+    if not result.successful or not result.buffer:
+        return result
+
+    try:
+        decision = await runtime.moderator.moderate(
+            key, unquote(path), result.buffer, context.metrics
+        )
+    except UnsupportedImage as error:
+        logger.warning("original %s is not an image the plugin can judge: %s", key, error)
+        return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
+    answer = apply_decision(context, runtime, decision, result)
+    return answer if answer is not None else result
+
+
+def _warn_without_gate(context: Any) -> None:
+    global _warned_without_gate
+    if _warned_without_gate or isinstance(
+        getattr(context, "request_handler", None), ModerationHandler
+    ):
+        return
+    _warned_without_gate = True
+    logger.warning(
+        "thumbor_rekognition.loader runs without its gate: cached results of pictures "
+        "rejected later will still be served. Add 'thumbor_rekognition.handler_list' to "
+        "HANDLER_LISTS."
+    )

@@ -1,0 +1,327 @@
+"""Orchestration: from original bytes to a stored decision, paying the backend at most once.
+
+Order of questions for a picture: is its decision in memory, in the store, or known
+under another URL with the same bytes (SHA-256)? Only then is the backend asked, once
+per content however many requests arrive together (single-flight). A backend failure
+gives a ``pending`` decision that the next request retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from thumbor_rekognition import backends, stores
+from thumbor_rekognition.config import Settings
+from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.policy import Policy
+from thumbor_rekognition.preparation import PreparedImage, prepare
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SYSTEM = "thumbor-rekognition"
+
+
+class _Metrics:
+    """Thumbor's metrics object, or nothing when a caller has none."""
+
+    def __init__(self, metrics: Any) -> None:
+        self._metrics = metrics
+
+    def incr(self, name: str, value: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.incr(name, value)
+
+    def timing(self, name: str, milliseconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.timing(name, milliseconds)
+
+
+class _Cache:
+    """A bounded LRU of decisions that expire after a TTL."""
+
+    def __init__(self, ttl: float, size: int = 100_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._items: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
+
+    def get(self, key: str) -> Decision | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        expires, decision = item
+        if expires < time.monotonic():
+            del self._items[key]
+            return None
+        return decision
+
+    def put(self, key: str, decision: Decision) -> None:
+        if self.ttl <= 0:
+            return
+        self._items[key] = (time.monotonic() + self.ttl, decision)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def sha256_hex(data: bytes) -> str:
+    """The content hash decisions are indexed by."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class Moderator:
+    """One per process: decisions for keys, backend calls for new content."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: stores.Store,
+        backend: backends.Backend,
+        executor: concurrent.futures.Executor,
+        store_executor: concurrent.futures.Executor,
+    ) -> None:
+        self.settings = settings
+        self.policy: Policy = settings.policy
+        self.store = store
+        self.backend = backend
+        self._executor = executor
+        self._store_executor = store_executor
+        self._by_key = _Cache(settings.cache_ttl)
+        self._by_hash = _Cache(settings.cache_ttl)
+        self._flights: dict[str, asyncio.Future[Decision]] = {}
+        self.backend_calls = 0
+
+    async def _run(
+        self, executor: concurrent.futures.Executor, func: Callable[..., T], *args: Any
+    ) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
+
+    async def _store(self, func: Callable[..., T], *args: Any) -> T:
+        return await self._run(self._store_executor, func, *args)
+
+    async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
+        """The decision for a key under the current policy, or None if there is none."""
+        cached = self._by_key.get(key)
+        if cached is not None:
+            _Metrics(metrics).incr("moderation.cache.hit")
+            return cached
+        _Metrics(metrics).incr("moderation.cache.miss")
+        try:
+            decision = await self._store(self.store.get, key)
+        except stores.StoreUnavailable as error:
+            logger.error("decision store unavailable, %s is undecided here: %s", key, error)
+            _Metrics(metrics).incr("moderation.store.errors")
+            return None
+        if decision is None:
+            return None
+        decision = await self._reapply(decision)
+        self._remember(decision)
+        return decision
+
+    async def moderate(self, key: str, url: str, buffer: bytes, metrics: Any = None) -> Decision:
+        """The decision for these bytes at this key, calling the backend only for new content.
+
+        Raises preparation.UnsupportedImage when the bytes are not a picture.
+        """
+        sha256 = await self._run(self._executor, sha256_hex, buffer)
+        current = await self.lookup(key, metrics)
+        if current is not None and current.sha256 == sha256 and self._stands(current):
+            return current
+        flight = self._flights.get(sha256)
+        if flight is None:
+            flight = asyncio.get_running_loop().create_future()
+            self._flights[sha256] = flight
+            try:
+                decision = await self._decide(key, url, sha256, buffer, metrics)
+            except Exception as error:
+                flight.set_exception(error)
+                # Followers re-raise it; this retrieval keeps asyncio from reporting it as lost.
+                flight.exception()
+                raise
+            except BaseException:
+                flight.cancel()
+                raise
+            else:
+                flight.set_result(decision)
+            finally:
+                del self._flights[sha256]
+        else:
+            _Metrics(metrics).incr("moderation.single_flight.joined")
+            decision = await asyncio.shield(flight)
+        if decision.key != key:
+            decision = await self._adopt(decision, key, url, metrics)
+        return decision
+
+    def _stands(self, decision: Decision) -> bool:
+        return decision.is_final and not self._needs_new_analysis(decision)
+
+    def _needs_new_analysis(self, decision: Decision) -> bool:
+        # Labels below the confidence a picture was analysed at were never returned, so a
+        # policy that looks lower than that cannot be judged from what is stored.
+        return (
+            decision.source is Source.AUTO
+            and decision.policy != self.policy.fingerprint
+            and self.policy.min_confidence < decision.min_confidence
+        )
+
+    async def _decide(
+        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any
+    ) -> Decision:
+        twin = await self._twin(sha256, metrics)
+        if twin is not None:
+            _Metrics(metrics).incr("moderation.dedupe.hash")
+            return await self._adopt(twin, key, url, metrics)
+        prepared: PreparedImage = await self._run(
+            self._executor,
+            lambda: prepare(
+                buffer,
+                max_side=self.settings.analysis_max_side,
+                max_pixels=self.settings.max_pixels,
+            ),
+        )
+        decision = await self._analyse(key, url, sha256, prepared, metrics)
+        return await self._save(decision, _event_for(decision), metrics)
+
+    async def _twin(self, sha256: str, metrics: Any) -> Decision | None:
+        twin = self._by_hash.get(sha256)
+        if twin is None:
+            try:
+                twin = await self._store(self.store.find_by_hash, sha256)
+            except stores.StoreUnavailable as error:
+                logger.error("decision store unavailable for content lookup: %s", error)
+                _Metrics(metrics).incr("moderation.store.errors")
+                return None
+        if twin is None or not self._stands(twin):
+            return None
+        return await self._reapply(twin)
+
+    async def _analyse(
+        self, key: str, url: str, sha256: str, prepared: PreparedImage, metrics: Any
+    ) -> Decision:
+        recorder = _Metrics(metrics)
+        min_confidence = self.policy.min_confidence
+        started = time.perf_counter()
+        recorder.incr("moderation.backend.calls")
+        self.backend_calls += 1
+        base = Decision(
+            key=key,
+            url=url,
+            sha256=sha256,
+            status=Status.PENDING,
+            source=Source.AUTO,
+            backend=self.backend.name,
+            policy=self.policy.fingerprint,
+            min_confidence=min_confidence,
+            width=prepared.width,
+            height=prepared.height,
+        )
+        try:
+            analysis = await self._run(
+                self._executor, self.backend.detect, prepared, min_confidence
+            )
+        except backends.BackendError as error:
+            recorder.incr("moderation.backend.errors")
+            recorder.incr(f"moderation.backend.errors.{error.kind}")
+            log = logger.error if error.kind in ("configuration", "bad_image") else logger.warning
+            log("%s backend failed for %s (%s): %s", self.backend.name, key, error.kind, error)
+            return base.replace(error=f"{error.kind}: {error}")
+        finally:
+            recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
+        verdict = self.policy.judge(analysis.labels)
+        return base.replace(
+            status=verdict.status,
+            labels=analysis.labels,
+            reasons=verdict.reasons,
+            model_version=analysis.model_version,
+            min_confidence=analysis.min_confidence,
+        )
+
+    async def _adopt(self, twin: Decision, key: str, url: str, metrics: Any) -> Decision:
+        if not twin.is_final:
+            return twin.replace(key=key, url=url)
+        now = time.time()
+        decision = twin.replace(key=key, url=url, created_at=now, updated_at=now)
+        event = Event(
+            status=decision.status,
+            source=decision.source,
+            actor=SYSTEM,
+            note=f"same picture (sha256 {twin.sha256[:12]}) as {twin.key}",
+        )
+        return await self._save(decision, event, metrics)
+
+    async def _save(self, decision: Decision, event: Event, metrics: Any) -> Decision:
+        _Metrics(metrics).incr(f"moderation.decision.{decision.status.value}")
+        try:
+            saved = await self._store(self.store.save, decision, event)
+        except stores.StoreUnavailable as error:
+            logger.error("decision for %s not stored: %s", decision.key, error)
+            _Metrics(metrics).incr("moderation.store.errors")
+            saved = decision
+        self._remember(saved)
+        return saved
+
+    async def _reapply(self, decision: Decision) -> Decision:
+        """Judge stored labels again when the thresholds changed since the decision."""
+        if (
+            decision.source is not Source.AUTO
+            or not decision.is_final
+            or decision.policy == self.policy.fingerprint
+            or self._needs_new_analysis(decision)
+        ):
+            return decision
+        verdict = self.policy.judge(decision.labels)
+        updated = decision.replace(
+            status=verdict.status,
+            reasons=verdict.reasons,
+            policy=self.policy.fingerprint,
+            updated_at=time.time(),
+        )
+        note = "thresholds changed; stored labels judged again"
+        try:
+            return await self._store(
+                self.store.save, updated, Event(updated.status, Source.AUTO, SYSTEM, note)
+            )
+        except stores.StoreUnavailable as error:
+            logger.error("re-judged decision for %s not stored: %s", decision.key, error)
+            return updated
+
+    def _remember(self, decision: Decision) -> None:
+        if not decision.is_final:
+            self._by_key.discard(decision.key)
+            return
+        self._by_key.put(decision.key, decision)
+        self._by_hash.put(decision.sha256, decision)
+
+    def forget(self, key: str) -> None:
+        """Drop a key from this process's memory, e.g. after an override."""
+        self._by_key.discard(key)
+        self._by_hash.clear()
+
+
+def _event_for(decision: Decision) -> Event:
+    if decision.status is Status.PENDING and decision.error:
+        note = f"no decision: {decision.error}"
+    elif decision.reasons:
+        reasons = ", ".join(
+            f"{reason.name} {reason.confidence:.1f} > {reason.threshold:g}"
+            if decision.status is Status.REJECTED
+            else f"{reason.name} {reason.confidence:.1f} near {reason.threshold:g}"
+            for reason in decision.reasons
+        )
+        note = f"{decision.backend} {decision.model_version}: {reasons}"
+    else:
+        note = f"{decision.backend} {decision.model_version}: nothing above thresholds"
+    return Event(decision.status, decision.source, SYSTEM, note)

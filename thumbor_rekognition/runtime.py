@@ -1,0 +1,129 @@
+"""The plugin's per-process state, built from a Thumbor config.
+
+Settings are validated once, when Thumbor builds its handlers. Threads, connections and
+clients are created on first use in each process, so that ``thumbor --processes=N``
+forks before any of them exists.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import io
+import logging
+import os
+import threading
+from importlib import resources
+from types import ModuleType
+from typing import Any
+
+from PIL import Image
+
+from thumbor_rekognition import backends, stores
+from thumbor_rekognition.config import ConfigurationError, Settings
+from thumbor_rekognition.moderator import Moderator
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Settings, placeholder and source loader now; executor, store and backend per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.placeholder = _read_placeholder(settings.placeholder_path)
+        self.source_loader = _import_loader(settings.source_loader)
+        _import_module("MODERATION_BACKEND", settings.backend)
+        _import_module("MODERATION_DECISION_STORE", settings.decision_store)
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._moderator: Moderator | None = None
+
+    @property
+    def moderator(self) -> Moderator:
+        """This process's moderator, built on first use after fork."""
+        with self._lock:
+            if self._moderator is None or self._pid != os.getpid():
+                self._moderator = self._build_moderator()
+                self._pid = os.getpid()
+            return self._moderator
+
+    def _build_moderator(self) -> Moderator:
+        settings = self.settings
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="moderation"
+        )
+        store_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="moderation-store"
+        )
+        backend = backends.load_backend(settings)
+        unseen = backend.unseen_categories() & set(settings.policy.rules)
+        if unseen:
+            logger.warning(
+                "backend %s never reports these configured categories: %s",
+                backend.name,
+                ", ".join(sorted(unseen)),
+            )
+        return Moderator(
+            settings=settings,
+            store=stores.load_store(settings),
+            backend=backend,
+            executor=executor,
+            store_executor=store_executor,
+        )
+
+
+_RUNTIMES: dict[int, tuple[Any, Runtime]] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def runtime_for(config: Any) -> Runtime:
+    """The runtime of a Thumbor config object, validating it the first time."""
+    with _RUNTIMES_LOCK:
+        entry = _RUNTIMES.get(id(config))
+        if entry is not None and entry[0] is config:
+            return entry[1]
+        runtime = Runtime(Settings.from_config(config))
+        _RUNTIMES[id(config)] = (config, runtime)
+        return runtime
+
+
+def _read_placeholder(path: str | None) -> bytes:
+    if path is None:
+        return (
+            resources.files("thumbor_rekognition").joinpath("assets/placeholder.png").read_bytes()
+        )
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ConfigurationError(
+            f"Config 'MODERATION_PLACEHOLDER_PATH' has value {path!r}. "
+            f"Not a readable image ({error})."
+        ) from None
+    return data
+
+
+def _import_module(key: str, name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ConfigurationError(
+            f"Config '{key}' has value {name!r}. Cannot import it ({error})."
+        ) from None
+
+
+def _import_loader(name: str) -> ModuleType:
+    module = _import_module("MODERATION_SOURCE_LOADER", name)
+    if name == __package__ + ".loader":
+        raise ConfigurationError(
+            "Config 'MODERATION_SOURCE_LOADER' names the moderating loader itself; "
+            "it must name the loader that fetches originals, e.g. thumbor.loaders.http_loader."
+        )
+    if not callable(getattr(module, "load", None)):
+        raise ConfigurationError(
+            f"Config 'MODERATION_SOURCE_LOADER' has value {name!r}. It has no load() function."
+        )
+    return module

@@ -1,0 +1,72 @@
+"""The decision store contract.
+
+``MODERATION_DECISION_STORE`` names a module with a ``Store`` class taking the plugin's
+settings. Methods are blocking; the moderator calls them from the store's own thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from thumbor_rekognition.decision import Decision, Event, Status
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or answered with an error."""
+
+
+class Store:
+    """Persistent decisions keyed by normalised URL, indexed by content hash, with history."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def get(self, key: str) -> Decision | None:
+        """The decision for a key, if any."""
+        raise NotImplementedError
+
+    def find_by_hash(self, sha256: str) -> Decision | None:
+        """A final decision about the same bytes under any key, manual ones first."""
+        raise NotImplementedError
+
+    def save(self, decision: Decision, event: Event) -> Decision:
+        """Store a decision and log the event; an automatic decision never replaces a
+        manual one about the same bytes. Returns the decision now stored."""
+        raise NotImplementedError
+
+    def delete(self, key: str, event: Event) -> bool:
+        """Forget a decision (its history stays); True if there was one."""
+        raise NotImplementedError
+
+    def history(self, key: str) -> list[Event]:
+        """Every change of a key's decision, oldest first."""
+        raise NotImplementedError
+
+    def list(
+        self, status: Status | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        """Decisions ordered by key after the cursor, and the cursor of the next page."""
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, int]:
+        """Number of decisions per 'status' and per 'status.source'."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def load_store(settings: Settings) -> Store:
+    """Instantiate the Store class of the module MODERATION_DECISION_STORE names."""
+    module = importlib.import_module(settings.decision_store)
+    store_class = getattr(module, "Store", None)
+    if not isinstance(store_class, type) or not issubclass(store_class, Store):
+        raise TypeError(
+            f"MODERATION_DECISION_STORE module {settings.decision_store} has no Store class"
+        )
+    store: Store = store_class(settings)
+    return store

@@ -1,0 +1,211 @@
+"""Decisions in one SQLite file, shared by every Thumbor process of a machine.
+
+WAL mode lets readers run while one process writes; each process opens its own
+connection after fork. Writes that must not race (an automatic decision landing on a
+manual one) run inside ``BEGIN IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from thumbor_rekognition import stores
+from thumbor_rekognition.decision import Decision, Event, Source, Status
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    key TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_sha256 ON decisions (sha256);
+CREATE INDEX IF NOT EXISTS decisions_by_status ON decisions (status, key);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    status TEXT,
+    source TEXT,
+    actor TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_key ON history (key, id);
+"""
+
+
+class Store(stores.Store):
+    """The embedded default decision store."""
+
+    def __init__(self, settings: Settings | None = None, *, path: str | None = None) -> None:
+        super().__init__(settings)
+        if path is None:
+            if settings is None:
+                raise ValueError("an SQLite store needs settings or a path")
+            path = settings.sqlite_path
+        self.path = path
+        self._lock = threading.RLock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None and self._pid == os.getpid():
+            return self._connection
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise stores.StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+        self._connection, self._pid = connection, os.getpid()
+        return connection
+
+    @contextmanager
+    def _cursor(self, write: bool = False) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            connection = self._connect()
+            cursor = connection.cursor()
+            try:
+                if write:
+                    cursor.execute("BEGIN IMMEDIATE")
+                yield cursor
+                if write:
+                    cursor.execute("COMMIT")
+            except sqlite3.Error as error:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise stores.StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+            except BaseException:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise
+            finally:
+                cursor.close()
+
+    def get(self, key: str) -> Decision | None:
+        with self._cursor() as cursor:
+            row = cursor.execute("SELECT body FROM decisions WHERE key = ?", (key,)).fetchone()
+        return Decision.from_json(row[0]) if row else None
+
+    def find_by_hash(self, sha256: str) -> Decision | None:
+        with self._cursor() as cursor:
+            row = cursor.execute(
+                "SELECT body FROM decisions WHERE sha256 = ? AND status != ? "
+                "ORDER BY source = 'manual' DESC, updated_at DESC LIMIT 1",
+                (sha256, Status.PENDING.value),
+            ).fetchone()
+        return Decision.from_json(row[0]) if row else None
+
+    def save(self, decision: Decision, event: Event) -> Decision:
+        with self._cursor(write=True) as cursor:
+            row = cursor.execute(
+                "SELECT body FROM decisions WHERE key = ?", (decision.key,)
+            ).fetchone()
+            current = Decision.from_json(row[0]) if row else None
+            if (
+                current is not None
+                and decision.source is Source.AUTO
+                and current.source is Source.MANUAL
+                and current.sha256 == decision.sha256
+            ):
+                return current
+            cursor.execute(
+                "INSERT OR REPLACE INTO decisions (key, sha256, status, source, updated_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    decision.key,
+                    decision.sha256,
+                    decision.status.value,
+                    decision.source.value,
+                    decision.updated_at,
+                    decision.to_json(),
+                ),
+            )
+            self._log(cursor, decision.key, event)
+        return decision
+
+    def delete(self, key: str, event: Event) -> bool:
+        with self._cursor(write=True) as cursor:
+            deleted = cursor.execute("DELETE FROM decisions WHERE key = ?", (key,)).rowcount
+            if deleted:
+                self._log(cursor, key, event)
+        return bool(deleted)
+
+    @staticmethod
+    def _log(cursor: sqlite3.Cursor, key: str, event: Event) -> None:
+        cursor.execute(
+            "INSERT INTO history (key, at, status, source, actor, note) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                event.at,
+                event.status.value if event.status else None,
+                event.source.value if event.source else None,
+                event.actor,
+                event.note,
+            ),
+        )
+
+    def history(self, key: str) -> list[Event]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT at, status, source, actor, note FROM history WHERE key = ? ORDER BY id",
+                (key,),
+            ).fetchall()
+        return [
+            Event(
+                at=at,
+                status=Status(status) if status else None,
+                source=Source(source) if source else None,
+                actor=actor,
+                note=note,
+            )
+            for at, status, source, actor, note in rows
+        ]
+
+    def list(
+        self, status: Status | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        query = "SELECT key, body FROM decisions WHERE key > ?"
+        arguments: list[object] = [cursor or ""]
+        if status is not None:
+            query += " AND status = ?"
+            arguments.append(status.value)
+        query += " ORDER BY key LIMIT ?"
+        arguments.append(limit + 1)
+        with self._cursor() as db:
+            rows = db.execute(query, arguments).fetchall()
+        page = [Decision.from_json(body) for _, body in rows[:limit]]
+        next_cursor = rows[limit - 1][0] if len(rows) > limit else None
+        return page, next_cursor
+
+    def counts(self) -> dict[str, int]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT status, source, COUNT(*) FROM decisions GROUP BY status, source"
+            ).fetchall()
+        counts: dict[str, int] = {}
+        for status, source, count in rows:
+            counts[status] = counts.get(status, 0) + count
+            counts[f"{status}.{source}"] = count
+        return counts
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None

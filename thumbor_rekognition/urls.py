@@ -1,0 +1,29 @@
+"""Decision keys: one spelling for the many ways a URL can name the same original."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from urllib.parse import unquote
+
+_SCHEME = re.compile(r"^(?:https?:)?/{1,2}", re.IGNORECASE)
+_DEFAULT_PORT = re.compile(r":(?:80|443)$")
+
+
+@lru_cache(maxsize=65536)
+def normalise(image_url: str) -> str:
+    """The decision key of an image URL as Thumbor's loaders receive it (quoted or not).
+
+    ``http://Host:80/a.jpg``, ``https://host/a.jpg``, ``host/a.jpg`` and
+    ``http%3A//host/a.jpg`` share the key ``host/a.jpg``. Without a scheme the first
+    segment may be a folder of the file loader, so its case is kept.
+    """
+    text = unquote(image_url).strip()
+    text = text.split("#", 1)[0]
+    match = _SCHEME.match(text)
+    if match is None:
+        return text
+    host, slash, path = text[match.end() :].partition("/")
+    if match.group(0).lower().startswith("http"):
+        host = _DEFAULT_PORT.sub("", host.lower())
+    return f"{host}{slash}{path}"
