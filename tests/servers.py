@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import shutil
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 SECURITY_KEY = "test-security-key"
 MAX_AGE = 86400
@@ -181,3 +183,15 @@ class ThumborServer:
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("GET", path, headers=headers)
+
+
+def result_file(root: Path, request_path: str) -> Path:
+    """Where Thumbor's file result storage keeps the result of a request path."""
+    digest = hashlib.sha1(unquote(request_path).encode()).hexdigest()  # noqa: S324 - Thumbor's layout
+    return root / "result" / "default" / digest[:2] / digest[2:4] / digest[4:]
+
+
+def storage_file(root: Path, image_url: str) -> Path:
+    """Where Thumbor's file storage keeps an original, by the quoted image URL."""
+    digest = hashlib.sha1(image_url.encode()).hexdigest()  # noqa: S324 - Thumbor's layout
+    return root / "storage" / digest[:2] / digest[2:]

@@ -13,7 +13,6 @@ import logging
 from typing import Any
 from urllib.parse import unquote
 
-from thumbor.handlers import FetchResult
 from thumbor.handlers.imaging import ImagingHandler
 from thumbor.loaders import LoaderResult
 from thumbor.storages.no_storage import Storage as NoStorage
@@ -34,12 +33,14 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     """Thumbor's ImagingHandler with the moderation decision checked first."""
 
     moderation_status: Status | None = None
+    moderation_refusal: LoaderResult | None = None
 
     def initialize(self, context: Any) -> None:
         super().initialize(context)
         self._runtime: Runtime = runtime_for(context.config)
         self._substituted = False
         self.moderation_status = None
+        self.moderation_refusal = None
 
     async def execute_image_operations(self) -> None:
         key = normalise(self.context.request.image_url)
@@ -59,34 +60,30 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         await super().execute_image_operations()
 
     async def _fetch(self, url: str) -> Any:
-        if self._substituted:
-            return await super()._fetch(url)
-        storage = self.context.modules.storage
-        buffer = await storage.get(url)
-        if buffer is None:
-            return await super()._fetch(url)
-        refusal = await self._judge_stored(url, buffer)
-        if refusal is not None:
-            return refusal
         if not self._substituted:
-            self.context.modules.storage = _Prefetched(self.context.modules.storage, url, buffer)
+            # Any stored original is judged (a hash check once it is known) before use:
+            # uploads and replaced files reach storage without the loader.
+            self.context.modules.storage = _Judged(self.context.modules.storage, url, self)
         return await super()._fetch(url)
 
-    async def _judge_stored(self, url: str, buffer: bytes) -> FetchResult | None:
-        """Judge a stored original (a hash check when it is the picture already judged)."""
+    async def judge_stored(self, url: str, buffer: bytes) -> bytes | None:
+        """The bytes to use for a stored original: itself, the placeholder, or None."""
         try:
             decision = await self._runtime.moderator.moderate(
                 normalise(url), unquote(url), buffer, self.context.metrics
             )
         except UnsupportedImage as error:
             logger.warning("stored original %s is not an image: %s", url, error)
-            return FetchResult(loader_error=NOT_AN_IMAGE)
+            self.moderation_refusal = LoaderResult(successful=False, error=NOT_AN_IMAGE)
+            return None
         outcome = apply_decision(self.context, self._runtime, decision, None)
         if outcome is None:
-            return None
-        if not outcome.successful:
-            return FetchResult(loader_error=outcome.error)
-        self._substitute_placeholder(decision)
+            return buffer
+        if outcome.successful:
+            self._substitute_placeholder(decision)
+            return self._runtime.placeholder
+        # Thumbor asks the loader on a storage miss; the loader answers with this refusal.
+        self.moderation_refusal = outcome
         return None
 
     def _substitute_placeholder(self, decision: Decision) -> None:
@@ -174,19 +171,19 @@ class _KeptOnceApproved:
         return self._inner is not None
 
 
-class _Prefetched:
-    """Storage that answers one path from bytes already read, and delegates the rest."""
+class _Judged:
+    """Storage whose original, when it has one, is judged before Thumbor uses it."""
 
-    def __init__(self, inner: Any, path: str, buffer: bytes) -> None:
+    def __init__(self, inner: Any, url: str, handler: ModerationHandler) -> None:
         self._inner = inner
-        self._path = path
-        self._buffer: bytes | None = buffer
+        self._url = url
+        self._handler = handler
 
     async def get(self, path: str) -> Any:
-        if path == self._path and self._buffer is not None:
-            buffer, self._buffer = self._buffer, None
+        buffer = await self._inner.get(path)
+        if path != self._url or buffer is None:
             return buffer
-        return await self._inner.get(path)
+        return await self._handler.judge_stored(path, buffer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

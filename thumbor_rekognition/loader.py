@@ -37,6 +37,10 @@ def validate(context: Any, path: str) -> bool:
 async def load(context: Any, path: str) -> LoaderResult:
     """Load an original and answer it, or a refusal, according to its decision."""
     runtime = runtime_for(context.config)
+    handler = getattr(context, "request_handler", None)
+    refusal = getattr(handler, "moderation_refusal", None)
+    if refusal is not None:
+        return refusal
     _warn_without_gate(context)
     key = normalise(path)
     known = await runtime.moderator.lookup(key, context.metrics)
