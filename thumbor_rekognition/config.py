@@ -144,6 +144,13 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         GROUP,
     ),
     (
+        "NUDENET_THREADS",
+        0,
+        "Threads of the offline model's onnxruntime session per Thumbor process; 0 lets "
+        "onnxruntime use every core.",
+        NUDENET_GROUP,
+    ),
+    (
         "REKOGNITION_REGION",
         "us-east-1",
         "AWS region of the Rekognition endpoint. Credentials come from boto3's standard "
@@ -210,6 +217,7 @@ class Settings:
     workers: int
     max_pixels: int
     analysis_max_side: int
+    nudenet_threads: int
     rekognition_region: str
     rekognition_endpoint_url: str | None
     rekognition_timeout: float
@@ -237,6 +245,7 @@ class Settings:
             analysis_max_side=reader.integer(
                 "MODERATION_ANALYSIS_MAX_SIDE", minimum=80, maximum=10_000
             ),
+            nudenet_threads=reader.integer("NUDENET_THREADS", minimum=0, maximum=64),
             rekognition_region=reader.string("REKOGNITION_REGION"),
             rekognition_endpoint_url=reader.optional_str("REKOGNITION_ENDPOINT_URL"),
             rekognition_timeout=reader.number(

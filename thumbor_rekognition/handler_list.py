@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from libthumbor.url import Url
+from tornado.ioloop import IOLoop
 
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.gate import ModerationHandler
@@ -21,11 +22,13 @@ logger = logging.getLogger(__name__)
 def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     """Validate the configuration and route image requests through the gate."""
     try:
-        runtime_for(context.config)
+        runtime = runtime_for(context.config)
         _check_loader(context)
     except ConfigurationError as error:
         logger.critical("thumbor-rekognition cannot start: %s", error)
         raise SystemExit(f"thumbor-rekognition: {error}") from None
+    # Runs once the IOLoop starts: after `thumbor --processes=N` has forked.
+    IOLoop.current().add_callback(runtime.warm_up)
     return [(Url.regex(), ModerationHandler, {"context": context})]
 
 

@@ -109,6 +109,10 @@ class Moderator:
     ) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
 
+    async def run_blocking(self, func: Callable[..., T], *args: Any) -> T:
+        """Run blocking work in the plugin's executor."""
+        return await self._run(self._executor, func, *args)
+
     async def _store(self, func: Callable[..., T], *args: Any) -> T:
         return await self._run(self._store_executor, func, *args)
 
@@ -188,7 +192,10 @@ class Moderator:
             self._executor,
             lambda: prepare(
                 buffer,
-                max_side=self.settings.analysis_max_side,
+                max_side=min(
+                    self.settings.analysis_max_side,
+                    self.backend.max_side or self.settings.analysis_max_side,
+                ),
                 max_pixels=self.settings.max_pixels,
             ),
         )

@@ -48,6 +48,14 @@ class Runtime:
                 self._pid = os.getpid()
             return self._moderator
 
+    async def warm_up(self) -> None:
+        """Build this process's clients or model ahead of the first request."""
+        moderator = self.moderator
+        try:
+            await moderator.run_blocking(moderator.backend.warm_up)
+        except Exception:
+            logger.exception("backend %s failed to warm up", moderator.backend.name)
+
     def _build_moderator(self) -> Moderator:
         settings = self.settings
         executor = concurrent.futures.ThreadPoolExecutor(

@@ -44,6 +44,8 @@ class Backend:
     """Judge one prepared picture."""
 
     name = "backend"
+    # Longest side the backend can use; pictures are prepared no larger than this.
+    max_side: int | None = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -1,0 +1,161 @@
+"""Offline moderation with the NudeNet detector that ships inside the ``nudenet`` wheel.
+
+Nothing is downloaded: the ONNX model (320n.onnx) is read from the installed package.
+Detections are mapped onto Rekognition's model 6.x taxonomy (Explicit Nudity and
+Suggestive), so the thresholds, ignores and MODERATION_RULES written for Rekognition
+drive this backend too. It sees nudity only; every other category is reported by
+``unseen_categories`` and logged at start-up when the configuration names one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from thumbor_rekognition import taxonomy
+from thumbor_rekognition.backends import Backend as BaseBackend
+from thumbor_rekognition.backends import BackendConfigurationError, BadImageError
+from thumbor_rekognition.decision import Analysis, Label
+from thumbor_rekognition.preparation import PreparedImage
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+logger = logging.getLogger(__name__)
+
+EXPLICIT = "Explicit Nudity"
+SUGGESTIVE = "Suggestive"
+
+# Detector class -> (parent, label) in Rekognition's 6.x taxonomy. Classes left out
+# (faces, feet, armpits, bellies) are body parts, not moderation categories.
+CLASS_LABELS: Mapping[str, tuple[str, str]] = {
+    "FEMALE_GENITALIA_EXPOSED": (EXPLICIT, "Graphic Female Nudity"),
+    "MALE_GENITALIA_EXPOSED": (EXPLICIT, "Graphic Male Nudity"),
+    "FEMALE_BREAST_EXPOSED": (EXPLICIT, "Nudity"),
+    "BUTTOCKS_EXPOSED": (EXPLICIT, "Nudity"),
+    "ANUS_EXPOSED": (EXPLICIT, "Nudity"),
+    "MALE_BREAST_EXPOSED": (SUGGESTIVE, "Barechested Male"),
+    "FEMALE_BREAST_COVERED": (SUGGESTIVE, "Female Swimwear Or Underwear"),
+    "FEMALE_GENITALIA_COVERED": (SUGGESTIVE, "Female Swimwear Or Underwear"),
+    "BUTTOCKS_COVERED": (SUGGESTIVE, "Revealing Clothes"),
+    "ANUS_COVERED": (SUGGESTIVE, "Revealing Clothes"),
+}
+
+# The detector works at 320 px; a larger copy only costs decoding time.
+ANALYSIS_SIDE = 640
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detector output: a class name and a 0..1 score."""
+
+    name: str
+    score: float
+
+
+def labels_from_detections(detections: Iterable[Detection]) -> tuple[Label, ...]:
+    """Rekognition-shaped labels: the highest score per label, each parent next to its children."""
+    best: dict[tuple[str, str], float] = {}
+    for detection in detections:
+        mapped = CLASS_LABELS.get(detection.name)
+        if mapped is None:
+            continue
+        confidence = round(min(1.0, max(0.0, detection.score)) * 100, 3)
+        best[mapped] = max(confidence, best.get(mapped, 0.0))
+    parents: dict[str, float] = {}
+    for (parent, _), confidence in best.items():
+        parents[parent] = max(confidence, parents.get(parent, 0.0))
+    labels = [Label(name, "", 1, confidence) for name, confidence in parents.items()]
+    labels += [Label(name, parent, 2, confidence) for (parent, name), confidence in best.items()]
+    return tuple(labels)
+
+
+def _seen_categories() -> frozenset[str]:
+    seen = {taxonomy.slug(name) for pair in CLASS_LABELS.values() for name in pair}
+    return frozenset(seen)
+
+
+class Backend(BaseBackend):
+    """NudeNet's ONNX detector, one onnxruntime session per process, built after fork."""
+
+    name = "nudenet"
+    max_side = ANALYSIS_SIDE
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._lock = threading.Lock()
+        self._detector: Any = None
+        self._pid = 0
+        self.model_version = _model_version()
+
+    def unseen_categories(self) -> frozenset[str]:
+        return taxonomy.known_slugs() - _seen_categories()
+
+    def detector(self) -> Any:
+        """The process's detector, built on first use."""
+        with self._lock:
+            if self._detector is None or self._pid != os.getpid():
+                self._detector = self._build()
+                self._pid = os.getpid()
+            return self._detector
+
+    def _build(self) -> Any:
+        try:
+            import nudenet
+            import onnxruntime
+        except ImportError as error:
+            raise BackendConfigurationError(
+                "the offline backend needs the 'local' extra: pip install "
+                f"'thumbor-rekognition[local]' ({error})"
+            ) from error
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.settings.nudenet_threads
+        options.inter_op_num_threads = 1
+        model = os.path.join(os.path.dirname(nudenet.__file__), "320n.onnx")
+        detector = nudenet.NudeDetector(model_path=model)
+        # NudeDetector takes no session options; replace its session with a tuned one.
+        detector.onnx_session = onnxruntime.InferenceSession(
+            model, options, providers=["CPUExecutionProvider"]
+        )
+        return detector
+
+    def warm_up(self) -> None:
+        import numpy
+
+        self.detector().detect(numpy.zeros((ANALYSIS_SIDE, ANALYSIS_SIDE, 3), numpy.uint8))
+
+    def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
+        import cv2
+        import numpy
+
+        detector = self.detector()
+        found: list[Detection] = []
+        for frame in image.frames:
+            pixels = cv2.imdecode(numpy.frombuffer(frame.data, numpy.uint8), cv2.IMREAD_COLOR)
+            if pixels is None:
+                raise BadImageError(f"prepared {frame.format} frame could not be decoded")
+            found += [
+                Detection(str(d["class"]), float(d["score"])) for d in detector.detect(pixels)
+            ]
+        labels = tuple(
+            label for label in labels_from_detections(found) if label.confidence >= min_confidence
+        )
+        return Analysis(
+            labels=labels,
+            backend=self.name,
+            model_version=self.model_version,
+            min_confidence=min_confidence,
+            frames=len(image.frames),
+        )
+
+
+def _model_version() -> str:
+    try:
+        return f"nudenet-{metadata.version('nudenet')}/320n"
+    except metadata.PackageNotFoundError:
+        return "nudenet/320n"
