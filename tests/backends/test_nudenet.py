@@ -1,0 +1,184 @@
+"""The offline backend: detector outputs mapped onto the taxonomy, and the real model."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from thumbor.config import Config
+
+from tests.servers import ThumborServer, base_config
+from thumbor_rekognition.backends.nudenet import Backend, Detection, labels_from_detections
+from thumbor_rekognition.config import Settings
+from thumbor_rekognition.decision import Status
+from thumbor_rekognition.policy import Policy
+from thumbor_rekognition.preparation import prepare
+
+pytest.importorskip("nudenet")
+
+PICTURES = Path(__file__).resolve().parents[2] / "demo" / "pictures"
+DEFAULT = Policy()
+
+
+def judge(*detections: tuple[str, float]) -> Status:
+    labels = labels_from_detections(Detection(name, score) for name, score in detections)
+    return DEFAULT.judge(labels).status
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "FEMALE_GENITALIA_EXPOSED",
+        "MALE_GENITALIA_EXPOSED",
+        "FEMALE_BREAST_EXPOSED",
+        "BUTTOCKS_EXPOSED",
+        "ANUS_EXPOSED",
+    ],
+)
+def test_exposed_classes_reject_under_default_thresholds(name: str) -> None:
+    assert judge((name, 0.62)) is Status.REJECTED
+    assert judge((name, 0.45)) is Status.APPROVED
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("FEMALE_BREAST_COVERED", "Female Swimwear Or Underwear"),
+        ("FEMALE_GENITALIA_COVERED", "Female Swimwear Or Underwear"),
+        ("BUTTOCKS_COVERED", "Revealing Clothes"),
+        ("ANUS_COVERED", "Revealing Clothes"),
+        ("MALE_BREAST_EXPOSED", "Barechested Male"),
+    ],
+)
+def test_covered_classes_are_judged_as_suggestive(name: str, label: str) -> None:
+    labels = labels_from_detections([Detection(name, 0.8)])
+
+    assert [(item.parent, item.name) for item in labels] == [
+        ("", "Suggestive"),
+        ("Suggestive", label),
+    ]
+    assert Policy(rules={"suggestive": 0.9}).judge(labels).status is Status.APPROVED
+    assert Policy(rules={"suggestive": None}).judge(labels).status is Status.APPROVED
+    assert DEFAULT.judge(labels).status is Status.REJECTED
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "FACE_FEMALE",
+        "FACE_MALE",
+        "FEET_EXPOSED",
+        "FEET_COVERED",
+        "ARMPITS_EXPOSED",
+        "BELLY_EXPOSED",
+    ],
+)
+def test_faces_feet_and_body_parts_never_reject(name: str) -> None:
+    assert labels_from_detections([Detection(name, 0.99)]) == ()
+    assert judge((name, 0.99)) is Status.APPROVED
+
+
+def test_highest_score_per_label_is_kept_and_repeated_on_the_parent() -> None:
+    labels = labels_from_detections(
+        [
+            Detection("FEMALE_BREAST_EXPOSED", 0.55),
+            Detection("BUTTOCKS_EXPOSED", 0.81),
+            Detection("FACE_FEMALE", 0.9),
+        ]
+    )
+
+    assert {(item.parent, item.name): item.confidence for item in labels} == {
+        ("", "Explicit Nudity"): 81.0,
+        ("Explicit Nudity", "Nudity"): 81.0,
+    }
+
+
+def test_seed_rules_drive_the_offline_labels() -> None:
+    policy = Policy(
+        rules={
+            "female_swimwear_or_underwear": 0.75,
+            "explicit_nudity": 0.6,
+            "revealing_clothes": None,
+        }
+    )
+
+    def status(name: str, score: float) -> Status:
+        return policy.judge(labels_from_detections([Detection(name, score)])).status
+
+    assert status("FEMALE_BREAST_COVERED", 0.76) is Status.REJECTED
+    assert status("FEMALE_BREAST_COVERED", 0.74) is Status.APPROVED
+    assert status("FEMALE_BREAST_EXPOSED", 0.61) is Status.REJECTED
+    assert status("FEMALE_BREAST_EXPOSED", 0.59) is Status.APPROVED
+    assert status("BUTTOCKS_COVERED", 0.99) is Status.APPROVED
+
+
+def test_backend_names_what_it_cannot_see() -> None:
+    unseen = Backend(Settings.from_config(Config())).unseen_categories()
+
+    assert {"violence", "drugs", "hate_symbols", "gambling", "alcohol"} <= unseen
+    assert not {"explicit_nudity", "nudity", "suggestive", "revealing_clothes"} & unseen
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    config = Config()
+    config.NUDENET_THREADS = 1
+    detector = Backend(Settings.from_config(config))
+    detector.warm_up()
+    return detector
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PICTURES.iterdir()))
+def test_real_model_finds_nothing_in_the_shipped_pictures(backend: Backend, name: str) -> None:
+    prepared = prepare((PICTURES / name).read_bytes(), max_side=backend.max_side or 640)
+
+    analysis = backend.detect(prepared, min_confidence=20.0)
+
+    assert analysis.labels == ()
+    assert analysis.backend == "nudenet"
+    assert analysis.model_version.startswith("nudenet-3.4")
+
+
+def test_real_model_sees_a_portrait_and_does_not_reject_a_face(backend: Backend) -> None:
+    import thumbor
+
+    portrait = Path(thumbor.__file__).parent / "fixtures" / "filters" / "source.jpg"
+    detector = backend.detector()
+
+    raw = detector.detect(str(portrait))
+    analysis = backend.detect(prepare(portrait.read_bytes(), max_side=640), min_confidence=20.0)
+
+    assert any(item["class"].startswith("FACE_") and item["score"] > 0.5 for item in raw)
+    assert DEFAULT.judge(analysis.labels).status is Status.APPROVED
+
+
+@pytest.mark.e2e
+def test_thumbor_with_the_offline_model_serves_and_records_decisions(tmp_path: Path) -> None:
+    config = base_config(tmp_path, PICTURES, None)
+    config["MODERATION_BACKEND"] = "thumbor_rekognition.backends.nudenet"
+    config["MODERATION_CATEGORY_THRESHOLDS"] = {"violence": 0.7}
+    thumbor = ThumborServer(tmp_path, config).start()
+    try:
+        responses = {
+            name: thumbor.get(f"/unsafe/120x80/{name}") for name in ("landscape.jpg", "spinner.gif")
+        }
+    finally:
+        thumbor.stop()
+
+    assert {name: r.header("X-Moderation-Status") for name, r in responses.items()} == {
+        "landscape.jpg": "approved",
+        "spinner.gif": "approved",
+    }
+    with sqlite3.connect(tmp_path / "decisions.sqlite3") as db:
+        rows = db.execute(
+            "SELECT key, json_extract(body, '$.backend'), json_extract(body, '$.model_version')"
+            " FROM decisions ORDER BY key"
+        ).fetchall()
+    assert [(key, backend) for key, backend, _ in rows] == [
+        ("landscape.jpg", "nudenet"),
+        ("spinner.gif", "nudenet"),
+    ]
+    assert all(version.startswith("nudenet-3.4") for _, _, version in rows)
+    assert "never reports these configured categories: violence" in thumbor.log
+    assert "Traceback" not in thumbor.log
