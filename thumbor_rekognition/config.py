@@ -139,15 +139,16 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_ANALYSIS_MAX_SIDE",
         1600,
-        "Longest side in pixels of the copy sent to the backend; larger originals are "
-        "decoded at reduced size and scaled down.",
+        "Longest side in pixels the backend needs. Larger originals are decoded at "
+        "reduced size and reduced by an integer factor, so the copy sent to the backend "
+        "has a longest side between this and twice this.",
         GROUP,
     ),
     (
         "NUDENET_THREADS",
-        0,
-        "Threads of the offline model's onnxruntime session per Thumbor process; 0 lets "
-        "onnxruntime use every core.",
+        1,
+        "Threads of the offline model's onnxruntime session per Thumbor process. 1 suits "
+        "a server that runs one Thumbor process per core; 0 lets onnxruntime use every core.",
         NUDENET_GROUP,
     ),
     (

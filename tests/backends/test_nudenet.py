@@ -153,6 +153,45 @@ def test_real_model_sees_a_portrait_and_does_not_reject_a_face(backend: Backend)
     assert DEFAULT.judge(analysis.labels).status is Status.APPROVED
 
 
+def test_best_score_per_class_keeps_each_class_strongest_box_from_025() -> None:
+    import numpy
+
+    from thumbor_rekognition.backends.nudenet import CLASSES, _best_per_class
+
+    candidates = numpy.zeros((1, 4 + len(CLASSES), 5), numpy.float32)
+    face, breast = CLASSES.index("FACE_FEMALE"), CLASSES.index("FEMALE_BREAST_EXPOSED")
+    candidates[0, 4 + face, 0] = 0.9
+    candidates[0, 4 + breast, 1] = 0.4
+    candidates[0, 4 + breast, 2] = 0.7
+    candidates[0, 4 + breast, 3] = 0.6
+    candidates[0, 4 + face, 3] = 0.3
+    candidates[0, 4 + CLASSES.index("ANUS_EXPOSED"), 4] = 0.24
+
+    found = {item.name: item.score for item in _best_per_class(candidates)}
+
+    assert found == pytest.approx({"FACE_FEMALE": 0.9, "FEMALE_BREAST_EXPOSED": 0.7})
+
+
+def test_best_score_per_class_matches_nudenets_own_post_processing(backend: Backend) -> None:
+    import cv2
+    import thumbor
+
+    from thumbor_rekognition.backends.nudenet import _best_per_class, _run
+
+    detector = backend.detector()
+    sources = [Path(thumbor.__file__).parent / "fixtures" / "filters" / "source.jpg"]
+    sources += sorted(PICTURES.glob("*.jpg")) + sorted(PICTURES.glob("*.png"))
+    for source in sources:
+        pixels = cv2.imread(str(source))
+        theirs: dict[str, float] = {}
+        for item in detector.detect(pixels):
+            theirs[item["class"]] = max(theirs.get(item["class"], 0.0), item["score"])
+
+        ours = {found.name: found.score for found in _best_per_class(_run(detector, pixels))}
+
+        assert ours == pytest.approx(theirs)
+
+
 @pytest.mark.e2e
 def test_thumbor_with_the_offline_model_serves_and_records_decisions(tmp_path: Path) -> None:
     config = base_config(tmp_path, PICTURES, None)

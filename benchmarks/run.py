@@ -1,0 +1,275 @@
+"""Print the plugin's performance figures, each measured against stock Thumbor in the same run.
+
+    make bench            # or: python benchmarks/run.py [--seconds 5] [--rounds 3]
+
+Figures: result-storage-hit throughput of stock Thumbor vs Thumbor with the plugin (goal
+>= 0.97x), the gate's throughput on a rejected image, backend calls under concurrent first
+requests, preparation time of a 12 MP JPEG (goal <= 40 ms p50), and the offline model's
+warm latency per image (goal <= 30 ms p50) with its process memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.rekognition import FakeRekognition  # noqa: E402
+from tests.servers import ThumborServer, base_config  # noqa: E402
+from thumbor_rekognition.preparation import prepare  # noqa: E402
+
+REJECTED_COLOR = (220, 30, 30)
+NUDITY = [
+    {"Name": "Explicit Nudity", "ParentName": "", "Confidence": 97.0},
+    {"Name": "Nudity", "ParentName": "Explicit Nudity", "Confidence": 97.0},
+]
+
+
+def photo_like(width: int, height: int, color: tuple[int, int, int] | None = None) -> bytes:
+    """A JPEG with gradients, shapes and grain: closer to a photo's entropy than a flat fill."""
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for y in range(0, height, 4):
+        t = y / height
+        base = color or (int(70 + 150 * t), int(120 + 80 * t), int(200 - 90 * t))
+        draw.rectangle((0, y, width, y + 4), fill=base)
+    if color is None:
+        for index in range(40):
+            x, y = (index * 997) % width, (index * 613) % height
+            size = width // 12
+            draw.ellipse((x, y, x + size, y + size), fill=((index * 50) % 255, 90, 160))
+        noise = Image.effect_noise((width, height), 24).convert("RGB")
+        image = Image.blend(image, noise, 0.12).filter(ImageFilter.SMOOTH)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def hammer(port: int, path: str, seconds: float, clients: int) -> float:
+    """Requests per second over keep-alive connections from `clients` threads."""
+    stop = time.monotonic() + seconds
+    counts = [0] * clients
+    failures: list[str] = []
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.monotonic() < stop:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                failures.append(f"{response.status} for {path}")
+                return
+            counts[index] += 1
+        connection.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(failures[0])
+    return sum(counts) / (time.monotonic() - started)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -> None:
+    images = work / "images"
+    images.mkdir()
+    (images / "photo.jpg").write_bytes(photo_like(1600, 1067))
+    (images / "rejected.jpg").write_bytes(photo_like(800, 600, REJECTED_COLOR))
+    fake.respond(REJECTED_COLOR, NUDITY)
+
+    stock_config = base_config(work / "stock", images, None)
+    stock_config["LOADER"] = "thumbor.loaders.file_loader"
+    stock_config["HANDLER_LISTS"] = ["thumbor.handler_lists.healthcheck"]
+    plugin_config = base_config(work / "plugin", images, fake.url)
+    plugin_config["MODERATION_CACHE_TTL_SECONDS"] = 2.0
+    forbidden_config = dict(plugin_config, MODERATION_REJECTED_RESPONSE="forbidden")
+    forbidden_config["MODERATION_SQLITE_PATH"] = str(work / "plugin" / "decisions.sqlite3")
+
+    stock = ThumborServer(work / "stock", stock_config).start()
+    plugin = ThumborServer(work / "plugin", plugin_config).start()
+    path = "/unsafe/300x200/photo.jpg"
+    try:
+        for server in (stock, plugin):
+            for _ in range(3):
+                assert server.get(path).status == 200
+        results: dict[str, list[float]] = {"stock": [], "plugin": []}
+        for _ in range(rounds):
+            results["stock"].append(hammer(stock.port, path, seconds, clients=4))
+            results["plugin"].append(hammer(plugin.port, path, seconds, clients=4))
+        stock_rps = statistics.median(results["stock"])
+        plugin_rps = statistics.median(results["plugin"])
+        print("result-storage hits, 1 Thumbor process, 4 keep-alive clients")
+        print(f"  stock Thumbor        {stock_rps:8.0f} req/s  (rounds: {_fmt(results['stock'])})")
+        print(f"  with the plugin      {plugin_rps:8.0f} req/s  (rounds: {_fmt(results['plugin'])})")
+        print(f"  ratio                {plugin_rps / stock_rps:8.3f}x  (goal >= 0.97x)")
+
+        rejected = "/unsafe/300x200/rejected.jpg"
+        plugin.get(rejected)
+        placeholder_rps = hammer(plugin.port, rejected, seconds, clients=4)
+        stock_transform = hammer(stock.port, "/unsafe/300x200/rejected.jpg", seconds, clients=4)
+    finally:
+        stock.stop()
+        plugin.stop()
+
+    forbidden = ThumborServer(work / "plugin", forbidden_config).start()
+    try:
+        forbidden_rps = _hammer_status(forbidden.port, rejected, seconds, 403)
+    finally:
+        forbidden.stop()
+    print("rejected image (decision cached in memory)")
+    print(f"  gate, placeholder    {placeholder_rps:8.0f} req/s  (rendered per request, never cached)")
+    print(f"  gate, 403            {forbidden_rps:8.0f} req/s")
+    print(f"  stock result hit     {stock_transform:8.0f} req/s  (stock serves the image from cache)")
+
+
+def _hammer_status(port: int, path: str, seconds: float, status: int) -> float:
+    stop = time.monotonic() + seconds
+    count = 0
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    started = time.monotonic()
+    while time.monotonic() < stop:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        if response.status != status:
+            raise RuntimeError(f"expected {status}, got {response.status}")
+        count += 1
+    return count / (time.monotonic() - started)
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{value:.0f}" for value in values)
+
+
+def concurrency(work: Path, fake: FakeRekognition) -> None:
+    images = work / "burst"
+    images.mkdir()
+    data = photo_like(1024, 768)
+    for index in range(20):
+        (images / f"copy-{index}.jpg").write_bytes(data)
+    fake.reset()
+    fake.fail("slow", delay=0.3)
+    config = base_config(work / "burst-server", images, fake.url)
+    server = ThumborServer(work / "burst-server", config).start()
+    try:
+        paths = [f"/unsafe/{100 + i}x{100 + i}/copy-0.jpg" for i in range(100)]
+        paths += [f"/unsafe/64x64/copy-{i}.jpg" for i in range(1, 20)]
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            statuses = list(pool.map(lambda p: server.get(p).header("X-Moderation-Status"), paths))
+    finally:
+        server.stop()
+        fake.clear_faults()
+    approved = statuses.count("approved")
+    print("concurrent first requests (backend answers in 300 ms)")
+    print(
+        f"  {len(paths)} requests: 100 sizes of one URL + 19 other URLs, same bytes -> "
+        f"{fake.call_count} backend call(s), {approved}/{len(paths)} approved"
+    )
+
+
+def preparation() -> None:
+    data = photo_like(4000, 3000)
+    timings = []
+    for _ in range(30):
+        started = time.perf_counter()
+        prepared = prepare(data, max_side=1600)
+        timings.append((time.perf_counter() - started) * 1000)
+    frame = prepared.frames[0]
+    print("preparation of a 12 MP JPEG for Rekognition")
+    print(
+        f"  {len(data) / 1e6:.1f} MB 4000x3000 -> {frame.width}x{frame.height} "
+        f"{frame.format} {len(frame.data) / 1e3:.0f} kB: p50 {percentile(timings, 0.5):.1f} ms, "
+        f"p90 {percentile(timings, 0.9):.1f} ms (goal p50 <= 40 ms)"
+    )
+
+
+def offline(work: Path) -> None:
+    try:
+        from thumbor.config import Config
+
+        from thumbor_rekognition.backends.nudenet import Backend
+        from thumbor_rekognition.config import Settings
+    except ImportError:
+        print("offline model: not installed (pip install '.[local]')")
+        return
+    backend = Backend(Settings.from_config(Config()))
+    backend.warm_up()
+    pictures = [prepare(photo_like(1600, 1200 - 40 * i), max_side=640) for i in range(10)]
+    timings = []
+    for _ in range(5):
+        for picture in pictures:
+            started = time.perf_counter()
+            backend.detect(picture, 50.0)
+            timings.append((time.perf_counter() - started) * 1000)
+    print("offline model (nudenet 320n, onnxruntime, default threads)")
+    print(
+        f"  warm latency per prepared image: p50 {percentile(timings, 0.5):.1f} ms, "
+        f"p90 {percentile(timings, 0.9):.1f} ms (goal p50 <= 30 ms)"
+    )
+    images = work / "offline"
+    images.mkdir()
+    (images / "photo.jpg").write_bytes(photo_like(1600, 1067))
+    stock_config = base_config(work / "offline-stock", images, None)
+    stock_config["LOADER"] = "thumbor.loaders.file_loader"
+    stock_config["HANDLER_LISTS"] = ["thumbor.handler_lists.healthcheck"]
+    plugin_config = base_config(work / "offline-plugin", images, None)
+    plugin_config["MODERATION_BACKEND"] = "thumbor_rekognition.backends.nudenet"
+    memory = {}
+    for name, config in (("stock", stock_config), ("plugin", plugin_config)):
+        server = ThumborServer(work / f"offline-{name}", config).start()
+        try:
+            for index in range(5):
+                server.get(f"/unsafe/{200 + index}x150/photo.jpg")
+            assert server.process is not None
+            memory[name] = rss_mb(server.process.pid)
+        finally:
+            server.stop()
+    print(
+        f"  Thumbor RSS after warm-up and 5 requests: stock {memory['stock']:.0f} MB, "
+        f"with the offline model {memory['plugin']:.0f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each load run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating stock/plugin rounds")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory, FakeRekognition() as fake:
+        work = Path(directory)
+        throughput(work, fake, arguments.seconds, arguments.rounds)
+        concurrency(work, fake)
+        preparation()
+        offline(work)
+
+
+if __name__ == "__main__":
+    main()
