@@ -33,11 +33,17 @@ class Policy:
         rules: Mapping[str, float | None] | None = None,
         review_band: float = 0.0,
     ) -> None:
-        self.default = default
-        self.rules: dict[str, float | None] = dict(rules or {})
-        self.review_band = review_band
+        self.default = float(default)
+        self.rules: dict[str, float | None] = {}
+        for name, value in (rules or {}).items():
+            category = taxonomy.canonical(name)
+            if category is None:
+                raise ValueError(f"unknown moderation category {name!r}")
+            self.rules[category] = None if value is None else float(value)
+        self.review_band = float(review_band)
         canonical = json.dumps(
-            {"default": default, "rules": self.rules, "band": review_band}, sort_keys=True
+            {"default": self.default, "rules": self.rules, "band": self.review_band},
+            sort_keys=True,
         )
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -83,7 +89,7 @@ class Policy:
             )
             if confidence > threshold:
                 rejecting.append(reason)
-            elif self.review_band and confidence > threshold - self.review_band:
+            elif self.review_band and confidence > round(threshold - self.review_band, 9):
                 reviewing.append(reason)
         if rejecting:
             return Verdict(Status.REJECTED, tuple(rejecting))
@@ -122,16 +128,17 @@ def parse_cloudinary_rules(text: str) -> dict[str, float | None]:
     for category, level in zip(pairs[::2], pairs[1::2], strict=True):
         if not category:
             raise ValueError(f"empty category name in {text!r}")
-        if level.lower() == "ignore":
-            rules[category] = None
-            continue
-        try:
-            value = float(level)
-        except ValueError:
-            raise ValueError(
-                f"level '{level}' of category '{category}' is neither a number nor 'ignore'"
-            ) from None
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"level {value} of category '{category}' is not between 0 and 1")
+        value: float | None = None
+        if level.lower() != "ignore":
+            try:
+                value = float(level)
+            except ValueError:
+                raise ValueError(
+                    f"level '{level}' of category '{category}' is neither a number nor 'ignore'"
+                ) from None
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"level {value} of category '{category}' is not between 0 and 1")
+        if category in rules and rules[category] != value:
+            raise ValueError(f"category '{category}' is given two different levels")
         rules[category] = value
     return rules

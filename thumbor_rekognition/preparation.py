@@ -65,6 +65,9 @@ def prepare(data: bytes, *, max_side: int = 1600, max_pixels: int = 100_000_000)
                     f"{width}x{height} is more than MODERATION_MAX_PIXELS ({max_pixels}) pixels"
                 )
             original_format = image.format or "unknown"
+            # Thumbor's PIL engine makes Pillow accept truncated files process-wide;
+            # a picture cut short must not be judged on the part that arrived.
+            _check_complete(original_format, data)
             frame_count = int(getattr(image, "n_frames", 1))
             if _can_send_as_is(image, data, max_side):
                 image.load()
@@ -74,7 +77,9 @@ def prepare(data: bytes, *, max_side: int = 1600, max_pixels: int = 100_000_000)
     except UnsupportedImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageTooLarge(str(error)) from None
+        raise ImageTooLarge(
+            f"more pixels than Pillow may decode here (Thumbor's MAX_PIXELS): {error}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise UnsupportedImage(f"not a readable image ({error})") from None
     return PreparedImage(
@@ -84,6 +89,15 @@ def prepare(data: bytes, *, max_side: int = 1600, max_pixels: int = 100_000_000)
         format=original_format,
         frame_count=frame_count,
     )
+
+
+def _check_complete(image_format: str, data: bytes) -> None:
+    if image_format == "JPEG":
+        last_scan = data.rfind(b"\xff\xda")
+        if last_scan == -1 or data.find(b"\xff\xd9", last_scan) == -1:
+            raise UnsupportedImage("truncated JPEG: no end of image after its last scan")
+    elif image_format == "PNG" and data.rfind(b"IEND") == -1:
+        raise UnsupportedImage("truncated PNG: no IEND chunk")
 
 
 def _can_send_as_is(image: Image.Image, data: bytes, max_side: int) -> bool:
@@ -131,6 +145,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # Pillow clips wide values when converting to 8 bits; scale them instead.
         wide = image.convert("I") if image.mode.startswith("I;16") else image
         peak = 65535.0 if image.mode.startswith("I;16") else _peak(wide)
+        if peak <= 255.0:
+            return wide.convert("L")
         return wide.point(lambda value: value * (255.0 / peak)).convert("L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -143,9 +159,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _peak(image: Image.Image) -> float:
+    """The white point of a wide greyscale image: 8-bit, 16-bit, or its own maximum."""
     extrema = image.getextrema()
     high = extrema[1] if isinstance(extrema, tuple) else extrema
-    return float(high) if isinstance(high, (int, float)) and high > 0 else 1.0
+    value = float(high) if isinstance(high, (int, float)) else 0.0
+    if value <= 255.0:
+        return 255.0
+    return 65535.0 if value <= 65535.0 else value
 
 
 def _pad(image: Image.Image) -> Image.Image:
@@ -156,11 +176,17 @@ def _pad(image: Image.Image) -> Image.Image:
 
 
 def _encode(image: Image.Image) -> Frame:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
-    data = buffer.getvalue()
-    if len(data) > MAX_BYTES:
+    quality = JPEG_QUALITY
+    while True:
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=70)
+        image.save(buffer, "JPEG", quality=quality)
         data = buffer.getvalue()
-    return Frame(data, "JPEG", image.width, image.height)
+        if len(data) <= MAX_BYTES:
+            return Frame(data, "JPEG", image.width, image.height)
+        if quality > 60:
+            quality -= 15
+        else:
+            size = (max(MIN_SIDE, int(image.width * 0.75)), max(MIN_SIDE, int(image.height * 0.75)))
+            if size == image.size:
+                raise UnsupportedImage("cannot encode the picture within the backend's 5 MB")
+            image = image.resize(size, Image.Resampling.BILINEAR)

@@ -210,7 +210,13 @@ def infer_level(parent: str, level: int | None, siblings: Iterable[tuple[str, st
     if not parent:
         return 1
     parent_slug = canonical(parent) or slug(parent)
+
+    def key(name: str) -> str:
+        return canonical(name) or slug(name)
+
+    # A name can be its own parent (Gambling > Gambling): that entry is the label itself,
+    # not a grandparent.
     parent_has_parent = any(
-        (canonical(name) or slug(name)) == parent_slug and grand for name, grand in siblings
+        key(name) == parent_slug and grand and key(grand) != parent_slug for name, grand in siblings
     )
     return 3 if parent_has_parent else 2

@@ -19,11 +19,12 @@ def normalise(image_url: str) -> str:
     segment may be a folder of the file loader, so its case is kept.
     """
     text = unquote(image_url).strip()
-    text = text.split("#", 1)[0]
     match = _SCHEME.match(text)
     if match is None:
         return text
-    host, slash, path = text[match.end() :].partition("/")
-    if match.group(0).lower().startswith("http"):
-        host = _DEFAULT_PORT.sub("", host.lower())
-    return f"{host}{slash}{path}"
+    rest = text[match.end() :]
+    if not match.group(0).lower().startswith("http"):
+        # A path of the file loader: '#' belongs to the file name, and case matters.
+        return rest
+    host, slash, path = rest.split("#", 1)[0].partition("/")
+    return f"{_DEFAULT_PORT.sub('', host.lower())}{slash}{path}"

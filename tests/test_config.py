@@ -1,0 +1,345 @@
+"""Raw Thumbor configuration -> typed, validated settings, with errors that name the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from thumbor.config import Config
+
+from thumbor_rekognition.config import ConfigurationError, Secret, Settings
+from thumbor_rekognition.policy import Policy
+
+
+def settings(**values: Any) -> Settings:
+    """Settings read from a Thumbor config with these keys set, as thumbor.conf would."""
+    config = Config()
+    for key, value in values.items():
+        setattr(config, key, value)
+    return Settings.from_config(config)
+
+
+def test_defaults_give_the_documented_settings() -> None:
+    result = Settings.from_config(Config())
+
+    assert result.policy == Policy(default=0.5, rules={}, review_band=0.0)
+    assert result.source_loader == "thumbor.loaders.http_loader"
+    assert result.backend == "thumbor_rekognition.backends.rekognition"
+    assert result.rejected_response == "placeholder"
+    assert result.placeholder_path is None
+    assert result.rejected_max_age == 60
+    assert result.on_error == "reject"
+    assert result.decision_store == "thumbor_rekognition.stores.sqlite"
+    assert result.cache_ttl == 2.0
+    assert result.workers == 8
+    assert result.max_pixels == 100_000_000
+    assert result.analysis_max_side == 1600
+    assert result.rekognition_region == "us-east-1"
+    assert result.rekognition_endpoint_url is None
+    assert result.rekognition_timeout == 5.0
+    assert result.rekognition_max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "attribute", "expected"),
+    [
+        ("MODERATION_MIN_CONFIDENCE", "0.7", lambda s: s.policy.default, 0.7),
+        ("MODERATION_MIN_CONFIDENCE", "1", lambda s: s.policy.default, 1.0),
+        ("MODERATION_REVIEW_BAND", "0.1", lambda s: s.policy.review_band, 0.1),
+        ("MODERATION_CACHE_TTL_SECONDS", "0.5", lambda s: s.cache_ttl, 0.5),
+        ("REKOGNITION_TIMEOUT_SECONDS", "2.5", lambda s: s.rekognition_timeout, 2.5),
+        ("MODERATION_REJECTED_MAX_AGE", "0", lambda s: s.rejected_max_age, 0),
+        ("MODERATION_WORKERS", " 4 ", lambda s: s.workers, 4),
+        ("MODERATION_MAX_PIXELS", "50000000", lambda s: s.max_pixels, 50_000_000),
+        ("MODERATION_ANALYSIS_MAX_SIDE", "800", lambda s: s.analysis_max_side, 800),
+        ("REKOGNITION_MAX_ATTEMPTS", "5", lambda s: s.rekognition_max_attempts, 5),
+        ("MODERATION_REJECTED_RESPONSE", "Forbidden", lambda s: s.rejected_response, "forbidden"),
+        ("MODERATION_ON_ERROR", " allow ", lambda s: s.on_error, "allow"),
+        ("MODERATION_PLACEHOLDER_PATH", "None", lambda s: s.placeholder_path, None),
+        ("MODERATION_PLACEHOLDER_PATH", "", lambda s: s.placeholder_path, None),
+        ("REKOGNITION_ENDPOINT_URL", "", lambda s: s.rekognition_endpoint_url, None),
+        (
+            "REKOGNITION_ENDPOINT_URL",
+            "http://127.0.0.1:9000",
+            lambda s: s.rekognition_endpoint_url,
+            "http://127.0.0.1:9000",
+        ),
+    ],
+)
+def test_string_values_are_cast_to_their_types(
+    key: str, text: str, attribute: Any, expected: object
+) -> None:
+    result = attribute(settings(**{key: text}))
+
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+def test_values_from_the_environment_are_read_and_cast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `thumbor --use-environment` switches on; patched so it does not outlive the test.
+    monkeypatch.setattr(Config, "_allow_environment_variables", True)
+    monkeypatch.setenv("MODERATION_MIN_CONFIDENCE", "0.8")
+    monkeypatch.setenv("MODERATION_CATEGORY_THRESHOLDS", '{"Explicit Nudity": 0.6}')
+    monkeypatch.setenv("MODERATION_IGNORED_CATEGORIES", "Revealing Clothes")
+    monkeypatch.setenv("MODERATION_WORKERS", "2")
+    monkeypatch.setenv("MODERATION_ON_ERROR", "allow")
+
+    result = Settings.from_config(Config())
+
+    assert result.policy == Policy(
+        default=0.8, rules={"explicit_nudity": 0.6, "revealing_clothes": None}
+    )
+    assert result.workers == 2
+    assert result.on_error == "allow"
+
+
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        '{"Explicit Nudity": 0.6, "female_swimwear_or_underwear": "0.75"}',
+        {"EXPLICIT_NUDITY": "0.6", "Female Swimwear or Underwear": 0.75},
+    ],
+    ids=["json-string", "dict"],
+)
+def test_category_thresholds_are_keyed_by_slug_and_cast_to_floats(thresholds: object) -> None:
+    result = settings(MODERATION_CATEGORY_THRESHOLDS=thresholds)
+
+    assert result.policy.rules == {"explicit_nudity": 0.6, "female_swimwear_or_underwear": 0.75}
+
+
+@pytest.mark.parametrize(
+    "ignored",
+    [
+        "Revealing Clothes, suggestive",
+        '["revealing_clothes", "Suggestive"]',
+        ["Revealing Clothes", "SUGGESTIVE"],
+        ("revealing_clothes", "suggestive"),
+    ],
+    ids=["comma-separated", "json-list", "list", "tuple"],
+)
+def test_ignored_categories_are_read_from_lists_and_strings(ignored: object) -> None:
+    result = settings(MODERATION_IGNORED_CATEGORIES=ignored)
+
+    assert result.policy.rules == {"revealing_clothes": None, "suggestive": None}
+
+
+@pytest.mark.parametrize("empty", ["", "  ", "[]", []])
+def test_empty_ignored_categories_ignore_nothing(empty: object) -> None:
+    result = settings(MODERATION_IGNORED_CATEGORIES=empty)
+
+    assert result.policy.rules == {}
+
+
+def test_rules_string_is_merged_with_thresholds_and_ignored_categories() -> None:
+    result = settings(
+        MODERATION_RULES="aws_rek:explicit_nudity:0.6:revealing_clothes:ignore",
+        MODERATION_CATEGORY_THRESHOLDS={"Female Swimwear Or Underwear": 0.75},
+        MODERATION_IGNORED_CATEGORIES=["hate_symbols"],
+    )
+
+    assert result.policy.rules == {
+        "explicit_nudity": 0.6,
+        "revealing_clothes": None,
+        "female_swimwear_or_underwear": 0.75,
+        "hate_symbols": None,
+    }
+
+
+def test_seed_rules_string_judges_like_the_equivalent_thresholds() -> None:
+    from_rules = settings(
+        MODERATION_RULES=(
+            "aws_rek:explicit_nudity:0.6:female_swimwear_or_underwear:0.75:revealing_clothes:ignore"
+        )
+    )
+
+    from_dicts = settings(
+        MODERATION_CATEGORY_THRESHOLDS={
+            "explicit_nudity": 0.6,
+            "female_swimwear_or_underwear": 0.75,
+        },
+        MODERATION_IGNORED_CATEGORIES="revealing_clothes",
+    )
+
+    assert from_rules.policy == from_dicts.policy
+
+
+def test_category_given_the_same_value_in_two_places_is_accepted() -> None:
+    result = settings(
+        MODERATION_RULES="aws_rek:Explicit_Nudity:0.6:revealing_clothes:ignore",
+        MODERATION_CATEGORY_THRESHOLDS='{"explicit nudity": "0.60"}',
+        MODERATION_IGNORED_CATEGORIES="Revealing Clothes",
+    )
+
+    assert result.policy.rules == {"explicit_nudity": 0.6, "revealing_clothes": None}
+
+
+@pytest.mark.parametrize(
+    ("values", "first_key", "second_key"),
+    [
+        (
+            {
+                "MODERATION_RULES": "aws_rek:explicit_nudity:0.6",
+                "MODERATION_CATEGORY_THRESHOLDS": {"Explicit Nudity": 0.7},
+            },
+            "MODERATION_RULES",
+            "MODERATION_CATEGORY_THRESHOLDS",
+        ),
+        (
+            {
+                "MODERATION_RULES": "aws_rek:revealing_clothes:ignore",
+                "MODERATION_CATEGORY_THRESHOLDS": {"revealing_clothes": 0.9},
+            },
+            "MODERATION_RULES",
+            "MODERATION_CATEGORY_THRESHOLDS",
+        ),
+        (
+            {
+                "MODERATION_CATEGORY_THRESHOLDS": {"suggestive": 0.5},
+                "MODERATION_IGNORED_CATEGORIES": ["Suggestive"],
+            },
+            "MODERATION_CATEGORY_THRESHOLDS",
+            "MODERATION_IGNORED_CATEGORIES",
+        ),
+        (
+            {"MODERATION_CATEGORY_THRESHOLDS": {"Explicit Nudity": 0.6, "explicit_nudity": 0.7}},
+            "MODERATION_CATEGORY_THRESHOLDS",
+            "MODERATION_CATEGORY_THRESHOLDS",
+        ),
+    ],
+)
+def test_category_given_different_values_stops_start_up_naming_both_keys(
+    values: dict[str, Any], first_key: str, second_key: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(**values)
+
+    message = str(info.value)
+    assert f"{second_key} gives category" in message
+    assert f"{first_key} already gives it" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("MODERATION_CATEGORY_THRESHOLDS", {"explict_nudity": 0.6}, "explicit_nudity"),
+        (
+            "MODERATION_CATEGORY_THRESHOLDS",
+            '{"Female Swimware Or Underwear": 0.7}',
+            "female_swimwear_or_underwear",
+        ),
+        ("MODERATION_IGNORED_CATEGORIES", "revealing_cloths", "revealing_clothes"),
+        ("MODERATION_IGNORED_CATEGORIES", ["Hate Symbol"], "hate_symbols"),
+        ("MODERATION_RULES", "aws_rek:explict_nudity:0.6", "explicit_nudity"),
+    ],
+)
+def test_misspelt_category_stops_start_up_with_a_suggestion(
+    key: str, value: object, hint: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(**{key: value})
+
+    message = str(info.value)
+    assert key in message
+    assert f"Did you mean '{hint}'?" in message
+
+
+def test_unknown_category_unlike_any_other_stops_start_up_without_a_suggestion() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(MODERATION_IGNORED_CATEGORIES="kittens")
+
+    message = str(info.value)
+    assert "MODERATION_IGNORED_CATEGORIES" in message
+    assert "'kittens'" in message
+    assert "Did you mean" not in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        # Confidences and thresholds out of 0..1, not numbers, or booleans.
+        ("MODERATION_MIN_CONFIDENCE", "abc"),
+        ("MODERATION_MIN_CONFIDENCE", ""),
+        ("MODERATION_MIN_CONFIDENCE", "1.5"),
+        ("MODERATION_MIN_CONFIDENCE", -0.1),
+        ("MODERATION_MIN_CONFIDENCE", "nan"),
+        ("MODERATION_MIN_CONFIDENCE", True),
+        ("MODERATION_REVIEW_BAND", "-0.1"),
+        ("MODERATION_REVIEW_BAND", "abc"),
+        ("MODERATION_CATEGORY_THRESHOLDS", {"suggestive": 1.5}),
+        ("MODERATION_CATEGORY_THRESHOLDS", {"suggestive": -0.01}),
+        ("MODERATION_CATEGORY_THRESHOLDS", '{"suggestive": "abc"}'),
+        ("MODERATION_CATEGORY_THRESHOLDS", {"suggestive": True}),
+        ("MODERATION_CATEGORY_THRESHOLDS", {"suggestive": None}),
+        ("MODERATION_CATEGORY_THRESHOLDS", {"suggestive": float("inf")}),
+        ("MODERATION_RULES", "aws_rek:suggestive:1.5"),
+        ("MODERATION_RULES", "aws_rek:suggestive:abc"),
+        # Integers.
+        ("MODERATION_WORKERS", "abc"),
+        ("MODERATION_WORKERS", "0"),
+        ("MODERATION_WORKERS", 2.5),
+        ("MODERATION_WORKERS", True),
+        ("MODERATION_REJECTED_MAX_AGE", "-1"),
+        ("MODERATION_MAX_PIXELS", "100"),
+        ("MODERATION_ANALYSIS_MAX_SIDE", "20000"),
+        ("MODERATION_ANALYSIS_MAX_SIDE", "79"),
+        ("REKOGNITION_MAX_ATTEMPTS", "0"),
+        ("REKOGNITION_TIMEOUT_SECONDS", "0"),
+        ("MODERATION_CACHE_TTL_SECONDS", "-1"),
+        # Choices.
+        ("MODERATION_REJECTED_RESPONSE", "redirect"),
+        ("MODERATION_REJECTED_RESPONSE", 403),
+        ("MODERATION_ON_ERROR", "open"),
+        ("MODERATION_ON_ERROR", True),
+        # Shapes.
+        ("MODERATION_CATEGORY_THRESHOLDS", "{not json"),
+        ("MODERATION_CATEGORY_THRESHOLDS", "[0.5]"),
+        ("MODERATION_CATEGORY_THRESHOLDS", ["suggestive"]),
+        ("MODERATION_IGNORED_CATEGORIES", '["revealing_clothes"'),
+        ("MODERATION_IGNORED_CATEGORIES", '["revealing_clothes", 3]'),
+        ("MODERATION_IGNORED_CATEGORIES", 5),
+        ("MODERATION_RULES", "explicit_nudity:0.6"),
+        ("MODERATION_RULES", "aws_rek:suggestive"),
+        ("MODERATION_RULES", 0.6),
+        ("MODERATION_SOURCE_LOADER", "thumbor/loaders/http_loader"),
+        ("MODERATION_BACKEND", ""),
+        ("MODERATION_DECISION_STORE", "stores.sqlite-3"),
+        ("REKOGNITION_REGION", 1),
+    ],
+)
+def test_bad_value_stops_start_up_with_a_message_naming_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(**{key: value})
+
+    assert key in str(info.value)
+
+
+def test_bad_number_message_shows_the_value_and_what_was_wrong() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(MODERATION_MIN_CONFIDENCE="abc")
+
+    assert (
+        str(info.value) == "Config 'MODERATION_MIN_CONFIDENCE' has value 'abc'. Not a valid number."
+    )
+
+
+def test_bad_threshold_message_names_the_category_entry() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(MODERATION_CATEGORY_THRESHOLDS={"suggestive": 60})
+
+    message = str(info.value)
+    assert "MODERATION_CATEGORY_THRESHOLDS['suggestive']" in message
+    assert "between 0 and 1" in message
+
+
+def test_configuration_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="MODERATION_ON_ERROR"):
+        settings(MODERATION_ON_ERROR="maybe")
+
+
+def test_secret_hides_its_value_in_repr_and_str() -> None:
+    secret = Secret("hunter2")
+
+    shown = [repr(secret), str(secret), f"{secret}", f"{secret!r}", repr({"token": secret})]
+
+    assert all("hunter2" not in text for text in shown)
+    assert repr(secret) == "Secret('**********')"

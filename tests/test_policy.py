@@ -1,0 +1,457 @@
+"""Labels plus thresholds give a decision: thresholds, cascades, ignores and the review band."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from thumbor_rekognition.decision import Label, Reason, Status, labels_from_rekognition
+from thumbor_rekognition.policy import Policy, parse_cloudinary_rules
+
+SEED_RULES: dict[str, float | None] = {
+    "explicit_nudity": 0.6,
+    "female_swimwear_or_underwear": 0.75,
+    "revealing_clothes": None,
+}
+SEED = Policy(default=0.5, rules=SEED_RULES)
+
+
+def response(path: tuple[str, ...], confidence: float, generation: int) -> tuple[Label, ...]:
+    """Labels as Rekognition returns them for one finding, top-level category first.
+
+    Every ancestor comes back next to the finding with the finding's confidence; model 6.x
+    responses carry no TaxonomyLevel, model 7.x ones do.
+    """
+    items: list[dict[str, Any]] = []
+    for level, name in enumerate(path, start=1):
+        item: dict[str, Any] = {
+            "Name": name,
+            "ParentName": path[level - 2] if level > 1 else "",
+            "Confidence": confidence,
+        }
+        if generation == 7:
+            item["TaxonomyLevel"] = level
+        items.append(item)
+    return labels_from_rekognition(items)
+
+
+# (path of the finding, threshold that should apply to it, category that sets it)
+SEED_CASES_6X = [
+    (("Suggestive", "Female Swimwear Or Underwear"), 75.0, "female_swimwear_or_underwear"),
+    (("Explicit Nudity", "Nudity"), 60.0, "explicit_nudity"),
+    (("Explicit Nudity", "Graphic Female Nudity"), 60.0, "explicit_nudity"),
+    (("Explicit Nudity", "Adult Toys"), 60.0, "explicit_nudity"),
+    (("Suggestive", "Partial Nudity"), 50.0, "default"),
+    (("Violence", "Weapons"), 50.0, "default"),
+]
+SEED_CASES_7X = [
+    (
+        ("Swimwear or Underwear", "Female Swimwear or Underwear"),
+        75.0,
+        "female_swimwear_or_underwear",
+    ),
+    (("Explicit", "Explicit Nudity", "Exposed Female Nipple"), 60.0, "explicit_nudity"),
+    (("Explicit", "Explicit Nudity", "Exposed Male Genitalia"), 60.0, "explicit_nudity"),
+    (("Explicit", "Explicit Nudity"), 60.0, "explicit_nudity"),
+    # A sibling of Explicit Nudity is not covered by its threshold.
+    (("Explicit", "Explicit Sexual Activity"), 50.0, "default"),
+    (("Violence", "Graphic Violence", "Weapon Violence"), 50.0, "default"),
+]
+SEED_CASES = [(path, at, category, 6) for path, at, category in SEED_CASES_6X] + [
+    (path, at, category, 7) for path, at, category in SEED_CASES_7X
+]
+
+
+@pytest.mark.parametrize(("path", "threshold", "category", "generation"), SEED_CASES)
+def test_seed_policy_rejects_just_above_a_threshold(
+    path: tuple[str, ...], threshold: float, category: str, generation: int
+) -> None:
+    labels = response(path, threshold + 0.1, generation)
+
+    verdict = SEED.judge(labels)
+
+    assert verdict.status is Status.REJECTED
+    assert verdict.reasons == (
+        Reason(
+            name=path[-1],
+            parent=path[-2],
+            confidence=threshold + 0.1,
+            threshold=threshold / 100,
+            category=category,
+        ),
+    )
+
+
+@pytest.mark.parametrize(("path", "threshold", "category", "generation"), SEED_CASES)
+@pytest.mark.parametrize("offset", [0.0, -0.1], ids=["exactly-at", "just-below"])
+def test_seed_policy_approves_at_or_just_below_a_threshold(
+    path: tuple[str, ...], threshold: float, category: str, generation: int, offset: float
+) -> None:
+    labels = response(path, threshold + offset, generation)
+
+    verdict = SEED.judge(labels)
+
+    assert verdict.status is Status.APPROVED
+    assert verdict.reasons == ()
+
+
+def test_response_with_no_labels_is_approved() -> None:
+    verdict = SEED.judge(())
+
+    assert verdict.status is Status.APPROVED
+
+
+def test_ignoring_revealing_clothes_approves_suggestive_repeated_above_it() -> None:
+    labels = response(("Suggestive", "Revealing Clothes"), 99.0, 6)
+
+    verdict = SEED.judge(labels)
+
+    assert verdict.status is Status.APPROVED
+
+
+def test_parent_label_without_a_child_in_the_response_is_judged_itself() -> None:
+    labels = response(("Suggestive",), 70.0, 6)
+
+    verdict = SEED.judge(labels)
+
+    assert verdict.status is Status.REJECTED
+    assert [reason.name for reason in verdict.reasons] == ["Suggestive"]
+
+
+def test_ignored_7x_leaf_approves_its_level_one_and_two_ancestors() -> None:
+    policy = Policy(rules={"bare_back": None})
+    labels = response(
+        ("Non-Explicit Nudity of Intimate parts and Kissing", "Non-Explicit Nudity", "Bare Back"),
+        95.0,
+        7,
+    )
+
+    verdict = policy.judge(labels)
+
+    assert verdict.status is Status.APPROVED
+
+
+def test_rejection_names_only_the_child_not_the_parents_repeating_it() -> None:
+    labels = response(("Explicit", "Explicit Nudity", "Exposed Female Nipple"), 90.0, 7)
+
+    verdict = SEED.judge(labels)
+
+    assert [reason.name for reason in verdict.reasons] == ["Exposed Female Nipple"]
+
+
+def test_6x_gambling_response_is_judged_through_its_child_only() -> None:
+    labels = response(("Gambling", "Gambling"), 90.0, 6)
+
+    verdict = SEED.judge(labels)
+
+    assert [(reason.name, reason.parent) for reason in verdict.reasons] == [
+        ("Gambling", "Gambling")
+    ]
+
+
+def test_7x_gambling_response_is_judged_through_its_child_only() -> None:
+    labels = response(("Gambling", "Gambling"), 90.0, 7)
+
+    verdict = SEED.judge(labels)
+
+    assert [(reason.name, reason.parent) for reason in verdict.reasons] == [
+        ("Gambling", "Gambling")
+    ]
+
+
+def test_two_findings_in_one_response_are_each_judged() -> None:
+    labels = (
+        *response(("Suggestive", "Revealing Clothes"), 99.0, 6),
+        *response(("Violence", "Weapons"), 80.0, 6),
+    )
+
+    verdict = SEED.judge(labels)
+
+    assert verdict.status is Status.REJECTED
+    assert [reason.name for reason in verdict.reasons] == ["Weapons"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "label", "expected"),
+    [
+        # Higher child threshold over a lower parent one.
+        (
+            {"explicit_nudity": 0.6, "nudity": 0.9},
+            Label("Nudity", "Explicit Nudity", 2, 80.0),
+            Status.APPROVED,
+        ),
+        # Lower child threshold under a higher parent one.
+        (
+            {"suggestive": 0.9, "partial_nudity": 0.3},
+            Label("Partial Nudity", "Suggestive", 2, 40.0),
+            Status.REJECTED,
+        ),
+        # 7.x: level 3 over level 2 over level 1.
+        (
+            {"explicit": 0.2, "explicit_nudity": 0.4, "exposed_female_nipple": 0.95},
+            Label("Exposed Female Nipple", "Explicit Nudity", 3, 90.0),
+            Status.APPROVED,
+        ),
+        # 7.x: level 2 over level 1 for a level 3 label without its own.
+        (
+            {"explicit": 0.2, "explicit_nudity": 0.95},
+            Label("Exposed Female Nipple", "Explicit Nudity", 3, 90.0),
+            Status.APPROVED,
+        ),
+        # 7.x: level 1 covers a grandchild.
+        (
+            {"explicit": 0.95},
+            Label("Exposed Female Nipple", "Explicit Nudity", 3, 90.0),
+            Status.APPROVED,
+        ),
+    ],
+)
+def test_nearest_threshold_in_a_labels_lineage_wins(
+    rules: dict[str, float | None], label: Label, expected: Status
+) -> None:
+    policy = Policy(default=0.5, rules=rules)
+
+    verdict = policy.judge([label])
+
+    assert verdict.status is expected
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        Label("Partial Nudity", "Suggestive", 2, 99.0),
+        Label("Revealing Clothes", "Suggestive", 2, 99.0),
+        Label("Suggestive", "", 1, 99.0),
+    ],
+)
+def test_ignored_parent_ignores_its_children(label: Label) -> None:
+    policy = Policy(rules={"suggestive": None})
+
+    verdict = policy.judge([label])
+
+    assert verdict.status is Status.APPROVED
+
+
+def test_ignored_7x_top_level_category_ignores_its_grandchildren() -> None:
+    policy = Policy(rules={"explicit": None})
+    labels = response(("Explicit", "Explicit Nudity", "Exposed Female Genitalia"), 99.0, 7)
+
+    verdict = policy.judge(labels)
+
+    assert verdict.status is Status.APPROVED
+
+
+@pytest.mark.parametrize(
+    ("confidence", "expected"), [(70.1, Status.REJECTED), (69.9, Status.APPROVED)]
+)
+def test_child_with_its_own_threshold_is_judged_under_an_ignored_parent(
+    confidence: float, expected: Status
+) -> None:
+    policy = Policy(rules={"suggestive": None, "partial_nudity": 0.7})
+
+    verdict = policy.judge([Label("Partial Nudity", "Suggestive", 2, confidence)])
+
+    assert verdict.status is expected
+
+
+def test_ignored_child_does_not_reject_through_its_parent() -> None:
+    policy = Policy(rules={"suggestive": 0.1, "revealing_clothes": None})
+    labels = response(("Suggestive", "Revealing Clothes"), 99.0, 6)
+
+    verdict = policy.judge(labels)
+
+    assert verdict.status is Status.APPROVED
+
+
+@pytest.mark.parametrize(
+    ("confidence", "expected"), [(70.1, Status.REJECTED), (70.0, Status.APPROVED)]
+)
+def test_default_threshold_applies_to_categories_not_named(
+    confidence: float, expected: Status
+) -> None:
+    policy = Policy(default=0.7, rules={"explicit_nudity": 0.3})
+
+    verdict = policy.judge([Label("Weapons", "Violence", 2, confidence)])
+
+    assert verdict.status is expected
+
+
+def test_label_unknown_to_the_taxonomy_is_judged_against_the_default() -> None:
+    policy = Policy(default=0.5, rules={"explicit_nudity": 0.9})
+
+    verdict = policy.judge([Label("Brand New Category", "", 1, 60.0)])
+
+    assert verdict.status is Status.REJECTED
+    assert verdict.reasons[0].category == "default"
+
+
+def test_label_in_the_review_band_makes_the_decision_pending_with_its_reason() -> None:
+    policy = Policy(default=0.5, rules=SEED_RULES, review_band=0.1)
+    labels = response(("Suggestive", "Female Swimwear Or Underwear"), 70.0, 6)
+
+    verdict = policy.judge(labels)
+
+    assert verdict.status is Status.PENDING
+    assert verdict.reasons == (
+        Reason(
+            name="Female Swimwear Or Underwear",
+            parent="Suggestive",
+            confidence=70.0,
+            threshold=0.75,
+            category="female_swimwear_or_underwear",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("confidence", "expected"),
+    [
+        (50.1, Status.REJECTED),
+        (50.0, Status.PENDING),
+        (40.1, Status.PENDING),
+        (40.0, Status.APPROVED),
+        (39.9, Status.APPROVED),
+    ],
+)
+def test_review_band_lies_just_below_the_threshold(confidence: float, expected: Status) -> None:
+    policy = Policy(default=0.5, review_band=0.1)
+
+    verdict = policy.judge([Label("Weapons", "Violence", 2, confidence)])
+
+    assert verdict.status is expected
+
+
+@pytest.mark.parametrize(("default", "band", "confidence"), [(0.7, 0.2, 50.0), (0.3, 0.1, 20.0)])
+def test_score_exactly_at_the_bottom_of_the_review_band_is_approved(
+    default: float, band: float, confidence: float
+) -> None:
+    policy = Policy(default=default, review_band=band)
+
+    verdict = policy.judge([Label("Weapons", "Violence", 2, confidence)])
+
+    assert verdict.status is Status.APPROVED
+
+
+def test_rejection_outranks_review_and_lists_only_rejecting_labels() -> None:
+    policy = Policy(default=0.5, review_band=0.2)
+    labels = [
+        Label("Weapons", "Violence", 2, 90.0),
+        Label("Drinking", "Alcohol", 2, 45.0),
+    ]
+
+    verdict = policy.judge(labels)
+
+    assert verdict.status is Status.REJECTED
+    assert [reason.name for reason in verdict.reasons] == ["Weapons"]
+
+
+def test_ignored_category_is_not_sent_to_review() -> None:
+    policy = Policy(default=0.5, rules={"revealing_clothes": None}, review_band=0.5)
+
+    verdict = policy.judge([Label("Revealing Clothes", "Suggestive", 2, 30.0)])
+
+    assert verdict.status is Status.APPROVED
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (Policy(), 50.0),
+        (SEED, 50.0),
+        (Policy(default=0.8, rules={"explicit_nudity": 0.6, "nudity": 0.3}), 30.0),
+        (Policy(default=0.8, rules={"suggestive": None}), 80.0),
+        (Policy(default=0.8, rules={"nudity": 0.3}, review_band=0.1), 20.0),
+        (Policy(default=0.7, review_band=0.2), 50.0),
+        (Policy(default=0.05, review_band=0.1), 0.0),
+        (Policy(default=1.0), 100.0),
+    ],
+)
+def test_min_confidence_is_the_lowest_threshold_less_the_band_in_percent(
+    policy: Policy, expected: float
+) -> None:
+    result = policy.min_confidence
+
+    assert result == expected
+
+
+def test_equal_policies_share_a_fingerprint_whatever_the_rule_order() -> None:
+    first = Policy(default=0.5, rules={"explicit_nudity": 0.6, "revealing_clothes": None})
+    second = Policy(default=0.5, rules={"revealing_clothes": None, "explicit_nudity": 0.6})
+
+    assert first.fingerprint == second.fingerprint
+    assert first == second
+    assert hash(first) == hash(second)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        Policy(default=0.5, rules={**SEED_RULES, "explicit_nudity": 0.65}),
+        Policy(default=0.5, rules={**SEED_RULES, "violence": None}),
+        Policy(default=0.5, rules={**SEED_RULES, "revealing_clothes": 0.9}),
+        Policy(default=0.5, rules={"explicit_nudity": 0.6, "female_swimwear_or_underwear": 0.75}),
+        Policy(default=0.55, rules=SEED_RULES),
+        Policy(default=0.5, rules=SEED_RULES, review_band=0.1),
+    ],
+)
+def test_fingerprint_changes_when_the_policy_changes(changed: Policy) -> None:
+    assert changed.fingerprint != SEED.fingerprint
+    assert changed != SEED
+
+
+def test_fingerprint_does_not_depend_on_int_or_float_thresholds() -> None:
+    whole = Policy(default=1, rules={"explicit_nudity": 0})
+    decimal = Policy(default=1.0, rules={"explicit_nudity": 0.0})
+
+    assert whole.fingerprint == decimal.fingerprint
+
+
+def test_parse_cloudinary_rules_reads_the_seed_string() -> None:
+    text = "aws_rek:explicit_nudity:0.6:female_swimwear_or_underwear:0.75:revealing_clothes:ignore"
+
+    rules = parse_cloudinary_rules(text)
+
+    assert rules == SEED_RULES
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("aws_rek", {}),
+        ("  AWS_REK  ", {}),
+        ("aws_rek:suggestive:IGNORE", {"suggestive": None}),
+        ("aws_rek:suggestive:0:violence:1", {"suggestive": 0.0, "violence": 1.0}),
+        ("aws_rek: suggestive : 0.25 ", {"suggestive": 0.25}),
+    ],
+)
+def test_parse_cloudinary_rules_accepts_valid_strings(
+    text: str, expected: dict[str, float | None]
+) -> None:
+    rules = parse_cloudinary_rules(text)
+
+    assert rules == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("explicit_nudity:0.6", "starting with 'aws_rek'"),
+        ("google:explicit_nudity:0.6", "starting with 'aws_rek'"),
+        ("", "starting with 'aws_rek'"),
+        ("aws_rek:explicit_nudity", "category 'explicit_nudity' has no level"),
+        ("aws_rek:explicit_nudity:0.6:suggestive", "category 'suggestive' has no level"),
+        ("aws_rek:explicit_nudity:high", "'high' of category 'explicit_nudity' is neither"),
+        ("aws_rek:explicit_nudity:1.5", "not between 0 and 1"),
+        ("aws_rek:explicit_nudity:-0.1", "not between 0 and 1"),
+        ("aws_rek:explicit_nudity:nan", "not between 0 and 1"),
+        ("aws_rek::0.6", "empty category name"),
+    ],
+)
+def test_parse_cloudinary_rules_rejects_malformed_strings_with_a_clear_message(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_cloudinary_rules(text)
+
+    assert message in str(info.value)

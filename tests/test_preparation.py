@@ -1,0 +1,373 @@
+"""Original bytes -> a JPEG or PNG of 80..10,000 px a side and at most 5 MB, or a refusal."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Any
+
+import pytest
+from PIL import Image, ImageFile
+
+from thumbor_rekognition import preparation
+from thumbor_rekognition.preparation import (
+    MAX_BYTES,
+    Frame,
+    ImageTooLarge,
+    UnsupportedImage,
+    prepare,
+)
+
+RED = (255, 0, 0)
+BLUE = (0, 0, 255)
+WHITE = (255, 255, 255)
+# Pillow's own default, set explicitly: thumbor's PIL engine overwrites it process-wide.
+PILLOW_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+def encode(image: Image.Image, image_format: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **params)
+    return buffer.getvalue()
+
+
+def noise(size: tuple[int, int]) -> Image.Image:
+    """A picture that compresses badly, so that byte sizes mean something."""
+    return Image.merge("RGB", [Image.effect_noise(size, 80) for _ in range(3)])
+
+
+def opened(frame: Frame) -> Image.Image:
+    """The frame as the backend will decode it, checked to be a JPEG or PNG."""
+    image = Image.open(io.BytesIO(frame.data))
+    image.load()
+    assert image.format in ("JPEG", "PNG")
+    assert image.format == frame.format
+    assert image.size == (frame.width, frame.height)
+    return image
+
+
+def near(pixel: Any, expected: tuple[int, ...], tolerance: int = 6) -> bool:
+    values = pixel if isinstance(pixel, tuple) else (pixel,)
+    return len(values) == len(expected) and all(
+        abs(value - want) <= tolerance for value, want in zip(values, expected, strict=True)
+    )
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims this size over pixel data far too short for it."""
+    data = bytearray(encode(Image.new("RGB", (8, 8), RED), "PNG"))
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def camera_jpeg() -> bytes:
+    """A 4000x3000 photo-like JPEG: textured, about 4 MB."""
+    texture = noise((500, 375)).resize((4000, 3000), Image.Resampling.BICUBIC)
+    return encode(texture, "JPEG", quality=90)
+
+
+@pytest.mark.parametrize(
+    ("mode", "image_format"), [("RGB", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("L", "JPEG")]
+)
+def test_jpeg_or_png_the_backend_accepts_is_sent_as_it_is(mode: str, image_format: str) -> None:
+    data = encode(Image.new(mode, (160, 120), 90), image_format)
+
+    prepared = prepare(data)
+
+    assert len(prepared.frames) == 1
+    frame = prepared.frames[0]
+    assert frame.data is data
+    assert (frame.format, frame.width, frame.height) == (image_format, 160, 120)
+    assert (prepared.format, prepared.width, prepared.height) == (image_format, 160, 120)
+    assert prepared.frame_count == 1
+
+
+@pytest.mark.parametrize("max_side", [1600, 1000])
+def test_large_jpeg_is_reduced_towards_max_side_and_reencoded(
+    camera_jpeg: bytes, max_side: int
+) -> None:
+    prepared = prepare(camera_jpeg, max_side=max_side)
+
+    image = opened(prepared.frames[0])
+    assert image.format == "JPEG"
+    assert max_side <= max(image.size) < 2 * max_side
+    assert image.width * 3 == image.height * 4
+    assert len(prepared.frames[0].data) <= MAX_BYTES
+    assert (prepared.width, prepared.height) == (4000, 3000)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_side"),
+    [
+        ((2000, 500), 1000),
+        ((500, 4000), 1000),
+        ((2500, 500), 1000),
+        ((3000, 1000), 1600),
+    ],
+    ids=["2000x500-at-1000", "500x4000-at-1000", "2500x500-at-1000", "3000x1000-at-1600"],
+)
+def test_png_longer_than_max_side_is_reduced_towards_it(
+    size: tuple[int, int], max_side: int
+) -> None:
+    data = encode(Image.new("RGB", size, BLUE), "PNG")
+
+    prepared = prepare(data, max_side=max_side)
+
+    image = opened(prepared.frames[0])
+    assert max_side <= max(image.size) < 2 * max_side
+    assert abs(image.width / image.height - size[0] / size[1]) < 0.05
+    assert near(image.getpixel((image.width // 2, image.height // 2)), BLUE)
+
+
+def test_jpeg_over_the_byte_limit_is_reencoded_under_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The 5 MB limit scaled down, so that a small picture can exceed it.
+    monkeypatch.setattr(preparation, "MAX_BYTES", 150_000)
+    data = encode(noise((400, 300)), "JPEG", quality=100)
+    assert len(data) > 150_000
+
+    prepared = prepare(data, max_side=400)
+
+    frame = prepared.frames[0]
+    assert frame.data != data
+    assert len(frame.data) <= 150_000
+    assert opened(frame).size == (400, 300)
+
+
+def test_reencoded_frame_never_exceeds_the_byte_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The 5 MB limit scaled down, so that a small picture can exceed it.
+    monkeypatch.setattr(preparation, "MAX_BYTES", 50_000)
+    data = encode(noise((400, 300)), "JPEG", quality=100)
+
+    prepared = prepare(data, max_side=400)
+
+    assert len(prepared.frames[0].data) <= 50_000
+
+
+def test_cmyk_jpeg_is_converted_to_rgb_keeping_its_colours() -> None:
+    data = encode(Image.new("CMYK", (160, 120), (0, 255, 255, 0)), "JPEG")
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0])
+    assert image.mode == "RGB"
+    assert near(image.getpixel((10, 10)), RED)
+    assert prepared.format == "JPEG"
+
+
+def test_16_bit_png_mid_grey_comes_out_mid_grey() -> None:
+    data = encode(Image.new("I;16", (160, 120), 32768), "PNG")
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0]).convert("L")
+    low, high = image.getextrema()
+    assert 124 <= low <= high <= 132
+
+
+def test_16_bit_png_keeps_black_black_and_white_white() -> None:
+    source = Image.new("I;16", (160, 120), 0)
+    source.paste(65535, (80, 0, 160, 120))
+    data = encode(source, "PNG")
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0]).convert("L")
+    assert near(image.getpixel((2, image.height // 2)), (0,))
+    assert near(image.getpixel((image.width - 3, image.height // 2)), (255,))
+
+
+def _palette_with_transparency() -> bytes:
+    image = Image.new("P", (160, 120), 0)
+    image.putpalette([0, 0, 0, *RED] + [0] * 762)
+    image.paste(1, (80, 0, 160, 120))
+    return encode(image, "PNG", transparency=0)
+
+
+def _rgba_half_transparent() -> bytes:
+    image = Image.new("RGBA", (160, 120), (0, 0, 0, 0))
+    image.paste((*RED, 255), (80, 0, 160, 120))
+    return encode(image, "PNG")
+
+
+@pytest.mark.parametrize(
+    "data", [_palette_with_transparency(), _rgba_half_transparent()], ids=["palette", "rgba"]
+)
+def test_transparent_png_is_flattened_on_white(data: bytes) -> None:
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0]).convert("RGB")
+    assert near(image.getpixel((3, image.height // 2)), WHITE)
+    assert near(image.getpixel((image.width - 4, image.height // 2)), RED)
+
+
+def test_exif_rotated_jpeg_is_turned_the_way_a_viewer_shows_it() -> None:
+    stored = Image.new("RGB", (200, 100), RED)
+    stored.paste(BLUE, (100, 0, 200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(stored, "JPEG", exif=exif.tobytes())
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0])
+    assert image.height > image.width
+    assert image.height * 100 == image.width * 200
+    assert near(image.getpixel((image.width // 2, 4)), RED)
+    assert near(image.getpixel((image.width // 2, image.height - 5)), BLUE)
+
+
+@pytest.mark.parametrize("image_format", ["GIF", "WEBP", "TIFF", "BMP"])
+def test_other_formats_are_converted_to_jpeg(image_format: str) -> None:
+    data = encode(Image.new("RGB", (160, 120), (0, 128, 255)), image_format)
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0])
+    assert image.format == "JPEG"
+    assert near(image.getpixel((10, 10)), (0, 128, 255))
+    assert (prepared.format, prepared.width, prepared.height) == (image_format, 160, 120)
+
+
+def test_animated_gif_reports_its_frame_count() -> None:
+    frames = [Image.new("RGB", (160, 120), color) for color in (RED, BLUE, WHITE)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+    prepared = prepare(data)
+
+    assert prepared.frame_count == 3
+    assert opened(prepared.frames[0]).format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("size", "image_format"),
+    [((10, 10), "PNG"), ((10, 10), "JPEG"), ((100, 79), "JPEG"), ((79, 300), "PNG")],
+)
+def test_picture_with_a_side_under_80_px_comes_out_at_least_80_px(
+    size: tuple[int, int], image_format: str
+) -> None:
+    data = encode(Image.new("RGB", size, BLUE), image_format)
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0])
+    assert min(image.size) >= 80
+    assert max(image.size) <= 10_000
+    assert near(image.getpixel((image.width // 2, image.height // 2)), BLUE)
+
+
+@pytest.mark.parametrize("size", [(20_000, 20), (20, 20_000)])
+def test_extremely_long_picture_comes_out_within_80_to_10000_px(size: tuple[int, int]) -> None:
+    data = encode(Image.new("RGB", size, BLUE), "PNG")
+
+    prepared = prepare(data)
+
+    image = opened(prepared.frames[0])
+    assert 80 <= min(image.size) <= max(image.size) <= 10_000
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_rgba_half_transparent(), (160, 120)),
+        (encode(Image.new("RGB", (300, 200), BLUE), "GIF"), (300, 200)),
+        (encode(Image.new("RGB", (300, 200), BLUE), "BMP"), (300, 200)),
+    ],
+    ids=["rgba-png", "gif", "bmp"],
+)
+def test_converted_picture_smaller_than_max_side_keeps_its_size(
+    data: bytes, expected: tuple[int, int]
+) -> None:
+    prepared = prepare(data)
+
+    assert opened(prepared.frames[0]).size == expected
+
+
+def test_picture_with_more_pixels_than_max_pixels_is_refused_before_decoding() -> None:
+    # Decoding this would fail as truncated; only the header has been read.
+    data = png_claiming(5000, 5000)
+
+    with pytest.raises(ImageTooLarge) as info:
+        prepare(data, max_pixels=10_000_000)
+
+    assert "5000x5000" in str(info.value)
+    assert "MODERATION_MAX_PIXELS" in str(info.value)
+
+
+def test_picture_one_pixel_over_max_pixels_is_refused() -> None:
+    data = encode(Image.new("RGB", (200, 100), BLUE), "PNG")
+
+    with pytest.raises(ImageTooLarge):
+        prepare(data, max_pixels=19_999)
+
+
+def test_picture_of_exactly_max_pixels_is_accepted() -> None:
+    data = encode(Image.new("RGB", (200, 100), BLUE), "PNG")
+
+    prepared = prepare(data, max_pixels=20_000)
+
+    assert prepared.frames[0].data is data
+
+
+def test_decompression_bomb_is_refused_whatever_max_pixels_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOW_MAX_IMAGE_PIXELS)
+    data = png_claiming(30_000, 30_000)
+
+    with pytest.raises(ImageTooLarge):
+        prepare(data, max_pixels=10**12)
+
+
+@pytest.mark.parametrize("size", [(150, 100), (300, 100)], ids=["over-limit", "over-twice-limit"])
+def test_picture_over_pillows_bomb_limit_is_refused_as_too_large(
+    monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]
+) -> None:
+    # Pillow warns above MAX_IMAGE_PIXELS and raises above twice it; both must refuse.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    data = encode(Image.new("RGB", size, BLUE), "PNG")
+
+    with pytest.raises(ImageTooLarge):
+        prepare(data)
+
+
+def _truncated(image_format: str) -> bytes:
+    data = encode(noise((400, 300)), image_format)
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes(range(256)) * 8,
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><rect/></svg>',
+        b"<!DOCTYPE html><html><body><img src='a.jpg'></body></html>",
+        _truncated("JPEG"),
+        _truncated("PNG"),
+    ],
+    ids=["empty", "random", "svg", "html", "truncated-jpeg", "truncated-png"],
+)
+def test_bytes_that_are_no_readable_picture_are_unsupported(
+    monkeypatch: pytest.MonkeyPatch, data: bytes
+) -> None:
+    # Pillow's default; thumbor's PIL engine turns it on process-wide when imported.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+
+    with pytest.raises(UnsupportedImage) as info:
+        prepare(data)
+
+    assert type(info.value) is UnsupportedImage
+
+
+def test_truncated_jpeg_is_unsupported_inside_a_thumbor_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = _truncated("JPEG")
+
+    with pytest.raises(UnsupportedImage):
+        prepare(data)
