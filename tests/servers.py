@@ -91,10 +91,17 @@ def aws_test_environment() -> dict[str, str]:
 class ThumborServer:
     """`thumbor --conf=...` in a subprocess, with its log kept for inspection."""
 
-    def __init__(self, root: Path, config: Mapping[str, Any], processes: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        config: Mapping[str, Any],
+        processes: int = 1,
+        log_level: str = "info",
+    ) -> None:
         self.root = root
         self.config = dict(config)
         self.processes = processes
+        self.log_level = log_level
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -115,7 +122,7 @@ class ThumborServer:
                 f"--conf={self.conf_path}",
                 "--ip=127.0.0.1",
                 f"--port={self.port}",
-                "--log-level=info",
+                f"--log-level={self.log_level}",
                 f"--processes={self.processes}",
             ],
             stdout=log,

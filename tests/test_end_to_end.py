@@ -473,3 +473,52 @@ def test_bad_configuration_stops_start_up_naming_the_key(
     assert code != 0
     assert expected in thumbor.log
     assert "Traceback" not in thumbor.log
+
+
+def test_metrics_count_decisions_and_backend_calls(fresh_root: Path, fake: FakeRekognition) -> None:
+    fake.respond((255, 0, 0), v6("Explicit Nudity", "Nudity", 99))
+    (fresh_root / "images" / "bad.png").write_bytes(picture((255, 0, 0)))
+    (fresh_root / "images" / "good.png").write_bytes(picture((0, 0, 255)))
+    config = base_config(fresh_root, fresh_root / "images", fake.url)
+    thumbor = ThumborServer(fresh_root, config, log_level="debug").start()
+    try:
+        thumbor.get("/unsafe/40x40/bad.png")
+        thumbor.get("/unsafe/40x40/good.png")
+        fake.fail("internal", times=1)
+        (fresh_root / "images" / "new.png").write_bytes(picture((0, 255, 0)))
+        thumbor.get("/unsafe/40x40/new.png")
+    finally:
+        thumbor.stop()
+
+    log = thumbor.log
+    assert log.count("METRICS: inc: moderation.backend.calls:1") == 3
+    assert log.count("METRICS: inc: moderation.decision.rejected:1") == 1
+    assert log.count("METRICS: inc: moderation.decision.approved:1") == 1
+    assert log.count("METRICS: inc: moderation.decision.pending:1") == 1
+    assert log.count("METRICS: inc: moderation.backend.errors.retryable:1") == 1
+    assert log.count("METRICS: timing: moderation.backend.latency:") == 3
+
+
+def test_several_thumbor_processes_share_the_sqlite_store(
+    fresh_root: Path, fake: FakeRekognition
+) -> None:
+    fake.respond((255, 0, 0), v6("Explicit Nudity", "Nudity", 99))
+    for index in range(6):
+        color = (255, 0, 0) if index % 2 else (0, 0, 255)
+        (fresh_root / "images" / f"p{index}.png").write_bytes(
+            picture(color, size=(100 + index, 90))
+        )
+    config = base_config(fresh_root, fresh_root / "images", fake.url)
+    thumbor = ThumborServer(fresh_root, config, processes=2).start()
+    try:
+        paths = [f"/unsafe/{30 + size}x30/p{index}.png" for index in range(6) for size in range(5)]
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(lambda p: thumbor.get(p).header("X-Moderation-Status"), paths))
+    finally:
+        thumbor.stop()
+
+    expected = ["rejected" if index % 2 else "approved" for index in range(6) for _ in range(5)]
+    assert statuses == expected
+    assert 6 <= fake.call_count <= 12
+    assert "database is locked" not in thumbor.log
+    assert "Traceback" not in thumbor.log

@@ -7,10 +7,10 @@ request reaches the gate once Thumbor has checked its signature.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from libthumbor.url import Url
-from tornado.ioloop import IOLoop
 
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.gate import ModerationHandler
@@ -27,8 +27,12 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     except ConfigurationError as error:
         logger.critical("thumbor-rekognition cannot start: %s", error)
         raise SystemExit(f"thumbor-rekognition: {error}") from None
-    # Runs once the IOLoop starts: after `thumbor --processes=N` has forked.
-    IOLoop.current().add_callback(runtime.warm_up)
+    # No IOLoop may exist before `thumbor --processes=N` forks, so warming up happens in
+    # a thread: now when Thumbor runs in this process, in each child after fork otherwise.
+    if getattr(context.server, "processes", 1) == 1:
+        runtime.start_warm_up()
+    else:
+        os.register_at_fork(after_in_child=runtime.start_warm_up)
     return [(Url.regex(), ModerationHandler, {"context": context})]
 
 

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import threading
+import time
 from importlib import resources
 from types import ModuleType
 from typing import Any
@@ -48,13 +49,20 @@ class Runtime:
                 self._pid = os.getpid()
             return self._moderator
 
-    async def warm_up(self) -> None:
-        """Build this process's clients or model ahead of the first request."""
-        moderator = self.moderator
+    def start_warm_up(self) -> None:
+        """Build this process's clients or model in the background, ahead of requests."""
+        threading.Thread(target=self._warm_up, name="moderation-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
         try:
-            await moderator.run_blocking(moderator.backend.warm_up)
+            backend = self.moderator.backend
+            started = time.perf_counter()
+            backend.warm_up()
+            logger.info(
+                "backend %s ready in %.0f ms", backend.name, (time.perf_counter() - started) * 1000
+            )
         except Exception:
-            logger.exception("backend %s failed to warm up", moderator.backend.name)
+            logger.exception("moderation backend failed to warm up")
 
     def _build_moderator(self) -> Moderator:
         settings = self.settings

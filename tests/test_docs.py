@@ -1,0 +1,38 @@
+"""The documentation that operators read is generated from, or checked against, the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from thumbor_rekognition import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_conf_example_is_generated_from_the_key_definitions() -> None:
+    assert (ROOT / "thumbor.conf.example").read_text() == config.example_conf()
+
+
+def test_conf_example_lists_every_key_with_its_default() -> None:
+    example = config.example_conf()
+
+    for key, default, _, _ in config._KEYS:
+        assert re.search(rf"^#? ?{key} = {re.escape(repr(default))}$", example, re.M), key
+
+
+def test_conf_example_is_a_valid_thumbor_conf() -> None:
+    namespace: dict[str, object] = {}
+
+    exec((ROOT / "thumbor.conf.example").read_text(), namespace)
+
+    assert namespace["LOADER"] == "thumbor_rekognition.loader"
+    assert "thumbor_rekognition.handler_list" in namespace["HANDLER_LISTS"]  # type: ignore[operator]
+
+
+def test_readme_opens_with_the_demo_and_test_commands() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+
+    block = lines[lines.index("```sh") + 1 : lines.index("```")]
+
+    assert [line.split("#")[0].strip() for line in block] == ["make demo", "make test"]
