@@ -104,8 +104,13 @@ class Decision:
 
     @property
     def is_final(self) -> bool:
-        """Whether the decision stands; a pending one is retried."""
+        """Whether the picture was approved or rejected."""
         return self.status is not Status.PENDING
+
+    @property
+    def needs_retry(self) -> bool:
+        """Pending because the backend failed (retried), not because a score awaits review."""
+        return self.status is Status.PENDING and bool(self.error)
 
     def replace(self, **changes: Any) -> Decision:
         return dataclasses.replace(self, **changes)

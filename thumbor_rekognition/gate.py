@@ -45,18 +45,22 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     async def execute_image_operations(self) -> None:
         key = normalise(self.context.request.image_url)
         decision = await self._runtime.moderator.lookup(key, self.context.metrics)
-        if decision is None or not decision.is_final:
+        if decision is None or decision.needs_retry:
             # Not judged yet: no cached result may answer, and one is kept only once approved.
             modules = self.context.modules
             modules.result_storage = _KeptOnceApproved(modules.result_storage, self)
-        elif decision.status is Status.REJECTED:
-            self.moderation_status = Status.REJECTED
-            if self._runtime.settings.rejected_response == "forbidden":
-                self._error(FORBIDDEN)
-                return
-            self._substitute_placeholder(decision)
-        else:
+        elif decision.status is Status.APPROVED:
             self.moderation_status = Status.APPROVED
+        else:
+            self.moderation_status = decision.status
+            if refuses(self._runtime, decision):
+                if self._runtime.settings.rejected_response == "forbidden":
+                    self._error(FORBIDDEN)
+                    return
+                self._substitute_placeholder(decision)
+            else:
+                keep_out_of_caches(self.context)
+                self.context.modules.result_storage = None
         await super().execute_image_operations()
 
     async def _fetch(self, url: str) -> Any:
@@ -102,6 +106,13 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         return super().finish(chunk)
 
 
+def refuses(runtime: Runtime, decision: Decision) -> bool:
+    """Whether viewers get the rejected response: rejected, or pending and failing closed."""
+    if decision.status is Status.REJECTED:
+        return True
+    return decision.status is Status.PENDING and runtime.settings.on_error == "reject"
+
+
 def apply_decision(
     context: Any, runtime: Runtime, decision: Decision, result: LoaderResult | None
 ) -> LoaderResult | None:
@@ -109,10 +120,9 @@ def apply_decision(
     note_status(context, decision.status)
     if decision.status is Status.APPROVED:
         return result
-    if decision.status is Status.PENDING and runtime.settings.on_error == "allow":
-        keep_out_of_caches(context)
-        return result
     keep_out_of_caches(context)
+    if not refuses(runtime, decision):
+        return result
     if runtime.settings.rejected_response == "forbidden":
         return LoaderResult(successful=False, error=FORBIDDEN)
     fit_placeholder(context, decision)

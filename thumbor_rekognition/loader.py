@@ -44,7 +44,8 @@ async def load(context: Any, path: str) -> LoaderResult:
     _warn_without_gate(context)
     key = normalise(path)
     known = await runtime.moderator.lookup(key, context.metrics)
-    if known is not None and known.status is Status.REJECTED:
+    if known is not None and not known.needs_retry and known.status is not Status.APPROVED:
+        # Refused pictures are answered without fetching the original again.
         refusal = apply_decision(context, runtime, known, None)
         if refusal is not None:
             return refusal

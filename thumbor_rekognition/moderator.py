@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import time
@@ -146,31 +147,28 @@ class Moderator:
             return current
         flight = self._flights.get(sha256)
         if flight is None:
-            flight = asyncio.get_running_loop().create_future()
+            # A task of its own: a caller that is cancelled neither cancels the others
+            # waiting for this picture nor throws away an answer already paid for.
+            flight = asyncio.ensure_future(self._decide(key, url, sha256, buffer, metrics))
             self._flights[sha256] = flight
-            try:
-                decision = await self._decide(key, url, sha256, buffer, metrics)
-            except Exception as error:
-                flight.set_exception(error)
-                # Followers re-raise it; this retrieval keeps asyncio from reporting it as lost.
-                flight.exception()
-                raise
-            except BaseException:
-                flight.cancel()
-                raise
-            else:
-                flight.set_result(decision)
-            finally:
-                del self._flights[sha256]
+            flight.add_done_callback(functools.partial(self._landed, sha256))
         else:
             _Metrics(metrics).incr("moderation.single_flight.joined")
-            decision = await asyncio.shield(flight)
+        decision = await asyncio.shield(flight)
         if decision.key != key:
             decision = await self._adopt(decision, key, url, metrics)
         return decision
 
+    def _landed(self, sha256: str, flight: asyncio.Future[Decision]) -> None:
+        if self._flights.get(sha256) is flight:
+            del self._flights[sha256]
+        if not flight.cancelled():
+            # Marks a failure as seen even when every caller has gone.
+            flight.exception()
+
     def _stands(self, decision: Decision) -> bool:
-        return decision.is_final and not self._needs_new_analysis(decision)
+        """Whether a stored decision answers for its bytes without asking the backend."""
+        return not decision.needs_retry and not self._needs_new_analysis(decision)
 
     def _needs_new_analysis(self, decision: Decision) -> bool:
         # Labels below the confidence a picture was analysed at were never returned, so a
@@ -257,7 +255,7 @@ class Moderator:
         )
 
     async def _adopt(self, twin: Decision, key: str, url: str, metrics: Any) -> Decision:
-        if not twin.is_final:
+        if twin.needs_retry:
             return twin.replace(key=key, url=url)
         now = time.time()
         decision = twin.replace(key=key, url=url, created_at=now, updated_at=now)
@@ -284,7 +282,7 @@ class Moderator:
         """Judge stored labels again when the thresholds changed since the decision."""
         if (
             decision.source is not Source.AUTO
-            or not decision.is_final
+            or decision.needs_retry
             or decision.policy == self.policy.fingerprint
             or self._needs_new_analysis(decision)
         ):
@@ -306,7 +304,7 @@ class Moderator:
             return updated
 
     def _remember(self, decision: Decision) -> None:
-        if not decision.is_final:
+        if decision.needs_retry:
             self._by_key.discard(decision.key)
             return
         self._by_key.put(decision.key, decision)

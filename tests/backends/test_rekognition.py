@@ -24,6 +24,7 @@ from thumbor_rekognition.backends import (
     BackendError,
     BadImageError,
     RetryableError,
+    load_backend,
 )
 from thumbor_rekognition.backends.rekognition import Backend
 from thumbor_rekognition.config import Settings
@@ -388,6 +389,31 @@ def test_missing_credentials_are_a_configuration_error(
         backend.detect(prepare(picture(RED)), 50.0)
 
     assert fake.call_count == 0
+
+
+def test_request_botocore_refuses_to_send_is_a_backend_error(fake: FakeRekognition) -> None:
+    backend = real_backend(fake)
+
+    with pytest.raises(BackendError):
+        backend.detect(prepare(picture(RED)), -1.0)
+
+    assert fake.call_count == 0
+
+
+def test_configured_backend_module_loads_the_rekognition_backend() -> None:
+    settings = make_settings(MODERATION_BACKEND="thumbor_rekognition.backends.rekognition")
+
+    backend = load_backend(settings)
+
+    assert isinstance(backend, Backend)
+    assert backend.settings is settings
+
+
+def test_module_without_a_backend_class_is_refused() -> None:
+    settings = make_settings(MODERATION_BACKEND="thumbor_rekognition.decision")
+
+    with pytest.raises(TypeError, match="MODERATION_BACKEND"):
+        load_backend(settings)
 
 
 def test_client_is_built_once_per_process(fake: FakeRekognition) -> None:

@@ -30,7 +30,8 @@ class Store:
         raise NotImplementedError
 
     def find_by_hash(self, sha256: str) -> Decision | None:
-        """A final decision about the same bytes under any key, manual ones first."""
+        """A standing decision (not a failed one) about the same bytes under any key,
+        manual ones first."""
         raise NotImplementedError
 
     def save(self, decision: Decision, event: Event) -> Decision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -44,6 +45,31 @@ CREATE INDEX IF NOT EXISTS history_by_key ON history (key, id);
 """
 
 
+BUSY_TIMEOUT = 10.0
+
+
+def _initialise(connection: sqlite3.Connection) -> None:
+    """WAL mode and the schema, waiting while other processes open the same new file.
+
+    Switching a new file to WAL needs an exclusive lock and fails at once with 'database
+    is locked' instead of honouring the busy timeout, which every process of
+    `thumbor --processes=N` meets on its first start.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(SCHEMA)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 class Store(stores.Store):
     """The embedded default decision store."""
 
@@ -61,16 +87,16 @@ class Store(stores.Store):
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None and self._pid == os.getpid():
             return self._connection
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        connection: sqlite3.Connection | None = None
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             connection = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(SCHEMA)
-        except sqlite3.Error as error:
+            _initialise(connection)
+        except (sqlite3.Error, OSError) as error:
+            if connection is not None:
+                connection.close()
             raise stores.StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         self._connection, self._pid = connection, os.getpid()
         return connection
@@ -105,7 +131,8 @@ class Store(stores.Store):
     def find_by_hash(self, sha256: str) -> Decision | None:
         with self._cursor() as cursor:
             row = cursor.execute(
-                "SELECT body FROM decisions WHERE sha256 = ? AND status != ? "
+                "SELECT body FROM decisions WHERE sha256 = ? "
+                "AND (status != ? OR json_extract(body, '$.error') = '') "
                 "ORDER BY source = 'manual' DESC, updated_at DESC LIMIT 1",
                 (sha256, Status.PENDING.value),
             ).fetchone()

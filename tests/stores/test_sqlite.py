@@ -1,0 +1,506 @@
+"""The decision store contract, run against the SQLite store.
+
+``StoreContract`` holds every behaviour a decision store promises. A store runs it by
+subclassing it with a ``make_store`` fixture: a factory whose every call opens a new
+Store object on the same underlying data, as another Thumbor process would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from thumbor.config import Config
+
+from thumbor_rekognition import stores
+from thumbor_rekognition.config import Settings
+from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.stores import sqlite
+
+MakeStore = Callable[[], stores.Store]
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def decision(
+    key: str,
+    sha256: str = SHA_A,
+    status: Status = Status.APPROVED,
+    source: Source = Source.AUTO,
+    updated_at: float = 1_700_000_000.0,
+) -> Decision:
+    return Decision(
+        key=key,
+        url=f"http://{key}",
+        sha256=sha256,
+        status=status,
+        source=source,
+        created_at=updated_at,
+        updated_at=updated_at,
+    )
+
+
+def event(
+    status: Status | None, source: Source | None, actor: str = "test", note: str = ""
+) -> Event:
+    return Event(status=status, source=source, actor=actor, note=note)
+
+
+def save(store: stores.Store, item: Decision, actor: str = "test", note: str = "") -> Decision:
+    return store.save(item, event(item.status, item.source, actor, note))
+
+
+def every_key(store: stores.Store, status: Status | None = None, limit: int = 37) -> list[str]:
+    keys: list[str] = []
+    cursor: str | None = None
+    for _ in range(10_000):
+        page, cursor = store.list(status=status, limit=limit, cursor=cursor)
+        assert len(page) <= limit
+        keys.extend(item.key for item in page)
+        if cursor is None:
+            return keys
+    raise AssertionError("list() never returned a last page")
+
+
+class StoreContract:
+    """What every decision store does; subclasses provide ``make_store``."""
+
+    @pytest.fixture
+    def make_store(self) -> Iterator[MakeStore]:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, make_store: MakeStore) -> stores.Store:
+        return make_store()
+
+    def test_unknown_key_has_no_decision(self, store: stores.Store) -> None:
+        assert store.get("host/nothing.jpg") is None
+
+    def test_saved_decision_comes_back_with_every_field(self, store: stores.Store) -> None:
+        original = Decision(
+            key="example.com/photos/été.jpg",
+            url="https://example.com/photos/%C3%A9t%C3%A9.jpg?size=large",
+            sha256=SHA_A,
+            status=Status.REJECTED,
+            source=Source.AUTO,
+            labels=(
+                Label("Explicit", "", 1, 97.123456789),
+                Label("Explicit Nudity", "Explicit", 2, 97.123456789),
+                Label("Exposed Female Nipple", "Explicit Nudity", 3, 64.5),
+            ),
+            reasons=(Reason("Explicit Nudity", "Explicit", 97.123456789, 0.6, "explicit"),),
+            backend="rekognition",
+            model_version="7.0",
+            policy="0123456789abcdef",
+            min_confidence=42.5,
+            width=4032,
+            height=3024,
+            error="retryable: an earlier attempt failed",
+            created_at=1_700_000_000.25,
+            updated_at=1_700_000_123.5,
+        )
+
+        returned = store.save(original, event(Status.REJECTED, Source.AUTO))
+        stored = store.get(original.key)
+
+        assert stored == original
+        assert returned == original
+
+    def test_saving_again_replaces_the_decision_for_the_key(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg", status=Status.PENDING))
+
+        save(store, decision("host/a.jpg", status=Status.REJECTED))
+
+        stored = store.get("host/a.jpg")
+        assert stored is not None
+        assert stored.status is Status.REJECTED
+
+    def test_history_lists_every_change_oldest_first_with_actor_and_note(
+        self, store: stores.Store
+    ) -> None:
+        events = [
+            Event(Status.PENDING, Source.AUTO, "thumbor-rekognition", "no decision: timeout", 1.0),
+            Event(Status.REJECTED, Source.AUTO, "thumbor-rekognition", "Explicit 97.1 > 0.5", 2.0),
+            Event(Status.APPROVED, Source.MANUAL, "alice@example.com", "a statue, not nudity", 3.0),
+        ]
+        for item, status, source in zip(
+            events,
+            [Status.PENDING, Status.REJECTED, Status.APPROVED],
+            [Source.AUTO, Source.AUTO, Source.MANUAL],
+            strict=True,
+        ):
+            store.save(decision("host/a.jpg", status=status, source=source), item)
+        delete_event = Event(None, None, "bob", "purged on request", 4.0)
+        store.delete("host/a.jpg", delete_event)
+
+        history = store.history("host/a.jpg")
+
+        assert history == [*events, delete_event]
+
+    def test_history_of_one_key_holds_nothing_of_another(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg"), note="about a")
+        save(store, decision("host/b.jpg"), note="about b")
+
+        history = store.history("host/a.jpg")
+
+        assert [item.note for item in history] == ["about a"]
+
+    def test_automatic_decision_never_replaces_a_manual_one_about_the_same_bytes(
+        self, store: stores.Store
+    ) -> None:
+        manual = save(store, decision("host/a.jpg", status=Status.APPROVED, source=Source.MANUAL))
+
+        returned = save(store, decision("host/a.jpg", status=Status.REJECTED, source=Source.AUTO))
+
+        assert returned == manual
+        assert store.get("host/a.jpg") == manual
+
+    def test_automatic_decision_replaces_a_manual_one_about_other_bytes(
+        self, store: stores.Store
+    ) -> None:
+        save(store, decision("host/a.jpg", SHA_A, Status.APPROVED, Source.MANUAL))
+        changed = decision("host/a.jpg", SHA_B, Status.REJECTED, Source.AUTO)
+
+        returned = save(store, changed)
+
+        assert returned == changed
+        assert store.get("host/a.jpg") == changed
+
+    def test_manual_decision_replaces_a_manual_one(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg", status=Status.APPROVED, source=Source.MANUAL))
+        second = decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL)
+
+        save(store, second)
+
+        assert store.get("host/a.jpg") == second
+
+    def test_find_by_hash_prefers_a_manual_decision_to_a_newer_automatic_one(
+        self, store: stores.Store
+    ) -> None:
+        manual = decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL)
+        save(store, manual)
+        save(store, decision("cdn/a.jpg", status=Status.APPROVED, updated_at=1_800_000_000.0))
+
+        found = store.find_by_hash(SHA_A)
+
+        assert found == manual
+
+    def test_find_by_hash_finds_a_picture_waiting_for_review(self, store: stores.Store) -> None:
+        waiting = save(store, decision("host/b.jpg", SHA_B, status=Status.PENDING))
+
+        assert store.find_by_hash(SHA_B) == waiting
+
+    def test_find_by_hash_ignores_decisions_left_pending_by_a_failure(
+        self, store: stores.Store
+    ) -> None:
+        failed = decision("host/a.jpg", status=Status.PENDING, updated_at=1_800_000_000.0)
+        save(store, failed.replace(error="retryable: ThrottlingException"))
+        approved = decision("cdn/a.jpg", status=Status.APPROVED)
+        save(store, approved)
+        save(store, decision("host/b.jpg", SHA_B, status=Status.PENDING).replace(error="timeout"))
+
+        found_a = store.find_by_hash(SHA_A)
+        found_b = store.find_by_hash(SHA_B)
+
+        assert found_a == approved
+        assert found_b is None
+
+    def test_find_by_hash_of_unknown_bytes_finds_nothing(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg"))
+
+        assert store.find_by_hash(SHA_B) is None
+
+    def test_delete_forgets_the_decision_but_keeps_its_history(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg"), note="judged")
+
+        deleted = store.delete("host/a.jpg", event(None, None, "alice", "forget it"))
+
+        assert deleted is True
+        assert store.get("host/a.jpg") is None
+        assert store.find_by_hash(SHA_A) is None
+        assert [(item.actor, item.note) for item in store.history("host/a.jpg")] == [
+            ("test", "judged"),
+            ("alice", "forget it"),
+        ]
+
+    def test_delete_of_an_unknown_key_is_false_and_logs_nothing(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg"))
+        store.delete("host/a.jpg", event(None, None, "alice", "first"))
+
+        deleted_again = store.delete("host/a.jpg", event(None, None, "alice", "second"))
+        deleted_unknown = store.delete("host/never.jpg", event(None, None, "alice", "never"))
+
+        assert (deleted_again, deleted_unknown) == (False, False)
+        assert [item.note for item in store.history("host/a.jpg")] == ["", "first"]
+        assert store.history("host/never.jpg") == []
+
+    def test_list_pages_visit_every_key_exactly_once_in_key_order(
+        self, store: stores.Store
+    ) -> None:
+        statuses = [Status.APPROVED, Status.REJECTED, Status.PENDING]
+        expected = {}
+        for number in range(1000):
+            key = f"host-{number % 7}/image-{number:04d}.jpg"
+            expected[key] = statuses[number % 3]
+            save(store, decision(key, sha256=f"{number:064x}", status=expected[key]))
+
+        keys = every_key(store)
+
+        assert keys == sorted(expected)
+
+    @pytest.mark.parametrize("status", [Status.APPROVED, Status.REJECTED, Status.PENDING])
+    def test_list_with_a_status_pages_through_exactly_the_decisions_with_it(
+        self, store: stores.Store, status: Status
+    ) -> None:
+        statuses = [Status.APPROVED, Status.REJECTED, Status.PENDING]
+        expected: list[str] = []
+        for number in range(1000):
+            key = f"host-{number % 7}/image-{number:04d}.jpg"
+            if statuses[number % 3] is status:
+                expected.append(key)
+            save(store, decision(key, sha256=f"{number:064x}", status=statuses[number % 3]))
+
+        keys = every_key(store, status=status)
+
+        assert keys == sorted(expected)
+
+    def test_list_page_that_ends_exactly_at_the_last_key_has_no_next_cursor(
+        self, store: stores.Store
+    ) -> None:
+        for number in range(74):
+            save(store, decision(f"host/{number:03d}.jpg", sha256=f"{number:064x}"))
+
+        first, cursor = store.list(limit=37)
+        second, last_cursor = store.list(limit=37, cursor=cursor)
+
+        assert [len(first), len(second)] == [37, 37]
+        assert last_cursor is None
+
+    def test_list_of_an_empty_store_is_one_empty_page(self, store: stores.Store) -> None:
+        assert store.list() == ([], None)
+
+    def test_counts_decisions_per_status_and_per_status_and_source(
+        self, store: stores.Store
+    ) -> None:
+        layout = [
+            (Status.APPROVED, Source.AUTO, 5),
+            (Status.APPROVED, Source.MANUAL, 2),
+            (Status.REJECTED, Source.AUTO, 3),
+            (Status.REJECTED, Source.MANUAL, 1),
+            (Status.PENDING, Source.AUTO, 4),
+        ]
+        number = 0
+        for status, source, count in layout:
+            for _ in range(count):
+                save(store, decision(f"host/{number}.jpg", f"{number:064x}", status, source))
+                number += 1
+        store.delete("host/0.jpg", event(None, None))
+
+        counts = store.counts()
+
+        assert counts == {
+            "approved": 6,
+            "approved.auto": 4,
+            "approved.manual": 2,
+            "rejected": 4,
+            "rejected.auto": 3,
+            "rejected.manual": 1,
+            "pending": 4,
+            "pending.auto": 4,
+        }
+
+    def test_two_processes_see_each_others_writes(self, make_store: MakeStore) -> None:
+        first, second = make_store(), make_store()
+        written = decision("host/a.jpg", status=Status.REJECTED)
+
+        first.save(written, event(Status.REJECTED, Source.AUTO, note="from the first"))
+        seen_by_second = second.get("host/a.jpg")
+        second.delete("host/a.jpg", event(None, None, note="from the second"))
+        seen_by_first = first.get("host/a.jpg")
+
+        assert seen_by_second == written
+        assert seen_by_first is None
+        assert [item.note for item in first.history("host/a.jpg")] == [
+            "from the first",
+            "from the second",
+        ]
+
+    def test_manual_decision_of_one_process_stands_against_automatic_saves_of_another(
+        self, make_store: MakeStore
+    ) -> None:
+        reviewer, worker = make_store(), make_store()
+        manual = save(
+            reviewer, decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL)
+        )
+
+        returned = save(worker, decision("host/a.jpg", status=Status.APPROVED, source=Source.AUTO))
+
+        assert returned == manual
+        assert reviewer.get("host/a.jpg") == manual
+
+    def test_concurrent_saves_from_eight_threads_sharing_a_store_all_land(
+        self, store: stores.Store
+    ) -> None:
+        errors: list[BaseException] = []
+        start = threading.Barrier(8)
+
+        def work(thread: int) -> None:
+            try:
+                start.wait()
+                for number in range(50):
+                    save(
+                        store,
+                        decision(f"t{thread}/{number:02d}.jpg", f"{thread:032x}{number:032x}"),
+                    )
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(thread,)) for thread in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert store.counts()["approved"] == 400
+        assert len(every_key(store, limit=100)) == 400
+
+    def test_concurrent_saves_from_eight_threads_with_a_store_each_all_land(
+        self, make_store: MakeStore
+    ) -> None:
+        # The file exists before the race starts; opening a new file concurrently is
+        # covered on its own below.
+        make_store().counts()
+        errors: list[BaseException] = []
+        start = threading.Barrier(8)
+
+        def work(thread: int) -> None:
+            try:
+                own = make_store()
+                start.wait()
+                for number in range(50):
+                    save(
+                        own, decision(f"t{thread}/{number:02d}.jpg", f"{thread:032x}{number:032x}")
+                    )
+                    save(
+                        own, decision("shared.jpg", f"{thread:032x}{number:032x}"), note=str(thread)
+                    )
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(thread,)) for thread in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        reader = make_store()
+        assert errors == []
+        assert reader.counts()["approved"] == 401
+        assert len(reader.history("shared.jpg")) == 400
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> Iterator[MakeStore]:
+        opened: list[sqlite.Store] = []
+
+        def make() -> stores.Store:
+            store = sqlite.Store(path=str(tmp_path / "decisions" / "moderation.sqlite3"))
+            opened.append(store)
+            return store
+
+        yield make
+        for store in opened:
+            store.close()
+
+    def test_configured_store_module_loads_an_sqlite_store_at_the_configured_path(
+        self, tmp_path: Path
+    ) -> None:
+        config = Config()
+        config.MODERATION_SQLITE_PATH = str(tmp_path / "configured.sqlite3")
+        settings = Settings.from_config(config)
+
+        store = stores.load_store(settings)
+        save(store, decision("host/a.jpg"))
+        store.close()
+
+        assert isinstance(store, sqlite.Store)
+        assert (tmp_path / "configured.sqlite3").is_file()
+
+    def test_module_without_a_store_class_is_refused(self) -> None:
+        config = Config()
+        config.MODERATION_DECISION_STORE = "thumbor_rekognition.decision"
+        settings = Settings.from_config(config)
+
+        with pytest.raises(TypeError, match="MODERATION_DECISION_STORE"):
+            stores.load_store(settings)
+
+    def test_store_without_settings_or_path_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="path"):
+            sqlite.Store()
+
+    def test_path_that_is_a_directory_is_unavailable(self, tmp_path: Path) -> None:
+        store = sqlite.Store(path=str(tmp_path))
+
+        with pytest.raises(stores.StoreUnavailable):
+            store.get("host/a.jpg")
+
+    def test_file_that_is_not_a_database_is_unavailable(self, tmp_path: Path) -> None:
+        path = tmp_path / "moderation.sqlite3"
+        path.write_bytes(b"this is not an SQLite database, it is a note" * 100)
+        store = sqlite.Store(path=str(path))
+
+        with pytest.raises(stores.StoreUnavailable):
+            store.save(decision("host/a.jpg"), event(Status.APPROVED, Source.AUTO))
+
+    @pytest.mark.parametrize(
+        "below_file", ["moderation.sqlite3", "sub/moderation.sqlite3"], ids=["child", "grandchild"]
+    )
+    def test_path_in_an_unwritable_location_is_unavailable(
+        self, tmp_path: Path, below_file: str
+    ) -> None:
+        # Tests run as root, for whom permissions do not stop writes: a regular file
+        # standing where the directory should be does.
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        store = sqlite.Store(path=str(blocker / below_file))
+
+        with pytest.raises(stores.StoreUnavailable):
+            store.get("host/a.jpg")
+
+    def test_reopened_store_finds_what_a_closed_one_saved(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "moderation.sqlite3")
+        first = sqlite.Store(path=path)
+        written = decision("host/a.jpg", status=Status.REJECTED)
+        save(first, written)
+        first.close()
+
+        second = sqlite.Store(path=path)
+
+        assert second.get("host/a.jpg") == written
+        second.close()
+
+    def test_opening_a_new_file_waits_while_another_process_is_writing_it(
+        self, tmp_path: Path
+    ) -> None:
+        path = str(tmp_path / "moderation.sqlite3")
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("CREATE TABLE IF NOT EXISTS other_process (value)")
+        releases = threading.Timer(0.3, other.execute, args=("COMMIT",))
+        releases.start()
+        store = sqlite.Store(path=path)
+
+        try:
+            found = store.get("host/a.jpg")
+        finally:
+            releases.join()
+            other.close()
+            store.close()
+
+        assert found is None
