@@ -128,7 +128,9 @@ def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -
         plugin_rps = statistics.median(results["plugin"])
         print("result-storage hits, 1 Thumbor process, 4 keep-alive clients")
         print(f"  stock Thumbor        {stock_rps:8.0f} req/s  (rounds: {_fmt(results['stock'])})")
-        print(f"  with the plugin      {plugin_rps:8.0f} req/s  (rounds: {_fmt(results['plugin'])})")
+        print(
+            f"  with the plugin      {plugin_rps:8.0f} req/s  (rounds: {_fmt(results['plugin'])})"
+        )
         print(f"  ratio                {plugin_rps / stock_rps:8.3f}x  (goal >= 0.97x)")
 
         rejected = "/unsafe/300x200/rejected.jpg"
@@ -145,9 +147,13 @@ def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -
     finally:
         forbidden.stop()
     print("rejected image (decision cached in memory)")
-    print(f"  gate, placeholder    {placeholder_rps:8.0f} req/s  (rendered per request, never cached)")
+    print(
+        f"  gate, placeholder    {placeholder_rps:8.0f} req/s  (rendered per request, never cached)"
+    )
     print(f"  gate, 403            {forbidden_rps:8.0f} req/s")
-    print(f"  stock result hit     {stock_transform:8.0f} req/s  (stock serves the image from cache)")
+    print(
+        f"  stock result hit     {stock_transform:8.0f} req/s  (stock serves the image from cache)"
+    )
 
 
 def _hammer_status(port: int, path: str, seconds: float, status: int) -> float:

@@ -24,7 +24,9 @@ def landscape() -> Image.Image:
     draw.ellipse((860, 110, 1010, 260), fill=(255, 214, 90))
     for index, color in enumerate([(76, 122, 84), (58, 99, 70), (41, 77, 56)]):
         base = 470 + index * 90
-        points = [(x, base - 90 * math.sin(x / (170 + 40 * index) + index)) for x in range(0, 1201, 20)]
+        points = [
+            (x, base - 90 * math.sin(x / (170 + 40 * index) + index)) for x in range(0, 1201, 20)
+        ]
         draw.polygon([(0, height), *points, (width, height)], fill=color)
     return image
 
