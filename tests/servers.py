@@ -97,11 +97,13 @@ class ThumborServer:
         config: Mapping[str, Any],
         processes: int = 1,
         log_level: str = "info",
+        cpus: set[int] | None = None,
     ) -> None:
         self.root = root
         self.config = dict(config)
         self.processes = processes
         self.log_level = log_level
+        self.cpus = cpus
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -128,11 +130,16 @@ class ThumborServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=aws_test_environment(),
+            preexec_fn=self._pin if self.cpus else None,
         )
         log.close()
         if wait:
             self.wait_ready()
         return self
+
+    def _pin(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

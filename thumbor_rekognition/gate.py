@@ -35,16 +35,17 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     moderation_status: Status | None = None
     moderation_refusal: LoaderResult | None = None
 
-    def initialize(self, context: Any) -> None:
+    def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
         super().initialize(context)
-        self._runtime: Runtime = runtime_for(context.config)
+        self._runtime: Runtime = runtime or runtime_for(context.config)
         self._substituted = False
         self.moderation_status = None
         self.moderation_refusal = None
 
     async def execute_image_operations(self) -> None:
         key = normalise(self.context.request.image_url)
-        decision = await self._runtime.moderator.lookup(key, self.context.metrics)
+        moderator = self._runtime.moderator
+        decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
         if decision is None or decision.needs_retry:
             # Not judged yet: no cached result may answer, and one is kept only once approved.
             modules = self.context.modules

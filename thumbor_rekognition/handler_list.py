@@ -33,7 +33,7 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
         runtime.start_warm_up()
     else:
         os.register_at_fork(after_in_child=runtime.start_warm_up)
-    return [(Url.regex(), ModerationHandler, {"context": context})]
+    return [(Url.regex(), ModerationHandler, {"context": context, "runtime": runtime})]
 
 
 def _check_loader(context: Any) -> None:

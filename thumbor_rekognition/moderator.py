@@ -117,11 +117,14 @@ class Moderator:
     async def _store(self, func: Callable[..., T], *args: Any) -> T:
         return await self._run(self._store_executor, func, *args)
 
+    def remembered(self, key: str) -> Decision | None:
+        """The decision this process holds in memory for a key: the per-request fast path."""
+        return self._by_key.get(key)
+
     async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
         """The decision for a key under the current policy, or None if there is none."""
         cached = self._by_key.get(key)
         if cached is not None:
-            _Metrics(metrics).incr("moderation.cache.hit")
             return cached
         _Metrics(metrics).incr("moderation.cache.miss")
         try:

@@ -43,6 +43,9 @@ class Runtime:
     @property
     def moderator(self) -> Moderator:
         """This process's moderator, built on first use after fork."""
+        moderator = self._moderator
+        if moderator is not None and self._pid == os.getpid():
+            return moderator
         with self._lock:
             if self._moderator is None or self._pid != os.getpid():
                 self._moderator = self._build_moderator()
