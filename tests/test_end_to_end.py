@@ -182,6 +182,25 @@ def test_rejected_image_gets_placeholder_at_requested_size_with_short_cache(
         assert image.convert("RGB").getpixel((150, 10)) != (255, 0, 0)
 
 
+def test_placeholder_renderings_are_reused_with_the_same_headers(
+    server: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    fake.respond((255, 0, 0), v6("Explicit Nudity", "Nudity", 99))
+    first, second = add_picture(images, (255, 0, 0)), add_picture(images, (255, 0, 0))
+
+    responses = [
+        server.get(f"/unsafe/{size}/filters:format(webp)/{name}")
+        for name in (first, second, first)
+        for size in ("222x111", "111x222")
+    ]
+
+    assert {r.header("X-Moderation-Status") for r in responses} == {"rejected"}
+    assert {r.header("Cache-Control") for r in responses} == {"max-age=60,public"}
+    assert {r.header("Content-Type") for r in responses} == {"image/webp"}
+    assert [size_of(r) for r in responses] == [(222, 111), (111, 222)] * 3
+    assert len({r.body for r in responses}) == 2
+
+
 def test_approved_image_is_served_with_thumbors_cache_headers(
     server: ThumborServer, images: Path, fake: FakeRekognition
 ) -> None:

@@ -34,6 +34,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
 
     moderation_status: Status | None = None
     moderation_refusal: LoaderResult | None = None
+    placeholder_key: str | None = None
 
     def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
         super().initialize(context)
@@ -41,6 +42,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         self._substituted = False
         self.moderation_status = None
         self.moderation_refusal = None
+        self.placeholder_key = None
 
     async def execute_image_operations(self) -> None:
         key = normalise(self.context.request.image_url)
@@ -59,6 +61,10 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                     self._error(FORBIDDEN)
                     return
                 self._substitute_placeholder(decision)
+                rendered = self._runtime.placeholders.get(self.placeholder_key)
+                if rendered is not None:
+                    await self._write_results_to_client(*rendered)
+                    return
             else:
                 keep_out_of_caches(self.context)
                 self.context.modules.result_storage = None
@@ -97,6 +103,12 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         self.context.modules.result_storage = None
         self.context.modules.storage = _Fixed(self._runtime.placeholder)
         fit_placeholder(self.context, decision)
+
+    async def _write_results_to_client(self, results: Any, content_type: str) -> None:
+        if self.placeholder_key is not None:
+            # A placeholder depends only on the transformation asked for: render it once.
+            self._runtime.placeholders.put(self.placeholder_key, (results, content_type))
+        await super()._write_results_to_client(results, content_type)
 
     def finish(self, chunk: Any = None) -> Any:
         status = self.moderation_status
@@ -149,6 +161,33 @@ def fit_placeholder(context: Any, decision: Decision) -> None:
     request.smart = False
     if not request.width and not request.height and decision.width and decision.height:
         request.width, request.height = decision.width, decision.height
+    handler = getattr(context, "request_handler", None)
+    if isinstance(handler, ModerationHandler):
+        handler.placeholder_key = _rendering(request, handler.request.headers)
+
+
+def _rendering(request: Any, headers: Any) -> str:
+    """Everything a rendered placeholder depends on: the transformation, not the image."""
+    fields = (
+        request.width,
+        request.height,
+        request.fit_in,
+        request.full,
+        request.adaptive,
+        request.stretch,
+        request.horizontal_flip,
+        request.vertical_flip,
+        request.halign,
+        request.valign,
+        request.trim,
+        request.meta,
+        request.debug,
+        request.crop,
+        request.filters,
+        request.accepts_webp,
+        headers.get("Accept", ""),
+    )
+    return repr(fields)
 
 
 def set_short_cache(handler: Any, max_age: int) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from importlib import resources
 from types import ModuleType
 from typing import Any
@@ -25,6 +26,9 @@ from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.moderator import Moderator
 
 logger = logging.getLogger(__name__)
+
+# Distinct placeholder transformations kept per process (a few kB each).
+PLACEHOLDER_RENDERINGS = 256
 
 
 class Runtime:
@@ -39,6 +43,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._pid = 0
         self._moderator: Moderator | None = None
+        self.placeholders = RenderCache(PLACEHOLDER_RENDERINGS)
 
     @property
     def moderator(self) -> Moderator:
@@ -90,6 +95,26 @@ class Runtime:
             executor=executor,
             store_executor=store_executor,
         )
+
+
+class RenderCache:
+    """Rendered placeholders by transformation, least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, tuple[bytes, str]] = OrderedDict()
+
+    def get(self, key: Any) -> tuple[bytes, str] | None:
+        item = self._items.get(key) if key is not None else None
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: Any, rendered: tuple[bytes, str]) -> None:
+        self._items[key] = rendered
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
 
 _RUNTIMES: dict[int, tuple[Any, Runtime]] = {}
