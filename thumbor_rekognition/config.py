@@ -23,6 +23,7 @@ GROUP = "Moderation"
 REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
 NUDENET_GROUP = "Moderation - offline model"
 ADMIN_GROUP = "Moderation - administration"
+QUARANTINE_GROUP = "Moderation - quarantine"
 
 _KEYS: list[tuple[str, Any, str, str]] = [
     (
@@ -146,6 +147,64 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         GROUP,
     ),
     (
+        "MODERATION_QUARANTINE",
+        "thumbor_rekognition.quarantine.file",
+        "Module that keeps originals that are not approved, so that approving one "
+        "restores it: thumbor_rekognition.quarantine.file (a local folder) or "
+        "thumbor_rekognition.quarantine.s3 (a bucket shared by a cluster).",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_PATH",
+        "/tmp/thumbor/quarantine",  # noqa: S108 - mirrors Thumbor's own /tmp defaults
+        "Folder of the file quarantine.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_BUCKET",
+        "",
+        "Bucket of the S3 quarantine; required with thumbor_rekognition.quarantine.s3.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_PREFIX",
+        "quarantine/",
+        "Key prefix of quarantined originals in the S3 bucket.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_REGION",
+        "",
+        "Region of the S3 quarantine bucket; REKOGNITION_REGION when empty.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_ENDPOINT_URL",
+        None,
+        "S3 endpoint URL (an S3-compatible store); AWS's own when unset.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_ADMIN_PREFIX",
+        "/moderation",
+        "URL prefix of the admin API and review page.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_ADMIN_TOKEN",
+        None,
+        "Bearer token of the admin API and review page. Unset: the admin routes do not "
+        "exist. Use a long random string, e.g. from `python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))'`.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_ADMIN_MAX_BODY_BYTES",
+        65536,
+        "Largest request body the admin API reads; larger ones get HTTP 413.",
+        ADMIN_GROUP,
+    ),
+    (
         "NUDENET_THREADS",
         1,
         "Threads of the offline model's onnxruntime session per Thumbor process. 1 suits "
@@ -255,6 +314,15 @@ class Settings:
     workers: int
     max_pixels: int
     analysis_max_side: int
+    quarantine: str
+    quarantine_path: str
+    quarantine_s3_bucket: str
+    quarantine_s3_prefix: str
+    quarantine_s3_region: str
+    quarantine_s3_endpoint_url: str | None
+    admin_prefix: str
+    admin_token: Secret | None
+    admin_max_body: int
     nudenet_threads: int
     rekognition_region: str
     rekognition_endpoint_url: str | None
@@ -283,6 +351,15 @@ class Settings:
             analysis_max_side=reader.integer(
                 "MODERATION_ANALYSIS_MAX_SIDE", minimum=80, maximum=10_000
             ),
+            quarantine=reader.module("MODERATION_QUARANTINE"),
+            quarantine_path=reader.string("MODERATION_QUARANTINE_PATH"),
+            quarantine_s3_bucket=reader.string("MODERATION_QUARANTINE_S3_BUCKET"),
+            quarantine_s3_prefix=reader.string("MODERATION_QUARANTINE_S3_PREFIX"),
+            quarantine_s3_region=reader.string("MODERATION_QUARANTINE_S3_REGION"),
+            quarantine_s3_endpoint_url=reader.optional_str("MODERATION_QUARANTINE_S3_ENDPOINT_URL"),
+            admin_prefix=reader.prefix("MODERATION_ADMIN_PREFIX"),
+            admin_token=reader.secret("MODERATION_ADMIN_TOKEN", minimum_length=16),
+            admin_max_body=reader.integer("MODERATION_ADMIN_MAX_BODY_BYTES", minimum=1024),
             nudenet_threads=reader.integer("NUDENET_THREADS", minimum=0, maximum=64),
             rekognition_region=reader.string("REKOGNITION_REGION"),
             rekognition_endpoint_url=reader.optional_str("REKOGNITION_ENDPOINT_URL"),
@@ -395,6 +472,33 @@ class _Reader:
         if not isinstance(value, str):
             raise self._fail(key, value, "Not a string.")
         return value
+
+    def prefix(self, key: str) -> str:
+        value = self.string(key).strip()
+        if (
+            not value.startswith("/")
+            or value == "/"
+            or not all(
+                part and (part.replace("-", "").replace("_", "").replace(".", "").isalnum())
+                for part in value.strip("/").split("/")
+            )
+        ):
+            raise self._fail(key, value, "Must be a path such as '/moderation'.")
+        return "/" + value.strip("/")
+
+    def secret(self, key: str, minimum_length: int) -> Secret | None:
+        value = self.raw(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigurationError(f"Config '{key}' is not a string.")
+        if len(value) < minimum_length or value.strip() != value:
+            # The value itself is never repeated: it is a secret.
+            raise ConfigurationError(
+                f"Config '{key}' must be at least {minimum_length} characters without "
+                "surrounding spaces."
+            )
+        return Secret(value)
 
     def module(self, key: str) -> str:
         value = self.string(key).strip()

@@ -43,15 +43,16 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         self.moderation_status = None
         self.moderation_refusal = None
         self.placeholder_key = None
+        self._key = ""
 
     async def execute_image_operations(self) -> None:
-        key = normalise(self.context.request.image_url)
+        key = self._key = normalise(self.context.request.image_url)
         moderator = self._runtime.moderator
         decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
         if decision is None or decision.needs_retry:
             # Not judged yet: no cached result may answer, and one is kept only once approved.
             modules = self.context.modules
-            modules.result_storage = _KeptOnceApproved(modules.result_storage, self)
+            modules.result_storage = _Unread(modules.result_storage)
         elif decision.status is Status.APPROVED:
             self.moderation_status = Status.APPROVED
         else:
@@ -103,6 +104,13 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         self.context.modules.result_storage = None
         self.context.modules.storage = _Fixed(self._runtime.placeholder)
         fit_placeholder(self.context, decision)
+
+    async def _store_results(self, result_storage: Any, metrics: Any, results: bytes) -> None:
+        if self.moderation_status is not Status.APPROVED:
+            return
+        await super()._store_results(result_storage, metrics, results)
+        # Purging a picture later needs every result derived from it.
+        await self._runtime.moderator.record_result(self._key, self.context.request.url)
 
     async def _write_results_to_client(self, results: Any, content_type: str) -> None:
         if self.placeholder_key is not None:
@@ -199,20 +207,14 @@ def set_short_cache(handler: Any, max_age: int) -> None:
         handler.set_header("Cache-Control", "no-store")
 
 
-class _KeptOnceApproved:
-    """Result storage that answers no reads and keeps a result only once it is approved."""
+class _Unread:
+    """Result storage that answers no reads: the picture is not judged yet."""
 
-    def __init__(self, inner: Any, handler: ModerationHandler) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._handler = handler
 
     async def get(self) -> None:
         return None
-
-    async def put(self, image_bytes: bytes) -> Any:
-        if self._inner is None or self._handler.moderation_status is not Status.APPROVED:
-            return None
-        return await self._inner.put(image_bytes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -23,6 +23,7 @@ from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.policy import Policy
 from thumbor_rekognition.preparation import PreparedImage, prepare
+from thumbor_rekognition.quarantine import Quarantine, QuarantineError
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ class Moderator:
         backend: backends.Backend,
         executor: concurrent.futures.Executor,
         store_executor: concurrent.futures.Executor,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.settings = settings
+        self.quarantine = quarantine
         self.policy: Policy = settings.policy
         self.store = store
         self.backend = backend
@@ -103,6 +106,7 @@ class Moderator:
         self._by_key = _Cache(settings.cache_ttl)
         self._by_hash = _Cache(settings.cache_ttl)
         self._flights: dict[str, asyncio.Future[Decision]] = {}
+        self._recorded: set[tuple[str, str]] = set()
         self.backend_calls = 0
 
     async def _run(
@@ -201,7 +205,35 @@ class Moderator:
             ),
         )
         decision = await self._analyse(key, url, sha256, prepared, metrics)
+        if decision.status is not Status.APPROVED:
+            await self.keep_original(sha256, buffer, metrics)
         return await self._save(decision, _event_for(decision), metrics)
+
+    async def keep_original(self, sha256: str, buffer: bytes, metrics: Any = None) -> bool:
+        """Copy an original that is not approved into the quarantine; False if that failed."""
+        if self.quarantine is None:
+            return False
+        try:
+            await self._run(self._executor, self.quarantine.put, sha256, buffer)
+        except QuarantineError as error:
+            # The picture is refused all the same; only restoring it on approval is lost.
+            logger.error("original %s not quarantined: %s", sha256, error)
+            _Metrics(metrics).incr("moderation.quarantine.errors")
+            return False
+        return True
+
+    async def record_result(self, key: str, path: str) -> None:
+        """Remember that a result-storage entry at this request path derives from key."""
+        if (key, path) in self._recorded:
+            return
+        try:
+            await self._store(self.store.add_results, key, [path])
+        except stores.StoreUnavailable as error:
+            logger.error("result %s of %s not recorded, purge will miss it: %s", path, key, error)
+            return
+        if len(self._recorded) > 100_000:
+            self._recorded.clear()
+        self._recorded.add((key, path))
 
     async def _twin(self, sha256: str, metrics: Any) -> Decision | None:
         twin = self._by_hash.get(sha256)
@@ -224,6 +256,7 @@ class Moderator:
         started = time.perf_counter()
         recorder.incr("moderation.backend.calls")
         self.backend_calls += 1
+        await self._count("backend.calls")
         base = Decision(
             key=key,
             url=url,
@@ -305,6 +338,12 @@ class Moderator:
         except stores.StoreUnavailable as error:
             logger.error("re-judged decision for %s not stored: %s", decision.key, error)
             return updated
+
+    async def _count(self, name: str) -> None:
+        try:
+            await self._store(self.store.incr, name, 1)
+        except stores.StoreUnavailable as error:
+            logger.warning("counter %s not updated: %s", name, error)
 
     def _remember(self, decision: Decision) -> None:
         if decision.needs_retry:

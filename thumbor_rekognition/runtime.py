@@ -24,6 +24,7 @@ from PIL import Image
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.moderator import Moderator
+from thumbor_rekognition.quarantine import load_quarantine
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Runtime:
         self.source_loader = _import_loader(settings.source_loader)
         _import_module("MODERATION_BACKEND", settings.backend)
         _import_module("MODERATION_DECISION_STORE", settings.decision_store)
+        _import_module("MODERATION_QUARANTINE", settings.quarantine)
         self._lock = threading.Lock()
         self._pid = 0
         self._moderator: Moderator | None = None
@@ -94,6 +96,7 @@ class Runtime:
             backend=backend,
             executor=executor,
             store_executor=store_executor,
+            quarantine=load_quarantine(settings),
         )
 
 

@@ -58,7 +58,7 @@ def every_key(store: stores.Store, status: Status | None = None, limit: int = 37
     keys: list[str] = []
     cursor: str | None = None
     for _ in range(10_000):
-        page, cursor = store.list(status=status, limit=limit, cursor=cursor)
+        page, cursor = store.page(status=status, limit=limit, cursor=cursor)
         assert len(page) <= limit
         keys.extend(item.key for item in page)
         if cursor is None:
@@ -274,14 +274,14 @@ class StoreContract:
         for number in range(74):
             save(store, decision(f"host/{number:03d}.jpg", sha256=f"{number:064x}"))
 
-        first, cursor = store.list(limit=37)
-        second, last_cursor = store.list(limit=37, cursor=cursor)
+        first, cursor = store.page(limit=37)
+        second, last_cursor = store.page(limit=37, cursor=cursor)
 
         assert [len(first), len(second)] == [37, 37]
         assert last_cursor is None
 
     def test_list_of_an_empty_store_is_one_empty_page(self, store: stores.Store) -> None:
-        assert store.list() == ([], None)
+        assert store.page() == ([], None)
 
     def test_counts_decisions_per_status_and_per_status_and_source(
         self, store: stores.Store

@@ -47,7 +47,7 @@ class Store:
         """Every change of a key's decision, oldest first."""
         raise NotImplementedError
 
-    def list(
+    def page(
         self, status: Status | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Decision], str | None]:
         """Decisions ordered by key after the cursor, and the cursor of the next page."""
@@ -55,6 +55,30 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Number of decisions per 'status' and per 'status.source'."""
+        raise NotImplementedError
+
+    def find_all_by_hash(self, sha256: str) -> list[Decision]:
+        """Every decision about the same bytes, whatever its status."""
+        raise NotImplementedError
+
+    def add_results(self, key: str, paths: list[str]) -> None:
+        """Record result-storage paths derived from a key's original."""
+        raise NotImplementedError
+
+    def results(self, key: str) -> list[str]:
+        """The result-storage paths recorded for a key, oldest first."""
+        raise NotImplementedError
+
+    def drop_results(self, key: str) -> None:
+        """Forget the result-storage paths of a key (after purging them)."""
+        raise NotImplementedError
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        """Add to a named counter shared by every process."""
+        raise NotImplementedError
+
+    def counters(self) -> dict[str, int]:
+        """Every named counter."""
         raise NotImplementedError
 
     def close(self) -> None:

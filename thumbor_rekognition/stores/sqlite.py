@@ -42,6 +42,15 @@ CREATE TABLE IF NOT EXISTS history (
     note TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_key ON history (key, id);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (key, path)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -204,7 +213,7 @@ class Store(stores.Store):
             for at, status, source, actor, note in rows
         ]
 
-    def list(
+    def page(
         self, status: Status | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Decision], str | None]:
         query = "SELECT key, body FROM decisions WHERE key > ?"
@@ -230,6 +239,46 @@ class Store(stores.Store):
             counts[status] = counts.get(status, 0) + count
             counts[f"{status}.{source}"] = count
         return counts
+
+    def find_all_by_hash(self, sha256: str) -> list[Decision]:
+        if not sha256:
+            return []
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT body FROM decisions WHERE sha256 = ? ORDER BY key", (sha256,)
+            ).fetchall()
+        return [Decision.from_json(body) for (body,) in rows]
+
+    def add_results(self, key: str, paths: list[str]) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.executemany(
+                "INSERT OR IGNORE INTO results (key, path) VALUES (?, ?)",
+                [(key, path) for path in paths],
+            )
+
+    def results(self, key: str) -> list[str]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT path FROM results WHERE key = ? ORDER BY rowid", (key,)
+            ).fetchall()
+        return [path for (path,) in rows]
+
+    def drop_results(self, key: str) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.execute("DELETE FROM results WHERE key = ?", (key,))
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (name, amount),
+            )
+
+    def counters(self) -> dict[str, int]:
+        with self._cursor() as cursor:
+            rows = cursor.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        return {name: value for name, value in rows}
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,97 @@
+"""Thumbor's STORAGE and RESULT_STORAGE reached from outside an image request.
+
+Overrides need them: approving a picture puts its quarantined original back into
+STORAGE; rejecting one removes the original and every result derived from it. Result
+storage has no delete and no index, so the gate records the result paths of each
+picture as they are written, and deleting them is specific to each result storage:
+Thumbor's file result storage is supported here, others keep their entries (the gate
+refuses them anyway; only disk is lost) unless they have a ``remove(path)`` method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+from urllib.parse import quote, unquote
+
+from thumbor.context import Context, RequestParameters
+
+logger = logging.getLogger(__name__)
+
+FILE_RESULT_STORAGE = "thumbor.result_storages.file_storage"
+
+
+def storage_key(url: str) -> str:
+    """The STORAGE key Thumbor uses for an image URL as it appears in the request path."""
+    return quote(unquote(url).encode("utf-8"))
+
+
+class ThumborCaches:
+    """STORAGE and RESULT_STORAGE of one Thumbor configuration."""
+
+    def __init__(self, context: Any) -> None:
+        self._server = context.server
+        self._config = context.config
+        self._importer = context.modules.importer
+
+    def _context(self) -> Any:
+        context = Context(server=self._server, config=self._config, importer=self._importer)
+        context.request = RequestParameters()
+        return context
+
+    async def original(self, url: str) -> bytes | None:
+        """The original Thumbor keeps in STORAGE for an image URL, if any."""
+        storage = self._context().modules.storage
+        data = await storage.get(storage_key(url))
+        return bytes(data) if data is not None else None
+
+    async def restore(self, url: str, data: bytes) -> None:
+        """Put an original back into STORAGE so Thumbor serves it without its origin."""
+        storage = self._context().modules.storage
+        await storage.put(storage_key(url), data)
+
+    async def remove_original(self, url: str) -> bool:
+        """Drop an original from STORAGE; True if one was there."""
+        storage = self._context().modules.storage
+        key = storage_key(url)
+        if not await storage.exists(key):
+            return False
+        await storage.remove(key)
+        return True
+
+    async def remove_results(self, paths: list[str]) -> int:
+        """Drop results from RESULT_STORAGE by request path; how many were removed."""
+        if not paths or not self._config.RESULT_STORAGE:
+            return 0
+        if self._config.RESULT_STORAGE == FILE_RESULT_STORAGE:
+            return sum(self._remove_result_file(path) for path in paths)
+        result_storage = self._context().modules.result_storage
+        remove = getattr(result_storage, "remove", None)
+        if not callable(remove):
+            logger.warning(
+                "RESULT_STORAGE %s cannot delete; %d results stay on disk (the gate refuses them)",
+                self._config.RESULT_STORAGE,
+                len(paths),
+            )
+            return 0
+        removed = 0
+        for path in paths:
+            await remove(path)
+            removed += 1
+        return removed
+
+    def _remove_result_file(self, path: str) -> int:
+        # Mirrors thumbor.result_storages.file_storage.normalize_path, for both the plain
+        # and the AUTO_WEBP folder.
+        digest = hashlib.sha1(unquote(path).encode("utf-8")).hexdigest()  # noqa: S324
+        root = str(self._config.RESULT_STORAGE_FILE_STORAGE_ROOT_PATH).rstrip("/")
+        removed = 0
+        for prefix in ("default", "auto_webp"):
+            try:
+                os.remove(f"{root}/{prefix}/{digest[:2]}/{digest[2:4]}/{digest[4:]}")
+                removed = 1
+            except FileNotFoundError:
+                pass
+        return removed
