@@ -12,6 +12,7 @@ from typing import Any
 
 from libthumbor.url import Url
 
+from thumbor_rekognition import admin
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.gate import ModerationHandler
 from thumbor_rekognition.runtime import runtime_for
@@ -33,7 +34,10 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
         runtime.start_warm_up()
     else:
         os.register_at_fork(after_in_child=runtime.start_warm_up)
-    return [(Url.regex(), ModerationHandler, {"context": context, "runtime": runtime})]
+    return [
+        *admin.get_handlers(context, runtime),
+        (Url.regex(), ModerationHandler, {"context": context, "runtime": runtime}),
+    ]
 
 
 def _check_loader(context: Any) -> None:

@@ -121,6 +121,10 @@ class Moderator:
     async def _store(self, func: Callable[..., T], *args: Any) -> T:
         return await self._run(self._store_executor, func, *args)
 
+    async def run_store(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a decision-store call on the store's own thread."""
+        return await self._store(func, *args)
+
     def remembered(self, key: str) -> Decision | None:
         """The decision this process holds in memory for a key: the per-request fast path."""
         return self._by_key.get(key)
@@ -150,6 +154,12 @@ class Moderator:
         """
         sha256 = await self._run(self._executor, sha256_hex, buffer)
         current = await self.lookup(key, metrics)
+        if current is not None and current.source is Source.MANUAL and not current.sha256:
+            # Decided by hand before any request fetched it: the decision takes these bytes.
+            bound = current.replace(sha256=sha256, updated_at=time.time())
+            return await self._save(
+                bound, Event(bound.status, Source.MANUAL, SYSTEM, "first fetch"), metrics
+            )
         if current is not None and current.sha256 == sha256 and self._stands(current):
             return current
         flight = self._flights.get(sha256)

@@ -1,0 +1,279 @@
+"""The admin API and review page, under MODERATION_ADMIN_PREFIX, behind a bearer token.
+
+Routes exist only when MODERATION_ADMIN_TOKEN is set. Every route that reads or changes
+data needs ``Authorization: Bearer <token>`` (compared in constant time); the review
+page's empty shell loads without it and asks for the token once, keeping it in the
+tab's session storage and sending it as a header, never in a URL.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from importlib import resources
+from typing import Any
+
+import tornado.template
+import tornado.web
+
+from thumbor_rekognition.caches import ThumborCaches
+from thumbor_rekognition.decision import Status
+from thumbor_rekognition.review import Review, decision_view
+from thumbor_rekognition.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "admin-api"
+PAGE_STATUSES = (Status.PENDING, Status.REJECTED, Status.APPROVED)
+_templates = tornado.template.Loader(
+    str(resources.files("thumbor_rekognition").joinpath("assets")), autoescape="xhtml_escape"
+)
+
+
+class ApiError(Exception):
+    """An error answered as JSON with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@tornado.web.stream_request_body
+class _AdminHandler(tornado.web.RequestHandler):
+    """Token check, bounded bodies, JSON answers, and errors that never show a traceback."""
+
+    requires_token = True
+
+    def initialize(self, review: Review, runtime: Runtime) -> None:
+        self.review = review
+        self.runtime = runtime
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+
+    def prepare(self) -> None:
+        # Streamed, so that neither an unauthorised nor an oversized body is ever read whole.
+        self._body: list[bytes] = []
+        self._body_size = 0
+        if self.requires_token and not self._authorised():
+            self.set_header("WWW-Authenticate", 'Bearer realm="moderation"')
+            raise ApiError(401, "missing or wrong bearer token")
+        declared = self.request.headers.get("Content-Length", "0")
+        if not declared.isdigit() or int(declared) > self.runtime.settings.admin_max_body:
+            raise ApiError(413, "request body too large")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size > self.runtime.settings.admin_max_body:
+            raise ApiError(413, "request body too large")
+        self._body.append(chunk)
+
+    def _authorised(self) -> bool:
+        token = self.runtime.settings.admin_token
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if token is None or scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), token.value.encode())
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(data, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            self.write_json({"error": error.message}, error.status)
+            return
+        if isinstance(error, tornado.web.HTTPError):
+            message = error.log_message or self._reason
+            self.write_json({"error": message}, status_code)
+            return
+        self.write_json({"error": "internal error, see the server log"}, 500)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            status_code = error.status
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            # The token must never reach a log line: only the status and the reason do.
+            logger.info(
+                "admin %s %s -> %d %s",
+                self.request.method,
+                self.request.path,
+                value.status,
+                value.message,
+            )
+            return
+        super().log_exception(typ, value, tb)
+
+    def url_argument(self) -> str:
+        url = self.get_query_argument("url", "").strip()
+        if not url:
+            raise ApiError(400, "query argument 'url' is required")
+        if len(url) > 4096:
+            raise ApiError(400, "query argument 'url' is too long")
+        return url
+
+    def json_body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(b"".join(self._body) or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+
+class ImagesHandler(_AdminHandler):
+    """GET {prefix}/images?status=&limit=&cursor=: decisions, a page at a time."""
+
+    async def get(self) -> None:
+        status = _status(self.get_query_argument("status", ""), allow_empty=True)
+        limit = _integer(self.get_query_argument("limit", "100"), "limit")
+        cursor = self.get_query_argument("cursor", "") or None
+        decisions, next_cursor = await self.review.page(status, limit, cursor)
+        self.write_json(
+            {"images": [decision_view(d) for d in decisions], "next_cursor": next_cursor}
+        )
+
+
+class ImageHandler(_AdminHandler):
+    """GET, PUT and DELETE {prefix}/image?url=: one decision."""
+
+    async def get(self) -> None:
+        found = await self.review.show(self.url_argument())
+        if found is None:
+            raise ApiError(404, "no decision for this image")
+        self.write_json(decision_view(*found))
+
+    async def put(self) -> None:
+        url = self.url_argument()
+        body = self.json_body()
+        status = _status(str(body.get("status", "")), allow_empty=False)
+        if status is None or status is Status.PENDING:
+            raise ApiError(400, "status must be 'approved' or 'rejected'")
+        note = body.get("note", "")
+        if not isinstance(note, str) or len(note) > 2000:
+            raise ApiError(400, "note must be a string of at most 2000 characters")
+        actor = body.get("actor", ACTOR)
+        if not isinstance(actor, str) or not actor or len(actor) > 200:
+            raise ApiError(400, "actor must be a non-empty string of at most 200 characters")
+        decided = await self.review.decide(url, status, note, actor)
+        self.write_json({"updated": [decision_view(d) for d in decided]})
+
+    async def delete(self) -> None:
+        if not await self.review.forget(self.url_argument(), ACTOR):
+            raise ApiError(404, "no decision for this image")
+        self.set_status(204)
+        self.finish()
+
+
+class PurgeHandler(_AdminHandler):
+    """POST {prefix}/purge?url=: drop the original from STORAGE and its results."""
+
+    async def post(self) -> None:
+        purged = await self.review.purge(self.url_argument())
+        self.write_json(purged.to_dict())
+
+
+class OriginalHandler(_AdminHandler):
+    """GET {prefix}/original?url=: the quarantined (or stored) original, for reviewers."""
+
+    async def get(self) -> None:
+        data = await self.review.original(self.url_argument())
+        if data is None:
+            raise ApiError(404, "no original kept for this image")
+        self.set_header("Content-Type", _mime(data))
+        # A reviewer's browser must render it as an image, never as a page.
+        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        self.set_header("Content-Disposition", "inline")
+        self.finish(data)
+
+
+class StatsHandler(_AdminHandler):
+    """GET {prefix}/stats: counts by status and source, backend calls."""
+
+    async def get(self) -> None:
+        self.write_json(await self.review.stats())
+
+
+class PageHandler(_AdminHandler):
+    """GET {prefix}/: the review page shell; with a token, ?grid=1 renders the grids."""
+
+    requires_token = False
+
+    async def get(self) -> None:
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        )
+        self.set_header("X-Frame-Options", "DENY")
+        if not self.get_query_argument("grid", ""):
+            html = _templates.load("review.html").generate(
+                prefix=self.runtime.settings.admin_prefix
+            )
+            self.finish(html)
+            return
+        if not self._authorised():
+            raise ApiError(401, "missing or wrong bearer token")
+        columns = []
+        for status in PAGE_STATUSES:
+            decisions, more = await self.review.page(status, 60, None)
+            columns.append((status.value, decisions, more is not None))
+        self.finish(_templates.load("review_grid.html").generate(columns=columns))
+
+
+def _status(value: str, allow_empty: bool) -> Status | None:
+    if not value and allow_empty:
+        return None
+    try:
+        return Status(value)
+    except ValueError:
+        raise ApiError(400, "status must be one of: approved, rejected, pending") from None
+
+
+def _integer(value: str, name: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,6}", value):
+        raise ApiError(400, f"{name} must be a positive integer")
+    return max(1, int(value))
+
+
+def _mime(data: bytes) -> str:
+    signatures = {
+        b"\xff\xd8\xff": "image/jpeg",
+        b"\x89PNG": "image/png",
+        b"GIF8": "image/gif",
+        b"RIFF": "image/webp",
+    }
+    for signature, mime in signatures.items():
+        if data.startswith(signature):
+            return mime
+    return "application/octet-stream"
+
+
+def get_handlers(context: Any, runtime: Runtime) -> list[tuple[Any, ...]]:
+    """The admin routes, or none when no token is configured."""
+    settings = runtime.settings
+    if settings.admin_token is None:
+        return []
+    prefix = re.escape(settings.admin_prefix)
+    arguments = {"review": Review(runtime, ThumborCaches(context)), "runtime": runtime}
+    return [
+        (rf"{prefix}/?", PageHandler, arguments),
+        (rf"{prefix}/images", ImagesHandler, arguments),
+        (rf"{prefix}/image", ImageHandler, arguments),
+        (rf"{prefix}/purge", PurgeHandler, arguments),
+        (rf"{prefix}/original", OriginalHandler, arguments),
+        (rf"{prefix}/stats", StatsHandler, arguments),
+    ]

@@ -1,0 +1,160 @@
+"""Human review: list, inspect and override decisions, restore or purge what caches hold.
+
+Used by the admin API, the review page and the command line, so that each does the same
+thing. A manual decision applies to the picture, not to one spelling of its URL: every
+decision about the same bytes is overridden together, and a later URL with those bytes
+inherits it. Rejecting copies the original into the quarantine first, then removes it
+and its results from Thumbor's caches; approving puts the quarantined original back
+into STORAGE so it is served even if its origin has dropped it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from thumbor_rekognition.caches import ThumborCaches
+from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.moderator import Moderator, sha256_hex
+from thumbor_rekognition.runtime import Runtime
+from thumbor_rekognition.urls import normalise
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What a purge removed."""
+
+    original: bool
+    results: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"original_removed": self.original, "results_removed": self.results}
+
+
+class Review:
+    """Operations on decisions for administrators, one Thumbor configuration."""
+
+    def __init__(self, runtime: Runtime, caches: ThumborCaches) -> None:
+        self.runtime = runtime
+        self.caches = caches
+
+    @property
+    def moderator(self) -> Moderator:
+        return self.runtime.moderator
+
+    async def _store(self, method: str, *args: Any) -> Any:
+        return await self.moderator.run_store(getattr(self.moderator.store, method), *args)
+
+    async def page(
+        self, status: Status | None, limit: int, cursor: str | None
+    ) -> tuple[list[Decision], str | None]:
+        """Decisions ordered by key, after the cursor."""
+        page: tuple[list[Decision], str | None] = await self._store(
+            "page", status, max(1, min(limit, MAX_PAGE)), cursor
+        )
+        return page
+
+    async def show(self, url: str) -> tuple[Decision, list[Event]] | None:
+        """A decision and its history, straight from the store."""
+        key = normalise(url)
+        decision = await self._store("get", key)
+        if decision is None:
+            return None
+        return decision, await self._store("history", key)
+
+    async def decide(self, url: str, status: Status, note: str, actor: str) -> list[Decision]:
+        """A manual decision for the picture at this URL, and every URL showing the same bytes."""
+        if status is Status.PENDING:
+            raise ValueError("a manual decision approves or rejects")
+        key = normalise(url)
+        current: Decision | None = await self._store("get", key)
+        sha256 = current.sha256 if current else ""
+        original = await self._original_bytes(sha256, current.url if current else url)
+        if original is not None and not sha256:
+            sha256 = sha256_hex(original)
+        if status is Status.REJECTED and original is not None:
+            await self.moderator.keep_original(sha256, original)
+        targets: list[Decision] = await self._store("find_all_by_hash", sha256) if sha256 else []
+        if all(target.key != key for target in targets):
+            targets.append(current or _unseen(key, url, sha256))
+        now = time.time()
+        decided = []
+        for target in targets:
+            manual = target.replace(
+                status=status, source=Source.MANUAL, sha256=sha256, error="", updated_at=now
+            )
+            saved: Decision = await self._store(
+                "save", manual, Event(status, Source.MANUAL, actor, note)
+            )
+            self.moderator.forget(target.key)
+            if status is Status.REJECTED:
+                await self.purge(target.url)
+            elif original is not None:
+                await self.caches.restore(target.url, original)
+            decided.append(saved)
+        return decided
+
+    async def _original_bytes(self, sha256: str, url: str) -> bytes | None:
+        quarantine = self.moderator.quarantine
+        if sha256 and quarantine is not None:
+            kept = await self.moderator.run_blocking(quarantine.get, sha256)
+            if kept is not None:
+                return kept
+        return await self.caches.original(url)
+
+    async def forget(self, url: str, actor: str, note: str = "") -> bool:
+        """Drop a decision: the next request judges the picture again."""
+        key = normalise(url)
+        event = Event(None, None, actor, note or "decision forgotten")
+        forgotten: bool = await self._store("delete", key, event)
+        self.moderator.forget(key)
+        return forgotten
+
+    async def purge(self, url: str) -> Purged:
+        """Remove the original from STORAGE and every result derived from it."""
+        key = normalise(url)
+        paths: list[str] = await self._store("results", key)
+        results = await self.caches.remove_results(paths)
+        original = await self.caches.remove_original(url)
+        current: Decision | None = await self._store("get", key)
+        if current is not None and current.url != url:
+            original = await self.caches.remove_original(current.url) or original
+        await self._store("drop_results", key)
+        return Purged(original=original, results=results)
+
+    async def original(self, url: str) -> bytes | None:
+        """The original for reviewers: the quarantined copy, else Thumbor's STORAGE."""
+        current: Decision | None = await self._store("get", normalise(url))
+        return await self._original_bytes(current.sha256 if current else "", url)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts by status and source, and backend calls, across every process."""
+        counts: dict[str, int] = await self._store("counts")
+        counters: dict[str, int] = await self._store("counters")
+        return {
+            "decisions": {status.value: counts.get(status.value, 0) for status in Status},
+            "by_source": {
+                f"{status.value}.{source.value}": counts.get(f"{status.value}.{source.value}", 0)
+                for status in Status
+                for source in Source
+            },
+            "backend_calls": counters.get("backend.calls", 0),
+            "backend": self.moderator.backend.name,
+        }
+
+
+def _unseen(key: str, url: str, sha256: str) -> Decision:
+    """A decision about a URL no request has fetched yet."""
+    return Decision(key=key, url=url, sha256=sha256, status=Status.PENDING, source=Source.MANUAL)
+
+
+def decision_view(decision: Decision, history: list[Event] | None = None) -> dict[str, Any]:
+    """A decision as the admin API returns it."""
+    view = decision.to_dict()
+    view["content_hash"] = view.pop("sha256")
+    if history is not None:
+        view["history"] = [event.to_dict() for event in history]
+    return view
