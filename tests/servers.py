@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -131,6 +133,8 @@ class ThumborServer:
             stderr=subprocess.STDOUT,
             env=aws_test_environment(),
             preexec_fn=self._pin if self.cpus else None,
+            # Its own process group: with --processes=N the workers are stopped with it.
+            start_new_session=True,
         )
         log.close()
         if wait:
@@ -162,14 +166,32 @@ class ThumborServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        group = self.process.pid
+        self._signal_group(group, signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._signal_group(group, signal.SIGKILL)
+            self.process.wait(10)
+        # Workers of `--processes=N` may outlive their parent for a moment.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self._group_alive(group):
+            time.sleep(0.05)
+        self._signal_group(group, signal.SIGKILL)
         self.process = None
+
+    @staticmethod
+    def _signal_group(group: int, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, number)
+
+    @staticmethod
+    def _group_alive(group: int) -> bool:
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def restart(self) -> ThumborServer:
         self.stop()

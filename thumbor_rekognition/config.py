@@ -101,9 +101,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_ON_ERROR",
         "reject",
-        "What to serve when no decision could be made (backend down): 'reject' serves "
-        "the rejected response, 'allow' serves the image uncached. Either way the "
-        "picture is judged again on a later request.",
+        "What to serve for a pending picture, one the backend could not judge (retried "
+        "on a later request) or one left to a human by MODERATION_REVIEW_BAND: 'reject' "
+        "serves the rejected response, 'allow' serves the image, never cached.",
         GROUP,
     ),
     (
