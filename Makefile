@@ -23,6 +23,7 @@ demo: $(VENV)/.installed-local
 	scripts/demo
 
 test: install
+	scripts/install-system-packages
 	$(BIN)/python -m pytest
 
 check: install
