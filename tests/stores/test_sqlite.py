@@ -63,7 +63,7 @@ def every_key(store: stores.Store, status: Status | None = None, limit: int = 37
         keys.extend(item.key for item in page)
         if cursor is None:
             return keys
-    raise AssertionError("list() never returned a last page")
+    raise AssertionError("page() never returned a last page")
 
 
 class StoreContract:
@@ -402,6 +402,243 @@ class StoreContract:
         assert errors == []
         assert reader.counts()["approved"] == 401
         assert len(reader.history("shared.jpg")) == 400
+
+    def test_find_all_by_hash_returns_every_decision_about_the_bytes_in_key_order(
+        self, store: stores.Store
+    ) -> None:
+        about_a = [
+            decision("host/c.jpg", status=Status.APPROVED),
+            decision("cdn/a.jpg", status=Status.REJECTED, source=Source.MANUAL),
+            decision("host/a.jpg", status=Status.PENDING).replace(error="retryable: timeout"),
+            decision("mirror/a.jpg", status=Status.PENDING),
+        ]
+        for item in about_a:
+            save(store, item)
+        save(store, decision("host/b.jpg", SHA_B, status=Status.REJECTED))
+
+        found = store.find_all_by_hash(SHA_A)
+
+        assert found == sorted(about_a, key=lambda item: item.key)
+
+    def test_find_all_by_hash_leaves_out_forgotten_decisions(self, store: stores.Store) -> None:
+        kept = save(store, decision("host/a.jpg"))
+        save(store, decision("host/b.jpg"))
+        store.delete("host/b.jpg", event(None, None))
+
+        found = store.find_all_by_hash(SHA_A)
+
+        assert found == [kept]
+
+    def test_find_all_by_hash_of_unknown_bytes_is_empty(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg"))
+
+        assert store.find_all_by_hash(SHA_B) == []
+
+    def test_find_all_by_hash_of_an_empty_hash_is_empty_even_if_decisions_have_none(
+        self, store: stores.Store
+    ) -> None:
+        save(store, decision("host/unread.jpg", sha256="", status=Status.PENDING))
+
+        assert store.find_all_by_hash("") == []
+
+    def test_results_come_back_in_the_order_they_were_recorded(self, store: stores.Store) -> None:
+        store.add_results("host/a.jpg", ["/unsafe/300x200/host/a.jpg", "/unsafe/host/a.jpg"])
+        store.add_results("host/a.jpg", ["/unsafe/fit-in/10x10/host/a.jpg"])
+
+        paths = store.results("host/a.jpg")
+
+        assert paths == [
+            "/unsafe/300x200/host/a.jpg",
+            "/unsafe/host/a.jpg",
+            "/unsafe/fit-in/10x10/host/a.jpg",
+        ]
+
+    def test_result_recorded_again_keeps_one_entry_in_its_first_place(
+        self, store: stores.Store
+    ) -> None:
+        store.add_results("host/a.jpg", ["/one", "/two", "/one"])
+
+        store.add_results("host/a.jpg", ["/three", "/two", "/one", "/three"])
+
+        assert store.results("host/a.jpg") == ["/one", "/two", "/three"]
+
+    def test_results_of_one_key_hold_nothing_of_another(self, store: stores.Store) -> None:
+        store.add_results("host/a.jpg", ["/shared", "/only-a"])
+        store.add_results("host/b.jpg", ["/shared", "/only-b"])
+
+        paths = (store.results("host/a.jpg"), store.results("host/b.jpg"))
+
+        assert paths == (["/shared", "/only-a"], ["/shared", "/only-b"])
+
+    def test_results_of_a_key_without_any_are_empty(self, store: stores.Store) -> None:
+        store.add_results("host/a.jpg", [])
+
+        assert (store.results("host/a.jpg"), store.results("host/never.jpg")) == ([], [])
+
+    def test_drop_results_forgets_the_paths_of_that_key_only(self, store: stores.Store) -> None:
+        store.add_results("host/a.jpg", ["/a/1", "/a/2"])
+        store.add_results("host/b.jpg", ["/b/1"])
+
+        store.drop_results("host/a.jpg")
+        store.drop_results("host/never.jpg")
+
+        assert store.results("host/a.jpg") == []
+        assert store.results("host/b.jpg") == ["/b/1"]
+
+    def test_results_recorded_after_a_drop_start_afresh(self, store: stores.Store) -> None:
+        store.add_results("host/a.jpg", ["/old", "/again"])
+        store.drop_results("host/a.jpg")
+
+        store.add_results("host/a.jpg", ["/again", "/new"])
+
+        assert store.results("host/a.jpg") == ["/again", "/new"]
+
+    def test_results_recorded_by_one_process_are_dropped_by_another(
+        self, make_store: MakeStore
+    ) -> None:
+        worker, reviewer = make_store(), make_store()
+        worker.add_results("host/a.jpg", ["/unsafe/host/a.jpg"])
+
+        seen = reviewer.results("host/a.jpg")
+        reviewer.drop_results("host/a.jpg")
+
+        assert seen == ["/unsafe/host/a.jpg"]
+        assert worker.results("host/a.jpg") == []
+
+    def test_counters_of_a_new_store_are_empty(self, store: stores.Store) -> None:
+        assert store.counters() == {}
+
+    def test_incr_adds_to_a_named_counter(self, store: stores.Store) -> None:
+        store.incr("moderation.backend.calls")
+        store.incr("moderation.backend.calls", 5)
+        store.incr("moderation.decision.rejected", 2)
+
+        counters = store.counters()
+
+        assert counters == {"moderation.backend.calls": 6, "moderation.decision.rejected": 2}
+
+    def test_two_stores_on_the_same_data_share_counters(self, make_store: MakeStore) -> None:
+        first, second = make_store(), make_store()
+
+        first.incr("moderation.backend.calls", 3)
+        second.incr("moderation.backend.calls", 4)
+
+        assert first.counters() == second.counters() == {"moderation.backend.calls": 7}
+
+    def test_concurrent_increments_from_eight_threads_sharing_a_store_are_all_counted(
+        self, store: stores.Store
+    ) -> None:
+        errors: list[BaseException] = []
+        start = threading.Barrier(8)
+
+        def work() -> None:
+            try:
+                start.wait()
+                for _ in range(100):
+                    store.incr("moderation.backend.calls")
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert store.counters() == {"moderation.backend.calls": 800}
+
+    def test_concurrent_increments_from_eight_threads_with_a_store_each_are_all_counted(
+        self, make_store: MakeStore
+    ) -> None:
+        make_store().counters()
+        errors: list[BaseException] = []
+        start = threading.Barrier(8)
+
+        def work(thread: int) -> None:
+            try:
+                own = make_store()
+                start.wait()
+                for _ in range(100):
+                    own.incr("moderation.backend.calls")
+                    own.incr(f"thread.{thread}", 2)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(thread,)) for thread in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert make_store().counters() == {
+            "moderation.backend.calls": 800,
+            **{f"thread.{thread}": 200 for thread in range(8)},
+        }
+
+    def test_page_returns_whole_decisions(self, store: stores.Store) -> None:
+        rejected = save(store, decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL))
+        approved = save(store, decision("host/b.jpg", SHA_B))
+
+        page, cursor = store.page()
+
+        assert page == [rejected, approved]
+        assert cursor is None
+
+    def test_page_of_one_walks_every_key(self, store: stores.Store) -> None:
+        keys = [f"host/{letter}.jpg" for letter in "edcba"]
+        for key in keys:
+            save(store, decision(key))
+
+        walked = every_key(store, limit=1)
+
+        assert walked == sorted(keys)
+
+    def test_page_after_a_cursor_that_is_no_key_starts_at_the_next_key(
+        self, store: stores.Store
+    ) -> None:
+        for key in ["host/a.jpg", "host/c.jpg", "host/e.jpg"]:
+            save(store, decision(key))
+
+        page, _ = store.page(limit=10, cursor="host/b")
+
+        assert [item.key for item in page] == ["host/c.jpg", "host/e.jpg"]
+
+    def test_page_resumes_after_a_cursor_whose_decision_was_forgotten(
+        self, store: stores.Store
+    ) -> None:
+        for number in range(6):
+            save(store, decision(f"host/{number}.jpg"))
+        first, cursor = store.page(limit=3)
+        assert cursor is not None
+        store.delete(cursor, event(None, None))
+
+        second, last = store.page(limit=3, cursor=cursor)
+
+        assert [item.key for item in first] == ["host/0.jpg", "host/1.jpg", "host/2.jpg"]
+        assert [item.key for item in second] == ["host/3.jpg", "host/4.jpg", "host/5.jpg"]
+        assert last is None
+
+    def test_page_with_a_status_and_a_cursor_skips_other_statuses(
+        self, store: stores.Store
+    ) -> None:
+        statuses = [Status.REJECTED, Status.APPROVED, Status.REJECTED, Status.PENDING]
+        for number, status in enumerate(statuses * 2):
+            save(store, decision(f"host/{number}.jpg", status=status))
+
+        first, cursor = store.page(status=Status.REJECTED, limit=2)
+        second, last = store.page(status=Status.REJECTED, limit=2, cursor=cursor)
+
+        assert [item.key for item in first] == ["host/0.jpg", "host/2.jpg"]
+        assert [item.key for item in second] == ["host/4.jpg", "host/6.jpg"]
+        assert last is None
+
+    def test_page_with_a_limit_below_one_is_refused(self, store: stores.Store) -> None:
+        save(store, decision("host/a.jpg"))
+
+        with pytest.raises(ValueError, match="limit"):
+            store.page(limit=0)
 
 
 class TestSQLiteStore(StoreContract):

@@ -42,7 +42,7 @@ class Quarantine:
 
 def checked(sha256: str) -> str:
     """The hash itself, refused unless it is 64 lower-case hex digits (it becomes a path)."""
-    if not _SHA256.match(sha256):
+    if not _SHA256.fullmatch(sha256):
         raise QuarantineError(f"not a SHA-256 hex digest: {sha256!r}")
     return sha256
 

@@ -50,7 +50,8 @@ class Store:
     def page(
         self, status: Status | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Decision], str | None]:
-        """Decisions ordered by key after the cursor, and the cursor of the next page."""
+        """Decisions ordered by key after the cursor, and the cursor of the next page
+        (None on the last). A limit below 1 raises ValueError."""
         raise NotImplementedError
 
     def counts(self) -> dict[str, int]:

@@ -216,6 +216,8 @@ class Store(stores.Store):
     def page(
         self, status: Status | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Decision], str | None]:
+        if limit < 1:
+            raise ValueError(f"page limit must be at least 1, got {limit}")
         query = "SELECT key, body FROM decisions WHERE key > ?"
         arguments: list[object] = [cursor or ""]
         if status is not None:
