@@ -541,3 +541,28 @@ def test_several_thumbor_processes_share_the_sqlite_store(
     assert 6 <= fake.call_count <= 12
     assert "database is locked" not in thumbor.log
     assert "Traceback" not in thumbor.log
+
+
+def test_new_thresholds_rejudge_stored_labels_and_serve_from_quarantine(
+    fresh_root: Path, fake: FakeRekognition
+) -> None:
+    fake.respond((255, 0, 0), v6("Suggestive", "Partial Nudity", 70))
+    (fresh_root / "images" / "beach.png").write_bytes(picture((255, 0, 0)))
+    config = base_config(fresh_root, fresh_root / "images", fake.url)
+    config["MODERATION_QUARANTINE_PATH"] = str(fresh_root / "quarantine")
+    thumbor = ThumborServer(fresh_root, config).start()
+    try:
+        before = thumbor.get("/unsafe/60x60/beach.png").header("X-Moderation-Status")
+        (fresh_root / "images" / "beach.png").unlink()
+        thumbor.config["MODERATION_CATEGORY_THRESHOLDS"] = {"suggestive": 0.8}
+        thumbor.restart()
+        after = thumbor.get("/unsafe/70x70/beach.png")
+    finally:
+        thumbor.stop()
+
+    assert before == "rejected"
+    assert after.status == 200
+    assert after.header("X-Moderation-Status") == "approved"
+    with Image.open(io.BytesIO(after.body)) as image:
+        assert image.convert("RGB").getpixel((35, 35)) == pytest.approx((255, 0, 0), abs=10)
+    assert fake.call_count == 1

@@ -13,10 +13,11 @@ from urllib.parse import unquote
 
 from thumbor.loaders import LoaderResult
 
-from thumbor_rekognition.decision import Status
+from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import NOT_AN_IMAGE, ModerationHandler, apply_decision
 from thumbor_rekognition.preparation import UnsupportedImage
-from thumbor_rekognition.runtime import runtime_for
+from thumbor_rekognition.quarantine import QuarantineError
+from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,12 @@ async def load(context: Any, path: str) -> LoaderResult:
         if not result.successful:
             result.error = LoaderResult.ERROR_NOT_FOUND
     if not result.successful or not result.buffer:
-        return result
+        kept = await _quarantined(runtime, known)
+        if kept is None:
+            return result
+        # Approved since it was quarantined, and gone from its origin: the kept copy
+        # is the original (same bytes), so it is served and stored again.
+        result = LoaderResult(buffer=kept)
 
     try:
         decision = await runtime.moderator.moderate(
@@ -68,6 +74,19 @@ async def load(context: Any, path: str) -> LoaderResult:
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
     answer = apply_decision(context, runtime, decision, result)
     return answer if answer is not None else result
+
+
+async def _quarantined(runtime: Runtime, known: Decision | None) -> bytes | None:
+    quarantine = runtime.moderator.quarantine
+    if known is None or known.status is not Status.APPROVED or not known.sha256:
+        return None
+    if quarantine is None:
+        return None
+    try:
+        return await runtime.moderator.run_blocking(quarantine.get, known.sha256)
+    except QuarantineError as error:
+        logger.error("quarantined original of %s unreadable: %s", known.key, error)
+        return None
 
 
 def _warn_without_gate(context: Any) -> None:
