@@ -62,17 +62,16 @@ class _AdminHandler(tornado.web.RequestHandler):
         self._body: list[bytes] = []
         self._body_size = 0
         if self.requires_token and not self._authorised():
-            self.set_header("WWW-Authenticate", 'Bearer realm="moderation"')
             raise ApiError(401, "missing or wrong bearer token")
         declared = self.request.headers.get("Content-Length", "0")
         if not declared.isdigit() or int(declared) > self.runtime.settings.admin_max_body:
             raise ApiError(413, "request body too large")
 
     def data_received(self, chunk: bytes) -> None:
+        # Raising here would drop the connection unanswered: count, discard, answer later.
         self._body_size += len(chunk)
-        if self._body_size > self.runtime.settings.admin_max_body:
-            raise ApiError(413, "request body too large")
-        self._body.append(chunk)
+        if self._body_size <= self.runtime.settings.admin_max_body:
+            self._body.append(chunk)
 
     def _authorised(self) -> bool:
         token = self.runtime.settings.admin_token
@@ -89,6 +88,9 @@ class _AdminHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 401:
+            # send_error() clears headers set earlier; every 401 names its scheme.
+            self.set_header("WWW-Authenticate", 'Bearer realm="moderation"')
         if isinstance(error, ApiError):
             self.write_json({"error": error.message}, error.status)
             return
@@ -126,10 +128,13 @@ class _AdminHandler(tornado.web.RequestHandler):
         return url
 
     def json_body(self) -> dict[str, Any]:
+        if self._body_size > self.runtime.settings.admin_max_body:
+            raise ApiError(413, "request body too large")
         try:
             body = json.loads(b"".join(self._body) or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "request body is not JSON") from None
+        except (ValueError, RecursionError):
+            # JSONDecodeError, bad UTF-8, integers past Python's digit limit, deep nesting.
+            raise ApiError(400, "request body is not JSON this API can read") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         return body

@@ -24,8 +24,8 @@ FILE_RESULT_STORAGE = "thumbor.result_storages.file_storage"
 
 
 def storage_key(url: str) -> str:
-    """The STORAGE key Thumbor uses for an image URL as it appears in the request path."""
-    return quote(unquote(url).encode("utf-8"))
+    """The STORAGE key Thumbor uses for an image URL (not URL-encoded, as decisions keep it)."""
+    return quote(url.encode("utf-8"))
 
 
 class ThumborCaches:

@@ -44,7 +44,7 @@ from thumbor_rekognition.quarantine import QuarantineError
 from thumbor_rekognition.review import MAX_PAGE, Review, decision_view
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.stores import StoreUnavailable
-from thumbor_rekognition.urls import normalise
+from thumbor_rekognition.urls import key_of, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def run_forget(environment: Environment, arguments: argparse.Namespace) -> int:
     )
     if not forgotten:
         raise Failure(f"no decision for {arguments.url}")
-    print(f"forgotten\t{normalise(arguments.url)}")
+    print(f"forgotten\t{key_of(arguments.url)}")
     return EXIT_OK
 
 
@@ -488,7 +488,7 @@ def read_urls(path: str) -> tuple[list[str], int]:
         url = line.strip()
         if not url or url.startswith("#"):
             continue
-        key = normalise(url)
+        key = key_of(url)
         if key in keys:
             duplicates += 1
             continue

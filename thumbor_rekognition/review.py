@@ -18,7 +18,7 @@ from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderator import Moderator, sha256_hex
 from thumbor_rekognition.runtime import Runtime
-from thumbor_rekognition.urls import normalise
+from thumbor_rekognition.urls import key_of, normalise
 
 MAX_PAGE = 500
 
@@ -57,9 +57,21 @@ class Review:
         )
         return page
 
+    async def key(self, url: str) -> str:
+        """The decision key an administrator means by a URL.
+
+        URLs are taken as written (a '%' is part of the name); one copied URL-encoded from
+        a Thumbor path is recognised too, when a decision exists under that reading.
+        """
+        written = key_of(url)
+        if written == normalise(url) or await self._store("get", written) is not None:
+            return written
+        encoded = normalise(url)
+        return encoded if await self._store("get", encoded) is not None else written
+
     async def show(self, url: str) -> tuple[Decision, list[Event]] | None:
         """A decision and its history, straight from the store."""
-        key = normalise(url)
+        key = await self.key(url)
         decision = await self._store("get", key)
         if decision is None:
             return None
@@ -69,7 +81,7 @@ class Review:
         """A manual decision for the picture at this URL, and every URL showing the same bytes."""
         if status is Status.PENDING:
             raise ValueError("a manual decision approves or rejects")
-        key = normalise(url)
+        key = await self.key(url)
         current: Decision | None = await self._store("get", key)
         sha256 = current.sha256 if current else ""
         original = await self._original_bytes(sha256, current.url if current else url)
@@ -107,7 +119,7 @@ class Review:
 
     async def forget(self, url: str, actor: str, note: str = "") -> bool:
         """Drop a decision: the next request judges the picture again."""
-        key = normalise(url)
+        key = await self.key(url)
         event = Event(None, None, actor, note or "decision forgotten")
         forgotten: bool = await self._store("delete", key, event)
         self.moderator.forget(key)
@@ -115,7 +127,7 @@ class Review:
 
     async def purge(self, url: str) -> Purged:
         """Remove the original from STORAGE and every result derived from it."""
-        key = normalise(url)
+        key = await self.key(url)
         paths: list[str] = await self._store("results", key)
         results = await self.caches.remove_results(paths)
         original = await self.caches.remove_original(url)
@@ -127,7 +139,7 @@ class Review:
 
     async def original(self, url: str) -> bytes | None:
         """The original for reviewers: the quarantined copy, else Thumbor's STORAGE."""
-        current: Decision | None = await self._store("get", normalise(url))
+        current: Decision | None = await self._store("get", await self.key(url))
         return await self._original_bytes(current.sha256 if current else "", url)
 
     async def stats(self) -> dict[str, Any]:

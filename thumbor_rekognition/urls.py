@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 _SCHEME = re.compile(r"^(?:https?:)?/{1,2}", re.IGNORECASE)
 _DEFAULT_PORT = re.compile(r":(?:80|443)$")
@@ -28,3 +28,12 @@ def normalise(image_url: str) -> str:
         return rest
     host, slash, path = rest.split("#", 1)[0].partition("/")
     return f"{_DEFAULT_PORT.sub('', host.lower())}{slash}{path}"
+
+
+def key_of(url: str) -> str:
+    """The decision key of an image URL written by a person (not URL-encoded).
+
+    Thumbor hands loaders the image URL quoted; quoting it first keeps a '%' that is
+    part of a name ('a%41.jpg') from being decoded a second time.
+    """
+    return normalise(quote(url.encode("utf-8"), safe="/:?=&"))

@@ -426,6 +426,8 @@ def _image_bytes(payload: Mapping[str, object]) -> bytes:
 
 def _inspect(data: bytes) -> _Inspection:
     magic = next((name for name, prefix in MAGIC_BYTES.items() if data.startswith(prefix)), None)
+    if not _complete(magic, data):
+        return _Inspection(image_format=magic or "UNKNOWN", size=len(data), magic_format=magic)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -444,6 +446,17 @@ def _inspect(data: bytes) -> _Inspection:
         magic_format=magic,
         decodable=True,
     )
+
+
+def _complete(magic: str | None, data: bytes) -> bool:
+    """Whether a JPEG or PNG arrived whole. Thumbor's PIL engine makes Pillow accept
+    truncated files process-wide, so decoding alone cannot tell."""
+    if magic == "JPEG":
+        last_scan = data.rfind(b"\xff\xda")
+        return last_scan != -1 and data.find(b"\xff\xd9", last_scan) != -1
+    if magic == "PNG":
+        return data.rfind(b"IEND") != -1
+    return True
 
 
 def _mean_color(image: Image.Image) -> Color:
