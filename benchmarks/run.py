@@ -28,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
-from tests.servers import ThumborServer, base_config  # noqa: E402
+from tests.servers import DEFAULT_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
 from thumbor_rekognition.preparation import prepare  # noqa: E402
 
 REJECTED_COLOR = (220, 30, 30)
+# Thumbor's own handler lists, as in the plugin's configuration minus the plugin.
+STOCK_HANDLER_LISTS = [name for name in DEFAULT_HANDLER_LISTS if "rekognition" not in name]
 CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPUS = {CPUS[0]}
 CLIENT_CPUS = set(CPUS[1:]) or SERVER_CPUS
@@ -111,7 +113,7 @@ def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -
 
     stock_config = base_config(work / "stock", images, None)
     stock_config["LOADER"] = "thumbor.loaders.file_loader"
-    stock_config["HANDLER_LISTS"] = ["thumbor.handler_lists.healthcheck"]
+    stock_config["HANDLER_LISTS"] = STOCK_HANDLER_LISTS
     plugin_config = base_config(work / "plugin", images, fake.url)
     plugin_config["MODERATION_CACHE_TTL_SECONDS"] = 2.0
     forbidden_config = dict(plugin_config, MODERATION_REJECTED_RESPONSE="forbidden")
@@ -158,9 +160,7 @@ def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -
     finally:
         forbidden.stop()
     print("rejected image (decision cached in memory)")
-    print(
-        f"  gate, placeholder    {placeholder_rps:8.0f} req/s  (rendered per request, never cached)"
-    )
+    print(f"  gate, placeholder    {placeholder_rps:8.0f} req/s  (rendered once, never stored)")
     print(f"  gate, 403            {forbidden_rps:8.0f} req/s")
     print(
         f"  stock result hit     {stock_transform:8.0f} req/s  (stock serves the image from cache)"
@@ -256,7 +256,7 @@ def offline(work: Path) -> None:
     (images / "photo.jpg").write_bytes(photo_like(1600, 1067))
     stock_config = base_config(work / "offline-stock", images, None)
     stock_config["LOADER"] = "thumbor.loaders.file_loader"
-    stock_config["HANDLER_LISTS"] = ["thumbor.handler_lists.healthcheck"]
+    stock_config["HANDLER_LISTS"] = STOCK_HANDLER_LISTS
     plugin_config = base_config(work / "offline-plugin", images, None)
     plugin_config["MODERATION_BACKEND"] = "thumbor_rekognition.backends.nudenet"
     memory = {}

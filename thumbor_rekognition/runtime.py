@@ -126,6 +126,9 @@ _RUNTIMES_LOCK = threading.Lock()
 
 def runtime_for(config: Any) -> Runtime:
     """The runtime of a Thumbor config object, validating it the first time."""
+    entry = _RUNTIMES.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
     with _RUNTIMES_LOCK:
         entry = _RUNTIMES.get(id(config))
         if entry is not None and entry[0] is config:
