@@ -531,7 +531,9 @@ def test_cache_ttl_of_zero_reads_every_decision_from_the_store(world: World) -> 
 # --- an unavailable store ---------------------------------------------------------------
 
 
-def test_unavailable_store_does_not_stop_pictures_being_judged(world: World) -> None:
+def test_unreachable_store_leaves_new_pictures_pending_without_a_backend_call(
+    world: World,
+) -> None:
     broken = sqlite.Store(path=str(world.tmp_path))  # a directory cannot be opened
     with pytest.raises(stores.StoreUnavailable):
         broken.get("host/a.jpg")
@@ -539,20 +541,63 @@ def test_unavailable_store_does_not_stop_pictures_being_judged(world: World) -> 
 
     decision = moderate(moderator, "host/a.jpg", picture(RED))
 
-    assert decision.status is Status.REJECTED
-    assert len(world.backend.calls) == 1
+    assert decision.status is Status.PENDING
+    assert decision.needs_retry
+    assert decision.error.startswith("store:")
+    assert world.backend.calls == []
 
 
-def test_store_in_an_uncreatable_directory_does_not_stop_pictures_being_judged(
-    world: World,
-) -> None:
+def test_store_in_an_uncreatable_directory_leaves_pictures_pending(world: World) -> None:
     blocker = world.tmp_path / "not-a-directory"
     blocker.write_text("")
     moderator = world.moderator(store=sqlite.Store(path=str(blocker / "moderation.sqlite3")))
 
     decision = moderate(moderator, "host/a.jpg", picture(RED))
 
-    assert decision.status is Status.REJECTED
+    assert decision.status is Status.PENDING
+    assert decision.needs_retry
+
+
+class FlakySaves(sqlite.Store):
+    """An SQLite store whose saves fail while `down` is set."""
+
+    down = False
+
+    def save(self, decision: Decision, event: Event) -> Decision:
+        if self.down:
+            raise stores.StoreUnavailable("saves are failing")
+        return super().save(decision, event)
+
+
+def test_decision_the_store_could_not_keep_is_pending_then_kept_without_paying_again(
+    world: World,
+) -> None:
+    store = FlakySaves(path=str(world.tmp_path / "flaky.sqlite3"))
+    moderator = world.moderator(store=store)
+    data = picture(RED)
+    store.down = True
+
+    during = moderate(moderator, "host/a.jpg", data)
+    store.down = False
+    after = moderate(moderator, "host/a.jpg", data)
+
+    assert (during.status, during.needs_retry) == (Status.PENDING, True)
+    assert after.status is Status.REJECTED
+    assert store.get("host/a.jpg") == after
+    assert len(world.backend.calls) == 1
+
+
+def test_decision_known_before_the_store_went_away_still_answers(world: World) -> None:
+    store = FlakySaves(path=str(world.tmp_path / "flaky.sqlite3"))
+    moderator = world.moderator(store=store, MODERATION_CACHE_TTL_SECONDS=0.05)
+    judged = moderate(moderator, "host/a.jpg", picture(RED))
+    store.path = str(world.tmp_path)  # every call fails from now on
+    store.close()
+    time.sleep(0.1)
+
+    remembered = run(moderator.lookup("host/a.jpg"))
+
+    assert remembered == judged
 
 
 # --- review band -------------------------------------------------------------------------

@@ -109,13 +109,41 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_DECISION_STORE",
         "thumbor_rekognition.stores.sqlite",
-        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine).",
+        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine) or "
+        "thumbor_rekognition.stores.redis (shared by a cluster).",
         GROUP,
     ),
     (
         "MODERATION_SQLITE_PATH",
         "/tmp/thumbor/moderation.sqlite3",  # noqa: S108 - mirrors Thumbor's own /tmp defaults
         "SQLite file of the sqlite decision store; shared safely by every process of one machine.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis of the redis decision store (redis-py URL: rediss:// for TLS, password and "
+        "database in the URL).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_PREFIX",
+        "moderation:",
+        "Prefix of every Redis key the redis decision store writes.",
+        GROUP,
+    ),
+    (
+        "MODERATION_STORE_TIMEOUT_SECONDS",
+        0.5,
+        "Longest wait for one call to a networked decision store; past it the store counts "
+        "as unreachable for that request.",
+        GROUP,
+    ),
+    (
+        "MODERATION_LEASE_SECONDS",
+        30.0,
+        "How long one process may hold the right to judge a new picture while every other "
+        "process waits for its decision; a crashed holder blocks the picture this long.",
         GROUP,
     ),
     (
@@ -310,6 +338,10 @@ class Settings:
     on_error: str
     decision_store: str
     sqlite_path: str
+    redis_url: Secret
+    redis_prefix: str
+    store_timeout: float
+    lease_seconds: float
     cache_ttl: float
     workers: int
     max_pixels: int
@@ -345,6 +377,12 @@ class Settings:
             on_error=reader.choice("MODERATION_ON_ERROR", ("reject", "allow")),
             decision_store=reader.module("MODERATION_DECISION_STORE"),
             sqlite_path=reader.string("MODERATION_SQLITE_PATH"),
+            redis_url=Secret(reader.string("MODERATION_REDIS_URL")),
+            redis_prefix=reader.string("MODERATION_REDIS_PREFIX"),
+            store_timeout=reader.number(
+                "MODERATION_STORE_TIMEOUT_SECONDS", minimum=0.01, maximum=60.0
+            ),
+            lease_seconds=reader.number("MODERATION_LEASE_SECONDS", minimum=1.0, maximum=3600.0),
             cache_ttl=reader.number("MODERATION_CACHE_TTL_SECONDS", minimum=0.0),
             workers=reader.integer("MODERATION_WORKERS", minimum=1),
             max_pixels=reader.integer("MODERATION_MAX_PIXELS", minimum=6400),

@@ -170,6 +170,10 @@ class Event:
         }
 
     @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
         return cls(
             status=Status(data["status"]) if data.get("status") else None,

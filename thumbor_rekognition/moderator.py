@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,7 +50,12 @@ class _Metrics:
 
 
 class _Cache:
-    """A bounded LRU of decisions that expire after a TTL."""
+    """A bounded LRU of decisions that expire after a TTL.
+
+    Expired entries stay until evicted: when the store is unreachable, the last known
+    decision still answers. A store's change listener may discard entries from another
+    thread, so no method assumes an entry it saw is still there.
+    """
 
     def __init__(self, ttl: float, size: int = 100_000) -> None:
         self.ttl = ttl
@@ -56,21 +64,25 @@ class _Cache:
 
     def get(self, key: str) -> Decision | None:
         item = self._items.get(key)
-        if item is None:
+        if item is None or item[0] < time.monotonic():
             return None
-        expires, decision = item
-        if expires < time.monotonic():
-            del self._items[key]
-            return None
-        return decision
+        return item[1]
 
-    def put(self, key: str, decision: Decision) -> None:
-        if self.ttl <= 0:
+    def stale(self, key: str) -> Decision | None:
+        """The last decision held for a key, expired or not."""
+        item = self._items.get(key)
+        return item[1] if item is not None else None
+
+    def put(self, key: str, decision: Decision, ttl: float | None = None) -> None:
+        ttl = self.ttl if ttl is None else ttl
+        if ttl <= 0:
             return
-        self._items[key] = (time.monotonic() + self.ttl, decision)
-        self._items.move_to_end(key)
+        self._items[key] = (time.monotonic() + ttl, decision)
+        with contextlib.suppress(KeyError):
+            self._items.move_to_end(key)
         while len(self._items) > self.size:
-            self._items.popitem(last=False)
+            with contextlib.suppress(KeyError):
+                self._items.popitem(last=False)
 
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
@@ -107,6 +119,10 @@ class Moderator:
         self._by_hash = _Cache(settings.cache_ttl)
         self._flights: dict[str, asyncio.Future[Decision]] = {}
         self._recorded: set[tuple[str, str]] = set()
+        # Decisions the backend made that the store could not keep: reused, not paid again.
+        self._unsaved = _Cache(ttl=float("inf"), size=10_000)
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._store_down_logged = 0.0
         self.backend_calls = 0
 
     async def _run(
@@ -138,9 +154,9 @@ class Moderator:
         try:
             decision = await self._store(self.store.get, key)
         except stores.StoreUnavailable as error:
-            logger.error("decision store unavailable, %s is undecided here: %s", key, error)
-            _Metrics(metrics).incr("moderation.store.errors")
-            return None
+            self._store_down(error, metrics)
+            # Pictures judged before the outage keep their decision.
+            return self._by_key.stale(key)
         if decision is None:
             return None
         decision = await self._reapply(decision)
@@ -203,6 +219,70 @@ class Moderator:
         if twin is not None:
             _Metrics(metrics).incr("moderation.dedupe.hash")
             return await self._adopt(twin, key, url, metrics)
+        lease = f"judge:{sha256}"
+        waiting_since = time.time()
+        outcome = await self._take_lease(lease, sha256, metrics)
+        if isinstance(outcome, Decision):
+            return await self._adopt(outcome, key, url, metrics)
+        if outcome is not None:
+            return self._undecided(key, url, sha256, outcome)
+        try:
+            return await self._judge(key, url, sha256, buffer, waiting_since, metrics)
+        finally:
+            with contextlib.suppress(stores.StoreUnavailable):
+                await self._store(self.store.release_lease, lease, self._holder)
+
+    async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
+        """Wait for the right to judge these bytes: None once held, a decision another
+        process made meanwhile, or the reason the store cannot coordinate."""
+        delay = 0.02
+        while True:
+            try:
+                taken = await self._store(
+                    self.store.acquire_lease, lease, self._holder, self.settings.lease_seconds
+                )
+            except stores.StoreUnavailable as error:
+                self._store_down(error, metrics)
+                return f"store: {error}"
+            if taken:
+                return None
+            _Metrics(metrics).incr("moderation.single_flight.waited")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+            twin = await self._twin(sha256, metrics)
+            if twin is not None:
+                return twin
+
+    def _undecided(self, key: str, url: str, sha256: str, reason: str) -> Decision:
+        """A pending decision, not stored: retried on the next request."""
+        return Decision(
+            key=key,
+            url=url,
+            sha256=sha256,
+            status=Status.PENDING,
+            source=Source.AUTO,
+            backend=self.backend.name,
+            error=reason,
+        )
+
+    async def _judge(
+        self, key: str, url: str, sha256: str, buffer: bytes, waiting_since: float, metrics: Any
+    ) -> Decision:
+        # Another process may have finished between the content lookup and the lease.
+        twin = await self._twin(sha256, metrics)
+        if twin is not None:
+            return await self._adopt(twin, key, url, metrics)
+        with contextlib.suppress(stores.StoreUnavailable):
+            latest = await self._store(self.store.get, key)
+            failed_meanwhile = (
+                latest is not None
+                and latest.sha256 == sha256
+                and latest.needs_retry
+                and latest.updated_at >= waiting_since
+            )
+            if failed_meanwhile:
+                # The process this one waited for just failed: retried on a later request.
+                return latest  # type: ignore[return-value]
         prepared: PreparedImage = await self._run(
             self._executor,
             lambda: prepare(
@@ -246,13 +326,12 @@ class Moderator:
         self._recorded.add((key, path))
 
     async def _twin(self, sha256: str, metrics: Any) -> Decision | None:
-        twin = self._by_hash.get(sha256)
+        twin = self._unsaved.stale(sha256) or self._by_hash.get(sha256)
         if twin is None:
             try:
                 twin = await self._store(self.store.find_by_hash, sha256)
             except stores.StoreUnavailable as error:
-                logger.error("decision store unavailable for content lookup: %s", error)
-                _Metrics(metrics).incr("moderation.store.errors")
+                self._store_down(error, metrics)
                 return None
         if twin is None or not self._stands(twin):
             return None
@@ -318,11 +397,21 @@ class Moderator:
         try:
             saved = await self._store(self.store.save, decision, event)
         except stores.StoreUnavailable as error:
-            logger.error("decision for %s not stored: %s", decision.key, error)
-            _Metrics(metrics).incr("moderation.store.errors")
-            saved = decision
+            self._store_down(error, metrics)
+            if not decision.needs_retry:
+                self._unsaved.put(decision.sha256, decision)
+            # Only a decision that is kept is answered as one: it must survive a restart.
+            return decision.replace(status=Status.PENDING, error=f"store: {error}")
+        self._unsaved.discard(decision.sha256)
         self._remember(saved)
         return saved
+
+    def _store_down(self, error: Exception, metrics: Any) -> None:
+        _Metrics(metrics).incr("moderation.store.errors")
+        now = time.monotonic()
+        if now - self._store_down_logged > 10:
+            self._store_down_logged = now
+            logger.error("decision store unavailable (logged every 10 s at most): %s", error)
 
     async def _reapply(self, decision: Decision) -> Decision:
         """Judge stored labels again when the thresholds changed since the decision."""
@@ -366,6 +455,14 @@ class Moderator:
         """Drop a key from this process's memory, e.g. after an override."""
         self._by_key.discard(key)
         self._by_hash.clear()
+
+    def changed(self, key: str | None) -> None:
+        """A store's notification that a decision changed elsewhere (None: maybe any)."""
+        if key is None:
+            self._by_key.clear()
+            self._by_hash.clear()
+        else:
+            self.forget(key)
 
 
 def _event_for(decision: Decision) -> Event:

@@ -90,7 +90,7 @@ class Runtime:
                 backend.name,
                 ", ".join(sorted(unseen)),
             )
-        return Moderator(
+        moderator = Moderator(
             settings=settings,
             store=stores.load_store(settings),
             backend=backend,
@@ -98,6 +98,8 @@ class Runtime:
             store_executor=store_executor,
             quarantine=load_quarantine(settings),
         )
+        moderator.store.subscribe(moderator.changed)
+        return moderator
 
 
 class RenderCache:

@@ -7,6 +7,7 @@ settings. Methods are blocking; the moderator calls them from the store's own th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from thumbor_rekognition.decision import Decision, Event, Status
@@ -81,6 +82,18 @@ class Store:
     def counters(self) -> dict[str, int]:
         """Every named counter."""
         raise NotImplementedError
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take a named lease for some seconds unless another holder has it; True if taken."""
+        raise NotImplementedError
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease back early, if this holder still has it."""
+        raise NotImplementedError
+
+    def subscribe(self, changed: Callable[[str | None], None]) -> None:
+        """Call changed(key) when another process changes a decision, changed(None) when
+        changes may have been missed. Stores without notifications rely on the TTL."""
 
     def close(self) -> None:
         """Release connections."""

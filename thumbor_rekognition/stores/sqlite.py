@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS results (
     path TEXT NOT NULL,
     PRIMARY KEY (key, path)
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -281,6 +286,25 @@ class Store(stores.Store):
         with self._cursor() as cursor:
             rows = cursor.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
         return {name: value for name, value in rows}
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.time()
+        with self._cursor(write=True) as cursor:
+            row = cursor.execute(
+                "SELECT holder, expires FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            cursor.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, expires) VALUES (?, ?, ?)",
+                (name, holder, now + seconds),
+            )
+            cursor.execute("DELETE FROM leases WHERE expires < ?", (now - 3600,))
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     def close(self) -> None:
         with self._lock:

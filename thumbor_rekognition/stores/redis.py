@@ -1,0 +1,304 @@
+"""Decisions in Redis, shared by every Thumbor process of every node.
+
+Writes that must not race (an automatic decision landing on a manual one, the indexes
+of a decision) run as Lua scripts, atomically on the server. Every change is published
+on a channel so that each process drops the decision from its memory at once; the
+cache TTL is the backstop when a notification is missed. Redis standalone or Sentinel;
+not Redis Cluster (keys of one decision span hash slots). Durability is Redis's: run
+it with AOF (``appendonly yes``) so that an answered decision survives a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.exceptions
+
+from thumbor_rekognition import stores
+from thumbor_rekognition.decision import Decision, Event, Source, Status
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+logger = logging.getLogger(__name__)
+
+_SAVE = """
+local p, key = ARGV[1], ARGV[2]
+local body, sha, status, source = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local dkey = p .. 'd:' .. key
+local current = redis.call('GET', dkey)
+if current then
+  local old = cjson.decode(current)
+  if ARGV[8] == '1' and old['source'] == 'manual' and old['sha256'] == sha then
+    return current
+  end
+  redis.call('SREM', p .. 'sha:' .. old['sha256'], key)
+  redis.call('ZREM', p .. 'st:' .. old['status'], key)
+  redis.call('ZREM', p .. 'ss:' .. old['status'] .. '.' .. old['source'], key)
+end
+redis.call('SET', dkey, body)
+redis.call('SADD', p .. 'sha:' .. sha, key)
+redis.call('ZADD', p .. 'all', 0, key)
+redis.call('ZADD', p .. 'st:' .. status, 0, key)
+redis.call('ZADD', p .. 'ss:' .. status .. '.' .. source, 0, key)
+redis.call('RPUSH', p .. 'h:' .. key, ARGV[7])
+redis.call('PUBLISH', p .. 'changes', key)
+return body
+"""
+
+_DELETE = """
+local p, key = ARGV[1], ARGV[2]
+local dkey = p .. 'd:' .. key
+local current = redis.call('GET', dkey)
+if not current then
+  return 0
+end
+local old = cjson.decode(current)
+redis.call('DEL', dkey)
+redis.call('SREM', p .. 'sha:' .. old['sha256'], key)
+redis.call('ZREM', p .. 'all', key)
+redis.call('ZREM', p .. 'st:' .. old['status'], key)
+redis.call('ZREM', p .. 'ss:' .. old['status'] .. '.' .. old['source'], key)
+redis.call('RPUSH', p .. 'h:' .. key, ARGV[3])
+redis.call('PUBLISH', p .. 'changes', key)
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class Store(stores.Store):
+    """The decision store for clusters."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        url: str | None = None,
+        prefix: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.url = url or (settings.redis_url.value if settings else "redis://127.0.0.1:6379/0")
+        self.prefix = (
+            prefix if prefix is not None else (settings.redis_prefix if settings else "moderation:")
+        )
+        self.timeout = timeout or (settings.store_timeout if settings else 0.5)
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        self._listeners: list[Callable[[str | None], None]] = []
+        self._listening_pid = 0
+        self._closed = threading.Event()
+
+    def _redis(self) -> redis.Redis:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                self._client = redis.Redis.from_url(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    health_check_interval=30,
+                )
+                self._pid = os.getpid()
+            return self._client
+
+    @contextmanager
+    def _call(self) -> Iterator[redis.Redis]:
+        try:
+            yield self._redis()
+        except redis.exceptions.RedisError as error:
+            raise stores.StoreUnavailable(
+                f"Redis store: {type(error).__name__}: {error}"
+            ) from error
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + "".join(parts)
+
+    def get(self, key: str) -> Decision | None:
+        with self._call() as client:
+            body = client.get(self._key("d:", key))
+        return Decision.from_json(body) if body else None
+
+    def _decisions(self, client: redis.Redis, keys: list[str]) -> list[Decision]:
+        if not keys:
+            return []
+        bodies = client.mget([self._key("d:", key) for key in keys])
+        return [Decision.from_json(body) for body in bodies if body]
+
+    def find_all_by_hash(self, sha256: str) -> list[Decision]:
+        if not sha256:
+            return []
+        with self._call() as client:
+            keys = sorted(_text(member) for member in client.smembers(self._key("sha:", sha256)))
+            return self._decisions(client, keys)
+
+    def find_by_hash(self, sha256: str) -> Decision | None:
+        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
+        if not standing:
+            return None
+        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
+
+    def save(self, decision: Decision, event: Event) -> Decision:
+        with self._call() as client:
+            body = client.eval(
+                _SAVE,
+                0,
+                self.prefix,
+                decision.key,
+                decision.to_json(),
+                decision.sha256,
+                decision.status.value,
+                decision.source.value,
+                _event_json(event),
+                "1" if decision.source is Source.AUTO else "0",
+            )
+        return Decision.from_json(body)
+
+    def delete(self, key: str, event: Event) -> bool:
+        with self._call() as client:
+            deleted = client.eval(_DELETE, 0, self.prefix, key, _event_json(event))
+        return bool(deleted)
+
+    def history(self, key: str) -> list[Event]:
+        with self._call() as client:
+            items = client.lrange(self._key("h:", key), 0, -1)
+        return [Event.from_json(item) for item in items]
+
+    def page(
+        self, status: Status | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        if limit < 1:
+            raise ValueError(f"page limit must be at least 1, got {limit}")
+        index = self._key("st:", status.value) if status else self._key("all")
+        start = f"({cursor}" if cursor else "-"
+        with self._call() as client:
+            keys = [_text(k) for k in client.zrangebylex(index, start, "+", start=0, num=limit + 1)]
+            decisions = {d.key: d for d in self._decisions(client, keys[:limit])}
+        page = [decisions[key] for key in keys[:limit] if key in decisions]
+        return page, (keys[limit - 1] if len(keys) > limit else None)
+
+    def counts(self) -> dict[str, int]:
+        names = [(status.value, source.value) for status in Status for source in Source]
+        with self._call() as client:
+            pipeline = client.pipeline(transaction=False)
+            for status, source in names:
+                pipeline.zcard(self._key("ss:", f"{status}.{source}"))
+            values = pipeline.execute()
+        counts: dict[str, int] = {}
+        for (status, source), value in zip(names, values, strict=True):
+            if value:
+                counts[status] = counts.get(status, 0) + int(value)
+                counts[f"{status}.{source}"] = int(value)
+        return counts
+
+    def add_results(self, key: str, paths: list[str]) -> None:
+        if not paths:
+            return
+        now = time.time()
+        with self._call() as client:
+            client.zadd(self._key("r:", key), {path: now for path in paths}, nx=True)
+
+    def results(self, key: str) -> list[str]:
+        with self._call() as client:
+            return [_text(path) for path in client.zrange(self._key("r:", key), 0, -1)]
+
+    def drop_results(self, key: str) -> None:
+        with self._call() as client:
+            client.delete(self._key("r:", key))
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._call() as client:
+            client.hincrby(self._key("counters"), name, amount)
+
+    def counters(self) -> dict[str, int]:
+        with self._call() as client:
+            values = client.hgetall(self._key("counters"))
+        return {_text(name): int(value) for name, value in sorted(values.items())}
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        with self._call() as client:
+            taken = client.eval(
+                _RENEW, 1, self._key("lease:", name), holder, str(max(1, int(seconds * 1000)))
+            )
+        return bool(taken)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._call() as client:
+            client.eval(_RELEASE, 1, self._key("lease:", name), holder)
+
+    def subscribe(self, changed: Callable[[str | None], None]) -> None:
+        self._listeners.append(changed)
+        if self._listening_pid != os.getpid():
+            self._listening_pid = os.getpid()
+            threading.Thread(target=self._listen, name="moderation-changes", daemon=True).start()
+
+    def _notify(self, key: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(key)
+            except Exception:
+                logger.exception("decision change listener failed")
+
+    def _listen(self) -> None:
+        """Forward change notifications; reconnect with backoff when Redis goes away."""
+        channel = self._key("changes")
+        delay = 0.1
+        while not self._closed.is_set():
+            try:
+                client = redis.Redis.from_url(
+                    self.url, socket_connect_timeout=self.timeout, socket_keepalive=True
+                )
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(channel)
+                # Changes made while nobody listened are unknown: forget everything.
+                self._notify(None)
+                delay = 0.1
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        self._notify(_text(message["data"]))
+            except redis.exceptions.RedisError as error:
+                logger.warning("decision change notifications interrupted: %s", error)
+                self._closed.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            if self._client is not None and self._pid == os.getpid():
+                self._client.close()
+            self._client = None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _event_json(event: Event) -> str:
+    return json.dumps(event.to_dict(), separators=(",", ":"))
