@@ -459,6 +459,7 @@ def test_http_loader_keys_one_picture_under_every_spelling(
     finally:
         thumbor.stop()
         origin.shutdown()
+        origin.server_close()
 
     assert statuses == ["approved"] * 3
     assert fake.call_count == 1

@@ -184,7 +184,7 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
     print(f"file: {arguments.file} ({prepared.format} {prepared.width}x{prepared.height})")
     print(
         f"backend: {analysis.backend} {analysis.model_version} "
-        f"(labels at {analysis.min_confidence:g}% or more)"
+        f"(labels with confidence {analysis.min_confidence / 100:g} or more)"
     )
     _print_labels(analysis.labels)
     print(f"decision: {verdict.status.value}")
@@ -232,7 +232,7 @@ def run_show(environment: Environment, arguments: argparse.Namespace) -> int:
     backend = f"{decision.backend} {decision.model_version}".strip()
     print(f"backend: {backend or '-'}")
     if decision.backend:
-        print(f"analysed at: labels at {decision.min_confidence:g}% or more")
+        print(f"labels kept: confidence {decision.min_confidence / 100:g} or more")
     if decision.width and decision.height:
         print(f"size: {decision.width}x{decision.height}")
     if decision.error:
