@@ -39,7 +39,7 @@ from thumbor_rekognition.config import ConfigurationError  # also defines the pl
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.policy import Policy
-from thumbor_rekognition.preparation import UnsupportedImage, prepare
+from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.quarantine import QuarantineError
 from thumbor_rekognition.review import MAX_PAGE, Review, decision_view
 from thumbor_rekognition.runtime import Runtime, runtime_for
@@ -148,15 +148,9 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
     """Judge one file with the configured backend and thresholds; store nothing."""
     data = _read_file(arguments.file)
     moderator = environment.runtime.moderator
-    settings, backend, policy = moderator.settings, moderator.backend, moderator.policy
+    backend, policy = moderator.backend, moderator.policy
     try:
-        prepared = prepare(
-            data,
-            max_side=min(
-                settings.analysis_max_side, backend.max_side or settings.analysis_max_side
-            ),
-            max_pixels=settings.max_pixels,
-        )
+        prepared = moderator.prepare(data)
     except UnsupportedImage as error:
         raise Failure(f"{arguments.file}: {error}") from None
     try:

@@ -167,6 +167,15 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         GROUP,
     ),
     (
+        "MODERATION_MAX_FRAMES",
+        5,
+        "Most frames of one animated image (GIF, WebP, APNG) sent to the backend: "
+        "near-duplicate frames are dropped, then up to this many distinct frames spread "
+        "over the animation are judged, and the image is rejected if any is. With "
+        "Rekognition each frame is one paid call.",
+        GROUP,
+    ),
+    (
         "MODERATION_ANALYSIS_MAX_SIDE",
         1600,
         "Longest side in pixels the backend needs. Larger originals are decoded at "
@@ -346,6 +355,7 @@ class Settings:
     workers: int
     max_pixels: int
     analysis_max_side: int
+    max_frames: int
     quarantine: str
     quarantine_path: str
     quarantine_s3_bucket: str
@@ -386,6 +396,7 @@ class Settings:
             cache_ttl=reader.number("MODERATION_CACHE_TTL_SECONDS", minimum=0.0),
             workers=reader.integer("MODERATION_WORKERS", minimum=1),
             max_pixels=reader.integer("MODERATION_MAX_PIXELS", minimum=6400),
+            max_frames=reader.integer("MODERATION_MAX_FRAMES", minimum=1, maximum=100),
             analysis_max_side=reader.integer(
                 "MODERATION_ANALYSIS_MAX_SIDE", minimum=80, maximum=10_000
             ),

@@ -137,6 +137,16 @@ class Moderator:
     async def _store(self, func: Callable[..., T], *args: Any) -> T:
         return await self._run(self._store_executor, func, *args)
 
+    def prepare(self, buffer: bytes) -> PreparedImage:
+        """Original bytes as this backend takes them (blocking: run it in the executor)."""
+        settings = self.settings
+        return prepare(
+            buffer,
+            max_side=min(settings.analysis_max_side, self.backend.max_side or 10_000),
+            max_pixels=settings.max_pixels,
+            max_frames=settings.max_frames,
+        )
+
     async def run_store(self, func: Callable[..., T], *args: Any) -> T:
         """Run a decision-store call on the store's own thread."""
         return await self._store(func, *args)
@@ -283,17 +293,7 @@ class Moderator:
             if failed_meanwhile:
                 # The process this one waited for just failed: retried on a later request.
                 return latest  # type: ignore[return-value]
-        prepared: PreparedImage = await self._run(
-            self._executor,
-            lambda: prepare(
-                buffer,
-                max_side=min(
-                    self.settings.analysis_max_side,
-                    self.backend.max_side or self.settings.analysis_max_side,
-                ),
-                max_pixels=self.settings.max_pixels,
-            ),
-        )
+        prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
         decision = await self._analyse(key, url, sha256, prepared, metrics)
         if decision.status is not Status.APPROVED:
             await self.keep_original(sha256, buffer, metrics)

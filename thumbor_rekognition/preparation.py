@@ -20,6 +20,9 @@ MAX_BYTES = 5 * 1024 * 1024
 MIN_SIDE = 80
 MAX_SIDE = 10_000
 JPEG_QUALITY = 90
+# An animation is walked frame by frame: these bound the work a hostile one can cause.
+MAX_SCANNED_FRAMES = 1000
+SCAN_BUDGET = 4
 
 
 class UnsupportedImage(ValueError):
@@ -51,7 +54,13 @@ class PreparedImage:
     frame_count: int
 
 
-def prepare(data: bytes, *, max_side: int = 1600, max_pixels: int = 100_000_000) -> PreparedImage:
+def prepare(
+    data: bytes,
+    *,
+    max_side: int = 1600,
+    max_pixels: int = 100_000_000,
+    max_frames: int = 5,
+) -> PreparedImage:
     """Turn original bytes into backend-ready frames, or raise UnsupportedImage."""
     if not data:
         raise UnsupportedImage("empty body")
@@ -68,12 +77,13 @@ def prepare(data: bytes, *, max_side: int = 1600, max_pixels: int = 100_000_000)
             # Thumbor's PIL engine makes Pillow accept truncated files process-wide;
             # a picture cut short must not be judged on the part that arrived.
             _check_complete(original_format, data)
-            frame_count = int(getattr(image, "n_frames", 1))
-            if _can_send_as_is(image, data, max_side):
+            if getattr(image, "is_animated", False):
+                frames, frame_count = _animation(image, max_side, max_pixels, max_frames)
+            elif _can_send_as_is(image, data, max_side):
                 image.load()
-                frame = Frame(data, original_format, width, height)
+                frames, frame_count = (Frame(data, original_format, width, height),), 1
             else:
-                frame = _encode(_normalise(image, max_side))
+                frames, frame_count = (_encode(_normalise(image, max_side)),), 1
     except UnsupportedImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -83,12 +93,89 @@ def prepare(data: bytes, *, max_side: int = 1600, max_pixels: int = 100_000_000)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise UnsupportedImage(f"not a readable image ({error})") from None
     return PreparedImage(
-        frames=(frame,),
+        frames=frames,
         width=width,
         height=height,
         format=original_format,
         frame_count=frame_count,
     )
+
+
+def _animation(
+    image: Image.Image, max_side: int, max_pixels: int, max_frames: int
+) -> tuple[tuple[Frame, ...], int]:
+    """The distinct frames of an animation, at most max_frames, spread over it.
+
+    A first pass walks every frame (each is drawn over the previous ones, so none can be
+    skipped) and keeps a small signature of each; a frame whose signature is close to
+    one already kept is a near-duplicate. The second pass encodes the chosen frames.
+    """
+    signatures: list[_Signature] = []
+    distinct: list[int] = []
+    scanned_pixels = 0
+    index = 0
+    while True:
+        try:
+            image.seek(index)
+        except EOFError:
+            break
+        scanned_pixels += image.width * image.height
+        if index >= MAX_SCANNED_FRAMES or scanned_pixels > max_pixels * SCAN_BUDGET:
+            raise ImageTooLarge(
+                f"animation too long to judge every frame ({index + 1}+ frames of "
+                f"{image.width}x{image.height})"
+            )
+        signature = _signature(_flatten(image))
+        if all(not signature.close_to(kept) for kept in signatures):
+            signatures.append(signature)
+            distinct.append(index)
+        index += 1
+    chosen = _spread(distinct, max_frames)
+    frames = []
+    for position in chosen:
+        image.seek(position)
+        frames.append(_encode(_normalise(_flatten(image), max_side)))
+    return tuple(frames), index
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """The current frame as a viewer sees it, detached from the animation."""
+    return _to_rgb(image.convert("RGBA") if image.mode in ("P", "PA") else image.copy())
+
+
+@dataclass(frozen=True)
+class _Signature:
+    """A difference hash (shapes) and a 4x4 colour thumbnail (flat colours)."""
+
+    shape: int
+    colours: bytes
+
+    def close_to(self, other: _Signature) -> bool:
+        shape_distance = (self.shape ^ other.shape).bit_count()
+        colour_distance = sum(abs(a - b) for a, b in zip(self.colours, other.colours, strict=True))
+        return shape_distance <= 6 and colour_distance <= 12 * len(self.colours)
+
+
+def _signature(frame: Image.Image) -> _Signature:
+    grey = frame.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
+    pixels = list(grey.getdata())
+    bits = 0
+    for row in range(8):
+        for column in range(8):
+            left, right = pixels[row * 9 + column], pixels[row * 9 + column + 1]
+            bits = bits << 1 | (left > right)
+    colours = frame.convert("RGB").resize((4, 4), Image.Resampling.BOX).tobytes()
+    return _Signature(bits, colours)
+
+
+def _spread(indexes: list[int], count: int) -> list[int]:
+    """At most count of the indexes, first and last included, evenly spaced."""
+    if len(indexes) <= count:
+        return indexes
+    if count == 1:
+        return indexes[:1]
+    step = (len(indexes) - 1) / (count - 1)
+    return sorted({indexes[round(position * step)] for position in range(count)})
 
 
 def _check_complete(image_format: str, data: bytes) -> None:
