@@ -158,7 +158,7 @@ class _Signature:
 
 def _signature(frame: Image.Image) -> _Signature:
     grey = frame.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
-    pixels = list(grey.getdata())
+    pixels = grey.tobytes()
     bits = 0
     for row in range(8):
         for column in range(8):
