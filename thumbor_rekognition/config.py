@@ -154,6 +154,14 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         GROUP,
     ),
     (
+        "MODERATION_TIMEOUT_SECONDS",
+        10.0,
+        "Longest a request waits for a new picture to be judged (backend retries "
+        "included). Past it the request answers 'pending'; the judgement carries on and "
+        "serves later requests.",
+        GROUP,
+    ),
+    (
         "MODERATION_WORKERS",
         8,
         "Threads per Thumbor process for backend calls, hashing and image preparation.",
@@ -352,6 +360,7 @@ class Settings:
     store_timeout: float
     lease_seconds: float
     cache_ttl: float
+    request_budget: float
     workers: int
     max_pixels: int
     analysis_max_side: int
@@ -394,6 +403,7 @@ class Settings:
             ),
             lease_seconds=reader.number("MODERATION_LEASE_SECONDS", minimum=1.0, maximum=3600.0),
             cache_ttl=reader.number("MODERATION_CACHE_TTL_SECONDS", minimum=0.0),
+            request_budget=reader.number("MODERATION_TIMEOUT_SECONDS", minimum=0.1, maximum=600.0),
             workers=reader.integer("MODERATION_WORKERS", minimum=1),
             max_pixels=reader.integer("MODERATION_MAX_PIXELS", minimum=6400),
             max_frames=reader.integer("MODERATION_MAX_FRAMES", minimum=1, maximum=100),

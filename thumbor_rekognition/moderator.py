@@ -197,7 +197,16 @@ class Moderator:
             flight.add_done_callback(functools.partial(self._landed, sha256))
         else:
             _Metrics(metrics).incr("moderation.single_flight.joined")
-        decision = await asyncio.shield(flight)
+        try:
+            decision = await asyncio.wait_for(
+                asyncio.shield(flight), timeout=self.settings.request_budget
+            )
+        except asyncio.TimeoutError:
+            # The judgement goes on and is stored for later requests; this one is pending.
+            _Metrics(metrics).incr("moderation.budget.exceeded")
+            return self._undecided(
+                key, url, sha256, f"timeout: no decision within {self.settings.request_budget:g} s"
+            )
         if decision.key != key:
             decision = await self._adopt(decision, key, url, metrics)
         return decision
