@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from thumbor_rekognition.decision import Decision, Event, Status
@@ -18,6 +19,18 @@ if TYPE_CHECKING:
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A notification or purge waiting to be delivered, in order per topic and key."""
+
+    id: str
+    topic: str
+    key: str
+    payload: str
+    attempts: int
+    created_at: float
 
 
 class Store:
@@ -94,6 +107,31 @@ class Store:
     def subscribe(self, changed: Callable[[str | None], None]) -> None:
         """Call changed(key) when another process changes a decision, changed(None) when
         changes may have been missed. Stores without notifications rely on the TTL."""
+
+    def enqueue(self, topic: str, key: str, payload: str) -> None:
+        """Add an item to the durable outbox."""
+        raise NotImplementedError
+
+    def claim(self, now: float, lease: float, limit: int) -> list[OutboxItem]:
+        """Due items, each the oldest undelivered one of its topic and key, hidden from
+        other claimers for lease seconds; their attempt counts are increased."""
+        raise NotImplementedError
+
+    def complete(self, item: OutboxItem) -> None:
+        """An item was delivered: drop it."""
+        raise NotImplementedError
+
+    def reschedule(self, item: OutboxItem, next_at: float, error: str) -> None:
+        """Try an item again at next_at."""
+        raise NotImplementedError
+
+    def abandon(self, item: OutboxItem, error: str) -> None:
+        """Give an item up: it is kept, counted, and no longer blocks its key."""
+        raise NotImplementedError
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Items waiting and items given up, per topic: '<topic>.pending', '<topic>.abandoned'."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release connections."""

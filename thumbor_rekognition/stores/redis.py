@@ -72,6 +72,50 @@ redis.call('PUBLISH', p .. 'changes', key)
 return 1
 """
 
+_ENQUEUE = """
+local p, topic, key = ARGV[1], ARGV[2], ARGV[3]
+local id = tostring(redis.call('INCR', p .. 'ob:seq'))
+redis.call('HSET', p .. 'ob:i:' .. id, 'topic', topic, 'key', key, 'payload', ARGV[4],
+  'attempts', 0, 'created_at', ARGV[5])
+redis.call('RPUSH', p .. 'ob:q:' .. topic .. ':' .. key, id)
+redis.call('ZADD', p .. 'ob:due', ARGV[5], id)
+redis.call('HINCRBY', p .. 'ob:counts', topic .. '.pending', 1)
+return id
+"""
+
+_CLAIM = """
+local p, now, later, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local claimed = {}
+local ids = redis.call('ZRANGEBYSCORE', p .. 'ob:due', '-inf', now, 'LIMIT', 0, limit * 10)
+for _, id in ipairs(ids) do
+  if #claimed >= limit then break end
+  local item = redis.call('HMGET', p .. 'ob:i:' .. id, 'topic', 'key', 'payload', 'created_at')
+  local head = redis.call('LINDEX', p .. 'ob:q:' .. item[1] .. ':' .. item[2], 0)
+  if head == id then
+    redis.call('ZADD', p .. 'ob:due', later, id)
+    local attempts = redis.call('HINCRBY', p .. 'ob:i:' .. id, 'attempts', 1)
+    table.insert(claimed, {id, item[1], item[2], item[3], tostring(attempts), item[4]})
+  end
+end
+return claimed
+"""
+
+_FINISH = """
+local p, id, state, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local item = redis.call('HMGET', p .. 'ob:i:' .. id, 'topic', 'key')
+if not item[1] then return 0 end
+redis.call('ZREM', p .. 'ob:due', id)
+redis.call('LREM', p .. 'ob:q:' .. item[1] .. ':' .. item[2], 1, id)
+redis.call('HINCRBY', p .. 'ob:counts', item[1] .. '.pending', -1)
+if state == 'done' then
+  redis.call('DEL', p .. 'ob:i:' .. id)
+else
+  redis.call('HSET', p .. 'ob:i:' .. id, 'state', 'abandoned', 'error', err)
+  redis.call('HINCRBY', p .. 'ob:counts', item[1] .. '.abandoned', 1)
+end
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -251,6 +295,45 @@ class Store(stores.Store):
     def release_lease(self, name: str, holder: str) -> None:
         with self._call() as client:
             client.eval(_RELEASE, 1, self._key("lease:", name), holder)
+
+    def enqueue(self, topic: str, key: str, payload: str) -> None:
+        with self._call() as client:
+            client.eval(_ENQUEUE, 0, self.prefix, topic, key, payload, repr(time.time()))
+
+    def claim(self, now: float, lease: float, limit: int) -> list[stores.OutboxItem]:
+        with self._call() as client:
+            rows = client.eval(_CLAIM, 0, self.prefix, repr(now), repr(now + lease), limit)
+        return [
+            stores.OutboxItem(
+                id=_text(id_),
+                topic=_text(topic),
+                key=_text(key),
+                payload=_text(payload),
+                attempts=int(attempts),
+                created_at=float(created_at),
+            )
+            for id_, topic, key, payload, attempts, created_at in rows
+        ]
+
+    def complete(self, item: stores.OutboxItem) -> None:
+        with self._call() as client:
+            client.eval(_FINISH, 0, self.prefix, item.id, "done", "")
+
+    def reschedule(self, item: stores.OutboxItem, next_at: float, error: str) -> None:
+        with self._call() as client:
+            pipeline = client.pipeline(transaction=True)
+            pipeline.zadd(self._key("ob:due"), {item.id: next_at}, xx=True)
+            pipeline.hset(self._key("ob:i:", item.id), "error", error[:2000])
+            pipeline.execute()
+
+    def abandon(self, item: stores.OutboxItem, error: str) -> None:
+        with self._call() as client:
+            client.eval(_FINISH, 0, self.prefix, item.id, "abandoned", error[:2000])
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._call() as client:
+            values = client.hgetall(self._key("ob:counts"))
+        return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
 
     def subscribe(self, changed: Callable[[str | None], None]) -> None:
         self._listeners.append(changed)

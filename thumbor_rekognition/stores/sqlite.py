@@ -52,6 +52,19 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (state, topic, key, id);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -305,6 +318,59 @@ class Store(stores.Store):
     def release_lease(self, name: str, holder: str) -> None:
         with self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def enqueue(self, topic: str, key: str, payload: str) -> None:
+        now = time.time()
+        with self._cursor(write=True) as cursor:
+            cursor.execute(
+                "INSERT INTO outbox (topic, key, payload, created_at, next_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (topic, key, payload, now, now),
+            )
+
+    def claim(self, now: float, lease: float, limit: int) -> list[stores.OutboxItem]:
+        with self._cursor(write=True) as cursor:
+            rows = cursor.execute(
+                "SELECT id, topic, key, payload, attempts, created_at FROM outbox AS item "
+                "WHERE state = 'pending' AND next_at <= ? AND id = ("
+                "  SELECT MIN(id) FROM outbox AS head WHERE head.state = 'pending' "
+                "  AND head.topic = item.topic AND head.key = item.key) "
+                "ORDER BY next_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            cursor.executemany(
+                "UPDATE outbox SET next_at = ?, attempts = attempts + 1 WHERE id = ?",
+                [(now + lease, row[0]) for row in rows],
+            )
+        return [
+            stores.OutboxItem(str(id_), topic, key, payload, attempts + 1, created_at)
+            for id_, topic, key, payload, attempts, created_at in rows
+        ]
+
+    def complete(self, item: stores.OutboxItem) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.execute("DELETE FROM outbox WHERE id = ?", (int(item.id),))
+
+    def reschedule(self, item: stores.OutboxItem, next_at: float, error: str) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.execute(
+                "UPDATE outbox SET next_at = ?, last_error = ? WHERE id = ?",
+                (next_at, error[:2000], int(item.id)),
+            )
+
+    def abandon(self, item: stores.OutboxItem, error: str) -> None:
+        with self._cursor(write=True) as cursor:
+            cursor.execute(
+                "UPDATE outbox SET state = 'abandoned', last_error = ? WHERE id = ?",
+                (error[:2000], int(item.id)),
+            )
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT topic, state, COUNT(*) FROM outbox GROUP BY topic, state"
+            ).fetchall()
+        return {f"{topic}.{state}": count for topic, state, count in rows}
 
     def close(self) -> None:
         with self._lock:
