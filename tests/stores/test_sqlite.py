@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -453,6 +454,17 @@ class StoreContract:
             "/unsafe/fit-in/10x10/host/a.jpg",
         ]
 
+    def test_paths_recorded_in_one_call_keep_that_order(self, store: stores.Store) -> None:
+        store.add_results("host/a.jpg", ["/unsafe/zz/host/a.jpg", "/unsafe/aa/host/a.jpg"])
+
+        store.add_results("host/a.jpg", ["/unsafe/mm/host/a.jpg"])
+
+        assert store.results("host/a.jpg") == [
+            "/unsafe/zz/host/a.jpg",
+            "/unsafe/aa/host/a.jpg",
+            "/unsafe/mm/host/a.jpg",
+        ]
+
     def test_result_recorded_again_keeps_one_entry_in_its_first_place(
         self, store: stores.Store
     ) -> None:
@@ -639,6 +651,137 @@ class StoreContract:
 
         with pytest.raises(ValueError, match="limit"):
             store.page(limit=0)
+
+    def test_automatic_save_racing_a_manual_one_about_the_same_bytes_never_replaces_it(
+        self, make_store: MakeStore
+    ) -> None:
+        make_store().counts()
+        keys = [f"host/{number:02d}.jpg" for number in range(40)]
+        errors: list[BaseException] = []
+        together = threading.Barrier(2, timeout=10)
+
+        def work(status: Status, source: Source) -> None:
+            try:
+                own = make_store()
+                for key in keys:
+                    together.wait()
+                    save(own, decision(key, status=status, source=source))
+            except BaseException as error:
+                errors.append(error)
+                together.abort()
+
+        threads = [
+            threading.Thread(target=work, args=(Status.REJECTED, Source.MANUAL)),
+            threading.Thread(target=work, args=(Status.APPROVED, Source.AUTO)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        reader = make_store()
+        assert errors == []
+        assert [reader.get(key) for key in keys] == [
+            decision(key, status=Status.REJECTED, source=Source.MANUAL) for key in keys
+        ]
+
+    def test_free_lease_is_taken(self, store: stores.Store) -> None:
+        assert store.acquire_lease("backfill", "node-1", 30) is True
+
+    def test_lease_held_by_another_holder_is_refused(self, make_store: MakeStore) -> None:
+        first, second = make_store(), make_store()
+        first.acquire_lease("backfill", "node-1", 30)
+
+        taken = second.acquire_lease("backfill", "node-2", 30)
+
+        assert taken is False
+
+    def test_holder_renews_its_own_lease(self, store: stores.Store) -> None:
+        store.acquire_lease("backfill", "node-1", 30)
+
+        renewed = store.acquire_lease("backfill", "node-1", 30)
+
+        assert renewed is True
+        assert store.acquire_lease("backfill", "node-2", 30) is False
+
+    def test_renewed_lease_outlives_its_first_term(self, store: stores.Store) -> None:
+        store.acquire_lease("backfill", "node-1", 0.5)
+        time.sleep(0.3)
+        store.acquire_lease("backfill", "node-1", 0.5)
+
+        time.sleep(0.3)
+        taken = store.acquire_lease("backfill", "node-2", 0.5)
+
+        assert taken is False
+
+    def test_expired_lease_is_taken_by_another_holder(self, store: stores.Store) -> None:
+        store.acquire_lease("backfill", "node-1", 0.3)
+        time.sleep(0.4)
+
+        taken = store.acquire_lease("backfill", "node-2", 30)
+
+        assert taken is True
+        assert store.acquire_lease("backfill", "node-1", 30) is False
+
+    def test_release_by_another_holder_leaves_the_lease_held(self, store: stores.Store) -> None:
+        store.acquire_lease("backfill", "node-1", 30)
+
+        store.release_lease("backfill", "node-2")
+
+        assert store.acquire_lease("backfill", "node-2", 30) is False
+
+    def test_release_by_the_holder_frees_the_lease_for_another_process(
+        self, make_store: MakeStore
+    ) -> None:
+        holder, other = make_store(), make_store()
+        holder.acquire_lease("backfill", "node-1", 30)
+
+        holder.release_lease("backfill", "node-1")
+
+        assert other.acquire_lease("backfill", "node-2", 30) is True
+
+    def test_release_of_a_lease_nobody_holds_does_nothing(self, store: stores.Store) -> None:
+        store.release_lease("backfill", "node-1")
+
+        assert store.acquire_lease("backfill", "node-2", 30) is True
+
+    def test_leases_of_different_names_do_not_block_each_other(self, store: stores.Store) -> None:
+        store.acquire_lease("backfill", "node-1", 30)
+
+        taken = store.acquire_lease(f"content:{SHA_A}", "node-2", 30)
+
+        assert taken is True
+
+    @pytest.mark.parametrize("shared", [True, False], ids=["sharing-a-store", "a-store-each"])
+    def test_exactly_one_of_eight_threads_racing_for_a_lease_wins_it(
+        self, make_store: MakeStore, shared: bool
+    ) -> None:
+        common = make_store()
+        common.counters()
+        winners: dict[str, list[str]] = {f"race-{race}": [] for race in range(5)}
+        errors: list[BaseException] = []
+        start = threading.Barrier(8, timeout=10)
+
+        def work(thread: int) -> None:
+            try:
+                own = common if shared else make_store()
+                for name, won in winners.items():
+                    start.wait()
+                    if own.acquire_lease(name, f"node-{thread}", 30):
+                        won.append(f"node-{thread}")
+            except BaseException as error:
+                errors.append(error)
+                start.abort()
+
+        threads = [threading.Thread(target=work, args=(thread,)) for thread in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert [len(won) for won in winners.values()] == [1] * 5
+        assert all(common.acquire_lease(name, "late", 30) is False for name in winners)
 
 
 class TestSQLiteStore(StoreContract):

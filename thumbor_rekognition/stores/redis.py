@@ -116,6 +116,18 @@ end
 return 1
 """
 
+_ADD_RESULTS = """
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local n = tonumber(last[2] or '0')
+for _, path in ipairs(ARGV) do
+  if not redis.call('ZSCORE', KEYS[1], path) then
+    n = n + 1
+    redis.call('ZADD', KEYS[1], n, path)
+  end
+end
+return n
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -264,9 +276,9 @@ class Store(stores.Store):
     def add_results(self, key: str, paths: list[str]) -> None:
         if not paths:
             return
-        now = time.time()
         with self._call() as client:
-            client.zadd(self._key("r:", key), {path: now for path in paths}, nx=True)
+            # Numbered in the order recorded, whatever the clocks of the nodes say.
+            client.eval(_ADD_RESULTS, 1, self._key("r:", key), *paths)
 
     def results(self, key: str) -> list[str]:
         with self._call() as client:
@@ -353,11 +365,16 @@ class Store(stores.Store):
         channel = self._key("changes")
         delay = 0.1
         while not self._closed.is_set():
+            # health_check_interval pings an idle connection, so one that silently stopped
+            # carrying traffic is noticed within seconds, not at the kernel's keepalive.
+            client = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=self.timeout,
+                socket_keepalive=True,
+                health_check_interval=5,
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                client = redis.Redis.from_url(
-                    self.url, socket_connect_timeout=self.timeout, socket_keepalive=True
-                )
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(channel)
                 # Changes made while nobody listened are unknown: forget everything.
                 self._notify(None)
@@ -370,6 +387,9 @@ class Store(stores.Store):
                 logger.warning("decision change notifications interrupted: %s", error)
                 self._closed.wait(delay)
                 delay = min(delay * 2, 5.0)
+            finally:
+                pubsub.close()
+                client.close()
 
     def close(self) -> None:
         self._closed.set()

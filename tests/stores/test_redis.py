@@ -1,0 +1,367 @@
+"""The decision store contract run against a real redis-server, and what only Redis does:
+change notifications, reconnection after a crash, bounded waits, durability, key prefixes.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from thumbor.config import Config
+
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.servers import free_port
+from tests.stores.test_sqlite import MakeStore, StoreContract, decision, event, save
+from thumbor_rekognition import stores
+from thumbor_rekognition.config import Settings
+from thumbor_rekognition.decision import Source, Status
+from thumbor_rekognition.stores import redis as redis_store
+
+TIMEOUT = 0.3
+# What "about the configured timeout" allows: one timed-out attempt and some slack, not
+# a client library's rounds of retries.
+PATIENCE = 3 * TIMEOUT
+
+OpenStore = Callable[..., redis_store.Store]
+
+
+class Changes:
+    """A change listener that records what it is told, for a test to wait on."""
+
+    def __init__(self) -> None:
+        self.heard: queue.Queue[str | None] = queue.Queue()
+
+    def __call__(self, key: str | None) -> None:
+        self.heard.put(key)
+
+    def wait_for(self, expected: str | None, seconds: float) -> bool:
+        """Whether the listener is told `expected` within some seconds."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                if self.heard.get(timeout=left) == expected:
+                    return True
+            except queue.Empty:
+                return False
+        return False
+
+
+def keys_of(url: str) -> list[str]:
+    with redis.Redis.from_url(url) as client:
+        return sorted(key.decode() for key in client.scan_iter(count=1000))
+
+
+def subscribers(url: str) -> int:
+    """How many connections of the server are subscribed to a channel."""
+    with redis.Redis.from_url(url) as client:
+        return sum(1 for info in client.client_list() if int(info.get("sub", 0)) > 0)
+
+
+def eventually(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def flushed(url: str) -> str:
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
+
+
+class TestRedisStore(StoreContract):
+    @pytest.fixture
+    def open_store(self) -> Iterator[OpenStore]:
+        """Store(...) that closes what it opened at the end of the test."""
+        opened: list[redis_store.Store] = []
+
+        def open_store(**options: object) -> redis_store.Store:
+            store = redis_store.Store(**options)  # type: ignore[arg-type]
+            opened.append(store)
+            return store
+
+        yield open_store
+        for store in opened:
+            store.close()
+
+    @pytest.fixture
+    def make_store(
+        self,
+        redis_server: RedisServer,  # noqa: F811
+        open_store: OpenStore,
+    ) -> MakeStore:
+        # A prefix per test keeps tests apart on the shared server, listeners included.
+        prefix = f"test-{uuid.uuid4().hex[:12]}:"
+        return lambda: open_store(url=redis_server.url, prefix=prefix, timeout=TIMEOUT)
+
+    @pytest.fixture
+    def own_server(self, tmp_path: Path) -> Iterator[RedisServer]:
+        """A server of the test's own, free to be killed, frozen and restarted."""
+        with RedisServer(tmp_path / "redis") as server:
+            yield server
+
+    def test_change_saved_by_one_store_reaches_another_stores_listener_within_a_second(
+        self, make_store: MakeStore
+    ) -> None:
+        listening, writer = make_store(), make_store()
+        changes = Changes()
+        listening.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+
+        save(writer, decision("host/a.jpg", status=Status.REJECTED))
+
+        assert changes.wait_for("host/a.jpg", 1.0)
+
+    def test_forgotten_decision_reaches_another_stores_listener_within_a_second(
+        self, make_store: MakeStore
+    ) -> None:
+        listening, writer = make_store(), make_store()
+        save(writer, decision("host/a.jpg"))
+        changes = Changes()
+        listening.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+
+        writer.delete("host/a.jpg", event(None, None, "alice", "forget it"))
+
+        assert changes.wait_for("host/a.jpg", 1.0)
+
+    def test_listener_hears_nothing_of_stores_with_another_prefix(
+        self,
+        redis_server: RedisServer,  # noqa: F811
+        open_store: OpenStore,
+    ) -> None:
+        listening = open_store(url=redis_server.url, prefix="site-a:", timeout=TIMEOUT)
+        other_site = open_store(url=redis_server.url, prefix="site-b:", timeout=TIMEOUT)
+        own_site = open_store(url=redis_server.url, prefix="site-a:", timeout=TIMEOUT)
+        changes = Changes()
+        listening.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+
+        save(other_site, decision("host/other.jpg"))
+        save(own_site, decision("host/own.jpg"))
+
+        assert changes.wait_for("host/own.jpg", 1.0)
+        assert changes.heard.empty()
+
+    def test_listener_is_told_anything_may_have_changed_after_redis_restarts_then_hears_changes(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        listening = open_store(url=own_server.url, timeout=TIMEOUT)
+        writer = open_store(url=own_server.url, timeout=TIMEOUT)
+        changes = Changes()
+        listening.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+
+        own_server.kill()
+        own_server.start()
+
+        assert changes.wait_for(None, 10)
+        save(writer, decision("host/a.jpg"))
+        assert changes.wait_for("host/a.jpg", 1.0)
+
+    def test_listener_is_told_anything_may_have_changed_after_a_long_outage(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        listening = open_store(url=own_server.url, timeout=TIMEOUT)
+        writer = open_store(url=own_server.url, timeout=TIMEOUT)
+        changes = Changes()
+        listening.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+
+        own_server.kill()
+        time.sleep(0.5)
+        own_server.start()
+
+        assert changes.wait_for(None, 10)
+        save(writer, decision("host/a.jpg"))
+        assert changes.wait_for("host/a.jpg", 1.0)
+
+    def test_closed_store_drops_its_change_subscription(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        changes = Changes()
+        store.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+
+        store.close()
+
+        assert eventually(lambda: subscribers(own_server.url) == 0, 2)
+
+    def test_closed_store_drops_its_change_subscription_after_reconnecting(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        changes = Changes()
+        store.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+        for _ in range(2):
+            own_server.kill()
+            own_server.start()
+            assert changes.wait_for(None, 10), "the listener never reconnected"
+
+        store.close()
+
+        assert eventually(lambda: subscribers(own_server.url) == 0, 2)
+
+    def test_calls_to_a_killed_server_fail_within_about_the_timeout(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        store.get("host/a.jpg")
+        own_server.kill()
+
+        started = time.monotonic()
+        with pytest.raises(stores.StoreUnavailable):
+            store.get("host/a.jpg")
+        elapsed = time.monotonic() - started
+
+        assert elapsed < PATIENCE
+
+    def test_saves_to_a_killed_server_fail_within_about_the_timeout(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        store.get("host/a.jpg")
+        own_server.kill()
+
+        started = time.monotonic()
+        with pytest.raises(stores.StoreUnavailable):
+            save(store, decision("host/a.jpg"))
+        elapsed = time.monotonic() - started
+
+        assert elapsed < PATIENCE
+
+    def test_calls_to_a_frozen_server_fail_within_about_the_timeout(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        store.get("host/a.jpg")
+        own_server.freeze()
+
+        started = time.monotonic()
+        try:
+            with pytest.raises(stores.StoreUnavailable):
+                store.get("host/a.jpg")
+        finally:
+            elapsed = time.monotonic() - started
+            own_server.thaw()
+
+        assert elapsed < PATIENCE
+
+    def test_same_store_works_again_once_a_killed_server_is_back(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        written = save(store, decision("host/a.jpg", status=Status.REJECTED))
+        own_server.kill()
+        with pytest.raises(stores.StoreUnavailable):
+            store.get("host/a.jpg")
+
+        own_server.start()
+
+        assert store.get("host/a.jpg") == written
+        save(store, decision("host/b.jpg"))
+        assert [item.key for item in store.page()[0]] == ["host/a.jpg", "host/b.jpg"]
+
+    def test_answered_decision_survives_kill_9_and_restart(
+        self, own_server: RedisServer, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=own_server.url, timeout=TIMEOUT)
+        written = save(store, decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL))
+        store.incr("moderation.decision.rejected")
+        store.add_results("host/a.jpg", ["/unsafe/host/a.jpg"])
+
+        own_server.kill()
+        own_server.start()
+        reopened = open_store(url=own_server.url, timeout=TIMEOUT)
+
+        assert reopened.get("host/a.jpg") == written
+        assert reopened.find_by_hash(written.sha256) == written
+        assert reopened.counts() == {"rejected": 1, "rejected.manual": 1}
+        assert [item.actor for item in reopened.history("host/a.jpg")] == ["test"]
+        assert reopened.results("host/a.jpg") == ["/unsafe/host/a.jpg"]
+        assert reopened.counters() == {"moderation.decision.rejected": 1}
+
+    def test_every_key_written_starts_with_the_configured_prefix(
+        self,
+        redis_server: RedisServer,  # noqa: F811
+        open_store: OpenStore,
+    ) -> None:
+        url = flushed(redis_server.url_of_db(1))
+        store = open_store(url=url, prefix="site-a:", timeout=TIMEOUT)
+        save(store, decision("host/a.jpg", status=Status.REJECTED))
+        save(store, decision("host/a.jpg", status=Status.APPROVED, source=Source.MANUAL))
+        save(store, decision("host/b.jpg", "b" * 64))
+        store.delete("host/b.jpg", event(None, None))
+        store.add_results("host/a.jpg", ["/unsafe/host/a.jpg"])
+        store.incr("moderation.backend.calls")
+        store.acquire_lease("backfill", "node-1", 30)
+
+        keys = keys_of(url)
+
+        assert keys
+        assert [key for key in keys if not key.startswith("site-a:")] == []
+
+    def test_stores_with_other_prefixes_on_one_database_do_not_see_each_other(
+        self,
+        redis_server: RedisServer,  # noqa: F811
+        open_store: OpenStore,
+    ) -> None:
+        url = flushed(redis_server.url_of_db(1))
+        site_a = open_store(url=url, prefix="site-a:", timeout=TIMEOUT)
+        site_b = open_store(url=url, prefix="site-b:", timeout=TIMEOUT)
+        written = save(site_a, decision("host/a.jpg", status=Status.REJECTED))
+        site_a.incr("moderation.backend.calls")
+        site_a.acquire_lease("backfill", "node-1", 30)
+
+        seen_by_b = (
+            site_b.get("host/a.jpg"),
+            site_b.find_by_hash(written.sha256),
+            site_b.page(),
+            site_b.counts(),
+            site_b.counters(),
+            site_b.acquire_lease("backfill", "node-2", 30),
+        )
+
+        assert seen_by_b == (None, None, ([], None), {}, {}, True)
+
+    def test_configured_store_module_loads_a_redis_store_with_the_configured_settings(
+        self,
+        redis_server: RedisServer,  # noqa: F811
+    ) -> None:
+        url = flushed(redis_server.url_of_db(2))
+        config = Config()
+        config.MODERATION_DECISION_STORE = "thumbor_rekognition.stores.redis"
+        config.MODERATION_REDIS_URL = url
+        config.MODERATION_REDIS_PREFIX = "configured:"
+        config.MODERATION_STORE_TIMEOUT_SECONDS = 0.25
+        settings = Settings.from_config(config)
+
+        store = stores.load_store(settings)
+        save(store, decision("host/a.jpg"))
+        store.close()
+
+        assert isinstance(store, redis_store.Store)
+        assert (store.url, store.prefix, store.timeout) == (url, "configured:", 0.25)
+        assert "configured:d:host/a.jpg" in keys_of(url)
+
+    def test_unreachable_server_makes_a_new_store_unavailable_not_hang(
+        self, open_store: OpenStore
+    ) -> None:
+        store = open_store(url=f"redis://127.0.0.1:{free_port()}/0", timeout=TIMEOUT)
+
+        started = time.monotonic()
+        with pytest.raises(stores.StoreUnavailable):
+            store.get("host/a.jpg")
+        elapsed = time.monotonic() - started
+
+        assert elapsed < PATIENCE
