@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
 NUDENET_GROUP = "Moderation - offline model"
 ADMIN_GROUP = "Moderation - administration"
 QUARANTINE_GROUP = "Moderation - quarantine"
+NOTIFY_GROUP = "Moderation - CDN and notifications"
 
 _KEYS: list[tuple[str, Any, str, str]] = [
     (
@@ -250,6 +252,76 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         ADMIN_GROUP,
     ),
     (
+        "MODERATION_CACHE_TAG_HEADER",
+        None,
+        "Response header naming the original of every approved image, e.g. "
+        "'Surrogate-Key' (Fastly), 'Cache-Tag' (Cloudflare), 'Edge-Cache-Tag' (Akamai), "
+        "so a CDN can purge every size of one picture at once. Unset: no header.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CDN_PURGERS",
+        [],
+        "Modules that purge a CDN when an image becomes rejected, is forgotten or is "
+        "purged: thumbor_rekognition.cdn.cloudfront, thumbor_rekognition.cdn.http.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CLOUDFRONT_DISTRIBUTION_ID",
+        "",
+        "CloudFront distribution invalidated by thumbor_rekognition.cdn.cloudfront.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CLOUDFRONT_PATH_PREFIX",
+        "",
+        "Prefix put before Thumbor's result paths to make CloudFront paths, when the "
+        "distribution serves Thumbor under a sub-path.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CLOUDFRONT_ENDPOINT_URL",
+        None,
+        "CloudFront API endpoint; AWS's own when unset.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_HTTP_PURGE",
+        {},
+        "The HTTP call of thumbor_rekognition.cdn.http: {'method': 'POST', 'url': ..., "
+        "'headers': {...}, 'body': ...}. In url, header values and body, {tag} is the "
+        "picture's cache tag, {paths} the JSON list of its result paths and {key} its "
+        "decision key, e.g. Fastly: url 'https://api.fastly.com/service/ID/purge/{tag}' "
+        "with header 'Fastly-Key'; Cloudflare: url '.../zones/ID/purge_cache', body "
+        '\'{"tags": ["{tag}"]}\' with an Authorization header.',
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_WEBHOOK_URL",
+        None,
+        "URL that receives a signed JSON POST for every decision change. Unset: none sent.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_WEBHOOK_SECRET",
+        None,
+        "Key of the HMAC-SHA256 signature of webhook calls (X-Moderation-Signature).",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_OUTBOX_TIMEOUT_SECONDS",
+        10.0,
+        "Timeout of one webhook or purge call.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_OUTBOX_GIVE_UP_SECONDS",
+        259200,
+        "How long a webhook or purge that keeps failing is retried (with exponential "
+        "backoff up to 15 minutes) before it is given up; 3 days by default.",
+        NOTIFY_GROUP,
+    ),
+    (
         "NUDENET_THREADS",
         1,
         "Threads of the offline model's onnxruntime session per Thumbor process. 1 suits "
@@ -374,6 +446,17 @@ class Settings:
     admin_prefix: str
     admin_token: Secret | None
     admin_max_body: int
+    cache_tag_header: str | None
+    cdn_purgers: tuple[str, ...]
+    cloudfront_distribution_id: str
+    cloudfront_path_prefix: str
+    cloudfront_endpoint_url: str | None
+    # Holds API keys in its headers: never printed.
+    http_purge: dict[str, Any] = field(repr=False)
+    webhook_url: str | None
+    webhook_secret: Secret | None
+    outbox_timeout: float
+    outbox_give_up: float
     nudenet_threads: int
     rekognition_region: str
     rekognition_endpoint_url: str | None
@@ -419,6 +502,18 @@ class Settings:
             admin_prefix=reader.prefix("MODERATION_ADMIN_PREFIX"),
             admin_token=reader.secret("MODERATION_ADMIN_TOKEN", minimum_length=16),
             admin_max_body=reader.integer("MODERATION_ADMIN_MAX_BODY_BYTES", minimum=1024),
+            cache_tag_header=reader.header("MODERATION_CACHE_TAG_HEADER"),
+            cdn_purgers=tuple(reader.modules("MODERATION_CDN_PURGERS")),
+            cloudfront_distribution_id=reader.string("MODERATION_CLOUDFRONT_DISTRIBUTION_ID"),
+            cloudfront_path_prefix=reader.string("MODERATION_CLOUDFRONT_PATH_PREFIX"),
+            cloudfront_endpoint_url=reader.optional_str("MODERATION_CLOUDFRONT_ENDPOINT_URL"),
+            http_purge=reader.http_call("MODERATION_HTTP_PURGE"),
+            webhook_url=reader.url("MODERATION_WEBHOOK_URL"),
+            webhook_secret=reader.secret("MODERATION_WEBHOOK_SECRET", minimum_length=16),
+            outbox_timeout=reader.number(
+                "MODERATION_OUTBOX_TIMEOUT_SECONDS", minimum=0.1, maximum=300.0
+            ),
+            outbox_give_up=reader.number("MODERATION_OUTBOX_GIVE_UP_SECONDS", minimum=1.0),
             nudenet_threads=reader.integer("NUDENET_THREADS", minimum=0, maximum=64),
             rekognition_region=reader.string("REKOGNITION_REGION"),
             rekognition_endpoint_url=reader.optional_str("REKOGNITION_ENDPOINT_URL"),
@@ -558,6 +653,47 @@ class _Reader:
                 "surrounding spaces."
             )
         return Secret(value)
+
+    def header(self, key: str) -> str | None:
+        value = self.optional_str(key)
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise self._fail(key, value, "Not an HTTP header name.")
+        return value
+
+    def url(self, key: str) -> str | None:
+        value = self.optional_str(key)
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise self._fail(key, value, "Not an http(s) URL.")
+        return value
+
+    def modules(self, key: str) -> list[str]:
+        names = self.names(key)
+        for name in names:
+            if not name or any(not part.isidentifier() for part in name.split(".")):
+                raise self._fail(key, names, f"'{name}' is not a Python module path.")
+        return names
+
+    def http_call(self, key: str) -> dict[str, Any]:
+        value = self.mapping(key)
+        if not value:
+            return {}
+        unknown = set(value) - {"method", "url", "headers", "body"}
+        if unknown:
+            raise self._fail(key, value, f"Unknown fields: {', '.join(sorted(unknown))}.")
+        if not isinstance(value.get("url"), str) or not re.match(r"^https?://", value["url"]):
+            raise self._fail(key, value, "Needs an http(s) 'url'.")
+        headers = value.get("headers", {})
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise self._fail(key, value, "'headers' must map names to strings.")
+        method = str(value.get("method", "POST")).upper()
+        if method not in ("POST", "PUT", "DELETE", "PURGE", "GET"):
+            raise self._fail(key, value, "'method' must be POST, PUT, DELETE, PURGE or GET.")
+        body = value.get("body", "")
+        if not isinstance(body, str):
+            raise self._fail(key, value, "'body' must be a string template.")
+        return {"method": method, "url": value["url"], "headers": dict(headers), "body": body}
 
     def module(self, key: str) -> str:
         value = self.string(key).strip()

@@ -19,7 +19,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import Settings
@@ -27,6 +27,9 @@ from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.policy import Policy
 from thumbor_rekognition.preparation import PreparedImage, prepare
 from thumbor_rekognition.quarantine import Quarantine, QuarantineError
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +110,11 @@ class Moderator:
         executor: concurrent.futures.Executor,
         store_executor: concurrent.futures.Executor,
         quarantine: Quarantine | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.quarantine = quarantine
+        self.outbox = outbox
         self.policy: Policy = settings.policy
         self.store = store
         self.backend = backend
@@ -403,6 +408,7 @@ class Moderator:
 
     async def _save(self, decision: Decision, event: Event, metrics: Any) -> Decision:
         _Metrics(metrics).incr(f"moderation.decision.{decision.status.value}")
+        previous = await self._previous(decision.key)
         try:
             saved = await self._store(self.store.save, decision, event)
         except stores.StoreUnavailable as error:
@@ -413,7 +419,34 @@ class Moderator:
             return decision.replace(status=Status.PENDING, error=f"store: {error}")
         self._unsaved.discard(decision.sha256)
         self._remember(saved)
+        await self.announce(previous, saved, event)
         return saved
+
+    async def _previous(self, key: str) -> Decision | None:
+        if self.outbox is None or not self.outbox.enabled:
+            return None
+        with contextlib.suppress(stores.StoreUnavailable):
+            return await self._store(self.store.get, key)
+        return self._by_key.stale(key)
+
+    async def announce(
+        self, previous: Decision | None, current: Decision | None, event: Event
+    ) -> None:
+        """Queue the webhook and CDN purges a decision change calls for; never raises."""
+        if self.outbox is None or not self.outbox.enabled:
+            return
+        unchanged = (
+            previous is not None
+            and current is not None
+            and (previous.status, previous.source, previous.sha256)
+            == (current.status, current.source, current.sha256)
+        )
+        if unchanged:
+            return
+        try:
+            await self._store(self.outbox.decision_changed, previous, current, event)
+        except stores.StoreUnavailable as error:
+            logger.error("notification of %s not queued: %s", (current or previous), error)
 
     def _store_down(self, error: Exception, metrics: Any) -> None:
         _Metrics(metrics).incr("moderation.store.errors")
@@ -438,14 +471,16 @@ class Moderator:
             policy=self.policy.fingerprint,
             updated_at=time.time(),
         )
-        note = "thresholds changed; stored labels judged again"
+        event = Event(
+            updated.status, Source.AUTO, SYSTEM, "thresholds changed; labels judged again"
+        )
         try:
-            return await self._store(
-                self.store.save, updated, Event(updated.status, Source.AUTO, SYSTEM, note)
-            )
+            saved = await self._store(self.store.save, updated, event)
         except stores.StoreUnavailable as error:
             logger.error("re-judged decision for %s not stored: %s", decision.key, error)
             return updated
+        await self.announce(decision, saved, event)
+        return saved
 
     async def _count(self, name: str) -> None:
         try:

@@ -24,6 +24,7 @@ from PIL import Image
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.moderator import Moderator
+from thumbor_rekognition.outbox import Outbox
 from thumbor_rekognition.quarantine import load_quarantine
 
 logger = logging.getLogger(__name__)
@@ -90,15 +91,19 @@ class Runtime:
                 backend.name,
                 ", ".join(sorted(unseen)),
             )
+        store = stores.load_store(settings)
+        outbox = Outbox(settings, store)
         moderator = Moderator(
             settings=settings,
-            store=stores.load_store(settings),
+            store=store,
             backend=backend,
             executor=executor,
             store_executor=store_executor,
             quarantine=load_quarantine(settings),
+            outbox=outbox,
         )
-        moderator.store.subscribe(moderator.changed)
+        store.subscribe(moderator.changed)
+        outbox.start()
         return moderator
 
 

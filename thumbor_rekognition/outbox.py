@@ -1,0 +1,229 @@
+"""Webhooks and CDN purges, delivered at least once from the store's durable outbox.
+
+Nothing here runs on the request path: a decision change only adds items to the outbox
+(one store write), and a thread in each Thumbor process delivers them. Items of one
+picture are delivered in order; a failing one is retried with exponential backoff until
+MODERATION_OUTBOX_GIVE_UP_SECONDS, then kept as abandoned and counted in the stats.
+
+Webhook requests are signed: ``X-Moderation-Signature: sha256=<hex>`` is the
+HMAC-SHA256, keyed with MODERATION_WEBHOOK_SECRET, of ``<timestamp>.<body>`` where the
+timestamp is the ``X-Moderation-Timestamp`` header (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from thumbor_rekognition import cdn, stores
+from thumbor_rekognition.decision import Decision, Event
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.config import Settings
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK = "webhook"
+CDN_PREFIX = "cdn:"
+LEASE_SECONDS = 120.0
+MAX_BACKOFF_SECONDS = 900.0
+
+
+class DeliveryError(Exception):
+    """A delivery failed; the item is retried."""
+
+
+class Outbox:
+    """Enqueues what a decision change calls for, and delivers it in a background thread."""
+
+    def __init__(self, settings: Settings, store: stores.Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.purgers = cdn.load_purgers(settings)
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.webhook_url or self.purgers)
+
+    # Enqueuing: blocking store writes, called from the store's thread.
+
+    def decision_changed(
+        self, previous: Decision | None, current: Decision | None, event: Event
+    ) -> None:
+        """Queue a webhook for a change, and purges when a served picture stops being served."""
+        decision = current or previous
+        if decision is None:
+            return
+        key = decision.key
+        if self.settings.webhook_url:
+            body = _webhook_body(decision, previous, current, event)
+            self.store.enqueue(WEBHOOK, key, json.dumps(body))
+            self._wake.set()
+        was_served = previous is not None and previous.status.value == "approved"
+        if self.purgers and was_served and (current is None or current.status.value != "approved"):
+            self.purge(key, self.store.results(key), "rejected" if current else "forgotten")
+
+    def purge(self, key: str, paths: list[str], reason: str) -> None:
+        """Queue one purge per configured CDN."""
+        payload = json.dumps({"tag": cdn.cache_tag(key), "paths": paths, "reason": reason})
+        for name in self.purgers:
+            self.store.enqueue(CDN_PREFIX + name, key, payload)
+        self._wake.set()
+
+    # Delivering.
+
+    def start(self) -> None:
+        """Deliver in a daemon thread of this process."""
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="moderation-outbox", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                delivered = self.deliver_due()
+            except stores.StoreUnavailable as error:
+                logger.warning("outbox paused, store unavailable: %s", error)
+                delivered = 0
+            except Exception:
+                logger.exception("outbox delivery loop failed")
+                delivered = 0
+            if not delivered:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def deliver_due(self, limit: int = 20) -> int:
+        """Deliver the items that are due now; how many were claimed."""
+        now = time.time()
+        items = self.store.claim(now, LEASE_SECONDS, limit)
+        for item in items:
+            self._deliver(item)
+        return len(items)
+
+    def _deliver(self, item: stores.OutboxItem) -> None:
+        try:
+            if item.topic == WEBHOOK:
+                self._post_webhook(item)
+            elif item.topic.startswith(CDN_PREFIX):
+                self._purge(item)
+            else:
+                raise DeliveryError(f"unknown outbox topic {item.topic!r}")
+        except (DeliveryError, cdn.PurgeError) as error:
+            self._failed(item, str(error))
+            return
+        self.store.complete(item)
+
+    def _failed(self, item: stores.OutboxItem, error: str) -> None:
+        age = time.time() - item.created_at
+        if age > self.settings.outbox_give_up:
+            logger.error(
+                "giving up %s for %s after %d attempts: %s",
+                item.topic,
+                item.key,
+                item.attempts,
+                error,
+            )
+            self.store.abandon(item, error)
+            return
+        # Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to 15 minutes.
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** min(item.attempts - 1, 20))
+        delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+        logger.warning(
+            "%s for %s failed (attempt %d), retry in %.0f s: %s",
+            item.topic,
+            item.key,
+            item.attempts,
+            delay,
+            error,
+        )
+        self.store.reschedule(item, time.time() + delay, error)
+
+    def _purge(self, item: stores.OutboxItem) -> None:
+        name = item.topic[len(CDN_PREFIX) :]
+        purger = self.purgers.get(name)
+        if purger is None:
+            raise DeliveryError(f"purger {name} is no longer configured")
+        payload = json.loads(item.payload)
+        purger.purge(str(payload["tag"]), item.key, [str(path) for path in payload["paths"]])
+
+    def _post_webhook(self, item: stores.OutboxItem) -> None:
+        url = self.settings.webhook_url
+        if not url:
+            raise DeliveryError("MODERATION_WEBHOOK_URL is no longer set")
+        body = item.payload.encode("utf-8")
+        request = urllib.request.Request(  # noqa: S310 - the operator's own http(s) URL
+            url, data=body, method="POST", headers=self.webhook_headers(body, item.id)
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.settings.outbox_timeout) as reply:  # noqa: S310
+                reply.read(65536)
+        except urllib.error.HTTPError as error:
+            raise DeliveryError(f"webhook answered HTTP {error.code}") from error
+        except (urllib.error.URLError, OSError) as error:
+            raise DeliveryError(f"webhook call failed: {error}") from error
+
+    def webhook_headers(
+        self, body: bytes, delivery: str, timestamp: int | None = None
+    ) -> dict[str, str]:
+        """Headers of a webhook call, signed when a secret is configured."""
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "thumbor-rekognition",
+            "X-Moderation-Event": "decision.changed",
+            "X-Moderation-Delivery": delivery,
+            "X-Moderation-Timestamp": str(timestamp),
+        }
+        secret = self.settings.webhook_secret
+        if secret is not None:
+            headers["X-Moderation-Signature"] = "sha256=" + sign(secret.value, timestamp, body)
+        return headers
+
+    def counts(self) -> dict[str, Any]:
+        """Waiting and abandoned items per topic, for the admin stats."""
+        return self.store.outbox_counts()
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 hex digest of '<timestamp>.<body>'."""
+    message = str(timestamp).encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def _webhook_body(
+    decision: Decision, previous: Decision | None, current: Decision | None, event: Event
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event": "decision.changed" if current else "decision.forgotten",
+        "image_url": decision.url,
+        "key": decision.key,
+        "status": current.status.value if current else None,
+        "previous_status": previous.status.value if previous else None,
+        "source": current.source.value if current else None,
+        "labels": [label.to_dict() for label in decision.labels],
+        "reasons": [reason.to_dict() for reason in decision.reasons],
+        "backend": decision.backend,
+        "model_version": decision.model_version,
+        "content_hash": decision.sha256,
+        "error": decision.error,
+        "created_at": decision.created_at,
+        "updated_at": current.updated_at if current else event.at,
+        "actor": event.actor,
+        "note": event.note,
+    }
+    return body
