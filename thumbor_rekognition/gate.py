@@ -17,6 +17,7 @@ from thumbor.handlers.imaging import ImagingHandler
 from thumbor.loaders import LoaderResult
 from thumbor.storages.no_storage import Storage as NoStorage
 
+from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.runtime import Runtime, runtime_for
@@ -124,6 +125,9 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
             self.set_header(STATUS_HEADER, status.value)
             if status is not Status.APPROVED:
                 set_short_cache(self, self._runtime.settings.rejected_max_age)
+            elif self._runtime.settings.cache_tag_header and self._key:
+                # Every size of one picture shares it: a CDN purges them all in one call.
+                self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
         return super().finish(chunk)
 
 

@@ -48,6 +48,9 @@ class Review:
     async def _store(self, method: str, *args: Any) -> Any:
         return await self.moderator.run_store(getattr(self.moderator.store, method), *args)
 
+    async def _store_call(self, func: Any, *args: Any) -> Any:
+        return await self.moderator.run_store(func, *args)
+
     async def page(
         self, status: Status | None, limit: int, cursor: str | None
     ) -> tuple[list[Decision], str | None]:
@@ -90,20 +93,22 @@ class Review:
         if status is Status.REJECTED and original is not None:
             await self.moderator.keep_original(sha256, original)
         targets: list[Decision] = await self._store("find_all_by_hash", sha256) if sha256 else []
+        unseen = None
         if all(target.key != key for target in targets):
-            targets.append(current or _unseen(key, url, sha256))
+            unseen = None if current else _unseen(key, url, sha256)
+            targets.append(current or unseen)  # type: ignore[arg-type]
         now = time.time()
         decided = []
         for target in targets:
             manual = target.replace(
                 status=status, source=Source.MANUAL, sha256=sha256, error="", updated_at=now
             )
-            saved: Decision = await self._store(
-                "save", manual, Event(status, Source.MANUAL, actor, note)
-            )
+            event = Event(status, Source.MANUAL, actor, note)
+            saved: Decision = await self._store("save", manual, event)
             self.moderator.forget(target.key)
+            await self.moderator.announce(None if target is unseen else target, saved, event)
             if status is Status.REJECTED:
-                await self.purge(target.url)
+                await self.purge(target.url, announce=False)
             elif original is not None:
                 await self.caches.restore(target.url, original)
             decided.append(saved)
@@ -121,14 +126,21 @@ class Review:
         """Drop a decision: the next request judges the picture again."""
         key = await self.key(url)
         event = Event(None, None, actor, note or "decision forgotten")
+        previous: Decision | None = await self._store("get", key)
         forgotten: bool = await self._store("delete", key, event)
         self.moderator.forget(key)
+        if forgotten:
+            await self.moderator.announce(previous, None, event)
         return forgotten
 
-    async def purge(self, url: str) -> Purged:
-        """Remove the original from STORAGE and every result derived from it."""
+    async def purge(self, url: str, announce: bool = True) -> Purged:
+        """Remove the original from STORAGE and every result derived from it, here and,
+        through the CDN purgers, at the edge."""
         key = await self.key(url)
         paths: list[str] = await self._store("results", key)
+        outbox = self.moderator.outbox
+        if announce and outbox is not None and outbox.purgers:
+            await self._store_call(outbox.purge, key, paths, "purged")
         results = await self.caches.remove_results(paths)
         original = await self.caches.remove_original(url)
         current: Decision | None = await self._store("get", key)
@@ -155,6 +167,7 @@ class Review:
             },
             "backend_calls": counters.get("backend.calls", 0),
             "backend": self.moderator.backend.name,
+            "outbox": await self._store("outbox_counts"),
         }
 
 

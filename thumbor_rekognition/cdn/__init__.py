@@ -7,6 +7,7 @@ take the purge; the outbox then retries it with backoff.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ class Purger:
         raise NotImplementedError
 
 
+@functools.lru_cache(maxsize=65536)
 def cache_tag(key: str) -> str:
     """The cache tag of a picture: stable across sizes, safe in any header."""
     return "img-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
