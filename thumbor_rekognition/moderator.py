@@ -360,13 +360,7 @@ class Moderator:
         recorder.incr("moderation.backend.calls")
         self.backend_calls += 1
         await self._count("backend.calls")
-        base = Decision(
-            key=key,
-            url=url,
-            sha256=sha256,
-            status=Status.PENDING,
-            source=Source.AUTO,
-            backend=self.backend.name,
+        base = self._undecided(key, url, sha256, "").replace(
             policy=self.policy.fingerprint,
             min_confidence=min_confidence,
             width=prepared.width,

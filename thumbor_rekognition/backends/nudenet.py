@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from thumbor_rekognition import taxonomy
+from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.backends import Backend as BaseBackend
 from thumbor_rekognition.backends import BackendConfigurationError, BadImageError
 from thumbor_rekognition.decision import Analysis, Label
@@ -112,9 +112,7 @@ class Backend(BaseBackend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._lock = threading.Lock()
-        self._detector: Any = None
-        self._pid = 0
+        self._detector: PerProcess[Any] = PerProcess(self._build)
         self.model_version = _model_version()
 
     def unseen_categories(self) -> frozenset[str]:
@@ -122,11 +120,7 @@ class Backend(BaseBackend):
 
     def detector(self) -> Any:
         """The process's detector, built on first use."""
-        with self._lock:
-            if self._detector is None or self._pid != os.getpid():
-                self._detector = self._build()
-                self._pid = os.getpid()
-            return self._detector
+        return self._detector.get()
 
     def _build(self) -> Any:
         try:

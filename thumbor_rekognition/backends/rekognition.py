@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -12,6 +10,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.parsers
 
+from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.backends import (
     Backend as BaseBackend,
 )
@@ -67,17 +66,11 @@ class Backend(BaseBackend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._pid = 0
+        self._client: PerProcess[Any] = PerProcess(self._build_client)
 
     def client(self) -> Any:
         """The process's Rekognition client."""
-        with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._client = self._build_client()
-                self._pid = os.getpid()
-            return self._client
+        return self._client.get()
 
     def _build_client(self) -> Any:
         settings = self.settings

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -14,6 +12,7 @@ import botocore.config
 import botocore.exceptions
 
 from thumbor_rekognition import cdn
+from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.config import ConfigurationError
 
 if TYPE_CHECKING:
@@ -36,24 +35,22 @@ class Purger(cdn.Purger):
                 "Config 'MODERATION_CLOUDFRONT_DISTRIBUTION_ID' must be set to use "
                 "thumbor_rekognition.cdn.cloudfront."
             )
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._pid = 0
+        self._client: PerProcess[Any] = PerProcess(self._build_client)
 
     def client(self) -> Any:
-        with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._client = boto3.session.Session().client(
-                    "cloudfront",
-                    endpoint_url=self.settings.cloudfront_endpoint_url,
-                    config=botocore.config.Config(
-                        retries={"mode": "standard", "total_max_attempts": 3},
-                        connect_timeout=self.settings.outbox_timeout,
-                        read_timeout=self.settings.outbox_timeout,
-                    ),
-                )
-                self._pid = os.getpid()
-            return self._client
+        """The process's CloudFront client."""
+        return self._client.get()
+
+    def _build_client(self) -> Any:
+        return boto3.session.Session().client(
+            "cloudfront",
+            endpoint_url=self.settings.cloudfront_endpoint_url,
+            config=botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": 3},
+                connect_timeout=self.settings.outbox_timeout,
+                read_timeout=self.settings.outbox_timeout,
+            ),
+        )
 
     def purge(self, tag: str, key: str, paths: list[str]) -> None:
         prefix = self.settings.cloudfront_path_prefix.rstrip("/")

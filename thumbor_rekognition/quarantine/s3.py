@@ -6,8 +6,6 @@ read from the bytes, so a reviewer who opens one in the console sees the picture
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +17,7 @@ import botocore.utils
 from thumbor.engines import BaseEngine
 
 from thumbor_rekognition import quarantine
+from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.config import ConfigurationError
 
 if TYPE_CHECKING:
@@ -83,17 +82,11 @@ class Quarantine(quarantine.Quarantine):
                 f"{self.endpoint_url!r}. Not a URL such as 'http://127.0.0.1:9000'."
             )
         self._workers = settings.workers
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._pid = 0
+        self._client: PerProcess[Any] = PerProcess(self._build_client)
 
     def client(self) -> Any:
         """The process's S3 client, built on first use so that it is built after fork."""
-        with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._client = self._build_client()
-                self._pid = os.getpid()
-            return self._client
+        return self._client.get()
 
     def _build_client(self) -> Any:
         config = botocore.config.Config(
