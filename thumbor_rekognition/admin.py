@@ -19,6 +19,7 @@ from typing import Any
 import tornado.template
 import tornado.web
 
+from thumbor_rekognition import stores
 from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Status
 from thumbor_rekognition.review import Review, decision_view
@@ -40,6 +41,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+STORE_DOWN = ApiError(503, "decision store unavailable, try again shortly")
 
 
 @tornado.web.stream_request_body
@@ -91,6 +95,8 @@ class _AdminHandler(tornado.web.RequestHandler):
         if status_code == 401:
             # send_error() clears headers set earlier; every 401 names its scheme.
             self.set_header("WWW-Authenticate", 'Bearer realm="moderation"')
+        if status_code == 503:
+            self.set_header("Retry-After", "5")
         if isinstance(error, ApiError):
             self.write_json({"error": error.message}, error.status)
             return
@@ -102,11 +108,17 @@ class _AdminHandler(tornado.web.RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, stores.StoreUnavailable):
+            kwargs["exc_info"] = (ApiError, STORE_DOWN, None)
+            error = STORE_DOWN
         if isinstance(error, ApiError):
             status_code = error.status
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, stores.StoreUnavailable):
+            logger.error("admin %s %s -> 503: %s", self.request.method, self.request.path, value)
+            return
         if isinstance(value, ApiError):
             # The token must never reach a log line: only the status and the reason do.
             logger.info(

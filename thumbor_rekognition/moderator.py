@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SYSTEM = "thumbor-rekognition"
+STORE_REST_SECONDS = 1.0
 
 
 class _Metrics:
@@ -90,8 +91,19 @@ class _Cache:
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
 
+    def snapshot(self) -> list[str]:
+        """The keys held now (a copy: other threads may change the cache meanwhile)."""
+        return list(self._items)
+
     def clear(self) -> None:
         self._items.clear()
+
+    def expire(self) -> None:
+        """Make every entry ask the store again, while keeping it as the stale answer."""
+        for key in list(self._items):
+            item = self._items.get(key)
+            if item is not None:
+                self._items[key] = (0.0, item[1])
 
 
 def sha256_hex(data: bytes) -> str:
@@ -128,6 +140,8 @@ class Moderator:
         self._unsaved = _Cache(ttl=float("inf"), size=10_000)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._store_down_logged = 0.0
+        self._store_resting_until = 0.0
+        self._store_probing = False
         self.backend_calls = 0
 
     async def _run(
@@ -140,7 +154,22 @@ class Moderator:
         return await self._run(self._executor, func, *args)
 
     async def _store(self, func: Callable[..., T], *args: Any) -> T:
-        return await self._run(self._store_executor, func, *args)
+        # After a failure, one call at a time probes the store while the others fail at
+        # once: a hung store would otherwise cost every request a timeout per call.
+        resting = time.monotonic() < self._store_resting_until
+        if resting and self._store_probing:
+            raise stores.StoreUnavailable("decision store unavailable (failing fast)")
+        self._store_probing = resting
+        try:
+            result = await self._run(self._store_executor, func, *args)
+        except stores.StoreUnavailable:
+            self._store_resting_until = time.monotonic() + STORE_REST_SECONDS
+            raise
+        finally:
+            if resting:
+                self._store_probing = False
+        self._store_resting_until = 0.0
+        return result
 
     def prepare(self, buffer: bytes) -> PreparedImage:
         """Original bytes as this backend takes them (blocking: run it in the executor)."""
@@ -495,12 +524,27 @@ class Moderator:
         self._by_hash.clear()
 
     def changed(self, key: str | None) -> None:
-        """A store's notification that a decision changed elsewhere (None: maybe any)."""
-        if key is None:
-            self._by_key.clear()
-            self._by_hash.clear()
-        else:
+        """A store's notification that a decision changed elsewhere (None: maybe any).
+
+        None also means the store is reachable again: analyses it could not keep are
+        stored now, from the notifying thread, so other nodes stop waiting for them.
+        """
+        if key is not None:
             self.forget(key)
+            return
+        # Read again, but still the answer if the store goes away again right now.
+        self._by_key.expire()
+        self._by_hash.clear()
+        self._store_resting_until = 0.0
+        for sha256 in self._unsaved.snapshot():
+            decision = self._unsaved.stale(sha256)
+            if decision is None:
+                continue
+            try:
+                self.store.save(decision, _event_for(decision))
+            except stores.StoreUnavailable:
+                return
+            self._unsaved.discard(sha256)
 
 
 def _event_for(decision: Decision) -> Event:

@@ -29,6 +29,8 @@ from thumbor_rekognition.quarantine import load_quarantine
 
 logger = logging.getLogger(__name__)
 
+# Store calls in flight per process; SQLite serialises its own, Redis pools connections.
+STORE_THREADS = 4
 # Distinct placeholder transformations kept per process (a few kB each).
 PLACEHOLDER_RENDERINGS = 256
 
@@ -81,7 +83,7 @@ class Runtime:
             max_workers=settings.workers, thread_name_prefix="moderation"
         )
         store_executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="moderation-store"
+            max_workers=STORE_THREADS, thread_name_prefix="moderation-store"
         )
         backend = backends.load_backend(settings)
         unseen = backend.unseen_categories() & set(settings.policy.rules)

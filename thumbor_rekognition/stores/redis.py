@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,8 @@ redis.call('ZADD', p .. 'all', 0, key)
 redis.call('ZADD', p .. 'st:' .. status, 0, key)
 redis.call('ZADD', p .. 'ss:' .. status .. '.' .. source, 0, key)
 redis.call('RPUSH', p .. 'h:' .. key, ARGV[7])
-redis.call('PUBLISH', p .. 'changes', key)
+redis.call('DEL', p .. 'lease:judge:' .. sha)
+redis.call('PUBLISH', p .. 'changes', ARGV[9] .. key)
 return body
 """
 
@@ -68,7 +70,7 @@ redis.call('ZREM', p .. 'all', key)
 redis.call('ZREM', p .. 'st:' .. old['status'], key)
 redis.call('ZREM', p .. 'ss:' .. old['status'] .. '.' .. old['source'], key)
 redis.call('RPUSH', p .. 'h:' .. key, ARGV[3])
-redis.call('PUBLISH', p .. 'changes', key)
+redis.call('PUBLISH', p .. 'changes', ARGV[4] .. key)
 return 1
 """
 
@@ -171,6 +173,8 @@ class Store(stores.Store):
         self._listeners: list[Callable[[str | None], None]] = []
         self._listening_pid = 0
         self._closed = threading.Event()
+        # Changes are published with their sender: a process knows its own already.
+        self._sender = uuid.uuid4().hex
 
     def _redis(self) -> redis.Redis:
         with self._lock:
@@ -233,12 +237,13 @@ class Store(stores.Store):
                 decision.source.value,
                 _event_json(event),
                 "1" if decision.source is Source.AUTO else "0",
+                self._sender,
             )
         return Decision.from_json(body)
 
     def delete(self, key: str, event: Event) -> bool:
         with self._call() as client:
-            deleted = client.eval(_DELETE, 0, self.prefix, key, _event_json(event))
+            deleted = client.eval(_DELETE, 0, self.prefix, key, _event_json(event), self._sender)
         return bool(deleted)
 
     def history(self, key: str) -> list[Event]:
@@ -382,11 +387,14 @@ class Store(stores.Store):
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
-                        self._notify(_text(message["data"]))
+                        data = _text(message["data"])
+                        # 32 hex digits of the sender, then the key.
+                        if data[:32] != self._sender:
+                            self._notify(data[32:])
             except redis.exceptions.RedisError as error:
                 logger.warning("decision change notifications interrupted: %s", error)
                 self._closed.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
             finally:
                 pubsub.close()
                 client.close()

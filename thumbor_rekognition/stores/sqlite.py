@@ -178,6 +178,8 @@ class Store(stores.Store):
                 and current.sha256 == decision.sha256
             ):
                 return current
+            # The picture is judged: whoever held the right to judge it no longer needs it.
+            cursor.execute("DELETE FROM leases WHERE name = ?", ("judge:" + decision.sha256,))
             cursor.execute(
                 "INSERT OR REPLACE INTO decisions (key, sha256, status, source, updated_at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
