@@ -255,6 +255,35 @@ def test_a_burst_of_first_requests_over_two_processes_on_sqlite_makes_one_backen
     assert "Traceback" not in thumbor.log
 
 
+def test_an_override_in_one_process_is_enforced_by_the_other_on_sqlite_within_a_second(
+    tmp_path: Path, fake: FakeRekognition
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "shared.png").write_bytes(picture(BLUE))
+    config = base_config(tmp_path, tmp_path / "images", fake.url)
+    config.update({"MODERATION_ADMIN_TOKEN": TOKEN, "MODERATION_CACHE_TTL_SECONDS": 30.0})
+    thumbor = ThumborServer(tmp_path, config, processes=2).start()
+    path = "/unsafe/64x64/shared.png"
+    try:
+        # Enough concurrent requests that both processes hold the decision in memory.
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            before = set(pool.map(lambda _: status_of(thumbor.get(path)), range(64)))
+        answered = override(thumbor, "shared.png", "rejected")
+        started = time.monotonic()
+        streak = 0
+        while streak < 40:
+            streak = streak + 1 if status_of(thumbor.get(path)) == "rejected" else 0
+            assert time.monotonic() - started < 5.0, "override not enforced everywhere"
+        enforced_after = time.monotonic() - started
+    finally:
+        thumbor.stop()
+
+    assert before == {"approved"}
+    assert answered.status == 200
+    assert enforced_after < 1.0
+    assert "Traceback" not in thumbor.log
+
+
 # Overrides made on one node, enforced by the other.
 
 

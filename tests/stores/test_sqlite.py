@@ -7,6 +7,7 @@ Store object on the same underlying data, as another Thumbor process would.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 import time
@@ -797,6 +798,23 @@ class TestSQLiteStore(StoreContract):
         yield make
         for store in opened:
             store.close()
+
+    def test_change_saved_by_another_process_reaches_this_ones_listener(
+        self, make_store: MakeStore
+    ) -> None:
+        listening, writer = make_store(), make_store()
+        heard: queue.Queue[str | None] = queue.Queue()
+        listening.subscribe(heard.put)
+        time.sleep(0.3)
+
+        save(writer, decision("host/changed.jpg"))
+        save(listening, decision("host/own.jpg"))
+        writer.delete("host/changed.jpg", event(None, None))
+
+        told = [heard.get(timeout=1.0), heard.get(timeout=1.0)]
+        assert told == ["host/changed.jpg", "host/changed.jpg"]
+        time.sleep(0.3)
+        assert heard.empty()
 
     def test_configured_store_module_loads_an_sqlite_store_at_the_configured_path(
         self, tmp_path: Path

@@ -2,16 +2,21 @@
 
 WAL mode lets readers run while one process writes; each process opens its own
 connection after fork. Writes that must not race (an automatic decision landing on a
-manual one) run inside ``BEGIN IMMEDIATE``.
+manual one) run inside ``BEGIN IMMEDIATE``. Every change is also written to a change log
+that each process polls, so an override made in one process reaches the others within
+a tenth of a second.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -65,6 +70,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (state, topic, key, id);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -73,6 +84,9 @@ CREATE TABLE IF NOT EXISTS counters (
 
 
 BUSY_TIMEOUT = 10.0
+POLL_SECONDS = 0.1
+
+logger = logging.getLogger(__name__)
 
 
 def _initialise(connection: sqlite3.Connection) -> None:
@@ -110,6 +124,11 @@ class Store(stores.Store):
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
+        # Changes are logged with their sender: a process knows its own already.
+        self._sender = uuid.uuid4().hex
+        self._listeners: list[Callable[[str | None], None]] = []
+        self._listening_pid = 0
+        self._closed = threading.Event()
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None and self._pid == os.getpid():
@@ -193,6 +212,7 @@ class Store(stores.Store):
                 ),
             )
             self._log(cursor, decision.key, event)
+            self._changed(cursor, decision.key)
         return decision
 
     def delete(self, key: str, event: Event) -> bool:
@@ -200,7 +220,61 @@ class Store(stores.Store):
             deleted = cursor.execute("DELETE FROM decisions WHERE key = ?", (key,)).rowcount
             if deleted:
                 self._log(cursor, key, event)
+                self._changed(cursor, key)
         return bool(deleted)
+
+    def _changed(self, cursor: sqlite3.Cursor, key: str) -> None:
+        cursor.execute(
+            "INSERT INTO changes (key, sender, at) VALUES (?, ?, ?)",
+            (key, self._sender, time.time()),
+        )
+
+    def subscribe(self, changed: Callable[[str | None], None]) -> None:
+        """Poll the change log of the file: other processes' changes arrive within 0.1 s."""
+        self._listeners.append(changed)
+        if self._listening_pid != os.getpid():
+            self._listening_pid = os.getpid()
+            threading.Thread(target=self._poll, name="moderation-changes", daemon=True).start()
+
+    def _poll(self) -> None:
+        last = None
+        failing = False
+        pruned = time.monotonic()
+        while not self._closed.wait(POLL_SECONDS):
+            try:
+                with self._cursor() as cursor:
+                    if last is None:
+                        row = cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+                        last = int(row[0])
+                        continue
+                    rows = cursor.execute(
+                        "SELECT seq, key, sender FROM changes WHERE seq > ? ORDER BY seq",
+                        (last,),
+                    ).fetchall()
+            except stores.StoreUnavailable:
+                failing = True
+                continue
+            if failing:
+                failing = False
+                self._notify(None)
+            for seq, key, sender in rows:
+                last = seq
+                if sender != self._sender:
+                    self._notify(key)
+            if time.monotonic() - pruned > 600:
+                pruned = time.monotonic()
+                self._prune()
+
+    def _prune(self) -> None:
+        with contextlib.suppress(stores.StoreUnavailable), self._cursor(write=True) as cursor:
+            cursor.execute("DELETE FROM changes WHERE at < ?", (time.time() - 3600,))
+
+    def _notify(self, key: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(key)
+            except Exception:
+                logger.exception("decision change listener failed")
 
     @staticmethod
     def _log(cursor: sqlite3.Cursor, key: str, event: Event) -> None:
@@ -375,6 +449,7 @@ class Store(stores.Store):
         return {f"{topic}.{state}": count for topic, state, count in rows}
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
