@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 WEBHOOK = "webhook"
 CDN_PREFIX = "cdn:"
-LEASE_SECONDS = 120.0
+CLAIM_BATCH = 5
 MAX_BACKOFF_SECONDS = 900.0
 
 
@@ -92,6 +92,8 @@ class Outbox:
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.outbox_timeout * CLAIM_BATCH + 1)
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -107,10 +109,13 @@ class Outbox:
                 self._wake.wait(1.0)
                 self._wake.clear()
 
-    def deliver_due(self, limit: int = 20) -> int:
+    def deliver_due(self, limit: int = CLAIM_BATCH) -> int:
         """Deliver the items that are due now; how many were claimed."""
         now = time.time()
-        items = self.store.claim(now, LEASE_SECONDS, limit)
+        # Long enough for every claimed item to time out once; a process that dies
+        # holding a claim delays its items by no more than this.
+        lease = self.settings.outbox_timeout * limit + 5
+        items = self.store.claim(now, lease, limit)
         for item in items:
             self._deliver(item)
         return len(items)
@@ -166,8 +171,9 @@ class Outbox:
         if not url:
             raise DeliveryError("MODERATION_WEBHOOK_URL is no longer set")
         body = item.payload.encode("utf-8")
+        event = str(json.loads(body).get("event", "decision.changed"))
         request = urllib.request.Request(  # noqa: S310 - the operator's own http(s) URL
-            url, data=body, method="POST", headers=self.webhook_headers(body, item.id)
+            url, data=body, method="POST", headers=self.webhook_headers(body, item.id, event)
         )
         try:
             with urllib.request.urlopen(request, timeout=self.settings.outbox_timeout) as reply:  # noqa: S310
@@ -178,14 +184,18 @@ class Outbox:
             raise DeliveryError(f"webhook call failed: {error}") from error
 
     def webhook_headers(
-        self, body: bytes, delivery: str, timestamp: int | None = None
+        self,
+        body: bytes,
+        delivery: str,
+        event: str = "decision.changed",
+        timestamp: int | None = None,
     ) -> dict[str, str]:
         """Headers of a webhook call, signed when a secret is configured."""
         timestamp = int(time.time()) if timestamp is None else timestamp
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "thumbor-rekognition",
-            "X-Moderation-Event": "decision.changed",
+            "X-Moderation-Event": event,
             "X-Moderation-Delivery": delivery,
             "X-Moderation-Timestamp": str(timestamp),
         }

@@ -68,6 +68,9 @@ class Runtime:
 
     def _warm_up(self) -> None:
         try:
+            # Only Thumbor processes deliver the outbox: a command-line run would exit
+            # in the middle of a delivery it had claimed.
+            self.moderator.outbox.start()  # type: ignore[union-attr]
             backend = self.moderator.backend
             started = time.perf_counter()
             backend.warm_up()
@@ -105,7 +108,6 @@ class Runtime:
             outbox=outbox,
         )
         store.subscribe(moderator.changed)
-        outbox.start()
         return moderator
 
 

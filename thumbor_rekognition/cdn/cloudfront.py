@@ -54,7 +54,11 @@ class Purger(cdn.Purger):
 
     def purge(self, tag: str, key: str, paths: list[str]) -> None:
         prefix = self.settings.cloudfront_path_prefix.rstrip("/")
-        items = sorted({prefix + "/" + quote(path.lstrip("/"), safe="/:(),=") for path in paths})
+        # Recorded paths are the request paths as viewers sent them, escapes included:
+        # only what a path may not hold is escaped, never a '%' again.
+        items = sorted(
+            {prefix + "/" + quote(path.lstrip("/"), safe="/%:@!$&'()*+,;=~") for path in paths}
+        )
         for start in range(0, len(items), BATCH):
             batch = items[start : start + BATCH]
             try:

@@ -1,0 +1,454 @@
+"""CDN cache tags and purges through the real Thumbor app.
+
+CloudFront is moto's server on 127.0.0.1 (its invalidations read COMPLETED at once, so
+botocore's waiter is not used); Fastly- and Cloudflare-style purge APIs are a real HTTP
+receiver. A purge is checked where the CDN would see it: which paths an invalidation
+covers, which tag a purge call names, and that tag against the header the images carried.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import picture
+from tests.fakes.rekognition import FakeRekognition
+from tests.receivers import Received, Receiver
+from tests.servers import ThumborServer
+from tests.test_notifications import (
+    add_picture,
+    admin_config,
+    arg,
+    call,
+    outbox,
+    wait_for,
+    waiting,
+)
+from thumbor_rekognition.stores.sqlite import Store
+
+pytestmark = pytest.mark.e2e
+
+TAG_HEADER = "Surrogate-Key"
+CLOUDFLARE_TAG_HEADER = "Cache-Tag"
+TAG_HEADERS = (TAG_HEADER, CLOUDFLARE_TAG_HEADER, "Edge-Cache-Tag")
+TAG = re.compile(r"img-[0-9a-f]{24}")
+CLOUDFRONT = "thumbor_rekognition.cdn.cloudfront"
+HTTP = "thumbor_rekognition.cdn.http"
+HTTP_WAITING = f"cdn:{HTTP}.pending"
+FASTLY_KEY = "fastly-api-token-for-tests"
+FASTLY_PURGE = "/service/SERVICE_ID/purge/"
+CLOUDFLARE_PURGE = "/client/v4/zones/ZONE_ID/purge_cache"
+CLOUDFLARE_TOKEN = "cloudflare-api-token-for-tests"
+
+RED = (255, 0, 0)
+BLUE = (0, 0, 255)
+NUDITY = [
+    {"Name": "Explicit Nudity", "ParentName": "", "Confidence": 99.0},
+    {"Name": "Nudity", "ParentName": "Explicit Nudity", "Confidence": 99.0},
+]
+SIZES = ("100x75", "60x45", "30x20")
+
+
+def fastly_call(receiver: Receiver) -> dict[str, Any]:
+    return {
+        "method": "POST",
+        "url": receiver.url + FASTLY_PURGE + "{tag}",
+        "headers": {"Fastly-Key": FASTLY_KEY},
+    }
+
+
+def cloudflare_call(receiver: Receiver) -> dict[str, Any]:
+    return {
+        "method": "POST",
+        "url": receiver.url + CLOUDFLARE_PURGE,
+        "headers": {
+            "Authorization": f"Bearer {CLOUDFLARE_TOKEN}",
+            "Content-Type": "application/json",
+        },
+        "body": '{"tags": ["{tag}"]}',
+    }
+
+
+def serve(server: ThumborServer, name: str, sizes: tuple[str, ...] = SIZES) -> list[str]:
+    """Request a picture at these sizes, expect it approved; the request paths."""
+    paths = [f"/unsafe/{size}/{quote(name)}" for size in sizes]
+    statuses = [server.get(path).header("X-Moderation-Status") for path in paths]
+    assert statuses == ["approved"] * len(paths)
+    return paths
+
+
+def recorded(server: ThumborServer, name: str, count: int) -> None:
+    """Wait until the gate has recorded `count` result paths for the picture.
+
+    Thumbor answers before it stores a result, and the gate records the path after that.
+    """
+    store = Store(path=str(server.root / "decisions.sqlite3"))
+    try:
+        wait_for(lambda: len(store.results(name)) == count)
+    finally:
+        store.close()
+
+
+def tag_of(server: ThumborServer, path: str, header: str = TAG_HEADER) -> str | None:
+    return server.get(path).header(header)
+
+
+def purges_of(tag: str) -> Callable[[Received], bool]:
+    """Fastly-style purge calls for this cache tag."""
+    return lambda request: request.path == FASTLY_PURGE + tag
+
+
+def invalidations(cloudfront: tuple[Any, str], stem: str) -> list[set[str]]:
+    """The paths of each invalidation of the distribution that names this picture."""
+    client, distribution = cloudfront
+    listing = client.list_invalidations(DistributionId=distribution, MaxItems="1000")
+    found = []
+    for summary in listing["InvalidationList"].get("Items", []):
+        invalidation = client.get_invalidation(DistributionId=distribution, Id=summary["Id"])
+        paths = set(invalidation["Invalidation"]["InvalidationBatch"]["Paths"].get("Items", []))
+        if any(stem in path for path in paths):
+            found.append(paths)
+    return found
+
+
+def invalidated(cloudfront: tuple[Any, str], stem: str, count: int = 1) -> list[set[str]]:
+    """Wait for `count` invalidations naming the picture, and a moment for any extra one."""
+    wait_for(lambda: len(invalidations(cloudfront, stem)) >= count)
+    time.sleep(0.5)
+    return invalidations(cloudfront, stem)
+
+
+@pytest.fixture(scope="module")
+def cloudfront() -> Iterator[tuple[str, Any, str]]:
+    """moto's server, a client of the tests' own, and a distribution in front of Thumbor."""
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.session.Session().client(
+        "cloudfront",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    origin = {
+        "Id": "thumbor",
+        "DomainName": "thumbor.example.com",
+        "CustomOriginConfig": {
+            "HTTPPort": 80,
+            "HTTPSPort": 443,
+            "OriginProtocolPolicy": "http-only",
+        },
+    }
+    created = client.create_distribution(
+        DistributionConfig={
+            "CallerReference": "thumbor-rekognition-tests",
+            "Comment": "Thumbor behind CloudFront",
+            "Enabled": True,
+            "Origins": {"Quantity": 1, "Items": [origin]},
+            "DefaultCacheBehavior": {
+                "TargetOriginId": "thumbor",
+                "ViewerProtocolPolicy": "allow-all",
+                "MinTTL": 0,
+                "ForwardedValues": {"QueryString": False, "Cookies": {"Forward": "none"}},
+            },
+        }
+    )
+    yield endpoint, client, created["Distribution"]["Id"]
+    moto.stop()
+
+
+@pytest.fixture(scope="module")
+def distribution(cloudfront: tuple[str, Any, str]) -> tuple[Any, str]:
+    _, client, distribution_id = cloudfront
+    return client, distribution_id
+
+
+@pytest.fixture(scope="module")
+def images(module_root: Path) -> Path:
+    folder = module_root / "images"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def module_receiver() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+def _server(root: Path, config: dict[str, Any]) -> Iterator[ThumborServer]:
+    thumbor = ThumborServer(root, config).start()
+    yield thumbor
+    thumbor.stop()
+    assert "Traceback" not in thumbor.log
+    assert FASTLY_KEY not in thumbor.log
+    assert CLOUDFLARE_TOKEN not in thumbor.log
+
+
+@pytest.fixture(scope="module")
+def edge(
+    module_root: Path,
+    images: Path,
+    module_fake: FakeRekognition,
+    module_receiver: Receiver,
+    cloudfront: tuple[str, Any, str],
+) -> Iterator[ThumborServer]:
+    """Thumbor behind CloudFront and a Fastly-style CDN, tagging with Surrogate-Key."""
+    endpoint, _, distribution_id = cloudfront
+    root = module_root / "edge"
+    config = admin_config(root, images, module_fake.url)
+    config.update(
+        {
+            "MODERATION_CACHE_TAG_HEADER": TAG_HEADER,
+            "MODERATION_CDN_PURGERS": [CLOUDFRONT, HTTP],
+            "MODERATION_CLOUDFRONT_DISTRIBUTION_ID": distribution_id,
+            "MODERATION_CLOUDFRONT_ENDPOINT_URL": endpoint,
+            "MODERATION_HTTP_PURGE": fastly_call(module_receiver),
+            # Pending pictures are served: their responses must carry no tag either.
+            "MODERATION_ON_ERROR": "allow",
+        }
+    )
+    yield from _server(root, config)
+
+
+@pytest.fixture(scope="module")
+def cloudflare(
+    module_root: Path, images: Path, module_fake: FakeRekognition, module_receiver: Receiver
+) -> Iterator[ThumborServer]:
+    """Thumbor behind a Cloudflare-style CDN: purge by tag with a JSON body."""
+    root = module_root / "cloudflare"
+    config = admin_config(root, images, module_fake.url)
+    config.update(
+        {
+            "MODERATION_CACHE_TAG_HEADER": CLOUDFLARE_TAG_HEADER,
+            "MODERATION_CDN_PURGERS": [HTTP],
+            "MODERATION_HTTP_PURGE": cloudflare_call(module_receiver),
+        }
+    )
+    yield from _server(root, config)
+
+
+@pytest.fixture(scope="module")
+def plain(module_root: Path, images: Path, module_fake: FakeRekognition) -> Iterator[ThumborServer]:
+    """Thumbor without MODERATION_CACHE_TAG_HEADER."""
+    root = module_root / "plain"
+    yield from _server(root, admin_config(root, images, module_fake.url))
+
+
+@pytest.fixture
+def receiver(module_receiver: Receiver, edge: ThumborServer) -> Receiver:
+    """The purge API, answering 200, once what earlier tests queued is delivered."""
+    module_receiver.answer_ok()
+    wait_for(lambda: waiting(edge) == 0, timeout=20)
+    module_receiver.clear()
+    return module_receiver
+
+
+# Cache tags
+
+
+def test_every_size_of_an_approved_picture_carries_the_same_cache_tag(
+    edge: ThumborServer, images: Path
+) -> None:
+    name, other = add_picture(images, BLUE, "tagged"), add_picture(images, BLUE, "tagged")
+
+    tags = [tag_of(edge, path) for path in serve(edge, name)]
+    again = tag_of(edge, f"/unsafe/{SIZES[0]}/{name}")
+    other_tags = [tag_of(edge, path) for path in serve(edge, other, SIZES[:2])]
+
+    assert tags[0] is not None
+    assert TAG.fullmatch(tags[0])
+    assert tags == [tags[0]] * 3
+    assert again == tags[0]
+    assert other_tags == [other_tags[0]] * 2
+    assert other_tags[0] != tags[0]
+
+
+def test_rejected_and_pending_images_carry_no_cache_tag(
+    edge: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    fake.respond(RED, NUDITY)
+    rejected = add_picture(images, RED, "untagged-rejected")
+    pending = add_picture(images, BLUE, "untagged-pending")
+    overridden = add_picture(images, BLUE, "untagged-overridden")
+    serve(edge, overridden, SIZES[:1])
+    assert call(edge, "PUT", f"/image?url={arg(overridden)}", {"status": "rejected"}).status == 200
+    fake.fail("internal", times=1)
+
+    responses = {
+        # First: the backend's next answer is an error.
+        "pending": edge.get(f"/unsafe/60x45/{pending}"),
+        "rejected": edge.get(f"/unsafe/60x45/{rejected}"),
+        "overridden": edge.get(f"/unsafe/{SIZES[0]}/{overridden}"),
+    }
+
+    assert {name: r.header("X-Moderation-Status") for name, r in responses.items()} == {
+        "pending": "pending",
+        "rejected": "rejected",
+        "overridden": "rejected",
+    }
+    assert responses["pending"].status == 200
+    assert {name: r.header(TAG_HEADER) for name, r in responses.items()} == dict.fromkeys(responses)
+
+
+def test_no_cache_tag_is_sent_when_the_header_is_not_configured(
+    plain: ThumborServer, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "plain")
+
+    response = plain.get(f"/unsafe/60x45/{name}")
+
+    assert response.header("X-Moderation-Status") == "approved"
+    assert [response.header(header) for header in TAG_HEADERS] == [None, None, None]
+    assert not [value for value in response.headers.values() if TAG.fullmatch(value)]
+
+
+# Purges
+
+
+def test_rejecting_an_approved_picture_invalidates_exactly_its_result_paths_once(
+    edge: ThumborServer, receiver: Receiver, distribution: tuple[Any, str], images: Path
+) -> None:
+    name = add_picture(images, BLUE, "invalidated")
+    paths = serve(edge, name)
+    recorded(edge, name, 3)
+
+    put = call(edge, "PUT", f"/image?url={arg(name)}", {"status": "rejected", "note": "spam"})
+    found = invalidated(distribution, name)
+
+    assert put.status == 200
+    assert found == [set(paths)]
+
+
+def test_a_fastly_style_purge_names_the_tag_the_images_carried(
+    edge: ThumborServer, receiver: Receiver, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "fastly")
+    paths = serve(edge, name)
+    tag = tag_of(edge, paths[0])
+    assert tag is not None
+
+    assert call(edge, "PUT", f"/image?url={arg(name)}", {"status": "rejected"}).status == 200
+    [purge] = receiver.wait_for(1, purges_of(tag))
+    time.sleep(0.5)
+
+    assert purge.method == "POST"
+    assert purge.headers["Fastly-Key"] == FASTLY_KEY
+    assert receiver.requests == [purge]
+
+
+def test_a_cloudflare_style_purge_names_the_tag_in_its_json_body(
+    cloudflare: ThumborServer, module_receiver: Receiver, images: Path
+) -> None:
+    wait_for(lambda: waiting(cloudflare) == 0)
+    module_receiver.clear()
+    name = add_picture(images, BLUE, "cloudflare")
+    paths = serve(cloudflare, name, SIZES[:2])
+    tags = [tag_of(cloudflare, path, CLOUDFLARE_TAG_HEADER) for path in paths]
+
+    assert call(cloudflare, "PUT", f"/image?url={arg(name)}", {"status": "rejected"}).status == 200
+    [purge] = module_receiver.wait_for(1, lambda r: r.path == CLOUDFLARE_PURGE)
+
+    assert tags[0] is not None
+    assert tags == [tags[0]] * 2
+    assert purge.method == "POST"
+    assert purge.headers["Authorization"] == f"Bearer {CLOUDFLARE_TOKEN}"
+    assert purge.headers["Content-Type"] == "application/json"
+    assert json.loads(purge.body) == {"tags": [tags[0]]}
+
+
+def test_rejecting_a_picture_that_was_never_served_purges_nothing(
+    edge: ThumborServer,
+    receiver: Receiver,
+    distribution: tuple[Any, str],
+    images: Path,
+    fake: FakeRekognition,
+) -> None:
+    fake.respond(RED, NUDITY)
+    name = add_picture(images, RED, "never-served")
+    assert edge.get(f"/unsafe/60x45/{name}").header("X-Moderation-Status") == "rejected"
+
+    put = call(edge, "PUT", f"/image?url={arg(name)}", {"status": "rejected", "note": "sure"})
+    time.sleep(1.0)
+
+    assert put.status == 200
+    assert receiver.requests == []
+    assert invalidations(distribution, name) == []
+
+
+def test_a_failing_purge_is_retried_until_it_succeeds_and_waits_in_the_stats_meanwhile(
+    edge: ThumborServer, receiver: Receiver, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "retried")
+    paths = serve(edge, name, SIZES[:1])
+    tag = tag_of(edge, paths[0])
+    assert tag is not None
+    receiver.fail(500, times=2)
+
+    assert call(edge, "PUT", f"/image?url={arg(name)}", {"status": "rejected"}).status == 200
+    receiver.wait_for(1, purges_of(tag))
+    waiting_meanwhile = outbox(edge)
+    attempts = receiver.wait_for(3, purges_of(tag), timeout=15)
+    wait_for(lambda: waiting(edge) == 0)
+
+    assert waiting_meanwhile.get(HTTP_WAITING) == 1
+    assert [attempt.status for attempt in attempts] == [500, 500, 200]
+    assert all(attempt.headers["Fastly-Key"] == FASTLY_KEY for attempt in attempts)
+    assert attempts[1].at - attempts[0].at >= 0.75
+    assert attempts[2].at - attempts[1].at >= 1.5
+    assert outbox(edge) == {}
+
+
+@pytest.mark.parametrize(
+    ("operation", "method", "route"),
+    [("forgetting", "DELETE", "/image"), ("purging", "POST", "/purge")],
+)
+def test_forgetting_or_purging_an_approved_picture_purges_the_cdn(
+    edge: ThumborServer,
+    receiver: Receiver,
+    distribution: tuple[Any, str],
+    images: Path,
+    operation: str,
+    method: str,
+    route: str,
+) -> None:
+    name = add_picture(images, BLUE, operation)
+    paths = serve(edge, name, SIZES[:2])
+    tag = tag_of(edge, paths[0])
+    assert tag is not None
+    recorded(edge, name, 2)
+
+    response = call(edge, method, f"{route}?url={arg(name)}")
+    found = invalidated(distribution, name)
+    purges = receiver.wait_for(1, purges_of(tag))
+
+    assert response.status in (200, 204)
+    assert found == [set(paths)]
+    assert len(purges) == 1
+
+
+def test_a_picture_whose_name_needs_escaping_is_invalidated_at_the_path_viewers_request(
+    edge: ThumborServer, receiver: Receiver, distribution: tuple[Any, str], images: Path
+) -> None:
+    serial = str(time.monotonic_ns())
+    name = f"café au lait-{serial}.png"
+    (images / name).write_bytes(picture(BLUE, size=(151, 97)))
+    paths = serve(edge, name, SIZES[:1])
+    recorded(edge, name, 1)
+
+    assert call(edge, "PUT", f"/image?url={arg(name)}", {"status": "rejected"}).status == 200
+    found = invalidated(distribution, serial)
+
+    assert paths == [f"/unsafe/{SIZES[0]}/caf%C3%A9%20au%20lait-{serial}.png"]
+    assert found == [set(paths)]
