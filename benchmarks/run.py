@@ -246,7 +246,7 @@ def offline(work: Path) -> None:
             started = time.perf_counter()
             backend.detect(picture, 50.0)
             timings.append((time.perf_counter() - started) * 1000)
-    print("offline model (nudenet 320n, onnxruntime, default threads)")
+    print("offline model (nudenet 320n, onnxruntime, NUDENET_THREADS=1)")
     print(
         f"  warm latency per prepared image: p50 {percentile(timings, 0.5):.1f} ms, "
         f"p90 {percentile(timings, 0.9):.1f} ms (goal p50 <= 30 ms)"
