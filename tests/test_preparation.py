@@ -73,17 +73,36 @@ def camera_jpeg() -> bytes:
 @pytest.mark.parametrize(
     ("mode", "image_format"), [("RGB", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("L", "JPEG")]
 )
-def test_jpeg_or_png_the_backend_accepts_is_sent_as_it_is(mode: str, image_format: str) -> None:
+def test_picture_the_backend_accepts_is_still_reencoded_as_it_looks(
+    mode: str, image_format: str
+) -> None:
     data = encode(Image.new(mode, (160, 120), 90), image_format)
 
     prepared = prepare(data)
 
     assert len(prepared.frames) == 1
     frame = prepared.frames[0]
-    assert frame.data is data
-    assert (frame.format, frame.width, frame.height) == (image_format, 160, 120)
+    assert frame.data != data
+    assert (frame.format, frame.width, frame.height) == ("JPEG", 160, 120)
     assert (prepared.format, prepared.width, prepared.height) == (image_format, 160, 120)
     assert prepared.frame_count == 1
+    with Image.open(io.BytesIO(data)) as original:
+        expected = original.convert("L").getpixel((80, 60))
+    assert near(opened(frame).convert("L").getpixel((80, 60)), (expected,))
+
+
+def test_camera_metadata_never_reaches_the_backend() -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    exif[0x8825] = {2: (48.0, 51.0, 30.0), 4: (2.0, 17.0, 40.0)}  # GPS position
+    buffer = io.BytesIO()
+    Image.new("RGB", (160, 120), BLUE).save(buffer, "JPEG", exif=exif)
+
+    prepared = prepare(buffer.getvalue())
+
+    frame = prepared.frames[0].data
+    assert b"CameraMaker" not in frame
+    assert not opened(prepared.frames[0]).getexif()
 
 
 @pytest.mark.parametrize("max_side", [1600, 1000])
@@ -309,7 +328,7 @@ def test_picture_of_exactly_max_pixels_is_accepted() -> None:
 
     prepared = prepare(data, max_pixels=20_000)
 
-    assert prepared.frames[0].data is data
+    assert (prepared.frames[0].width, prepared.frames[0].height) == (200, 100)
 
 
 def test_decompression_bomb_is_refused_whatever_max_pixels_allows(

@@ -180,9 +180,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_MAX_FRAMES",
         5,
         "Most frames of one animated image (GIF, WebP, APNG) sent to the backend: "
-        "near-duplicate frames are dropped, then up to this many distinct frames spread "
-        "over the animation are judged, and the image is rejected if any is. With "
-        "Rekognition each frame is one paid call.",
+        "near-duplicate frames are dropped, then the first frame and up to this many "
+        "distinct frames least alike each other are judged, and the image is rejected if "
+        "any is. With Rekognition each frame is one paid call.",
         GROUP,
     ),
     (

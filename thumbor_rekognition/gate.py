@@ -10,6 +10,7 @@ original without a decision (an upload, a forgotten decision) is judged before u
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,6 +41,8 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
         super().initialize(context)
         self._runtime: Runtime = runtime or runtime_for(context.config)
+        # Every wait for a judgement in this request counts against one budget.
+        self.deadline = time.monotonic() + self._runtime.settings.request_budget
         self._substituted = False
         self.moderation_status = None
         self.moderation_refusal = None
@@ -83,7 +86,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         """The bytes to use for a stored original: itself, the placeholder, or None."""
         try:
             decision = await self._runtime.moderator.moderate(
-                normalise(url), unquote(url), buffer, self.context.metrics
+                normalise(url), unquote(url), buffer, self.context.metrics, self.deadline
             )
         except UnsupportedImage as error:
             logger.warning("stored original %s is not an image: %s", url, error)

@@ -57,7 +57,9 @@ async def load(context: Any, path: str) -> LoaderResult:
         result = LoaderResult(buffer=result, successful=result is not None)
         if not result.successful:
             result.error = LoaderResult.ERROR_NOT_FOUND
-    if not result.successful or not result.buffer:
+    if result.successful and not result.buffer:
+        return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": "empty"})
+    if not result.successful:
         kept = await _quarantined(runtime, known)
         if kept is None:
             return result
@@ -67,7 +69,7 @@ async def load(context: Any, path: str) -> LoaderResult:
 
     try:
         decision = await runtime.moderator.moderate(
-            key, unquote(path), result.buffer, context.metrics
+            key, unquote(path), result.buffer, context.metrics, getattr(handler, "deadline", None)
         )
     except UnsupportedImage as error:
         logger.warning("original %s is not an image the plugin can judge: %s", key, error)

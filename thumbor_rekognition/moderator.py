@@ -25,7 +25,7 @@ from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.policy import Policy
-from thumbor_rekognition.preparation import PreparedImage, prepare
+from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
 from thumbor_rekognition.quarantine import Quarantine, QuarantineError
 
 if TYPE_CHECKING:
@@ -106,6 +106,23 @@ class _Cache:
                 self._items[key] = (0.0, item[1])
 
 
+class _Refusals:
+    """Content hashes of bytes that are not pictures, with the reason, least recent dropped."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._items: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, sha256: str) -> str | None:
+        return self._items.get(sha256)
+
+    def put(self, sha256: str, reason: str) -> None:
+        self._items[sha256] = reason
+        while len(self._items) > self.size:
+            with contextlib.suppress(KeyError):
+                self._items.popitem(last=False)
+
+
 def sha256_hex(data: bytes) -> str:
     """The content hash decisions are indexed by."""
     return hashlib.sha256(data).hexdigest()
@@ -142,6 +159,9 @@ class Moderator:
         self._store_down_logged = 0.0
         self._store_resting_until = 0.0
         self._store_probing = False
+        self._refused = _Refusals()
+        # Content hash -> when its judgement failed, and the failed decision.
+        self._failed: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
         self.backend_calls = 0
 
     async def _run(
@@ -207,12 +227,28 @@ class Moderator:
         self._remember(decision)
         return decision
 
-    async def moderate(self, key: str, url: str, buffer: bytes, metrics: Any = None) -> Decision:
+    async def moderate(
+        self,
+        key: str,
+        url: str,
+        buffer: bytes,
+        metrics: Any = None,
+        deadline: float | None = None,
+    ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
-        Raises preparation.UnsupportedImage when the bytes are not a picture.
+        deadline (time.monotonic()) bounds the wait for a new judgement, by default
+        MODERATION_TIMEOUT_SECONDS from now. Raises preparation.UnsupportedImage when the
+        bytes are not a picture.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.request_budget
+        asked_at = deadline - self.settings.request_budget
         sha256 = await self._run(self._executor, sha256_hex, buffer)
+        refusal = self._refused.get(sha256)
+        if refusal is not None:
+            # Preparing a hostile file again would cost the same seconds again.
+            raise UnsupportedImage(refusal)
         current = await self.lookup(key, metrics)
         if current is not None and current.source is Source.MANUAL and not current.sha256:
             # Decided by hand before any request fetched it: the decision takes these bytes.
@@ -226,14 +262,16 @@ class Moderator:
         if flight is None:
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
-            flight = asyncio.ensure_future(self._decide(key, url, sha256, buffer, metrics))
+            flight = asyncio.ensure_future(
+                self._decide(key, url, sha256, buffer, metrics, asked_at)
+            )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))
         else:
             _Metrics(metrics).incr("moderation.single_flight.joined")
         try:
             decision = await asyncio.wait_for(
-                asyncio.shield(flight), timeout=self.settings.request_budget
+                asyncio.shield(flight), timeout=max(0.0, deadline - time.monotonic())
             )
         except asyncio.TimeoutError:
             # The judgement goes on and is stored for later requests; this one is pending.
@@ -266,12 +304,33 @@ class Moderator:
         )
 
     async def _decide(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any
+        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, asked_at: float
     ) -> Decision:
         twin = await self._twin(sha256, metrics)
         if twin is not None:
             _Metrics(metrics).incr("moderation.dedupe.hash")
             return await self._adopt(twin, key, url, metrics)
+        failed = self._failed.get(sha256)
+        if failed is not None and failed[0] >= asked_at:
+            # It failed while this request was already waiting (behind Thumbor's lock on
+            # the URL, say): answer the same instead of paying for another attempt. A
+            # request made after the failure tries again.
+            return failed[1].replace(key=key, url=url)
+        try:
+            decision = await self._decide_new(key, url, sha256, buffer, metrics)
+        except UnsupportedImage as error:
+            self._refused.put(sha256, str(error))
+            raise
+        if decision.needs_retry:
+            self._failed[sha256] = (time.monotonic(), decision)
+            while len(self._failed) > 10_000:
+                with contextlib.suppress(KeyError):
+                    self._failed.popitem(last=False)
+        return decision
+
+    async def _decide_new(
+        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any
+    ) -> Decision:
         lease = f"judge:{sha256}"
         waiting_since = time.time()
         outcome = await self._take_lease(lease, sha256, metrics)

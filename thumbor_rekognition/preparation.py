@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SIDE = 80
@@ -23,6 +23,12 @@ JPEG_QUALITY = 90
 # An animation is walked frame by frame: these bound the work a hostile one can cause.
 MAX_SCANNED_FRAMES = 1000
 SCAN_BUDGET = 4
+# Frame signatures: computed on a copy this small; a step between neighbouring grey
+# levels counts as an edge above EDGE; frames closer than the tolerances are one frame.
+SIGNATURE_SIDE = 64
+EDGE = 3
+SHAPE_TOLERANCE = 6
+COLOUR_TOLERANCE = 12
 
 
 class UnsupportedImage(ValueError):
@@ -61,13 +67,36 @@ def prepare(
     max_pixels: int = 100_000_000,
     max_frames: int = 5,
 ) -> PreparedImage:
-    """Turn original bytes into backend-ready frames, or raise UnsupportedImage."""
+    """Turn original bytes into backend-ready frames, or raise UnsupportedImage.
+
+    Every picture is re-encoded, never sent as it came: what the backend judges is what
+    a viewer sees, and metadata (a camera's GPS position, hostile chunks) stays here.
+    """
     if not data:
         raise UnsupportedImage("empty body")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        return _prepare(data, max_side, max_pixels, max_frames)
+    except UnsupportedImage as error:
+        kind, message = type(error), str(error)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        kind = ImageTooLarge
+        message = f"more pixels than Pillow may decode here (Thumbor's MAX_PIXELS): {error}"
+    except MemoryError:
+        raise
+    except Exception as error:
+        # Pillow's decoders raise OSError, ValueError, SyntaxError and EOFError, but also
+        # struct.error, IndexError or RuntimeError on damaged files: all mean the same.
+        kind = UnsupportedImage
+        message = f"not a readable image ({type(error).__name__}: {error})"
+    # Raised afresh, outside the handler and holding nothing of the failure: its
+    # traceback, and the decoded pixels its frames hold, die here, not with the refusal.
+    raise kind(message)
+
+
+def _prepare(data: bytes, max_side: int, max_pixels: int, max_frames: int) -> PreparedImage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLarge(
@@ -79,19 +108,8 @@ def prepare(
             _check_complete(original_format, data)
             if getattr(image, "is_animated", False):
                 frames, frame_count = _animation(image, max_side, max_pixels, max_frames)
-            elif _can_send_as_is(image, data, max_side):
-                image.load()
-                frames, frame_count = (Frame(data, original_format, width, height),), 1
             else:
                 frames, frame_count = (_encode(_normalise(image, max_side)),), 1
-    except UnsupportedImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageTooLarge(
-            f"more pixels than Pillow may decode here (Thumbor's MAX_PIXELS): {error}"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise UnsupportedImage(f"not a readable image ({error})") from None
     return PreparedImage(
         frames=frames,
         width=width,
@@ -110,8 +128,7 @@ def _animation(
     skipped) and keeps a small signature of each; a frame whose signature is close to
     one already kept is a near-duplicate. The second pass encodes the chosen frames.
     """
-    signatures: list[_Signature] = []
-    distinct: list[int] = []
+    distinct: list[tuple[int, _Signature]] = []
     scanned_pixels = 0
     index = 0
     while True:
@@ -125,57 +142,79 @@ def _animation(
                 f"animation too long to judge every frame ({index + 1}+ frames of "
                 f"{image.width}x{image.height})"
             )
-        signature = _signature(_flatten(image))
-        if all(not signature.close_to(kept) for kept in signatures):
-            signatures.append(signature)
-            distinct.append(index)
+        signature = _signature(_reduced(image, SIGNATURE_SIDE))
+        if all(not signature.close_to(kept) for _, kept in distinct):
+            distinct.append((index, signature))
         index += 1
-    chosen = _spread(distinct, max_frames)
     frames = []
-    for position in chosen:
+    for position in _most_different(distinct, max_frames):
         image.seek(position)
-        frames.append(_encode(_normalise(_flatten(image), max_side)))
+        frames.append(_encode(_normalise(_reduced(image, max_side), max_side)))
     return tuple(frames), index
 
 
-def _flatten(image: Image.Image) -> Image.Image:
-    """The current frame as a viewer sees it, detached from the animation."""
-    return _to_rgb(image.convert("RGBA") if image.mode in ("P", "PA") else image.copy())
+def _reduced(image: Image.Image, side: int) -> Image.Image:
+    """The current frame as a viewer sees it, detached from the animation, reduced by an
+    integer factor towards side before anything is copied at full size."""
+    factor = max(image.size) // side
+    if image.mode in ("P", "PA"):
+        if factor >= 2:
+            size = (max(1, image.width // factor), max(1, image.height // factor))
+            # Palette images only resize by nearest neighbour; enough to see the frame.
+            image = image.resize(size, Image.Resampling.NEAREST)
+        return _to_rgb(image.convert("RGBA"))
+    return _to_rgb(image.reduce(factor) if factor >= 2 else image.copy())
 
 
 @dataclass(frozen=True)
 class _Signature:
-    """A difference hash (shapes) and a 4x4 colour thumbnail (flat colours)."""
+    """A difference hash (shapes, ignoring flat areas) and a 4x4 colour thumbnail."""
 
     shape: int
+    firm: int
     colours: bytes
 
+    def distance(self, other: _Signature) -> float:
+        """Above 1 when two frames differ enough to be judged apart."""
+        # Where both frames are flat, grain flips bits at random: only compare where at
+        # least one has a clear edge.
+        mask = self.firm | other.firm
+        shape = ((self.shape ^ other.shape) & mask).bit_count()
+        pairs = zip(self.colours, other.colours, strict=True)
+        colour = sum(abs(a - b) for a, b in pairs) / len(self.colours)
+        return max(shape / SHAPE_TOLERANCE, colour / COLOUR_TOLERANCE)
+
     def close_to(self, other: _Signature) -> bool:
-        shape_distance = (self.shape ^ other.shape).bit_count()
-        colour_distance = sum(abs(a - b) for a, b in zip(self.colours, other.colours, strict=True))
-        return shape_distance <= 6 and colour_distance <= 12 * len(self.colours)
+        return self.distance(other) <= 1.0
 
 
 def _signature(frame: Image.Image) -> _Signature:
-    grey = frame.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
-    pixels = grey.tobytes()
-    bits = 0
+    grey = frame.convert("L").resize((9, 8), Image.Resampling.BILINEAR).tobytes()
+    shape = firm = 0
     for row in range(8):
         for column in range(8):
-            left, right = pixels[row * 9 + column], pixels[row * 9 + column + 1]
-            bits = bits << 1 | (left > right)
+            step = grey[row * 9 + column] - grey[row * 9 + column + 1]
+            shape = shape << 1 | (step > EDGE)
+            firm = firm << 1 | (abs(step) > EDGE)
     colours = frame.convert("RGB").resize((4, 4), Image.Resampling.BOX).tobytes()
-    return _Signature(bits, colours)
+    return _Signature(shape, firm, colours)
 
 
-def _spread(indexes: list[int], count: int) -> list[int]:
-    """At most count of the indexes, first and last included, evenly spaced."""
-    if len(indexes) <= count:
-        return indexes
-    if count == 1:
-        return indexes[:1]
-    step = (len(indexes) - 1) / (count - 1)
-    return sorted({indexes[round(position * step)] for position in range(count)})
+def _most_different(frames: list[tuple[int, _Signature]], count: int) -> list[int]:
+    """The first frame, then repeatedly the frame least like those already chosen.
+
+    An odd frame out (one scene that differs from the rest) is chosen early, which an
+    even spacing in time could skip.
+    """
+    if len(frames) <= count:
+        return [index for index, _ in frames]
+    chosen = [frames[0]]
+    rest = frames[1:]
+    while len(chosen) < count and rest:
+        farthest = max(rest, key=lambda item: min(item[1].distance(c[1]) for c in chosen))
+        chosen.append(farthest)
+        rest.remove(farthest)
+    return sorted(index for index, _ in chosen)
 
 
 def _check_complete(image_format: str, data: bytes) -> None:
@@ -187,25 +226,15 @@ def _check_complete(image_format: str, data: bytes) -> None:
         raise UnsupportedImage("truncated PNG: no IEND chunk")
 
 
-def _can_send_as_is(image: Image.Image, data: bytes, max_side: int) -> bool:
-    return (
-        image.format in ("JPEG", "PNG")
-        and image.mode in ("RGB", "L")
-        and len(data) <= MAX_BYTES
-        and min(image.size) >= MIN_SIDE
-        and max(image.size) <= max_side
-        and not getattr(image, "is_animated", False)
-        and image.getexif().get(0x0112, 1) == 1
-    )
-
-
 def _normalise(image: Image.Image, max_side: int) -> Image.Image:
     width, height = image.size
     if image.format == "JPEG" and max(width, height) > max_side:
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: most of the cost saved.
         scale = max_side / max(width, height)
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-    image = ImageOps.exif_transpose(image) or image
+    if image.getexif().get(0x0112, 1) != 1:
+        # exif_transpose copies the picture even when there is nothing to turn.
+        image = ImageOps.exif_transpose(image) or image
     image = _to_rgb(image)
     # An integer box reduction leaves the longest side between max_side and twice that:
     # as good for analysis as an exact resize, at a fraction of its cost.
