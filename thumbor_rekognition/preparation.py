@@ -224,6 +224,9 @@ def _check_complete(image_format: str, data: bytes) -> None:
             raise UnsupportedImage("truncated JPEG: no end of image after its last scan")
     elif image_format == "PNG" and data.rfind(b"IEND") == -1:
         raise UnsupportedImage("truncated PNG: no IEND chunk")
+    elif image_format == "GIF" and not data.rstrip(b"\x00").endswith(b";"):
+        # Also refuses a GIF with something else appended (a GIF/HTML polyglot).
+        raise UnsupportedImage("truncated GIF, or data after it: it does not end with its trailer")
 
 
 def _normalise(image: Image.Image, max_side: int) -> Image.Image:

@@ -1,0 +1,339 @@
+"""Animated images: every distinct frame that matters is judged, near-duplicates are not paid for.
+
+Animations are made here with Pillow (`save_all=True`) as GIF, animated WebP and APNG.
+Pillow's encoders merge consecutive identical frames, so frames meant as copies of one
+scene carry a one-pixel counter in the corner, as a screen recording would.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import random
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops, ImageDraw, ImageStat
+
+from tests.fakes.rekognition import FakeRekognition
+from tests.servers import ThumborServer, base_config
+from tests.test_hostile import frame_bomb_gif
+from thumbor_rekognition.preparation import MAX_SCANNED_FRAMES, ImageTooLarge, prepare
+
+SIZE = (160, 120)
+RED = (255, 0, 0)
+BLUE = (20, 40, 200)
+GREEN = (20, 160, 60)
+YELLOW = (230, 210, 30)
+FORMATS = ["GIF", "WEBP", "PNG"]
+NUDITY = [
+    {"Name": "Explicit Nudity", "ParentName": "", "Confidence": 99.0},
+    {"Name": "Nudity", "ParentName": "Explicit Nudity", "Confidence": 99.0},
+]
+
+KNOWN_DEFECTS: list[str] = []
+
+_names = itertools.count()
+
+
+def animation(frames: Sequence[Image.Image], image_format: str) -> bytes:
+    """The frames as one animated file (APNG for PNG)."""
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer, image_format, save_all=True, append_images=list(frames[1:]), duration=40, loop=0
+    )
+    return buffer.getvalue()
+
+
+def flat(color: tuple[int, int, int], counter: int = 0) -> Image.Image:
+    """A solid frame; the counter pixel keeps encoders from merging it with its twins."""
+    frame = Image.new("RGB", SIZE, color)
+    frame.putpixel((counter % SIZE[0], 0), (counter * 7 % 256, 0, 0))
+    return frame
+
+
+def cartoon() -> Image.Image:
+    """Flat colours and hard edges, as most animated GIFs are drawn."""
+    frame = Image.new("RGB", SIZE, (30, 120, 200))
+    draw = ImageDraw.Draw(frame)
+    draw.rectangle((30, 20, 90, 80), fill=(200, 40, 40))
+    draw.ellipse((100, 40, 150, 100), fill=(250, 250, 40))
+    return frame
+
+
+def photo(seed: int = 1, size: tuple[int, int] = SIZE) -> Image.Image:
+    """Smooth texture everywhere, as a video still has."""
+    rng = random.Random(seed)
+    coarse = Image.frombytes("RGB", (20, 15), rng.randbytes(20 * 15 * 3))
+    return coarse.resize(size, Image.Resampling.BICUBIC)
+
+
+def grain(sigma: float, seed: int) -> Image.Image:
+    """Faint sensor-like noise around 128, the same for a given seed."""
+    normal = statistics.NormalDist(128, sigma)
+    quantiles = [min(255, max(0, math.floor(normal.inv_cdf((u + 0.5) / 256)))) for u in range(256)]
+    uniform = Image.frombytes("L", SIZE, random.Random(seed).randbytes(SIZE[0] * SIZE[1]))
+    return uniform.point(quantiles)
+
+
+def grainy(frame: Image.Image, sigma: float, seed: int) -> Image.Image:
+    noise = grain(sigma, seed)
+    return ImageChops.add(frame, Image.merge("RGB", [noise] * 3), offset=-128)
+
+
+def recompressed(frame: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    frame.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def mean_colours(data: bytes, max_frames: int = 5) -> list[tuple[int, ...]]:
+    """The mean colour of every frame prepare() would send to the backend, in order."""
+    prepared = prepare(data, max_frames=max_frames)
+    colours = []
+    for frame in prepared.frames:
+        with Image.open(io.BytesIO(frame.data)) as image:
+            mean = ImageStat.Stat(image.convert("RGB")).mean
+        colours.append(tuple(round(channel) for channel in mean))
+    return colours
+
+
+def close(colour: Sequence[int], expected: Sequence[int], tolerance: int = 20) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected, strict=True))
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_only_red_frame_in_the_middle_is_among_the_prepared_frames(image_format: str) -> None:
+    frames = [flat(BLUE, index) for index in range(21)]
+    frames[10] = flat(RED)
+    data = animation(frames, image_format)
+
+    colours = mean_colours(data)
+
+    assert [close(colour, RED) for colour in colours].count(True) == 1
+    assert all(close(colour, BLUE) for colour in colours if not close(colour, RED))
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_frames_that_differ_by_recompression_and_grain_are_dropped(image_format: str) -> None:
+    frames = [grainy(recompressed(photo(), 40 + 5 * index), 3, index) for index in range(12)]
+    data = animation(frames, image_format)
+
+    prepared = prepare(data, max_frames=12)
+
+    assert prepared.frame_count == 12
+    assert len(prepared.frames) == 1
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_frames_shifted_by_a_pixel_or_two_are_dropped(image_format: str) -> None:
+    scene = photo(seed=2, size=(480, 360))
+    frames = [ImageChops.offset(scene, index % 3, index // 3) for index in range(9)]
+    data = animation(frames, image_format)
+
+    prepared = prepare(data, max_frames=9)
+
+    assert prepared.frame_count == 9
+    assert len(prepared.frames) == 1
+
+
+def test_small_animation_shifted_by_one_pixel_is_one_frame() -> None:
+    scene = photo(seed=2)
+    frames = [ImageChops.offset(scene, index % 2, index // 2) for index in range(4)]
+    data = animation(frames, "PNG")
+
+    prepared = prepare(data, max_frames=4)
+
+    assert len(prepared.frames) == 1
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_grainy_copies_of_a_flat_colour_scene_are_dropped(image_format: str) -> None:
+    frames = [grainy(cartoon(), 2, index) for index in range(12)]
+    data = animation(frames, image_format)
+
+    prepared = prepare(data, max_frames=12)
+
+    assert len(prepared.frames) == 1
+
+
+def grainy_cartoon_hiding_red(image_format: str) -> bytes:
+    """61 grainy copies of a cartoon with three red frames in the middle."""
+    scene = cartoon()
+    frames = [grainy(scene, 2, index) for index in range(61)]
+    frames[29:32] = [flat(RED, index) for index in range(3)]
+    return animation(frames, image_format)
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_red_frames_among_grainy_copies_of_a_cartoon_are_judged(image_format: str) -> None:
+    data = grainy_cartoon_hiding_red(image_format)
+
+    colours = mean_colours(data)
+
+    assert any(close(colour, RED, tolerance=40) for colour in colours)
+
+
+def test_300_frame_gif_of_three_scenes_yields_one_frame_per_scene() -> None:
+    scenes = [BLUE, GREEN, YELLOW]
+    frames = [flat(scenes[index // 100], index) for index in range(300)]
+    data = animation(frames, "GIF")
+
+    prepared = prepare(data)
+    colours = mean_colours(data)
+
+    assert prepared.frame_count == 300
+    assert len(prepared.frames) == 3
+    assert [close(colour, scene) for colour, scene in zip(colours, scenes, strict=True)] == [
+        True
+    ] * 3
+
+
+@pytest.mark.parametrize("max_frames", [2, 5, 7])
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_many_distinct_frames_yield_the_max_frames_least_alike(
+    image_format: str, max_frames: int
+) -> None:
+    greys = [index * 20 for index in range(12)]
+    frames = [Image.new("RGB", SIZE, (grey, grey, grey)) for grey in greys]
+    data = animation(frames, image_format)
+
+    colours = mean_colours(data, max_frames=max_frames)
+    chosen = sorted({round(colour[0] / 20) for colour in colours})
+
+    assert len(chosen) == max_frames
+    assert chosen[0] == 0
+    assert chosen[-1] == 11
+    # Every frame left out is no farther from a chosen one than the two closest chosen
+    # frames are from each other: nothing unlike the sample was skipped.
+    closest_chosen = min(b - a for a, b in itertools.pairwise(chosen))
+    left_out = [index for index in range(12) if index not in chosen]
+    assert all(min(abs(index - c) for c in chosen) <= closest_chosen for index in left_out)
+
+
+@pytest.mark.parametrize("frame_count", [MAX_SCANNED_FRAMES + 1, 50_000])
+def test_gif_of_more_than_1000_frames_is_refused_quickly(frame_count: int) -> None:
+    data = frame_bomb_gif(frame_count)
+
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match="animation too long"):
+        prepare(data)
+    elapsed = time.perf_counter() - started
+
+    assert elapsed < 2.0
+
+
+def test_gif_of_exactly_1000_frames_is_judged() -> None:
+    data = frame_bomb_gif(MAX_SCANNED_FRAMES)
+
+    prepared = prepare(data)
+
+    assert prepared.frame_count == MAX_SCANNED_FRAMES
+    assert len(prepared.frames) == 1
+
+
+# End to end: the real Thumbor, the real boto3 client, the fake Rekognition endpoint.
+
+
+@pytest.fixture(scope="module")
+def images(module_root: Path) -> Path:
+    folder = module_root / "images"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_root: Path, images: Path, module_fake: FakeRekognition
+) -> Iterator[ThumborServer]:
+    thumbor = ThumborServer(module_root, base_config(module_root, images, module_fake.url))
+    thumbor.start()
+    yield thumbor
+    thumbor.stop()
+    assert "Traceback" not in thumbor.log
+
+
+def publish(images: Path, data: bytes, suffix: str) -> str:
+    name = f"animation-{next(_names)}.{suffix}"
+    (images / name).write_bytes(data)
+    return name
+
+
+def looks_like(body: bytes, colour: tuple[int, int, int]) -> bool:
+    with Image.open(io.BytesIO(body)) as image:
+        mean = ImageStat.Stat(image.convert("RGB")).mean
+    return close(mean, colour, tolerance=40)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_animation_whose_only_objectionable_frame_is_in_the_middle_is_rejected(
+    server: ThumborServer, images: Path, fake: FakeRekognition, image_format: str
+) -> None:
+    fake.respond(RED, NUDITY)
+    frames = [flat(BLUE, index) for index in range(21)]
+    frames[10] = flat(RED)
+    name = publish(images, animation(frames, image_format), image_format.lower())
+
+    response = server.get(f"/unsafe/100x75/{name}")
+
+    assert response.status == 200
+    assert response.header("X-Moderation-Status") == "rejected"
+    assert not looks_like(response.body, BLUE)
+    assert not looks_like(response.body, RED)
+    assert fake.call_count == 2
+
+
+@pytest.mark.e2e
+def test_long_gif_of_few_distinct_frames_costs_one_call_per_distinct_frame(
+    server: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    scenes = [BLUE, GREEN, YELLOW]
+    frames = [flat(scenes[index // 100], index) for index in range(300)]
+    name = publish(images, animation(frames, "GIF"), "gif")
+
+    first = server.get(f"/unsafe/100x75/{name}")
+    again = server.get(f"/unsafe/100x75/{name}")
+
+    assert [first.header("X-Moderation-Status"), again.header("X-Moderation-Status")] == [
+        "approved",
+        "approved",
+    ]
+    assert fake.call_count == 3
+    sent = [call.mean_color for call in fake.calls]
+    assert [
+        close(colour, scene, tolerance=10) for colour, scene in zip(sent, scenes, strict=True)
+    ] == [True] * 3
+
+
+@pytest.mark.e2e
+def test_animated_webp_with_an_objectionable_frame_is_rejected(
+    server: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    fake.respond(RED, NUDITY)
+    scenes = [BLUE, GREEN, RED, YELLOW]
+    frames = [flat(scenes[index // 10], index) for index in range(40)]
+    name = publish(images, animation(frames, "WEBP"), "webp")
+
+    response = server.get(f"/unsafe/fit-in/120x120/{name}")
+
+    assert response.status == 200
+    assert response.header("X-Moderation-Status") == "rejected"
+    assert not looks_like(response.body, RED)
+    assert fake.call_count == 4
+
+
+@pytest.mark.e2e
+def test_grainy_gif_hiding_an_objectionable_frame_is_rejected(
+    server: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    fake.respond(RED, NUDITY)
+    name = publish(images, grainy_cartoon_hiding_red("GIF"), "gif")
+
+    response = server.get(f"/unsafe/100x75/{name}")
+
+    assert response.header("X-Moderation-Status") == "rejected"
