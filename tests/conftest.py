@@ -37,3 +37,11 @@ def fake(module_fake: FakeRekognition) -> Iterator[FakeRekognition]:
 @pytest.fixture(scope="module")
 def module_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("thumbor")
+
+
+@pytest.fixture(scope="module")
+def images(module_root: Path) -> Path:
+    """The folder of originals a module's Thumbor servers load from."""
+    folder = module_root / "images"
+    folder.mkdir()
+    return folder

@@ -194,13 +194,6 @@ def grid(server: ThumborServer) -> Grid:
 
 
 @pytest.fixture(scope="module")
-def images(module_root: Path) -> Path:
-    folder = module_root / "images"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def admin_root(module_root: Path) -> Path:
     return module_root / "admin"
 

@@ -240,13 +240,6 @@ def test_gif_of_exactly_1000_frames_is_judged() -> None:
 
 
 @pytest.fixture(scope="module")
-def images(module_root: Path) -> Path:
-    folder = module_root / "images"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def server(
     module_root: Path, images: Path, module_fake: FakeRekognition
 ) -> Iterator[ThumborServer]:

@@ -175,13 +175,6 @@ def distribution(cloudfront: tuple[str, Any, str]) -> tuple[Any, str]:
 
 
 @pytest.fixture(scope="module")
-def images(module_root: Path) -> Path:
-    folder = module_root / "images"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def module_receiver() -> Iterator[Receiver]:
     with Receiver() as receiver:
         yield receiver

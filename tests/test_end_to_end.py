@@ -77,13 +77,6 @@ def v7(path: tuple[str, ...], confidence: float) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def images(module_root: Path) -> Path:
-    folder = module_root / "images"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def server(
     module_root: Path, images: Path, module_fake: FakeRekognition
 ) -> Iterator[ThumborServer]:

@@ -393,13 +393,6 @@ def _run_hostile(server: ThumborServer, images: Path, fake: FakeRekognition) -> 
 
 
 @pytest.fixture(scope="module")
-def images(module_root: Path) -> Path:
-    folder = module_root / "images"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def server(
     module_root: Path, images: Path, module_fake: FakeRekognition
 ) -> Iterator[ThumborServer]:

@@ -200,13 +200,6 @@ def timed_get(server: ThumborServer, path: str) -> tuple[Response, float]:
 
 
 @pytest.fixture(scope="module")
-def images(module_root: Path) -> Path:
-    folder = module_root / "images"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def module_receiver() -> Iterator[Receiver]:
     with Receiver() as receiver:
         yield receiver
