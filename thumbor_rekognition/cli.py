@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,6 @@ from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.config import ConfigurationError  # also defines the plugin's keys
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
 from thumbor_rekognition.moderator import sha256_hex
-from thumbor_rekognition.policy import Policy
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.quarantine import QuarantineError
 from thumbor_rekognition.review import MAX_PAGE, Review, decision_view
@@ -334,7 +332,7 @@ async def _reevaluate(environment: Environment, dry_run: bool) -> Reevaluation:
             if decision.needs_retry:
                 result.retrying += 1
                 continue
-            if needs_new_analysis(policy, decision):
+            if moderator.needs_new_analysis(decision):
                 result.new_analysis += 1
                 tqdm.write(
                     f"needs new analysis\t{decision.key}\tlabels stored from "
@@ -343,15 +341,8 @@ async def _reevaluate(environment: Environment, dry_run: bool) -> Reevaluation:
                     file=sys.stdout,
                 )
                 continue
-            verdict = policy.judge(decision.labels)
-            updated = decision.replace(
-                status=verdict.status,
-                reasons=verdict.reasons,
-                policy=policy.fingerprint,
-                error="",
-                updated_at=time.time(),
-            )
-            if verdict.status is decision.status:
+            updated = moderator.rejudged(decision)
+            if updated.status is decision.status:
                 result.unchanged += 1
                 if not dry_run and decision.policy != policy.fingerprint:
                     # Brought up to date here rather than by the first request to read it.
@@ -361,12 +352,12 @@ async def _reevaluate(environment: Environment, dry_run: bool) -> Reevaluation:
                     moderator.forget(decision.key)
                 continue
             tqdm.write(
-                f"{decision.status.value} -> {verdict.status.value}\t{decision.key}\t"
+                f"{decision.status.value} -> {updated.status.value}\t{decision.key}\t"
                 f"{_why(updated)}",
                 file=sys.stdout,
             )
             if dry_run:
-                result.changed[verdict.status.value] += 1
+                result.changed[updated.status.value] += 1
                 continue
             saved, quarantined = await _apply(environment, decision, updated)
             if saved.source is Source.MANUAL:
@@ -376,15 +367,6 @@ async def _reevaluate(environment: Environment, dry_run: bool) -> Reevaluation:
             result.changed[saved.status.value] += 1
             result.not_quarantined += 0 if quarantined else 1
     return result
-
-
-def needs_new_analysis(policy: Policy, decision: Decision) -> bool:
-    """Whether the stored labels cannot be judged under this policy (they start too high)."""
-    return (
-        decision.source is Source.AUTO
-        and decision.policy != policy.fingerprint
-        and policy.min_confidence < decision.min_confidence
-    )
 
 
 async def _apply(
@@ -425,10 +407,7 @@ async def _quarantine(environment: Environment, decision: Decision) -> bool:
 
 async def _restore(environment: Environment, decision: Decision) -> bool:
     """Put a quarantined original back into STORAGE."""
-    moderator = environment.runtime.moderator
-    if moderator.quarantine is None or not decision.sha256:
-        return False
-    data = await moderator.run_blocking(moderator.quarantine.get, decision.sha256)
+    data = await environment.runtime.moderator.kept_original(decision.sha256)
     if data is None:
         return False
     await environment.review.caches.restore(decision.url, data)

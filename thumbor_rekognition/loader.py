@@ -16,7 +16,6 @@ from thumbor.loaders import LoaderResult
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import NOT_AN_IMAGE, ModerationHandler, apply_decision
 from thumbor_rekognition.preparation import UnsupportedImage
-from thumbor_rekognition.quarantine import QuarantineError
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
@@ -79,16 +78,9 @@ async def load(context: Any, path: str) -> LoaderResult:
 
 
 async def _quarantined(runtime: Runtime, known: Decision | None) -> bytes | None:
-    quarantine = runtime.moderator.quarantine
-    if known is None or known.status is not Status.APPROVED or not known.sha256:
+    if known is None or known.status is not Status.APPROVED:
         return None
-    if quarantine is None:
-        return None
-    try:
-        return await runtime.moderator.run_blocking(quarantine.get, known.sha256)
-    except QuarantineError as error:
-        logger.error("quarantined original of %s unreadable: %s", known.key, error)
-        return None
+    return await runtime.moderator.kept_original(known.sha256)
 
 
 def _warn_without_gate(context: Any) -> None:

@@ -292,9 +292,10 @@ class Moderator:
 
     def _stands(self, decision: Decision) -> bool:
         """Whether a stored decision answers for its bytes without asking the backend."""
-        return not decision.needs_retry and not self._needs_new_analysis(decision)
+        return not decision.needs_retry and not self.needs_new_analysis(decision)
 
-    def _needs_new_analysis(self, decision: Decision) -> bool:
+    def needs_new_analysis(self, decision: Decision) -> bool:
+        """Whether the current thresholds cannot be applied to the stored labels."""
         # Labels below the confidence a picture was analysed at were never returned, so a
         # policy that looks lower than that cannot be judged from what is stored.
         return (
@@ -413,6 +414,16 @@ class Moderator:
             _Metrics(metrics).incr("moderation.quarantine.errors")
             return False
         return True
+
+    async def kept_original(self, sha256: str) -> bytes | None:
+        """The quarantined original with this hash, or None (also when unreadable)."""
+        if not sha256 or self.quarantine is None:
+            return None
+        try:
+            return await self._run(self._executor, self.quarantine.get, sha256)
+        except QuarantineError as error:
+            logger.error("quarantined original %s unreadable: %s", sha256, error)
+            return None
 
     async def record_result(self, key: str, path: str) -> None:
         """Remember that a result-storage entry at this request path derives from key."""
@@ -543,16 +554,10 @@ class Moderator:
             decision.source is not Source.AUTO
             or decision.needs_retry
             or decision.policy == self.policy.fingerprint
-            or self._needs_new_analysis(decision)
+            or self.needs_new_analysis(decision)
         ):
             return decision
-        verdict = self.policy.judge(decision.labels)
-        updated = decision.replace(
-            status=verdict.status,
-            reasons=verdict.reasons,
-            policy=self.policy.fingerprint,
-            updated_at=time.time(),
-        )
+        updated = self.rejudged(decision)
         event = Event(
             updated.status, Source.AUTO, SYSTEM, "thresholds changed; labels judged again"
         )
@@ -563,6 +568,16 @@ class Moderator:
             return updated
         await self.announce(decision, saved, event)
         return saved
+
+    def rejudged(self, decision: Decision) -> Decision:
+        """A decision judged again from its stored labels under the current thresholds."""
+        verdict = self.policy.judge(decision.labels)
+        return decision.replace(
+            status=verdict.status,
+            reasons=verdict.reasons,
+            policy=self.policy.fingerprint,
+            updated_at=time.time(),
+        )
 
     async def _count(self, name: str) -> None:
         try:

@@ -115,12 +115,8 @@ class Review:
         return decided
 
     async def _original_bytes(self, sha256: str, url: str) -> bytes | None:
-        quarantine = self.moderator.quarantine
-        if sha256 and quarantine is not None:
-            kept = await self.moderator.run_blocking(quarantine.get, sha256)
-            if kept is not None:
-                return kept
-        return await self.caches.original(url)
+        kept = await self.moderator.kept_original(sha256)
+        return kept if kept is not None else await self.caches.original(url)
 
     async def forget(self, url: str, actor: str, note: str = "") -> bool:
         """Drop a decision: the next request judges the picture again."""
