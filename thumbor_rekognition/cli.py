@@ -36,6 +36,7 @@ from thumbor_rekognition.backends import BackendError
 from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.config import ConfigurationError  # also defines the plugin's keys
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.loader import as_loader_result
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.quarantine import QuarantineError
@@ -518,9 +519,7 @@ async def _moderate_url(environment: Environment, url: str) -> str:
         # A loader may raise anything (sockets, TLS, its own bugs): one URL fails.
         logger.warning("loading %s failed: %s: %s", url, type(error).__name__, error)
         return "load failed"
-    if not isinstance(result, LoaderResult):
-        # Loaders written before LoaderResult existed return the bytes themselves.
-        result = LoaderResult(buffer=result, successful=result is not None)
+    result = as_loader_result(result)
     if not result.successful:
         return LOAD_FAILURES.get(result.error, "load failed")
     if not result.buffer:

@@ -50,12 +50,7 @@ async def load(context: Any, path: str) -> LoaderResult:
         if refusal is not None:
             return refusal
 
-    result = await runtime.source_loader.load(context, path)
-    if not isinstance(result, LoaderResult):
-        # Loaders written before LoaderResult existed return the bytes themselves.
-        result = LoaderResult(buffer=result, successful=result is not None)
-        if not result.successful:
-            result.error = LoaderResult.ERROR_NOT_FOUND
+    result = as_loader_result(await runtime.source_loader.load(context, path))
     if result.successful and not result.buffer:
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": "empty"})
     if not result.successful:
@@ -75,6 +70,16 @@ async def load(context: Any, path: str) -> LoaderResult:
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
     answer = apply_decision(context, runtime, decision, result)
     return answer if answer is not None else result
+
+
+def as_loader_result(result: Any) -> LoaderResult:
+    """What a source loader returned, as a LoaderResult."""
+    if isinstance(result, LoaderResult):
+        return result
+    # Loaders written before LoaderResult existed return the bytes themselves.
+    if result is None:
+        return LoaderResult(successful=False, error=LoaderResult.ERROR_NOT_FOUND)
+    return LoaderResult(buffer=result)
 
 
 async def _quarantined(runtime: Runtime, known: Decision | None) -> bytes | None:
