@@ -19,7 +19,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import Settings
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 SYSTEM = "thumbor-rekognition"
 STORE_REST_SECONDS = 1.0
 
@@ -53,35 +54,22 @@ class _Metrics:
             self._metrics.timing(name, milliseconds)
 
 
-class _Cache:
-    """A bounded LRU of decisions that expire after a TTL.
+class _Bounded(Generic[V]):
+    """A dict that forgets its least recently written entries past a size.
 
-    Expired entries stay until evicted: when the store is unreachable, the last known
-    decision still answers. A store's change listener may discard entries from another
-    thread, so no method assumes an entry it saw is still there.
+    A store's change listener may touch it from another thread, so no method assumes
+    an entry it saw is still there.
     """
 
-    def __init__(self, ttl: float, size: int = 100_000) -> None:
-        self.ttl = ttl
+    def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
+        self._items: OrderedDict[str, V] = OrderedDict()
 
-    def get(self, key: str) -> Decision | None:
-        item = self._items.get(key)
-        if item is None or item[0] < time.monotonic():
-            return None
-        return item[1]
+    def get(self, key: str) -> V | None:
+        return self._items.get(key)
 
-    def stale(self, key: str) -> Decision | None:
-        """The last decision held for a key, expired or not."""
-        item = self._items.get(key)
-        return item[1] if item is not None else None
-
-    def put(self, key: str, decision: Decision, ttl: float | None = None) -> None:
-        ttl = self.ttl if ttl is None else ttl
-        if ttl <= 0:
-            return
-        self._items[key] = (time.monotonic() + ttl, decision)
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
         with contextlib.suppress(KeyError):
             self._items.move_to_end(key)
         while len(self._items) > self.size:
@@ -92,35 +80,51 @@ class _Cache:
         self._items.pop(key, None)
 
     def snapshot(self) -> list[str]:
-        """The keys held now (a copy: other threads may change the cache meanwhile)."""
+        """The keys held now (a copy: other threads may change them meanwhile)."""
         return list(self._items)
 
     def clear(self) -> None:
         self._items.clear()
 
+
+class _Cache:
+    """Decisions that expire after a TTL, in a bounded LRU.
+
+    Expired entries stay until evicted: when the store is unreachable, the last known
+    decision still answers.
+    """
+
+    def __init__(self, ttl: float, size: int = 100_000) -> None:
+        self.ttl = ttl
+        self._entries: _Bounded[tuple[float, Decision]] = _Bounded(size)
+
+    def get(self, key: str) -> Decision | None:
+        item = self._entries.get(key)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def stale(self, key: str) -> Decision | None:
+        """The last decision held for a key, expired or not."""
+        item = self._entries.get(key)
+        return item[1] if item is not None else None
+
+    def put(self, key: str, decision: Decision) -> None:
+        if self.ttl > 0:
+            self._entries.put(key, (time.monotonic() + self.ttl, decision))
+
+    def discard(self, key: str) -> None:
+        self._entries.discard(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
     def expire(self) -> None:
         """Make every entry ask the store again, while keeping it as the stale answer."""
-        for key in list(self._items):
-            item = self._items.get(key)
-            if item is not None:
-                self._items[key] = (0.0, item[1])
-
-
-class _Refusals:
-    """Content hashes of bytes that are not pictures, with the reason, least recent dropped."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._items: OrderedDict[str, str] = OrderedDict()
-
-    def get(self, sha256: str) -> str | None:
-        return self._items.get(sha256)
-
-    def put(self, sha256: str, reason: str) -> None:
-        self._items[sha256] = reason
-        while len(self._items) > self.size:
-            with contextlib.suppress(KeyError):
-                self._items.popitem(last=False)
+        for key in self._entries.snapshot():
+            decision = self.stale(key)
+            if decision is not None:
+                self._entries.put(key, (0.0, decision))
 
 
 def sha256_hex(data: bytes) -> str:
@@ -154,14 +158,15 @@ class Moderator:
         self._flights: dict[str, asyncio.Future[Decision]] = {}
         self._recorded: set[tuple[str, str]] = set()
         # Decisions the backend made that the store could not keep: reused, not paid again.
-        self._unsaved = _Cache(ttl=float("inf"), size=10_000)
+        self._unsaved: _Bounded[Decision] = _Bounded(10_000)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._store_down_logged = 0.0
         self._store_resting_until = 0.0
         self._store_probing = False
-        self._refused = _Refusals()
+        # Content hash -> why those bytes are not a picture.
+        self._refused: _Bounded[str] = _Bounded(10_000)
         # Content hash -> when its judgement failed, and the failed decision.
-        self._failed: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
+        self._failed: _Bounded[tuple[float, Decision]] = _Bounded(10_000)
         self.backend_calls = 0
 
     async def _run(
@@ -323,10 +328,7 @@ class Moderator:
             self._refused.put(sha256, str(error))
             raise
         if decision.needs_retry:
-            self._failed[sha256] = (time.monotonic(), decision)
-            while len(self._failed) > 10_000:
-                with contextlib.suppress(KeyError):
-                    self._failed.popitem(last=False)
+            self._failed.put(sha256, (time.monotonic(), decision))
         return decision
 
     async def _decide_new(
@@ -439,7 +441,7 @@ class Moderator:
         self._recorded.add((key, path))
 
     async def _twin(self, sha256: str, metrics: Any) -> Decision | None:
-        twin = self._unsaved.stale(sha256) or self._by_hash.get(sha256)
+        twin = self._unsaved.get(sha256) or self._by_hash.get(sha256)
         if twin is None:
             try:
                 twin = await self._store(self.store.find_by_hash, sha256)
@@ -611,7 +613,7 @@ class Moderator:
         self._by_hash.clear()
         self._store_resting_until = 0.0
         for sha256 in self._unsaved.snapshot():
-            decision = self._unsaved.stale(sha256)
+            decision = self._unsaved.get(sha256)
             if decision is None:
                 continue
             try:
