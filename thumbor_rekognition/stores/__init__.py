@@ -7,6 +7,10 @@ settings. Methods are blocking; the moderator calls them from the store's own th
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,6 +19,8 @@ from thumbor_rekognition.decision import Decision, Event, Status
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class StoreUnavailable(Exception):
@@ -135,6 +141,36 @@ class Store:
 
     def close(self) -> None:
         """Release connections."""
+
+
+class ChangeFeed:
+    """The listeners of a store's change notifications, and the thread that feeds them.
+
+    Each process starts its own feeding thread on its first subscription (threads do
+    not survive a fork); each change carries its sender, a random id per store object,
+    so that a process is not told of its own changes.
+    """
+
+    def __init__(self, feed: Callable[[], None]) -> None:
+        self._feed = feed
+        self._listeners: list[Callable[[str | None], None]] = []
+        self._pid = 0
+        self.sender = uuid.uuid4().hex
+        self.closed = threading.Event()
+
+    def subscribe(self, changed: Callable[[str | None], None]) -> None:
+        self._listeners.append(changed)
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            threading.Thread(target=self._feed, name="moderation-changes", daemon=True).start()
+
+    def notify(self, key: str | None) -> None:
+        """Tell every listener; one that fails does not stop the others."""
+        for listener in list(self._listeners):
+            try:
+                listener(key)
+            except Exception:
+                logger.exception("decision change listener failed")
 
 
 def load_store(settings: Settings) -> Store:

@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -170,11 +169,7 @@ class Store(stores.Store):
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._pid = 0
-        self._listeners: list[Callable[[str | None], None]] = []
-        self._listening_pid = 0
-        self._closed = threading.Event()
-        # Changes are published with their sender: a process knows its own already.
-        self._sender = uuid.uuid4().hex
+        self._changes = stores.ChangeFeed(self._listen)
 
     def _redis(self) -> redis.Redis:
         with self._lock:
@@ -237,13 +232,15 @@ class Store(stores.Store):
                 decision.source.value,
                 _event_json(event),
                 "1" if decision.source is Source.AUTO else "0",
-                self._sender,
+                self._changes.sender,
             )
         return Decision.from_json(body)
 
     def delete(self, key: str, event: Event) -> bool:
         with self._call() as client:
-            deleted = client.eval(_DELETE, 0, self.prefix, key, _event_json(event), self._sender)
+            deleted = client.eval(
+                _DELETE, 0, self.prefix, key, _event_json(event), self._changes.sender
+            )
         return bool(deleted)
 
     def history(self, key: str) -> list[Event]:
@@ -353,23 +350,13 @@ class Store(stores.Store):
         return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
 
     def subscribe(self, changed: Callable[[str | None], None]) -> None:
-        self._listeners.append(changed)
-        if self._listening_pid != os.getpid():
-            self._listening_pid = os.getpid()
-            threading.Thread(target=self._listen, name="moderation-changes", daemon=True).start()
-
-    def _notify(self, key: str | None) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(key)
-            except Exception:
-                logger.exception("decision change listener failed")
+        self._changes.subscribe(changed)
 
     def _listen(self) -> None:
         """Forward change notifications; reconnect with backoff when Redis goes away."""
         channel = self._key("changes")
         delay = 0.1
-        while not self._closed.is_set():
+        while not self._changes.closed.is_set():
             # health_check_interval pings an idle connection, so one that silently stopped
             # carrying traffic is noticed within seconds, not at the kernel's keepalive.
             client = redis.Redis.from_url(
@@ -382,25 +369,25 @@ class Store(stores.Store):
             try:
                 pubsub.subscribe(channel)
                 # Changes made while nobody listened are unknown: forget everything.
-                self._notify(None)
+                self._changes.notify(None)
                 delay = 0.1
-                while not self._closed.is_set():
+                while not self._changes.closed.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         data = _text(message["data"])
                         # 32 hex digits of the sender, then the key.
-                        if data[:32] != self._sender:
-                            self._notify(data[32:])
+                        if data[:32] != self._changes.sender:
+                            self._changes.notify(data[32:])
             except redis.exceptions.RedisError as error:
                 logger.warning("decision change notifications interrupted: %s", error)
-                self._closed.wait(delay)
+                self._changes.closed.wait(delay)
                 delay = min(delay * 2, 2.0)
             finally:
                 pubsub.close()
                 client.close()
 
     def close(self) -> None:
-        self._closed.set()
+        self._changes.closed.set()
         with self._lock:
             if self._client is not None and self._pid == os.getpid():
                 self._client.close()

@@ -10,12 +10,10 @@ a tenth of a second.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -86,8 +84,6 @@ CREATE TABLE IF NOT EXISTS counters (
 BUSY_TIMEOUT = 10.0
 POLL_SECONDS = 0.1
 
-logger = logging.getLogger(__name__)
-
 
 def _initialise(connection: sqlite3.Connection) -> None:
     """WAL mode and the schema, waiting while other processes open the same new file.
@@ -124,11 +120,7 @@ class Store(stores.Store):
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
-        # Changes are logged with their sender: a process knows its own already.
-        self._sender = uuid.uuid4().hex
-        self._listeners: list[Callable[[str | None], None]] = []
-        self._listening_pid = 0
-        self._closed = threading.Event()
+        self._changes = stores.ChangeFeed(self._poll)
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None and self._pid == os.getpid():
@@ -226,21 +218,18 @@ class Store(stores.Store):
     def _changed(self, cursor: sqlite3.Cursor, key: str) -> None:
         cursor.execute(
             "INSERT INTO changes (key, sender, at) VALUES (?, ?, ?)",
-            (key, self._sender, time.time()),
+            (key, self._changes.sender, time.time()),
         )
 
     def subscribe(self, changed: Callable[[str | None], None]) -> None:
         """Poll the change log of the file: other processes' changes arrive within 0.1 s."""
-        self._listeners.append(changed)
-        if self._listening_pid != os.getpid():
-            self._listening_pid = os.getpid()
-            threading.Thread(target=self._poll, name="moderation-changes", daemon=True).start()
+        self._changes.subscribe(changed)
 
     def _poll(self) -> None:
         last = None
         failing = False
         pruned = time.monotonic()
-        while not self._closed.wait(POLL_SECONDS):
+        while not self._changes.closed.wait(POLL_SECONDS):
             try:
                 with self._cursor() as cursor:
                     if last is None:
@@ -256,11 +245,11 @@ class Store(stores.Store):
                 continue
             if failing:
                 failing = False
-                self._notify(None)
+                self._changes.notify(None)
             for seq, key, sender in rows:
                 last = seq
-                if sender != self._sender:
-                    self._notify(key)
+                if sender != self._changes.sender:
+                    self._changes.notify(key)
             if time.monotonic() - pruned > 600:
                 pruned = time.monotonic()
                 self._prune()
@@ -268,13 +257,6 @@ class Store(stores.Store):
     def _prune(self) -> None:
         with contextlib.suppress(stores.StoreUnavailable), self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM changes WHERE at < ?", (time.time() - 3600,))
-
-    def _notify(self, key: str | None) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(key)
-            except Exception:
-                logger.exception("decision change listener failed")
 
     @staticmethod
     def _log(cursor: sqlite3.Cursor, key: str, event: Event) -> None:
@@ -449,7 +431,7 @@ class Store(stores.Store):
         return {f"{topic}.{state}": count for topic, state, count in rows}
 
     def close(self) -> None:
-        self._closed.set()
+        self._changes.closed.set()
         with self._lock:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
