@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
+from tests.moto_server import aws_client, moto_server
 from tests.receivers import Received, Receiver
 from tests.servers import ThumborServer
 from tests.test_notifications import (
@@ -130,17 +129,12 @@ def invalidated(cloudfront: tuple[Any, str], stem: str, count: int = 1) -> list[
 @pytest.fixture(scope="module")
 def cloudfront() -> Iterator[tuple[str, Any, str]]:
     """moto's server, a client of the tests' own, and a distribution in front of Thumbor."""
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.session.Session().client(
-        "cloudfront",
-        region_name="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    with moto_server() as endpoint:
+        client = aws_client("cloudfront", endpoint)
+        yield endpoint, client, _create_distribution(client)
+
+
+def _create_distribution(client: Any) -> str:
     origin = {
         "Id": "thumbor",
         "DomainName": "thumbor.example.com",
@@ -164,8 +158,7 @@ def cloudfront() -> Iterator[tuple[str, Any, str]]:
             },
         }
     )
-    yield endpoint, client, created["Distribution"]["Id"]
-    moto.stop()
+    return str(created["Distribution"]["Id"])
 
 
 @pytest.fixture(scope="module")

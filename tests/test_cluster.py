@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
+from tests.moto_server import aws_client, moto_server
 from tests.redis_server import RedisServer
 from tests.servers import Response, ThumborServer, base_config, storage_file
 from thumbor_rekognition.stores.redis import Store as RedisStore
@@ -153,20 +152,10 @@ def cluster_redis(module_root: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def s3(module_root: Path) -> Iterator[tuple[str, Any]]:
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.session.Session().client(
-        "s3",
-        region_name="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    moto.stop()
+    with moto_server() as endpoint:
+        client = aws_client("s3", endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        yield endpoint, client
 
 
 @pytest.fixture(scope="module")

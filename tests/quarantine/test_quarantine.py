@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.stub import Stubber
-from moto.server import ThreadedMotoServer
 from thumbor.config import Config
 
 from tests.conftest import picture
+from tests.moto_server import aws_client, moto_server
 from thumbor_rekognition import quarantine
 from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.quarantine import QuarantineError, file, load_quarantine, s3
@@ -306,23 +305,14 @@ class TestFileQuarantine(QuarantineContract):
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
 def s3_admin(moto_endpoint: str) -> Any:
     """A client of the tests' own, to create buckets and look inside them."""
-    return boto3.session.Session().client(
-        "s3",
-        region_name="us-east-1",
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return aws_client("s3", moto_endpoint)
 
 
 def closed_port() -> int:
