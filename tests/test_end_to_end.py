@@ -175,6 +175,27 @@ def test_rejected_image_gets_placeholder_at_requested_size_with_short_cache(
         assert image.convert("RGB").getpixel((150, 10)) != (255, 0, 0)
 
 
+@pytest.mark.parametrize(("size", "expected"), [("500x0", (500, 333)), ("0x200", (300, 200))])
+def test_one_sided_placeholder_takes_the_shape_the_original_would_have(
+    server: ThumborServer,
+    images: Path,
+    fake: FakeRekognition,
+    size: str,
+    expected: tuple[int, int],
+) -> None:
+    fake.respond((255, 0, 0), v6("Explicit Nudity", "Nudity", 99))
+    rejected, approved = unique("wide-rejected"), unique("wide-approved")
+    (images / rejected).write_bytes(picture((255, 0, 0), size=(1200, 800)))
+    (images / approved).write_bytes(picture((0, 0, 255), size=(1200, 800)))
+
+    placeholder = server.get(f"/unsafe/{size}/{rejected}")
+    image = server.get(f"/unsafe/{size}/{approved}")
+
+    assert placeholder.header("X-Moderation-Status") == "rejected"
+    assert image.header("X-Moderation-Status") == "approved"
+    assert size_of(placeholder) == size_of(image) == expected
+
+
 def test_placeholder_renderings_are_reused_with_the_same_headers(
     server: ThumborServer, images: Path, fake: FakeRekognition
 ) -> None:

@@ -171,14 +171,33 @@ def keep_out_of_caches(context: Any) -> None:
 
 
 def fit_placeholder(context: Any, decision: Decision) -> None:
-    """Render the placeholder at the requested size, or the original's when none is asked."""
+    """Render the placeholder in the box the original would take at the requested size."""
     request = context.request
     request.smart = False
-    if not request.width and not request.height and decision.width and decision.height:
-        request.width, request.height = decision.width, decision.height
+    if decision.width and decision.height:
+        request.width, request.height = _original_box(
+            request.width, request.height, decision.width, decision.height
+        )
     handler = getattr(context, "request_handler", None)
     if isinstance(handler, ModerationHandler):
         handler.placeholder_key = _rendering(request, handler.request.headers)
+
+
+def _original_box(
+    width: int | str, height: int | str, original_width: int, original_height: int
+) -> tuple[int, int]:
+    """The requested size with `orig` and a missing side filled in from the original."""
+    # Thumbor would fill them in from the placeholder's own size (4:3) instead.
+    width = original_width if width == "orig" else int(width)
+    height = original_height if height == "orig" else int(height)
+    if not width and not height:
+        return original_width, original_height
+    # Thumbor's rounding (Engine.get_proportional_*), so the sizes agree to the pixel.
+    if not height:
+        return width, int(round(float(width) * original_height / original_width, 0))
+    if not width:
+        return int(round(float(height) * original_width / original_height, 0)), height
+    return width, height
 
 
 def _rendering(request: Any, headers: Any) -> str:
