@@ -340,8 +340,9 @@ def decide_everywhere(
 ) -> str:
     """A new picture, judged, and answered by both nodes.
 
-    Each node is asked twice: its first answer may not stay in its memory (see the
-    expected failure about a node's own change notifications below).
+    Each node is asked twice: a node that read the decision from Redis before the judging
+    node's change notification reached it drops the decision from its memory when the
+    notification arrives; asked again, it keeps it.
     """
     name = add_picture(cluster.images, color, stem)
     for node in cluster.nodes * 2:

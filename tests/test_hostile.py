@@ -679,7 +679,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-# What Pillow raises that prepare() lets out today (UNCAUGHT_BUG).
+# Any bytes through prepare(): backend-ready frames or UnsupportedImage, nothing else.
 
 any_bytes = st.one_of(st.binary(max_size=2048), mutated_images())
 

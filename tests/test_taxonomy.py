@@ -7,8 +7,9 @@ import pytest
 from thumbor_rekognition import taxonomy
 from thumbor_rekognition.decision import labels_from_rekognition
 
-# Every category named in DESIGN.md section 5, spelt as the design spells it, written out
-# here rather than read from the package so that a category dropped from its tree shows.
+# Every category of Rekognition's model 6.x and 7.x trees, spelt as the design's notes on
+# Rekognition (taken from AWS's documentation) spell them, written out here rather than
+# read from the package so that a category dropped from its tree shows.
 DESIGN_6X = {
     "Explicit Nudity": [
         "Nudity",
