@@ -3,8 +3,10 @@ and the fake Rekognition endpoint over HTTP."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -178,7 +180,7 @@ def test_check_json_gives_the_decision_under_the_current_thresholds(
     assert strict["min_confidence"] == 50.0
 
 
-def test_check_fails_on_a_file_that_is_not_an_image(
+def test_check_names_a_file_that_is_not_an_image(
     site: Site, fake: FakeRekognition, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = site.root / "page.png"
@@ -187,7 +189,9 @@ def test_check_fails_on_a_file_that_is_not_an_image(
     code = site.run("check", str(path))
 
     assert code == 1
-    assert "not a readable image" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"thumbor-moderation: {path}: not an image Pillow can open\n"
+    )
     assert fake.call_count == 0
 
 
@@ -657,6 +661,59 @@ def test_an_unknown_command_is_a_usage_error(site: Site) -> None:
 
 def console_script() -> str:
     return str(Path(sys.executable).with_name("thumbor-moderation"))
+
+
+def test_console_script_check_of_a_non_image_says_so_without_a_traceback(site: Site) -> None:
+    path = site.root / "notes.txt"
+    path.write_text("shopping list\n")
+
+    check = subprocess.run(
+        [console_script(), "--conf", str(site.conf), "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert check.returncode == 1
+    assert check.stderr == f"thumbor-moderation: {path}: not an image Pillow can open\n"
+
+
+def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> None:
+    if importlib.util.find_spec("pycurl") is not None:
+        pytest.skip("pycurl is installed: Thumbor gives no advice to silence")
+    site.write_conf(MODERATION_SOURCE_LOADER="thumbor.loaders.http_loader")
+    importing = subprocess.run(
+        [sys.executable, "-c", "import thumbor.loaders.http_loader"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    stats = subprocess.run(
+        [console_script(), "--conf", str(site.conf), "stats"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert cli.PYCURL_ADVICE in importing.stderr
+    assert stats.returncode == 0
+    assert stats.stderr == ""
+
+
+def test_only_thumbors_pycurl_advice_is_silenced(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    site.run("stats")
+
+    thumbor_logger = logging.getLogger("thumbor")
+    thumbor_logger.warning("pycurl usage is advised. It could not be loaded properly.")
+    thumbor_logger.warning("another warning")
+
+    assert [r.getMessage() for r in caplog.records if r.name == "thumbor"] == ["another warning"]
 
 
 def test_console_script_runs_commands_and_reports_configuration_errors(moderated: Site) -> None:

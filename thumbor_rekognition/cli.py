@@ -55,6 +55,7 @@ EXIT_INTERRUPTED = 130
 CONF_NAME = "thumbor.conf"
 REEVALUATE_ACTOR = "cli:reevaluate"
 DEFAULT_CONCURRENCY = 8
+PYCURL_ADVICE = "pycurl usage is advised"
 
 # Outcomes of backfill that are decisions; anything else is a failure.
 DECIDED = tuple(status.value for status in Status)
@@ -702,10 +703,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_pycurl_advice(record: logging.LogRecord) -> bool:
+    """False for Thumbor's advice to install pycurl, which its HTTP loader logs on import."""
+    # Advice for a server's fetching; a command line gets it on every call, in every script.
+    return not record.getMessage().startswith(PYCURL_ADVICE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run thumbor-moderation; returns its exit code."""
     arguments = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("thumbor").addFilter(_not_pycurl_advice)
     try:
         environment = Environment(arguments.conf)
     except ConfigurationError as error:

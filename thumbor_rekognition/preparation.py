@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SIDE = 80
@@ -83,6 +83,10 @@ def prepare(
         message = f"more pixels than Pillow may decode here (Thumbor's MAX_PIXELS): {error}"
     except MemoryError:
         raise
+    except UnidentifiedImageError:
+        # Its own message names the in-memory buffer (<_io.BytesIO object at 0x...>).
+        kind = UnsupportedImage
+        message = "not an image Pillow can open"
     except Exception as error:
         # Pillow's decoders raise OSError, ValueError, SyntaxError and EOFError, but also
         # struct.error, IndexError or RuntimeError on damaged files: all mean the same.
