@@ -58,7 +58,7 @@ def counted(counter: Counter[str] | Counter[int]) -> str:
 
 
 def versions() -> list[str]:
-    packages = ["thumbor-rekognition", "thumbor", "Pillow", "boto3", "botocore", "tornado"]
+    packages = ["thumbor-moderation", "thumbor", "Pillow", "boto3", "botocore", "tornado"]
     found = []
     for package in packages:
         try:

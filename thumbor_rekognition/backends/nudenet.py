@@ -129,7 +129,7 @@ class Backend(BaseBackend):
         except ImportError as error:
             raise BackendConfigurationError(
                 "the offline backend needs the 'local' extra: pip install "
-                f"'thumbor-rekognition[local]' ({error})"
+                f"'thumbor-moderation[local]' ({error})"
             ) from error
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.settings.nudenet_threads
