@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test check bench clean
+.PHONY: install demo demo-reset test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-local
 	scripts/demo
+
+# Forgets the demo's decisions, quarantine and caches; keeps demo-data/pictures.
+demo-reset:
+	rm -rf demo-data/decisions.sqlite3* demo-data/quarantine demo-data/storage demo-data/result
 
 test: install
 	scripts/install-system-packages
