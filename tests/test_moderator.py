@@ -31,7 +31,7 @@ from thumbor_rekognition.backends import (
 )
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Analysis, Decision, Event, Label, Source, Status
-from thumbor_rekognition.moderator import Moderator
+from thumbor_rekognition.moderator import Moderator, start_request
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage
 from thumbor_rekognition.stores import sqlite
 
@@ -545,6 +545,76 @@ def test_unreachable_store_leaves_new_pictures_pending_without_a_backend_call(
     assert decision.needs_retry
     assert decision.error.startswith("store:")
     assert world.backend.calls == []
+
+
+class HungStore(sqlite.Store):
+    """A store that, while `hung` is set, answers every call only with a timeout."""
+
+    hung = False
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path=path)
+        self.reached = 0
+        self._lock = threading.Lock()
+
+    def _hang(self) -> None:
+        if self.hung:
+            with self._lock:
+                self.reached += 1
+            time.sleep(0.05)
+            raise stores.StoreUnavailable("timeout reading from socket")
+
+    def get(self, key: str) -> Decision | None:
+        self._hang()
+        return super().get(key)
+
+    def find_all_by_hash(self, sha256: str) -> list[Decision]:
+        self._hang()
+        return super().find_all_by_hash(sha256)
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        self._hang()
+        return super().acquire_lease(name, holder, seconds)
+
+    def save(self, decision: Decision, event: Event) -> Decision:
+        self._hang()
+        return super().save(decision, event)
+
+
+def test_each_request_waits_for_a_hung_store_once_at_most(world: World) -> None:
+    store = HungStore(str(world.tmp_path / "hung.sqlite3"))
+    moderator = world.moderator(store=store)
+    pictures = [picture(RED, size=(90, 80 + index)) for index in range(10)]
+    store.hung = True
+
+    async def one_request(index: int) -> Decision:
+        start_request()
+        key = f"host/{index}.jpg"
+        await moderator.lookup(key)
+        return await moderator.moderate(key, f"http://{key}", pictures[index])
+
+    async def together() -> list[Decision]:
+        return await asyncio.gather(*(one_request(index) for index in range(10)))
+
+    decisions = run(together())
+
+    # Each request makes several store calls; only its first may wait for the store.
+    assert store.reached <= len(pictures)
+    assert [decision.status for decision in decisions] == [Status.PENDING] * len(pictures)
+    assert world.backend.calls == []
+
+
+def test_the_first_request_after_a_store_outage_gets_a_real_decision(world: World) -> None:
+    store = HungStore(str(world.tmp_path / "hung.sqlite3"))
+    moderator = world.moderator(store=store)
+    store.hung = True
+    during = moderate(moderator, "host/a.jpg", picture(RED))
+    store.hung = False
+
+    after = moderate(moderator, "host/a.jpg", picture(RED))
+
+    assert during.status is Status.PENDING
+    assert after.status is Status.REJECTED
 
 
 def test_store_in_an_uncreatable_directory_leaves_pictures_pending(world: World) -> None:

@@ -20,6 +20,7 @@ from thumbor.storages.no_storage import Storage as NoStorage
 
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
+from thumbor_rekognition.moderator import start_request
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
@@ -52,6 +53,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     async def execute_image_operations(self) -> None:
         key = self._key = normalise(self.context.request.image_url)
         moderator = self._runtime.moderator
+        start_request()
         decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
         if decision is None or decision.needs_retry:
             # Not judged yet: no cached result may answer, and one is kept only once approved.

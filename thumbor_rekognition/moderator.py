@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -36,7 +37,22 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 V = TypeVar("V")
 SYSTEM = "thumbor-rekognition"
-STORE_REST_SECONDS = 1.0
+
+
+class _StoreWaits:
+    """What one image request has seen of the decision store."""
+
+    failed = False
+
+
+_request_store_waits: contextvars.ContextVar[_StoreWaits | None] = contextvars.ContextVar(
+    "moderation_request_store_waits", default=None
+)
+
+
+def start_request() -> None:
+    """Begin an image request: from here on it waits for an unreachable store once at most."""
+    _request_store_waits.set(_StoreWaits())
 
 
 class _Metrics:
@@ -161,7 +177,8 @@ class Moderator:
         self._unsaved: _Bounded[Decision] = _Bounded(10_000)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._store_down_logged = 0.0
-        self._store_resting_until = 0.0
+        # Whether the last store call failed; see _store.
+        self._store_failed = False
         self._store_probing = False
         # Content hash -> why those bytes are not a picture.
         self._refused: _Bounded[str] = _Bounded(10_000)
@@ -179,21 +196,38 @@ class Moderator:
         return await self._run(self._executor, func, *args)
 
     async def _store(self, func: Callable[..., T], *args: Any) -> T:
-        # After a failure, one call at a time probes the store while the others fail at
-        # once: a hung store would otherwise cost every request a timeout per call.
-        resting = time.monotonic() < self._store_resting_until
-        if resting and self._store_probing:
-            raise stores.StoreUnavailable("decision store unavailable (failing fast)")
-        self._store_probing = resting
+        # Once a call finds the store unreachable, one call at a time probes it while the
+        # others fail at once, those already queued behind the hung ones included, and a
+        # request that has waited for it once is not the one to probe it again. Without
+        # this a request making several calls would wait a store timeout for each, and
+        # calls queued behind a pool of hung threads would wait for those first.
+        waits = _request_store_waits.get()
+        probe = False
+        if self._store_failed:
+            if self._store_probing or (waits is not None and waits.failed):
+                raise stores.StoreUnavailable("decision store unavailable (failing fast)")
+            probe = self._store_probing = True
         try:
-            result = await self._run(self._store_executor, func, *args)
+            return await self._run(self._store_executor, self._store_call, probe, func, *args)
         except stores.StoreUnavailable:
-            self._store_resting_until = time.monotonic() + STORE_REST_SECONDS
+            if waits is not None:
+                waits.failed = True
             raise
         finally:
-            if resting:
+            if probe:
                 self._store_probing = False
-        self._store_resting_until = 0.0
+
+    def _store_call(self, probe: bool, func: Callable[..., T], *args: Any) -> T:
+        # Runs on a store thread, which takes the next queued call before the event loop
+        # hears of a failure: the flag is read and set here for that reason.
+        if self._store_failed and not probe:
+            raise stores.StoreUnavailable("decision store unavailable (failing fast)")
+        try:
+            result = func(*args)
+        except stores.StoreUnavailable:
+            self._store_failed = True
+            raise
+        self._store_failed = False
         return result
 
     def prepare(self, buffer: bytes) -> PreparedImage:
@@ -460,7 +494,7 @@ class Moderator:
         started = time.perf_counter()
         recorder.incr("moderation.backend.calls")
         self.backend_calls += 1
-        await self._count("backend.calls")
+        await self.count("backend.calls")
         base = self._undecided(key, url, sha256, "").replace(
             policy=self.policy.fingerprint,
             min_confidence=min_confidence,
@@ -581,7 +615,8 @@ class Moderator:
             updated_at=time.time(),
         )
 
-    async def _count(self, name: str) -> None:
+    async def count(self, name: str) -> None:
+        """Add one to a counter every process shares (shown by stats); never raises."""
         try:
             await self._store(self.store.incr, name, 1)
         except stores.StoreUnavailable as error:
@@ -611,7 +646,7 @@ class Moderator:
         # Read again, but still the answer if the store goes away again right now.
         self._by_key.expire()
         self._by_hash.clear()
-        self._store_resting_until = 0.0
+        self._store_failed = False
         for sha256 in self._unsaved.snapshot():
             decision = self._unsaved.get(sha256)
             if decision is None:
