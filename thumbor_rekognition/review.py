@@ -10,6 +10,7 @@ into STORAGE so it is served even if its origin has dropped it.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderator import Moderator, sha256_hex
 from thumbor_rekognition.runtime import Runtime
 from thumbor_rekognition.urls import key_of, normalise
+
+logger = logging.getLogger(__name__)
 
 MAX_PAGE = 500
 
@@ -81,37 +84,51 @@ class Review:
         return decision, await self._store("history", key)
 
     async def decide(self, url: str, status: Status, note: str, actor: str) -> list[Decision]:
-        """A manual decision for the picture at this URL, and every URL showing the same bytes."""
+        """A manual decision for the picture at this URL, and every URL showing the same bytes.
+
+        Every decision is saved before anything else, so that viewers are refused (or
+        served) at once; keeping the original and cleaning caches follow, and a failure
+        there is logged and counted without undoing the decision.
+        """
         if status is Status.PENDING:
             raise ValueError("a manual decision approves or rejects")
         key = await self.key(url)
         current: Decision | None = await self._store("get", key)
         sha256 = current.sha256 if current else ""
-        original = await self._original_bytes(sha256, current.url if current else url)
-        if original is not None and not sha256:
-            sha256 = sha256_hex(original)
-        if status is Status.REJECTED and original is not None:
-            await self.moderator.keep_original(sha256, original)
+        original = None
+        if not sha256:
+            # Never fetched under this key: the bytes in STORAGE, if any, say which picture.
+            original = await self._original_bytes("", current.url if current else url)
+            sha256 = sha256_hex(original) if original is not None else ""
         targets: list[Decision] = await self._store("find_all_by_hash", sha256) if sha256 else []
         unseen = None
         if all(target.key != key for target in targets):
             unseen = None if current else _unseen(key, url, sha256)
             targets.append(current or unseen)  # type: ignore[arg-type]
         now = time.time()
+        event = Event(status, Source.MANUAL, actor, note)
         decided = []
         for target in targets:
             manual = target.replace(
                 status=status, source=Source.MANUAL, sha256=sha256, error="", updated_at=now
             )
-            event = Event(status, Source.MANUAL, actor, note)
-            saved: Decision = await self._store("save", manual, event)
+            decided.append(await self._store("save", manual, event))
             self.moderator.forget(target.key)
+        if original is None:
+            original = await self._original_bytes(sha256, current.url if current else url)
+        if status is Status.REJECTED and original is not None:
+            await self.moderator.keep_original(sha256, original)
+        for target, saved in zip(targets, decided, strict=True):
             await self.moderator.announce(None if target is unseen else target, saved, event)
-            if status is Status.REJECTED:
-                await self.purge(target.url, announce=False)
-            elif original is not None:
-                await self.caches.restore(target.url, original)
-            decided.append(saved)
+            try:
+                if status is Status.REJECTED:
+                    await self.purge(target.url, announce=False)
+                elif original is not None:
+                    await self.caches.restore(target.url, original)
+            except Exception as error:
+                # Any cache's failure (a storage without remove, say): the decision stands.
+                logger.error("caches of %s not updated (%s): %s", target.key, status.value, error)
+                await self.moderator.count("caches.errors")
         return decided
 
     async def _original_bytes(self, sha256: str, url: str) -> bytes | None:
@@ -162,6 +179,8 @@ class Review:
                 for source in Source
             },
             "backend_calls": counters.get("backend.calls", 0),
+            # Caches an override could not clean (logged); the decision stood all the same.
+            "cache_errors": counters.get("caches.errors", 0),
             "backend": self.moderator.backend.name,
             "outbox": await self._store("outbox_counts"),
         }
