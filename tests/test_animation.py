@@ -22,7 +22,13 @@ from PIL import Image, ImageChops, ImageDraw, ImageStat
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import ThumborServer, base_config
 from tests.test_hostile import frame_bomb_gif
-from thumbor_rekognition.preparation import MAX_SCANNED_FRAMES, ImageTooLarge, prepare
+from tests.test_preparation import share_near, view
+from thumbor_rekognition.preparation import (
+    ALPHA_IGNORED,
+    MAX_SCANNED_FRAMES,
+    ImageTooLarge,
+    prepare,
+)
 
 SIZE = (160, 120)
 RED = (255, 0, 0)
@@ -213,6 +219,23 @@ def test_many_distinct_frames_yield_the_max_frames_least_alike(
     closest_chosen = min(b - a for a, b in itertools.pairwise(chosen))
     left_out = [index for index in range(12) if index not in chosen]
     assert all(min(abs(index - c) for c in chosen) <= closest_chosen for index in left_out)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "GIF"])
+def test_colour_hidden_under_transparency_in_an_animation_is_judged(image_format: str) -> None:
+    # A fully transparent red frame: white on a page, red once converted to JPEG.
+    frames = [flat(BLUE, 0).convert("RGBA"), Image.new("RGBA", SIZE, (*RED, 0))]
+    frames += [flat(GREEN, 2).convert("RGBA")]
+    if image_format == "GIF":
+        # Pillow shows a GIF's later frames over the earlier ones: only the first frame
+        # shows its transparent colour, as Thumbor's first-frame conversions do.
+        frames.insert(0, frames.pop(1))
+    data = animation(frames, image_format)
+
+    prepared = prepare(data)
+
+    hiding = [frame for frame in prepared.frames if ALPHA_IGNORED in frame.views]
+    assert any(share_near(view(frame, ALPHA_IGNORED), RED) > 0.85 for frame in hiding)
 
 
 @pytest.mark.parametrize("frame_count", [MAX_SCANNED_FRAMES + 1, 50_000])

@@ -8,11 +8,14 @@ import zlib
 from typing import Any
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageChops, ImageFile
 
 from thumbor_rekognition import preparation
 from thumbor_rekognition.preparation import (
+    ALPHA_IGNORED,
     MAX_BYTES,
+    ON_WHITE,
+    SHOWN,
     Frame,
     ImageTooLarge,
     UnsupportedImage,
@@ -45,6 +48,27 @@ def opened(frame: Frame) -> Image.Image:
     assert image.format == frame.format
     assert image.size == (frame.width, frame.height)
     return image
+
+
+def view(frame: Frame, name: str) -> Image.Image:
+    """The part of a prepared frame that shows one of its views, in RGB."""
+    image = opened(frame).convert("RGB")
+    columns, rows = frame.grid
+    width, height = image.width // columns, image.height // rows
+    position = frame.views.index(name)
+    left, top = position % columns * width, position // columns * height
+    return image.crop((left, top, left + width, top + height))
+
+
+def share_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 40) -> float:
+    """The share of the picture's pixels within tolerance of a colour."""
+    rgb = image.convert("RGB")
+    bands = [
+        band.point(lambda value, want=want: 255 if abs(value - want) <= tolerance else 0)
+        for band, want in zip(rgb.split(), colour, strict=True)
+    ]
+    matching = ImageChops.multiply(ImageChops.multiply(bands[0], bands[1]), bands[2])
+    return matching.histogram()[255] / (rgb.width * rgb.height)
 
 
 def near(pixel: Any, expected: tuple[int, ...], tolerance: int = 6) -> bool:
@@ -218,9 +242,128 @@ def _rgba_half_transparent() -> bytes:
 def test_transparent_png_is_flattened_on_white(data: bytes) -> None:
     prepared = prepare(data)
 
-    image = opened(prepared.frames[0]).convert("RGB")
+    image = view(prepared.frames[0], ON_WHITE)
     assert near(image.getpixel((3, image.height // 2)), WHITE)
     assert near(image.getpixel((image.width - 4, image.height // 2)), RED)
+
+
+def _transparent_red_rgba() -> bytes:
+    return encode(Image.new("RGBA", (160, 120), (*RED, 0)), "PNG")
+
+
+def _palette_whose_transparent_colour_is_red() -> bytes:
+    image = Image.new("P", (160, 120), 0)
+    image.putpalette([*RED, *BLUE] + [0] * 762)
+    image.paste(1, (0, 0, 16, 120))
+    return encode(image, "PNG", transparency=0)
+
+
+def _rgb_whose_transparent_colour_is_red() -> bytes:
+    image = Image.new("RGB", (160, 120), RED)
+    image.paste(BLUE, (0, 0, 16, 120))
+    return encode(image, "PNG", transparency=RED)
+
+
+def _webp_with_transparent_red() -> bytes:
+    # exact: the encoder keeps the colours under alpha 0, as a hostile file would.
+    return encode(Image.new("RGBA", (160, 120), (*RED, 0)), "WEBP", lossless=True, exact=True)
+
+
+def _grey_with_transparent_black() -> bytes:
+    return encode(Image.new("LA", (160, 120), (0, 0)), "PNG")
+
+
+def _sixteen_bit_grey_with_transparent_black() -> bytes:
+    return encode(Image.new("I;16", (160, 120), 0), "PNG", transparency=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "hidden"),
+    [
+        (_transparent_red_rgba(), RED),
+        (_palette_whose_transparent_colour_is_red(), RED),
+        (_rgb_whose_transparent_colour_is_red(), RED),
+        (_webp_with_transparent_red(), RED),
+        (_grey_with_transparent_black(), (0, 0, 0)),
+        (_sixteen_bit_grey_with_transparent_black(), (0, 0, 0)),
+    ],
+    ids=["rgba-png", "palette-trns", "rgb-trns", "webp-alpha", "la", "16-bit-grey-trns"],
+)
+def test_colours_under_transparency_are_judged_as_a_jpeg_conversion_shows_them(
+    data: bytes, hidden: tuple[int, int, int]
+) -> None:
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert frame.views == prepared.views == (ON_WHITE, ALPHA_IGNORED)
+    assert share_near(opened(frame), hidden) > 0.4
+    assert share_near(view(frame, ALPHA_IGNORED), hidden) > 0.85
+    assert share_near(view(frame, ON_WHITE), WHITE) > 0.85
+
+
+def test_picture_drawn_by_its_alpha_alone_is_judged_on_white_too() -> None:
+    # Black everywhere; only the alpha channel draws a shape, which only a browser shows.
+    image = Image.new("RGBA", (160, 120), (0, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 80, 120))
+    data = encode(image, "PNG")
+
+    prepared = prepare(data)
+
+    on_white = view(prepared.frames[0], ON_WHITE)
+    assert near(on_white.getpixel((20, 60)), WHITE)
+    assert near(on_white.getpixel((140, 60)), (0, 0, 0))
+    assert share_near(view(prepared.frames[0], ALPHA_IGNORED), (0, 0, 0)) > 0.95
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(Image.new("RGBA", (160, 120), (*BLUE, 255)), "PNG"),
+        encode(Image.new("RGB", (160, 120), BLUE), "PNG", transparency=RED),
+        encode(Image.new("P", (160, 120), 1), "PNG", transparency=0),
+    ],
+    ids=["rgba-all-opaque", "rgb-unused-trns", "palette-unused-trns"],
+)
+def test_opaque_picture_that_could_hold_transparency_is_one_view_of_its_own_size(
+    data: bytes,
+) -> None:
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert (frame.views, frame.grid) == ((SHOWN,), (1, 1))
+    assert opened(frame).size == (160, 120)
+
+
+@pytest.mark.parametrize(
+    ("size", "grid"),
+    [((3200, 2400), (1, 2)), ((2400, 3200), (2, 1)), ((9000, 300), (1, 2))],
+    ids=["landscape-stacked", "portrait-side-by-side", "long"],
+)
+def test_two_views_together_are_reduced_towards_max_side_as_one_picture_is(
+    size: tuple[int, int], grid: tuple[int, int]
+) -> None:
+    data = encode(Image.new("RGBA", size, (*RED, 0)), "PNG")
+
+    prepared = prepare(data, max_side=1000)
+
+    frame = prepared.frames[0]
+    image = opened(frame)
+    assert frame.grid == grid
+    assert 1000 <= max(image.size) < 2000
+    view_size = view(frame, ALPHA_IGNORED).size
+    assert abs(view_size[0] * size[1] / (view_size[1] * size[0]) - 1) < 0.05
+    assert share_near(view(frame, ALPHA_IGNORED), RED) > 0.95
+
+
+def test_tiny_transparent_picture_comes_out_at_least_80_px_with_both_views() -> None:
+    data = encode(Image.new("RGBA", (10, 10), (*RED, 0)), "PNG")
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert opened(frame).size == (80, 160)
+    assert share_near(view(frame, ALPHA_IGNORED), RED) > 0.95
+    assert share_near(view(frame, ON_WHITE), WHITE) > 0.95
 
 
 def test_exif_rotated_jpeg_is_turned_the_way_a_viewer_shows_it() -> None:
@@ -302,7 +445,8 @@ def test_converted_picture_smaller_than_max_side_keeps_its_size(
 ) -> None:
     prepared = prepare(data)
 
-    assert opened(prepared.frames[0]).size == expected
+    frame = prepared.frames[0]
+    assert all(view(frame, name).size == expected for name in frame.views)
 
 
 def test_picture_with_more_pixels_than_max_pixels_is_refused_before_decoding() -> None:

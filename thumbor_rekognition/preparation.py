@@ -1,10 +1,12 @@
 """Original bytes -> what a backend accepts.
 
 Rekognition takes JPEG or PNG, at most 5 MB, each side 80..10,000 px. Whatever Pillow can
-open is turned into that: oriented as a viewer sees it, flattened onto white as a
-browser shows it, decoded at reduced size where the format allows (JPEG draft mode),
-reduced towards the analysis size, small ones scaled up and padded. This is blocking work:
-callers run it in the plugin's executor.
+open is turned into that: oriented as a viewer sees it, decoded at reduced size where the
+format allows (JPEG draft mode), reduced towards the analysis size, small ones scaled up
+and padded. A picture that is not fully opaque is judged as every viewer can be shown it:
+flattened onto white as a browser shows it, and with its alpha dropped as Thumbor's JPEG
+output shows it, both views in the one picture sent. This is blocking work: callers run
+it in the plugin's executor.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMath, ImageOps, UnidentifiedImageError
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SIDE = 80
@@ -29,6 +31,10 @@ SIGNATURE_SIDE = 64
 EDGE = 3
 SHAPE_TOLERANCE = 6
 COLOUR_TOLERANCE = 12
+# What a prepared picture shows, in the order its views are laid out (Frame.views).
+SHOWN = "shown"
+ON_WHITE = "on white"
+ALPHA_IGNORED = "alpha ignored"
 
 
 class UnsupportedImage(ValueError):
@@ -47,6 +53,11 @@ class Frame:
     format: str
     width: int
     height: int
+    views: tuple[str, ...] = (SHOWN,)
+    """What the picture shows: (SHOWN,) for an opaque picture; (ON_WHITE, ALPHA_IGNORED)
+    for one that is not fully opaque."""
+    grid: tuple[int, int] = (1, 1)
+    """The columns and rows the views are laid out in, left to right then top to bottom."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,11 @@ class PreparedImage:
     height: int
     format: str
     frame_count: int
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Every view the frames show, in order of first appearance (see Frame.views)."""
+        return tuple(dict.fromkeys(view for frame in self.frames for view in frame.views))
 
 
 def prepare(
@@ -146,28 +162,30 @@ def _animation(
                 f"animation too long to judge every frame ({index + 1}+ frames of "
                 f"{image.width}x{image.height})"
             )
-        signature = _signature(_reduced(image, SIGNATURE_SIDE))
+        signature = _signature(_reduced(image, SIGNATURE_SIDE).image)
         if all(not signature.close_to(kept) for _, kept in distinct):
             distinct.append((index, signature))
         index += 1
     frames = []
     for position in _most_different(distinct, max_frames):
         image.seek(position)
-        frames.append(_encode(_normalise(_reduced(image, max_side), max_side)))
+        frames.append(_encode(_within_limits(_reduced(image, max_side))))
     return tuple(frames), index
 
 
-def _reduced(image: Image.Image, side: int) -> Image.Image:
-    """The current frame as a viewer sees it, detached from the animation, reduced by an
+def _reduced(image: Image.Image, side: int) -> _Picture:
+    """The current frame as viewers see it, detached from the animation, reduced by an
     integer factor towards side before anything is copied at full size."""
     factor = max(image.size) // side
-    if image.mode in ("P", "PA"):
-        if factor >= 2:
-            size = (max(1, image.width // factor), max(1, image.height // factor))
-            # Palette images only resize by nearest neighbour; enough to see the frame.
-            image = image.resize(size, Image.Resampling.NEAREST)
-        return _to_rgb(image.convert("RGBA"))
-    return _to_rgb(image.reduce(factor) if factor >= 2 else image.copy())
+    if image.mode in ("P", "PA") and factor >= 2:
+        size = (max(1, image.width // factor), max(1, image.height // factor))
+        # Palette images only resize by nearest neighbour; enough to see the frame.
+        image = image.resize(size, Image.Resampling.NEAREST)
+    picture = _picture(image, side)
+    if picture.image is image:
+        # Seeking the animation rewrites a frame that was not copied.
+        return replace(picture, image=image.copy())
+    return picture
 
 
 @dataclass(frozen=True)
@@ -233,7 +251,7 @@ def _check_complete(image_format: str, data: bytes) -> None:
         raise UnsupportedImage("truncated GIF, or data after it: it does not end with its trailer")
 
 
-def _normalise(image: Image.Image, max_side: int) -> Image.Image:
+def _normalise(image: Image.Image, max_side: int) -> _Picture:
     width, height = image.size
     if image.format == "JPEG" and max(width, height) > max_side:
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: most of the cost saved.
@@ -242,12 +260,105 @@ def _normalise(image: Image.Image, max_side: int) -> Image.Image:
     if image.getexif().get(0x0112, 1) != 1:
         # exif_transpose copies the picture even when there is nothing to turn.
         image = ImageOps.exif_transpose(image) or image
-    image = _to_rgb(image)
-    # An integer box reduction leaves the longest side between max_side and twice that:
-    # as good for analysis as an exact resize, at a fraction of its cost.
-    factor = max(image.size) // max_side
-    if factor >= 2:
-        image = image.reduce(factor)
+    return _within_limits(_picture(image, max_side))
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """A picture to send, and the views it shows (see Frame.views and Frame.grid)."""
+
+    image: Image.Image
+    views: tuple[str, ...]
+    grid: tuple[int, int]
+
+
+def _picture(image: Image.Image, side: int) -> _Picture:
+    """What viewers can be shown of the picture, reduced by an integer factor towards side.
+
+    An opaque picture is one view. Where any pixel is not fully opaque, viewers differ:
+    a browser shows the picture on its page (judged on white), while Thumbor's JPEG output
+    drops the alpha channel and shows the colours under it, which can hold a picture of
+    their own. Both views are judged, side by side or stacked, in one backend call.
+    """
+    alpha = _alpha(image)
+    if alpha is None:
+        views: list[Image.Image] = [_to_rgb(image)]
+        names: tuple[str, ...] = (SHOWN,)
+    else:
+        colour = _without_alpha(image)
+        views = [_on_white(colour, alpha), colour]
+        names = (ON_WHITE, ALPHA_IGNORED)
+    views = _reduced_towards(views, side)
+    return _Picture(_tiled(views), names, _grid(len(views), *views[0].size))
+
+
+def _alpha(image: Image.Image) -> Image.Image | None:
+    """The picture's alpha as an L mask, or None when every pixel is fully opaque."""
+    band = image.getbands()[-1]
+    if band in ("A", "a"):
+        alpha = image.getchannel(band)
+    elif "transparency" not in image.info:
+        return None
+    elif image.mode in _WIDE_GREY:
+        # A transparent grey level (tRNS) of a 16-bit picture; Pillow cannot convert it.
+        key = image.info["transparency"]
+        keyed = ImageMath.lambda_eval(
+            lambda args: args["equal"](args["image"], key), image=image.convert("I")
+        )
+        alpha = keyed.convert("L").point(lambda value: 0 if value else 255)
+    else:
+        alpha = image.convert("RGBA").getchannel("A")
+    lowest = alpha.getextrema()[0]
+    return alpha if isinstance(lowest, (int, float)) and lowest < 255 else None
+
+
+def _without_alpha(image: Image.Image) -> Image.Image:
+    """The picture's colour channels as they are stored, whatever its alpha says."""
+    if image.mode in ("RGBA", "RGBa", "P", "PA"):
+        # A palette's colours, even the one tRNS makes transparent.
+        return image.convert("RGB")
+    if image.mode in ("LA", "La"):
+        return image.convert("L")
+    return _to_rgb(image)
+
+
+def _on_white(colour: Image.Image, alpha: Image.Image) -> Image.Image:
+    background = Image.new(colour.mode, colour.size, "white")
+    background.paste(colour, mask=alpha)
+    return background
+
+
+def _reduced_towards(views: list[Image.Image], side: int) -> list[Image.Image]:
+    """The views reduced by one integer factor, so that laid out together their longest
+    side lies between side and twice that: as good for analysis as an exact resize, at a
+    fraction of its cost."""
+    columns, rows = _grid(len(views), *views[0].size)
+    factor = max(columns * views[0].width, rows * views[0].height) // side
+    return [view.reduce(factor) for view in views] if factor >= 2 else views
+
+
+def _grid(count: int, width: int, height: int) -> tuple[int, int]:
+    """Columns and rows to lay count views of width x height out in, as square as can be."""
+    shapes = [(columns, math.ceil(count / columns)) for columns in range(1, count + 1)]
+    return min(shapes, key=lambda shape: (max(shape[0] * width, shape[1] * height), shape[0]))
+
+
+def _tiled(views: list[Image.Image]) -> Image.Image:
+    """The views in one picture, left to right then top to bottom."""
+    if len(views) == 1:
+        return views[0]
+    width, height = views[0].size
+    columns, rows = _grid(len(views), width, height)
+    mode = "L" if all(view.mode == "L" for view in views) else "RGB"
+    canvas = Image.new(mode, (columns * width, rows * height), "white")
+    for position, view in enumerate(views):
+        canvas.paste(view, (position % columns * width, position // columns * height))
+    return canvas
+
+
+def _within_limits(picture: _Picture) -> _Picture:
+    """The picture with each side within the backend's 80..10,000 px."""
+    image = picture.image
     width, height = image.size
     if max(width, height) > MAX_SIDE:
         scale = MAX_SIDE / max(width, height)
@@ -258,13 +369,16 @@ def _normalise(image: Image.Image, max_side: int) -> Image.Image:
         image = image.resize(size, Image.Resampling.BICUBIC)
     if min(image.size) < MIN_SIDE:
         image = _pad(image)
-    return image
+    return replace(picture, image=image)
+
+
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGB", "L"):
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode in _WIDE_GREY:
         # Pillow clips wide values when converting to 8 bits; scale them instead.
         wide = image.convert("I") if image.mode.startswith("I;16") else image
         peak = 65535.0 if image.mode.startswith("I;16") else _peak(wide)
@@ -298,14 +412,15 @@ def _pad(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def _encode(image: Image.Image) -> Frame:
+def _encode(picture: _Picture) -> Frame:
+    image = picture.image
     quality = JPEG_QUALITY
     while True:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=quality)
         data = buffer.getvalue()
         if len(data) <= MAX_BYTES:
-            return Frame(data, "JPEG", image.width, image.height)
+            return Frame(data, "JPEG", image.width, image.height, picture.views, picture.grid)
         if quality > 60:
             quality -= 15
         else:
