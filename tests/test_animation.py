@@ -22,10 +22,11 @@ from PIL import Image, ImageChops, ImageDraw, ImageStat
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import ThumborServer, base_config
 from tests.test_hostile import frame_bomb_gif
-from tests.test_preparation import share_near, view
+from tests.test_preparation import SWAPPED_PRIMARIES, share_near, view
 from thumbor_rekognition.preparation import (
     ALPHA_IGNORED,
     MAX_SCANNED_FRAMES,
+    SHOWN,
     ImageTooLarge,
     prepare,
 )
@@ -236,6 +237,24 @@ def test_colour_hidden_under_transparency_in_an_animation_is_judged(image_format
 
     hiding = [frame for frame in prepared.frames if ALPHA_IGNORED in frame.views]
     assert any(share_near(view(frame, ALPHA_IGNORED), RED) > 0.85 for frame in hiding)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP"])
+def test_animation_is_judged_through_its_colour_profile(image_format: str) -> None:
+    frames = [flat(BLUE, 0), Image.new("RGB", SIZE, (0, 255, 0)), flat(BLUE, 2)]
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer,
+        image_format,
+        save_all=True,
+        append_images=frames[1:],
+        duration=40,
+        icc_profile=SWAPPED_PRIMARIES,
+    )
+
+    prepared = prepare(buffer.getvalue())
+
+    assert any(share_near(view(frame, SHOWN), RED) > 0.85 for frame in prepared.frames)
 
 
 @pytest.mark.parametrize("frame_count", [MAX_SCANNED_FRAMES + 1, 50_000])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
+import logging
 import struct
 import zlib
 from typing import Any
 
 import pytest
-from PIL import Image, ImageChops, ImageFile
+from PIL import Image, ImageChops, ImageCms, ImageFile
 
 from thumbor_rekognition import preparation
 from thumbor_rekognition.preparation import (
@@ -16,6 +18,7 @@ from thumbor_rekognition.preparation import (
     MAX_BYTES,
     ON_WHITE,
     SHOWN,
+    WITHOUT_PROFILE,
     Frame,
     ImageTooLarge,
     UnsupportedImage,
@@ -23,8 +26,11 @@ from thumbor_rekognition.preparation import (
 )
 
 RED = (255, 0, 0)
+GREEN = (0, 255, 0)
 BLUE = (0, 0, 255)
+CYAN = (0, 255, 255)
 WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
 # Pillow's own default, set explicitly: thumbor's PIL engine overwrites it process-wide.
 PILLOW_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
@@ -364,6 +370,214 @@ def test_tiny_transparent_picture_comes_out_at_least_80_px_with_both_views() -> 
     assert opened(frame).size == (80, 160)
     assert share_near(view(frame, ALPHA_IGNORED), RED) > 0.95
     assert share_near(view(frame, ON_WHITE), WHITE) > 0.95
+
+
+# Colour profiles. Pillow writes no profile but sRGB, so the odd ones are built here by hand
+# (ICC.1 v2): a 128-byte header, a table of tags, then each tag's data on 4-byte bounds.
+
+
+def s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+
+def curve(*points: int) -> bytes:
+    """A tone curve: no points is gamma 1.0 (values as they are); else a table of points."""
+    return b"curv" + bytes(4) + struct.pack(f">I{len(points)}H", len(points), *points)
+
+
+def icc_profile(
+    colour_space: bytes,
+    tags: dict[bytes, bytes],
+    device_class: bytes = b"mntr",
+    connection: bytes = b"XYZ ",
+) -> bytes:
+    """A profile of the given colour space with these tags; nothing a converter can do
+    without (no description, no copyright)."""
+    table = b""
+    body = b""
+    offset = 128 + 4 + 12 * len(tags)
+    for signature, data in tags.items():
+        table += struct.pack(">4sII", signature, offset + len(body), len(data))
+        body += data + bytes(-len(data) % 4)
+    size = offset + len(body)
+    header = struct.pack(
+        ">I4sI4s4s4s", size, b"none", 0x02100000, device_class, colour_space, connection
+    )
+    header += bytes(12) + b"acsp" + bytes(24)  # no date, no platform, flags, device, attributes
+    header += struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249)  # intent, D50
+    header += bytes(128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+D50 = xyz(0.9642, 1.0, 0.8249)
+# sRGB's primaries as XYZ seen under D50, the profile connection space.
+SRGB_RED = xyz(0.4361, 0.2225, 0.0139)
+SRGB_GREEN = xyz(0.3851, 0.7169, 0.0971)
+SRGB_BLUE = xyz(0.1431, 0.0606, 0.7141)
+# An RGB profile whose green channel is sRGB's red and red channel sRGB's green: a picture
+# stored green is shown red by every colour-managed viewer, and the other way round.
+SWAPPED_PRIMARIES = icc_profile(
+    b"RGB ",
+    {
+        b"wtpt": D50,
+        b"rXYZ": SRGB_GREEN,
+        b"gXYZ": SRGB_RED,
+        b"bXYZ": SRGB_BLUE,
+        b"rTRC": curve(),
+        b"gTRC": curve(),
+        b"bTRC": curve(),
+    },
+)
+# A grey profile whose tone curve runs backwards: grey level 0 is shown white.
+INVERTED_GREY = icc_profile(b"GRAY", {b"wtpt": D50, b"kTRC": curve(65535, 0)})
+
+
+def _cyan_shown_red() -> bytes:
+    """A CMYK profile (one 2x2x2x2 table to Lab): pure cyan is shown red, white white,
+    every other ink mix dark grey."""
+
+    def lab(lightness: float, a: float, b: float) -> bytes:
+        return bytes([round(lightness * 255 / 100), round(a + 128), round(b + 128)])
+
+    shown = {(0, 0, 0, 0): lab(100, 0, 0), (1, 0, 0, 0): lab(54, 80, 67)}
+    corners = b"".join(
+        shown.get(inks, lab(30, 0, 0)) for inks in itertools.product((0, 1), repeat=4)
+    )
+    identity = b"".join(s15(value) for value in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ramp = bytes(range(256))
+    # lut8Type: 4 inputs, 3 outputs, 2 grid points; a matrix, input curves, the table
+    # of every corner, output curves.
+    table = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + identity + ramp * 4 + corners + ramp * 3
+    return icc_profile(b"CMYK", {b"wtpt": D50, b"A2B0": table}, b"prtr", b"Lab ")
+
+
+CYAN_SHOWN_RED = _cyan_shown_red()
+
+
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
+def test_picture_stored_green_is_judged_red_as_colour_managed_viewers_show_it(
+    image_format: str,
+) -> None:
+    data = encode(Image.new("RGB", (160, 120), GREEN), image_format, icc_profile=SWAPPED_PRIMARIES)
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert frame.views == (SHOWN, f"{SHOWN} {WITHOUT_PROFILE}")
+    assert share_near(view(frame, SHOWN), RED) > 0.85
+    assert share_near(view(frame, f"{SHOWN} {WITHOUT_PROFILE}"), GREEN) > 0.85
+
+
+def test_picture_a_profile_shows_green_is_judged_as_stored_too() -> None:
+    # The same profile the other way round: colour-managed viewers see green, while
+    # Thumbor's strip_icc() output and viewers without colour management see red.
+    data = encode(Image.new("RGB", (160, 120), RED), "JPEG", icc_profile=SWAPPED_PRIMARIES)
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert share_near(view(frame, SHOWN), GREEN) > 0.85
+    assert share_near(view(frame, f"{SHOWN} {WITHOUT_PROFILE}"), RED) > 0.85
+
+
+def test_transparent_picture_with_a_profile_is_judged_in_four_views() -> None:
+    data = encode(Image.new("RGBA", (160, 120), (*GREEN, 0)), "PNG", icc_profile=SWAPPED_PRIMARIES)
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert frame.grid == (2, 2)
+    assert share_near(view(frame, ALPHA_IGNORED), RED) > 0.85
+    assert share_near(view(frame, f"{ALPHA_IGNORED} {WITHOUT_PROFILE}"), GREEN) > 0.85
+    assert share_near(view(frame, ON_WHITE), WHITE) > 0.85
+
+
+def test_grey_picture_is_judged_through_its_grey_profile() -> None:
+    data = encode(Image.new("L", (160, 120), 0), "JPEG", icc_profile=INVERTED_GREY)
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert share_near(view(frame, SHOWN), WHITE) > 0.85
+    assert share_near(view(frame, f"{SHOWN} {WITHOUT_PROFILE}"), BLACK) > 0.85
+
+
+def test_cmyk_picture_is_judged_through_its_cmyk_profile() -> None:
+    data = encode(Image.new("CMYK", (160, 120), (255, 0, 0, 0)), "JPEG", icc_profile=CYAN_SHOWN_RED)
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert share_near(view(frame, SHOWN), RED) > 0.85
+    # Thumbor converts CMYK to RGB without the profile, and keeps it where it no longer applies.
+    assert share_near(view(frame, f"{SHOWN} {WITHOUT_PROFILE}"), CYAN) > 0.85
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_srgb_profile_leaves_the_picture_one_view_of_its_own_size(image_format: str) -> None:
+    data = encode(
+        Image.new("RGB", (160, 120), (30, 120, 200)), image_format, icc_profile=srgb_profile()
+    )
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert (frame.views, frame.grid) == ((SHOWN,), (1, 1))
+    assert opened(frame).size == (160, 120)
+    assert near(opened(frame).getpixel((80, 60)), (30, 120, 200))
+
+
+def srgb_tone(level: int) -> int:
+    """sRGB's tone curve: a stored level's light, out of 65535."""
+    value = level / 255
+    light = value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+    return round(light * 65535)
+
+
+def test_profile_that_changes_a_few_grey_levels_only_is_applied() -> None:
+    # sRGB's, but for levels 100..110, which are shown white.
+    levels = [srgb_tone(level) for level in range(256)]
+    levels[100:111] = [65535] * 11
+    tones = curve(*levels)
+    tags = {b"rXYZ": SRGB_RED, b"gXYZ": SRGB_GREEN, b"bXYZ": SRGB_BLUE}
+    icc = icc_profile(
+        b"RGB ", {b"wtpt": D50, **tags, b"rTRC": tones, b"gTRC": tones, b"bTRC": tones}
+    )
+    data = encode(Image.new("RGB", (160, 120), (105, 105, 105)), "PNG", icc_profile=icc)
+
+    prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert share_near(view(frame, SHOWN), WHITE) > 0.85
+    assert share_near(view(frame, f"{SHOWN} {WITHOUT_PROFILE}"), (105, 105, 105)) > 0.85
+
+
+@pytest.mark.parametrize(
+    "icc",
+    [b"not a colour profile" * 8, SWAPPED_PRIMARIES[:200], INVERTED_GREY],
+    ids=["garbage", "truncated", "grey-profile-on-rgb"],
+)
+def test_picture_whose_profile_cannot_be_used_is_judged_as_stored(
+    icc: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = encode(Image.new("RGB", (160, 120), GREEN), "PNG", icc_profile=icc)
+
+    with caplog.at_level(logging.WARNING, "thumbor_rekognition.preparation"):
+        prepared = prepare(data)
+
+    frame = prepared.frames[0]
+    assert frame.views == (SHOWN,)
+    assert share_near(opened(frame), GREEN) > 0.85
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert "colour profile" in caplog.records[0].getMessage()
 
 
 def test_exif_rotated_jpeg_is_turned_the_way_a_viewer_shows_it() -> None:

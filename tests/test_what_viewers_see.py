@@ -20,6 +20,7 @@ from PIL import Image, ImageChops
 
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import ThumborServer, base_config
+from tests.test_preparation import GREEN, SWAPPED_PRIMARIES
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +139,37 @@ def test_transparent_red_png_converted_to_jpeg_is_refused_and_shows_no_red(
     assert response.header("X-Moderation-Status") == "rejected"
     assert red_pixels(response.body) == 0
     assert backend.call_count == 1
+
+
+def jpeg(image: Image.Image, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **params)
+    return buffer.getvalue()
+
+
+def test_green_picture_whose_profile_shows_it_red_is_refused(
+    server: ThumborServer, images: Path, backend: RegionalRekognition
+) -> None:
+    # Thumbor copies the profile into what it serves: colour-managed viewers see red.
+    data = jpeg(Image.new("RGB", (160, 120), GREEN), icc_profile=SWAPPED_PRIMARIES)
+    name = publish(images, data, f"swapped-{next(_names)}.jpg")
+
+    response = server.get(f"/unsafe/{name}")
+
+    assert response.status == 200
+    assert response.header("X-Moderation-Status") == "rejected"
+    assert backend.call_count == 1
+
+
+def test_red_picture_whose_profile_shows_it_green_is_refused_without_its_profile_too(
+    server: ThumborServer, images: Path, backend: RegionalRekognition
+) -> None:
+    # Colour-managed viewers see green; strip_icc() serves the stored red.
+    data = jpeg(Image.new("RGB", (160, 120), RED), icc_profile=SWAPPED_PRIMARIES)
+    name = publish(images, data, f"swapped-{next(_names)}.jpg")
+
+    response = server.get(f"/unsafe/filters:strip_icc()/{name}")
+
+    assert response.status == 200
+    assert response.header("X-Moderation-Status") == "rejected"
+    assert red_pixels(response.body) == 0

@@ -3,20 +3,24 @@
 Rekognition takes JPEG or PNG, at most 5 MB, each side 80..10,000 px. Whatever Pillow can
 open is turned into that: oriented as a viewer sees it, decoded at reduced size where the
 format allows (JPEG draft mode), reduced towards the analysis size, small ones scaled up
-and padded. A picture that is not fully opaque is judged as every viewer can be shown it:
-flattened onto white as a browser shows it, and with its alpha dropped as Thumbor's JPEG
-output shows it, both views in the one picture sent. This is blocking work: callers run
-it in the plugin's executor.
+and padded. A picture is judged as every viewer can be shown it, all views in the one
+picture sent: one that is not fully opaque flattened onto white as a browser shows it and
+with its alpha dropped as Thumbor's JPEG output shows it; one with a colour profile in
+sRGB as colour-managed viewers show it, and also as stored where the profile changes what
+it shows. This is blocking work: callers run it in the plugin's executor.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import warnings
 from dataclasses import dataclass, replace
 
-from PIL import Image, ImageMath, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SIDE = 80
@@ -35,6 +39,8 @@ COLOUR_TOLERANCE = 12
 SHOWN = "shown"
 ON_WHITE = "on white"
 ALPHA_IGNORED = "alpha ignored"
+# Appended to a view's name when it is shown as stored, its colour profile not applied.
+WITHOUT_PROFILE = "without its colour profile"
 
 
 class UnsupportedImage(ValueError):
@@ -55,7 +61,9 @@ class Frame:
     height: int
     views: tuple[str, ...] = (SHOWN,)
     """What the picture shows: (SHOWN,) for an opaque picture; (ON_WHITE, ALPHA_IGNORED)
-    for one that is not fully opaque."""
+    for one that is not fully opaque; each in sRGB through the picture's colour profile,
+    followed by the same views named "... without its colour profile" when the profile
+    changes what the picture shows."""
     grid: tuple[int, int] = (1, 1)
     """The columns and rows the views are laid out in, left to right then top to bottom."""
 
@@ -126,10 +134,11 @@ def _prepare(data: bytes, max_side: int, max_pixels: int, max_frames: int) -> Pr
             # Thumbor's PIL engine makes Pillow accept truncated files process-wide;
             # a picture cut short must not be judged on the part that arrived.
             _check_complete(original_format, data)
+            profile = _Profile.of(image)
             if getattr(image, "is_animated", False):
-                frames, frame_count = _animation(image, max_side, max_pixels, max_frames)
+                frames, frame_count = _animation(image, max_side, max_pixels, max_frames, profile)
             else:
-                frames, frame_count = (_encode(_normalise(image, max_side)),), 1
+                frames, frame_count = (_encode(_normalise(image, max_side, profile)),), 1
     return PreparedImage(
         frames=frames,
         width=width,
@@ -140,7 +149,7 @@ def _prepare(data: bytes, max_side: int, max_pixels: int, max_frames: int) -> Pr
 
 
 def _animation(
-    image: Image.Image, max_side: int, max_pixels: int, max_frames: int
+    image: Image.Image, max_side: int, max_pixels: int, max_frames: int, profile: _Profile | None
 ) -> tuple[tuple[Frame, ...], int]:
     """The distinct frames of an animation, at most max_frames, spread over it.
 
@@ -162,18 +171,18 @@ def _animation(
                 f"animation too long to judge every frame ({index + 1}+ frames of "
                 f"{image.width}x{image.height})"
             )
-        signature = _signature(_reduced(image, SIGNATURE_SIDE).image)
+        signature = _signature(_reduced(image, SIGNATURE_SIDE, profile).image)
         if all(not signature.close_to(kept) for _, kept in distinct):
             distinct.append((index, signature))
         index += 1
     frames = []
     for position in _most_different(distinct, max_frames):
         image.seek(position)
-        frames.append(_encode(_within_limits(_reduced(image, max_side))))
+        frames.append(_encode(_within_limits(_reduced(image, max_side, profile))))
     return tuple(frames), index
 
 
-def _reduced(image: Image.Image, side: int) -> _Picture:
+def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
     """The current frame as viewers see it, detached from the animation, reduced by an
     integer factor towards side before anything is copied at full size."""
     factor = max(image.size) // side
@@ -181,7 +190,7 @@ def _reduced(image: Image.Image, side: int) -> _Picture:
         size = (max(1, image.width // factor), max(1, image.height // factor))
         # Palette images only resize by nearest neighbour; enough to see the frame.
         image = image.resize(size, Image.Resampling.NEAREST)
-    picture = _picture(image, side)
+    picture = _picture(image, side, profile)
     if picture.image is image:
         # Seeking the animation rewrites a frame that was not copied.
         return replace(picture, image=image.copy())
@@ -251,7 +260,7 @@ def _check_complete(image_format: str, data: bytes) -> None:
         raise UnsupportedImage("truncated GIF, or data after it: it does not end with its trailer")
 
 
-def _normalise(image: Image.Image, max_side: int) -> _Picture:
+def _normalise(image: Image.Image, max_side: int, profile: _Profile | None) -> _Picture:
     width, height = image.size
     if image.format == "JPEG" and max(width, height) > max_side:
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: most of the cost saved.
@@ -260,7 +269,7 @@ def _normalise(image: Image.Image, max_side: int) -> _Picture:
     if image.getexif().get(0x0112, 1) != 1:
         # exif_transpose copies the picture even when there is nothing to turn.
         image = ImageOps.exif_transpose(image) or image
-    return _within_limits(_picture(image, max_side))
+    return _within_limits(_picture(image, max_side, profile))
 
 
 @dataclass(frozen=True)
@@ -272,24 +281,143 @@ class _Picture:
     grid: tuple[int, int]
 
 
-def _picture(image: Image.Image, side: int) -> _Picture:
+def _picture(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
     """What viewers can be shown of the picture, reduced by an integer factor towards side.
 
     An opaque picture is one view. Where any pixel is not fully opaque, viewers differ:
     a browser shows the picture on its page (judged on white), while Thumbor's JPEG output
     drops the alpha channel and shows the colours under it, which can hold a picture of
     their own. Both views are judged, side by side or stacked, in one backend call.
+
+    Thumbor copies a picture's colour profile into everything it serves, and browsers
+    apply it: views are judged in sRGB through it. Where that changes what the picture
+    shows, the views as stored are judged too: viewers without colour management,
+    Thumbor's strip_icc() output and its CMYK conversions show those.
     """
     alpha = _alpha(image)
     if alpha is None:
-        views: list[Image.Image] = [_to_rgb(image)]
+        # A CMYK profile converts CMYK values, not Pillow's rough RGB of them.
+        keep_cmyk = image.mode == "CMYK" and profile is not None
+        stored: list[Image.Image] = [image if keep_cmyk else _to_rgb(image)]
         names: tuple[str, ...] = (SHOWN,)
     else:
         colour = _without_alpha(image)
-        views = [_on_white(colour, alpha), colour]
+        stored = [_on_white(colour, alpha), colour]
         names = (ON_WHITE, ALPHA_IGNORED)
-    views = _reduced_towards(views, side)
+    # Colours are converted after the reduction: on far fewer pixels, to the same effect.
+    stored = _reduced_towards(stored, side)
+    views = [_to_rgb(view) for view in stored]
+    managed = profile.to_srgb(stored) if profile is not None else None
+    if managed is not None:
+        if all(_alike(shown, raw) for shown, raw in zip(managed, views, strict=True)):
+            views = managed
+        else:
+            views = _reduced_towards([*managed, *views], side)
+            names = (*names, *(f"{name} {WITHOUT_PROFILE}" for name in names))
     return _Picture(_tiled(views), names, _grid(len(views), *views[0].size))
+
+
+_PROFILE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}
+# Tags through which LittleCMS converts by a table rather than by tone curves and a matrix.
+_TABLE_TAGS = frozenset({b"A2B0", b"A2B1", b"A2B2", b"D2B0", b"D2B1", b"D2B2"})
+
+
+class _Profile:
+    """A picture's embedded ICC profile, converting its views to sRGB as colour-managed
+    viewers do."""
+
+    def __init__(self, icc: bytes) -> None:
+        self._profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        self._space = self._profile.profile.xcolor_space.strip()
+        self._tables = bool(_TABLE_TAGS & _tag_signatures(icc))
+        self._transform: ImageCms.ImageCmsTransform | None = None
+        self._failed = False
+        self._as_stored = False
+
+    @classmethod
+    def of(cls, image: Image.Image) -> _Profile | None:
+        """The picture's profile, or None when it has none or one that cannot be read.
+
+        An unreadable profile is not refused: the picture is judged as stored. Browsers
+        skip a profile they cannot parse and show the stored values, as do viewers without
+        colour management and Thumbor's strip_icc() output; refusing would turn away every
+        picture whose only fault is a damaged profile, which cameras and editors do write.
+        """
+        icc = image.info.get("icc_profile")
+        if not icc:
+            return None
+        try:
+            return cls(icc)
+        except (OSError, ValueError, ImageCms.PyCMSError) as error:
+            logger.warning("unreadable colour profile (%s): judged as stored", error)
+            return None
+
+    def to_srgb(self, views: list[Image.Image]) -> list[Image.Image] | None:
+        """The views converted to sRGB, or None when the profile cannot convert them or
+        shows them as stored (an sRGB profile)."""
+        mode = _PROFILE_MODES.get(self._space)
+        if self._failed or self._as_stored:
+            return None
+        try:
+            if mode is None or any(view.mode != mode for view in views):
+                # Browsers ignore a profile that does not describe the pixels it comes with.
+                raise ImageCms.PyCMSError(f"a {self._space} profile on {views[0].mode} pixels")
+            if self._transform is None:
+                self._transform = ImageCms.buildTransform(
+                    self._profile,
+                    ImageCms.createProfile("sRGB"),
+                    mode,
+                    "RGB",
+                    renderingIntent=ImageCms.Intent.PERCEPTUAL,
+                )
+                self._as_stored = self._shows_as_stored(self._transform, mode)
+                if self._as_stored:
+                    return None
+            return [self._transform.apply(view) for view in views]
+        except ImageCms.PyCMSError as error:
+            # Once per picture, not for every frame of an animation.
+            self._failed = True
+            logger.warning("unusable colour profile (%s): judged as stored", error)
+            return None
+
+    def _shows_as_stored(self, transform: ImageCms.ImageCmsTransform, mode: str) -> bool:
+        """Whether the profile leaves every colour as stored, give or take rounding.
+
+        Most profiles are sRGB's, and converting through them costs more than all else
+        does. Without tables, a profile converts each channel by a tone curve, mixes them
+        by a matrix and takes sRGB's curves back: when each channel's 256 levels alone come
+        back as they went in, every mix of them does too. A table is not probed.
+        """
+        if self._tables:
+            return False
+        ramp = Image.frombytes("L", (256, 1), bytes(range(256)))
+        if mode == "L":
+            probe = ramp
+        else:
+            dark = Image.new("L", ramp.size)
+            probe = Image.new(mode, (256, 4))
+            for row, bands in enumerate(
+                [(ramp, dark, dark), (dark, ramp, dark), (dark, dark, ramp), (ramp, ramp, ramp)]
+            ):
+                probe.paste(Image.merge(mode, bands), (0, row))
+        difference = ImageChops.difference(transform.apply(probe), probe.convert("RGB"))
+        return all(isinstance(band, tuple) and band[1] <= 2 for band in difference.getextrema())
+
+
+def _tag_signatures(icc: bytes) -> set[bytes]:
+    """The tags an ICC profile's table names (ICC.1: a count at byte 128, 12 bytes a tag)."""
+    count = min(int.from_bytes(icc[128:132], "big"), max(0, len(icc) - 132) // 12)
+    return {icc[132 + 12 * index : 136 + 12 * index] for index in range(count)}
+
+
+def _alike(one: Image.Image, other: Image.Image) -> bool:
+    """Whether two views of a picture show the same, as the frame signatures tell."""
+    return _signature(_thumbnail(one)).close_to(_signature(_thumbnail(other)))
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    factor = max(image.size) // SIGNATURE_SIDE
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _alpha(image: Image.Image) -> Image.Image | None:
