@@ -22,12 +22,13 @@ from PIL import Image, ImageChops, ImageDraw, ImageStat
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import ThumborServer, base_config
 from tests.test_hostile import frame_bomb_gif
-from tests.test_preparation import SWAPPED_PRIMARIES, share_near, view
+from tests.test_preparation import SWAPPED_PRIMARIES, opened, share_near, view
 from thumbor_rekognition.preparation import (
     ALPHA_IGNORED,
     MAX_SCANNED_FRAMES,
     SHOWN,
     ImageTooLarge,
+    PreparedImage,
     prepare,
 )
 
@@ -255,6 +256,79 @@ def test_animation_is_judged_through_its_colour_profile(image_format: str) -> No
     prepared = prepare(buffer.getvalue())
 
     assert any(share_near(view(frame, SHOWN), RED) > 0.85 for frame in prepared.frames)
+
+
+def with_red_square(scene: Image.Image, share: float, corner: tuple[int, int]) -> Image.Image:
+    """The scene with a red square over this share of the frame."""
+    frame = scene.copy()
+    width, height = round(SIZE[0] * math.sqrt(share)), round(SIZE[1] * math.sqrt(share))
+    ImageDraw.Draw(frame).rectangle(
+        (corner[0], corner[1], corner[0] + width - 1, corner[1] + height - 1), fill=RED
+    )
+    return frame
+
+
+def nine_scenes_ending_like_the_first() -> bytes:
+    """Nine scenes; the last is the first with a red square over a quarter of the frame,
+    and it is shown 5 s."""
+    first = photo(seed=10)
+    scenes = [first, *(photo(seed=11 + index) for index in range(7))]
+    scenes.append(with_red_square(first, 0.25, (40, 30)))
+    buffer = io.BytesIO()
+    scenes[0].save(
+        buffer,
+        "GIF",
+        save_all=True,
+        append_images=scenes[1:],
+        duration=[500] * 8 + [5000],
+        loop=0,
+    )
+    return buffer.getvalue()
+
+
+def red_is_judged(prepared: PreparedImage, share: float) -> bool:
+    return any(share_near(opened(frame), RED) >= share for frame in prepared.frames)
+
+
+def test_nine_scene_gif_whose_bad_last_scene_resembles_the_first_is_judged_or_said_unjudged() -> (
+    None
+):
+    data = nine_scenes_ending_like_the_first()
+
+    prepared = prepare(data, max_frames=5)
+
+    assert prepared.frame_count == 9
+    assert red_is_judged(prepared, 0.2) or prepared.unjudged_scenes > 0
+    assert len(prepared.frames) + prepared.unjudged_scenes == 9
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (61, 47), (120, 90)], ids=["corner", "middle", "edge"])
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_scene_that_differs_from_the_first_in_a_sixteenth_of_the_frame_is_judged(
+    image_format: str, corner: tuple[int, int]
+) -> None:
+    scenes = [photo(seed=10), with_red_square(photo(seed=10), 1 / 16, corner)]
+    frames = [grainy(scenes[index // 4], 2, index) for index in range(8)]
+    data = animation(frames, image_format)
+
+    prepared = prepare(data, max_frames=5)
+
+    assert red_is_judged(prepared, 0.05)
+    assert len(prepared.frames) == 2
+    assert prepared.unjudged_scenes == 0
+
+
+@pytest.mark.parametrize(("max_frames", "unjudged"), [(5, 7), (11, 1), (12, 0), (20, 0)])
+def test_distinct_scenes_beyond_max_frames_are_counted_as_unjudged(
+    max_frames: int, unjudged: int
+) -> None:
+    greys = [index * 20 for index in range(12)]
+    data = animation([Image.new("RGB", SIZE, (grey, grey, grey)) for grey in greys], "GIF")
+
+    prepared = prepare(data, max_frames=max_frames)
+
+    assert len(prepared.frames) == min(12, max_frames)
+    assert prepared.unjudged_scenes == unjudged
 
 
 @pytest.mark.parametrize("frame_count", [MAX_SCANNED_FRAMES + 1, 50_000])

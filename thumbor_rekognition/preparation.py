@@ -35,6 +35,8 @@ SIGNATURE_SIDE = 64
 EDGE = 3
 SHAPE_TOLERANCE = 6
 COLOUR_TOLERANCE = 12
+# ... and no part of them (an eighth of the frame a side) differs by more than this.
+PART_TOLERANCE = 20
 # What a prepared picture shows, in the order its views are laid out (Frame.views).
 SHOWN = "shown"
 ON_WHITE = "on white"
@@ -77,6 +79,12 @@ class PreparedImage:
     height: int
     format: str
     frame_count: int
+    unjudged_scenes: int = 0
+    """Distinct scenes of an animation left out of frames, max_frames allowing no more.
+
+    Judging the frames cannot approve such an animation: a rejection among them stands,
+    and anything else must wait for a human (pending), never be approved.
+    """
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -136,22 +144,27 @@ def _prepare(data: bytes, max_side: int, max_pixels: int, max_frames: int) -> Pr
             _check_complete(original_format, data)
             profile = _Profile.of(image)
             if getattr(image, "is_animated", False):
-                frames, frame_count = _animation(image, max_side, max_pixels, max_frames, profile)
+                frames, frame_count, unjudged = _animation(
+                    image, max_side, max_pixels, max_frames, profile
+                )
             else:
-                frames, frame_count = (_encode(_normalise(image, max_side, profile)),), 1
+                frames = (_encode(_normalise(image, max_side, profile)),)
+                frame_count, unjudged = 1, 0
     return PreparedImage(
         frames=frames,
         width=width,
         height=height,
         format=original_format,
         frame_count=frame_count,
+        unjudged_scenes=unjudged,
     )
 
 
 def _animation(
     image: Image.Image, max_side: int, max_pixels: int, max_frames: int, profile: _Profile | None
-) -> tuple[tuple[Frame, ...], int]:
-    """The distinct frames of an animation, at most max_frames, spread over it.
+) -> tuple[tuple[Frame, ...], int, int]:
+    """Every distinct frame of an animation up to max_frames, the frame count, and how
+    many distinct frames max_frames left out.
 
     A first pass walks every frame (each is drawn over the previous ones, so none can be
     skipped) and keeps a small signature of each; a frame whose signature is close to
@@ -179,7 +192,7 @@ def _animation(
     for position in _most_different(distinct, max_frames):
         image.seek(position)
         frames.append(_encode(_within_limits(_reduced(image, max_side, profile))))
-    return tuple(frames), index
+    return tuple(frames), index, len(distinct) - len(frames)
 
 
 def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
@@ -199,11 +212,14 @@ def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Pictur
 
 @dataclass(frozen=True)
 class _Signature:
-    """A difference hash (shapes, ignoring flat areas) and a 4x4 colour thumbnail."""
+    """A difference hash (shapes, ignoring flat areas), a 4x4 colour thumbnail (the whole
+    frame) and an 8x8 one (its parts: a change over a sixteenth of the frame, a square or
+    a band, covers at least one part entirely or half of a row of them)."""
 
     shape: int
     firm: int
     colours: bytes
+    parts: bytes
 
     def distance(self, other: _Signature) -> float:
         """Above 1 when two frames differ enough to be judged apart."""
@@ -213,7 +229,11 @@ class _Signature:
         shape = ((self.shape ^ other.shape) & mask).bit_count()
         pairs = zip(self.colours, other.colours, strict=True)
         colour = sum(abs(a - b) for a, b in pairs) / len(self.colours)
-        return max(shape / SHAPE_TOLERANCE, colour / COLOUR_TOLERANCE)
+        # One part that changed is enough: a scene that differs in one region only, the
+        # rest equal, must be judged apart however little the whole frame's mean moves.
+        steps = [abs(a - b) for a, b in zip(self.parts, other.parts, strict=True)]
+        part = max(sum(steps[start : start + 3]) / 3 for start in range(0, len(steps), 3))
+        return max(shape / SHAPE_TOLERANCE, colour / COLOUR_TOLERANCE, part / PART_TOLERANCE)
 
     def close_to(self, other: _Signature) -> bool:
         return self.distance(other) <= 1.0
@@ -227,8 +247,10 @@ def _signature(frame: Image.Image) -> _Signature:
             step = grey[row * 9 + column] - grey[row * 9 + column + 1]
             shape = shape << 1 | (step > EDGE)
             firm = firm << 1 | (abs(step) > EDGE)
-    colours = frame.convert("RGB").resize((4, 4), Image.Resampling.BOX).tobytes()
-    return _Signature(shape, firm, colours)
+    rgb = frame.convert("RGB")
+    colours = rgb.resize((4, 4), Image.Resampling.BOX).tobytes()
+    parts = rgb.resize((8, 8), Image.Resampling.BOX).tobytes()
+    return _Signature(shape, firm, colours, parts)
 
 
 def _most_different(frames: list[tuple[int, _Signature]], count: int) -> list[int]:
