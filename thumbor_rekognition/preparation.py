@@ -197,11 +197,12 @@ def _animation(
 
 def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
     """The current frame as viewers see it, detached from the animation, reduced by an
-    integer factor towards side before anything is copied at full size."""
+    integer factor towards side."""
     factor = max(image.size) // side
     if image.mode in ("P", "PA") and factor >= 2:
         size = (max(1, image.width // factor), max(1, image.height // factor))
-        # Palette images only resize by nearest neighbour; enough to see the frame.
+        # Palette images only resize by nearest neighbour, and cheaply before anything
+        # is copied at full size; enough to see the frame.
         image = image.resize(size, Image.Resampling.NEAREST)
     picture = _picture(image, side, profile)
     if picture.image is image:
@@ -410,7 +411,7 @@ class _Profile:
         by a matrix and takes sRGB's curves back: when each channel's 256 levels alone come
         back as they went in, every mix of them does too. A table is not probed.
         """
-        if self._tables:
+        if self._tables or mode not in ("RGB", "L"):
             return False
         ramp = Image.frombytes("L", (256, 1), bytes(range(256)))
         if mode == "L":
