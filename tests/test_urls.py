@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thumbor_rekognition.urls import normalise
+from thumbor_rekognition.urls import key_of, normalise
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,6 @@ from thumbor_rekognition.urls import normalise
         ("http://host/a.jpg", "http://host/a.jpg#top"),
         ("http://host/a.jpg", "http%3A//host/a.jpg%23top"),
         ("http://host/a.jpg?w=1", "http%3A//host/a.jpg%3Fw%3D1"),
-        ("http://host/a.jpg", "  http://host/a.jpg  "),
         ("http://host/a.jpg", "host/a.jpg"),
     ],
 )
@@ -67,3 +66,8 @@ def test_file_loader_names_containing_a_hash_sign_get_different_keys(
     first: str, second: str
 ) -> None:
     assert normalise(first) != normalise(second)
+
+
+def test_names_differing_only_by_surrounding_spaces_are_different_pictures() -> None:
+    assert len({normalise("mint.png"), normalise("mint.png%20"), normalise("%20mint.png")}) == 3
+    assert key_of("mint.png ") != key_of("mint.png")

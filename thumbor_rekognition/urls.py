@@ -18,7 +18,8 @@ def normalise(image_url: str) -> str:
     ``http%3A//host/a.jpg`` share the key ``host/a.jpg``. Without a scheme the first
     segment may be a folder of the file loader, so its case is kept.
     """
-    text = unquote(image_url).strip()
+    # Never stripped: 'mint.png ' is another file than 'mint.png' to every loader.
+    text = unquote(image_url)
     match = _SCHEME.match(text)
     if match is None:
         return text
