@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.servers import DEFAULT_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
+from tests.servers import stock_config as stock_thumbor  # noqa: E402
 from thumbor_rekognition.preparation import prepare  # noqa: E402
 
 REJECTED_COLOR = (220, 30, 30)
@@ -111,9 +112,7 @@ def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -
     (images / "rejected.jpg").write_bytes(photo_like(800, 600, REJECTED_COLOR))
     fake.respond(REJECTED_COLOR, NUDITY)
 
-    stock_config = base_config(work / "stock", images, None)
-    stock_config["LOADER"] = "thumbor.loaders.file_loader"
-    stock_config["HANDLER_LISTS"] = STOCK_HANDLER_LISTS
+    stock_config = stock_thumbor(work / "stock", images, STOCK_HANDLER_LISTS)
     plugin_config = base_config(work / "plugin", images, fake.url)
     plugin_config["MODERATION_CACHE_TTL_SECONDS"] = 2.0
     forbidden_config = dict(plugin_config, MODERATION_REJECTED_RESPONSE="forbidden")
@@ -254,9 +253,7 @@ def offline(work: Path) -> None:
     images = work / "offline"
     images.mkdir()
     (images / "photo.jpg").write_bytes(photo_like(1600, 1067))
-    stock_config = base_config(work / "offline-stock", images, None)
-    stock_config["LOADER"] = "thumbor.loaders.file_loader"
-    stock_config["HANDLER_LISTS"] = STOCK_HANDLER_LISTS
+    stock_config = stock_thumbor(work / "offline-stock", images, STOCK_HANDLER_LISTS)
     plugin_config = base_config(work / "offline-plugin", images, None)
     plugin_config["MODERATION_BACKEND"] = "thumbor_rekognition.backends.nudenet"
     memory = {}

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tests.fakes.rekognition import FakeRekognition
-from tests.servers import ThumborServer, base_config
+from tests.servers import ThumborServer, base_config, stock_config
 from tests.test_faults import (
     BY_NAME,
     FAULTS,
@@ -157,9 +157,7 @@ def stock_section(root: Path, fake: FakeRekognition) -> list[str]:
     """The same bombs through Thumbor without the plugin, for scale."""
     images = root / "images"
     images.mkdir(parents=True)
-    config = base_config(root, images, fake.url)
-    config["LOADER"] = "thumbor.loaders.file_loader"
-    config["HANDLER_LISTS"] = ["thumbor.handler_lists.healthcheck"]
+    config = stock_config(root, images, ["thumbor.handler_lists.healthcheck"])
     lines = [
         "### The same bombs through stock Thumbor (no plugin), for scale",
         "",

@@ -59,20 +59,41 @@ def base_config(root: Path, images: Path, endpoint: str | None) -> dict[str, Any
         "LOADER": "thumbor_rekognition.loader",
         "MODERATION_SOURCE_LOADER": "thumbor.loaders.file_loader",
         "FILE_LOADER_ROOT_PATH": str(images),
-        "STORAGE": "thumbor.storages.file_storage",
+        "STORAGE": "thumbor_rekognition.storage",
+        "UPLOAD_PHOTO_STORAGE": "thumbor_rekognition.storage",
+        "MODERATION_SOURCE_STORAGE": "thumbor.storages.file_storage",
         "FILE_STORAGE_ROOT_PATH": str(root / "storage"),
-        "RESULT_STORAGE": "thumbor.result_storages.file_storage",
+        "RESULT_STORAGE": "thumbor_rekognition.result_storage",
+        "MODERATION_SOURCE_RESULT_STORAGE": "thumbor.result_storages.file_storage",
         "RESULT_STORAGE_FILE_STORAGE_ROOT_PATH": str(root / "result"),
         "RESULT_STORAGE_STORES_UNSAFE": True,
         "MAX_AGE": MAX_AGE,
         "HANDLER_LISTS": DEFAULT_HANDLER_LISTS,
         "MODERATION_SQLITE_PATH": str(root / "decisions.sqlite3"),
+        "MODERATION_QUARANTINE_PATH": str(root / "quarantine"),
         "MODERATION_CACHE_TTL_SECONDS": 0.2,
         "REKOGNITION_MAX_ATTEMPTS": 1,
         "REKOGNITION_TIMEOUT_SECONDS": 3.0,
     }
     if endpoint:
         config["REKOGNITION_ENDPOINT_URL"] = endpoint
+    return config
+
+
+# Thumbor's own modules in place of the plugin's: stock Thumbor, for comparison.
+STOCK_MODULES = {
+    "LOADER": "thumbor.loaders.file_loader",
+    "STORAGE": "thumbor.storages.file_storage",
+    "UPLOAD_PHOTO_STORAGE": "thumbor.storages.file_storage",
+    "RESULT_STORAGE": "thumbor.result_storages.file_storage",
+}
+
+
+def stock_config(root: Path, images: Path, handler_lists: list[str]) -> dict[str, Any]:
+    """Stock Thumbor over the same folder of originals, with these handler lists."""
+    config = base_config(root, images, None)
+    config.update(STOCK_MODULES)
+    config["HANDLER_LISTS"] = handler_lists
     return config
 
 

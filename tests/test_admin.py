@@ -25,6 +25,7 @@ from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import MAX_AGE, Response, ThumborServer, base_config, result_file, storage_file
 from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.stores import result_paths
 from thumbor_rekognition.stores.sqlite import Store
 
 pytestmark = pytest.mark.e2e
@@ -281,7 +282,9 @@ def test_rejecting_an_approved_image_refuses_it_at_once_and_purges_its_copies(
     results = [result_file(admin_root, path) for path in paths]
     stored = storage_file(admin_root, name)
     store = Store(path=str(admin_root / "decisions.sqlite3"))
-    wait_for(lambda: all(r.is_file() for r in results) and len(store.results(name)) == 3)
+    wait_for(
+        lambda: all(r.is_file() for r in results) and len(result_paths(store.results(name))) == 3
+    )
     assert stored.is_file()
     (images / name).unlink()
 

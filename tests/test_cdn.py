@@ -32,6 +32,7 @@ from tests.test_notifications import (
     wait_for,
     waiting,
 )
+from thumbor_rekognition.stores import result_paths
 from thumbor_rekognition.stores.sqlite import Store
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +93,7 @@ def recorded(server: ThumborServer, name: str, count: int) -> None:
     """
     store = Store(path=str(server.root / "decisions.sqlite3"))
     try:
-        wait_for(lambda: len(store.results(name)) == count)
+        wait_for(lambda: len(result_paths(store.results(name))) == count)
     finally:
         store.close()
 

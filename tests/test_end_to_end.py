@@ -23,6 +23,7 @@ from tests.servers import (
     ThumborServer,
     base_config,
     result_file,
+    stock_config,
     storage_file,
 )
 from thumbor_rekognition.decision import Event, Source, Status
@@ -282,8 +283,11 @@ def test_rejected_decision_refuses_result_storage_and_storage_hits(
         with Image.open(io.BytesIO(response.body)) as image:
             corner = image.convert("RGB").getpixel((2, 2))
         assert corner != pytest.approx((0, 128, 255), abs=40)
+    # The refused result stays on disk (refused on every read); the original moved from
+    # STORAGE to the quarantine the first time it was refused.
     assert cached_result.is_file()
-    assert storage_file(root, name).is_file()
+    assert not storage_file(root, name).exists()
+    assert (root / "quarantine" / decision.sha256[:2] / decision.sha256).is_file()
 
 
 def test_one_backend_call_per_picture_across_sizes_urls_and_concurrency(
@@ -344,15 +348,14 @@ def test_original_placed_in_storage_without_the_loader_is_judged(
     name = unique("uploaded")
     storage = module_root / "default" / "storage"
     upload_server_root = module_root / "upload-helper"
-    helper_config = base_config(upload_server_root, upload_server_root, None)
+    # Anything that writes into STORAGE behind the plugin's back: a stock Thumbor.
+    helper_config = stock_config(
+        upload_server_root,
+        upload_server_root,
+        ["thumbor.handler_lists.healthcheck", "thumbor.handler_lists.upload"],
+    )
     helper_config.update(
-        {
-            "FILE_STORAGE_ROOT_PATH": str(storage),
-            "UPLOAD_ENABLED": True,
-            "UPLOAD_PUT_ALLOWED": True,
-            "LOADER": "thumbor.loaders.file_loader",
-            "HANDLER_LISTS": ["thumbor.handler_lists.healthcheck", "thumbor.handler_lists.upload"],
-        }
+        {"FILE_STORAGE_ROOT_PATH": str(storage), "UPLOAD_ENABLED": True, "UPLOAD_PUT_ALLOWED": True}
     )
     uploader = ThumborServer(upload_server_root, helper_config).start()
     try:

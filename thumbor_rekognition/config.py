@@ -36,6 +36,22 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         GROUP,
     ),
     (
+        "MODERATION_SOURCE_STORAGE",
+        "thumbor.storages.file_storage",
+        "Storage that keeps originals; STORAGE = 'thumbor_rekognition.storage' wraps it, "
+        "hands out only approved originals and stores only approved ones.",
+        GROUP,
+    ),
+    (
+        "MODERATION_SOURCE_RESULT_STORAGE",
+        "thumbor.result_storages.file_storage",
+        "Result storage that keeps rendered results; RESULT_STORAGE = "
+        "'thumbor_rekognition.result_storage' wraps it, ties each result to the content "
+        "hash of every original it was made from and serves it only while all are "
+        "approved. None: no result storage.",
+        GROUP,
+    ),
+    (
         "MODERATION_BACKEND",
         "thumbor_rekognition.backends.rekognition",
         "Module that judges pictures: thumbor_rekognition.backends.rekognition (Amazon "
@@ -375,12 +391,21 @@ HANDLER_LISTS = [
     'thumbor_rekognition.handler_list',
 ]
 SECURITY_KEY = 'change-me'
-STORAGE = 'thumbor.storages.file_storage'
-RESULT_STORAGE = 'thumbor.result_storages.file_storage'
+# Every door Thumbor reads originals or results through: the plugin's own storages,
+# each wrapping the storage that keeps the bytes (MODERATION_SOURCE_*). Or no_storage.
+STORAGE = 'thumbor_rekognition.storage'
+UPLOAD_PHOTO_STORAGE = 'thumbor_rekognition.storage'
+RESULT_STORAGE = 'thumbor_rekognition.result_storage'
 """
 
 # Keys an operator must look at; the rest are shown commented out at their defaults.
-_EXAMPLE_SET = ("MODERATION_SOURCE_LOADER", "MODERATION_BACKEND", "MODERATION_DECISION_STORE")
+_EXAMPLE_SET = (
+    "MODERATION_SOURCE_LOADER",
+    "MODERATION_SOURCE_STORAGE",
+    "MODERATION_SOURCE_RESULT_STORAGE",
+    "MODERATION_BACKEND",
+    "MODERATION_DECISION_STORE",
+)
 
 
 def example_conf() -> str:
@@ -419,6 +444,8 @@ class Settings:
     """The plugin's configuration, validated and typed."""
 
     source_loader: str
+    source_storage: str
+    source_result_storage: str | None
     backend: str
     policy: policy.Policy
     rejected_response: str
@@ -469,6 +496,8 @@ class Settings:
         reader = _Reader(config)
         return cls(
             source_loader=reader.module("MODERATION_SOURCE_LOADER"),
+            source_storage=reader.module("MODERATION_SOURCE_STORAGE"),
+            source_result_storage=reader.optional_module("MODERATION_SOURCE_RESULT_STORAGE"),
             backend=reader.module("MODERATION_BACKEND"),
             policy=_read_policy(reader),
             rejected_response=reader.choice(
@@ -700,6 +729,9 @@ class _Reader:
         if not value or any(not part.isidentifier() for part in value.split(".")):
             raise self._fail(key, value, "Not a Python module path.")
         return value
+
+    def optional_module(self, key: str) -> str | None:
+        return self.module(key) if self.optional_str(key) is not None else None
 
     def choice(self, key: str, choices: tuple[str, ...]) -> str:
         value = self.raw(key)

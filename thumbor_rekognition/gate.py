@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
-from urllib.parse import unquote
 
 from thumbor.handlers.imaging import ImagingHandler
 from thumbor.loaders import LoaderResult
@@ -21,7 +20,6 @@ from thumbor.storages.no_storage import Storage as NoStorage
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.moderator import start_request
-from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
@@ -44,7 +42,6 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         self._runtime: Runtime = runtime or runtime_for(context.config)
         # Every wait for a judgement in this request counts against one budget.
         self.deadline = time.monotonic() + self._runtime.settings.request_budget
-        self._substituted = False
         self.moderation_status = None
         self.moderation_refusal = None
         self.placeholder_key = None
@@ -55,57 +52,41 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         moderator = self._runtime.moderator
         start_request()
         decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
-        if decision is None or decision.needs_retry:
-            # Not judged yet: no cached result may answer, and one is kept only once approved.
-            modules = self.context.modules
-            modules.result_storage = _Unread(modules.result_storage)
-        elif decision.status is Status.APPROVED:
-            self.moderation_status = Status.APPROVED
-        else:
-            self.moderation_status = decision.status
-            if refuses(self._runtime, decision):
-                if self._runtime.settings.rejected_response == "forbidden":
-                    self._error(FORBIDDEN)
-                    return
-                self._substitute_placeholder(decision)
-                rendered = self._runtime.placeholders.get(self.placeholder_key)
-                if rendered is not None:
-                    await self._write_results_to_client(*rendered)
-                    return
+        if decision is not None and not decision.needs_retry:
+            if decision.status is Status.APPROVED:
+                self.moderation_status = Status.APPROVED
             else:
-                keep_out_of_caches(self.context)
-                self.context.modules.result_storage = None
+                self.moderation_status = decision.status
+                if refuses(self._runtime, decision):
+                    await self._evict_original(decision)
+                    if self._runtime.settings.rejected_response == "forbidden":
+                        self._error(FORBIDDEN)
+                        return
+                    self._substitute_placeholder(decision)
+                    rendered = self._runtime.placeholders.get(self.placeholder_key)
+                    if rendered is not None:
+                        await self._write_results_to_client(*rendered)
+                        return
+                else:
+                    keep_out_of_caches(self.context)
+                    self.context.modules.result_storage = None
+        # Not judged yet: the moderating STORAGE judges a stored original before handing it
+        # out, and the moderating RESULT_STORAGE answers no result without an approval.
         await super().execute_image_operations()
 
-    async def _fetch(self, url: str) -> Any:
-        if not self._substituted:
-            # Any stored original is judged (a hash check once it is known) before use:
-            # uploads and replaced files reach storage without the loader.
-            self.context.modules.storage = _Judged(self.context.modules.storage, url, self)
-        return await super()._fetch(url)
-
-    async def judge_stored(self, url: str, buffer: bytes) -> bytes | None:
-        """The bytes to use for a stored original: itself, the placeholder, or None."""
-        try:
-            decision = await self._runtime.moderator.moderate(
-                normalise(url), unquote(url), buffer, self.context.metrics, self.deadline
-            )
-        except UnsupportedImage as error:
-            logger.warning("stored original %s is not an image: %s", url, error)
-            self.moderation_refusal = LoaderResult(successful=False, error=NOT_AN_IMAGE)
-            return None
-        outcome = apply_decision(self.context, self._runtime, decision, None)
-        if outcome is None:
-            return buffer
-        if outcome.successful:
-            self._substitute_placeholder(decision)
-            return self._runtime.placeholder
-        # Thumbor asks the loader on a storage miss; the loader answers with this refusal.
-        self.moderation_refusal = outcome
-        return None
+    async def _evict_original(self, decision: Decision) -> None:
+        # A picture rejected before STORAGE was read (elsewhere, or by thresholds changed
+        # since) may still be stored: reading it through the moderating STORAGE moves it
+        # to the quarantine. Once per picture and process; rejections by hand purge it.
+        storage = self.context.modules.storage
+        evicted = self._runtime.evicted
+        mark = (decision.key, decision.sha256)
+        if decision.status is Status.REJECTED and mark not in evicted:
+            if getattr(storage, "MODERATING", False):
+                await storage.get(self.context.request.image_url)
+            evicted.put(mark)
 
     def _substitute_placeholder(self, decision: Decision) -> None:
-        self._substituted = True
         keep_out_of_caches(self.context)
         self.context.modules.result_storage = None
         self.context.modules.storage = _Fixed(self._runtime.placeholder)
@@ -115,8 +96,6 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         if self.moderation_status is not Status.APPROVED:
             return
         await super()._store_results(result_storage, metrics, results)
-        # Purging a picture later needs every result derived from it.
-        await self._runtime.moderator.record_result(self._key, self.context.request.url)
 
     async def _write_results_to_client(self, results: Any, content_type: str) -> None:
         if self.placeholder_key is not None:
@@ -182,7 +161,7 @@ def fit_placeholder(context: Any, decision: Decision) -> None:
         )
     handler = getattr(context, "request_handler", None)
     if isinstance(handler, ModerationHandler):
-        handler.placeholder_key = _rendering(request, handler.request.headers)
+        handler.placeholder_key = _rendering(request, handler)
 
 
 def _original_box(
@@ -202,8 +181,14 @@ def _original_box(
     return width, height
 
 
-def _rendering(request: Any, headers: Any) -> str:
-    """Everything a rendered placeholder depends on: the transformation, not the image."""
+def _rendering(request: Any, handler: ModerationHandler) -> str:
+    """Everything a rendered placeholder depends on: the transformation, and for meta
+    (which names the picture and may be JSONP) the image URL and the callback."""
+    headers = handler.request.headers
+    callback = (
+        handler.context.config.META_CALLBACK_NAME
+        or handler.request.arguments.get("callback", [None])[0]
+    )
     fields = (
         request.width,
         request.height,
@@ -222,6 +207,9 @@ def _rendering(request: Any, headers: Any) -> str:
         request.filters,
         request.accepts_webp,
         headers.get("Accept", ""),
+        # meta names the picture, and JSONP wraps it in the request's own callback.
+        request.image_url if request.meta else None,
+        callback if request.meta else None,
     )
     return repr(fields)
 
@@ -233,40 +221,6 @@ def set_short_cache(handler: Any, max_age: int) -> None:
         handler.set_header("Cache-Control", f"max-age={max_age},public")
     else:
         handler.set_header("Cache-Control", "no-store")
-
-
-class _Unread:
-    """Result storage that answers no reads: the picture is not judged yet."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def get(self) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __bool__(self) -> bool:
-        return self._inner is not None
-
-
-class _Judged:
-    """Storage whose original, when it has one, is judged before Thumbor uses it."""
-
-    def __init__(self, inner: Any, url: str, handler: ModerationHandler) -> None:
-        self._inner = inner
-        self._url = url
-        self._handler = handler
-
-    async def get(self, path: str) -> Any:
-        buffer = await self._inner.get(path)
-        if path != self._url or buffer is None:
-            return buffer
-        return await self._handler.judge_stored(path, buffer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class _Fixed(NoStorage):  # type: ignore[misc]

@@ -15,16 +15,18 @@ from libthumbor.url import Url
 from thumbor_rekognition import admin
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.gate import ModerationHandler
-from thumbor_rekognition.runtime import runtime_for
+from thumbor_rekognition.runtime import runtime_or_exit
 
 logger = logging.getLogger(__name__)
 
 
 def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     """Validate the configuration and route image requests through the gate."""
+    runtime = runtime_or_exit(context.config)
     try:
-        runtime = runtime_for(context.config)
         _check_loader(context)
+        _check_storages(context)
+        _check_order(context.config)
     except ConfigurationError as error:
         logger.critical("thumbor-rekognition cannot start: %s", error)
         raise SystemExit(f"thumbor-rekognition: {error}") from None
@@ -48,4 +50,51 @@ def _check_loader(context: Any) -> None:
             "gate installed it must be 'thumbor_rekognition.loader' (set the loader that "
             "fetches originals in MODERATION_SOURCE_LOADER), or first fetches would "
             "serve unmoderated images."
+        )
+
+
+NO_STORAGE = "thumbor.storages.no_storage"
+THUMBOR_HANDLER_LISTS = "thumbor.handler_lists."
+THIS = __name__
+
+
+def _check_storages(context: Any) -> None:
+    # STORAGE, UPLOAD_PHOTO_STORAGE and RESULT_STORAGE are used through doors the gate does
+    # not stand in front of (the upload API, filters that paste other pictures in): they
+    # must moderate, or keep nothing.
+    config = context.config
+    importer = context.modules.importer
+    storages = [("STORAGE", importer.storage)]
+    if config.UPLOAD_ENABLED:
+        storages.append(("UPLOAD_PHOTO_STORAGE", importer.upload_photo_storage))
+    for key, storage in storages:
+        name = getattr(config, key)
+        if name != NO_STORAGE and not getattr(storage, "MODERATING", False):
+            raise ConfigurationError(
+                f"Config '{key}' has value {name!r}. With the moderation gate installed it "
+                "must be 'thumbor_rekognition.storage' (set the storage that keeps originals "
+                f"in MODERATION_SOURCE_STORAGE) or {NO_STORAGE!r}, or uploads and filters "
+                "would hand out originals that are not approved."
+            )
+    if config.RESULT_STORAGE and not getattr(importer.result_storage, "MODERATING", False):
+        raise ConfigurationError(
+            f"Config 'RESULT_STORAGE' has value {config.RESULT_STORAGE!r}. With the "
+            "moderation gate installed it must be 'thumbor_rekognition.result_storage' (set "
+            "the result storage that keeps results in MODERATION_SOURCE_RESULT_STORAGE) or "
+            "None, or results made from a picture rejected later would still be served."
+        )
+
+
+def _check_order(config: Any) -> None:
+    # The gate's route matches any path, /healthcheck too: Thumbor's own lists go first.
+    lists = [str(name) for name in config.HANDLER_LISTS]
+    if THIS not in lists:
+        return
+    later = [
+        name for name in lists[lists.index(THIS) + 1 :] if name.startswith(THUMBOR_HANDLER_LISTS)
+    ]
+    if later:
+        raise ConfigurationError(
+            f"Config 'HANDLER_LISTS' lists {THIS!r} before {', '.join(later)}. Its route "
+            "takes every path: list it last, after Thumbor's own handler lists."
         )

@@ -13,8 +13,18 @@ from urllib.parse import unquote
 
 from thumbor.loaders import LoaderResult
 
+from thumbor_rekognition import provenance
 from thumbor_rekognition.decision import Decision, Status
-from thumbor_rekognition.gate import NOT_AN_IMAGE, ModerationHandler, apply_decision
+from thumbor_rekognition.gate import (
+    FORBIDDEN,
+    NOT_AN_IMAGE,
+    STATUS_HEADER,
+    ModerationHandler,
+    apply_decision,
+    keep_out_of_caches,
+    note_status,
+    refuses,
+)
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
@@ -38,15 +48,16 @@ async def load(context: Any, path: str) -> LoaderResult:
     """Load an original and answer it, or a refusal, according to its decision."""
     runtime = runtime_for(context.config)
     handler = getattr(context, "request_handler", None)
+    key = normalise(path)
+    main = provenance.is_main(context, key)
     refusal = getattr(handler, "moderation_refusal", None)
-    if refusal is not None:
+    if refusal is not None and main:
         return refusal
     _warn_without_gate(context)
-    key = normalise(path)
     known = await runtime.moderator.lookup(key, context.metrics)
     if known is not None and not known.needs_retry and known.status is not Status.APPROVED:
         # Refused pictures are answered without fetching the original again.
-        refusal = apply_decision(context, runtime, known, None)
+        refusal = _refuse(context, runtime, known, main)
         if refusal is not None:
             return refusal
 
@@ -60,6 +71,13 @@ async def load(context: Any, path: str) -> LoaderResult:
         # Approved since it was quarantined, and gone from its origin: the kept copy
         # is the original (same bytes), so it is served and stored again.
         result = LoaderResult(buffer=kept)
+    if _from_moderated_thumbor(result):
+        # A rendering by a moderated Thumbor (this one, say): judging it as a new picture
+        # would give it a decision of its own that rejecting its source would not reach.
+        logger.warning("original %s comes from a moderated Thumbor; refused", key)
+        return LoaderResult(
+            successful=False, error=FORBIDDEN, extras={"reason": "moderated rendering"}
+        )
 
     try:
         decision = await runtime.moderator.moderate(
@@ -68,8 +86,38 @@ async def load(context: Any, path: str) -> LoaderResult:
     except UnsupportedImage as error:
         logger.warning("original %s is not an image the plugin can judge: %s", key, error)
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
-    answer = apply_decision(context, runtime, decision, result)
-    return answer if answer is not None else result
+    if decision.status is Status.APPROVED:
+        provenance.of(context).note(key, decision.sha256)
+        if main:
+            note_status(context, decision.status)
+        return result
+    answer = _refuse(context, runtime, decision, main)
+    if answer is None:
+        # Failing open: shown, kept out of every cache.
+        if main:
+            keep_out_of_caches(context)
+        else:
+            context.request.prevent_result_storage = True
+        return result
+    return answer
+
+
+def _refuse(context: Any, runtime: Runtime, decision: Decision, main: bool) -> LoaderResult | None:
+    """The answer for a picture that is not approved, or None to show it (failing open)."""
+    if main:
+        return apply_decision(context, runtime, decision, None)
+    if not refuses(runtime, decision):
+        return None
+    # A picture pasted into another (watermark, frame): the placeholder stands in for it,
+    # the request that asked for the other keeps its size, and its result is not kept.
+    provenance.of(context).refused = True
+    context.request.prevent_result_storage = True
+    return LoaderResult(buffer=runtime.placeholder)
+
+
+def _from_moderated_thumbor(result: LoaderResult) -> bool:
+    headers = result.metadata or {}
+    return any(str(name).lower() == STATUS_HEADER.lower() for name in headers)
 
 
 def as_loader_result(result: Any) -> LoaderResult:

@@ -172,7 +172,8 @@ class Moderator:
         self._by_key = _Cache(settings.cache_ttl)
         self._by_hash = _Cache(settings.cache_ttl)
         self._flights: dict[str, asyncio.Future[Decision]] = {}
-        self._recorded: set[tuple[str, str]] = set()
+        # Decision key -> paths recorded for it, dropped when its decision changes.
+        self._recorded: dict[str, set[str]] = {}
         # Decisions the backend made that the store could not keep: reused, not paid again.
         self._unsaved: _Bounded[Decision] = _Bounded(10_000)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -463,7 +464,8 @@ class Moderator:
 
     async def record_result(self, key: str, path: str) -> None:
         """Remember that a result-storage entry at this request path derives from key."""
-        if (key, path) in self._recorded:
+        recorded = self._recorded.setdefault(key, set())
+        if path in recorded:
             return
         try:
             await self._store(self.store.add_results, key, [path])
@@ -472,7 +474,38 @@ class Moderator:
             return
         if len(self._recorded) > 100_000:
             self._recorded.clear()
-        self._recorded.add((key, path))
+        self._recorded.setdefault(key, set()).add(path)
+
+    async def record_original(self, key: str, path: str) -> None:
+        """Remember a STORAGE path holding key's original (one per spelling of its URL)."""
+        await self.record_result(key, stores.STORAGE_PATH_MARK + path)
+
+    async def still_approved(self, key: str, sha256: str) -> bool:
+        """Whether the store, read now, still approves these bytes at this key.
+
+        Asked after writing a cache entry: a rejection saved while it was written wins.
+        """
+        try:
+            current = await self._store(self.store.get, key)
+        except stores.StoreUnavailable:
+            return False
+        return (
+            current is not None and current.status is Status.APPROVED and current.sha256 == sha256
+        )
+
+    async def approved_hash(self, sha256: str) -> bool:
+        """Whether the picture with these bytes is approved (memory first, then the store)."""
+        known = self._by_hash.get(sha256)
+        if known is None:
+            try:
+                known = await self._store(self.store.find_by_hash, sha256)
+            except stores.StoreUnavailable:
+                known = self._by_hash.stale(sha256)
+            if known is None:
+                return False
+            known = await self._reapply(known)
+            self._by_hash.put(sha256, known)
+        return known.status is Status.APPROVED
 
     async def _twin(self, sha256: str, metrics: Any) -> Decision | None:
         twin = self._unsaved.get(sha256) or self._by_hash.get(sha256)
@@ -633,6 +666,8 @@ class Moderator:
         """Drop a key from this process's memory, e.g. after an override."""
         self._by_key.discard(key)
         self._by_hash.clear()
+        # A purge dropped its recorded paths: results written from now on are recorded anew.
+        self._recorded.pop(key, None)
 
     def changed(self, key: str | None) -> None:
         """A store's notification that a decision changed elsewhere (None: maybe any).
@@ -646,6 +681,7 @@ class Moderator:
         # Read again, but still the answer if the store goes away again right now.
         self._by_key.expire()
         self._by_hash.clear()
+        self._recorded.clear()
         self._store_failed = False
         for sha256 in self._unsaved.snapshot():
             decision = self._unsaved.get(sha256)

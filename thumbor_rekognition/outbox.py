@@ -72,7 +72,8 @@ class Outbox:
             self._wake.set()
         was_served = previous is not None and previous.status.value == "approved"
         if self.purgers and was_served and (current is None or current.status.value != "approved"):
-            self.purge(key, self.store.results(key), "rejected" if current else "forgotten")
+            paths = stores.result_paths(self.store.results(key))
+            self.purge(key, paths, "rejected" if current else "forgotten")
 
     def purge(self, key: str, paths: list[str], reason: str) -> None:
         """Queue one purge per configured CDN."""

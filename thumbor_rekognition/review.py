@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from thumbor_rekognition import stores
 from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderator import Moderator, sha256_hex
@@ -147,10 +148,11 @@ class Review:
         return forgotten
 
     async def purge(self, url: str, announce: bool = True) -> Purged:
-        """Remove the original from STORAGE and every result derived from it, here and,
-        through the CDN purgers, at the edge."""
+        """Remove the original from STORAGE, under every path it was stored at, and every
+        result made from it, here and, through the CDN purgers, at the edge."""
         key = await self.key(url)
-        paths: list[str] = await self._store("results", key)
+        recorded: list[str] = await self._store("results", key)
+        paths, stored = stores.result_paths(recorded), stores.storage_paths(recorded)
         outbox = self.moderator.outbox
         if announce and outbox is not None and outbox.purgers:
             await self._store_call(outbox.purge, key, paths, "purged")
@@ -159,6 +161,8 @@ class Review:
         current: Decision | None = await self._store("get", key)
         if current is not None and current.url != url:
             original = await self.caches.remove_original(current.url) or original
+        for path in stored:
+            original = await self.caches.remove_stored(path) or original
         await self._store("drop_results", key)
         return Purged(original=original, results=results)
 

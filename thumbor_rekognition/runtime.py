@@ -42,6 +42,16 @@ class Runtime:
         self.settings = settings
         self.placeholder = _read_placeholder(settings.placeholder_path)
         self.source_loader = _import_loader(settings.source_loader)
+        self.source_storage = _import_wrapped(
+            "MODERATION_SOURCE_STORAGE", settings.source_storage, "storage"
+        )
+        self.source_result_storage = (
+            _import_wrapped(
+                "MODERATION_SOURCE_RESULT_STORAGE", settings.source_result_storage, "result_storage"
+            )
+            if settings.source_result_storage
+            else None
+        )
         _import_module("MODERATION_BACKEND", settings.backend)
         _import_module("MODERATION_DECISION_STORE", settings.decision_store)
         _import_module("MODERATION_QUARANTINE", settings.quarantine)
@@ -49,6 +59,8 @@ class Runtime:
         self._pid = 0
         self._moderator: Moderator | None = None
         self.placeholders = RenderCache(PLACEHOLDER_RENDERINGS)
+        # Rejected pictures whose stored original the gate has moved to the quarantine.
+        self.evicted = SeenSet(PLACEHOLDER_RENDERINGS * 40)
 
     @property
     def moderator(self) -> Moderator:
@@ -111,6 +123,22 @@ class Runtime:
         return moderator
 
 
+class SeenSet:
+    """A set that forgets its oldest members past a size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, None] = OrderedDict()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def put(self, item: Any) -> None:
+        self._items[item] = None
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
 class RenderCache:
     """Rendered placeholders by transformation, least recently used dropped first."""
 
@@ -149,6 +177,19 @@ def runtime_for(config: Any) -> Runtime:
         return runtime
 
 
+def runtime_or_exit(config: Any) -> Runtime:
+    """The runtime of a Thumbor config object, or a stop with the configuration error.
+
+    For the modules Thumbor builds at start-up (the handler list, the storages): a bad
+    key stops Thumbor with a message naming it, not with a traceback.
+    """
+    try:
+        return runtime_for(config)
+    except ConfigurationError as error:
+        logger.critical("thumbor-rekognition cannot start: %s", error)
+        raise SystemExit(f"thumbor-rekognition: {error}") from None
+
+
 def _read_placeholder(path: str | None) -> bytes:
     if path is None:
         return (
@@ -174,6 +215,19 @@ def _import_module(key: str, name: str) -> ModuleType:
         raise ConfigurationError(
             f"Config '{key}' has value {name!r}. Cannot import it ({error})."
         ) from None
+
+
+def _import_wrapped(key: str, name: str, wrapper: str) -> ModuleType:
+    """The storage module one of the plugin's storages wraps."""
+    module = _import_module(key, name)
+    if name.startswith(__package__ + "."):
+        raise ConfigurationError(
+            f"Config '{key}' has value {name!r}: it names the plugin's own {wrapper} module; "
+            "it must name the module that keeps the bytes, e.g. a thumbor.storages one."
+        )
+    if not callable(getattr(module, "Storage", None)):
+        raise ConfigurationError(f"Config '{key}' has value {name!r}. It has no Storage class.")
+    return module
 
 
 def _import_loader(name: str) -> ModuleType:

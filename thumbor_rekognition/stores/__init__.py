@@ -23,6 +23,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# Marks a recorded path as a STORAGE path of the original; result paths start with '/'.
+STORAGE_PATH_MARK = "storage:"
+
+
+def result_paths(recorded: list[str]) -> list[str]:
+    """The result-storage paths among the paths recorded for a key."""
+    return [path for path in recorded if not path.startswith(STORAGE_PATH_MARK)]
+
+
+def storage_paths(recorded: list[str]) -> list[str]:
+    """The STORAGE paths of the original among the paths recorded for a key."""
+    mark = len(STORAGE_PATH_MARK)
+    return [path[mark:] for path in recorded if path.startswith(STORAGE_PATH_MARK)]
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached or answered with an error."""
 
@@ -83,7 +98,8 @@ class Store:
         raise NotImplementedError
 
     def add_results(self, key: str, paths: list[str]) -> None:
-        """Record result-storage paths derived from a key's original."""
+        """Record result-storage paths derived from a key's original (and, marked with
+        STORAGE_PATH_MARK, the STORAGE paths the original is kept at)."""
         raise NotImplementedError
 
     def results(self, key: str) -> list[str]:

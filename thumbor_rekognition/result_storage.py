@@ -1,0 +1,135 @@
+"""The RESULT_STORAGE: rendered results, each tied to the pictures it was made from.
+
+A result is trusted by content, not by URL: it is written with the content hash of
+every original it was made from (the main picture first, then any pasted in by the
+watermark or frame filters), and served only while each of those hashes is approved
+and the main one is still what its URL shows. A rejection therefore refuses every
+result that contains the picture, whichever URL made it, and one whose URL now shows
+other content is a miss. Each result path is also recorded under every picture's
+decision key, so that purging any of them deletes it. MODERATION_SOURCE_RESULT_STORAGE
+names the result storage that keeps the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from typing import Any
+
+from thumbor.engines import BaseEngine
+from thumbor.result_storages import BaseStorage, ResultStorageResult
+
+from thumbor_rekognition import provenance
+from thumbor_rekognition.caches import remove_result
+from thumbor_rekognition.runtime import Runtime, runtime_for
+
+logger = logging.getLogger(__name__)
+
+# Written before the hashes; an entry without it was not written by this module.
+MAGIC = b"\x89thumbor-moderation\x01"
+DIGEST = hashlib.sha256().digest_size
+
+
+def pack(hashes: list[str], body: bytes) -> bytes:
+    """A result as kept: magic, count, raw content hashes, then the image bytes."""
+    return MAGIC + bytes([len(hashes)]) + b"".join(bytes.fromhex(h) for h in hashes) + body
+
+
+def unpack(data: bytes) -> tuple[list[str], bytes] | None:
+    """The hashes and the image bytes of a kept result, or None if it is not one."""
+    if not data.startswith(MAGIC) or len(data) <= len(MAGIC):
+        return None
+    count = data[len(MAGIC)]
+    start = len(MAGIC) + 1
+    end = start + count * DIGEST
+    if count == 0 or len(data) < end:
+        return None
+    hashes = [data[at : at + DIGEST].hex() for at in range(start, end, DIGEST)]
+    return hashes, data[end:]
+
+
+class Storage(BaseStorage):  # type: ignore[misc]
+    """MODERATION_SOURCE_RESULT_STORAGE, serving results only while their pictures are approved."""
+
+    # Lets the handler list check at start-up that the configured module moderates.
+    MODERATING = True
+
+    def __init__(self, context: Any) -> None:
+        # Thumbor builds one per request context, and one before its handler lists check
+        # the configuration: the runtime and the wrapped storage come on first use.
+        super().__init__(context)
+        self._source: Any = None
+
+    @property
+    def _runtime(self) -> Runtime:
+        return runtime_for(self.context.config)
+
+    @property
+    def source(self) -> Any:
+        """The result storage that keeps the bytes, or None (MODERATION_SOURCE_RESULT_STORAGE)."""
+        if self._source is None:
+            module = self._runtime.source_result_storage
+            self._source = module.Storage(self.context) if module is not None else False
+        return self._source or None
+
+    async def get(self) -> Any:
+        if self.source is None:
+            return None
+        result = await self.source.get()
+        if result is None:
+            return None
+        data = result.buffer if isinstance(result, ResultStorageResult) else result
+        kept = unpack(bytes(data))
+        if kept is None or not await self._approved(kept[0]):
+            return None
+        body = kept[1]
+        if not isinstance(result, ResultStorageResult):
+            return body
+        metadata = dict(result.metadata)
+        metadata["ContentLength"] = len(body)
+        metadata["ContentType"] = BaseEngine.get_mimetype(body)
+        return ResultStorageResult(buffer=body, metadata=metadata, successful=True)
+
+    async def put(self, image_bytes: bytes) -> None:
+        if self.source is None:
+            return
+        used = provenance.of(self.context)
+        hashes = used.hashes()
+        if used.refused or not hashes:
+            # Made with a refused picture, or from originals nobody noted: not kept.
+            return
+        await self.source.put(pack(hashes, bytes(image_bytes)))
+        moderator = self._runtime.moderator
+        path = self.context.request.url
+        for key in used.sources:
+            await moderator.record_result(key, path)
+        for key, sha256 in used.sources.items():
+            if not await moderator.still_approved(key, sha256):
+                # A rejection saved while this was written: its purge may have run first.
+                await self._remove_quietly(path)
+                return
+
+    async def last_updated(self) -> Any:
+        if self.source is None:
+            return None
+        # Thumbor's file result storage still has the synchronous form.
+        value = self.source.last_updated()
+        return await value if inspect.isawaitable(value) else value
+
+    async def _approved(self, hashes: list[str]) -> bool:
+        moderator = self._runtime.moderator
+        main = moderator.remembered(provenance.of(self.context).main)
+        if main is None or main.sha256 != hashes[0]:
+            # The URL shows other content now (or its decision is not known): re-render.
+            return False
+        for sha256 in hashes:
+            if not await moderator.approved_hash(sha256):
+                return False
+        return True
+
+    async def _remove_quietly(self, path: str) -> None:
+        try:
+            await remove_result(self.context.config, self.source, path)
+        except Exception as error:
+            logger.error("result %s not removed: %s", path, error)

@@ -1,0 +1,158 @@
+"""The STORAGE: Thumbor's store of originals, handing out and keeping approved ones only.
+
+Thumbor reads STORAGE through more doors than the image route: the upload API
+(``/image/<id>``), the watermark and frame filters, and its own fetch, none of which a
+handler of ours stands in front of. Wrapping the storage module, as the loader is
+wrapped, closes them all: ``get`` judges what it is about to hand out (a hash check once
+the picture is known) and answers a miss for anything not approved, so Thumbor asks the
+loader, which answers the refusal; ``put`` judges what it is about to keep, never keeps
+the placeholder, and removes what it wrote when a rejection was saved meanwhile.
+MODERATION_SOURCE_STORAGE names the storage that keeps the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from thumbor.loaders import LoaderResult
+from thumbor.storages import BaseStorage
+
+from thumbor_rekognition import provenance
+from thumbor_rekognition.decision import Decision, Status
+from thumbor_rekognition.gate import NOT_AN_IMAGE, apply_decision, note_status, refuses
+from thumbor_rekognition.preparation import UnsupportedImage
+from thumbor_rekognition.runtime import Runtime, runtime_for
+from thumbor_rekognition.urls import normalise
+
+logger = logging.getLogger(__name__)
+
+
+class Storage(BaseStorage):  # type: ignore[misc]
+    """MODERATION_SOURCE_STORAGE, behind the decision of each original it holds."""
+
+    # Lets the handler list check at start-up that the configured module moderates.
+    MODERATING = True
+
+    def __init__(self, context: Any) -> None:
+        # Thumbor builds one per request context, and one before its handler lists check
+        # the configuration: the runtime and the wrapped storage come on first use.
+        super().__init__(context)
+        self._source: Any = None
+
+    @property
+    def _runtime(self) -> Runtime:
+        return runtime_for(self.context.config)
+
+    @property
+    def source(self) -> Any:
+        """The storage that keeps the bytes (MODERATION_SOURCE_STORAGE)."""
+        if self._source is None:
+            self._source = self._runtime.source_storage.Storage(self.context)
+        return self._source
+
+    async def get(self, path: str) -> Any:
+        buffer = await self.source.get(path)
+        if buffer is None:
+            return None
+        data = bytes(buffer)
+        if data == self._runtime.placeholder:
+            # Left by an unmoderated Thumbor that pasted a refused picture's placeholder.
+            return None
+        decision = await self._judge(path, data)
+        if decision is None:
+            return None
+        if decision.status is Status.APPROVED:
+            provenance.of(self.context).note(decision.key, decision.sha256)
+            if provenance.is_main(self.context, decision.key):
+                note_status(self.context, decision.status)
+            return buffer
+        if not refuses(self._runtime, decision):
+            # Failing open: shown, but kept out of every cache.
+            if provenance.is_main(self.context, decision.key):
+                apply_decision(self.context, self._runtime, decision, None)
+            elif getattr(self.context, "request", None) is not None:
+                self.context.request.prevent_result_storage = True
+            return buffer
+        # Found rejected here (a rejection made elsewhere, thresholds changed since): the
+        # quarantine keeps it, this storage does not.
+        rejected = decision.status is Status.REJECTED
+        if rejected and await self._runtime.moderator.keep_original(decision.sha256, data):
+            await self._remove_quietly(path)
+        return None
+
+    async def put(self, path: str, file_bytes: bytes) -> str:
+        data = bytes(file_bytes)
+        if data == self._runtime.placeholder:
+            # What the loader answered for a refused picture: never kept under its URL.
+            return path
+        decision = await self._judge(path, data)
+        if decision is None or decision.status is not Status.APPROVED:
+            if decision is not None and not decision.needs_retry:
+                await self._runtime.moderator.keep_original(decision.sha256, data)
+            return path
+        moderator = self._runtime.moderator
+        await self.source.put(path, file_bytes)
+        await moderator.record_original(decision.key, path)
+        if not await moderator.still_approved(decision.key, decision.sha256):
+            # A rejection was saved while this was written: its purge may have run first.
+            await self._remove_quietly(path)
+        return path
+
+    async def exists(self, path: str) -> bool:
+        # Asked on every image request (Thumbor looks for an upload id first), so a known
+        # picture costs a memory lookup; the upload API then reads what it was told
+        # exists, so an unknown one is judged now, and both answers agree.
+        if not await self.source.exists(path):
+            return False
+        key = normalise(path)
+        known = self._runtime.moderator.remembered(key)
+        if known is not None:
+            return known.status is Status.APPROVED or not refuses(self._runtime, known)
+        data = await self.source.get(path)
+        if data is None:
+            return False
+        decision = await self._judge(path, bytes(data))
+        return decision is not None and (
+            decision.status is Status.APPROVED or not refuses(self._runtime, decision)
+        )
+
+    async def remove(self, path: str) -> None:
+        await self.source.remove(path)
+
+    async def put_crypto(self, path: str) -> Any:
+        return await self.source.put_crypto(path)
+
+    async def get_crypto(self, path: str) -> Any:
+        return await self.source.get_crypto(path)
+
+    async def put_detector_data(self, path: str, data: Any) -> Any:
+        return await self.source.put_detector_data(path, data)
+
+    async def get_detector_data(self, path: str) -> Any:
+        return await self.source.get_detector_data(path)
+
+    async def _judge(self, path: str, data: bytes) -> Decision | None:
+        """The decision for these bytes at this path, or None when they are no picture."""
+        key = normalise(path)
+        handler = getattr(self.context, "request_handler", None)
+        try:
+            return await self._runtime.moderator.moderate(
+                key, unquote(path), data, self.context.metrics, getattr(handler, "deadline", None)
+            )
+        except UnsupportedImage as error:
+            logger.warning("stored original %s is not an image: %s", path, error)
+            if provenance.is_main(self.context, key) and handler is not None:
+                # Thumbor asks the loader on a miss; the loader answers with this refusal.
+                handler.moderation_refusal = LoaderResult(successful=False, error=NOT_AN_IMAGE)
+            return None
+
+    async def _remove_quietly(self, path: str) -> None:
+        try:
+            await self.source.remove(path)
+        except NotImplementedError:
+            # Storages without remove (mixed_storage): refused on every read all the same.
+            pass
+        except Exception as error:
+            logger.error("stored original %s not removed: %s", path, error)
