@@ -299,6 +299,51 @@ def test_a_reject_racing_traffic_leaves_nothing_in_storage_or_result_storage(
     assert lost == []
 
 
+# Animations whose bad scene the frame picker would leave out.
+
+
+def scenes_gif(colours: list[tuple[int, int, int]]) -> bytes:
+    """An animation of solid scenes, the last one shown for five seconds."""
+    frames = [Image.new("RGB", (160, 120), colour) for colour in colours]
+    buffer = io.BytesIO()
+    durations = [200] * (len(frames) - 1) + [5000]
+    frames[0].save(
+        buffer, "GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
+    )
+    return buffer.getvalue()
+
+
+# Distinct scenes; the first looks much like the last, the bad one (red).
+SCENES = [(200, 40, 40), BLUE, (0, 160, 0), (230, 230, 0), (0, 200, 200), (120, 0, 160)]
+SCENES += [(90, 90, 90), (240, 140, 0), (250, 250, 250), (20, 20, 20), (0, 90, 140)]
+
+
+@pytest.mark.parametrize(
+    ("scenes", "expected"),
+    [
+        # Nine scenes, within MODERATION_MAX_FRAMES (10): all judged, the bad one rejects.
+        ([*SCENES[:8], RED], ("rejected",)),
+        # Twelve: two are left unjudged, so the animation is never approved.
+        ([*SCENES, RED], ("rejected", "pending")),
+    ],
+)
+def test_an_animation_is_never_approved_unless_every_distinct_scene_was_judged(
+    server: ThumborServer,
+    images: Path,
+    fake: FakeRekognition,
+    scenes: list[tuple[int, int, int]],
+    expected: tuple[str, ...],
+) -> None:
+    fake.respond(RED, NUDITY)
+    name = f"scenes-{next(_names)}.gif"
+    (images / name).write_bytes(scenes_gif(scenes))
+
+    response = server.get(f"/unsafe/80x60/{name}")
+
+    assert status_of(response) in expected
+    assert red_pixels(response) == 0
+
+
 # Pictures re-judged under new thresholds.
 
 

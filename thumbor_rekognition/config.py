@@ -194,11 +194,12 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     ),
     (
         "MODERATION_MAX_FRAMES",
-        5,
-        "Most frames of one animated image (GIF, WebP, APNG) sent to the backend: "
-        "near-duplicate frames are dropped, then the first frame and up to this many "
-        "distinct frames least alike each other are judged, and the image is rejected if "
-        "any is. With Rekognition each frame is one paid call.",
+        10,
+        "Most scenes of one animated image (GIF, WebP, APNG) sent to the backend, all at "
+        "once: near-duplicate frames are dropped and every distinct scene is judged, up "
+        "to this many; the image is rejected if any is. An animation with more distinct "
+        "scenes is never approved: it waits for a human (pending). With Rekognition each "
+        "scene is one paid call.",
         GROUP,
     ),
     (

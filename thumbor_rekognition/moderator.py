@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import Settings
-from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
 from thumbor_rekognition.policy import Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
 from thumbor_rekognition.quarantine import Quarantine, QuarantineError
@@ -37,6 +37,19 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 V = TypeVar("V")
 SYSTEM = "thumbor-rekognition"
+# The reason of a pending animation with distinct scenes no backend call judged.
+UNJUDGED = "unjudged_scenes"
+
+
+def unjudged_reason(count: int, limit: int) -> Reason:
+    """Why an animation waits for a human: count distinct scenes past the frame limit."""
+    return Reason(
+        name="Unjudged scenes",
+        parent="",
+        confidence=float(count),
+        threshold=float(limit),
+        category=UNJUDGED,
+    )
 
 
 class _StoreWaits:
@@ -547,10 +560,15 @@ class Moderator:
         finally:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
         verdict = self.policy.judge(analysis.labels)
+        status, reasons = verdict.status, verdict.reasons
+        if prepared.unjudged_scenes and status is Status.APPROVED:
+            # Scenes nobody judged: what they show is unknown, so a human decides.
+            status = Status.PENDING
+            reasons = (unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),)
         return base.replace(
-            status=verdict.status,
+            status=status,
             labels=analysis.labels,
-            reasons=verdict.reasons,
+            reasons=reasons,
             model_version=analysis.model_version,
             min_confidence=analysis.min_confidence,
         )
@@ -641,9 +659,13 @@ class Moderator:
     def rejudged(self, decision: Decision) -> Decision:
         """A decision judged again from its stored labels under the current thresholds."""
         verdict = self.policy.judge(decision.labels)
+        status, reasons = verdict.status, verdict.reasons
+        unjudged = [reason for reason in decision.reasons if reason.category == UNJUDGED]
+        if unjudged and status is Status.APPROVED:
+            status, reasons = Status.PENDING, tuple(unjudged)
         return decision.replace(
-            status=verdict.status,
-            reasons=verdict.reasons,
+            status=status,
+            reasons=reasons,
             policy=self.policy.fingerprint,
             updated_at=time.time(),
         )
@@ -697,6 +719,12 @@ class Moderator:
 def _event_for(decision: Decision) -> Event:
     if decision.status is Status.PENDING and decision.error:
         note = f"no decision: {decision.error}"
+    elif decision.reasons and decision.reasons[0].category == UNJUDGED:
+        unjudged = decision.reasons[0]
+        note = (
+            f"{unjudged.confidence:g} distinct scenes not judged "
+            f"(MODERATION_MAX_FRAMES={unjudged.threshold:g}): waiting for a human"
+        )
     elif decision.reasons:
         reasons = ", ".join(
             f"{reason.name} {reason.confidence:.1f} > {reason.threshold:g}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
 
 logger = logging.getLogger(__name__)
+
+# Calls in flight at once for the scenes of one animation (and across a process's).
+FRAME_CALLS = 8
 
 RETRYABLE_CODES = frozenset(
     {
@@ -67,6 +71,11 @@ class Backend(BaseBackend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._client: PerProcess[Any] = PerProcess(self._build_client)
+        self._frame_calls: PerProcess[concurrent.futures.ThreadPoolExecutor] = PerProcess(
+            lambda: concurrent.futures.ThreadPoolExecutor(
+                max_workers=FRAME_CALLS, thread_name_prefix="rekognition-frames"
+            )
+        )
 
     def client(self) -> Any:
         """The process's Rekognition client."""
@@ -95,8 +104,17 @@ class Backend(BaseBackend):
     def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
         labels: dict[tuple[str, str], Label] = {}
         model_version = ""
-        for frame in image.frames:
-            response = self._call(frame.data, min_confidence)
+        if len(image.frames) > 1:
+            # The scenes of an animation are asked about together: one round trip, not
+            # one per scene. The first failure is raised, as one call's would be.
+            responses = list(
+                self._frame_calls.get().map(
+                    lambda frame: self._call(frame.data, min_confidence), image.frames
+                )
+            )
+        else:
+            responses = [self._call(frame.data, min_confidence) for frame in image.frames]
+        for response in responses:
             model_version = str(response.get("ModerationModelVersion", model_version))
             for label in labels_from_rekognition(response.get("ModerationLabels", [])):
                 known = labels.get((label.parent, label.name))
