@@ -561,6 +561,27 @@ def test_a_configuration_that_bypasses_the_plugin_stops_start_up(
     assert "Traceback" not in thumbor.log
 
 
+def test_the_loader_without_its_gate_refuses_every_picture_and_says_why(
+    tmp_path: Path, fake: FakeRekognition
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "plain.png").write_bytes(picture(BLUE))
+    config = doors_config(tmp_path, images, fake.url)
+    config["HANDLER_LISTS"] = ["thumbor.handler_lists.healthcheck"]
+    config.update({"STORAGE": "thumbor.storages.file_storage", "RESULT_STORAGE": None})
+    thumbor = ThumborServer(tmp_path, config).start()
+    try:
+        answers = [thumbor.get(f"/unsafe/{size}/plain.png") for size in ("40x40", "41x41")]
+    finally:
+        thumbor.stop()
+
+    assert [answer.status for answer in answers] == [503, 503]
+    assert "thumbor_rekognition.handler_list' is added to HANDLER_LISTS" in thumbor.log
+    assert "Traceback" not in thumbor.log
+    assert fake.call_count == 0
+
+
 def test_no_storage_and_no_result_storage_still_serve_moderated_pictures(
     tmp_path: Path, fake: FakeRekognition
 ) -> None:

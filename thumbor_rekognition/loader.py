@@ -8,6 +8,7 @@ is returned as loaded; anything else is kept out of STORAGE and RESULT_STORAGE.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -19,7 +20,6 @@ from thumbor_rekognition.gate import (
     FORBIDDEN,
     NOT_AN_IMAGE,
     STATUS_HEADER,
-    ModerationHandler,
     apply_decision,
     keep_out_of_caches,
     note_status,
@@ -31,10 +31,13 @@ from thumbor_rekognition.urls import normalise
 
 logger = logging.getLogger(__name__)
 
+UNAVAILABLE = 503
+
 # Lets the handler list check at start-up that LOADER moderates.
 MODERATING_LOADER = True
 
-_warned_without_gate = False
+GATE = "thumbor_rekognition.handler_list"
+_warned_without_gate = -60.0
 
 
 def validate(context: Any, path: str) -> bool:
@@ -53,7 +56,8 @@ async def load(context: Any, path: str) -> LoaderResult:
     refusal = getattr(handler, "moderation_refusal", None)
     if refusal is not None and main:
         return refusal
-    _warn_without_gate(context)
+    if _without_gate(context):
+        return LoaderResult(successful=False, error=UNAVAILABLE, extras={"reason": "no gate"})
     known = await runtime.moderator.lookup(key, context.metrics)
     if known is not None and not known.needs_retry and known.status is not Status.APPROVED:
         # Refused pictures are answered without fetching the original again.
@@ -136,15 +140,19 @@ async def _quarantined(runtime: Runtime, known: Decision | None) -> bytes | None
     return await runtime.moderator.kept_original(known.sha256)
 
 
-def _warn_without_gate(context: Any) -> None:
+def _without_gate(context: Any) -> bool:
+    """Whether Thumbor runs this loader without the gate (logged once a minute)."""
     global _warned_without_gate
-    if _warned_without_gate or isinstance(
-        getattr(context, "request_handler", None), ModerationHandler
-    ):
-        return
-    _warned_without_gate = True
-    logger.warning(
-        "thumbor_rekognition.loader runs without its gate: cached results of pictures "
-        "rejected later will still be served. Add 'thumbor_rekognition.handler_list' to "
-        "HANDLER_LISTS."
-    )
+    if GATE in context.config.HANDLER_LISTS:
+        return False
+    now = time.monotonic()
+    if now - _warned_without_gate > 60:
+        _warned_without_gate = now
+        # Thumbor gives a loader no start-up hook: this is the earliest it can be said.
+        logger.critical(
+            "thumbor_rekognition.loader runs without its gate, so pictures rejected after "
+            "they were cached would still be served: every image is refused (503) until "
+            "'%s' is added to HANDLER_LISTS.",
+            GATE,
+        )
+    return True
