@@ -211,6 +211,42 @@ def concurrency(work: Path, fake: FakeRekognition) -> None:
     )
 
 
+def uploads(work: Path, fake: FakeRekognition, count: int = 120) -> None:
+    """POST /image latency, stock Thumbor against the plugin (which judges each upload)."""
+    images = work / "upload-images"
+    images.mkdir()
+    pictures = [photo_like(640, 400 + index % 7) for index in range(count)]
+    timings: dict[str, list[float]] = {}
+    for name, config in (
+        ("stock", stock_thumbor(work / "upload-stock", images, STOCK_HANDLER_LISTS)),
+        ("plugin", base_config(work / "upload-plugin", images, fake.url)),
+    ):
+        config.update({"UPLOAD_ENABLED": True})
+        server = ThumborServer(work / f"upload-{name}", config, cpus=SERVER_CPUS).start()
+        try:
+            spent = []
+            for index, data in enumerate(pictures):
+                # Distinct bytes every time: the plugin judges each one (no dedupe).
+                body = data + index.to_bytes(4, "big")
+                started = time.perf_counter()
+                response = server.request(
+                    "POST", "/image", body=body, headers={"Content-Type": "image/jpeg"}
+                )
+                spent.append((time.perf_counter() - started) * 1000)
+                assert response.status == 201, response.status
+            timings[name] = spent[10:]
+        finally:
+            server.stop()
+    stock_p50 = statistics.median(timings["stock"])
+    plugin_p50 = statistics.median(timings["plugin"])
+    print(f"upload path, POST /image of a 640x400 JPEG, {count - 10} uploads after 10 warm-up")
+    print(f"  stock Thumbor        {stock_p50:8.1f} ms p50")
+    print(
+        f"  with the plugin      {plugin_p50:8.1f} ms p50  ({plugin_p50 / stock_p50:.2f}x; "
+        "includes preparing it and one call to an instant local backend)"
+    )
+
+
 def preparation() -> None:
     data = photo_like(4000, 3000)
     timings = []
@@ -282,6 +318,7 @@ def main() -> None:
         work = Path(directory)
         throughput(work, fake, arguments.seconds, arguments.rounds)
         concurrency(work, fake)
+        uploads(work, fake)
         preparation()
         offline(work)
 

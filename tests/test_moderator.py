@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import random
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from PIL import Image
 from thumbor.config import Config
 
 from tests.conftest import picture
@@ -709,3 +711,36 @@ def test_request_that_is_cancelled_does_not_cancel_the_requests_waiting_on_it(
 
     assert decision.status is Status.REJECTED
     assert len(world.backend.calls) == 1
+
+
+def _scenes_gif(count: int) -> bytes:
+    colours = [
+        (index * 40 % 256, 255 - index * 30 % 256, index * 70 % 256) for index in range(count)
+    ]
+    frames = [Image.new("RGB", (120, 90), colour) for colour in colours]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return buffer.getvalue()
+
+
+def test_animation_with_scenes_past_the_frame_limit_waits_for_a_human(world: World) -> None:
+    world.backend.labels = ()
+    moderator = world.moderator(MODERATION_MAX_FRAMES=2)
+
+    decision = moderate(moderator, "host/scenes.gif", _scenes_gif(5))
+    rejudged = moderator.rejudged(decision)
+
+    assert (decision.status, decision.needs_retry) == (Status.PENDING, False)
+    assert [reason.category for reason in decision.reasons] == ["unjudged_scenes"]
+    assert decision.reasons[0].confidence == 3
+    assert rejudged.status is Status.PENDING
+    assert len(world.backend.calls) == 1
+
+
+def test_animation_whose_scenes_are_all_judged_is_approved(world: World) -> None:
+    world.backend.labels = ()
+    moderator = world.moderator(MODERATION_MAX_FRAMES=5)
+
+    decision = moderate(moderator, "host/scenes.gif", _scenes_gif(5))
+
+    assert decision.status is Status.APPROVED

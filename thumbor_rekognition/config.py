@@ -194,7 +194,7 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     ),
     (
         "MODERATION_MAX_FRAMES",
-        10,
+        20,
         "Most scenes of one animated image (GIF, WebP, APNG) sent to the backend, all at "
         "once: near-duplicate frames are dropped and every distinct scene is judged, up "
         "to this many; the image is rejected if any is. An animation with more distinct "

@@ -10,6 +10,7 @@ into STORAGE so it is served even if its origin has dropped it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class Review:
             unseen = None if current else _unseen(key, url, sha256)
             targets.append(current or unseen)  # type: ignore[arg-type]
         now = time.time()
+        saved_at = time.monotonic()
         event = Event(status, Source.MANUAL, actor, note)
         decided = []
         for target in targets:
@@ -130,6 +132,11 @@ class Review:
                 # Any cache's failure (a storage without remove, say): the decision stands.
                 logger.error("caches of %s not updated (%s): %s", target.key, status.value, error)
                 await self.moderator.count("caches.errors")
+        # Answer once the other processes have heard of it too: a viewer who asks after
+        # the answer gets the new decision from every process of this node.
+        remaining = self.moderator.store.propagation_seconds - (time.monotonic() - saved_at)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
         return decided
 
     async def _original_bytes(self, sha256: str, url: str) -> bytes | None:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Calls in flight at once for the scenes of one animation (and across a process's).
-FRAME_CALLS = 8
+FRAME_CALLS = 20
 
 RETRYABLE_CODES = frozenset(
     {

@@ -57,6 +57,9 @@ class OutboxItem:
 class Store:
     """Persistent decisions keyed by normalised URL, indexed by content hash, with history."""
 
+    # How long a saved change takes to reach every other process (their change feeds).
+    propagation_seconds = 0.0
+
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 

@@ -110,6 +110,10 @@ def _initialise(connection: sqlite3.Connection) -> None:
 class Store(stores.Store):
     """The embedded default decision store."""
 
+    # Each process polls the change log every POLL_SECONDS: two polls leave room for one
+    # that was under way.
+    propagation_seconds = 2 * POLL_SECONDS
+
     def __init__(self, settings: Settings | None = None, *, path: str | None = None) -> None:
         super().__init__(settings)
         if path is None:
