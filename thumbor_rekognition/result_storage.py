@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from types import ModuleType
 from typing import Any
 
 from thumbor.engines import BaseEngine
 from thumbor.result_storages import BaseStorage, ResultStorageResult
 
 from thumbor_rekognition import provenance
+from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.caches import remove_result
-from thumbor_rekognition.runtime import Runtime, runtime_for
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +50,11 @@ def unpack(data: bytes) -> tuple[list[str], bytes] | None:
     return hashes, data[end:]
 
 
-class Storage(BaseStorage):  # type: ignore[misc]
+class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     """MODERATION_SOURCE_RESULT_STORAGE, serving results only while their pictures are approved."""
 
-    # Lets the handler list check at start-up that the configured module moderates.
-    MODERATING = True
-
-    def __init__(self, context: Any) -> None:
-        # Thumbor builds one per request context, and one before its handler lists check
-        # the configuration: the runtime and the wrapped storage come on first use.
-        super().__init__(context)
-        self._source: Any = None
-
-    @property
-    def _runtime(self) -> Runtime:
-        return runtime_for(self.context.config)
-
-    @property
-    def source(self) -> Any:
-        """The result storage that keeps the bytes, or None (MODERATION_SOURCE_RESULT_STORAGE)."""
-        if self._source is None:
-            module = self._runtime.source_result_storage
-            self._source = module.Storage(self.context) if module is not None else False
-        return self._source or None
+    def _wrapped(self) -> ModuleType | None:
+        return self._runtime.source_result_storage
 
     async def get(self) -> Any:
         if self.source is None:

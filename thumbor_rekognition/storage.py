@@ -13,6 +13,7 @@ MODERATION_SOURCE_STORAGE names the storage that keeps the bytes.
 from __future__ import annotations
 
 import logging
+from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,37 +21,20 @@ from thumbor.loaders import LoaderResult
 from thumbor.storages import BaseStorage
 
 from thumbor_rekognition import provenance
+from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import NOT_AN_IMAGE, apply_decision, note_status, refuses
 from thumbor_rekognition.preparation import UnsupportedImage
-from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
 logger = logging.getLogger(__name__)
 
 
-class Storage(BaseStorage):  # type: ignore[misc]
+class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     """MODERATION_SOURCE_STORAGE, behind the decision of each original it holds."""
 
-    # Lets the handler list check at start-up that the configured module moderates.
-    MODERATING = True
-
-    def __init__(self, context: Any) -> None:
-        # Thumbor builds one per request context, and one before its handler lists check
-        # the configuration: the runtime and the wrapped storage come on first use.
-        super().__init__(context)
-        self._source: Any = None
-
-    @property
-    def _runtime(self) -> Runtime:
-        return runtime_for(self.context.config)
-
-    @property
-    def source(self) -> Any:
-        """The storage that keeps the bytes (MODERATION_SOURCE_STORAGE)."""
-        if self._source is None:
-            self._source = self._runtime.source_storage.Storage(self.context)
-        return self._source
+    def _wrapped(self) -> ModuleType:
+        return self._runtime.source_storage
 
     async def get(self, path: str) -> Any:
         buffer = await self.source.get(path)
