@@ -3,8 +3,9 @@
 Thumbor serves result-storage hits and storage hits without calling the loader, so a
 loader alone would keep serving a picture rejected after it was cached. This handler
 takes Thumbor's image route (handler lists are matched first) and, after the signature
-check, refuses rejected pictures before result storage or storage is read. A stored
-original without a decision (an upload, a forgotten decision) is judged before use.
+check, refuses rejected pictures before result storage or storage is read, with the
+placeholder or a 403 and short cache headers. What it lets through is still judged by
+the moderating STORAGE and RESULT_STORAGE, which also close Thumbor's other doors.
 """
 
 from __future__ import annotations
