@@ -343,3 +343,24 @@ def test_secret_hides_its_value_in_repr_and_str() -> None:
 
     assert all("hunter2" not in text for text in shown)
     assert repr(secret) == "Secret('**********')"
+
+
+def test_thresholds_mixing_model_generations_stop_start_up_naming_names_and_keys() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(
+            MODERATION_RULES="aws_rek:explicit_nudity:0.6:revealing_clothes:ignore",
+            MODERATION_IGNORED_CATEGORIES=["Bare Back"],
+        )
+
+    message = str(info.value)
+    assert "MODERATION_IGNORED_CATEGORIES" in message
+    assert "MODERATION_RULES" in message
+    assert "revealing_clothes" in message
+    assert "bare_back" in message
+
+
+def test_thresholds_in_7x_names_make_a_7x_policy() -> None:
+    result = settings(MODERATION_CATEGORY_THRESHOLDS={"Explicit Nudity": 0.6, "Bare Back": 0.9})
+
+    assert result.policy.generation == "7"
+    assert settings(MODERATION_RULES="aws_rek:explicit_nudity:0.6").policy.generation == "6"

@@ -127,9 +127,48 @@ SEED_CASES = [
         v7(("Explicit", "Explicit Nudity", "Exposed Female Nipple"), 59.5),
         "approved",
     ),
+    # 6.x Sexual Activity sits under Explicit Nudity: the seed's 0.6 covers its 7.x
+    # counterpart (it was judged at the 0.5 default before the 6.1 -> 7 translation).
     (
-        "7.x sexual activity above default",
-        v7(("Explicit", "Explicit Sexual Activity"), 50.5),
+        "7.x sexual activity above 0.6 via explicit nudity",
+        v7(("Explicit", "Explicit Sexual Activity"), 60.5),
+        "rejected",
+    ),
+    (
+        "7.x sexual activity below 0.6 via explicit nudity",
+        v7(("Explicit", "Explicit Sexual Activity"), 59.5),
+        "approved",
+    ),
+    # 6.x Revealing Clothes is 7.x Non-Explicit Nudity with no level-3 child: ignored.
+    (
+        "7.x revealing clothes ignored",
+        v7(("Non-Explicit Nudity of Intimate parts and Kissing", "Non-Explicit Nudity"), 99),
+        "approved",
+    ),
+    # 6.x Partial Nudity: Suggestive, at the default.
+    (
+        "7.x implied nudity above default",
+        v7(
+            (
+                "Non-Explicit Nudity of Intimate parts and Kissing",
+                "Non-Explicit Nudity",
+                "Implied Nudity",
+            ),
+            50.5,
+        ),
+        "rejected",
+    ),
+    # No 6.x counterpart: judged as 6.x Suggestive, at the default.
+    (
+        "7.x bare back above default",
+        v7(
+            (
+                "Non-Explicit Nudity of Intimate parts and Kissing",
+                "Non-Explicit Nudity",
+                "Bare Back",
+            ),
+            50.5,
+        ),
         "rejected",
     ),
 ]

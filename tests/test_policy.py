@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from thumbor_rekognition.decision import Label, Reason, Status, labels_from_rekognition
+from thumbor_rekognition.decision import (
+    ContentType,
+    Label,
+    Reason,
+    Status,
+    labels_from_rekognition,
+)
 from thumbor_rekognition.policy import Policy, parse_cloudinary_rules
 
 SEED_RULES: dict[str, float | None] = {
@@ -36,36 +42,60 @@ def response(path: tuple[str, ...], confidence: float, generation: int) -> tuple
     return labels_from_rekognition(items)
 
 
-# (path of the finding, threshold that should apply to it, category that sets it)
+# (path of the finding, threshold that should apply to it, category that sets it, the 6.x
+# label a 7.x finding is judged as under this 6.x policy)
 SEED_CASES_6X = [
-    (("Suggestive", "Female Swimwear Or Underwear"), 75.0, "female_swimwear_or_underwear"),
-    (("Explicit Nudity", "Nudity"), 60.0, "explicit_nudity"),
-    (("Explicit Nudity", "Graphic Female Nudity"), 60.0, "explicit_nudity"),
-    (("Explicit Nudity", "Adult Toys"), 60.0, "explicit_nudity"),
-    (("Suggestive", "Partial Nudity"), 50.0, "default"),
-    (("Violence", "Weapons"), 50.0, "default"),
+    (("Suggestive", "Female Swimwear Or Underwear"), 75.0, "female_swimwear_or_underwear", ""),
+    (("Explicit Nudity", "Nudity"), 60.0, "explicit_nudity", ""),
+    (("Explicit Nudity", "Graphic Female Nudity"), 60.0, "explicit_nudity", ""),
+    (("Explicit Nudity", "Adult Toys"), 60.0, "explicit_nudity", ""),
+    (("Suggestive", "Partial Nudity"), 50.0, "default", ""),
+    (("Violence", "Weapons"), 50.0, "default", ""),
 ]
 SEED_CASES_7X = [
     (
         ("Swimwear or Underwear", "Female Swimwear or Underwear"),
         75.0,
         "female_swimwear_or_underwear",
+        "Suggestive > Female Swimwear Or Underwear",
     ),
-    (("Explicit", "Explicit Nudity", "Exposed Female Nipple"), 60.0, "explicit_nudity"),
-    (("Explicit", "Explicit Nudity", "Exposed Male Genitalia"), 60.0, "explicit_nudity"),
-    (("Explicit", "Explicit Nudity"), 60.0, "explicit_nudity"),
-    # A sibling of Explicit Nudity is not covered by its threshold.
-    (("Explicit", "Explicit Sexual Activity"), 50.0, "default"),
-    (("Violence", "Graphic Violence", "Weapon Violence"), 50.0, "default"),
+    (
+        ("Explicit", "Explicit Nudity", "Exposed Female Nipple"),
+        60.0,
+        "explicit_nudity",
+        "Explicit Nudity > Nudity",
+    ),
+    (
+        ("Explicit", "Explicit Nudity", "Exposed Male Genitalia"),
+        60.0,
+        "explicit_nudity",
+        "Explicit Nudity > Graphic Male Nudity",
+    ),
+    # No 6.x counterpart without ContentTypes: judged as its 6.x top-level category.
+    (("Explicit", "Explicit Nudity"), 60.0, "explicit_nudity", "Explicit Nudity"),
+    # In 6.x, Sexual Activity is a child of Explicit Nudity: the seed's 0.6 covers it
+    # (before the 6.1 -> 7 translation it was judged at the 0.5 default).
+    (
+        ("Explicit", "Explicit Sexual Activity"),
+        60.0,
+        "explicit_nudity",
+        "Explicit Nudity > Sexual Activity",
+    ),
+    (
+        ("Violence", "Graphic Violence", "Weapon Violence"),
+        50.0,
+        "default",
+        "Violence > Weapon Violence",
+    ),
 ]
-SEED_CASES = [(path, at, category, 6) for path, at, category in SEED_CASES_6X] + [
-    (path, at, category, 7) for path, at, category in SEED_CASES_7X
+SEED_CASES = [(path, at, category, 6, shown) for path, at, category, shown in SEED_CASES_6X] + [
+    (path, at, category, 7, shown) for path, at, category, shown in SEED_CASES_7X
 ]
 
 
-@pytest.mark.parametrize(("path", "threshold", "category", "generation"), SEED_CASES)
+@pytest.mark.parametrize(("path", "threshold", "category", "generation", "judged_as"), SEED_CASES)
 def test_seed_policy_rejects_just_above_a_threshold(
-    path: tuple[str, ...], threshold: float, category: str, generation: int
+    path: tuple[str, ...], threshold: float, category: str, generation: int, judged_as: str
 ) -> None:
     labels = response(path, threshold + 0.1, generation)
 
@@ -79,14 +109,20 @@ def test_seed_policy_rejects_just_above_a_threshold(
             confidence=threshold + 0.1,
             threshold=threshold / 100,
             category=category,
+            judged_as=judged_as,
         ),
     )
 
 
-@pytest.mark.parametrize(("path", "threshold", "category", "generation"), SEED_CASES)
+@pytest.mark.parametrize(("path", "threshold", "category", "generation", "judged_as"), SEED_CASES)
 @pytest.mark.parametrize("offset", [0.0, -0.1], ids=["exactly-at", "just-below"])
 def test_seed_policy_approves_at_or_just_below_a_threshold(
-    path: tuple[str, ...], threshold: float, category: str, generation: int, offset: float
+    path: tuple[str, ...],
+    threshold: float,
+    category: str,
+    generation: int,
+    judged_as: str,
+    offset: float,
 ) -> None:
     labels = response(path, threshold + offset, generation)
 
@@ -455,3 +491,57 @@ def test_parse_cloudinary_rules_rejects_malformed_strings_with_a_clear_message(
         parse_cloudinary_rules(text)
 
     assert message in str(info.value)
+
+
+def test_each_frame_is_judged_on_its_own_labels_and_the_worst_decides() -> None:
+    # Frame 0: Suggestive with no child; frame 1: Suggestive > Revealing Clothes (ignored).
+    # Merged, frame 1's child would hide frame 0's bare Suggestive.
+    policy = Policy(rules={"revealing_clothes": None})
+    labels = (
+        Label("Suggestive", "", 1, 90.0, frame=0),
+        Label("Suggestive", "", 1, 60.0, frame=1),
+        Label("Revealing Clothes", "Suggestive", 2, 60.0, frame=1),
+    )
+
+    verdict = policy.judge(labels)
+
+    assert verdict.status is Status.REJECTED
+    assert verdict.frame == 0
+    assert [(reason.name, reason.frame) for reason in verdict.reasons] == [("Suggestive", 0)]
+
+
+def test_the_frame_that_rejects_is_recorded_when_it_is_not_the_first() -> None:
+    labels = (
+        *response(("Suggestive", "Revealing Clothes"), 99.0, 6),
+        Label("Weapons", "Violence", 2, 80.0, frame=2),
+        Label("Violence", "", 1, 80.0, frame=2),
+    )
+
+    verdict = SEED.judge(labels)
+
+    assert verdict.status is Status.REJECTED
+    assert verdict.frame == 2
+    assert [(reason.name, reason.frame) for reason in verdict.reasons] == [("Weapons", 2)]
+
+
+def test_content_type_rule_sets_the_threshold_of_every_label_in_such_a_picture() -> None:
+    drawn = (ContentType("Illustrated", 95.0),)
+    labels = response(("Explicit", "Explicit Nudity", "Exposed Female Nipple"), 80.0, 7)
+    ignoring = Policy(rules={"explicit_nudity": 0.6, "illustrated": None})
+    lenient = Policy(rules={"explicit_nudity": 0.6, "illustrated": 0.9})
+
+    assert ignoring.judge(labels, drawn).status is Status.APPROVED
+    assert ignoring.judge(labels).status is Status.REJECTED
+    assert lenient.judge(labels, drawn).status is Status.APPROVED
+    assert (
+        lenient.judge(response(("Explicit", "Explicit Nudity"), 95.0, 7), drawn).reasons[0].category
+        == "illustrated"
+    )
+
+
+def test_6x_illustrated_explicit_nudity_rule_applies_to_drawn_7x_answers_only() -> None:
+    policy = Policy(rules={"illustrated_explicit_nudity": None})
+    labels = response(("Explicit", "Explicit Sexual Activity"), 90.0, 7)
+
+    assert policy.judge(labels, (ContentType("Animated", 80.0),)).status is Status.APPROVED
+    assert policy.judge(labels).status is Status.REJECTED

@@ -588,7 +588,11 @@ def _read_policy(reader: _Reader) -> policy.Policy:
     for category in reader.names("MODERATION_IGNORED_CATEGORIES"):
         add(category, None, "MODERATION_IGNORED_CATEGORIES")
 
-    return policy.Policy(default=default, rules=rules, review_band=band)
+    try:
+        return policy.Policy(default=default, rules=rules, review_band=band)
+    except ValueError as error:
+        keys = ", ".join(sorted(set(origin.values())))
+        raise ConfigurationError(f"{keys}: {error}") from error
 
 
 def _category(name: str, key: str) -> str:

@@ -32,6 +32,8 @@ class Label:
     parent: str
     level: int
     confidence: float
+    # Which of the frames sent for the picture (0 for a still picture) carried it.
+    frame: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -43,6 +45,27 @@ class Label:
             parent=str(data.get("parent", "")),
             level=int(data.get("level", 0)),
             confidence=float(data["confidence"]),
+            frame=int(data.get("frame", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ContentType:
+    """What kind of picture a model 7.x answer says it saw: Animated or Illustrated."""
+
+    name: str
+    confidence: float
+    frame: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContentType:
+        return cls(
+            name=str(data["name"]),
+            confidence=float(data.get("confidence", 0.0)),
+            frame=int(data.get("frame", 0)),
         )
 
 
@@ -55,6 +78,10 @@ class Reason:
     confidence: float
     threshold: float
     category: str
+    # The frame that carried the label, and the label it was judged as when the policy is
+    # written for the other model generation ('' when judged as reported).
+    frame: int = 0
+    judged_as: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +94,8 @@ class Reason:
             confidence=float(data["confidence"]),
             threshold=float(data["threshold"]),
             category=str(data.get("category", "")),
+            frame=int(data.get("frame", 0)),
+            judged_as=str(data.get("judged_as", "")),
         )
 
 
@@ -79,6 +108,7 @@ class Analysis:
     model_version: str
     min_confidence: float
     frames: int = 1
+    content_types: tuple[ContentType, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +131,7 @@ class Decision:
     error: str = ""
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    content_types: tuple[ContentType, ...] = ()
 
     @property
     def is_final(self) -> bool:
@@ -143,6 +174,9 @@ class Decision:
             error=str(data.get("error", "")),
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
+            content_types=tuple(
+                ContentType.from_dict(item) for item in data.get("content_types", ())
+            ),
         )
 
     @classmethod
@@ -184,7 +218,9 @@ class Event:
         )
 
 
-def labels_from_rekognition(items: Sequence[Mapping[str, Any]]) -> tuple[Label, ...]:
+def labels_from_rekognition(
+    items: Sequence[Mapping[str, Any]], frame: int = 0
+) -> tuple[Label, ...]:
     """Labels from Rekognition's ModerationLabels list, levels filled in for model 6.x."""
     pairs = [(str(item.get("Name", "")), str(item.get("ParentName", ""))) for item in items]
     return tuple(
@@ -193,6 +229,22 @@ def labels_from_rekognition(items: Sequence[Mapping[str, Any]]) -> tuple[Label, 
             parent=parent,
             level=taxonomy.infer_level(parent, item.get("TaxonomyLevel"), pairs),
             confidence=float(item.get("Confidence", 0.0)),
+            frame=frame,
         )
         for (name, parent), item in zip(pairs, items, strict=True)
+    )
+
+
+def content_types_from_rekognition(
+    items: Sequence[Mapping[str, Any]], frame: int = 0
+) -> tuple[ContentType, ...]:
+    """ContentTypes from a model 7.x answer (none from model 6.x)."""
+    return tuple(
+        ContentType(
+            name=str(item.get("Name", "")),
+            confidence=float(item.get("Confidence", 0.0)),
+            frame=frame,
+        )
+        for item in items
+        if item.get("Name")
     )

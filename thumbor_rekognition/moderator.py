@@ -559,7 +559,7 @@ class Moderator:
             return base.replace(error=f"{error.kind}: {error}")
         finally:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
-        verdict = self.policy.judge(analysis.labels)
+        verdict = self.policy.judge(analysis.labels, analysis.content_types)
         status, reasons = verdict.status, verdict.reasons
         if prepared.unjudged_scenes and status is Status.APPROVED:
             # Scenes nobody judged: what they show is unknown, so a human decides.
@@ -568,6 +568,7 @@ class Moderator:
         return base.replace(
             status=status,
             labels=analysis.labels,
+            content_types=analysis.content_types,
             reasons=reasons,
             model_version=analysis.model_version,
             min_confidence=analysis.min_confidence,
@@ -658,7 +659,7 @@ class Moderator:
 
     def rejudged(self, decision: Decision) -> Decision:
         """A decision judged again from its stored labels under the current thresholds."""
-        verdict = self.policy.judge(decision.labels)
+        verdict = self.policy.judge(decision.labels, decision.content_types)
         status, reasons = verdict.status, verdict.reasons
         unjudged = [reason for reason in decision.reasons if reason.category == UNJUDGED]
         if unjudged and status is Status.APPROVED:

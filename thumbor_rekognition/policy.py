@@ -1,10 +1,13 @@
 """Labels plus thresholds give a decision.
 
-A label is judged against the threshold of the nearest category in its lineage (itself,
-its parent, its grandparent) that has one, or the default. Ignoring a category is a
-threshold nobody can pass, so it cascades the same way. A label that has a child in the
-same response is judged through its children only, because Rekognition repeats the
-children's confidence on the parent.
+Each frame of a picture is judged on its own labels, and the worst frame decides. A
+policy is written in one model generation; an answer in the other is translated first
+(see ``generations``). A label is judged against the threshold of the nearest category
+in its lineage (itself, its parent, its grandparent) that has one, or the default; a
+rule on a frame's ContentType (Animated, Illustrated) comes before all of them.
+Ignoring a category is a threshold nobody can pass, so it cascades the same way. A label
+that has a child in the same response is judged through its children only, because
+Rekognition repeats the children's confidence on the parent.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from thumbor_rekognition import taxonomy
-from thumbor_rekognition.decision import Label, Reason, Status
+from thumbor_rekognition import generations, taxonomy
+from thumbor_rekognition.decision import ContentType, Label, Reason, Status
+
+_SEVERITY = {Status.APPROVED: 0, Status.PENDING: 1, Status.REJECTED: 2}
 
 
 @dataclass(frozen=True)
 class Verdict:
     status: Status
     reasons: tuple[Reason, ...]
+    # The frame whose labels decided (0 for a still picture or an approval).
+    frame: int = 0
 
 
 class Policy:
@@ -40,6 +47,7 @@ class Policy:
             if category is None:
                 raise ValueError(f"unknown moderation category {name!r}")
             self.rules[category] = None if value is None else float(value)
+        self.generation = generations.policy_generation(self.rules)
         self.review_band = float(review_band)
         canonical = json.dumps(
             {"default": self.default, "rules": self.rules, "band": self.review_band},
@@ -70,32 +78,84 @@ class Policy:
                 return self.rules[category], category
         return self.default, ""
 
-    def judge(self, labels: Iterable[Label]) -> Verdict:
+    def judge(self, labels: Iterable[Label], content_types: Iterable[ContentType] = ()) -> Verdict:
+        """The worst frame's verdict; the picture's labels and ContentTypes of every frame."""
+        by_frame: dict[int, list[Label]] = {}
+        for label in labels:
+            by_frame.setdefault(label.frame, []).append(label)
+        kinds = list(content_types)
+        worst = Verdict(Status.APPROVED, ())
+        for frame in sorted(by_frame):
+            verdict = self._judge_frame(
+                by_frame[frame], [kind for kind in kinds if kind.frame == frame], frame
+            )
+            if _SEVERITY[verdict.status] > _SEVERITY[worst.status]:
+                worst = verdict
+        return worst
+
+    def _content_type_rule(
+        self, content_types: Iterable[ContentType]
+    ) -> tuple[float | None, str] | None:
+        """The rule for a frame's ContentTypes, the most lenient where two apply."""
+        found = [
+            (self.rules[name], name)
+            for name in sorted({taxonomy.slug(kind.name) for kind in content_types})
+            if name in self.rules
+        ]
+        if not found:
+            return None
+        ignored = [item for item in found if item[0] is None]
+        return ignored[0] if ignored else max(found, key=lambda item: item[0] or 0.0)
+
+    def as_judged(
+        self, labels: Iterable[Label], content_types: Iterable[ContentType] = ()
+    ) -> list[generations.Judged]:
+        """The labels each frame is judged on, in this policy's model generation."""
+        items = list(labels)
+        kinds = list(content_types)
+        result: list[generations.Judged] = []
+        for frame in sorted({label.frame for label in items}):
+            leaves = judged(label for label in items if label.frame == frame)
+            frame_kinds = [kind for kind in kinds if kind.frame == frame]
+            result += generations.translate(leaves, frame_kinds, self.generation)
+        return result
+
+    def _judge_frame(
+        self, labels: list[Label], content_types: list[ContentType], frame: int
+    ) -> Verdict:
         """Reject when a judged label is above its threshold; pending when one is in the band."""
         rejecting: list[Reason] = []
         reviewing: list[Reason] = []
-        for label in judged(labels):
+        kind = self._content_type_rule(content_types)
+        for item in self.as_judged(labels, content_types):
+            label = item.label
             lineage = taxonomy.lineage(label.name, label.parent, label.level)
-            threshold, category = self.threshold(lineage)
+            threshold, category = kind or self.threshold(lineage)
             if threshold is None:
                 continue
             confidence = label.confidence / 100.0
             reason = Reason(
-                name=label.name,
-                parent=label.parent,
+                name=item.reported.name,
+                parent=item.reported.parent,
                 confidence=label.confidence,
                 threshold=threshold,
                 category=category or "default",
+                frame=frame,
+                judged_as=_shown(label) if item.translated else "",
             )
             if confidence > threshold:
                 rejecting.append(reason)
             elif self.review_band and confidence > round(threshold - self.review_band, 9):
                 reviewing.append(reason)
         if rejecting:
-            return Verdict(Status.REJECTED, tuple(rejecting))
+            return Verdict(Status.REJECTED, tuple(dict.fromkeys(rejecting)), frame)
         if reviewing:
-            return Verdict(Status.PENDING, tuple(reviewing))
+            return Verdict(Status.PENDING, tuple(dict.fromkeys(reviewing)), frame)
         return Verdict(Status.APPROVED, ())
+
+
+def _shown(label: Label) -> str:
+    return f"{label.parent} > {label.name}" if label.parent else label.name
 
 
 def judged(labels: Iterable[Label]) -> list[Label]:

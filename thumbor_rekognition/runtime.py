@@ -84,6 +84,9 @@ class Runtime:
             # in the middle of a delivery it had claimed.
             self.moderator.outbox.start()  # type: ignore[union-attr]
             backend = self.moderator.backend
+            # Said by Thumbor processes only: a command-line run prints what it judges.
+            for message in backends.startup_warnings(backend, self.settings.policy):
+                logger.warning("%s", message)
             started = time.perf_counter()
             backend.warm_up()
             logger.info(
@@ -101,13 +104,6 @@ class Runtime:
             max_workers=STORE_THREADS, thread_name_prefix="moderation-store"
         )
         backend = backends.load_backend(settings)
-        unseen = backend.unseen_categories() & set(settings.policy.rules)
-        if unseen:
-            logger.warning(
-                "backend %s never reports these configured categories: %s",
-                backend.name,
-                ", ".join(sorted(unseen)),
-            )
         store = stores.load_store(settings)
         outbox = Outbox(settings, store)
         moderator = Moderator(

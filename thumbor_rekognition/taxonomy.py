@@ -112,11 +112,17 @@ TAXONOMY_7: _Tree = {
     "Hate Symbols": ["Nazi Party", "White Supremacy", "Extremist"],
 }
 
+# What a model 7.x answer's ContentTypes can say about the whole picture. Rules may name
+# them like categories: they set the threshold of every label in such a picture.
+CONTENT_TYPES = ("Animated", "Illustrated")
+
 # Spellings seen in AWS's documentation and responses, slugged, -> the slug used here.
 ALIASES: Mapping[str, str] = {
     "drug_and_tobacco_paraphernalia_and_use": "drugs_and_tobacco_paraphernalia_and_use",
     "drug_and_tobacco": "drugs_and_tobacco",
     "exposed_female_nipples": "exposed_female_nipple",
+    # AWS's 6.1 -> 7 mapping table writes it so.
+    "exposed_buttocks": "exposed_buttocks_or_anus",
 }
 
 
@@ -161,6 +167,7 @@ def known_slugs() -> frozenset[str]:
 @cache
 def _lookup() -> dict[str, str]:
     table = {name: name for name in known_slugs()}
+    table.update((slug(kind), slug(kind)) for kind in CONTENT_TYPES)
     for name in known_slugs():
         table.setdefault(_without_and(name), name)
     for alias, target in ALIASES.items():

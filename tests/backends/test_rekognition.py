@@ -25,10 +25,12 @@ from thumbor_rekognition.backends import (
     BadImageError,
     RetryableError,
     load_backend,
+    startup_warnings,
 )
 from thumbor_rekognition.backends.rekognition import Backend
 from thumbor_rekognition.config import Settings
-from thumbor_rekognition.decision import Analysis, Label
+from thumbor_rekognition.decision import Analysis, ContentType, Label
+from thumbor_rekognition.policy import Policy
 from thumbor_rekognition.preparation import Frame, PreparedImage, prepare
 
 RED = (220, 20, 30)
@@ -143,9 +145,10 @@ def test_model_7_labels_keep_their_three_taxonomy_levels(backend: Backend) -> No
         Label("Exposed Female Nipple", "Explicit Nudity", 3, 88.0),
     )
     assert (analysis.model_version, analysis.min_confidence) == ("7.0", 30.0)
+    assert analysis.content_types == (ContentType("Illustrated", 71.0),)
 
 
-def test_every_frame_is_sent_and_each_label_keeps_its_highest_confidence(
+def test_every_frame_is_sent_and_keeps_its_own_labels(
     backend: Backend,
 ) -> None:
     first, second = picture(RED), picture(BLUE)
@@ -177,11 +180,14 @@ def test_every_frame_is_sent_and_each_label_keeps_its_highest_confidence(
         analysis = backend.detect(prepared(frame(first), frame(second)), 50.0)
 
         stubber.assert_no_pending_responses()
-    assert sorted(analysis.labels, key=lambda label: label.name) == [
-        Label("Gambling", "", 1, 77.0),
-        Label("Violence", "", 1, 91.0),
-        Label("Weapons", "Violence", 2, 91.0),
-    ]
+    # Not merged: each frame is judged on its own labels.
+    assert analysis.labels == (
+        Label("Violence", "", 1, 91.0, frame=0),
+        Label("Weapons", "Violence", 2, 91.0, frame=0),
+        Label("Violence", "", 1, 64.0, frame=1),
+        Label("Weapons", "Violence", 2, 64.0, frame=1),
+        Label("Gambling", "", 1, 77.0, frame=1),
+    )
     assert analysis.frames == 2
 
 
@@ -440,3 +446,22 @@ def test_client_is_built_again_in_a_forked_process(
     assert child_client is not parent_client
     assert backend.client() is child_client
     assert analysis.labels == (Label("Explicit", "", 1, 93.5),)
+
+
+# --- Start-up: what a policy written for the other model generation cannot see ----------
+
+
+def test_start_up_names_6x_categories_model_7_never_reports_and_the_lossy_labels(
+    backend: Backend,
+) -> None:
+    policy = Policy(rules={"hanging": None, "explicit_nudity": 0.6})
+
+    messages = startup_warnings(backend, policy)
+
+    assert messages[0] == "backend rekognition never reports these configured categories: hanging"
+    assert "Bare Back -> Suggestive" in messages[1]
+    assert "Products -> Drugs > Drug Products and Tobacco > Tobacco Products" in messages[1]
+
+
+def test_start_up_is_quiet_for_a_7x_policy(backend: Backend) -> None:
+    assert startup_warnings(backend, Policy(rules={"bare_back": None})) == []

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from thumbor_rekognition import generations
 from thumbor_rekognition.decision import Analysis
 from thumbor_rekognition.preparation import PreparedImage
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
+    from thumbor_rekognition.policy import Policy
 
 
 class BackendError(Exception):
@@ -44,6 +46,9 @@ class Backend:
     """Judge one prepared picture."""
 
     name = "backend"
+    # The model generation ('6' or '7') whose label names the backend answers with; None
+    # when it is not a Rekognition taxonomy.
+    answers_in: str | None = None
     # Longest side the backend can use; pictures are prepared no larger than this.
     max_side: int | None = None
 
@@ -58,8 +63,31 @@ class Backend:
         """Build clients or load models ahead of the first request."""
 
     def unseen_categories(self) -> frozenset[str]:
-        """Category slugs this backend can never report."""
+        """Category slugs of its own generation this backend can never report."""
         return frozenset()
+
+
+def startup_warnings(backend: Backend, policy: Policy) -> list[str]:
+    """What an operator should know about judging this backend's answers with this policy."""
+    messages: list[str] = []
+    unseen = backend.unseen_categories()
+    if backend.answers_in and backend.answers_in != policy.generation:
+        unseen = generations.unseen_after_translation(unseen, policy.generation)
+    named = sorted(unseen & set(policy.rules))
+    if named:
+        messages.append(
+            f"backend {backend.name} never reports these configured categories: {', '.join(named)}"
+        )
+    if backend.answers_in and backend.answers_in != policy.generation and policy.rules:
+        lossy = generations.approximations(policy.generation)
+        messages.append(
+            f"backend {backend.name} answers in model {backend.answers_in}.x names and the "
+            f"thresholds are written in {policy.generation}.x names; these labels have no "
+            "single counterpart and are judged as: "
+            + "; ".join(f"{name} -> {' and '.join(shown)}" for name, shown in lossy.items())
+            + f" (AWS's mapping: {generations.SOURCE})"
+        )
+    return messages
 
 
 def load_backend(settings: Settings) -> Backend:

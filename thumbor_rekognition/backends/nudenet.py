@@ -9,6 +9,7 @@ drive this backend too. It sees nudity only; every other category is reported by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -108,6 +109,7 @@ class Backend(BaseBackend):
     """NudeNet's ONNX detector, one onnxruntime session per process, built after fork."""
 
     name = "nudenet"
+    answers_in = "6"
     max_side = ANALYSIS_SIDE
 
     def __init__(self, settings: Settings) -> None:
@@ -152,17 +154,19 @@ class Backend(BaseBackend):
         import numpy
 
         detector = self.detector()
-        found: list[Detection] = []
-        for frame in image.frames:
+        labels: list[Label] = []
+        # Each frame keeps its own labels: the policy judges every frame on its own.
+        for index, frame in enumerate(image.frames):
             pixels = cv2.imdecode(numpy.frombuffer(frame.data, numpy.uint8), cv2.IMREAD_COLOR)
             if pixels is None:
                 raise BadImageError(f"prepared {frame.format} frame could not be decoded")
-            found += _best_per_class(_run(detector, pixels))
-        labels = tuple(
-            label for label in labels_from_detections(found) if label.confidence >= min_confidence
-        )
+            labels += [
+                dataclasses.replace(label, frame=index)
+                for label in labels_from_detections(_best_per_class(_run(detector, pixels)))
+                if label.confidence >= min_confidence
+            ]
         return Analysis(
-            labels=labels,
+            labels=tuple(labels),
             backend=self.name,
             model_version=self.model_version,
             min_confidence=min_confidence,

@@ -21,7 +21,13 @@ from thumbor_rekognition.backends import (
     BadImageError,
     RetryableError,
 )
-from thumbor_rekognition.decision import Analysis, Label, labels_from_rekognition
+from thumbor_rekognition.decision import (
+    Analysis,
+    ContentType,
+    Label,
+    content_types_from_rekognition,
+    labels_from_rekognition,
+)
 from thumbor_rekognition.preparation import PreparedImage
 
 if TYPE_CHECKING:
@@ -67,6 +73,8 @@ class Backend(BaseBackend):
     """One boto3 client per process, created on first use so that it is built after fork."""
 
     name = "rekognition"
+    # AWS moved every account to moderation model 7.0 in 2024.
+    answers_in = "7"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -102,7 +110,6 @@ class Backend(BaseBackend):
         self.client()
 
     def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
-        labels: dict[tuple[str, str], Label] = {}
         model_version = ""
         if len(image.frames) > 1:
             # The scenes of an animation are asked about together: one round trip, not
@@ -114,18 +121,23 @@ class Backend(BaseBackend):
             )
         else:
             responses = [self._call(frame.data, min_confidence) for frame in image.frames]
-        for response in responses:
+        labels: list[Label] = []
+        content_types: list[ContentType] = []
+        # Each frame keeps its own labels and ContentTypes: the policy judges every frame
+        # on its own, and a merge would pair one frame's parent with another's child.
+        for index, response in enumerate(responses):
             model_version = str(response.get("ModerationModelVersion", model_version))
-            for label in labels_from_rekognition(response.get("ModerationLabels", [])):
-                known = labels.get((label.parent, label.name))
-                if known is None or known.confidence < label.confidence:
-                    labels[(label.parent, label.name)] = label
+            labels += labels_from_rekognition(response.get("ModerationLabels", []), index)
+            content_types += content_types_from_rekognition(
+                response.get("ContentTypes") or [], index
+            )
         return Analysis(
-            labels=tuple(labels.values()),
+            labels=tuple(labels),
             backend=self.name,
             model_version=model_version,
             min_confidence=min_confidence,
             frames=len(image.frames),
+            content_types=tuple(content_types),
         )
 
     def _call(self, data: bytes, min_confidence: float) -> dict[str, Any]:
