@@ -364,3 +364,17 @@ def test_thresholds_in_7x_names_make_a_7x_policy() -> None:
 
     assert result.policy.generation == "7"
     assert settings(MODERATION_RULES="aws_rek:explicit_nudity:0.6").policy.generation == "6"
+
+
+def test_cloudinary_chain_ending_in_manual_is_read_into_the_policy() -> None:
+    result = settings(MODERATION_RULES="aws_rek:explicit_nudity:0.6|manual")
+
+    assert result.policy == Policy(rules={"explicit_nudity": 0.6}, manual_review=True)
+
+
+def test_cloudinary_chain_with_duplicate_stops_start_up_saying_why() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(MODERATION_RULES="aws_rek|duplicate:0.9|manual")
+
+    assert "MODERATION_RULES" in str(info.value)
+    assert "near-duplicate matching" in str(info.value)

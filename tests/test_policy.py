@@ -13,7 +13,7 @@ from thumbor_rekognition.decision import (
     Status,
     labels_from_rekognition,
 )
-from thumbor_rekognition.policy import Policy, parse_cloudinary_rules
+from thumbor_rekognition.policy import Policy, parse_cloudinary_chain, parse_cloudinary_rules
 
 SEED_RULES: dict[str, float | None] = {
     "explicit_nudity": 0.6,
@@ -545,3 +545,59 @@ def test_6x_illustrated_explicit_nudity_rule_applies_to_drawn_7x_answers_only() 
 
     assert policy.judge(labels, (ContentType("Animated", 80.0),)).status is Status.APPROVED
     assert policy.judge(labels).status is Status.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("text", "rules", "manual"),
+    [
+        ("aws_rek|manual", {}, True),
+        ("aws_rek:explicit_nudity:0.6|manual", {"explicit_nudity": 0.6}, True),
+        (" aws_rek:revealing_clothes:ignore | manual ", {"revealing_clothes": None}, True),
+        ("aws_rek:explicit_nudity:0.6", {"explicit_nudity": 0.6}, False),
+    ],
+)
+def test_parse_cloudinary_chain_reads_piped_steps(
+    text: str, rules: dict[str, float | None], manual: bool
+) -> None:
+    chain = parse_cloudinary_chain(text)
+
+    assert (chain.rules, chain.manual) == (rules, manual)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("aws_rek|duplicate:0.9|manual", "near-duplicate matching"),
+        ("duplicate:0.9", "near-duplicate matching"),
+        ("manual|aws_rek", "must end the chain"),
+        ("aws_rek|manual:fast", "takes no options"),
+        ("aws_rek|aws_rek:suggestive:0.7", "one 'aws_rek' step"),
+        ("manual", "expected an 'aws_rek' step"),
+        ("aws_rek:explicit_nudity:high|manual", "'high' of category 'explicit_nudity'"),
+        ("google|manual", "starting with 'aws_rek'"),
+    ],
+)
+def test_parse_cloudinary_chain_refuses_what_it_cannot_do_with_a_clear_message(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_cloudinary_chain(text)
+
+    assert message in str(info.value)
+
+
+def test_manual_step_makes_what_the_model_passes_pending_not_what_it_rejects() -> None:
+    policy = Policy(rules={"explicit_nudity": 0.6}, manual_review=True)
+
+    passed = policy.judge(response(("Explicit Nudity", "Nudity"), 55.0, 6))
+    clean = policy.judge(())
+    rejected = policy.judge(response(("Explicit Nudity", "Nudity"), 65.0, 6))
+
+    assert (passed.status, clean.status) == (Status.PENDING, Status.PENDING)
+    assert [reason.category for reason in clean.reasons] == ["manual"]
+    assert rejected.status is Status.REJECTED
+
+
+def test_manual_step_changes_the_fingerprint_and_leaves_others_as_they_were() -> None:
+    assert Policy(manual_review=True).fingerprint != Policy().fingerprint
+    assert Policy().fingerprint == Policy(rules={}).fingerprint

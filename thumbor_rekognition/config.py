@@ -84,7 +84,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_RULES",
         "",
         "Thresholds written as a Cloudinary moderation string, e.g. "
-        "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Merged with "
+        "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Ending the chain with "
+        "'|manual' makes every picture the model does not reject 'pending' until a human "
+        "approves or rejects it. Merged with "
         "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
         "given different values in two places stops start-up.",
         GROUP,
@@ -573,12 +575,14 @@ def _read_policy(reader: _Reader) -> policy.Policy:
         origin[slug] = key
 
     rules_string = reader.string("MODERATION_RULES")
+    manual = False
     if rules_string.strip():
         try:
-            parsed = policy.parse_cloudinary_rules(rules_string)
+            chain = policy.parse_cloudinary_chain(rules_string)
         except ValueError as error:
             raise ConfigurationError(f"MODERATION_RULES: {error}") from error
-        for category, value in parsed.items():
+        manual = chain.manual
+        for category, value in chain.rules.items():
             add(category, value, "MODERATION_RULES")
 
     for category, value in reader.mapping("MODERATION_CATEGORY_THRESHOLDS").items():
@@ -589,7 +593,7 @@ def _read_policy(reader: _Reader) -> policy.Policy:
         add(category, None, "MODERATION_IGNORED_CATEGORIES")
 
     try:
-        return policy.Policy(default=default, rules=rules, review_band=band)
+        return policy.Policy(default=default, rules=rules, review_band=band, manual_review=manual)
     except ValueError as error:
         keys = ", ".join(sorted(set(origin.values())))
         raise ConfigurationError(f"{keys}: {error}") from error

@@ -21,6 +21,11 @@ from thumbor_rekognition import generations, taxonomy
 from thumbor_rekognition.decision import ContentType, Label, Reason, Status
 
 _SEVERITY = {Status.APPROVED: 0, Status.PENDING: 1, Status.REJECTED: 2}
+# Why a picture the model passed awaits a human under 'aws_rek|manual'.
+MANUAL = "manual"
+MANUAL_REASON = Reason(
+    name="awaiting manual review", parent="", confidence=0.0, threshold=0.0, category=MANUAL
+)
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,11 @@ class Policy:
         default: float = 0.5,
         rules: Mapping[str, float | None] | None = None,
         review_band: float = 0.0,
+        manual_review: bool = False,
     ) -> None:
         self.default = float(default)
+        # Cloudinary's 'aws_rek|manual': what the model does not reject awaits a human.
+        self.manual_review = bool(manual_review)
         self.rules: dict[str, float | None] = {}
         for name, value in (rules or {}).items():
             category = taxonomy.canonical(name)
@@ -49,14 +57,22 @@ class Policy:
             self.rules[category] = None if value is None else float(value)
         self.generation = generations.policy_generation(self.rules)
         self.review_band = float(review_band)
-        canonical = json.dumps(
-            {"default": self.default, "rules": self.rules, "band": self.review_band},
-            sort_keys=True,
-        )
+        settings: dict[str, object] = {
+            "default": self.default,
+            "rules": self.rules,
+            "band": self.review_band,
+        }
+        if self.manual_review:
+            # Only when set, so that policies from before the chain keep their fingerprint.
+            settings["manual"] = True
+        canonical = json.dumps(settings, sort_keys=True)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return f"Policy(default={self.default}, rules={self.rules}, review_band={self.review_band})"
+        return (
+            f"Policy(default={self.default}, rules={self.rules}, "
+            f"review_band={self.review_band}, manual_review={self.manual_review})"
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and other.fingerprint == self.fingerprint
@@ -91,6 +107,8 @@ class Policy:
             )
             if _SEVERITY[verdict.status] > _SEVERITY[worst.status]:
                 worst = verdict
+        if self.manual_review and worst.status is Status.APPROVED:
+            return Verdict(Status.PENDING, (MANUAL_REASON,))
         return worst
 
     def _content_type_rule(
@@ -171,6 +189,48 @@ def judged(labels: Iterable[Label]) -> list[Label]:
         for label in items
         if (taxonomy.canonical(label.name) or taxonomy.slug(label.name), label.level) not in parents
     ]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A Cloudinary moderation chain: the aws_rek step's rules, then whether a human decides."""
+
+    rules: dict[str, float | None]
+    manual: bool
+
+
+def parse_cloudinary_chain(text: str) -> Chain:
+    """Parse 'aws_rek[:category:level]...[|manual]', Cloudinary's piped moderation chain.
+
+    Cloudinary runs the steps in order and stops at the first rejection, so 'manual'
+    after 'aws_rek' means a human decides what the model did not reject.
+    """
+    steps = [step.strip() for step in text.strip().split("|")]
+    rules: dict[str, float | None] | None = None
+    manual = False
+    for position, step in enumerate(steps):
+        kind = step.split(":", 1)[0].strip().lower()
+        if kind == "duplicate":
+            raise ValueError(
+                f"step '{step}': near-duplicate matching ('duplicate:<score>') is not "
+                "available yet; remove it from the chain"
+            )
+        if kind == "manual":
+            if step.lower() != "manual" or position != len(steps) - 1:
+                raise ValueError(
+                    f"step '{step}': 'manual' takes no options and must end the chain, "
+                    "e.g. 'aws_rek:explicit_nudity:0.6|manual'"
+                )
+            manual = True
+            continue
+        if rules is not None:
+            raise ValueError(f"step '{step}': the chain has one 'aws_rek' step at most")
+        rules = parse_cloudinary_rules(step)
+    if rules is None:
+        raise ValueError(
+            f"expected an 'aws_rek' step, e.g. 'aws_rek:explicit_nudity:0.6|manual', got {text!r}"
+        )
+    return Chain(rules, manual)
 
 
 def parse_cloudinary_rules(text: str) -> dict[str, float | None]:

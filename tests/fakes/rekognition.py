@@ -81,6 +81,7 @@ class Call:
 class _Scenario:
     labels: tuple[Label, ...]
     model_version: str
+    content_types: tuple[Label, ...] = ()
 
 
 @dataclass
@@ -189,12 +190,18 @@ class FakeRekognition:
         color: Color,
         labels: list[Label],
         model_version: str = DEFAULT_MODEL_VERSION,
+        content_types: list[Label] | None = None,
     ) -> None:
-        """Answer images whose mean colour is nearest to `color` with `labels`."""
+        """Answer images whose mean colour is nearest to `color` with `labels` (and, as
+        model 7.x does, ContentTypes such as [{"Name": "Illustrated", "Confidence": 90}])."""
         key = _as_color(color)
         for label in labels:
             _check_label(label)
-        scenario = _Scenario(tuple(dict(label) for label in labels), model_version)
+        scenario = _Scenario(
+            tuple(dict(label) for label in labels),
+            model_version,
+            tuple(dict(kind) for kind in content_types or ()),
+        )
         with self._lock:
             self._scenarios[key] = scenario
 
@@ -264,7 +271,9 @@ class FakeRekognition:
         payload = {
             "ModerationLabels": labels,
             "ModerationModelVersion": scenario.model_version,
-            "ContentTypes": [],
+            "ContentTypes": [
+                kind for kind in scenario.content_types if _confidence(kind) >= threshold
+            ],
         }
         return _Reply(200, json.dumps(payload).encode())
 
