@@ -180,6 +180,43 @@ def test_check_json_gives_the_decision_under_the_current_thresholds(
     assert strict["min_confidence"] == 50.0
 
 
+def test_check_shows_7x_labels_as_reported_and_as_a_6x_policy_judges_them(
+    site: Site, fake: FakeRekognition, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.respond(
+        GREEN,
+        [
+            {"Name": "Explicit", "ParentName": "", "Confidence": 80.0, "TaxonomyLevel": 1},
+            {
+                "Name": "Explicit Sexual Activity",
+                "ParentName": "Explicit",
+                "Confidence": 80.0,
+                "TaxonomyLevel": 2,
+            },
+        ],
+        model_version="7.0",
+        content_types=[{"Name": "Illustrated", "Confidence": 91.0}],
+    )
+    path = site.root / "drawing.png"
+    path.write_bytes(picture(GREEN))
+
+    code = site.run("check", str(path))
+    out = capsys.readouterr().out
+    site.run("check", str(path), "--json")
+    shown = json.loads(capsys.readouterr().out)
+
+    assert code == 0
+    assert "Explicit > Explicit Sexual Activity  80.0%" in out
+    assert "content types:\n  Illustrated  91.0%" in out
+    assert "labels as judged (thresholds in model 6.x names):" in out
+    assert (
+        "Explicit Nudity > Illustrated Explicit Nudity  80.0%  "
+        "(reported as Explicit > Explicit Sexual Activity)"
+    ) in out
+    assert [item["name"] for item in shown["judged_labels"]] == ["Illustrated Explicit Nudity"]
+    assert shown["content_types"] == [{"name": "Illustrated", "confidence": 91.0, "frame": 0}]
+
+
 def test_check_names_a_file_that_is_not_an_image(
     site: Site, fake: FakeRekognition, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -206,8 +206,13 @@ def test_content_types_rules_decide_drawn_7x_answers(
 
     seen = [status(drawn, name) for name in names]
     decision = shown(drawn, names[0])
+    grid = call(drawn, "GET", "/?grid=1").body.decode()
 
     assert seen == [expected for _, _, expected in cases]
+    assert '<p class="meta content-types">Illustrated: 90.0' in grid
+    assert (
+        "Explicit Sexual Activity judged as Explicit Nudity &gt; Sexual Activity (explicit_nudity)"
+    ) in grid
     assert decision["content_types"] == [{"name": "Illustrated", "confidence": 90.0, "frame": 0}]
 
 

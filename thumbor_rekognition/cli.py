@@ -35,7 +35,16 @@ from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 from thumbor_rekognition.backends import BackendError
 from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.config import ConfigurationError  # also defines the plugin's keys
-from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.decision import (
+    ContentType,
+    Decision,
+    Event,
+    Label,
+    Reason,
+    Source,
+    Status,
+)
+from thumbor_rekognition.generations import Judged
 from thumbor_rekognition.loader import as_loader_result
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.preparation import UnsupportedImage
@@ -157,7 +166,8 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
         analysis = backend.detect(prepared, policy.min_confidence)
     except BackendError as error:
         raise Failure(f"{backend.name} backend failed ({error.kind}): {error}") from None
-    verdict = policy.judge(analysis.labels)
+    verdict = policy.judge(analysis.labels, analysis.content_types)
+    as_judged = policy.as_judged(analysis.labels, analysis.content_types)
     if arguments.json:
         _print_json(
             {
@@ -170,6 +180,15 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
                 "model_version": analysis.model_version,
                 "min_confidence": analysis.min_confidence,
                 "labels": [label.to_dict() for label in analysis.labels],
+                "content_types": [kind.to_dict() for kind in analysis.content_types],
+                "policy_generation": policy.generation,
+                "judged_labels": [
+                    {
+                        **item.label.to_dict(),
+                        "reported_as": _label_name(item.reported.name, item.reported.parent),
+                    }
+                    for item in as_judged
+                ],
                 "status": verdict.status.value,
                 "reasons": [reason.to_dict() for reason in verdict.reasons],
             }
@@ -181,6 +200,8 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
         f"(labels with confidence {analysis.min_confidence / 100:g} or more)"
     )
     _print_labels(analysis.labels)
+    _print_content_types(analysis.content_types)
+    _print_judged(as_judged, policy.generation)
     print(f"decision: {verdict.status.value}")
     _print_reasons(verdict.status, verdict.reasons)
     return EXIT_OK
@@ -235,6 +256,7 @@ def run_show(environment: Environment, arguments: argparse.Namespace) -> int:
     print(f"updated: {_when(decision.updated_at)}")
     _print_reasons(decision.status, decision.reasons)
     _print_labels(decision.labels)
+    _print_content_types(decision.content_types)
     print("history:")
     for event in history:
         status = event.status.value if event.status else "forgotten"
@@ -550,14 +572,44 @@ def _print_labels(labels: Iterable[Label]) -> None:
     items = list(labels)
     print("labels:" if items else "labels: none")
     for label in items:
-        print(f"  {_label_name(label.name, label.parent)}  {label.confidence:.1f}%")
+        print(
+            f"  {_label_name(label.name, label.parent)}  {label.confidence:.1f}%"
+            f"{_frame(label.frame)}"
+        )
+
+
+def _frame(frame: int) -> str:
+    # Frames count from 1 for people; a still picture has only frame 0.
+    return f"  (frame {frame + 1})" if frame else ""
+
+
+def _print_content_types(content_types: Iterable[ContentType]) -> None:
+    items = list(content_types)
+    if items:
+        print("content types:")
+    for kind in items:
+        print(f"  {kind.name}  {kind.confidence:.1f}%{_frame(kind.frame)}")
+
+
+def _print_judged(items: Iterable[Judged], generation: str) -> None:
+    judged = list(items)
+    if not judged:
+        return
+    print(f"labels as judged (thresholds in model {generation}.x names):")
+    for item in judged:
+        label = item.label
+        line = f"  {_label_name(label.name, label.parent)}  {label.confidence:.1f}%"
+        if item.translated:
+            line += f"  (reported as {_label_name(item.reported.name, item.reported.parent)})"
+        print(line + _frame(label.frame))
 
 
 def _reason(status: Status, reason: Reason) -> str:
     relation = "above" if status is Status.REJECTED else "near"
+    judged = f" as {reason.judged_as}" if reason.judged_as else ""
     return (
-        f"{_label_name(reason.name, reason.parent)} {reason.confidence:.1f}% {relation} "
-        f"{reason.threshold * 100:g}% ({reason.category})"
+        f"{_label_name(reason.name, reason.parent)}{judged} {reason.confidence:.1f}% "
+        f"{relation} {reason.threshold * 100:g}% ({reason.category}){_frame(reason.frame)}"
     )
 
 
