@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from thumbor.config import Config
 
+from thumbor_rekognition.backends import startup_warnings
 from thumbor_rekognition.backends.nudenet import (
     CLASSES,
     Backend,
@@ -135,3 +136,16 @@ def test_best_score_per_class_keeps_each_class_strongest_box_from_025() -> None:
     found = {item.name: item.score for item in _best_per_class(candidates)}
 
     assert found == pytest.approx({"FACE_FEMALE": 0.9, "FEMALE_BREAST_EXPOSED": 0.7})
+
+
+def test_7x_policy_on_the_offline_backend_is_warned_of_7x_names_it_never_reaches() -> None:
+    backend = Backend(Settings.from_config(Config()))
+    policy = Policy(rules={"bare_back": None, "exposed_male_genitalia": 0.5, "weapons": 0.9})
+
+    messages = startup_warnings(backend, policy)
+
+    assert (
+        messages[0]
+        == "backend nudenet never reports these configured categories: bare_back, weapons"
+    )
+    assert "answers in model 6.x names" in messages[1]
