@@ -344,3 +344,12 @@ def test_lossy_7x_labels_are_listed_with_what_a_6x_policy_judges_them_as() -> No
 
 def test_6x_names_no_7x_answer_reaches() -> None:
     assert generations.unreachable("6") == {"hanging"}
+
+
+def test_7x_policy_rule_on_illustrated_applies_to_6x_illustrated_explicit_nudity() -> None:
+    policy = Policy(rules={"illustrated": None, "explicit": 0.5})
+
+    drawn = policy.judge(answer_6("Explicit Nudity", "Illustrated Explicit Nudity"))
+    photo = policy.judge(answer_6("Explicit Nudity", "Nudity"))
+
+    assert (drawn.status, photo.status) == (Status.APPROVED, Status.REJECTED)

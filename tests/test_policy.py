@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -598,6 +600,13 @@ def test_manual_step_makes_what_the_model_passes_pending_not_what_it_rejects() -
     assert rejected.status is Status.REJECTED
 
 
-def test_manual_step_changes_the_fingerprint_and_leaves_others_as_they_were() -> None:
+def test_manual_step_changes_the_fingerprint() -> None:
     assert Policy(manual_review=True).fingerprint != Policy().fingerprint
     assert Policy().fingerprint == Policy(rules={}).fingerprint
+
+
+def test_fingerprint_differs_from_before_translation_so_stored_decisions_are_judged_again() -> None:
+    # The fingerprint stored with decisions judged before answers were translated.
+    before = json.dumps({"default": 0.5, "rules": SEED_RULES, "band": 0.0}, sort_keys=True).encode()
+
+    assert SEED.fingerprint != hashlib.sha256(before).hexdigest()[:16]

@@ -200,6 +200,17 @@ def translate(
     return judged
 
 
+def implied_content_types(leaves: Sequence[Label], generation: str) -> list[ContentType]:
+    """ContentTypes a 6.x answer states through its labels, for a 7.x policy's rules."""
+    if generation != "7" or answer_generation(leaves) != "6":
+        return []
+    return [
+        ContentType("Illustrated", leaf.confidence, leaf.frame)
+        for leaf in leaves
+        if _key(leaf.name) == "illustrated_explicit_nudity"
+    ]
+
+
 def approximations(generation: str) -> dict[str, list[str]]:
     """Labels of the other generation with no single exact counterpart -> what they are
     judged as (a parent, or each of several labels AWS maps onto one)."""

@@ -21,6 +21,10 @@ from thumbor_rekognition import generations, taxonomy
 from thumbor_rekognition.decision import ContentType, Label, Reason, Status
 
 _SEVERITY = {Status.APPROVED: 0, Status.PENDING: 1, Status.REJECTED: 2}
+# Part of every fingerprint; raised when the same thresholds judge the same labels
+# differently, so that stored automatic decisions are judged again (without a backend
+# call). 2: answers translated to the policy's model generation, frames judged apart.
+JUDGING = 2
 # Why a picture the model passed awaits a human under 'aws_rek|manual'.
 MANUAL = "manual"
 MANUAL_REASON = Reason(
@@ -61,9 +65,9 @@ class Policy:
             "default": self.default,
             "rules": self.rules,
             "band": self.review_band,
+            "judging": JUDGING,
         }
         if self.manual_review:
-            # Only when set, so that policies from before the chain keep their fingerprint.
             settings["manual"] = True
         canonical = json.dumps(settings, sort_keys=True)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -144,7 +148,8 @@ class Policy:
         """Reject when a judged label is above its threshold; pending when one is in the band."""
         rejecting: list[Reason] = []
         reviewing: list[Reason] = []
-        kind = self._content_type_rule(content_types)
+        implied = generations.implied_content_types(judged(labels), self.generation)
+        kind = self._content_type_rule([*content_types, *implied])
         for item in self.as_judged(labels, content_types):
             label = item.label
             lineage = taxonomy.lineage(label.name, label.parent, label.level)
