@@ -48,10 +48,10 @@ _names = itertools.count()
 _sizes = itertools.count()
 
 
-def v6(top: str, child: str) -> list[dict[str, Any]]:
+def v6(top: str, child: str, confidence: float = CONFIDENCE) -> list[dict[str, Any]]:
     return [
-        {"Name": top, "ParentName": "", "Confidence": CONFIDENCE},
-        {"Name": child, "ParentName": top, "Confidence": CONFIDENCE},
+        {"Name": top, "ParentName": "", "Confidence": confidence},
+        {"Name": child, "ParentName": top, "Confidence": confidence},
     ]
 
 
@@ -132,6 +132,56 @@ def test_seed_decides_every_row_of_aws_table_on_7x_as_on_6x(
 
 def test_seed_start_up_says_which_7x_labels_have_no_6x_counterpart(seed: ThumborServer) -> None:
     assert "Bare Back -> Suggestive" in seed.log
+
+
+# Every 6.1 label of AWS's table gets a threshold of its own, 2 points apart, and every
+# top-level category is ignored: a 7.x label translated to any other 6.1 label than its
+# row's is judged at another threshold, and one of a pair of answers just above and just
+# below its own threshold then comes out wrong.
+DISTINCT_LABELS = list(dict.fromkeys(child for _, child, _, _ in AWS_L2_ROWS))
+DISTINCT = {child: round(0.10 + 0.02 * index, 2) for index, child in enumerate(DISTINCT_LABELS)}
+# Gambling is its own child: its threshold covers both levels.
+TOPS = sorted({top for top, _, _, _ in AWS_L2_ROWS} - set(DISTINCT))
+
+
+@pytest.fixture(scope="module")
+def distinct(
+    module_root: Path, images: Path, module_fake: FakeRekognition
+) -> Iterator[ThumborServer]:
+    thumbor = start(
+        module_root / "distinct",
+        images,
+        module_fake,
+        MODERATION_CATEGORY_THRESHOLDS=DISTINCT,
+        MODERATION_IGNORED_CATEGORIES=TOPS,
+    )
+    yield thumbor
+    thumbor.stop()
+    assert "Traceback" not in thumbor.log
+
+
+def test_every_row_of_aws_table_meets_its_own_6x_threshold_on_7x_answers(
+    distinct: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    palette = [
+        (r, g, b)
+        for r in (0, 51, 102, 153, 204, 255)
+        for g in (0, 51, 102, 153, 204, 255)
+        for b in (0, 51, 102, 153, 204, 255)
+    ]
+    colors = iter(palette)
+    cases: list[tuple[str, str, str]] = []
+    for top, child, path, types in AWS_L2_ROWS:
+        at = DISTINCT[child] * 100
+        for confidence, expected in ((at + 1, "rejected"), (at - 1, "approved")):
+            old, new = next(colors), next(colors)
+            fake.respond(old, v6(top, child, confidence), model_version="6.1")
+            fake.respond(new, v7(path, confidence), model_version="7.0", content_types=kinds(types))
+            cases.append((add_picture(images, old), add_picture(images, new), expected))
+
+    seen = [(status(distinct, old), status(distinct, new)) for old, new, _ in cases]
+
+    assert seen == [(expected, expected) for _, _, expected in cases]
 
 
 def frames_gif(colors: list[tuple[int, int, int]]) -> bytes:
