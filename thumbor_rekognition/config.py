@@ -122,7 +122,8 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_ON_ERROR",
         "reject",
         "What to serve for a pending picture, one the backend could not judge (retried "
-        "on a later request) or one left to a human by MODERATION_REVIEW_BAND: 'reject' "
+        "on a later request) or one left to a human by MODERATION_REVIEW_BAND or by "
+        "MODERATION_RULES ending in '|manual': 'reject' "
         "serves the rejected response, 'allow' serves the image, never cached.",
         GROUP,
     ),
