@@ -737,6 +737,18 @@ def test_animation_with_scenes_past_the_frame_limit_waits_for_a_human(world: Wor
     assert len(world.backend.calls) == 1
 
 
+def test_unjudged_scenes_are_named_next_to_a_manual_review(world: World) -> None:
+    world.backend.labels = ()
+    moderator = world.moderator(MODERATION_MAX_FRAMES=2, MODERATION_RULES="aws_rek|manual")
+
+    decision = moderate(moderator, "host/manual-scenes.gif", _scenes_gif(5))
+    rejudged = moderator.rejudged(decision)
+
+    assert (decision.status, decision.needs_retry) == (Status.PENDING, False)
+    assert [reason.category for reason in decision.reasons] == ["unjudged_scenes", "manual"]
+    assert [reason.category for reason in rejudged.reasons] == ["unjudged_scenes", "manual"]
+
+
 def test_animation_whose_scenes_are_all_judged_is_approved(world: World) -> None:
     world.backend.labels = ()
     moderator = world.moderator(MODERATION_MAX_FRAMES=5)

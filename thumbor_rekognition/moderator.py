@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
-from thumbor_rekognition.policy import Policy
+from thumbor_rekognition.policy import MANUAL, Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
 from thumbor_rekognition.quarantine import Quarantine, QuarantineError
 
@@ -561,10 +561,13 @@ class Moderator:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
         verdict = self.policy.judge(analysis.labels, analysis.content_types)
         status, reasons = verdict.status, verdict.reasons
-        if prepared.unjudged_scenes and status is Status.APPROVED:
+        if prepared.unjudged_scenes and _passed(status, reasons):
             # Scenes nobody judged: what they show is unknown, so a human decides.
             status = Status.PENDING
-            reasons = (unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),)
+            reasons = (
+                unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),
+                *(reason for reason in reasons if reason.category == MANUAL),
+            )
         return base.replace(
             status=status,
             labels=analysis.labels,
@@ -662,8 +665,9 @@ class Moderator:
         verdict = self.policy.judge(decision.labels, decision.content_types)
         status, reasons = verdict.status, verdict.reasons
         unjudged = [reason for reason in decision.reasons if reason.category == UNJUDGED]
-        if unjudged and status is Status.APPROVED:
-            status, reasons = Status.PENDING, tuple(unjudged)
+        if unjudged and _passed(status, reasons):
+            manual = (reason for reason in reasons if reason.category == MANUAL)
+            status, reasons = Status.PENDING, (*unjudged, *manual)
         return decision.replace(
             status=status,
             reasons=reasons,
@@ -715,6 +719,13 @@ class Moderator:
             except stores.StoreUnavailable:
                 return
             self._unsaved.discard(sha256)
+
+
+def _passed(status: Status, reasons: tuple[Reason, ...]) -> bool:
+    """Whether the model passed a picture (approved, or pending only for 'aws_rek|manual')."""
+    return status is Status.APPROVED or (
+        status is Status.PENDING and all(reason.category == MANUAL for reason in reasons)
+    )
 
 
 def _event_for(decision: Decision) -> Event:
