@@ -70,7 +70,10 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         {},
         "Per-category thresholds, e.g. {'explicit_nudity': 0.6}. A threshold on a "
         "category covers its children unless a child has its own. Names match "
-        "case-insensitively; an unknown name stops start-up.",
+        "case-insensitively; an unknown name stops start-up. Write every name in one "
+        "Rekognition model generation (6.x or 7.x): answers of the other are translated "
+        "with AWS's 6.1 -> 7 table. 'animated' and 'illustrated' set the threshold of "
+        "every label of a picture with that ContentType.",
         GROUP,
     ),
     (
