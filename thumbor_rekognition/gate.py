@@ -21,6 +21,7 @@ from thumbor.storages.no_storage import Storage as NoStorage
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.moderator import start_request
+from thumbor_rekognition.result_storage import MAIN_DECISION
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
@@ -56,6 +57,8 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         if decision is not None and not decision.needs_retry:
             if decision.status is Status.APPROVED:
                 self.moderation_status = Status.APPROVED
+                # The moderating RESULT_STORAGE checks a result's hashes against it.
+                setattr(self.context, MAIN_DECISION, decision)
             else:
                 self.moderation_status = decision.status
                 if refuses(self._runtime, decision):

@@ -24,9 +24,12 @@ from thumbor.result_storages import BaseStorage, ResultStorageResult
 from thumbor_rekognition import provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.caches import remove_result
+from thumbor_rekognition.decision import Status
 
 logger = logging.getLogger(__name__)
 
+# The context attribute under which the gate leaves the main picture's decision.
+MAIN_DECISION = "moderation_main_decision"
 # Written before the hashes; an entry without it was not written by this module.
 MAGIC = b"\x89thumbor-moderation\x01"
 DIGEST = hashlib.sha256().digest_size
@@ -57,22 +60,24 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         return self._runtime.source_result_storage
 
     async def get(self) -> Any:
-        if self.source is None:
+        source = self.source
+        if source is None:
             return None
-        result = await self.source.get()
+        result = await source.get()
         if result is None:
             return None
-        data = result.buffer if isinstance(result, ResultStorageResult) else result
-        kept = unpack(bytes(data))
+        stored = isinstance(result, ResultStorageResult)
+        kept = unpack(result.buffer if stored else result)
         if kept is None or not await self._approved(kept[0]):
             return None
         body = kept[1]
-        if not isinstance(result, ResultStorageResult):
+        if not stored:
             return body
-        metadata = dict(result.metadata)
-        metadata["ContentLength"] = len(body)
-        metadata["ContentType"] = BaseEngine.get_mimetype(body)
-        return ResultStorageResult(buffer=body, metadata=metadata, successful=True)
+        # The source described the bytes it kept, hashes included: describe the image.
+        result.buffer = body
+        result.metadata["ContentLength"] = len(body)
+        result.metadata["ContentType"] = BaseEngine.get_mimetype(body)
+        return result
 
     async def put(self, image_bytes: bytes) -> None:
         if self.source is None:
@@ -102,11 +107,14 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
 
     async def _approved(self, hashes: list[str]) -> bool:
         moderator = self._runtime.moderator
-        main = moderator.remembered(provenance.of(self.context).main)
-        if main is None or main.sha256 != hashes[0]:
+        # The gate has just read the main picture's decision; without it, ask.
+        main = getattr(self.context, MAIN_DECISION, None) or await moderator.lookup(
+            provenance.of(self.context).main
+        )
+        if main is None or main.status is not Status.APPROVED or main.sha256 != hashes[0]:
             # The URL shows other content now (or its decision is not known): re-render.
             return False
-        for sha256 in hashes:
+        for sha256 in hashes[1:]:
             if not await moderator.approved_hash(sha256):
                 return False
         return True
