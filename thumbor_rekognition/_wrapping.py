@@ -21,10 +21,13 @@ class Wrapping:
         # the configuration: the runtime and the wrapped storage come on first use.
         super().__init__(context)  # type: ignore[call-arg]
         self._source: Any = None
+        self._built: Runtime | None = None
 
     @property
     def _runtime(self) -> Runtime:
-        return runtime_for(self.context.config)
+        if self._built is None:
+            self._built = runtime_for(self.context.config)
+        return self._built
 
     def _wrapped(self) -> ModuleType | None:
         """The module whose Storage keeps the bytes, or None for none."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -132,6 +133,11 @@ class Decision:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     content_types: tuple[ContentType, ...] = ()
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """The content hash as raw bytes (as results keep it)."""
+        return bytes.fromhex(self.sha256)
 
     @property
     def is_final(self) -> bool:

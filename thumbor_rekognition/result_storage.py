@@ -18,7 +18,6 @@ import logging
 from types import ModuleType
 from typing import Any
 
-from thumbor.engines import BaseEngine
 from thumbor.result_storages import BaseStorage, ResultStorageResult
 
 from thumbor_rekognition import provenance
@@ -30,27 +29,31 @@ logger = logging.getLogger(__name__)
 
 # The context attribute under which the gate leaves the main picture's decision.
 MAIN_DECISION = "moderation_main_decision"
-# Written before the hashes; an entry without it was not written by this module.
-MAGIC = b"\x89thumbor-moderation\x01"
+# Ends every kept result; an entry without it was not written by this module.
+MAGIC = b"\n\x89thumbor-moderation\x01"
 DIGEST = hashlib.sha256().digest_size
 
 
 def pack(hashes: list[str], body: bytes) -> bytes:
-    """A result as kept: magic, count, raw content hashes, then the image bytes."""
-    return MAGIC + bytes([len(hashes)]) + b"".join(bytes.fromhex(h) for h in hashes) + body
+    """A result as kept: the image bytes, the raw content hashes, their count, the magic.
+
+    After the image, not before it: what reads the start of the file (Thumbor's type
+    sniffing, which otherwise runs an SVG regex over unknown bytes) sees the image.
+    """
+    return body + b"".join(bytes.fromhex(h) for h in hashes) + bytes([len(hashes)]) + MAGIC
 
 
-def unpack(data: bytes) -> tuple[list[str], bytes] | None:
-    """The hashes and the image bytes of a kept result, or None if it is not one."""
-    if not data.startswith(MAGIC) or len(data) <= len(MAGIC):
+def unpack(data: bytes) -> tuple[list[bytes], bytes] | None:
+    """The raw content hashes and the image bytes of a kept result, or None."""
+    if not data.endswith(MAGIC):
         return None
-    count = data[len(MAGIC)]
-    start = len(MAGIC) + 1
-    end = start + count * DIGEST
-    if count == 0 or len(data) < end:
+    end = len(data) - len(MAGIC) - 1
+    count = data[end] if end >= 0 else 0
+    start = end - count * DIGEST
+    if count == 0 or start < 0:
         return None
-    hashes = [data[at : at + DIGEST].hex() for at in range(start, end, DIGEST)]
-    return hashes, data[end:]
+    hashes = [data[at : at + DIGEST] for at in range(start, end, DIGEST)]
+    return hashes, data[:start]
 
 
 class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
@@ -73,10 +76,9 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         body = kept[1]
         if not stored:
             return body
-        # The source described the bytes it kept, hashes included: describe the image.
+        # The source counted the hashes in the length it described.
         result.buffer = body
         result.metadata["ContentLength"] = len(body)
-        result.metadata["ContentType"] = BaseEngine.get_mimetype(body)
         return result
 
     async def put(self, image_bytes: bytes) -> None:
@@ -105,17 +107,17 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         value = self.source.last_updated()
         return await value if inspect.isawaitable(value) else value
 
-    async def _approved(self, hashes: list[str]) -> bool:
+    async def _approved(self, hashes: list[bytes]) -> bool:
         moderator = self._runtime.moderator
         # The gate has just read the main picture's decision; without it, ask.
         main = getattr(self.context, MAIN_DECISION, None) or await moderator.lookup(
             provenance.of(self.context).main
         )
-        if main is None or main.status is not Status.APPROVED or main.sha256 != hashes[0]:
+        if main is None or main.status is not Status.APPROVED or main.digest != hashes[0]:
             # The URL shows other content now (or its decision is not known): re-render.
             return False
-        for sha256 in hashes[1:]:
-            if not await moderator.approved_hash(sha256):
+        for digest in hashes[1:]:
+            if not await moderator.approved_hash(digest.hex()):
                 return False
         return True
 

@@ -23,7 +23,13 @@ from thumbor.storages import BaseStorage
 from thumbor_rekognition import provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.decision import Decision, Status
-from thumbor_rekognition.gate import NOT_AN_IMAGE, apply_decision, note_status, refuses
+from thumbor_rekognition.gate import (
+    NOT_AN_IMAGE,
+    ModerationHandler,
+    apply_decision,
+    note_status,
+    refuses,
+)
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.urls import normalise
 
@@ -85,11 +91,13 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         return path
 
     async def exists(self, path: str) -> bool:
-        # Asked on every image request (Thumbor looks for an upload id first), so a known
-        # picture costs a memory lookup; the upload API then reads what it was told
-        # exists, so an unknown one is judged now, and both answers agree.
-        if not await self.source.exists(path):
-            return False
+        found = await self.source.exists(path)
+        if not found or isinstance(self.context.request_handler, ModerationHandler):
+            # The image route asks only whether its path names an upload id; the gate and
+            # get judge the picture itself.
+            return bool(found)
+        # The upload API reads what it was told exists: both answers must agree, so an
+        # unknown picture is judged now.
         key = normalise(path)
         known = self._runtime.moderator.remembered(key)
         if known is not None:
