@@ -353,9 +353,17 @@ def test_an_animation_is_never_approved_unless_every_distinct_scene_was_judged(
 # Pictures re-judged under new thresholds.
 
 
+@pytest.fixture
+def own_fake() -> Iterator[FakeRekognition]:
+    """An endpoint of the test's own: judgements other servers finish late never count."""
+    with FakeRekognition() as fake:
+        yield fake
+
+
 def test_a_picture_rejudged_into_a_rejection_moves_from_storage_to_the_quarantine(
-    tmp_path: Path, fake: FakeRekognition
+    tmp_path: Path, own_fake: FakeRekognition
 ) -> None:
+    fake = own_fake
     fake.respond(BLUE, SUGGESTIVE_60)
     images = tmp_path / "images"
     images.mkdir()
@@ -575,8 +583,9 @@ def test_a_configuration_that_bypasses_the_plugin_stops_start_up(
 
 
 def test_the_loader_without_its_gate_refuses_every_picture_and_says_why(
-    tmp_path: Path, fake: FakeRekognition
+    tmp_path: Path, own_fake: FakeRekognition
 ) -> None:
+    fake = own_fake
     images = tmp_path / "images"
     images.mkdir()
     (images / "plain.png").write_bytes(picture(BLUE))
