@@ -84,11 +84,11 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         # to the quarantine. Once per picture and process; rejections by hand purge it.
         storage = self.context.modules.storage
         evicted = self._runtime.evicted
-        mark = (decision.key, decision.sha256)
-        if decision.status is Status.REJECTED and mark not in evicted:
+        mark = f"{decision.sha256}:{decision.key}"
+        if decision.status is Status.REJECTED and evicted.get(mark) is None:
             if getattr(storage, "MODERATING", False):
                 await storage.get(self.context.request.image_url)
-            evicted.put(mark)
+            evicted.put(mark, True)
 
     def _substitute_placeholder(self, decision: Decision) -> None:
         keep_out_of_caches(self.context)

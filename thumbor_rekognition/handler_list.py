@@ -15,15 +15,15 @@ from libthumbor.url import Url
 from thumbor_rekognition import admin
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.gate import ModerationHandler
-from thumbor_rekognition.runtime import runtime_or_exit
+from thumbor_rekognition.runtime import runtime_for
 
 logger = logging.getLogger(__name__)
 
 
 def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     """Validate the configuration and route image requests through the gate."""
-    runtime = runtime_or_exit(context.config)
     try:
+        runtime = runtime_for(context.config)
         _check_loader(context)
         _check_storages(context)
         _check_order(context.config)

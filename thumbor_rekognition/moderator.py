@@ -83,7 +83,7 @@ class _Metrics:
             self._metrics.timing(name, milliseconds)
 
 
-class _Bounded(Generic[V]):
+class Bounded(Generic[V]):
     """A dict that forgets its least recently written entries past a size.
 
     A store's change listener may touch it from another thread, so no method assumes
@@ -125,7 +125,7 @@ class _Cache:
 
     def __init__(self, ttl: float, size: int = 100_000) -> None:
         self.ttl = ttl
-        self._entries: _Bounded[tuple[float, Decision]] = _Bounded(size)
+        self._entries: Bounded[tuple[float, Decision]] = Bounded(size)
 
     def get(self, key: str) -> Decision | None:
         item = self._entries.get(key)
@@ -188,16 +188,16 @@ class Moderator:
         # Decision key -> paths recorded for it, dropped when its decision changes.
         self._recorded: dict[str, set[str]] = {}
         # Decisions the backend made that the store could not keep: reused, not paid again.
-        self._unsaved: _Bounded[Decision] = _Bounded(10_000)
+        self._unsaved: Bounded[Decision] = Bounded(10_000)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._store_down_logged = 0.0
         # Whether the last store call failed; see _store.
         self._store_failed = False
         self._store_probing = False
         # Content hash -> why those bytes are not a picture.
-        self._refused: _Bounded[str] = _Bounded(10_000)
+        self._refused: Bounded[str] = Bounded(10_000)
         # Content hash -> when its judgement failed, and the failed decision.
-        self._failed: _Bounded[tuple[float, Decision]] = _Bounded(10_000)
+        self._failed: Bounded[tuple[float, Decision]] = Bounded(10_000)
         self.backend_calls = 0
 
     async def _run(
@@ -477,8 +477,7 @@ class Moderator:
 
     async def record_result(self, key: str, path: str) -> None:
         """Remember that a result-storage entry at this request path derives from key."""
-        recorded = self._recorded.setdefault(key, set())
-        if path in recorded:
+        if path in self._recorded.get(key, ()):
             return
         try:
             await self._store(self.store.add_results, key, [path])
@@ -560,14 +559,12 @@ class Moderator:
         finally:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
         verdict = self.policy.judge(analysis.labels, analysis.content_types)
-        status, reasons = verdict.status, verdict.reasons
-        if prepared.unjudged_scenes and _passed(status, reasons):
-            # Scenes nobody judged: what they show is unknown, so a human decides.
-            status = Status.PENDING
-            reasons = (
-                unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),
-                *(reason for reason in reasons if reason.category == MANUAL),
-            )
+        unjudged = (
+            (unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),)
+            if prepared.unjudged_scenes
+            else ()
+        )
+        status, reasons = _waiting_for_scenes(verdict.status, verdict.reasons, unjudged)
         return base.replace(
             status=status,
             labels=analysis.labels,
@@ -663,11 +660,8 @@ class Moderator:
     def rejudged(self, decision: Decision) -> Decision:
         """A decision judged again from its stored labels under the current thresholds."""
         verdict = self.policy.judge(decision.labels, decision.content_types)
-        status, reasons = verdict.status, verdict.reasons
-        unjudged = [reason for reason in decision.reasons if reason.category == UNJUDGED]
-        if unjudged and _passed(status, reasons):
-            manual = (reason for reason in reasons if reason.category == MANUAL)
-            status, reasons = Status.PENDING, (*unjudged, *manual)
+        unjudged = tuple(reason for reason in decision.reasons if reason.category == UNJUDGED)
+        status, reasons = _waiting_for_scenes(verdict.status, verdict.reasons, unjudged)
         return decision.replace(
             status=status,
             reasons=reasons,
@@ -721,11 +715,16 @@ class Moderator:
             self._unsaved.discard(sha256)
 
 
-def _passed(status: Status, reasons: tuple[Reason, ...]) -> bool:
-    """Whether the model passed a picture (approved, or pending only for 'aws_rek|manual')."""
-    return status is Status.APPROVED or (
-        status is Status.PENDING and all(reason.category == MANUAL for reason in reasons)
-    )
+def _waiting_for_scenes(
+    status: Status, reasons: tuple[Reason, ...], unjudged: tuple[Reason, ...]
+) -> tuple[Status, tuple[Reason, ...]]:
+    """The verdict, or pending for a human when the model passed a picture (approved, or
+    pending only for 'aws_rek|manual') while scenes of it went unjudged."""
+    manual = tuple(reason for reason in reasons if reason.category == MANUAL)
+    passed = status is Status.APPROVED or (status is Status.PENDING and manual == reasons)
+    if unjudged and passed:
+        return Status.PENDING, (*unjudged, *manual)
+    return status, reasons
 
 
 def _event_for(decision: Decision) -> Event:

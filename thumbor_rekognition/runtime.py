@@ -23,7 +23,7 @@ from PIL import Image
 
 from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import ConfigurationError, Settings
-from thumbor_rekognition.moderator import Moderator
+from thumbor_rekognition.moderator import Bounded, Moderator
 from thumbor_rekognition.outbox import Outbox
 from thumbor_rekognition.quarantine import load_quarantine
 
@@ -60,7 +60,7 @@ class Runtime:
         self._moderator: Moderator | None = None
         self.placeholders = RenderCache(PLACEHOLDER_RENDERINGS)
         # Rejected pictures whose stored original the gate has moved to the quarantine.
-        self.evicted = SeenSet(PLACEHOLDER_RENDERINGS * 40)
+        self.evicted: Bounded[bool] = Bounded(PLACEHOLDER_RENDERINGS * 40)
 
     @property
     def moderator(self) -> Moderator:
@@ -119,22 +119,6 @@ class Runtime:
         return moderator
 
 
-class SeenSet:
-    """A set that forgets its oldest members past a size."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[Any, None] = OrderedDict()
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-    def put(self, item: Any) -> None:
-        self._items[item] = None
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-
 class RenderCache:
     """Rendered placeholders by transformation, least recently used dropped first."""
 
@@ -171,19 +155,6 @@ def runtime_for(config: Any) -> Runtime:
         runtime = Runtime(Settings.from_config(config))
         _RUNTIMES[id(config)] = (config, runtime)
         return runtime
-
-
-def runtime_or_exit(config: Any) -> Runtime:
-    """The runtime of a Thumbor config object, or a stop with the configuration error.
-
-    For the modules Thumbor builds at start-up (the handler list, the storages): a bad
-    key stops Thumbor with a message naming it, not with a traceback.
-    """
-    try:
-        return runtime_for(config)
-    except ConfigurationError as error:
-        logger.critical("thumbor-rekognition cannot start: %s", error)
-        raise SystemExit(f"thumbor-rekognition: {error}") from None
 
 
 def _read_placeholder(path: str | None) -> bytes:

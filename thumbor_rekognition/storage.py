@@ -99,13 +99,12 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         # The upload API reads what it was told exists: both answers must agree, so an
         # unknown picture is judged now.
         key = normalise(path)
-        known = self._runtime.moderator.remembered(key)
-        if known is not None:
-            return known.status is Status.APPROVED or not refuses(self._runtime, known)
-        data = await self.source.get(path)
-        if data is None:
-            return False
-        decision = await self._judge(path, bytes(data))
+        decision = self._runtime.moderator.remembered(key)
+        if decision is None:
+            data = await self.source.get(path)
+            if data is None:
+                return False
+            decision = await self._judge(path, bytes(data))
         return decision is not None and (
             decision.status is Status.APPROVED or not refuses(self._runtime, decision)
         )
