@@ -304,6 +304,12 @@ def test_rejected_decision_refuses_result_storage_and_storage_hits(
     assert storage_file(root, name).is_file()
     (images / name).unlink()
     store = Store(path=str(root / "decisions.sqlite3"))
+    # Thumbor stores a result after answering, then the plugin records its path and reads
+    # the decision once more (a rejection saved meanwhile removes it): let that finish.
+    deadline = time.monotonic() + 5
+    while f"/unsafe/100x75/{name}" not in store.results(name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
     decision = store.get(name)
     assert decision is not None
     store.save(
