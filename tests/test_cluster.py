@@ -222,24 +222,27 @@ def test_a_burst_of_first_requests_over_two_processes_on_sqlite_makes_one_backen
     tmp_path: Path, fake: FakeRekognition
 ) -> None:
     fake.fail("slow", delay=BACKEND_DELAY)
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "burst.png").write_bytes(picture(BLUE))
+    images = tmp_path / "images"
+    images.mkdir()
     # Debug level: the metrics show whether a process waited for the other's decision.
     thumbor = ThumborServer(
-        tmp_path,
-        base_config(tmp_path, tmp_path / "images", fake.url),
-        processes=2,
-        log_level="debug",
+        tmp_path, base_config(tmp_path, images, fake.url), processes=2, log_level="debug"
     ).start()
-    paths = [f"/unsafe/{40 + index}x{30 + index}/burst.png" for index in range(BURST)]
+    bursts = []
     try:
-        with ThreadPoolExecutor(max_workers=BURST) as pool:
-            responses = list(pool.map(thumbor.get, paths))
+        # One process can accept a whole burst before the other wakes (a loaded machine):
+        # then nothing crossed processes, so a new picture is tried, a few times at most.
+        while len(bursts) < 4 and "moderation.single_flight.waited" not in thumbor.log:
+            name = add_picture(images, BLUE, "burst")
+            paths = [f"/unsafe/{40 + index}x{30 + index}/{name}" for index in range(BURST)]
+            with ThreadPoolExecutor(max_workers=BURST) as pool:
+                bursts.append(list(pool.map(thumbor.get, paths)))
     finally:
         thumbor.stop()
 
-    assert fake.call_count == 1
-    assert [status_of(response) for response in responses] == ["approved"] * BURST
+    assert fake.call_count == len(bursts)
+    for responses in bursts:
+        assert [status_of(response) for response in responses] == ["approved"] * BURST
     assert "moderation.single_flight.waited" in thumbor.log
     assert "Traceback" not in thumbor.log
 
