@@ -153,7 +153,23 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_REDIS_PREFIX",
         "moderation:",
-        "Prefix of every Redis key the redis decision store writes.",
+        "Prefix of every Redis key the redis decision store writes (no '{' or '}': the "
+        "store adds hash tags of its own).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_CLUSTER",
+        False,
+        "True when MODERATION_REDIS_URL names a node of a Redis Cluster (any node: the "
+        "others are found from it).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_WAIT_REPLICAS",
+        0,
+        "Replicas that must hold a decision before it is answered (Redis WAIT, within "
+        "MODERATION_STORE_TIMEOUT_SECONDS); 1 with a replica per master keeps every answered "
+        "decision through a failover. 0: answer once the master has it.",
         GROUP,
     ),
     (
@@ -463,6 +479,8 @@ class Settings:
     sqlite_path: str
     redis_url: Secret
     redis_prefix: str
+    redis_cluster: bool
+    redis_wait_replicas: int
     store_timeout: float
     lease_seconds: float
     cache_ttl: float
@@ -516,7 +534,9 @@ class Settings:
             decision_store=reader.module("MODERATION_DECISION_STORE"),
             sqlite_path=reader.string("MODERATION_SQLITE_PATH"),
             redis_url=Secret(reader.string("MODERATION_REDIS_URL")),
-            redis_prefix=reader.string("MODERATION_REDIS_PREFIX"),
+            redis_prefix=reader.redis_prefix("MODERATION_REDIS_PREFIX"),
+            redis_cluster=reader.boolean("MODERATION_REDIS_CLUSTER"),
+            redis_wait_replicas=reader.integer("MODERATION_REDIS_WAIT_REPLICAS", minimum=0),
             store_timeout=reader.number(
                 "MODERATION_STORE_TIMEOUT_SECONDS", minimum=0.01, maximum=60.0
             ),
@@ -659,6 +679,21 @@ class _Reader:
         value = self.raw(key)
         if not isinstance(value, str):
             raise self._fail(key, value, "Not a string.")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text in (True, 1, "true", "yes", "on", "1"):
+            return True
+        if text in (False, 0, "false", "no", "off", "0", ""):
+            return False
+        raise self._fail(key, value, "Not a valid bool.")
+
+    def redis_prefix(self, key: str) -> str:
+        value = self.string(key)
+        if "{" in value or "}" in value:
+            raise self._fail(key, value, "Must not contain '{' or '}'.")
         return value
 
     def optional_str(self, key: str) -> str | None:

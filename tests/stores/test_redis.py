@@ -358,9 +358,15 @@ class TestRedisStore(StoreContract):
         save(store, decision("host/a.jpg"))
         store.close()
 
+        reopened = redis_store.Store(url=url, prefix="configured:")
+        found = reopened.get("host/a.jpg")
+        reopened.close()
         assert isinstance(store, redis_store.Store)
         assert (store.url, store.prefix, store.timeout) == (url, "configured:", 0.25)
-        assert "configured:d:host/a.jpg" in keys_of(url)
+        assert (store.cluster, store.wait_replicas) == (False, 0)
+        assert keys_of(url)
+        assert [key for key in keys_of(url) if not key.startswith("configured:")] == []
+        assert found is not None
 
     def test_unreachable_server_makes_a_new_store_unavailable_not_hang(
         self, open_store: OpenStore
