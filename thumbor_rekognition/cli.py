@@ -305,6 +305,13 @@ def run_stats(environment: Environment, arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_migrate_store(environment: Environment, arguments: argparse.Namespace) -> int:
+    """Convert the decision store's data from the previous version's format."""
+    converted = environment.runtime.moderator.store.migrate()
+    print(f"converted {converted} pictures to the current format")
+    return EXIT_OK
+
+
 @dataclass
 class Reevaluation:
     """What re-applying the thresholds to stored labels did (or would do)."""
@@ -752,6 +759,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = command("stats", run_stats, "Counts by status and source, and backend calls.")
     stats.add_argument("--json", action="store_true", help="print JSON")
+
+    command(
+        "migrate-store",
+        run_migrate_store,
+        "Convert decisions kept by an earlier version into the current format (once, "
+        "after upgrading, before starting Thumbor).",
+    )
     return parser
 
 

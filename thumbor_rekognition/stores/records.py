@@ -204,12 +204,12 @@ class _Writer:
         self._tag(number, _BYTES)
         self.out += varint(len(value)) + value
 
-    def number(self, number: int, value: float) -> None:
+    def number(self, number: int, value: float, always: bool = False) -> None:
         """A float in the fewest bytes that give it back exactly: thousandths as a varint,
-        a float32, or a double."""
-        if value == 0 and math.copysign(1.0, value) > 0:
+        a float32, or a double; 0.0 is left out unless always."""
+        if value == 0 and math.copysign(1.0, value) > 0 and not always:
             return
-        if math.isfinite(value) and abs(value) < 2**50:
+        if value and math.isfinite(value) and abs(value) < 2**50:
             thousandths = round(value * 1000)
             if thousandths / 1000 == value:
                 self._tag(number, _VARINT)
@@ -240,12 +240,12 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
             size, position = read_varint(data, position)
             value = data[position : position + size]
             position += size
-        elif wire == _FLOAT:
-            (value,) = struct.unpack_from("<f", data, position)
-            position += 4
-        elif wire == _DOUBLE:
-            (value,) = struct.unpack_from("<d", data, position)
-            position += 8
+        elif wire in (_FLOAT, _DOUBLE):
+            size = 4 if wire == _FLOAT else 8
+            if position + size > len(data):
+                raise RecordError("truncated field")
+            (value,) = struct.unpack_from("<f" if wire == _FLOAT else "<d", data, position)
+            position += size
         else:
             raise RecordError(f"unknown wire type {wire}")
         if position > len(data):
@@ -271,9 +271,12 @@ def _deflate(data: bytes) -> bytes:
 def _inflate(data: bytes) -> bytes:
     unpacker = zlib.decompressobj(-15, zdict=DICTIONARY)
     try:
-        return unpacker.decompress(data) + unpacker.flush()
+        body = unpacker.decompress(data) + unpacker.flush()
     except zlib.error as error:
         raise RecordError(f"damaged deflated fields: {error}") from error
+    if not unpacker.eof:
+        raise RecordError("truncated deflated fields")
+    return body
 
 
 def _label(label: Label) -> bytes:
@@ -366,6 +369,11 @@ def _is_hex(text: str, length: int | None = None) -> bool:
         return False
 
 
+def _same(first: float, second: float) -> bool:
+    """The same float, bit for bit (0.0 and -0.0 differ; a NaN is itself)."""
+    return struct.pack("<d", first) == struct.pack("<d", second)
+
+
 def raw_sha(sha256: str) -> bytes:
     """The 32 bytes of a SHA-256 written as 64 hex digits; empty for anything else."""
     return bytes.fromhex(sha256) if _is_hex(sha256, 64) else b""
@@ -416,10 +424,10 @@ def encode_decision(decision: Decision) -> bytes:
     # Usually a few microseconds after the creation: the difference takes fewer bytes,
     # when adding it back gives the same float.
     since = decision.updated_at - decision.created_at
-    if decision.created_at + since == decision.updated_at:
+    if _same(decision.created_at + since, decision.updated_at):
         out.number(_D.SINCE_CREATION, since)
     else:
-        out.number(_D.UPDATED_AT, decision.updated_at)
+        out.number(_D.UPDATED_AT, decision.updated_at, always=True)
     head = _maybe_deflated(flags, bytes(out.out))
     return head[:1] + sha + head[1:]
 

@@ -502,6 +502,58 @@ class Store(stores.Store):
                 pubsub.close()
                 client.close()
 
+    def migrate(self) -> int:
+        """Convert the previous format (a JSON document, a history list, a results set and
+        index entries per decision, all on one server) under this prefix.
+
+        Pictures that already have an entry in this format keep it. Once everything is
+        copied the format key is set and the old keys are deleted; run again after an
+        interruption.
+        """
+        try:
+            client = self._redis()
+            converted = 0
+            names: set[str] = set()
+            for kind in ("d:", "h:", "r:"):
+                pattern = _glob_escape(self.prefix + kind) + "*"
+                start = len(self.prefix) + len(kind)
+                names.update(_text(name)[start:] for name in client.scan_iter(pattern, 1000))
+            for key in sorted(names):
+                converted += self._convert(client, key)
+            for name in client.scan_iter(_glob_escape(self.prefix + "ob:") + "*", 1000):
+                suffix = _text(name)[len(self.prefix) + len("ob:") :]
+                client.rename(name, self._outbox + suffix)
+            client.set(self.prefix + "format", FORMAT)
+            for kind in ("d:", "h:", "r:", "sha:", "st:", "ss:"):
+                for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
+                    client.delete(name)
+            client.delete(self.prefix + "all")
+            self._checked = False
+            return converted
+        except _ERRORS as error:
+            raise stores.StoreUnavailable(
+                f"Redis store: {type(error).__name__}: {error}"
+            ) from error
+
+    def _convert(self, client: Client, key: str) -> int:
+        body = client.get(self.prefix + "d:" + key)
+        record = records.encode_decision(Decision.from_json(body)) if body else b""
+        history = records.join(
+            [
+                records.encode_event(Event.from_json(item))
+                for item in client.lrange(self.prefix + "h:" + key, 0, -1)
+            ]
+        )
+        paths = records.join(
+            [
+                records.encode_path(key, _text(path))
+                for path in client.zrange(self.prefix + "r:" + key, 0, -1)
+            ]
+        )
+        if record and records.sha_of(record):
+            self._index(client, "index_add", records.sha_of(record), key)
+        return int(self._run(client, "import", self._of_key(key), key, record, history, paths))
+
     def close(self) -> None:
         self._changes.closed.set()
         with self._lock:
@@ -578,6 +630,11 @@ class _Merge:
                 return taken
             waiting = [s for s in open_streams if (s.after or "") == frontier]
             each = max(each, count - len(taken))
+
+
+def _glob_escape(text: str) -> str:
+    """A literal text inside a SCAN MATCH pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 def _sha1(text: str) -> str:

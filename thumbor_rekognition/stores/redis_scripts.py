@@ -358,13 +358,13 @@ local accept = function(k, v) return '' end
 return map_range('h', ARGV[2], true, ARGV[2], 1000000, tonumber(ARGV[3]), accept)
 """)
 
-# ARGV: prefix, key, record, history, paths (the whole entry, for moving old data in).
+# ARGV: prefix, key, record, history, paths -> 1 when written, 0 when the key already has
+# an entry (a whole entry of old data moved in; newer data wins).
 IMPORT = _script("""
 local key, rec = ARGV[2], ARGV[3]
-local old = sections(map_get('d', key))
-tally(old, -1)
+if map_get('d', key) then return 0 end
 tally(rec, 1)
-reindex(key, old, rec)
+reindex(key, '', rec)
 map_set('d', key, entry(rec, ARGV[4], ARGV[5]))
 return 1
 """)
