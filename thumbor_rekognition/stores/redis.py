@@ -292,11 +292,11 @@ class Store(stores.Store):
         prefix = digest[:HASH_PREFIX]
         with self._call() as client:
             keys: list[str] = []
-            after = prefix
+            after = b""
             partition = self._of_hash(digest)
             while True:
                 done, last, *found = self._run(
-                    client, "index_find", partition, after, scripts.CHUNKS_PER_CALL
+                    client, "index_find", partition, prefix, after, scripts.CHUNKS_PER_CALL
                 )
                 keys += [_text(entry[HASH_PREFIX:]) for entry in found[::2]]
                 if int(done):

@@ -351,11 +351,13 @@ map_set('h', ARGV[2], nil)
 return 1
 """)
 
-# ARGV: prefix, hash prefix, budget -> {done, last, entry1, '', ...}: the index entries
-# starting with the hash prefix.
+# ARGV: prefix, hash prefix, the last entry read before ('' for none), budget ->
+# {done, last, entry1, '', ...}: the index entries starting with the hash prefix.
 INDEX_FIND = _script("""
 local accept = function(k, v) return '' end
-return map_range('h', ARGV[2], true, ARGV[2], 1000000, tonumber(ARGV[3]), accept)
+local first = ARGV[3] == ''
+local after = first and ARGV[2] or ARGV[3]
+return map_range('h', after, first, ARGV[2], 1000000, tonumber(ARGV[4]), accept)
 """)
 
 # ARGV: prefix, key, record, history, paths -> 1 when written, 0 when the key already has
