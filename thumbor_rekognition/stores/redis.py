@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
@@ -114,8 +116,9 @@ class Store(stores.Store):
         }
         if self.cluster:
             # One attempt per call: the caller's budget is the store timeout, not rounds
-            # of retries over a cluster that is failing over.
-            return redis.RedisCluster.from_url(self.url, cluster_error_retry_attempts=1, **options)
+            # of retries over a cluster that is failing over. A failed call makes the
+            # client learn the cluster's layout again before the next one.
+            return redis.RedisCluster.from_url(self.url, retry=Retry(NoBackoff(), 0), **options)
         return redis.Redis.from_url(self.url, **options)
 
     def _redis(self) -> Client:
@@ -171,26 +174,52 @@ class Store(stores.Store):
         try:
             return client.evalsha(self._shas[name], 1, *arguments)
         except redis.exceptions.NoScriptError:
-            client.script_load(_SCRIPTS[name])
-            return client.evalsha(self._shas[name], 1, *arguments)
+            # EVAL caches the script on the node that runs it (SCRIPT LOAD on a cluster
+            # would need every master up).
+            return client.eval(_SCRIPTS[name], 1, *arguments)
 
     def _run_many(self, client: Client, calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
-        """Scripts that only read, sent together (a cluster sends each node its share)."""
+        """Scripts that only read, sent together: one pipeline per node of a cluster."""
+        groups: dict[Any, list[int]] = {}
+        for index, (_, partition, _) in enumerate(calls):
+            node = client.get_node_from_key(partition + "rd") if self.cluster else None
+            groups.setdefault(node, []).append(index)
+        answers: list[Any] = [None] * len(calls)
+        for node, indexes in groups.items():
+            target = client.get_redis_connection(node) if node is not None else client
+            for index, answer in zip(indexes, self._pipeline(target, calls, indexes), strict=True):
+                answers[index] = answer
+        return answers
+
+    def _pipeline(
+        self, target: Client, calls: list[tuple[str, str, tuple[Any, ...]]], indexes: list[int]
+    ) -> list[Any]:
         for attempt in range(2):
-            pipeline = client.pipeline(transaction=False)
-            for name, partition, args in calls:
+            pipeline = target.pipeline(transaction=False)
+            for index in indexes:
+                name, partition, args = calls[index]
                 pipeline.evalsha(self._shas[name], 1, partition + "rd", partition, *args)
             answers = pipeline.execute(raise_on_error=False)
             missing = any(isinstance(a, redis.exceptions.NoScriptError) for a in answers)
             if missing and attempt == 0:
-                for name in {name for name, _, _ in calls}:
-                    client.script_load(_SCRIPTS[name])
+                for name in {calls[index][0] for index in indexes}:
+                    target.script_load(_SCRIPTS[name])
                 continue
             for answer in answers:
+                if isinstance(answer, redis.exceptions.ResponseError) and self.cluster:
+                    # MOVED after a failover or a resharding: learn the layout again.
+                    self._relearn()
                 if isinstance(answer, Exception):
                     raise answer
             return list(answers)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _relearn(self) -> None:
+        """Make the cluster client read the cluster's layout again."""
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.nodes_manager.initialize()
 
     def _run_acknowledged(self, client: Client, name: str, partition: str, *args: Any) -> Any:
         """A write, answered once MODERATION_REDIS_WAIT_REPLICAS replicas hold it too."""
@@ -205,14 +234,15 @@ class Store(stores.Store):
         for attempt in range(2):
             pipeline = node_client.pipeline(transaction=False)
             pipeline.evalsha(self._shas[name], 1, partition + "rd", partition, *args)
-            pipeline.execute_command("WAIT", self.wait_replicas, int(self.timeout * 1000))
+            # Half the budget: the answer must arrive within the socket's timeout.
+            pipeline.execute_command("WAIT", self.wait_replicas, max(1, int(self.timeout * 500)))
             answer, acknowledged = pipeline.execute(raise_on_error=False)
             if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
                 node_client.script_load(_SCRIPTS[name])
                 continue
             if isinstance(answer, redis.exceptions.ResponseError) and self.cluster:
                 # MOVED after a failover: the cluster client learns the new layout.
-                client.nodes_manager.initialize()
+                self._relearn()
                 raise answer
             if isinstance(answer, Exception):
                 raise answer
