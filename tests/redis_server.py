@@ -188,7 +188,13 @@ class RedisCluster:
 
     NODE_TIMEOUT_MS = 1000
 
-    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        masters: int = 3,
+        replicas: int = 0,
+        options: list[str] | None = None,
+    ) -> None:
         self.directory = directory
         self.masters = masters
         self.replicas = replicas
@@ -205,6 +211,7 @@ class RedisCluster:
                     str(self.NODE_TIMEOUT_MS),
                     "--cluster-require-full-coverage",
                     "no",
+                    *(options or []),
                 ],
             )
             for index, port in enumerate(self._ports(masters * (1 + replicas)))
