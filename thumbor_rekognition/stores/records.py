@@ -70,7 +70,9 @@ DICTIONARY = _WORDS.encode("utf-8")
 # 5 the fields are deflated; 6-7 are for later formats, which this one cannot read.
 _STATUS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
 _SOURCE = {Source.AUTO: 0, Source.MANUAL: 1}
-# A status or source this table does not number is spelt out in a field (code 3).
+# A status or source these tables do not number is spelt out in a field (code 3) and
+# kept whole; give a new one a number here and in redis_scripts (STATUSES, SOURCES),
+# which names the Redis store's counts.
 _SPELT = 3
 RAW_SHA = 0x10
 DEFLATED = 0x20
