@@ -161,7 +161,8 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_REDIS_CLUSTER",
         False,
         "True when MODERATION_REDIS_URL names a node of a Redis Cluster (any node: the "
-        "others are found from it).",
+        "others are found from it; several, comma-separated, so that one down when Thumbor "
+        "starts does not matter).",
         GROUP,
     ),
     (

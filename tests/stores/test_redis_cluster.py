@@ -95,6 +95,26 @@ class TestRedisClusterStore(StoreContract):
         assert all(count > 0 for count in per_node)
 
 
+def test_a_store_finds_the_cluster_from_any_node_named_when_the_first_is_down(
+    tmp_path: Path,
+) -> None:
+    with RedisCluster(tmp_path / "cluster", replicas=1) as cluster:
+        down = cluster.nodes[0]
+        down.kill()
+        cluster.wait_until_serving()
+        urls = ",".join(node.url for node in cluster.nodes)
+        store = redis_store.Store(url=urls, prefix="many:", timeout=TIMEOUT, cluster=True)
+        alone = redis_store.Store(url=down.url, prefix="many:", timeout=TIMEOUT, cluster=True)
+
+        written = save_eventually(store, decision("host/a.jpg"), seconds=10)
+
+        assert store.get("host/a.jpg") == written
+        with pytest.raises(stores.StoreUnavailable):
+            alone.get("host/a.jpg")
+        store.close()
+        alone.close()
+
+
 class TestAMasterLost:
     """A cluster of the test's own: three masters, no replicas; one of them is killed."""
 
@@ -165,6 +185,53 @@ class TestAFailover:
         assert found == saved
         store.close()
         reader.close()
+
+
+class TestTheListenersNodeLost:
+    @pytest.fixture
+    def cluster(self, tmp_path: Path) -> Iterator[RedisCluster]:
+        with RedisCluster(tmp_path / "cluster", replicas=1) as cluster:
+            yield cluster
+
+    def test_a_listener_whose_node_dies_moves_to_another_and_hears_changes_again(
+        self, cluster: RedisCluster
+    ) -> None:
+        listening = redis_store.Store(url=cluster.url, prefix="moved:", timeout=1.0, cluster=True)
+        writer = redis_store.Store(url=cluster.url, prefix="moved:", timeout=1.0, cluster=True)
+        # Connected before any node dies: a store finds the cluster from its URL's node.
+        writer.get("host/before.jpg")
+        changes = Changes()
+        listening.subscribe(changes)
+        assert changes.wait_for(None, 5), "the listener never connected"
+        listened_on = [node for node in cluster.nodes if subscribed(node.port)]
+        assert len(listened_on) == 1
+
+        listened_on[0].kill()
+        told = changes.wait_for(None, 15)
+        cluster.wait_until_serving()
+        save_eventually(writer, decision("host/after.jpg", status=Status.REJECTED), seconds=10)
+
+        assert told
+        assert changes.wait_for("host/after.jpg", 1.0)
+        listening.close()
+        writer.close()
+
+
+def subscribed(port: int) -> bool:
+    with redis.Redis(port=port) as client:
+        return any(int(info.get("sub", 0)) > 0 for info in client.client_list())
+
+
+def save_eventually(store: redis_store.Store, item: Decision, seconds: float) -> Decision:
+    """Save once the store answers for the key again (after a failover)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return save(store, item)
+        except stores.StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class TestAReplicaThatDoesNotAnswer:

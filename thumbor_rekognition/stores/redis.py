@@ -29,10 +29,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.exceptions
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
 from redis.retry import Retry
 
 from thumbor_rekognition import stores
@@ -115,10 +117,19 @@ class Store(stores.Store):
             "health_check_interval": 30,
         }
         if self.cluster:
+            # Several nodes may be named, so that one down when a process starts does not
+            # keep it from finding the others; the first URL gives password and TLS.
+            first, *others = [url.strip() for url in self.url.split(",") if url.strip()]
+            nodes = [
+                ClusterNode(url.hostname, url.port or 6379)  # type: ignore[no-untyped-call]
+                for url in map(urlsplit, others)
+            ]
             # One attempt per call: the caller's budget is the store timeout, not rounds
             # of retries over a cluster that is failing over. A failed call makes the
             # client learn the cluster's layout again before the next one.
-            return redis.RedisCluster.from_url(self.url, retry=Retry(NoBackoff(), 0), **options)
+            return redis.RedisCluster.from_url(
+                first, startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options
+            )
         return redis.Redis.from_url(self.url, **options)
 
     def _redis(self) -> Client:
@@ -493,7 +504,9 @@ class Store(stores.Store):
         }
         if not self.cluster:
             return redis.Redis.from_url(self.url, **options)
-        nodes = self._redis().get_nodes()
+        nodes = [node for node in self._redis().get_nodes() if node.redis_connection is not None]
+        if not nodes:
+            raise redis.exceptions.ConnectionError("no node of the cluster is known")
         pool = random.choice(nodes).redis_connection.connection_pool  # noqa: S311 - spreads load
         kwargs = {**pool.connection_kwargs, **options, "socket_timeout": None}
         return redis.Redis(
