@@ -15,19 +15,18 @@ class Wrapping:
     MODERATING = True
 
     context: Any
-
-    def __init__(self, context: Any) -> None:
-        # Thumbor builds one per request context, and one before its handler lists check
-        # the configuration: the runtime and the wrapped storage come on first use.
-        super().__init__(context)  # type: ignore[call-arg]
-        self._source: Any = None
-        self._built: Runtime | None = None
+    # Thumbor builds one per request context (three per image request, counting upload
+    # and result storage), and one before its handler lists check the configuration: the
+    # runtime and the wrapped storage come on first use, and building one costs nothing.
+    _source: Any = None
+    _built: Runtime | None = None
 
     @property
     def _runtime(self) -> Runtime:
-        if self._built is None:
-            self._built = runtime_for(self.context.config)
-        return self._built
+        built = self._built
+        if built is None:
+            built = self._built = runtime_for(self.context.config)
+        return built
 
     def _wrapped(self) -> ModuleType | None:
         """The module whose Storage keeps the bytes, or None for none."""
@@ -36,7 +35,8 @@ class Wrapping:
     @property
     def source(self) -> Any:
         """The wrapped storage instance for this request, or None."""
-        if self._source is None:
+        source = self._source
+        if source is None:
             module = self._wrapped()
-            self._source = module.Storage(self.context) if module is not None else False
-        return self._source or None
+            source = self._source = module.Storage(self.context) if module is not None else False
+        return source or None

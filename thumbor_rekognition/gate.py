@@ -20,8 +20,6 @@ from thumbor.storages.no_storage import Storage as NoStorage
 
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
-from thumbor_rekognition.moderator import start_request
-from thumbor_rekognition.result_storage import MAIN_DECISION
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
@@ -30,37 +28,41 @@ logger = logging.getLogger(__name__)
 STATUS_HEADER = "X-Moderation-Status"
 NOT_AN_IMAGE = 400
 FORBIDDEN = 403
+HEADER_VALUES = {status: status.value for status in Status}
 
 
 class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     """Thumbor's ImagingHandler with the moderation decision checked first."""
 
+    # Tornado builds a handler per request: class attributes are each request's defaults.
     moderation_status: Status | None = None
     moderation_refusal: LoaderResult | None = None
     placeholder_key: str | None = None
+    _key = ""
 
     def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
         super().initialize(context)
         self._runtime: Runtime = runtime or runtime_for(context.config)
         # Every wait for a judgement in this request counts against one budget.
         self.deadline = time.monotonic() + self._runtime.settings.request_budget
-        self.moderation_status = None
-        self.moderation_refusal = None
-        self.placeholder_key = None
-        self._key = ""
+
+    def validate(self, path: str) -> bool:
+        # Thumbor asks LOADER, which asks the source loader: skipped when that checks nothing.
+        return not self._runtime.source_validates or bool(super().validate(path))
 
     async def execute_image_operations(self) -> None:
+        # The path of every cached approved hit: keep it to a dict probe and nothing else.
         key = self._key = normalise(self.context.request.image_url)
         moderator = self._runtime.moderator
-        start_request()
         decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
-        if decision is not None and not decision.needs_retry:
-            if decision.status is Status.APPROVED:
-                self.moderation_status = Status.APPROVED
+        if decision is not None:
+            status = decision.status
+            if status is Status.APPROVED:
+                self.moderation_status = status
                 # The moderating RESULT_STORAGE checks a result's hashes against it.
-                setattr(self.context, MAIN_DECISION, decision)
-            else:
-                self.moderation_status = decision.status
+                self.context.moderation_main_decision = decision
+            elif not decision.needs_retry:
+                self.moderation_status = status
                 if refuses(self._runtime, decision):
                     await self._evict_original(decision)
                     if self._runtime.settings.rejected_response == "forbidden":
@@ -101,21 +103,22 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
             return
         await super()._store_results(result_storage, metrics, results)
 
-    async def _write_results_to_client(self, results: Any, content_type: str) -> None:
-        if self.placeholder_key is not None:
-            # A placeholder depends only on the transformation asked for: render it once.
-            self._runtime.placeholders.put(self.placeholder_key, (results, content_type))
+    async def _write_placeholder(self, results: Any, content_type: str) -> None:
+        # A placeholder depends only on the transformation asked for: render it once.
+        self._runtime.placeholders.put(self.placeholder_key, (results, content_type))
         await super()._write_results_to_client(results, content_type)
 
     def finish(self, chunk: Any = None) -> Any:
         status = self.moderation_status
         if status is not None:
-            self.set_header(STATUS_HEADER, status.value)
+            self.set_header(STATUS_HEADER, HEADER_VALUES[status])
             if status is not Status.APPROVED:
                 set_short_cache(self, self._runtime.settings.rejected_max_age)
-            elif self._runtime.settings.cache_tag_header and self._key:
-                # Every size of one picture shares it: a CDN purges them all in one call.
-                self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
+            elif self._key:
+                tag_header = self._runtime.settings.cache_tag_header
+                if tag_header:
+                    # Every size of one picture shares it: a CDN purges them all in one call.
+                    self.set_header(tag_header, cache_tag(self._key))
         return super().finish(chunk)
 
 
@@ -166,6 +169,8 @@ def fit_placeholder(context: Any, decision: Decision) -> None:
     handler = getattr(context, "request_handler", None)
     if isinstance(handler, ModerationHandler):
         handler.placeholder_key = _rendering(request, handler)
+        # Only a placeholder's rendering is kept: approved responses skip this step.
+        handler._write_results_to_client = handler._write_placeholder
 
 
 def _original_box(

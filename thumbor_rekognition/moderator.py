@@ -63,11 +63,6 @@ _request_store_waits: contextvars.ContextVar[_StoreWaits | None] = contextvars.C
 )
 
 
-def start_request() -> None:
-    """Begin an image request: from here on it waits for an unreachable store once at most."""
-    _request_store_waits.set(_StoreWaits())
-
-
 class _Metrics:
     """Thumbor's metrics object, or nothing when a caller has none."""
 
@@ -90,12 +85,13 @@ class Bounded(Generic[V]):
     an entry it saw is still there.
     """
 
+    get: Callable[[str], V | None]
+
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[str, V] = OrderedDict()
-
-    def get(self, key: str) -> V | None:
-        return self._items.get(key)
+        # Read on every request: the dict's own method, without a Python frame around it.
+        self.get = self._items.get
 
     def put(self, key: str, value: V) -> None:
         self._items[key] = value
@@ -215,17 +211,21 @@ class Moderator:
         # request that has waited for it once is not the one to probe it again. Without
         # this a request making several calls would wait a store timeout for each, and
         # calls queued behind a pool of hung threads would wait for those first.
+        # Tornado runs each request in a task of its own, with a copy of the context: the
+        # state made here on a request's first store call lasts for that request only.
         waits = _request_store_waits.get()
+        if waits is None:
+            waits = _StoreWaits()
+            _request_store_waits.set(waits)
         probe = False
         if self._store_failed:
-            if self._store_probing or (waits is not None and waits.failed):
+            if self._store_probing or waits.failed:
                 raise stores.StoreUnavailable("decision store unavailable (failing fast)")
             probe = self._store_probing = True
         try:
             return await self._run(self._store_executor, self._store_call, probe, func, *args)
         except stores.StoreUnavailable:
-            if waits is not None:
-                waits.failed = True
+            waits.failed = True
             raise
         finally:
             if probe:

@@ -8,12 +8,14 @@ forks before any of them exists.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib
 import io
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from importlib import resources
 from types import ModuleType
@@ -42,6 +44,7 @@ class Runtime:
         self.settings = settings
         self.placeholder = _read_placeholder(settings.placeholder_path)
         self.source_loader = _import_loader(settings.source_loader)
+        self.source_validates = callable(getattr(self.source_loader, "validate", None))
         self.source_storage = _import_wrapped(
             "MODERATION_SOURCE_STORAGE", settings.source_storage, "storage"
         )
@@ -56,8 +59,9 @@ class Runtime:
         _import_module("MODERATION_DECISION_STORE", settings.decision_store)
         _import_module("MODERATION_QUARANTINE", settings.quarantine)
         self._lock = threading.Lock()
-        self._pid = 0
         self._moderator: Moderator | None = None
+        # Threads, connections and clients do not survive a fork: a child builds its own.
+        os.register_at_fork(after_in_child=functools.partial(_forget_moderator, weakref.ref(self)))
         self.placeholders = RenderCache(PLACEHOLDER_RENDERINGS)
         # Rejected pictures whose stored original the gate has moved to the quarantine.
         self.evicted: Bounded[bool] = Bounded(PLACEHOLDER_RENDERINGS * 40)
@@ -66,12 +70,11 @@ class Runtime:
     def moderator(self) -> Moderator:
         """This process's moderator, built on first use after fork."""
         moderator = self._moderator
-        if moderator is not None and self._pid == os.getpid():
+        if moderator is not None:
             return moderator
         with self._lock:
-            if self._moderator is None or self._pid != os.getpid():
+            if self._moderator is None:
                 self._moderator = self._build_moderator()
-                self._pid = os.getpid()
             return self._moderator
 
     def start_warm_up(self) -> None:
@@ -137,6 +140,13 @@ class RenderCache:
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+
+
+def _forget_moderator(reference: weakref.ref[Runtime]) -> None:
+    runtime = reference()
+    if runtime is not None:
+        runtime._lock = threading.Lock()
+        runtime._moderator = None
 
 
 _RUNTIMES: dict[int, tuple[Any, Runtime]] = {}
