@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from thumbor_rekognition.runtime import Runtime, runtime_for
+from thumbor_rekognition.runtime import RUNTIMES, Runtime, runtime_for
 
 
 class Wrapping:
@@ -13,6 +13,8 @@ class Wrapping:
 
     # Lets the handler list check at start-up that the configured module moderates.
     MODERATING = True
+    # The Runtime attribute holding the wrapped module (None: keep nothing).
+    WRAPS = ""
 
     context: Any
     # Thumbor builds one per request context (three per image request, counting upload
@@ -28,15 +30,14 @@ class Wrapping:
             built = self._built = runtime_for(self.context.config)
         return built
 
-    def _wrapped(self) -> ModuleType | None:
-        """The module whose Storage keeps the bytes, or None for none."""
-        raise NotImplementedError
-
     @property
     def source(self) -> Any:
         """The wrapped storage instance for this request, or None."""
         source = self._source
         if source is None:
-            module = self._wrapped()
+            # On every request: as few steps as building it can take.
+            config = self.context.config
+            built = self._built = RUNTIMES.get(config) or runtime_for(config)
+            module: ModuleType | None = getattr(built, self.WRAPS)
             source = self._source = module.Storage(self.context) if module is not None else False
         return source or None

@@ -109,16 +109,17 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         await super()._write_results_to_client(results, content_type)
 
     def finish(self, chunk: Any = None) -> Any:
+        # Headers are added here rather than when the decision is read: measured, that is
+        # cheaper for Tornado, and a response's status may change once (a stored original
+        # found to differ from what its URL was known for).
         status = self.moderation_status
         if status is not None:
             self.set_header(STATUS_HEADER, HEADER_VALUES[status])
             if status is not Status.APPROVED:
                 set_short_cache(self, self._runtime.settings.rejected_max_age)
-            elif self._key:
-                tag_header = self._runtime.settings.cache_tag_header
-                if tag_header:
-                    # Every size of one picture shares it: a CDN purges them all in one call.
-                    self.set_header(tag_header, cache_tag(self._key))
+            elif self._runtime.settings.cache_tag_header:
+                # Every size of one picture shares it: a CDN purges them all in one call.
+                self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
         return super().finish(chunk)
 
 

@@ -179,6 +179,8 @@ class Moderator:
         self._executor = executor
         self._store_executor = store_executor
         self._by_key = _Cache(settings.cache_ttl)
+        # The decision this process holds in memory for a key: the per-request fast path.
+        self.remembered: Callable[[str], Decision | None] = self._by_key.get
         self._by_hash = _Cache(settings.cache_ttl)
         self._flights: dict[str, asyncio.Future[Decision]] = {}
         # Decision key -> paths recorded for it, dropped when its decision changes.
@@ -257,10 +259,6 @@ class Moderator:
     async def run_store(self, func: Callable[..., T], *args: Any) -> T:
         """Run a decision-store call on the store's own thread."""
         return await self._store(func, *args)
-
-    def remembered(self, key: str) -> Decision | None:
-        """The decision this process holds in memory for a key: the per-request fast path."""
-        return self._by_key.get(key)
 
     async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
         """The decision for a key under the current policy, or None if there is none."""

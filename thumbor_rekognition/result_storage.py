@@ -12,10 +12,10 @@ names the result storage that keeps the bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
-from types import ModuleType
 from typing import Any
 
 from thumbor.result_storages import BaseStorage, ResultStorageResult
@@ -57,11 +57,16 @@ def unpack(data: bytes) -> tuple[list[bytes], bytes] | None:
     return [data[at : at + DIGEST] for at in range(start, end, DIGEST)], data[:start]
 
 
+@functools.lru_cache(maxsize=4096)
+def _trailer(digest: bytes) -> bytes:
+    """What ends a result made of one picture only."""
+    return digest + b"\x01" + MAGIC
+
+
 class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     """MODERATION_SOURCE_RESULT_STORAGE, serving results only while their pictures are approved."""
 
-    def _wrapped(self) -> ModuleType | None:
-        return self._runtime.source_result_storage
+    WRAPS = "source_result_storage"
 
     async def get(self) -> Any:
         source = self.source
@@ -71,19 +76,18 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         if result is None:
             return None
         stored = isinstance(result, ResultStorageResult)
-        kept = unpack(result.buffer if stored else result)
-        if kept is None:
-            return None
-        hashes, body = kept
-        # The gate has just read the main picture's decision: for a result made of that
-        # picture alone (nearly all of them) the check is a comparison.
+        data = result.buffer if stored else result
         main = getattr(self.context, MAIN_DECISION, None)
-        if main is None or len(hashes) > 1:
-            if not await self._approved(hashes):
+        # The gate has just read the main picture's decision (approved): a result made of
+        # that picture alone, nearly all of them, ends with its one hash.
+        trailer = _trailer(main.digest) if main is not None else MAGIC
+        if data.endswith(trailer):
+            body = data[: -len(trailer)]
+        else:
+            kept = unpack(data)
+            if kept is None or not await self._approved(kept[0]):
                 return None
-        elif main.status is not Status.APPROVED or main.digest != hashes[0]:
-            # The URL shows other content now: re-render.
-            return None
+            body = kept[1]
         if not stored:
             return body
         # The source counted the hashes in the length it described.

@@ -149,21 +149,20 @@ def _forget_moderator(reference: weakref.ref[Runtime]) -> None:
         runtime._moderator = None
 
 
-_RUNTIMES: dict[int, tuple[Any, Runtime]] = {}
+# By config object (hashed by identity): Thumbor keeps one for the process's life.
+RUNTIMES: dict[Any, Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
 def runtime_for(config: Any) -> Runtime:
     """The runtime of a Thumbor config object, validating it the first time."""
-    entry = _RUNTIMES.get(id(config))
-    if entry is not None and entry[0] is config:
-        return entry[1]
+    runtime = RUNTIMES.get(config)
+    if runtime is not None:
+        return runtime
     with _RUNTIMES_LOCK:
-        entry = _RUNTIMES.get(id(config))
-        if entry is not None and entry[0] is config:
-            return entry[1]
-        runtime = Runtime(Settings.from_config(config))
-        _RUNTIMES[id(config)] = (config, runtime)
+        runtime = RUNTIMES.get(config)
+        if runtime is None:
+            runtime = RUNTIMES[config] = Runtime(Settings.from_config(config))
         return runtime
 
 

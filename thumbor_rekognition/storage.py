@@ -13,7 +13,6 @@ MODERATION_SOURCE_STORAGE names the storage that keeps the bytes.
 from __future__ import annotations
 
 import logging
-from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,8 +38,7 @@ logger = logging.getLogger(__name__)
 class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     """MODERATION_SOURCE_STORAGE, behind the decision of each original it holds."""
 
-    def _wrapped(self) -> ModuleType:
-        return self._runtime.source_storage
+    WRAPS = "source_storage"
 
     async def get(self, path: str) -> Any:
         buffer = await self.source.get(path)
