@@ -12,6 +12,7 @@ MODERATION_SOURCE_STORAGE names the storage that keeps the bytes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 from urllib.parse import unquote
@@ -29,6 +30,7 @@ from thumbor_rekognition.gate import (
     note_status,
     refuses,
 )
+from thumbor_rekognition.overlap import Overlap
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.urls import normalise
 
@@ -71,6 +73,15 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         return None
 
     async def put(self, path: str, file_bytes: bytes) -> str:
+        overlap = self._judged_meanwhile(path)
+        if overlap is not None:
+            # Thumbor stores the original before it renders it: the rendering goes on,
+            # the write waits for the approval.
+            overlap.after_approval(path, functools.partial(self._put, path, file_bytes))
+            return path
+        return await self._put(path, file_bytes)
+
+    async def _put(self, path: str, file_bytes: bytes) -> str:
         data = bytes(file_bytes)
         if data == self._runtime.placeholder:
             # What the loader answered for a refused picture: never kept under its URL.
@@ -111,16 +122,34 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         await self.source.remove(path)
 
     async def put_crypto(self, path: str) -> Any:
+        overlap = self._judged_meanwhile(path)
+        if overlap is not None:
+            overlap.after_approval(path, functools.partial(self.source.put_crypto, path))
+            return None
         return await self.source.put_crypto(path)
 
     async def get_crypto(self, path: str) -> Any:
         return await self.source.get_crypto(path)
 
     async def put_detector_data(self, path: str, data: Any) -> Any:
+        overlap = self._judged_meanwhile(path)
+        if overlap is not None:
+            overlap.after_approval(
+                path, functools.partial(self.source.put_detector_data, path, data)
+            )
+            return None
         return await self.source.put_detector_data(path, data)
 
     async def get_detector_data(self, path: str) -> Any:
         return await self.source.get_detector_data(path)
+
+    def _judged_meanwhile(self, path: str) -> Overlap | None:
+        """The judgement of the picture at path, when it is still running beside
+        Thumbor's rendering of it (a first view on the image route)."""
+        overlap: Overlap | None = getattr(self.context.request_handler, "overlap", None)
+        if overlap is None or normalise(path) != overlap.key:
+            return None
+        return overlap
 
     async def _judge(self, path: str, data: bytes) -> Decision | None:
         """The decision for these bytes at this path, or None when they are no picture."""
