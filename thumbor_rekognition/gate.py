@@ -135,7 +135,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     async def _write_when_judged(self, overlap: Overlap, results: Any, content_type: str) -> None:
         del self._write_results_to_client
         try:
-            decision = await overlap.judgement
+            decision = await self._judgement_of(overlap)
         except UnsupportedImage as error:
             logger.warning(
                 "original %s is not an image the plugin can judge: %s", overlap.key, error
@@ -155,6 +155,19 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
             # Failing open: shown, kept out of every cache.
             keep_out_of_caches(self.context)
         await super()._write_results_to_client(results, content_type)
+
+    async def _judgement_of(self, overlap: Overlap) -> Decision:
+        judgement = overlap.judgement
+        if judgement.done():
+            return judgement.result()
+        # Rendered before the decision came: how long the rendering waits for it.
+        metrics = self.context.metrics
+        metrics.incr("moderation.first_view.waiting")
+        started = time.perf_counter()
+        try:
+            return await judgement
+        finally:
+            metrics.timing("moderation.first_view.wait", (time.perf_counter() - started) * 1000)
 
     async def _refuse_rendered(
         self, overlap: Overlap, decision: Decision | None, error: int
