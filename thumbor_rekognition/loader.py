@@ -118,8 +118,9 @@ async def _judge(
     renders the picture (the main picture of the image route, once the backend has it)."""
     moderator = runtime.moderator
     deadline = getattr(handler, "deadline", None)
-    if not main or not isinstance(handler, ModerationHandler):
-        # A picture pasted into another is judged before it is used.
+    if not main or not isinstance(handler, ModerationHandler) or handler.overlap is not None:
+        # A picture pasted into another is judged before it is used (the main one too,
+        # when a filter pastes it into itself while it renders).
         return await moderator.moderate(key, unquote(path), buffer, context.metrics, deadline)
     called: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     judgement = asyncio.ensure_future(
