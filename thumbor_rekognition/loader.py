@@ -2,7 +2,9 @@
 
 This is the first-fetch hook, the only place that sees original bytes before Thumbor
 stores them. A rejected picture is answered without fetching it again; an approved one
-is returned as loaded; anything else is kept out of STORAGE and RESULT_STORAGE.
+is returned as loaded; anything else is kept out of STORAGE and RESULT_STORAGE. A new
+main picture on the image route is returned once the backend has it, and the gate awaits
+its decision while Thumbor renders it (see overlap.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ handler of ours stands in front of. Wrapping the storage module, as the loader i
 wrapped, closes them all: ``get`` judges what it is about to hand out (a hash check once
 the picture is known) and answers a miss for anything not approved, so Thumbor asks the
 loader, which answers the refusal; ``put`` judges what it is about to keep, never keeps
-the placeholder, and removes what it wrote when a rejection was saved meanwhile.
+the placeholder, and removes what it wrote when a rejection was saved meanwhile; a
+picture still being judged while Thumbor renders it is written once it is approved.
 MODERATION_SOURCE_STORAGE names the storage that keeps the bytes.
 """
 
