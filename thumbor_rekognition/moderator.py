@@ -391,13 +391,17 @@ class Moderator:
     ) -> Decision:
         lease = f"judge:{sha256}"
         waiting_since = time.time()
+        # Prepared while the store is asked who judges it: the call goes out as soon as
+        # the answer is this process. Thrown away if another one judged it meanwhile.
+        preparing = asyncio.get_running_loop().run_in_executor(self._executor, self.prepare, buffer)
+        preparing.add_done_callback(_seen)
         outcome = await self._take_lease(lease, sha256, metrics)
         if isinstance(outcome, Decision):
             return await self._adopt(outcome, key, url, metrics)
         if outcome is not None:
             return self._undecided(key, url, sha256, outcome)
         try:
-            return await self._judge(key, url, sha256, buffer, waiting_since, metrics)
+            return await self._judge(key, url, sha256, buffer, preparing, waiting_since, metrics)
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
@@ -436,7 +440,14 @@ class Moderator:
         )
 
     async def _judge(
-        self, key: str, url: str, sha256: str, buffer: bytes, waiting_since: float, metrics: Any
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        buffer: bytes,
+        preparing: asyncio.Future[PreparedImage],
+        waiting_since: float,
+        metrics: Any,
     ) -> Decision:
         # Another process may have finished between the content lookup and the lease.
         twin = await self._twin(sha256, metrics)
@@ -453,7 +464,7 @@ class Moderator:
             if failed_meanwhile:
                 # The process this one waited for just failed: retried on a later request.
                 return latest  # type: ignore[return-value]
-        prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
+        prepared = await preparing
         decision = await self._analyse(key, url, sha256, prepared, metrics)
         if decision.status is not Status.APPROVED:
             await self.keep_original(sha256, buffer, metrics)
@@ -726,6 +737,12 @@ class Moderator:
             except stores.StoreUnavailable:
                 return
             self._unsaved.discard(sha256)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Mark a future's failure as retrieved, for a result nobody may wait for."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _resolve(future: asyncio.Future[None], *_: Any) -> None:
