@@ -145,8 +145,8 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         return await self.source.get_detector_data(path)
 
     def _judged_meanwhile(self, path: str) -> Overlap | None:
-        """The judgement of the picture at path, when it is still running beside
-        Thumbor's rendering of it (a first view on the image route)."""
+        """The judgement of the picture at path when it was loaded for a first view on
+        the image route, judged while Thumbor renders it: its writes wait for it."""
         overlap: Overlap | None = getattr(self.context.request_handler, "overlap", None)
         if overlap is None or normalise(path) != overlap.key:
             return None
