@@ -183,6 +183,9 @@ class Moderator:
         self.remembered: Callable[[str], Decision | None] = self._by_key.get
         self._by_hash = _Cache(settings.cache_ttl)
         self._flights: dict[str, asyncio.Future[Decision]] = {}
+        # Content hash -> resolved once its flight's backend call is out: a caller with
+        # other work to do (Thumbor's rendering) stops waiting there.
+        self._called: dict[str, asyncio.Future[None]] = {}
         # Decision key -> paths recorded for it, dropped when its decision changes.
         self._recorded: dict[str, set[str]] = {}
         # Decisions the backend made that the store could not keep: reused, not paid again.
@@ -285,12 +288,14 @@ class Moderator:
         buffer: bytes,
         metrics: Any = None,
         deadline: float | None = None,
+        called: asyncio.Future[None] | None = None,
     ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
         deadline (time.monotonic()) bounds the wait for a new judgement, by default
-        MODERATION_TIMEOUT_SECONDS from now. Raises preparation.UnsupportedImage when the
-        bytes are not a picture.
+        MODERATION_TIMEOUT_SECONDS from now. called, if given, is resolved once the backend
+        has the picture (prepared, so the bytes are a picture), whoever's flight called it.
+        Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
         if deadline is None:
             deadline = time.monotonic() + self.settings.request_budget
@@ -311,6 +316,7 @@ class Moderator:
             return current
         flight = self._flights.get(sha256)
         if flight is None:
+            self._called[sha256] = asyncio.get_running_loop().create_future()
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
@@ -320,6 +326,8 @@ class Moderator:
             flight.add_done_callback(functools.partial(self._landed, sha256))
         else:
             _Metrics(metrics).incr("moderation.single_flight.joined")
+        if called is not None and sha256 in self._called:
+            self._called[sha256].add_done_callback(functools.partial(_resolve, called))
         try:
             decision = await asyncio.wait_for(
                 asyncio.shield(flight), timeout=max(0.0, deadline - time.monotonic())
@@ -337,6 +345,7 @@ class Moderator:
     def _landed(self, sha256: str, flight: asyncio.Future[Decision]) -> None:
         if self._flights.get(sha256) is flight:
             del self._flights[sha256]
+            self._called.pop(sha256, None)
         if not flight.cancelled():
             # Marks a failure as seen even when every caller has gone.
             flight.exception()
@@ -382,13 +391,17 @@ class Moderator:
     ) -> Decision:
         lease = f"judge:{sha256}"
         waiting_since = time.time()
+        # Prepared while the store is asked who judges it: the call goes out as soon as
+        # the answer is this process. Thrown away if another one judged it meanwhile.
+        preparing = asyncio.get_running_loop().run_in_executor(self._executor, self.prepare, buffer)
+        preparing.add_done_callback(_seen)
         outcome = await self._take_lease(lease, sha256, metrics)
         if isinstance(outcome, Decision):
             return await self._adopt(outcome, key, url, metrics)
         if outcome is not None:
             return self._undecided(key, url, sha256, outcome)
         try:
-            return await self._judge(key, url, sha256, buffer, waiting_since, metrics)
+            return await self._judge(key, url, sha256, buffer, preparing, waiting_since, metrics)
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
@@ -427,7 +440,14 @@ class Moderator:
         )
 
     async def _judge(
-        self, key: str, url: str, sha256: str, buffer: bytes, waiting_since: float, metrics: Any
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        buffer: bytes,
+        preparing: asyncio.Future[PreparedImage],
+        waiting_since: float,
+        metrics: Any,
     ) -> Decision:
         # Another process may have finished between the content lookup and the lease.
         twin = await self._twin(sha256, metrics)
@@ -444,7 +464,7 @@ class Moderator:
             if failed_meanwhile:
                 # The process this one waited for just failed: retried on a later request.
                 return latest  # type: ignore[return-value]
-        prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
+        prepared = await preparing
         decision = await self._analyse(key, url, sha256, prepared, metrics)
         if decision.status is not Status.APPROVED:
             await self.keep_original(sha256, buffer, metrics)
@@ -537,6 +557,14 @@ class Moderator:
         started = time.perf_counter()
         recorder.incr("moderation.backend.calls")
         self.backend_calls += 1
+        # Sent first, counted while it is out: nothing stands between a prepared picture
+        # and its call.
+        call = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.backend.detect, prepared, min_confidence
+        )
+        called = self._called.get(sha256)
+        if called is not None:
+            _resolve(called)
         await self.count("backend.calls")
         base = self._undecided(key, url, sha256, "").replace(
             policy=self.policy.fingerprint,
@@ -545,9 +573,7 @@ class Moderator:
             height=prepared.height,
         )
         try:
-            analysis = await self._run(
-                self._executor, self.backend.detect, prepared, min_confidence
-            )
+            analysis = await call
         except backends.BackendError as error:
             recorder.incr("moderation.backend.errors")
             recorder.incr(f"moderation.backend.errors.{error.kind}")
@@ -711,6 +737,17 @@ class Moderator:
             except stores.StoreUnavailable:
                 return
             self._unsaved.discard(sha256)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Mark a future's failure as retrieved, for a result nobody may wait for."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _resolve(future: asyncio.Future[None], *_: Any) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _waiting_for_scenes(

@@ -32,6 +32,8 @@ MAIN_DECISION = "moderation_main_decision"
 # Ends every kept result; an entry without it was not written by this module.
 MAGIC = b"\n\x89thumbor-moderation\x01"
 DIGEST = hashlib.sha256().digest_size
+# The length of what ends a result made of one picture: its hash, the count, the magic.
+ONE_PICTURE_TRAILER = DIGEST + 1 + len(MAGIC)
 
 
 def pack(hashes: list[str], body: bytes) -> bytes:
@@ -80,9 +82,9 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         main = getattr(self.context, MAIN_DECISION, None)
         # The gate has just read the main picture's decision (approved): a result made of
         # that picture alone, nearly all of them, ends with its one hash.
-        trailer = _trailer(main.digest) if main is not None else MAGIC
-        if data.endswith(trailer):
-            body = data[: -len(trailer)]
+        # Without it (no decision known for the URL), every result takes the full check.
+        if main is not None and data.endswith(_trailer(main.digest)):
+            body = data[:-ONE_PICTURE_TRAILER]
         else:
             kept = unpack(data)
             if kept is None or not await self._approved(kept[0]):

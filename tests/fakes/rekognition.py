@@ -59,7 +59,9 @@ ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
         "Request has invalid image format",
     ),
 }
-FAULT_MODES = frozenset(ERROR_FAULTS) | {"malformed", "slow", "drop"}
+FAULT_MODES = frozenset(ERROR_FAULTS) | {"malformed", "slow", "drop", "hold"}
+# What a held request may be answered with once released (None: its normal answer).
+RELEASE_ANSWERS = frozenset(ERROR_FAULTS) | {"malformed", "drop"}
 MALFORMED_BODY = b'{"ModerationLabels": [{"Name": "Explicit'
 
 
@@ -137,6 +139,8 @@ class FakeRekognition:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._release_answer: str | None = None
 
     def __enter__(self) -> FakeRekognition:
         return self.start()
@@ -209,6 +213,7 @@ class FakeRekognition:
         """Inject a fault into the next `times` requests (None: until cleared).
 
         Faults queue up: a fault starts once the ones injected before it are used up.
+        "hold" keeps each request it takes unanswered until release() (or stop()).
         """
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; use one of {sorted(FAULT_MODES)}")
@@ -218,11 +223,28 @@ class FakeRekognition:
             raise ValueError("delay must not be negative")
         with self._lock:
             self._faults.append(_ActiveFault(mode, times, delay))
+            if mode == "hold":
+                self._released.clear()
+
+    def release(self, answer: str | None = None) -> None:
+        """Answer every request a "hold" fault keeps, and hold no more.
+
+        answer: a fault mode to answer them with (an error, "malformed", "drop"), or None
+        for the answer they would have had.
+        """
+        if answer is not None and answer not in RELEASE_ANSWERS:
+            raise ValueError(f"cannot answer with {answer!r}; use one of {sorted(RELEASE_ANSWERS)}")
+        with self._lock:
+            self._faults = [fault for fault in self._faults if fault.mode != "hold"]
+            self._release_answer = answer
+        self._released.set()
 
     def clear_faults(self) -> None:
-        """Remove every injected fault."""
+        """Remove every injected fault (held requests get their normal answer)."""
         with self._lock:
             self._faults.clear()
+            self._release_answer = None
+        self._released.set()
 
     @property
     def calls(self) -> list[Call]:
@@ -237,11 +259,13 @@ class FakeRekognition:
             return sum(1 for call in self._calls if call.fault != UNKNOWN_OPERATION)
 
     def reset(self) -> None:
-        """Forget calls, scenarios and faults."""
+        """Forget calls, scenarios and faults (held requests get their normal answer)."""
         with self._lock:
             self._calls.clear()
             self._scenarios.clear()
             self._faults.clear()
+            self._release_answer = None
+        self._released.set()
 
     def _handle(self, target: str | None, body: bytes) -> _Reply:
         received = time.monotonic()
@@ -258,7 +282,17 @@ class FakeRekognition:
         if fault.mode == "slow":
             self._stopping.wait(fault.delay)
             return self._answer(request)
+        if fault.mode == "hold":
+            answer = self._hold()
+            return self._answer(request) if answer is None else _fault_reply(answer)
         return _fault_reply(fault.mode)
+
+    def _hold(self) -> str | None:
+        while not self._released.wait(POLL_INTERVAL):
+            if self._stopping.is_set():
+                return None
+        with self._lock:
+            return self._release_answer
 
     def _answer(self, request: _Request) -> _Reply:
         if request.error is not None:
