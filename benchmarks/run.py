@@ -4,7 +4,8 @@
 
 Figures, each against stock Thumbor in the same run: result-storage hits in req/s (goal
 >= 0.97x) and in CPU time per request (goal <= 1.01x), the gate's throughput on a rejected
-image, backend calls under concurrent first requests, the upload path, preparation of a
+image, backend calls under concurrent first requests, first views of a still picture and
+of an animation over a backend answering in --delay seconds, the upload path, preparation of a
 12 MP JPEG against stock Thumbor's first render of it (goal <= 0.5x), and the offline
 model's warm latency per image against that preparation, with its process memory.
 """
@@ -28,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.first_view import first_view  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.servers import DEFAULT_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
@@ -386,12 +388,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each load run")
     parser.add_argument("--rounds", type=int, default=7, help="alternating stock/plugin rounds")
+    parser.add_argument(
+        "--delay", type=float, default=0.15, help="backend delay of the first-view figures (s)"
+    )
     arguments = parser.parse_args()
     os.sched_setaffinity(0, CLIENT_CPUS)
     with tempfile.TemporaryDirectory() as directory, FakeRekognition() as fake:
         work = Path(directory)
         throughput(work, fake, arguments.seconds, arguments.rounds)
         concurrency(work, fake)
+        first_view(work, fake, arguments.delay)
         uploads(work, fake)
         offline(work, preparation(work))
 
