@@ -44,7 +44,12 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     WRAPS = "source_storage"
 
     async def get(self, path: str) -> Any:
-        buffer = await self.source.get(path)
+        try:
+            buffer = await self.source.get(path)
+        except FileNotFoundError:
+            # Removed between the file storage's exists and its open (a rejection's purge,
+            # an eviction by a concurrent request): a miss, as it would be a moment later.
+            return None
         if buffer is None:
             return None
         data = bytes(buffer)
