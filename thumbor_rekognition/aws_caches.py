@@ -1,0 +1,214 @@
+"""thumbor-aws's STORAGE and RESULT_STORAGE buckets: the objects of recorded paths, deleted.
+
+thumbor-aws's result storage has no ``remove(path)``, and its storage removes one key at
+a time and leaves the crypto and detector objects it wrote beside an original. When
+MODERATION_SOURCE_RESULT_STORAGE or MODERATION_SOURCE_STORAGE names a thumbor-aws module,
+a purge deletes every object of the recorded paths with DeleteObjects, 1,000 keys a
+call, in the bucket and with the region, endpoint and credentials thumbor-aws itself is
+configured with (read through thumbor-aws's own properties, so its tc_aws compatibility
+mode is honoured too). Keys are built by thumbor-aws's own ``normalize_path``:
+``<root_path>/<path>`` for both, and ``<root_path>/auto_webp/<path>`` too for results,
+where AUTO_WEBP puts the WebP rendering of a request. A deletion that fails is queued in
+the outbox, which retries it with backoff like a CDN purge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from thumbor_rekognition import stores
+from thumbor_rekognition._process import PerProcess
+from thumbor_rekognition.config import Secret
+
+if TYPE_CHECKING:
+    from thumbor_rekognition.moderator import Moderator
+
+logger = logging.getLogger(__name__)
+
+# Buckets by what they keep, as outbox topics name them.
+STORAGE = "storage"
+RESULT_STORAGE = "result_storage"
+# DeleteObjects takes at most 1,000 keys a call.
+BATCH = 1000
+# What thumbor-aws's storage writes for an original: the bytes, the security key
+# (STORES_CRYPTO_KEY_FOR_EACH_IMAGE) and the focal points of smart cropping.
+STORED_SUFFIXES = ("", ".txt", ".detectors.txt")
+# thumbor-aws's result storage puts a request that AUTO_WEBP answered in WebP here.
+AUTO_WEBP_FOLDER = "/auto_webp"
+
+
+class DeleteError(Exception):
+    """Objects were not deleted; ``keys`` are the ones still to delete."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One thumbor-aws bucket, reached as thumbor-aws is configured to reach it."""
+
+    role: str
+    name: str
+    root_path: str
+    region: str | None
+    endpoint_url: str | None
+    access_key_id: str | None
+    secret_access_key: Secret | None
+    timeout: float
+    # thumbor-aws's key function and the config it reads AWS_NORMALIZER from.
+    _normalize: Any = field(repr=False, compare=False)
+    _context: Any = field(repr=False, compare=False)
+    _client: PerProcess[Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_client", PerProcess(self._build_client))
+
+    def keys(self, paths: Iterable[str]) -> list[str]:
+        """Every key thumbor-aws may have written for these paths, each once."""
+        prefixes: tuple[str, ...]
+        suffixes: tuple[str, ...]
+        if self.role == RESULT_STORAGE:
+            prefixes, suffixes = (self.root_path, self.root_path + AUTO_WEBP_FOLDER), ("",)
+        else:
+            prefixes, suffixes = (self.root_path,), STORED_SUFFIXES
+        found: dict[str, None] = {}
+        for path in paths:
+            for prefix in prefixes:
+                key = self._normalize(self._context, prefix, path)
+                for suffix in suffixes:
+                    found[key + suffix] = None
+        return list(found)
+
+    def delete(self, keys: Sequence[str], bucket: str | None = None) -> None:
+        """Delete these keys, a batch a call (blocking); DeleteError names what is left."""
+        name = bucket or self.name
+        left: list[str] = []
+        reason = ""
+        for start in range(0, len(keys), BATCH):
+            batch = list(keys[start : start + BATCH])
+            try:
+                reply = self._client.get().delete_objects(
+                    Bucket=name,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+                raise DeleteError(
+                    f"s3://{name}: DeleteObjects failed: {error}", left + list(keys[start:])
+                ) from error
+            # Quiet: only the keys that were not deleted come back, each with its reason.
+            for item in reply.get("Errors", []):
+                left.append(str(item["Key"]))
+                reason = reason or f" ({item.get('Code')}: {item.get('Message')})"
+        if left:
+            raise DeleteError(f"s3://{name}: {len(left)} objects not deleted{reason}", left)
+
+    def _build_client(self) -> Any:
+        # thumbor-aws's own client is asynchronous and bound to Thumbor's event loop; the
+        # outbox delivers from a thread of its own, so it gets a client of its own built
+        # from the same settings (None falls back to the default credential chain, as it
+        # does in thumbor-aws).
+        return boto3.session.Session().client(
+            "s3",
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=(
+                self.secret_access_key.value if self.secret_access_key else None
+            ),
+            config=botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": 3},
+                connect_timeout=self.timeout,
+                read_timeout=self.timeout,
+            ),
+        )
+
+
+def thumbor_aws_class(role: str) -> type | None:
+    """thumbor-aws's Storage class for a role, or None when thumbor-aws is not installed."""
+    try:
+        if role == STORAGE:
+            from thumbor_aws import storage as module
+        else:
+            from thumbor_aws import result_storage as module
+    except ImportError:
+        return None
+    found: type = module.Storage
+    return found
+
+
+def buckets(
+    config: Any, storage: ModuleType | None, result_storage: ModuleType | None, timeout: float
+) -> dict[str, Bucket]:
+    """The thumbor-aws buckets among the modules the plugin wraps, by role."""
+    found: dict[str, Bucket] = {}
+    for role, module in ((STORAGE, storage), (RESULT_STORAGE, result_storage)):
+        storage_class = getattr(module, "Storage", None)
+        aws_class = thumbor_aws_class(role) if storage_class is not None else None
+        if aws_class is None or not (
+            isinstance(storage_class, type) and issubclass(storage_class, aws_class)
+        ):
+            continue
+        found[role] = _bucket(role, storage_class, config, timeout)
+    return found
+
+
+def _bucket(role: str, storage_class: type, config: Any, timeout: float) -> Bucket:
+    from thumbor_aws.utils import normalize_path
+
+    # thumbor-aws reads its settings from context.config only: a context without a
+    # request is enough to ask it for them.
+    context = SimpleNamespace(config=config)
+    instance = storage_class(context)
+    secret = instance.secret_access_key
+    return Bucket(
+        role=role,
+        name=str(instance.bucket_name),
+        root_path=str(instance.root_path or ""),
+        region=instance.region_name or None,
+        endpoint_url=instance.endpoint_url or None,
+        access_key_id=instance.access_key_id or None,
+        secret_access_key=Secret(str(secret)) if secret else None,
+        timeout=timeout,
+        _normalize=normalize_path,
+        _context=context,
+    )
+
+
+async def remove(moderator: Moderator, key: str, role: str, paths: Iterable[str]) -> int:
+    """Delete the objects of these paths now, queueing what fails for the outbox.
+
+    Returns how many paths had every object deleted now (S3 does not say which keys
+    existed: a path counts once its objects are gone).
+    """
+    outbox = moderator.outbox
+    bucket = outbox.buckets.get(role) if outbox is not None else None
+    unique = list(dict.fromkeys(paths))
+    if bucket is None or not unique:
+        return 0
+    keys = bucket.keys(unique)
+    try:
+        await moderator.run_blocking(bucket.delete, keys)
+    except DeleteError as error:
+        logger.warning("%s of %s: %s; the outbox retries it", role, key, error)
+        try:
+            await moderator.run_store(outbox.remove_objects, key, bucket, error.keys)  # type: ignore[union-attr]
+        except stores.StoreUnavailable as lost:
+            logger.error(
+                "%d objects of %s left in s3://%s, not queued: %s",
+                len(error.keys),
+                key,
+                bucket.name,
+                lost,
+            )
+        return 0
+    return len(unique)
