@@ -14,13 +14,17 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import thumbor_aws.result_storage
+import thumbor_aws.storage
 from PIL import Image
+from thumbor.config import Config
 
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
@@ -208,8 +212,8 @@ class TestPluginOverThumborAws:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def store(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-        yield {}
+    def store(cls, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+        return {}
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -231,7 +235,7 @@ class TestPluginOverThumborAws:
     def test_thumbor_aws_keeps_what_it_serves_under_its_own_keys(
         self, server: ThumborServer, s3: S3, fake: FakeRekognition
     ) -> None:
-        name, data = cached_everywhere(server, s3)
+        name, _ = cached_everywhere(server, s3)
 
         stored = s3.keys_of(STORAGE, name)
         results = s3.keys_of(RESULTS, name)
@@ -355,3 +359,46 @@ def test_thumbor_aws_named_in_place_of_the_plugin_stops_start_up(
     assert f"Config '{key}' has value {module!r}" in thumbor.log
     assert "MODERATION_SOURCE_" in thumbor.log
     assert "Traceback" not in thumbor.log
+
+
+def test_more_keys_than_a_batch_take_one_delete_objects_call_per_thousand(
+    s3: S3, faults: S3Faults
+) -> None:
+    config = Config(
+        AWS_RESULT_STORAGE_BUCKET_NAME=RESULTS,
+        AWS_RESULT_STORAGE_S3_ENDPOINT_URL=faults.url,
+        AWS_RESULT_STORAGE_S3_ACCESS_KEY_ID="testing",
+        AWS_RESULT_STORAGE_S3_SECRET_ACCESS_KEY="testing",
+    )
+    bucket = aws_caches.buckets(config, None, thumbor_aws.result_storage, 5.0)[
+        aws_caches.RESULT_STORAGE
+    ]
+    paths = [f"/unsafe/{width}x30/batch/one.png" for width in range(1, 1201)]
+    written = [f"{RESULTS_ROOT}/unsafe/{width}x30/batch/one.png" for width in range(1, 1201)]
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda key: s3.client.put_object(Bucket=RESULTS, Key=key, Body=b"x"), written)
+        )
+    assert len(s3.keys_of(RESULTS, "/batch/")) == 1200
+
+    keys = bucket.keys(paths)
+    bucket.delete(keys)
+
+    # Every path has its plain key and its AUTO_WEBP key.
+    assert len(keys) == 2400
+    assert set(written) < set(keys)
+    assert [call.keys for call in faults.deletions] == [1000, 1000, 400]
+    assert s3.keys_of(RESULTS, "/batch/") == []
+
+
+def test_a_thumbor_aws_bucket_does_not_show_its_secret() -> None:
+    config = Config(
+        AWS_STORAGE_BUCKET_NAME=STORAGE,
+        AWS_STORAGE_S3_ACCESS_KEY_ID="AKIAEXAMPLE",
+        AWS_STORAGE_S3_SECRET_ACCESS_KEY="secret-that-stays-hidden",
+    )
+
+    bucket = aws_caches.buckets(config, thumbor_aws.storage, None, 5.0)[aws_caches.STORAGE]
+
+    assert (bucket.name, bucket.root_path) == (STORAGE, STORAGE_ROOT)
+    assert "secret-that-stays-hidden" not in repr(bucket)
