@@ -1,9 +1,10 @@
 """The plugin over thumbor-aws: S3 loader, storage and result storage, on moto's server.
 
-Real Thumbor servers whose LOADER, STORAGE and RESULT_STORAGE are the plugin's, each
-wrapping thumbor-aws's own module (MODERATION_SOURCE_*), with the quarantine in S3 too.
-S3 is moto's server, reached through a proxy that can fail DeleteObjects; Rekognition is
-the fake, which approves blue. What a rejection leaves is read where it would be left:
+Real Thumbor servers run the README's "On AWS" thumbor.conf as written (LOADER, STORAGE
+and RESULT_STORAGE the plugin's, each wrapping thumbor-aws's own module, the quarantine
+in S3, CloudFront purged), with endpoints pointed at 127.0.0.1: S3 and CloudFront are
+moto's server, S3 reached through a proxy that can fail DeleteObjects, and Rekognition
+is the fake, which approves blue. What a rejection leaves is read where it would be left:
 every bucket is listed.
 """
 
@@ -28,22 +29,24 @@ from thumbor.config import Config
 
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
-from tests.fakes.s3_faults import S3Faults
+from tests.fakes.s3_faults import Deletion, S3Faults
 from tests.moto_server import aws_client, moto_server
 from tests.redis_server import RedisServer
-from tests.servers import Response, ThumborServer, base_config
+from tests.servers import Response, ThumborServer
+from tests.test_cdn import _create_distribution, invalidations
 from thumbor_rekognition import aws_caches
 
 pytestmark = pytest.mark.e2e
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 TOKEN = "thumbor-aws-admin-token-51c9"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-ORIGINS = "site-originals"
-STORAGE = "thumbor-storage"
-RESULTS = "thumbor-results"
-QUARANTINE = "moderation-quarantine"
-BUCKETS = (ORIGINS, STORAGE, RESULTS, QUARANTINE)
-# thumbor-aws's default root paths: objects are written under /st/... and /rs/...
+# The README's buckets and region, made on moto's server.
+REGION = "eu-west-1"
+ORIGINS = "my-site-originals"
+THUMBOR = "my-site-thumbor"
+QUARANTINE = "my-site-moderation"
+BUCKETS = (ORIGINS, THUMBOR, QUARANTINE)
 STORAGE_ROOT = "/st"
 RESULTS_ROOT = "/rs"
 SIZES = ("100x75", "60x45", "30x20")
@@ -55,26 +58,46 @@ BLUE = (0, 0, 255)
 _names = itertools.count()
 
 
+def readme_conf() -> dict[str, Any]:
+    """The thumbor.conf of the README's "On AWS" section, as Thumbor would read it."""
+    text = README.read_text()
+    section = text[text.index("\n## On AWS\n") :]
+    opening = section.index("```python\n") + len("```python\n")
+    namespace: dict[str, Any] = {}
+    exec(section[opening : section.index("```\n", opening)], namespace)
+    return {key: value for key, value in namespace.items() if key.isupper()}
+
+
 @dataclass
-class S3:
-    """moto's server, the proxy Thumbor is given, and a client of the tests' own."""
+class AWS:
+    """moto's server, the S3 proxy Thumbor is given, clients of the tests' own."""
 
     endpoint: str
     faults: S3Faults
     client: Any
+    cloudfront: tuple[Any, str]
 
-    def keys(self, bucket: str) -> list[str]:
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+        return sorted(
+            item["Key"]
+            for page in pages
+            for item in page.get("Contents", [])
+            if item["Key"].startswith(prefix)
+        )
 
-    def keys_of(self, bucket: str, name: str) -> list[str]:
-        """Every key in a bucket that names this picture."""
-        return [key for key in self.keys(bucket) if name in key]
+    def stored(self, name: str) -> list[str]:
+        """The keys thumbor-aws's storage holds for this picture."""
+        return [key for key in self.keys(THUMBOR, STORAGE_ROOT + "/") if name in key]
 
-    def bodies(self, bucket: str) -> list[bytes]:
+    def results(self, name: str) -> list[str]:
+        """The keys thumbor-aws's result storage holds for this picture."""
+        return [key for key in self.keys(THUMBOR, RESULTS_ROOT + "/") if name in key]
+
+    def quarantined(self) -> list[bytes]:
         return [
-            self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            for key in self.keys(bucket)
+            self.client.get_object(Bucket=QUARANTINE, Key=key)["Body"].read()
+            for key in self.keys(QUARANTINE)
         ]
 
 
@@ -109,11 +132,15 @@ def requested(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def paths_of(name: str) -> list[str]:
+    return [f"/unsafe/{size}/{name}" for size in SIZES]
+
+
 def views(server: ThumborServer, name: str) -> list[Response]:
     """The picture at every size, the last one as a WebP-taking browser asks for it."""
     return [
-        server.get(f"/unsafe/{size}/{name}", headers=WEBP if size == SIZES[-1] else None)
-        for size in SIZES
+        server.get(path, headers=WEBP if path.startswith(f"/unsafe/{SIZES[-1]}/") else None)
+        for path in paths_of(name)
     ]
 
 
@@ -131,39 +158,29 @@ def outbox(server: ThumborServer) -> dict[str, int]:
     return counts
 
 
-def aws_config(
-    root: Path, s3_endpoint: str, rekognition: str, store: dict[str, Any]
-) -> dict[str, Any]:
-    """Every module over S3 through thumbor-aws, as the README's "On AWS" shows it."""
-    config = base_config(root, root / "unused", rekognition)
-    for key in ("FILE_LOADER_ROOT_PATH", "FILE_STORAGE_ROOT_PATH"):
-        del config[key]
-    del config["RESULT_STORAGE_FILE_STORAGE_ROOT_PATH"]
-    del config["MODERATION_QUARANTINE_PATH"]
+def aws_config(aws: AWS, rekognition: str, store: dict[str, Any]) -> dict[str, Any]:
+    """The README's conf, with every endpoint on 127.0.0.1 and what tests need besides."""
+    config = readme_conf()
+    s3 = aws.faults.url
     config.update(
         {
-            "MODERATION_SOURCE_LOADER": "thumbor_aws.loader",
-            "AWS_LOADER_BUCKET_NAME": ORIGINS,
-            "AWS_LOADER_ROOT_PATH": "",
-            "AWS_LOADER_REGION_NAME": "us-east-1",
-            "AWS_LOADER_S3_ENDPOINT_URL": s3_endpoint,
-            "MODERATION_SOURCE_STORAGE": "thumbor_aws.storage",
-            "AWS_STORAGE_BUCKET_NAME": STORAGE,
-            "AWS_STORAGE_REGION_NAME": "us-east-1",
-            "AWS_STORAGE_S3_ENDPOINT_URL": s3_endpoint,
-            # Writes the security key beside each original: a purge must take it too.
-            "STORES_CRYPTO_KEY_FOR_EACH_IMAGE": True,
-            "MODERATION_SOURCE_RESULT_STORAGE": "thumbor_aws.result_storage",
-            "AWS_RESULT_STORAGE_BUCKET_NAME": RESULTS,
-            "AWS_RESULT_STORAGE_REGION_NAME": "us-east-1",
-            "AWS_RESULT_STORAGE_S3_ENDPOINT_URL": s3_endpoint,
-            "AUTO_WEBP": True,
-            "MODERATION_QUARANTINE": "thumbor_rekognition.quarantine.s3",
-            "MODERATION_QUARANTINE_S3_BUCKET": QUARANTINE,
-            "MODERATION_QUARANTINE_S3_REGION": "us-east-1",
-            "MODERATION_QUARANTINE_S3_ENDPOINT_URL": s3_endpoint,
+            "AWS_LOADER_S3_ENDPOINT_URL": s3,
+            "AWS_STORAGE_S3_ENDPOINT_URL": s3,
+            "AWS_RESULT_STORAGE_S3_ENDPOINT_URL": s3,
+            "MODERATION_QUARANTINE_S3_ENDPOINT_URL": s3,
+            "REKOGNITION_ENDPOINT_URL": rekognition,
+            "REKOGNITION_MAX_ATTEMPTS": 1,
+            "REKOGNITION_TIMEOUT_SECONDS": 3.0,
+            "MODERATION_CLOUDFRONT_ENDPOINT_URL": aws.endpoint,
+            "MODERATION_CLOUDFRONT_DISTRIBUTION_ID": aws.cloudfront[1],
             "MODERATION_ADMIN_TOKEN": TOKEN,
+            "MODERATION_CACHE_TTL_SECONDS": 0.2,
             "MODERATION_OUTBOX_TIMEOUT_SECONDS": 5.0,
+            "ALLOW_UNSAFE_URL": True,
+            "RESULT_STORAGE_STORES_UNSAFE": True,
+            # thumbor-aws writes the security key beside each original: a purge takes it.
+            "STORES_CRYPTO_KEY_FOR_EACH_IMAGE": True,
+            "AUTO_WEBP": True,
         }
     )
     config.update(store)
@@ -171,37 +188,40 @@ def aws_config(
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
+def aws() -> Iterator[AWS]:
     with moto_server() as endpoint, S3Faults(endpoint) as faults:
         client = aws_client("s3", endpoint)
         for bucket in BUCKETS:
-            client.create_bucket(Bucket=bucket)
-        yield S3(endpoint, faults, client)
+            client.create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
+            )
+        cloudfront = aws_client("cloudfront", endpoint)
+        yield AWS(endpoint, faults, client, (cloudfront, _create_distribution(cloudfront)))
 
 
 @pytest.fixture
-def faults(s3: S3) -> Iterator[S3Faults]:
-    s3.faults.clear()
-    yield s3.faults
-    s3.faults.clear()
+def faults(aws: AWS) -> Iterator[S3Faults]:
+    aws.faults.clear()
+    yield aws.faults
+    aws.faults.clear()
 
 
-def add_origin(s3: S3) -> tuple[str, bytes]:
+def add_origin(aws: AWS) -> tuple[str, bytes]:
     """A new blue picture in the origin bucket, bytes differing from every other's."""
     number = next(_names)
     name = f"pictures/blue-{number}.png"
     data = picture(BLUE, size=(160, 100 + number))
-    s3.client.put_object(Bucket=ORIGINS, Key=name, Body=data)
+    aws.client.put_object(Bucket=ORIGINS, Key=name, Body=data)
     return name, data
 
 
-def cached_everywhere(server: ThumborServer, s3: S3) -> tuple[str, bytes]:
+def cached_everywhere(server: ThumborServer, aws: AWS) -> tuple[str, bytes]:
     """A picture approved, served at every size, and kept in storage and result storage."""
-    name, data = add_origin(s3)
+    name, data = add_origin(aws)
     served = views(server, name)
     assert [status_of(response) for response in served] == ["approved"] * len(SIZES)
     # thumbor-aws writes a result once the response is on its way.
-    wait_for(lambda: len(s3.keys_of(RESULTS, name)) == len(SIZES))
+    wait_for(lambda: len(aws.results(name)) == len(SIZES))
     return name, data
 
 
@@ -213,19 +233,23 @@ class TestPluginOverThumborAws:
     @pytest.fixture(scope="class")
     @classmethod
     def store(cls, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-        return {}
+        folder = tmp_path_factory.mktemp("sqlite")
+        return {
+            "MODERATION_DECISION_STORE": "thumbor_rekognition.stores.sqlite",
+            "MODERATION_SQLITE_PATH": str(folder / "decisions.sqlite3"),
+        }
 
     @pytest.fixture(scope="class")
     @classmethod
     def server(
         cls,
         tmp_path_factory: pytest.TempPathFactory,
-        s3: S3,
+        aws: AWS,
         module_fake: FakeRekognition,
         store: dict[str, Any],
     ) -> Iterator[ThumborServer]:
         root = tmp_path_factory.mktemp(f"aws-{cls.processes}")
-        config = aws_config(root, s3.faults.url, module_fake.url, store)
+        config = aws_config(aws, module_fake.url, store)
         thumbor = ThumborServer(root, config, processes=cls.processes)
         thumbor.start()
         yield thumbor
@@ -233,12 +257,12 @@ class TestPluginOverThumborAws:
         assert "Traceback" not in thumbor.log
 
     def test_thumbor_aws_keeps_what_it_serves_under_its_own_keys(
-        self, server: ThumborServer, s3: S3, fake: FakeRekognition
+        self, server: ThumborServer, aws: AWS, fake: FakeRekognition
     ) -> None:
-        name, _ = cached_everywhere(server, s3)
+        name, _ = cached_everywhere(server, aws)
 
-        stored = s3.keys_of(STORAGE, name)
-        results = s3.keys_of(RESULTS, name)
+        stored = aws.stored(name)
+        results = aws.results(name)
 
         assert stored == [f"{STORAGE_ROOT}/{name}", f"{STORAGE_ROOT}/{name}.txt"]
         assert results == sorted(
@@ -250,28 +274,31 @@ class TestPluginOverThumborAws:
         assert fake.call_count == 1
 
     def test_a_rejection_leaves_no_object_of_the_picture_in_storage_or_result_storage(
-        self, server: ThumborServer, s3: S3, fake: FakeRekognition
+        self, server: ThumborServer, aws: AWS, fake: FakeRekognition
     ) -> None:
-        name, data = cached_everywhere(server, s3)
+        name, data = cached_everywhere(server, aws)
 
         answer = decide(server, name, "rejected")
-        left = (s3.keys_of(STORAGE, name), s3.keys_of(RESULTS, name))
+        left = (aws.stored(name), aws.results(name))
         served = views(server, name)
 
         assert answer.status == 200
         assert left == ([], [])
-        assert data in s3.bodies(QUARANTINE)
+        assert data in aws.quarantined()
         assert [status_of(response) for response in served] == ["rejected"] * len(SIZES)
         assert [size_of(response) for response in served] == [requested(s) for s in SIZES]
         assert [blue_pixels(response) for response in served] == [0] * len(SIZES)
         # Refusing wrote nothing back.
-        assert (s3.keys_of(STORAGE, name), s3.keys_of(RESULTS, name)) == ([], [])
+        assert (aws.stored(name), aws.results(name)) == ([], [])
         assert fake.call_count == 1
+        # And the CDN in front was told to drop every size.
+        wait_for(lambda: invalidations(aws.cloudfront, name) != [])
+        assert invalidations(aws.cloudfront, name) == [set(paths_of(name))]
 
     def test_the_purge_answer_counts_the_results_deleted(
-        self, server: ThumborServer, s3: S3
+        self, server: ThumborServer, aws: AWS
     ) -> None:
-        name, _ = cached_everywhere(server, s3)
+        name, _ = cached_everywhere(server, aws)
 
         answer = server.request(
             "POST", f"/moderation/purge?url={quote(name, safe='')}", headers=AUTH
@@ -279,46 +306,53 @@ class TestPluginOverThumborAws:
 
         assert answer.status == 200
         assert json.loads(answer.body) == {"original_removed": True, "results_removed": 3}
-        assert (s3.keys_of(STORAGE, name), s3.keys_of(RESULTS, name)) == ([], [])
+        assert (aws.stored(name), aws.results(name)) == ([], [])
 
     def test_approval_with_the_origin_object_deleted_serves_it_from_the_quarantine(
-        self, server: ThumborServer, s3: S3
+        self, server: ThumborServer, aws: AWS
     ) -> None:
-        name, data = cached_everywhere(server, s3)
+        name, data = cached_everywhere(server, aws)
         assert decide(server, name, "rejected").status == 200
-        s3.client.delete_object(Bucket=ORIGINS, Key=name)
+        aws.client.delete_object(Bucket=ORIGINS, Key=name)
 
         answer = decide(server, name, "approved")
         served = views(server, name)
 
         assert answer.status == 200
-        assert name not in s3.keys(ORIGINS)
+        assert aws.keys(ORIGINS, name) == []
         assert [status_of(response) for response in served] == ["approved"] * len(SIZES)
         assert [response.status for response in served] == [200] * len(SIZES)
         assert [size_of(response) for response in served] == [requested(s) for s in SIZES]
         assert all(blue_pixels(response) > 0 for response in served)
-        body = s3.client.get_object(Bucket=STORAGE, Key=f"{STORAGE_ROOT}/{name}")["Body"]
+        body = aws.client.get_object(Bucket=THUMBOR, Key=f"{STORAGE_ROOT}/{name}")["Body"]
         assert body.read() == data
 
     def test_a_failed_deletion_waits_in_the_outbox_and_is_retried_until_done(
-        self, server: ThumborServer, s3: S3, faults: S3Faults
+        self, server: ThumborServer, aws: AWS, faults: S3Faults
     ) -> None:
-        name, _ = cached_everywhere(server, s3)
-        # Three attempts of the purge's own call, then the outbox's first retry.
-        faults.fail_deletes(4)
+        name, _ = cached_everywhere(server, aws)
+        faults.fail_deletes(1000, naming=RESULTS_ROOT + "/")
+
+        def tries() -> list[Deletion]:
+            return [call for call in faults.deletions if call.keys == 2 * len(SIZES)]
 
         answer = decide(server, name, "rejected")
+        # boto3's three attempts in the purge, then three in the outbox's first delivery.
+        wait_for(lambda: len(tries()) >= 6)
+        left = aws.results(name)
         waiting = outbox(server)
-        wait_for(lambda: s3.keys_of(RESULTS, name) == [])
+        faults.fail_deletes(0)
+        wait_for(lambda: aws.results(name) == [])
         wait_for(lambda: outbox(server) == {})
 
         assert answer.status == 200
-        assert waiting.get("s3:result_storage.pending") == 1
-        assert s3.keys_of(STORAGE, name) == []
-        calls = [call for call in faults.deletions if call.bucket == RESULTS]
-        assert [call.failed for call in calls] == [True] * 4 + [False]
-        # The retry names only what was left: the picture's two keys per size.
-        assert [call.keys for call in calls][-1] == 2 * len(SIZES)
+        assert len(left) == len(SIZES)
+        assert waiting == {"s3:result_storage.pending": 1}
+        assert aws.stored(name) == []
+        assert [call.failed for call in tries()] == [True] * (len(tries()) - 1) + [False]
+        # The outbox waits a second (give or take a fifth) before its next delivery.
+        assert tries()[6].at - tries()[5].at >= 0.75
+        assert [status_of(view) for view in views(server, name)] == ["rejected"] * len(SIZES)
 
 
 class TestPluginOverThumborAwsInTwoProcesses(TestPluginOverThumborAws):
@@ -330,10 +364,7 @@ class TestPluginOverThumborAwsInTwoProcesses(TestPluginOverThumborAws):
     @classmethod
     def store(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with RedisServer(tmp_path_factory.mktemp("redis")) as redis:
-            yield {
-                "MODERATION_DECISION_STORE": "thumbor_rekognition.stores.redis",
-                "MODERATION_REDIS_URL": redis.url,
-            }
+            yield {"MODERATION_REDIS_URL": redis.url}
 
 
 @pytest.mark.parametrize(
@@ -348,7 +379,7 @@ class TestPluginOverThumborAwsInTwoProcesses(TestPluginOverThumborAws):
 def test_thumbor_aws_named_in_place_of_the_plugin_stops_start_up(
     tmp_path: Path, key: str, module: str
 ) -> None:
-    config = aws_config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9", {})
+    config = readme_conf()
     config.update({key: module, "UPLOAD_ENABLED": True})
     thumbor = ThumborServer(tmp_path, config)
 
@@ -362,10 +393,10 @@ def test_thumbor_aws_named_in_place_of_the_plugin_stops_start_up(
 
 
 def test_more_keys_than_a_batch_take_one_delete_objects_call_per_thousand(
-    s3: S3, faults: S3Faults
+    aws: AWS, faults: S3Faults
 ) -> None:
     config = Config(
-        AWS_RESULT_STORAGE_BUCKET_NAME=RESULTS,
+        AWS_RESULT_STORAGE_BUCKET_NAME=THUMBOR,
         AWS_RESULT_STORAGE_S3_ENDPOINT_URL=faults.url,
         AWS_RESULT_STORAGE_S3_ACCESS_KEY_ID="testing",
         AWS_RESULT_STORAGE_S3_SECRET_ACCESS_KEY="testing",
@@ -374,12 +405,12 @@ def test_more_keys_than_a_batch_take_one_delete_objects_call_per_thousand(
         aws_caches.RESULT_STORAGE
     ]
     paths = [f"/unsafe/{width}x30/batch/one.png" for width in range(1, 1201)]
-    written = [f"{RESULTS_ROOT}/unsafe/{width}x30/batch/one.png" for width in range(1, 1201)]
+    written = [f"{RESULTS_ROOT}{path}" for path in paths]
     with ThreadPoolExecutor(8) as pool:
         list(
-            pool.map(lambda key: s3.client.put_object(Bucket=RESULTS, Key=key, Body=b"x"), written)
+            pool.map(lambda key: aws.client.put_object(Bucket=THUMBOR, Key=key, Body=b"x"), written)
         )
-    assert len(s3.keys_of(RESULTS, "/batch/")) == 1200
+    assert len(aws.results("/batch/")) == 1200
 
     keys = bucket.keys(paths)
     bucket.delete(keys)
@@ -388,17 +419,17 @@ def test_more_keys_than_a_batch_take_one_delete_objects_call_per_thousand(
     assert len(keys) == 2400
     assert set(written) < set(keys)
     assert [call.keys for call in faults.deletions] == [1000, 1000, 400]
-    assert s3.keys_of(RESULTS, "/batch/") == []
+    assert aws.results("/batch/") == []
 
 
 def test_a_thumbor_aws_bucket_does_not_show_its_secret() -> None:
     config = Config(
-        AWS_STORAGE_BUCKET_NAME=STORAGE,
+        AWS_STORAGE_BUCKET_NAME=THUMBOR,
         AWS_STORAGE_S3_ACCESS_KEY_ID="AKIAEXAMPLE",
         AWS_STORAGE_S3_SECRET_ACCESS_KEY="secret-that-stays-hidden",
     )
 
     bucket = aws_caches.buckets(config, thumbor_aws.storage, None, 5.0)[aws_caches.STORAGE]
 
-    assert (bucket.name, bucket.root_path) == (STORAGE, STORAGE_ROOT)
+    assert (bucket.name, bucket.root_path) == (THUMBOR, STORAGE_ROOT)
     assert "secret-that-stays-hidden" not in repr(bucket)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -32,6 +33,7 @@ class Deletion:
     bucket: str
     keys: int
     failed: bool
+    at: float
 
 
 class S3Faults:
@@ -42,6 +44,7 @@ class S3Faults:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._lock = threading.Lock()
         self._failures = 0
+        self._naming = b""
         self.deletions: list[Deletion] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -52,19 +55,20 @@ class S3Faults:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def fail_deletes(self, times: int) -> None:
-        """Answer the next `times` DeleteObjects calls with a 500."""
+    def fail_deletes(self, times: int, naming: str = "") -> None:
+        """Answer the next `times` DeleteObjects calls naming a key with this in it with a 500."""
         with self._lock:
             self._failures = times
+            self._naming = naming.encode()
 
     def clear(self) -> None:
         with self._lock:
             self._failures = 0
             self.deletions = []
 
-    def _take_failure(self) -> bool:
+    def _take_failure(self, body: bytes) -> bool:
         with self._lock:
-            if self._failures <= 0:
+            if self._failures <= 0 or self._naming not in body:
                 return False
             self._failures -= 1
             return True
@@ -108,10 +112,15 @@ class S3Faults:
                 body = self._body()
                 path = urlsplit(self.path)
                 if self.command == "POST" and re.search(r"(^|&)delete(=|&|$)", path.query):
-                    failed = proxy._take_failure()
+                    failed = proxy._take_failure(body)
                     with proxy._lock:
                         proxy.deletions.append(
-                            Deletion(path.path.strip("/"), len(_KEY.findall(body)), failed)
+                            Deletion(
+                                path.path.strip("/"),
+                                len(_KEY.findall(body)),
+                                failed,
+                                time.monotonic(),
+                            )
                         )
                     if failed:
                         self._answer(500, {"Content-Type": "application/xml"}, INTERNAL_ERROR)
