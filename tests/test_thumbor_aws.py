@@ -32,7 +32,7 @@ from tests.fakes.rekognition import FakeRekognition
 from tests.fakes.s3_faults import Deletion, S3Faults
 from tests.moto_server import aws_client, moto_server
 from tests.redis_server import RedisServer
-from tests.servers import Response, ThumborServer
+from tests.servers import Response, ThumborServer, base_config, result_file, storage_file
 from tests.test_cdn import _create_distribution, invalidations
 from thumbor_rekognition import aws_caches
 
@@ -54,6 +54,10 @@ SIZES = ("100x75", "60x45", "30x20")
 # under thumbor-aws's auto_webp folder.
 WEBP = {"Accept": "image/webp,image/*,*/*;q=0.8"}
 BLUE = (0, 0, 255)
+# Rejections under traffic, each at another moment of it.
+RACE_ROUNDS = 4
+# Long enough for a rejection, its quarantine copy and its purge to finish meanwhile.
+SLOW_WRITE = 5.0
 
 _names = itertools.count()
 
@@ -215,6 +219,11 @@ def add_origin(aws: AWS) -> tuple[str, bytes]:
     return name, data
 
 
+def landed(faults: S3Faults, paths: list[str]) -> list[float]:
+    """When the results of these request paths reached S3."""
+    return [at for key, at in faults.puts if any(key.endswith(path) for path in paths)]
+
+
 def cached_everywhere(server: ThumborServer, aws: AWS) -> tuple[str, bytes]:
     """A picture approved, served at every size, and kept in storage and result storage."""
     name, data = add_origin(aws)
@@ -354,6 +363,49 @@ class TestPluginOverThumborAws:
         assert tries()[6].at - tries()[5].at >= 0.75
         assert [status_of(view) for view in views(server, name)] == ["rejected"] * len(SIZES)
 
+    def test_a_result_written_after_the_rejection_was_purged_deletes_itself(
+        self, server: ThumborServer, aws: AWS, faults: S3Faults
+    ) -> None:
+        name, _ = cached_everywhere(server, aws)
+        faults.delay_puts(SLOW_WRITE, naming=RESULTS_ROOT + "/")
+        late = [f"/unsafe/{width}x{width}/{name}" for width in (90, 70)]
+
+        # Answered at once; thumbor-aws writes their results once S3 lets it.
+        answers = [server.get(path) for path in late]
+        assert decide(server, name, "rejected").status == 200
+        purged_at = time.monotonic()
+        wait_for(lambda: len(landed(faults, late)) == len(late))
+        wait_for(lambda: aws.results(name) == [], timeout=10.0)
+
+        assert [status_of(answer) for answer in answers] == ["approved"] * len(late)
+        # The writes landed after the rejection's purge had run: theirs is the removal.
+        assert min(landed(faults, late)) > purged_at
+        assert aws.stored(name) == []
+
+    def test_a_rejection_racing_traffic_leaves_no_object_behind(
+        self, server: ThumborServer, aws: AWS
+    ) -> None:
+        lost = []
+        for round_ in range(RACE_ROUNDS):
+            name, _ = add_origin(aws)
+            assert status_of(server.get(f"/unsafe/30x30/{name}")) == "approved"
+            paths = [f"/unsafe/{40 + index}x{30 + index}/{name}" for index in range(24)]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                futures = [pool.submit(server.get, path) for path in paths]
+                time.sleep(0.02 * round_)
+                assert decide(server, name, "rejected").status == 200
+                for future in futures:
+                    future.result()
+            # Thumbor writes a result after answering: give the last writes time to land.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and (aws.stored(name) or aws.results(name)):
+                time.sleep(0.1)
+            left = aws.stored(name) + aws.results(name)
+            if left:
+                lost.append((round_, left))
+
+        assert lost == []
+
 
 class TestPluginOverThumborAwsInTwoProcesses(TestPluginOverThumborAws):
     """`thumbor --processes=2`, decisions in Redis as the README shows."""
@@ -433,3 +485,48 @@ def test_a_thumbor_aws_bucket_does_not_show_its_secret() -> None:
 
     assert (bucket.name, bucket.root_path) == (THUMBOR, STORAGE_ROOT)
     assert "secret-that-stays-hidden" not in repr(bucket)
+
+
+def test_without_thumbor_aws_the_plugin_serves_and_purges_as_before(
+    tmp_path: Path, fake: FakeRekognition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thumbor_aws that cannot be imported, first on the path of Thumbor's process.
+    absent = tmp_path / "absent" / "thumbor_aws"
+    absent.mkdir(parents=True)
+    (absent / "__init__.py").write_text("raise ModuleNotFoundError('thumbor_aws')\n")
+    monkeypatch.setenv("PYTHONPATH", str(absent.parent))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "plain.png").write_bytes(picture(BLUE))
+    config = base_config(tmp_path, images, fake.url)
+    config["MODERATION_ADMIN_TOKEN"] = TOKEN
+    refused = ThumborServer(
+        tmp_path / "refused",
+        {**config, "MODERATION_SOURCE_RESULT_STORAGE": "thumbor_aws.result_storage"},
+    )
+    refused.start(wait=False)
+
+    assert refused.wait_exit() != 0
+    assert "Config 'MODERATION_SOURCE_RESULT_STORAGE'" in refused.log
+    assert "Cannot import it" in refused.log
+
+    thumbor = ThumborServer(tmp_path, config).start()
+    try:
+        served = [
+            thumbor.get(path) for path in ("/unsafe/40x30/plain.png", "/unsafe/20x15/plain.png")
+        ]
+        wait_for(lambda: result_file(tmp_path, "/unsafe/20x15/plain.png").exists())
+        kept = storage_file(tmp_path, "plain.png").exists()
+        answer = decide(thumbor, "plain.png", "rejected")
+        after = thumbor.get("/unsafe/40x30/plain.png")
+    finally:
+        thumbor.stop()
+
+    assert [status_of(response) for response in served] == ["approved", "approved"]
+    assert kept
+    assert answer.status == 200
+    assert not result_file(tmp_path, "/unsafe/40x30/plain.png").exists()
+    assert not result_file(tmp_path, "/unsafe/20x15/plain.png").exists()
+    assert not storage_file(tmp_path, "plain.png").exists()
+    assert status_of(after) == "rejected"
+    assert "Traceback" not in thumbor.log

@@ -1,9 +1,10 @@
-"""An HTTP proxy in front of moto's S3 server that fails DeleteObjects on demand.
+"""An HTTP proxy in front of moto's S3 server that fails DeleteObjects and slows writes.
 
 Every request is passed to moto as it came; a DeleteObjects call (``POST /<bucket>?delete``)
 is recorded with the keys it names, and answered with S3's own 500 InternalError while
 failures are asked for, so the real boto3 client retries it and then gives up as it
-would against S3.
+would against S3. Object writes (``PUT``) can be held back for a while, as a slow S3
+would, and are recorded when they land.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ class S3Faults:
         self._lock = threading.Lock()
         self._failures = 0
         self._naming = b""
+        self._put_delay = 0.0
+        self._put_naming = ""
         self.deletions: list[Deletion] = []
+        # (path, when moto stored it) of each object write.
+        self.puts: list[tuple[str, float]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -61,10 +66,18 @@ class S3Faults:
             self._failures = times
             self._naming = naming.encode()
 
+    def delay_puts(self, seconds: float, naming: str = "") -> None:
+        """Hold back each object write whose path has this in it for some seconds."""
+        with self._lock:
+            self._put_delay = seconds
+            self._put_naming = naming
+
     def clear(self) -> None:
         with self._lock:
             self._failures = 0
+            self._put_delay = 0.0
             self.deletions = []
+            self.puts = []
 
     def _take_failure(self, body: bytes) -> bool:
         with self._lock:
@@ -125,12 +138,21 @@ class S3Faults:
                     if failed:
                         self._answer(500, {"Content-Type": "application/xml"}, INTERNAL_ERROR)
                         return
+                # PutObject: a PUT naming a key (botocore may add ?x-id=PutObject).
+                writes = self.command == "PUT" and "/" in path.path.strip("/")
+                with proxy._lock:
+                    delay = proxy._put_delay if proxy._put_naming in path.path else 0.0
+                if writes and delay:
+                    time.sleep(delay)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 connection = http.client.HTTPConnection(*proxy._upstream, timeout=30)
                 try:
                     connection.request(self.command, self.path, body=body, headers=headers)
                     reply = connection.getresponse()
                     data = reply.read()
+                    if writes:
+                        with proxy._lock:
+                            proxy.puts.append((path.path, time.monotonic()))
                     kept = {k: v for k, v in reply.getheaders() if k.lower() not in _HOP}
                     length = reply.getheader("Content-Length")
                     self._answer(reply.status, kept, data, length)
