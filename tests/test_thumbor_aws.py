@@ -35,6 +35,7 @@ from tests.redis_server import RedisServer
 from tests.servers import Response, ThumborServer, base_config, result_file, storage_file
 from tests.test_cdn import _create_distribution, invalidations
 from thumbor_rekognition import aws_caches
+from thumbor_rekognition.config import ConfigurationError
 
 pytestmark = pytest.mark.e2e
 
@@ -530,3 +531,39 @@ def test_without_thumbor_aws_the_plugin_serves_and_purges_as_before(
     assert not storage_file(tmp_path, "plain.png").exists()
     assert status_of(after) == "rejected"
     assert "Traceback" not in thumbor.log
+
+
+def test_thumbor_aws_in_tc_aws_compatibility_mode_is_reached_with_its_tc_aws_keys() -> None:
+    config = Config(
+        THUMBOR_AWS_RUN_IN_COMPATIBILITY_MODE=True,
+        TC_AWS_ENDPOINT="http://127.0.0.1:9",
+        TC_AWS_REGION="eu-west-1",
+        TC_AWS_RESULT_STORAGE_BUCKET="old-results",
+        TC_AWS_RESULT_STORAGE_ROOT_PATH="results",
+    )
+
+    bucket = aws_caches.buckets(config, None, thumbor_aws.result_storage, 5.0)[
+        aws_caches.RESULT_STORAGE
+    ]
+
+    assert (bucket.name, bucket.region, bucket.endpoint_url) == (
+        "old-results",
+        "eu-west-1",
+        "http://127.0.0.1:9",
+    )
+    assert bucket.keys(["/unsafe/10x10/a.png"]) == [
+        "results/unsafe/10x10/a.png",
+        "results/auto_webp/unsafe/10x10/a.png",
+    ]
+
+
+def test_a_tc_aws_key_thumbor_aws_reads_but_nobody_set_is_a_configuration_error() -> None:
+    config = Config(THUMBOR_AWS_RUN_IN_COMPATIBILITY_MODE=True, TC_AWS_STORAGE_BUCKET="old")
+
+    with pytest.raises(ConfigurationError) as raised:
+        aws_caches.buckets(config, thumbor_aws.storage, None, 5.0)
+
+    assert str(raised.value) == (
+        "Config 'MODERATION_SOURCE_STORAGE' has value 'thumbor_aws.storage', "
+        "which reads 'TC_AWS_ENDPOINT': set it in thumbor.conf."
+    )

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import boto3
 import botocore.config
@@ -26,10 +26,10 @@ import botocore.exceptions
 
 from thumbor_rekognition import stores
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import Secret
+from thumbor_rekognition.config import ConfigurationError, Secret
 
 if TYPE_CHECKING:
-    from thumbor_rekognition.moderator import Moderator
+    from thumbor_rekognition.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +133,22 @@ class Bucket:
         )
 
 
-def thumbor_aws_class(role: str) -> type | None:
-    """thumbor-aws's Storage class for a role, or None when thumbor-aws is not installed."""
+def is_thumbor_aws(storage_class: Any, role: str) -> TypeGuard[type]:
+    """Whether a Storage class is (or extends) thumbor-aws's storage or result storage."""
+    if not isinstance(storage_class, type) or not any(
+        # Looked at before importing thumbor-aws, which other deployments never load.
+        base.__module__.startswith("thumbor_aws.")
+        for base in storage_class.__mro__
+    ):
+        return False
     try:
         if role == STORAGE:
             from thumbor_aws import storage as module
         else:
             from thumbor_aws import result_storage as module
     except ImportError:
-        return None
-    found: type = module.Storage
-    return found
+        return False
+    return issubclass(storage_class, module.Storage)
 
 
 def buckets(
@@ -152,13 +157,19 @@ def buckets(
     """The thumbor-aws buckets among the modules the plugin wraps, by role."""
     found: dict[str, Bucket] = {}
     for role, module in ((STORAGE, storage), (RESULT_STORAGE, result_storage)):
-        storage_class = getattr(module, "Storage", None)
-        aws_class = thumbor_aws_class(role) if storage_class is not None else None
-        if aws_class is None or not (
-            isinstance(storage_class, type) and issubclass(storage_class, aws_class)
-        ):
+        if module is None:
             continue
-        found[role] = _bucket(role, storage_class, config, timeout)
+        storage_class = getattr(module, "Storage", None)
+        if not is_thumbor_aws(storage_class, role):
+            continue
+        try:
+            found[role] = _bucket(role, storage_class, config, timeout)
+        except AttributeError as error:
+            # A key thumbor-aws reads but never defines (its tc_aws mode reads TC_AWS_ENDPOINT).
+            raise ConfigurationError(
+                f"Config 'MODERATION_SOURCE_{role.upper()}' has value {module.__name__!r}, "
+                f"which reads {str(error)!r}: set it in thumbor.conf."
+            ) from None
     return found
 
 
@@ -184,31 +195,29 @@ def _bucket(role: str, storage_class: type, config: Any, timeout: float) -> Buck
     )
 
 
-async def remove(moderator: Moderator, key: str, role: str, paths: Iterable[str]) -> int:
+async def remove(runtime: Runtime, key: str, role: str, paths: Iterable[str]) -> int:
     """Delete the objects of these paths now, queueing what fails for the outbox.
 
     Returns how many paths had every object deleted now (S3 does not say which keys
     existed: a path counts once its objects are gone).
     """
-    outbox = moderator.outbox
-    bucket = outbox.buckets.get(role) if outbox is not None else None
+    bucket = runtime.buckets.get(role)
     unique = list(dict.fromkeys(paths))
     if bucket is None or not unique:
         return 0
     keys = bucket.keys(unique)
+    moderator = runtime.moderator
     try:
         await moderator.run_blocking(bucket.delete, keys)
     except DeleteError as error:
-        logger.warning("%s of %s: %s; the outbox retries it", role, key, error)
+        outbox = moderator.outbox
         try:
-            await moderator.run_store(outbox.remove_objects, key, bucket, error.keys)  # type: ignore[union-attr]
+            if outbox is None:
+                raise stores.StoreUnavailable("no outbox in this process")
+            await moderator.run_store(outbox.remove_objects, key, bucket, error.keys)
         except stores.StoreUnavailable as lost:
-            logger.error(
-                "%d objects of %s left in s3://%s, not queued: %s",
-                len(error.keys),
-                key,
-                bucket.name,
-                lost,
-            )
+            logger.error("%s of %s: %s; not queued for a retry: %s", role, key, error, lost)
+        else:
+            logger.warning("%s of %s: %s; the outbox retries it", role, key, error)
         return 0
     return len(unique)

@@ -97,7 +97,7 @@ async def remove_result(config: Any, result_storage: Any, path: str) -> int:
         return 0
     if type(result_storage).__module__ == FILE_RESULT_STORAGE:
         return _remove_result_file(config, path)
-    if _is_thumbor_aws(result_storage):
+    if aws_caches.is_thumbor_aws(type(result_storage), aws_caches.RESULT_STORAGE):
         # No remove(path): its callers delete the objects in batches (aws_caches.remove).
         return 0
     remove = getattr(result_storage, "remove", None)
@@ -110,11 +110,6 @@ async def remove_result(config: Any, result_storage: Any, path: str) -> int:
         return 0
     await remove(path)
     return 1
-
-
-def _is_thumbor_aws(result_storage: Any) -> bool:
-    aws_class = aws_caches.thumbor_aws_class(aws_caches.RESULT_STORAGE)
-    return aws_class is not None and isinstance(result_storage, aws_class)
 
 
 def _remove_result_file(config: Any, path: str) -> int:

@@ -124,6 +124,6 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     async def _remove_quietly(self, key: str, path: str) -> None:
         try:
             await remove_result(self.context.config, self.source, path)
-            await aws_caches.remove(self._runtime.moderator, key, aws_caches.RESULT_STORAGE, [path])
+            await aws_caches.remove(self._runtime, key, aws_caches.RESULT_STORAGE, [path])
         except Exception as error:
             logger.error("result %s not removed: %s", path, error)

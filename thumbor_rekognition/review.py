@@ -165,7 +165,7 @@ class Review:
             await self._store_call(outbox.purge, key, paths, "purged")
         results = await self.caches.remove_results(paths)
         # thumbor-aws's result storage cannot remove one: its objects go in batches.
-        results += await aws_caches.remove(self.moderator, key, aws_caches.RESULT_STORAGE, paths)
+        results += await aws_caches.remove(self.runtime, key, aws_caches.RESULT_STORAGE, paths)
         original = await self.caches.remove_original(url)
         current: Decision | None = await self._store("get", key)
         if current is not None and current.url != url:
@@ -175,7 +175,7 @@ class Review:
         # What thumbor-aws's storage keeps beside an original, which its remove leaves.
         spellings = {url, current.url} if current is not None else {url}
         stored_at = [*map(storage_key, sorted(spellings)), *stored]
-        await aws_caches.remove(self.moderator, key, aws_caches.STORAGE, stored_at)
+        await aws_caches.remove(self.runtime, key, aws_caches.STORAGE, stored_at)
         await self._store("drop_results", key)
         return Purged(original=original, results=results)
 
