@@ -567,3 +567,24 @@ def test_a_tc_aws_key_thumbor_aws_reads_but_nobody_set_is_a_configuration_error(
         "Config 'MODERATION_SOURCE_STORAGE' has value 'thumbor_aws.storage', "
         "which reads 'TC_AWS_ENDPOINT': set it in thumbor.conf."
     )
+
+
+def test_a_bucket_that_does_not_exist_is_a_loud_error_naming_every_key_left(aws: AWS) -> None:
+    config = Config(
+        AWS_RESULT_STORAGE_BUCKET_NAME="no-such-bucket-here",
+        AWS_RESULT_STORAGE_S3_ENDPOINT_URL=aws.endpoint,
+        AWS_RESULT_STORAGE_S3_ACCESS_KEY_ID="testing",
+        AWS_RESULT_STORAGE_S3_SECRET_ACCESS_KEY="testing",
+    )
+    bucket = aws_caches.buckets(config, None, thumbor_aws.result_storage, 5.0)[
+        aws_caches.RESULT_STORAGE
+    ]
+    keys = bucket.keys(["/unsafe/10x10/a.png", "/unsafe/20x20/a.png"])
+
+    with pytest.raises(aws_caches.DeleteError) as raised:
+        bucket.delete(keys)
+
+    assert raised.value.keys == keys
+    assert raised.value.configuration
+    assert "NoSuchBucket" in str(raised.value)
+    assert "s3:DeleteObject" in str(raised.value)

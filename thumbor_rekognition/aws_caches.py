@@ -43,13 +43,28 @@ BATCH = 1000
 STORED_SUFFIXES = ("", ".txt", ".detectors.txt")
 # thumbor-aws's result storage puts a request that AUTO_WEBP answered in WebP here.
 AUTO_WEBP_FOLDER = "/auto_webp"
+# What retrying does not cure until the configuration or the role's policy changes.
+CONFIGURATION_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AuthorizationHeaderMalformed",
+        "InvalidAccessKeyId",
+        "NoCredentialsError",
+        "NoSuchBucket",
+        "PermanentRedirect",
+        "SignatureDoesNotMatch",
+    }
+)
+CONFIGURATION_HINT = "; check the bucket, its region, and that the role may s3:DeleteObject in it"
 
 
 class DeleteError(Exception):
     """Objects were not deleted; ``keys`` are the ones still to delete."""
 
-    def __init__(self, message: str, keys: list[str]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, keys: list[str], code: str = "") -> None:
+        self.configuration = code in CONFIGURATION_CODES
+        super().__init__(message + (CONFIGURATION_HINT if self.configuration else ""))
         self.keys = keys
 
 
@@ -93,7 +108,7 @@ class Bucket:
         """Delete these keys, a batch a call (blocking); DeleteError names what is left."""
         name = bucket or self.name
         left: list[str] = []
-        reason = ""
+        code = message = ""
         for start in range(0, len(keys), BATCH):
             batch = list(keys[start : start + BATCH])
             try:
@@ -102,15 +117,23 @@ class Bucket:
                     Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
                 )
             except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+                # S3's error code, or botocore's own error (no credentials found, say).
+                failed = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+                failed = failed or type(error).__name__
                 raise DeleteError(
-                    f"s3://{name}: DeleteObjects failed: {error}", left + list(keys[start:])
+                    f"s3://{name}: DeleteObjects failed: {error}",
+                    left + list(keys[start:]),
+                    str(failed),
                 ) from error
             # Quiet: only the keys that were not deleted come back, each with its reason.
             for item in reply.get("Errors", []):
                 left.append(str(item["Key"]))
-                reason = reason or f" ({item.get('Code')}: {item.get('Message')})"
+                code = code or str(item.get("Code", ""))
+                message = message or str(item.get("Message", ""))
         if left:
-            raise DeleteError(f"s3://{name}: {len(left)} objects not deleted{reason}", left)
+            raise DeleteError(
+                f"s3://{name}: {len(left)} objects not deleted ({code}: {message})", left, code
+            )
 
     def _build_client(self) -> Any:
         # thumbor-aws's own client is asynchronous and bound to Thumbor's event loop; the
@@ -218,6 +241,8 @@ async def remove(runtime: Runtime, key: str, role: str, paths: Iterable[str]) ->
         except stores.StoreUnavailable as lost:
             logger.error("%s of %s: %s; not queued for a retry: %s", role, key, error, lost)
         else:
-            logger.warning("%s of %s: %s; the outbox retries it", role, key, error)
+            # A configuration error is retried too (a fixed policy lets it through), loudly.
+            log = logger.error if error.configuration else logger.warning
+            log("%s of %s: %s; the outbox retries it", role, key, error)
         return 0
     return len(unique)
