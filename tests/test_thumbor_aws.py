@@ -63,10 +63,24 @@ SLOW_WRITE = 5.0
 _names = itertools.count()
 
 
+def readme_section() -> str:
+    """The README's "On AWS" section, up to the next one."""
+    text = README.read_text()
+    start = text.index("\n## On AWS\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def readme_policy() -> dict[str, Any]:
+    """The IAM policy of the README's "On AWS" section."""
+    section = readme_section()
+    opening = section.index("```json\n") + len("```json\n")
+    policy: dict[str, Any] = json.loads(section[opening : section.index("```\n", opening)])
+    return policy
+
+
 def readme_conf() -> dict[str, Any]:
     """The thumbor.conf of the README's "On AWS" section, as Thumbor would read it."""
-    text = README.read_text()
-    section = text[text.index("\n## On AWS\n") :]
+    section = readme_section()
     opening = section.index("```python\n") + len("```python\n")
     namespace: dict[str, Any] = {}
     exec(section[opening : section.index("```\n", opening)], namespace)
@@ -588,3 +602,44 @@ def test_a_bucket_that_does_not_exist_is_a_loud_error_naming_every_key_left(aws:
     assert raised.value.configuration
     assert "NoSuchBucket" in str(raised.value)
     assert "s3:DeleteObject" in str(raised.value)
+
+
+def test_the_readme_policy_allows_what_its_conf_does_with_each_bucket() -> None:
+    conf, policy = readme_conf(), readme_policy()
+    allowed = {
+        (action, resource)
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in _listed(statement["Action"])
+        for resource in _listed(statement["Resource"])
+    }
+    needs = {conf["AWS_LOADER_BUCKET_NAME"]: ("s3:GetObject",)}
+    for key in (
+        "AWS_STORAGE_BUCKET_NAME",
+        "AWS_RESULT_STORAGE_BUCKET_NAME",
+        "MODERATION_QUARANTINE_S3_BUCKET",
+    ):
+        needs[conf[key]] = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
+    distribution = conf["MODERATION_CLOUDFRONT_DISTRIBUTION_ID"]
+
+    missing = [
+        (action, resource)
+        for bucket, actions in needs.items()
+        for action, resource in [
+            *((action, f"arn:aws:s3:::{bucket}/*") for action in actions),
+            ("s3:ListBucket", f"arn:aws:s3:::{bucket}"),
+        ]
+        if (action, resource) not in allowed
+    ]
+
+    assert missing == []
+    assert ("rekognition:DetectModerationLabels", "*") in allowed
+    assert any(
+        action == "cloudfront:CreateInvalidation"
+        and resource.endswith(f":distribution/{distribution}")
+        for action, resource in allowed
+    )
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
