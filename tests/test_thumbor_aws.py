@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from tests.fakes.s3_faults import Deletion, S3Faults
 from tests.moto_server import aws_client, moto_server
 from tests.redis_server import RedisServer
 from tests.servers import Response, ThumborServer, base_config, result_file, storage_file
-from tests.test_cdn import _create_distribution, invalidations
+from tests.test_cdn import invalidations
 from thumbor_rekognition import aws_caches
 from thumbor_rekognition.config import ConfigurationError
 
@@ -215,7 +216,36 @@ def aws() -> Iterator[AWS]:
                 Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
             )
         cloudfront = aws_client("cloudfront", endpoint)
-        yield AWS(endpoint, faults, client, (cloudfront, _create_distribution(cloudfront)))
+        yield AWS(endpoint, faults, client, (cloudfront, create_distribution(cloudfront)))
+
+
+def create_distribution(client: Any) -> str:
+    """A CloudFront distribution in front of Thumbor, its own in this process's moto."""
+    origin = {
+        "Id": "thumbor",
+        "DomainName": "thumbor.example.com",
+        "CustomOriginConfig": {
+            "HTTPPort": 80,
+            "HTTPSPort": 443,
+            "OriginProtocolPolicy": "http-only",
+        },
+    }
+    created = client.create_distribution(
+        DistributionConfig={
+            # moto keeps one state per process, whichever of its servers is asked.
+            "CallerReference": f"thumbor-aws-tests-{uuid.uuid4().hex}",
+            "Comment": "Thumbor over thumbor-aws behind CloudFront",
+            "Enabled": True,
+            "Origins": {"Quantity": 1, "Items": [origin]},
+            "DefaultCacheBehavior": {
+                "TargetOriginId": "thumbor",
+                "ViewerProtocolPolicy": "allow-all",
+                "MinTTL": 0,
+                "ForwardedValues": {"QueryString": False, "Cookies": {"Forward": "none"}},
+            },
+        }
+    )
+    return str(created["Distribution"]["Id"])
 
 
 @pytest.fixture
