@@ -3,10 +3,10 @@ and the fake Rekognition endpoint over HTTP."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -717,8 +717,12 @@ def test_console_script_check_of_a_non_image_says_so_without_a_traceback(site: S
 
 
 def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> None:
-    if importlib.util.find_spec("pycurl") is not None:
-        pytest.skip("pycurl is installed: Thumbor gives no advice to silence")
+    # Installed or not here (thumbor-aws brings it), pycurl cannot be imported by the
+    # commands below: a pycurl first on their path that fails, as a missing one would.
+    absent = site.root / "absent" / "pycurl"
+    absent.mkdir(parents=True)
+    (absent / "__init__.py").write_text("raise ModuleNotFoundError('pycurl')\n")
+    environment = {**os.environ, "PYTHONPATH": str(absent.parent)}
     site.write_conf(MODERATION_SOURCE_LOADER="thumbor.loaders.http_loader")
     importing = subprocess.run(
         [sys.executable, "-c", "import thumbor.loaders.http_loader"],
@@ -726,6 +730,7 @@ def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> N
         text=True,
         timeout=60,
         check=False,
+        env=environment,
     )
 
     stats = subprocess.run(
@@ -734,6 +739,7 @@ def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> N
         text=True,
         timeout=60,
         check=False,
+        env=environment,
     )
 
     assert cli.PYCURL_ADVICE in importing.stderr

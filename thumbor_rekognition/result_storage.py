@@ -20,7 +20,7 @@ from typing import Any
 
 from thumbor.result_storages import BaseStorage, ResultStorageResult
 
-from thumbor_rekognition import provenance
+from thumbor_rekognition import aws_caches, provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.caches import remove_result
 from thumbor_rekognition.decision import Status
@@ -113,7 +113,7 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         for key, sha256 in used.sources.items():
             if not await moderator.still_approved(key, sha256):
                 # A rejection saved while this was written: its purge may have run first.
-                await self._remove_quietly(path)
+                await self._remove_quietly(key, path)
                 return
 
     async def last_updated(self) -> Any:
@@ -136,8 +136,9 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
                 return False
         return True
 
-    async def _remove_quietly(self, path: str) -> None:
+    async def _remove_quietly(self, key: str, path: str) -> None:
         try:
             await remove_result(self.context.config, self.source, path)
+            await aws_caches.remove(self._runtime, key, aws_caches.RESULT_STORAGE, [path])
         except Exception as error:
             logger.error("result %s not removed: %s", path, error)

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from thumbor_rekognition import stores
-from thumbor_rekognition.caches import ThumborCaches
+from thumbor_rekognition import aws_caches, stores
+from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderator import Moderator, sha256_hex
 from thumbor_rekognition.runtime import Runtime
@@ -164,12 +164,18 @@ class Review:
         if announce and outbox is not None and outbox.purgers:
             await self._store_call(outbox.purge, key, paths, "purged")
         results = await self.caches.remove_results(paths)
+        # thumbor-aws's result storage cannot remove one: its objects go in batches.
+        results += await aws_caches.remove(self.runtime, key, aws_caches.RESULT_STORAGE, paths)
         original = await self.caches.remove_original(url)
         current: Decision | None = await self._store("get", key)
         if current is not None and current.url != url:
             original = await self.caches.remove_original(current.url) or original
         for path in stored:
             original = await self.caches.remove_stored(path) or original
+        # What thumbor-aws's storage keeps beside an original, which its remove leaves.
+        spellings = {url, current.url} if current is not None else {url}
+        stored_at = [*map(storage_key, sorted(spellings)), *stored]
+        await aws_caches.remove(self.runtime, key, aws_caches.STORAGE, stored_at)
         await self._store("drop_results", key)
         return Purged(original=original, results=results)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from thumbor_rekognition import backends, stores
+from thumbor_rekognition import aws_caches, backends, stores
 from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.moderator import Bounded, Moderator
 from thumbor_rekognition.outbox import Outbox
@@ -40,7 +40,7 @@ PLACEHOLDER_RENDERINGS = 256
 class Runtime:
     """Settings, placeholder and source loader now; executor, store and backend per process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config: Any = None) -> None:
         self.settings = settings
         self.placeholder = _read_placeholder(settings.placeholder_path)
         self.source_loader = _import_loader(settings.source_loader)
@@ -54,6 +54,15 @@ class Runtime:
             )
             if settings.source_result_storage
             else None
+        )
+        # thumbor-aws buckets among them, whose objects a purge deletes (needs the
+        # Thumbor config: thumbor-aws reads its own keys).
+        self.buckets = (
+            aws_caches.buckets(
+                config, self.source_storage, self.source_result_storage, settings.outbox_timeout
+            )
+            if config is not None
+            else {}
         )
         _import_module("MODERATION_BACKEND", settings.backend)
         _import_module("MODERATION_DECISION_STORE", settings.decision_store)
@@ -108,7 +117,7 @@ class Runtime:
         )
         backend = backends.load_backend(settings)
         store = stores.load_store(settings)
-        outbox = Outbox(settings, store)
+        outbox = Outbox(settings, store, self.buckets)
         moderator = Moderator(
             settings=settings,
             store=store,
@@ -162,7 +171,7 @@ def runtime_for(config: Any) -> Runtime:
     with _RUNTIMES_LOCK:
         runtime = RUNTIMES.get(config)
         if runtime is None:
-            runtime = RUNTIMES[config] = Runtime(Settings.from_config(config))
+            runtime = RUNTIMES[config] = Runtime(Settings.from_config(config), config)
         return runtime
 
 
