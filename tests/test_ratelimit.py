@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -92,7 +93,7 @@ def test_turns_taken_by_two_processes_from_eight_threads_are_one_interval_apart(
 
     assert errors == []
     ordered = sorted(turns)
-    gaps = [later - earlier for earlier, later in zip(ordered, ordered[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ordered)]
     assert len(ordered) == 48
     assert min(gaps) >= 1 / limit - 1e-6
 
