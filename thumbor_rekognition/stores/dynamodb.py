@@ -362,7 +362,7 @@ class Store(stores.Store):
 
     def history(self, key: str) -> list[Event]:
         items = self._query(_decision_pk(key), "begins_with(sk, :e)", {":e": _s("e#")})
-        return [Event.from_json(item["j"]["S"]) for item in items]
+        return [_event(item["j"]["S"]) for item in items]
 
     def _decisions(self, keys: list[str]) -> dict[str, Decision]:
         """The decisions of some keys, read in batches of 100."""
@@ -835,7 +835,26 @@ def _token() -> str:
 
 
 def _event_json(event: Event) -> str:
-    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    """A history entry: [when, status, source, actor, note], status and source by letter."""
+    fields = [
+        event.at,
+        STATUS_CODES[event.status] if event.status else "",
+        SOURCE_CODES[event.source] if event.source else "",
+        event.actor,
+        event.note,
+    ]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+def _event(text: str) -> Event:
+    at, status, source, actor, note = json.loads(text)
+    return Event(
+        status=_STATUSES[status] if status else None,
+        source=_SOURCES[source] if source else None,
+        actor=actor,
+        note=note,
+        at=at,
+    )
 
 
 def _index_item(pk: str, key: str) -> dict[str, Any]:
