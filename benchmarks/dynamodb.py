@@ -8,7 +8,9 @@ the store wrote, and sizes each by DynamoDB's rules (attribute names and values:
 string or binary its bytes, a number one byte per two significant digits and one more).
 Also counts the requests and item writes of one save, and the capacity units they take
 on an on-demand table (a write unit per started kB of each item written, a
-strongly consistent read unit per started 4 kB read).
+strongly consistent read unit per started 4 kB read); then, through a real Thumbor
+node, the DynamoDB requests of a new picture's first request, of the same picture
+asked again, and of the change feed each process polls.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -27,7 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 import logging  # noqa: E402
 
+from moto.dynamodb.responses import DynamoHandler  # noqa: E402
+
+from tests.conftest import picture  # noqa: E402
+from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.moto_server import aws_client, moto_server  # noqa: E402
+from tests.servers import ThumborServer, base_config  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
 from thumbor_rekognition.stores import dynamodb  # noqa: E402
 
@@ -121,6 +129,68 @@ class Counting(dynamodb.Store):
         return super()._do(operation, **arguments)
 
 
+SEEN: Counter[str] = Counter()
+
+
+def count_requests() -> None:
+    """Count every DynamoDB request moto's server answers, by operation."""
+    answer = DynamoHandler.call_action
+
+    def counted(self: DynamoHandler) -> Any:
+        target = self.headers.get("X-Amz-Target") or ""
+        SEEN[target.split(".")[-1]] += 1
+        return answer(self)
+
+    DynamoHandler.call_action = counted  # type: ignore[method-assign]
+
+
+def through_thumbor(endpoint: str) -> None:
+    """DynamoDB requests of one Thumbor node (one process) for a new picture."""
+    with tempfile.TemporaryDirectory() as folder, FakeRekognition() as fake:
+        root = Path(folder)
+        images = root / "images"
+        images.mkdir()
+        (images / "new.png").write_bytes(picture((20, 40, 210)))
+        config = base_config(root, images, fake.url)
+        del config["MODERATION_SQLITE_PATH"]
+        config.update(
+            {
+                "MODERATION_DECISION_STORE": "thumbor_rekognition.stores.dynamodb",
+                "MODERATION_DYNAMODB_TABLE": f"bench-{uuid.uuid4().hex[:8]}",
+                "MODERATION_DYNAMODB_ENDPOINT_URL": endpoint,
+                "MODERATION_DYNAMODB_CREATE_TABLE": True,
+                "MODERATION_STORE_TIMEOUT_SECONDS": 5.0,
+            }
+        )
+        node = ThumborServer(root, config).start()
+        try:
+            node.get("/healthcheck")
+            time.sleep(3)  # Start-up done: table made, change feed polling.
+            steps = []
+            for name, path in (
+                ("first request of a new picture", "/unsafe/100x80/new.png"),
+                ("same picture, another size, decision in memory", "/unsafe/90x70/new.png"),
+                ("same request again (a result-storage hit)", "/unsafe/90x70/new.png"),
+            ):
+                SEEN.clear()
+                node.get(path)
+                time.sleep(0.2)
+                steps.append((name, dict(SEEN)))
+            SEEN.clear()
+            time.sleep(10)
+            idle = dict(SEEN)
+        finally:
+            node.stop()
+    print("\nDynamoDB requests of one Thumbor process (MODERATION_CACHE_TTL_SECONDS 0.2)")
+    for name, seen in steps:
+        print(f"  {name}: {sum(seen.values())} ({_listed(seen)})")
+    print(f"  idle, 10 s: {sum(idle.values())} ({_listed(idle)}): the change-feed polls")
+
+
+def _listed(seen: dict[str, int]) -> str:
+    return ", ".join(f"{count} {name}" for name, count in sorted(seen.items())) or "none"
+
+
 def main() -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -168,6 +238,8 @@ def main() -> None:
                 f"1 strongly consistent read = 1 read unit"
             )
             store.close()
+        count_requests()
+        through_thumbor(endpoint)
 
 
 if __name__ == "__main__":
