@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.moto_server import moto_server_process
+from tests.receivers import Receiver
 from tests.servers import Response, ThumborServer, base_config
 from thumbor_rekognition.stores import dynamodb
 
@@ -38,8 +39,14 @@ def status_of(response: Response) -> str | None:
 
 
 @pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
 def nodes(
-    module_root: Path, module_fake: FakeRekognition
+    module_root: Path, module_fake: FakeRekognition, receiver: Receiver
 ) -> Iterator[tuple[ThumborServer, ThumborServer, Path]]:
     images = module_root / "origin"
     images.mkdir()
@@ -58,6 +65,8 @@ def nodes(
                     "MODERATION_STORE_TIMEOUT_SECONDS": 5.0,
                     "MODERATION_CACHE_TTL_SECONDS": TTL,
                     "MODERATION_ADMIN_TOKEN": TOKEN,
+                    # Both nodes deliver from the outbox in the table.
+                    "MODERATION_WEBHOOK_URL": receiver.url + "/hook",
                 }
             )
             # Debug level: the metrics show which node waited for the other's decision.
@@ -127,3 +136,35 @@ def test_an_override_on_one_node_is_enforced_by_the_other_well_within_the_ttl(
     assert enforced < 2 * dynamodb.Store.propagation_seconds + 1.0
     assert status_of(b.get(f"/unsafe/81x61/{name}")) == "rejected"
     assert fake.call_count == 1
+
+
+def test_each_change_is_delivered_once_and_in_order_from_the_outbox_in_the_table(
+    nodes: tuple[ThumborServer, ThumborServer, Path], receiver: Receiver
+) -> None:
+    a, b, images = nodes
+    name = add_picture(images, 123)
+
+    assert status_of(a.get(f"/unsafe/50x50/{name}")) == "approved"
+    for status, node in (("rejected", b), ("approved", a), ("rejected", b)):
+        body = json.dumps({"status": status, "note": "outbox test", "actor": "tests"}).encode()
+        answer = node.request(
+            "PUT", f"/moderation/image?url={quote(name, safe='')}", body=body, headers=AUTH
+        )
+        assert answer.status == 200
+
+    def delivered() -> list[tuple[str | None, str | None]]:
+        bodies = [json.loads(request.body) for request in receiver.requests]
+        return [(b["previous_status"], b["status"]) for b in bodies if b["key"] == name]
+
+    started = time.monotonic()
+    while len(delivered()) < 4 and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    # Long enough for a second delivery of any of them to arrive.
+    time.sleep(2.0)
+
+    assert delivered() == [
+        (None, "approved"),
+        ("approved", "rejected"),
+        ("rejected", "approved"),
+        ("approved", "rejected"),
+    ]

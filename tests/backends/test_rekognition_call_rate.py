@@ -58,9 +58,7 @@ def test_calls_from_many_threads_and_two_processes_keep_to_the_limit(
     assert busiest_second(fake.calls) <= 2 + 1
 
 
-def test_the_scenes_of_an_animation_take_a_turn_each(
-    fake: FakeRekognition, tmp_path: Path
-) -> None:
+def test_the_scenes_of_an_animation_take_a_turn_each(fake: FakeRekognition, tmp_path: Path) -> None:
     backend = limited(fake, tmp_path, 2.0)
     animation = prepared(*(frame(picture(RED)) for _ in range(6)))
 
@@ -153,5 +151,10 @@ def test_a_limit_that_is_not_a_positive_number_stops_start_up(value: object) -> 
 
 
 def test_an_unset_limit_read_from_the_environment_is_no_limit() -> None:
-    assert make_settings(REKOGNITION_MAX_CALLS_PER_SECOND="").rekognition_max_calls_per_second is None
-    assert make_settings(REKOGNITION_MAX_CALLS_PER_SECOND="2.5").rekognition_max_calls_per_second == 2.5
+    assert (
+        make_settings(REKOGNITION_MAX_CALLS_PER_SECOND="").rekognition_max_calls_per_second is None
+    )
+    assert (
+        make_settings(REKOGNITION_MAX_CALLS_PER_SECOND="2.5").rekognition_max_calls_per_second
+        == 2.5
+    )

@@ -57,9 +57,7 @@ class CompareAndSetContract:
         assert (stale, absent) == ("current", "current")
         assert store.compare_and_set("rate", "current", "current") == "current"
 
-    def test_an_expected_value_that_is_not_set_yet_sets_nothing(
-        self, store: stores.Store
-    ) -> None:
+    def test_an_expected_value_that_is_not_set_yet_sets_nothing(self, store: stores.Store) -> None:
         found = store.compare_and_set("rate", "imagined", "mine")
 
         assert found is None
@@ -132,7 +130,9 @@ class TestRedisCompareAndSet(CompareAndSetContract):
             store.close()
 
     def test_the_value_is_one_key_with_a_hash_tag_for_redis_cluster(
-        self, make_store: MakeStore, redis_server: RedisServer  # noqa: F811
+        self,
+        make_store: MakeStore,
+        redis_server: RedisServer,  # noqa: F811
     ) -> None:
         store = make_store()
         assert isinstance(store, redis_store.Store)

@@ -52,9 +52,10 @@ logger = logging.getLogger(__name__)
 
 # Each process polls the change feed this often; two polls leave room for one under way.
 POLL_SECONDS = 0.5
-# Changes stamped this much earlier than the last poll are still looked for: the clocks
-# of two nodes may disagree by this much before a change is missed (the TTL then acts).
-FEED_OVERLAP_SECONDS = 5.0
+# Changes stamped this much earlier than the last poll are still looked for: a write
+# that took long to land, or a writer whose clock is behind by less than this, is not
+# missed (past it the memory TTL acts). Each poll reads this many seconds of changes.
+FEED_OVERLAP_SECONDS = 2.0
 # Change-feed items and expired leases are deleted by DynamoDB's TTL after this long.
 FEED_KEEP_SECONDS = 3600
 COUNT_SHARDS = 8
