@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ EXIT_INTERRUPTED = 130
 CONF_NAME = "thumbor.conf"
 REEVALUATE_ACTOR = "cli:reevaluate"
 DEFAULT_CONCURRENCY = 8
+# With REKOGNITION_MAX_CALLS_PER_SECOND, how long one URL of a backfill may wait for its
+# turn to call: no request waits on a backfill, so it queues instead of giving up.
+BACKFILL_TURN_WAIT_SECONDS = 3600.0
 PYCURL_ADVICE = "pycurl usage is advised"
 
 # Outcomes of backfill that are decisions; anything else is a failure.
@@ -501,6 +505,7 @@ async def _backfill(environment: Environment, urls: list[str], concurrency: int)
     semaphore = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
     with tqdm(total=len(urls), desc="backfill", unit="url", file=sys.stderr, disable=None) as bar:
+        shown = _CallRateShown(environment, calls_before)
 
         async def one(url: str) -> None:
             try:
@@ -513,6 +518,7 @@ async def _backfill(environment: Environment, urls: list[str], concurrency: int)
             result.outcomes[outcome] += 1
             if outcome not in DECIDED:
                 result.failures.append((url, outcome))
+            shown.update(bar)
             bar.update(1)
 
         for url in urls:
@@ -525,6 +531,31 @@ async def _backfill(environment: Environment, urls: list[str], concurrency: int)
         await asyncio.gather(*running)
     result.backend_calls = moderator.backend_calls - calls_before
     return result
+
+
+class _CallRateShown:
+    """The backend calls per second of a backfill, and the cluster's limit, on its bar."""
+
+    def __init__(self, environment: Environment, calls_before: int) -> None:
+        self.moderator = environment.runtime.moderator
+        self.call_rate = getattr(self.moderator.backend, "call_rate", None)
+        self.calls_before = calls_before
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def update(self, bar: Any) -> None:
+        now = time.monotonic()
+        if now - self.shown < 0.5:
+            return
+        self.shown = now
+        calls = self.moderator.backend_calls - self.calls_before
+        text = f"calls {calls / max(now - self.started, 0.001):.2f}/s"
+        if self.call_rate is not None:
+            limit, current = self.call_rate.limit, self.call_rate.current()
+            text += f" (limit {limit:g}/s" + (
+                f", lowered to {current:.2g}/s by throttling)" if current < limit else ")"
+            )
+        bar.set_postfix_str(text, refresh=False)
 
 
 async def _moderate_url(environment: Environment, url: str) -> str:
@@ -547,9 +578,12 @@ async def _moderate_url(environment: Environment, url: str) -> str:
         return LOAD_FAILURES.get(result.error, "load failed")
     if not result.buffer:
         return "empty"
+    deadline = None
+    if runtime.settings.rekognition_max_calls_per_second:
+        deadline = time.monotonic() + BACKFILL_TURN_WAIT_SECONDS
     try:
         decision = await runtime.moderator.moderate(
-            normalise(quoted), unquote(quoted), result.buffer, context.metrics
+            normalise(quoted), unquote(quoted), result.buffer, context.metrics, deadline
         )
     except UnsupportedImage as error:
         logger.info("%s is not an image: %s", url, error)

@@ -133,8 +133,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_DECISION_STORE",
         "thumbor_rekognition.stores.sqlite",
-        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine) or "
-        "thumbor_rekognition.stores.redis (shared by a cluster).",
+        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine), "
+        "thumbor_rekognition.stores.redis (shared by a cluster) or "
+        "thumbor_rekognition.stores.dynamodb (shared by a cluster on AWS).",
         GROUP,
     ),
     (
@@ -154,6 +155,32 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_REDIS_PREFIX",
         "moderation:",
         "Prefix of every Redis key the redis decision store writes.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_TABLE",
+        "",
+        "Table of the dynamodb decision store; required with "
+        "thumbor_rekognition.stores.dynamodb (see the README for its definition).",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_REGION",
+        "",
+        "Region of the DynamoDB table; REKOGNITION_REGION when empty.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_ENDPOINT_URL",
+        None,
+        "DynamoDB endpoint URL (e.g. a VPC endpoint); AWS's own for the region when unset.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_CREATE_TABLE",
+        False,
+        "Create the DynamoDB table (on-demand billing, with item expiry) when it does not "
+        "exist. Off: a missing table is an error, for tables made by infrastructure code.",
         GROUP,
     ),
     (
@@ -376,6 +403,16 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "Attempts per Rekognition call, first one included (botocore 'standard' retries).",
         REKOGNITION_GROUP,
     ),
+    (
+        "REKOGNITION_MAX_CALLS_PER_SECOND",
+        None,
+        "Most Rekognition calls per second for the whole cluster (every process of every "
+        "node sharing the decision store), retries and animation scenes included: calls "
+        "are spaced evenly. A request waits for its turn within MODERATION_TIMEOUT_SECONDS, "
+        "then answers 'pending' and is judged on a later request. Throttling answers from "
+        "AWS lower the rate for a while. Unset: no limit.",
+        REKOGNITION_GROUP,
+    ),
 ]
 
 for _key, _default, _description, _group in _KEYS:
@@ -463,6 +500,10 @@ class Settings:
     sqlite_path: str
     redis_url: Secret
     redis_prefix: str
+    dynamodb_table: str
+    dynamodb_region: str
+    dynamodb_endpoint_url: str | None
+    dynamodb_create_table: bool
     store_timeout: float
     lease_seconds: float
     cache_ttl: float
@@ -496,6 +537,7 @@ class Settings:
     rekognition_endpoint_url: str | None
     rekognition_timeout: float
     rekognition_max_attempts: int
+    rekognition_max_calls_per_second: float | None
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -517,6 +559,10 @@ class Settings:
             sqlite_path=reader.string("MODERATION_SQLITE_PATH"),
             redis_url=Secret(reader.string("MODERATION_REDIS_URL")),
             redis_prefix=reader.string("MODERATION_REDIS_PREFIX"),
+            dynamodb_table=reader.string("MODERATION_DYNAMODB_TABLE").strip(),
+            dynamodb_region=reader.string("MODERATION_DYNAMODB_REGION").strip(),
+            dynamodb_endpoint_url=reader.optional_str("MODERATION_DYNAMODB_ENDPOINT_URL"),
+            dynamodb_create_table=reader.boolean("MODERATION_DYNAMODB_CREATE_TABLE"),
             store_timeout=reader.number(
                 "MODERATION_STORE_TIMEOUT_SECONDS", minimum=0.01, maximum=60.0
             ),
@@ -558,6 +604,9 @@ class Settings:
             ),
             rekognition_max_attempts=reader.integer(
                 "REKOGNITION_MAX_ATTEMPTS", minimum=1, maximum=20
+            ),
+            rekognition_max_calls_per_second=reader.optional_number(
+                "REKOGNITION_MAX_CALLS_PER_SECOND", minimum=0.01, maximum=10_000.0
             ),
         )
 
@@ -759,6 +808,26 @@ class _Reader:
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             raise self._fail(key, value, f"Must be between {minimum} and {maximum}.")
         return number
+
+    def optional_number(
+        self, key: str, minimum: float | None = None, maximum: float | None = None
+    ) -> float | None:
+        value = self.raw(key)
+        if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+            return None
+        return self.number(key, minimum, maximum)
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if isinstance(value, bool):
+            return value
+        text = value.strip().lower() if isinstance(value, str) else value
+        # --use-environment hands every value over as a string: "False" is not truthy.
+        if text in ("true", "1", "yes", "on", 1):
+            return True
+        if text in ("false", "0", "no", "off", "", 0):
+            return False
+        raise self._fail(key, value, "Not a valid bool.")
 
     def integer(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.raw(key)

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from thumbor_rekognition import backends, stores
+from thumbor_rekognition import backends, ratelimit, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
 from thumbor_rekognition.policy import MANUAL, Policy
@@ -299,7 +299,8 @@ class Moderator:
         """
         if deadline is None:
             deadline = time.monotonic() + self.settings.request_budget
-        asked_at = deadline - self.settings.request_budget
+        # A caller may allow more than the budget (a backfill waiting for its turn to call).
+        asked_at = min(time.monotonic(), deadline - self.settings.request_budget)
         sha256 = await self._run(self._executor, sha256_hex, buffer)
         refusal = self._refused.get(sha256)
         if refusal is not None:
@@ -320,7 +321,7 @@ class Moderator:
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
-                self._decide(key, url, sha256, buffer, metrics, asked_at)
+                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline)
             )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))
@@ -365,7 +366,14 @@ class Moderator:
         )
 
     async def _decide(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, asked_at: float
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        buffer: bytes,
+        metrics: Any,
+        asked_at: float,
+        deadline: float,
     ) -> Decision:
         twin = await self._twin(sha256, metrics)
         if twin is not None:
@@ -378,7 +386,7 @@ class Moderator:
             # request made after the failure tries again.
             return failed[1].replace(key=key, url=url)
         try:
-            decision = await self._decide_new(key, url, sha256, buffer, metrics)
+            decision = await self._decide_new(key, url, sha256, buffer, metrics, deadline)
         except UnsupportedImage as error:
             self._refused.put(sha256, str(error))
             raise
@@ -387,7 +395,7 @@ class Moderator:
         return decision
 
     async def _decide_new(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any
+        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, deadline: float
     ) -> Decision:
         lease = f"judge:{sha256}"
         waiting_since = time.time()
@@ -401,7 +409,9 @@ class Moderator:
         if outcome is not None:
             return self._undecided(key, url, sha256, outcome)
         try:
-            return await self._judge(key, url, sha256, buffer, preparing, waiting_since, metrics)
+            return await self._judge(
+                key, url, sha256, buffer, preparing, waiting_since, metrics, deadline
+            )
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
@@ -448,6 +458,7 @@ class Moderator:
         preparing: asyncio.Future[PreparedImage],
         waiting_since: float,
         metrics: Any,
+        deadline: float,
     ) -> Decision:
         # Another process may have finished between the content lookup and the lease.
         twin = await self._twin(sha256, metrics)
@@ -465,7 +476,7 @@ class Moderator:
                 # The process this one waited for just failed: retried on a later request.
                 return latest  # type: ignore[return-value]
         prepared = await preparing
-        decision = await self._analyse(key, url, sha256, prepared, metrics)
+        decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
         if decision.status is not Status.APPROVED:
             await self.keep_original(sha256, buffer, metrics)
         return await self._save(decision, _event_for(decision), metrics)
@@ -550,7 +561,13 @@ class Moderator:
         return await self._reapply(twin)
 
     async def _analyse(
-        self, key: str, url: str, sha256: str, prepared: PreparedImage, metrics: Any
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        prepared: PreparedImage,
+        metrics: Any,
+        deadline: float | None = None,
     ) -> Decision:
         recorder = _Metrics(metrics)
         min_confidence = self.policy.min_confidence
@@ -559,8 +576,15 @@ class Moderator:
         self.backend_calls += 1
         # Sent first, counted while it is out: nothing stands between a prepared picture
         # and its call.
+        # The backend's calls wait for their turn (REKOGNITION_MAX_CALLS_PER_SECOND) until
+        # the deadline of the request that asked first, not longer.
         call = asyncio.get_running_loop().run_in_executor(
-            self._executor, self.backend.detect, prepared, min_confidence
+            self._executor,
+            ratelimit.within,
+            deadline,
+            self.backend.detect,
+            prepared,
+            min_confidence,
         )
         called = self._called.get(sha256)
         if called is not None:

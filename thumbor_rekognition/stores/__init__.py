@@ -133,6 +133,12 @@ class Store:
         """Call changed(key) when another process changes a decision, changed(None) when
         changes may have been missed. Stores without notifications rely on the TTL."""
 
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        """Set a small named value shared by every process to value if it is expected
+        now (None: not set yet), atomically. Returns the value found, which equals
+        expected when the value was set."""
+        raise NotImplementedError
+
     def enqueue(self, topic: str, key: str, payload: str) -> None:
         """Add an item to the durable outbox."""
         raise NotImplementedError

@@ -148,6 +148,15 @@ end
 return 0
 """
 
+# One key, so one hash slot: the same script runs on Redis Cluster.
+_COMPARE_AND_SET = """
+local found = redis.call('GET', KEYS[1])
+if (not found and ARGV[1] == '') or (found and ARGV[1] == '=' .. found) then
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return found
+"""
+
 
 class Store(stores.Store):
     """The decision store for clusters."""
@@ -312,6 +321,15 @@ class Store(stores.Store):
     def release_lease(self, name: str, holder: str) -> None:
         with self._call() as client:
             client.eval(_RELEASE, 1, self._key("lease:", name), holder)
+
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        # The braces make the name the key's hash tag.
+        key = self._key("{shared:", name, "}")
+        with self._call() as client:
+            found = client.eval(
+                _COMPARE_AND_SET, 1, key, "" if expected is None else "=" + expected, value
+            )
+        return None if found is None else _text(found)
 
     def enqueue(self, topic: str, key: str, payload: str) -> None:
         with self._call() as client:

@@ -78,6 +78,10 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shared (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -380,6 +384,16 @@ class Store(stores.Store):
     def release_lease(self, name: str, holder: str) -> None:
         with self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        with self._cursor(write=True) as cursor:
+            row = cursor.execute("SELECT value FROM shared WHERE name = ?", (name,)).fetchone()
+            found: str | None = row[0] if row else None
+            if found == expected:
+                cursor.execute(
+                    "INSERT OR REPLACE INTO shared (name, value) VALUES (?, ?)", (name, value)
+                )
+        return found
 
     def enqueue(self, topic: str, key: str, payload: str) -> None:
         now = time.time()
