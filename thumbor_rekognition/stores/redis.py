@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import redis.exceptions
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -234,7 +235,7 @@ class Store(stores.Store):
                 decision.status.value,
                 decision.source.value,
                 _event_json(event),
-                "1" if decision.source is Source.AUTO else "0",
+                "1" if decision.source is not Source.MANUAL else "0",
                 self._changes.sender,
             )
         return Decision.from_json(body)
@@ -352,6 +353,84 @@ class Store(stores.Store):
             values = client.hgetall(self._key("ob:counts"))
         return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
 
+    # Near-duplicates. Every command reads or writes one key: a picture's record
+    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames in the index), the
+    # index's band sets 'fpi:<band>:<value>' (members: the 24-byte fingerprint followed by
+    # the 32-byte content hash), and 'dup:{<sha256>}' (keys of its duplicates' decisions).
+
+    def _band_key(self, band: int, value: int) -> str:
+        return self._key(f"fpi:{band}:{value:0{BAND_BITS // 4}x}")
+
+    def _entries(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> set[tuple[str, bytes]]:
+        digest = bytes.fromhex(sha256)
+        return {
+            (self._band_key(band, value), print_.to_bytes() + digest)
+            for frame, print_ in prints.items()
+            if frame in indexed
+            for band, value in enumerate(print_.bands())
+        }
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        record = self._key("fp:{", sha256, "}")
+        with self._call() as client:
+            old_prints, old_indexed = _fingerprint_record(client.get(record))
+            old = self._entries(sha256, old_prints, old_indexed)
+            new = self._entries(sha256, prints, indexed)
+            # The index first, the record last: a call cut short leaves the record naming
+            # what the index held before, and the next call mends both. An entry left over
+            # names a picture that lookups find no longer rejected, and skip.
+            pipeline = client.pipeline(transaction=False)
+            for key, member in old - new:
+                pipeline.srem(key, member)
+            for key, member in new - old:
+                pipeline.sadd(key, member)
+            pipeline.set(
+                record,
+                json.dumps(
+                    {
+                        "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
+                        "indexed": sorted(frame for frame in indexed if frame in prints),
+                    },
+                    separators=(",", ":"),
+                ),
+            )
+            pipeline.execute()
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._call() as client:
+            prints, _ = _fingerprint_record(client.get(self._key("fp:{", sha256, "}")))
+        return prints
+
+    def indexed_near(self, probes: Sequence[Collection[int]]) -> list[tuple[str, Print]]:
+        keys = [
+            self._band_key(band, value) for band, values in enumerate(probes) for value in values
+        ]
+        if not keys:
+            return []
+        with self._call() as client:
+            pipeline = client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.smembers(key)
+            answers = pipeline.execute()
+        members = {bytes(member) for answer in answers for member in answer}
+        return [(member[24:].hex(), Print.from_bytes(member[:24])) for member in members]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._call() as client:
+            if linked:
+                client.sadd(self._key("dup:{", original, "}"), key)
+            else:
+                client.srem(self._key("dup:{", original, "}"), key)
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._call() as client:
+            keys = client.smembers(self._key("dup:{", original, "}"))
+        return sorted(_text(key) for key in keys)
+
     def subscribe(self, changed: Callable[[str | None], None]) -> None:
         self._changes.subscribe(changed)
 
@@ -399,6 +478,15 @@ class Store(stores.Store):
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
+    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    if not body:
+        return {}, []
+    data = json.loads(body)
+    prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
+    return prints, [int(frame) for frame in data.get("indexed", [])]
 
 
 def _event_json(event: Event) -> str:
