@@ -464,8 +464,8 @@ def test_stats_counts_by_status_and_source(
     stats = json.loads(capsys.readouterr().out)
 
     assert text == as_json == 0
-    assert "approved: 1 (auto 1, manual 0)" in out
-    assert "rejected: 2 (auto 1, manual 1)" in out
+    assert "approved: 1 (auto 1, manual 0, duplicate 0)" in out
+    assert "rejected: 2 (auto 1, manual 1, duplicate 0)" in out
     assert "backend calls: 3" in out
     assert stats["decisions"] == {"approved": 1, "rejected": 2, "pending": 0}
     assert stats["by_source"]["rejected.manual"] == 1
