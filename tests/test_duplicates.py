@@ -8,7 +8,7 @@ through the re-encodings a re-upload does.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -111,7 +111,7 @@ def test_every_indexed_fingerprint_within_the_distance_is_found(
         store.put_fingerprints(f"{number:064x}", {0: other}, indexed={0})
     store.put_fingerprints("f" * 64, {0: indexed}, indexed={0})
 
-    found = store.indexed_near(probes([query], within))
+    found = store.indexed_near(probes([query], within), lambda coarse: True)
 
     assert ("f" * 64, indexed) in found
     store.close()
@@ -248,7 +248,7 @@ def test_a_duplicate_is_not_indexed_itself(world: World) -> None:
     duplicate = moderate(moderator, "host/copy.jpg", copy)
 
     prints = world.store.fingerprints(duplicate.sha256)
-    found = world.store.indexed_near(probes(prints.values(), 16))
+    found = world.store.indexed_near(probes(prints.values(), 16), lambda coarse: True)
 
     assert prints
     assert {sha for sha, _ in found} == {original.sha256}
@@ -297,7 +297,9 @@ def test_a_picture_indexed_but_no_longer_rejected_rejects_nothing(world: World) 
 class IndexDown(sqlite.Store):
     """An SQLite store whose index lookups fail, as a store that went away would."""
 
-    def indexed_near(self, probes: Sequence[Collection[int]]) -> list[tuple[str, Print]]:
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
         raise stores.StoreUnavailable("index unreachable")
 
 

@@ -100,9 +100,20 @@ class Duplicates:
         most alike first."""
         if not prints:
             return []
-        wanted = probes(prints.values(), fingerprint.within(minimum))
+        within = fingerprint.within(minimum)
+        coarse = [query.coarse for query in prints.values()]
+        only = coarse[0]
+
+        # Called for each of about a thousand candidates at a million entries: a still
+        # picture, the common case, is one comparison.
+        def close(candidate: int) -> bool:
+            if len(coarse) == 1:
+                return (candidate ^ only).bit_count() <= within
+            return any((candidate ^ query).bit_count() <= within for query in coarse)
+
         best: dict[str, float] = {}
-        for sha256, candidate in self.store.indexed_near(wanted):
+        wanted = probes(prints.values(), within)
+        for sha256, candidate in self.store.indexed_near(wanted, close):
             score = max(candidate.similarity(query) for query in prints.values())
             if score >= minimum and score > best.get(sha256, -1.0):
                 best[sha256] = score

@@ -19,6 +19,7 @@ every process of every machine.
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 from dataclasses import dataclass
 
@@ -93,7 +94,8 @@ def of(image: Image.Image) -> Print | None:
     # Averaged over whole areas: the same 32x32 values whatever size the copy was saved at.
     small = grey.resize((SIDE, SIDE), Image.Resampling.BOX)
     pixels = list(small.tobytes())
-    if statistics.pstdev(pixels) < FLAT:
+    mean = sum(pixels) / len(pixels)
+    if math.sqrt(sum((value - mean) ** 2 for value in pixels) / len(pixels)) < FLAT:
         return None
     rows = [pixels[start : start + SIDE] for start in range(0, SIDE * SIDE, SIDE)]
     # Separable DCT: each row transformed for the few columns needed, then those columns.
@@ -106,7 +108,8 @@ def of(image: Image.Image) -> Print | None:
 
 
 def _dot(values: list[int] | list[float], weights: list[float]) -> float:
-    return math.fsum(a * b for a, b in zip(values, weights, strict=True))
+    # Summed in one fixed order: the same bits on every machine with IEEE doubles.
+    return float(sum(map(operator.mul, values, weights)))
 
 
 def _bits(coefficients: list[float]) -> int:

@@ -34,6 +34,10 @@ PRINT_B = Print(0xFEDC_BA98_7654_3210, 0xAAAA << 90)
 NEAR_A = Print(PRINT_A.coarse ^ 0b1000_0000_0000_0001 ^ (1 << 40), PRINT_A.fine)
 
 
+def everything(coarse: int) -> bool:
+    return True
+
+
 def decision(
     key: str,
     sha256: str = SHA_A,
@@ -729,8 +733,8 @@ class StoreContract:
     def test_only_indexed_frames_are_found_by_their_bands(self, store: stores.Store) -> None:
         store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, indexed={0})
 
-        near_a = store.indexed_near(probes([NEAR_A], within=6))
-        near_b = store.indexed_near(probes([PRINT_B], within=6))
+        near_a = store.indexed_near(probes([NEAR_A], within=6), everything)
+        near_b = store.indexed_near(probes([PRINT_B], within=6), everything)
 
         assert near_a == [(SHA_A, PRINT_A)]
         assert near_b == []
@@ -743,19 +747,36 @@ class StoreContract:
         only_third_band = [set(), set(), {bands[2]}, set()]
         wrong_values = [{bands[0] ^ 1}, {bands[1] ^ 1}, {bands[2] ^ 1}, {bands[3] ^ 1}]
 
-        assert store.indexed_near(only_third_band) == [(SHA_A, PRINT_A)]
-        assert store.indexed_near(wrong_values) == []
+        assert store.indexed_near(only_third_band, everything) == [(SHA_A, PRINT_A)]
+        assert store.indexed_near(wrong_values, everything) == []
+
+    def test_close_sees_each_candidates_coarse_bits_and_keeps_only_what_it_accepts(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+        store.put_fingerprints(SHA_B, {0: PRINT_B}, indexed={0})
+        both = [a | b for a, b in zip(probes([PRINT_A], 0), probes([PRINT_B], 0), strict=True)]
+        seen: list[int] = []
+
+        def only_b(coarse: int) -> bool:
+            seen.append(coarse)
+            return coarse == PRINT_B.coarse
+
+        found = store.indexed_near(both, only_b)
+
+        assert found == [(SHA_B, PRINT_B)]
+        assert sorted(set(seen)) == sorted({PRINT_A.coarse, PRINT_B.coarse})
 
     def test_a_picture_put_again_unindexed_leaves_the_index(self, make_store: MakeStore) -> None:
         writer, reader = make_store(), make_store()
         writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
         writer.put_fingerprints(SHA_B, {0: PRINT_A}, indexed={0})
-        found = sorted(reader.indexed_near(probes([PRINT_A], within=0)))
+        found = sorted(reader.indexed_near(probes([PRINT_A], within=0), everything))
 
         writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed=())
 
         assert found == [(SHA_A, PRINT_A), (SHA_B, PRINT_A)]
-        assert reader.indexed_near(probes([PRINT_A], within=0)) == [(SHA_B, PRINT_A)]
+        assert reader.indexed_near(probes([PRINT_A], within=0), everything) == [(SHA_B, PRINT_A)]
         assert reader.fingerprints(SHA_A) == {0: PRINT_A}
 
     def test_duplicates_are_linked_to_their_original_and_unlinked(

@@ -172,9 +172,12 @@ class Store:
         """The fingerprints kept for a picture, by frame (empty when none were)."""
         raise NotImplementedError
 
-    def indexed_near(self, probes: Sequence[Collection[int]]) -> list[tuple[str, Print]]:
-        """Every indexed fingerprint whose band i (Print.bands) is one of probes[i], with the
-        content hash of its picture."""
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        """Every indexed fingerprint whose band i (Print.bands) is one of probes[i] and whose
+        coarse part close() accepts, with the content hash of its picture. close() sees
+        every candidate: the fine part and the hash are read only for those it keeps."""
         raise NotImplementedError
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:

@@ -405,7 +405,9 @@ class Store(stores.Store):
             prints, _ = _fingerprint_record(client.get(self._key("fp:{", sha256, "}")))
         return prints
 
-    def indexed_near(self, probes: Sequence[Collection[int]]) -> list[tuple[str, Print]]:
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
         keys = [
             self._band_key(band, value) for band, values in enumerate(probes) for value in values
         ]
@@ -416,7 +418,12 @@ class Store(stores.Store):
             for key in keys:
                 pipeline.smembers(key)
             answers = pipeline.execute()
-        members = {bytes(member) for answer in answers for member in answer}
+        members = {
+            member
+            for answer in answers
+            for member in answer
+            if close(int.from_bytes(member[:8], "big"))
+        }
         return [(member[24:].hex(), Print.from_bytes(member[:24])) for member in members]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:

@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     sha256 TEXT NOT NULL,
     frame INTEGER NOT NULL,
     print BLOB NOT NULL,
+    coarse INTEGER NOT NULL,
     indexed INTEGER NOT NULL,
     b0 INTEGER NOT NULL,
     b1 INTEGER NOT NULL,
@@ -90,16 +91,24 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     b3 INTEGER NOT NULL,
     PRIMARY KEY (sha256, frame)
 );
-CREATE INDEX IF NOT EXISTS fingerprints_b0 ON fingerprints (b0) WHERE indexed = 1;
-CREATE INDEX IF NOT EXISTS fingerprints_b1 ON fingerprints (b1) WHERE indexed = 1;
-CREATE INDEX IF NOT EXISTS fingerprints_b2 ON fingerprints (b2) WHERE indexed = 1;
-CREATE INDEX IF NOT EXISTS fingerprints_b3 ON fingerprints (b3) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b0 ON fingerprints (b0, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b1 ON fingerprints (b1, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b2 ON fingerprints (b2, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b3 ON fingerprints (b3, coarse) WHERE indexed = 1;
 CREATE TABLE IF NOT EXISTS duplicates (
     original TEXT NOT NULL,
     key TEXT NOT NULL,
     PRIMARY KEY (original, key)
 );
 """
+
+
+_UNSIGNED = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    """A 64-bit unsigned value as the signed integer SQLite stores."""
+    return value - (1 << 64) if value >> 63 else value
 
 
 BUSY_TIMEOUT = 10.0
@@ -461,14 +470,22 @@ class Store(stores.Store):
         self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
     ) -> None:
         rows = [
-            (sha256, frame, print_.to_bytes(), int(frame in indexed), *print_.bands())
+            (
+                sha256,
+                frame,
+                print_.to_bytes(),
+                _signed(print_.coarse),
+                int(frame in indexed),
+                *print_.bands(),
+            )
             for frame, print_ in sorted(prints.items())
         ]
         with self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM fingerprints WHERE sha256 = ?", (sha256,))
             cursor.executemany(
-                "INSERT INTO fingerprints (sha256, frame, print, indexed, b0, b1, b2, b3) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO fingerprints "
+                "(sha256, frame, print, coarse, indexed, b0, b1, b2, b3) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -479,20 +496,32 @@ class Store(stores.Store):
             ).fetchall()
         return {frame: Print.from_bytes(data) for frame, data in rows}
 
-    def indexed_near(self, probes: Sequence[Collection[int]]) -> list[tuple[str, Print]]:
-        found: dict[tuple[str, bytes], None] = {}
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        kept: set[int] = set()
         with self._cursor() as cursor:
             for band, values in enumerate(probes):
                 ordered = sorted(values)
                 for start in range(0, len(ordered), PROBES_PER_QUERY):
                     chunk = ordered[start : start + PROBES_PER_QUERY]
-                    # 'indexed = 1' as written in the partial indexes, so that they are used.
+                    # Read from the band's index alone ('indexed = 1' as the partial index
+                    # says, coarse in it): the table is read only for the rows kept.
                     rows = cursor.execute(
-                        f"SELECT sha256, print FROM fingerprints WHERE indexed = 1 "  # noqa: S608 - band is 0..3
+                        f"SELECT rowid, coarse FROM fingerprints WHERE indexed = 1 "  # noqa: S608 - band is 0..3
                         f"AND b{band:d} IN ({', '.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
-                    found.update(dict.fromkeys((sha256, data) for sha256, data in rows))
+                    kept.update(rowid for rowid, coarse in rows if close(coarse & _UNSIGNED))
+            ordered_rows = sorted(kept)
+            found = []
+            for start in range(0, len(ordered_rows), PROBES_PER_QUERY):
+                chunk = ordered_rows[start : start + PROBES_PER_QUERY]
+                found += cursor.execute(
+                    f"SELECT sha256, print FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
         return [(sha256, Print.from_bytes(data)) for sha256, data in found]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
