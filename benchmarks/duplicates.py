@@ -223,14 +223,16 @@ def load_sqlite(path: str, prints: list[Print]) -> None:
 
 
 def load_redis(store: redis_store.Store, prints: list[Print]) -> None:
+    """Each band's hash written whole, in the layout put_fingerprints keeps."""
     client = store._redis()
-    for start in range(0, len(prints), BATCH):
-        pipeline = client.pipeline(transaction=False)
-        for n, value in enumerate(prints[start : start + BATCH]):
-            member = value.to_bytes() + bytes.fromhex(f"{start + n:064x}")
-            for band, band_value in enumerate(value.bands()):
-                pipeline.sadd(store._band_key(band, band_value), member)
-        pipeline.execute()
+    for band in range(len(prints[0].bands())):
+        entries: dict[str, bytearray] = {}
+        for n, value in enumerate(prints):
+            entry = value.to_bytes() + bytes.fromhex(f"{n:064x}")
+            entries.setdefault(redis_store._field(value.bands()[band]), bytearray()).extend(entry)
+        fields = list(entries.items())
+        for start in range(0, len(fields), BATCH):
+            client.hset(store._band_key(band), mapping=dict(fields[start : start + BATCH]))
 
 
 def lookups(store: Store, queries: list[Print], expect_match: bool) -> list[float]:
