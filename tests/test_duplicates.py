@@ -295,16 +295,26 @@ def test_a_picture_indexed_but_no_longer_rejected_rejects_nothing(world: World) 
 
 
 class IndexDown(sqlite.Store):
-    """An SQLite store whose index lookups fail, as a store that went away would."""
+    """An SQLite store whose index lookups fail with a given error."""
+
+    error: Exception = stores.StoreUnavailable("index unreachable")
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
     ) -> list[tuple[str, Print]]:
-        raise stores.StoreUnavailable("index unreachable")
+        raise self.error
 
 
-def test_when_the_index_cannot_be_read_the_backend_judges(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [stores.StoreUnavailable("index unreachable"), ValueError("a fingerprint is 24 bytes")],
+    ids=["store-unavailable", "damaged-entry"],
+)
+def test_when_the_index_cannot_be_read_the_backend_judges(
+    world: World, tmp_path: Path, error: Exception
+) -> None:
     store = IndexDown(path=str(tmp_path / "moderation.sqlite3"))
+    store.error = error
     moderator = world.moderator(store=store)
     image = pictures.busy(109)
     rejected_by_the_model(world, moderator, image)

@@ -477,6 +477,10 @@ class Moderator:
         except stores.StoreUnavailable as error:
             self._store_down(error, metrics)
             return None
+        except Exception:
+            # The index can only reject: whatever went wrong in it, the backend judges.
+            logger.exception("near-duplicate lookup failed; the backend judges the picture")
+            return None
         finally:
             recorder.timing("moderation.duplicate.latency", (time.perf_counter() - started) * 1000)
         if resembled is not None:
@@ -503,6 +507,8 @@ class Moderator:
         except stores.StoreUnavailable as error:
             # Only matching copies of this picture, once rejected, is lost.
             logger.error("fingerprints of %s not kept: %s", sha256, error)
+        except Exception:
+            logger.exception("fingerprints of %s not kept", sha256)
 
     async def fingerprint(self, sha256: str, buffer: bytes) -> None:
         """Keep the fingerprints of an original that none were kept for (one decided by hand
@@ -704,11 +710,15 @@ class Moderator:
     async def reindex(self, previous: Decision | None, current: Decision | None) -> None:
         """Follow a decision change in the index of rejected pictures; when its picture is
         no longer rejected, forget the decisions of its duplicates. Never raises."""
+        changed = current or previous
         try:
             lifted = await self._store(self.duplicates.follow, previous, current)
         except stores.StoreUnavailable as error:
-            changed = current or previous
             logger.error("index of rejected pictures not updated for %s: %s", changed, error)
+            return
+        except Exception:
+            # The decision is saved: the index must never undo or delay it.
+            logger.exception("index of rejected pictures not updated for %s", changed)
             return
         for item in lifted:
             self.forget(item.decision.key)
