@@ -844,7 +844,13 @@ def _event_for(decision: Decision) -> Event:
             else f"{reason.name} {reason.confidence:.1f} near {reason.threshold:g}"
             for reason in decision.reasons
         )
-        note = f"{decision.backend} {decision.model_version}: {reasons}"
+        note = f"{_model(decision)}: {reasons}"
     else:
-        note = f"{decision.backend} {decision.model_version}: nothing above thresholds"
+        note = f"{_model(decision)}: nothing above thresholds"
     return Event(decision.status, decision.source, SYSTEM, note)
+
+
+def _model(decision: Decision) -> str:
+    """The backend and model version that judged, with the adapter the answer named."""
+    adapter = f" (adapter {decision.project_version})" if decision.project_version else ""
+    return f"{decision.backend} {decision.model_version}{adapter}"
