@@ -107,10 +107,10 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         0.9,
         "How alike (0..1) a new picture must be to one the model or a human rejected to "
         "be rejected as its duplicate, without a backend call, naming it (source "
-        "'duplicate'). Re-encoded, resized and slightly brightened copies score about "
-        "0.94 and up, unrelated pictures about 0.5 (see the README's figures); 0 disables "
-        "matching, and values from 0.85 up are accepted. Approving the rejected picture "
-        "lifts the rejection of its duplicates.",
+        "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
+        "more (one in 1,200 lower in the README's figures), distinct pictures 0.5 to 0.7 "
+        "(0.875 at most); 0 disables matching, values from 0.85 up are accepted. When "
+        "the rejected picture is approved, its duplicates are judged on their own.",
         GROUP,
     ),
     (

@@ -512,17 +512,17 @@ class Moderator:
 
     async def fingerprint(self, sha256: str, buffer: bytes) -> None:
         """Keep the fingerprints of an original that none were kept for (one decided by hand
-        before any request judged it, or judged before fingerprints were kept)."""
+        before any request judged it, or judged before fingerprints were kept). Never
+        raises: the decision it comes with stands without them."""
         try:
             if await self._store(self.store.fingerprints, sha256):
                 return
-        except stores.StoreUnavailable as error:
+            prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
+        except (stores.StoreUnavailable, UnsupportedImage) as error:
             logger.error("fingerprints of %s not kept: %s", sha256, error)
             return
-        try:
-            prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
-        except UnsupportedImage as error:
-            logger.info("no fingerprints for %s: %s", sha256, error)
+        except Exception:
+            logger.exception("fingerprints of %s not kept", sha256)
             return
         if prepared.fingerprints:
             await self._keep_fingerprints(sha256, prepared.fingerprints)

@@ -309,7 +309,7 @@ class FakeRekognition:
             payload["ProjectVersion"] = answering
         return _Reply(200, json.dumps(payload).encode())
 
-    def _scenario_for(self, color: Color, adapter: str | None) -> _Scenario:
+    def _scenario_for(self, color: Color, adapter: str | None = None) -> _Scenario:
         with self._lock:
             candidates = [
                 (math.dist(color, known), scenario)
