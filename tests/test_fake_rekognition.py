@@ -511,3 +511,44 @@ def test_stop_returns_promptly_while_a_request_is_held() -> None:
     fake.stop()
 
     assert time.monotonic() - started < 2.0
+
+
+ADAPTER = (
+    "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
+)
+
+
+def test_a_call_through_a_known_adapter_gets_its_answers_and_its_arn(
+    fake: FakeRekognition, client: Any
+) -> None:
+    fake.add_adapter(ADAPTER)
+    fake.respond(RED, [SUGGESTIVE])
+    fake.respond(RED, [EXPLICIT], adapter=ADAPTER)
+
+    through = client.detect_moderation_labels(Image={"Bytes": encode(RED)}, ProjectVersion=ADAPTER)
+    base = client.detect_moderation_labels(Image={"Bytes": encode(RED)}, MinConfidence=40)
+
+    assert (through["ModerationLabels"], through["ProjectVersion"]) == ([EXPLICIT], ADAPTER)
+    assert (base["ModerationLabels"], "ProjectVersion" in base) == ([SUGGESTIVE], False)
+    assert [call.project_version for call in fake.calls] == [ADAPTER, None]
+
+
+def test_an_expired_adapter_is_answered_by_the_base_model_without_its_arn(
+    fake: FakeRekognition, client: Any
+) -> None:
+    fake.add_adapter(ADAPTER, expired=True)
+    fake.respond(RED, [EXPLICIT])
+    fake.respond(RED, [NUDITY], adapter=ADAPTER)
+
+    response = client.detect_moderation_labels(Image={"Bytes": encode(RED)}, ProjectVersion=ADAPTER)
+
+    assert response["ModerationLabels"] == [EXPLICIT]
+    assert "ProjectVersion" not in response
+
+
+def test_an_unknown_adapter_is_not_found(fake: FakeRekognition, client: Any) -> None:
+    with pytest.raises(ClientError) as info:
+        client.detect_moderation_labels(Image={"Bytes": encode(RED)}, ProjectVersion=ADAPTER)
+
+    assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert fake.calls[0].project_version == ADAPTER

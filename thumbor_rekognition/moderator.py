@@ -1,9 +1,10 @@
 """Orchestration: from original bytes to a stored decision, paying the backend at most once.
 
 Order of questions for a picture: is its decision in memory, in the store, or known
-under another URL with the same bytes (SHA-256)? Only then is the backend asked, once
-per content however many requests arrive together (single-flight). A backend failure
-gives a ``pending`` decision that the next request retries.
+under another URL with the same bytes (SHA-256)? Does it resemble a rejected picture
+(``duplicates``)? Only then is the backend asked, once per content however many requests
+arrive together (single-flight). A backend failure gives a ``pending`` decision that the
+next request retries.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from thumbor_rekognition import backends, ratelimit, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
+from thumbor_rekognition.duplicates import Duplicates, Resemblance
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.policy import MANUAL, Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
 from thumbor_rekognition.quarantine import Quarantine, QuarantineError
@@ -176,6 +179,7 @@ class Moderator:
         self.policy: Policy = settings.policy
         self.store = store
         self.backend = backend
+        self.duplicates = Duplicates(store, settings.duplicate_similarity, SYSTEM)
         self._executor = executor
         self._store_executor = store_executor
         self._by_key = _Cache(settings.cache_ttl)
@@ -310,6 +314,8 @@ class Moderator:
         if current is not None and current.source is Source.MANUAL and not current.sha256:
             # Decided by hand before any request fetched it: the decision takes these bytes.
             bound = current.replace(sha256=sha256, updated_at=time.time())
+            if bound.status is Status.REJECTED:
+                await self.fingerprint(sha256, buffer)
             return await self._save(
                 bound, Event(bound.status, Source.MANUAL, SYSTEM, "first fetch"), metrics
             )
@@ -476,10 +482,79 @@ class Moderator:
                 # The process this one waited for just failed: retried on a later request.
                 return latest  # type: ignore[return-value]
         prepared = await preparing
-        decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
+        prints = prepared.fingerprints
+        resembled = await self._resembled(prints, metrics)
+        if resembled is not None:
+            decision = self._duplicate(key, url, sha256, prepared, resembled)
+        else:
+            decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
+        if prints and not decision.needs_retry:
+            await self._keep_fingerprints(sha256, prints)
         if decision.status is not Status.APPROVED:
             await self.keep_original(sha256, buffer, metrics)
         return await self._save(decision, _event_for(decision), metrics)
+
+    async def _resembled(self, prints: dict[int, Print], metrics: Any) -> Resemblance | None:
+        """The rejected picture these fingerprints resemble, if any; None also when the
+        store cannot say (the backend judges then, as it would without the index)."""
+        if not prints or not self.duplicates.enabled:
+            return None
+        recorder = _Metrics(metrics)
+        started = time.perf_counter()
+        try:
+            resembled = await self._store(self.duplicates.find, prints)
+        except stores.StoreUnavailable as error:
+            self._store_down(error, metrics)
+            return None
+        except Exception:
+            # The index can only reject: whatever went wrong in it, the backend judges.
+            logger.exception("near-duplicate lookup failed; the backend judges the picture")
+            return None
+        finally:
+            recorder.timing("moderation.duplicate.latency", (time.perf_counter() - started) * 1000)
+        if resembled is not None:
+            recorder.incr("moderation.duplicate.matched")
+        return resembled
+
+    def _duplicate(
+        self, key: str, url: str, sha256: str, prepared: PreparedImage, resembled: Resemblance
+    ) -> Decision:
+        """A rejection for resembling a rejected picture, made without a backend call."""
+        return self._undecided(key, url, sha256, "").replace(
+            status=Status.REJECTED,
+            source=Source.DUPLICATE,
+            backend="",
+            width=prepared.width,
+            height=prepared.height,
+            duplicate_of=resembled.key,
+            similarity=round(resembled.similarity, 4),
+        )
+
+    async def _keep_fingerprints(self, sha256: str, prints: dict[int, Print]) -> None:
+        try:
+            await self._store(self.duplicates.keep, sha256, prints)
+        except stores.StoreUnavailable as error:
+            # Only matching copies of this picture, once rejected, is lost.
+            logger.error("fingerprints of %s not kept: %s", sha256, error)
+        except Exception:
+            logger.exception("fingerprints of %s not kept", sha256)
+
+    async def fingerprint(self, sha256: str, buffer: bytes) -> None:
+        """Keep the fingerprints of an original that none were kept for (one decided by hand
+        before any request judged it, or judged before fingerprints were kept). Never
+        raises: the decision it comes with stands without them."""
+        try:
+            if await self._store(self.store.fingerprints, sha256):
+                return
+            prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
+        except (stores.StoreUnavailable, UnsupportedImage) as error:
+            logger.error("fingerprints of %s not kept: %s", sha256, error)
+            return
+        except Exception:
+            logger.exception("fingerprints of %s not kept", sha256)
+            return
+        if prepared.fingerprints:
+            await self._keep_fingerprints(sha256, prepared.fingerprints)
 
     async def keep_original(self, sha256: str, buffer: bytes, metrics: Any = None) -> bool:
         """Copy an original that is not approved into the quarantine; False if that failed."""
@@ -619,6 +694,7 @@ class Moderator:
             content_types=analysis.content_types,
             reasons=reasons,
             model_version=analysis.model_version,
+            project_version=analysis.project_version,
             min_confidence=analysis.min_confidence,
         )
 
@@ -661,9 +737,8 @@ class Moderator:
     async def announce(
         self, previous: Decision | None, current: Decision | None, event: Event
     ) -> None:
-        """Queue the webhook and CDN purges a decision change calls for; never raises."""
-        if self.outbox is None or not self.outbox.enabled:
-            return
+        """Keep the index of rejected pictures in step with a decision change, and queue
+        the webhook and CDN purges the change calls for; never raises."""
         unchanged = (
             previous is not None
             and current is not None
@@ -672,10 +747,31 @@ class Moderator:
         )
         if unchanged:
             return
+        await self.reindex(previous, current)
+        if self.outbox is None or not self.outbox.enabled:
+            return
         try:
             await self._store(self.outbox.decision_changed, previous, current, event)
         except stores.StoreUnavailable as error:
             logger.error("notification of %s not queued: %s", (current or previous), error)
+
+    async def reindex(self, previous: Decision | None, current: Decision | None) -> None:
+        """Follow a decision change in the index of rejected pictures; when its picture is
+        no longer rejected, forget the decisions of its duplicates. Never raises."""
+        changed = current or previous
+        try:
+            lifted = await self._store(self.duplicates.follow, previous, current)
+        except stores.StoreUnavailable as error:
+            logger.error("index of rejected pictures not updated for %s: %s", changed, error)
+            return
+        except Exception:
+            # The decision is saved: the index must never undo or delay it.
+            logger.exception("index of rejected pictures not updated for %s", changed)
+            return
+        for item in lifted:
+            self.forget(item.decision.key)
+            logger.info("%s: %s", item.decision.key, item.event.note)
+            await self.announce(item.decision, None, item.event)
 
     def _store_down(self, error: Exception, metrics: Any) -> None:
         _Metrics(metrics).incr("moderation.store.errors")
@@ -789,6 +885,11 @@ def _waiting_for_scenes(
 def _event_for(decision: Decision) -> Event:
     if decision.status is Status.PENDING and decision.error:
         note = f"no decision: {decision.error}"
+    elif decision.source is Source.DUPLICATE:
+        note = (
+            f"resembles {decision.duplicate_of} (similarity {decision.similarity:.3f}), "
+            "rejected without a backend call"
+        )
     elif decision.reasons and decision.reasons[0].category == UNJUDGED:
         unjudged = decision.reasons[0]
         note = (
@@ -802,7 +903,13 @@ def _event_for(decision: Decision) -> Event:
             else f"{reason.name} {reason.confidence:.1f} near {reason.threshold:g}"
             for reason in decision.reasons
         )
-        note = f"{decision.backend} {decision.model_version}: {reasons}"
+        note = f"{_model(decision)}: {reasons}"
     else:
-        note = f"{decision.backend} {decision.model_version}: nothing above thresholds"
+        note = f"{_model(decision)}: nothing above thresholds"
     return Event(decision.status, decision.source, SYSTEM, note)
+
+
+def _model(decision: Decision) -> str:
+    """The backend and model version that judged, with the adapter the answer named."""
+    adapter = f" (adapter {decision.project_version})" if decision.project_version else ""
+    return f"{decision.backend} {decision.model_version}{adapter}"

@@ -5,7 +5,8 @@ thing. A manual decision applies to the picture, not to one spelling of its URL:
 decision about the same bytes is overridden together, and a later URL with those bytes
 inherits it. Rejecting copies the original into the quarantine first, then removes it
 and its results from Thumbor's caches; approving puts the quarantined original back
-into STORAGE so it is served even if its origin has dropped it.
+into STORAGE so it is served even if its origin has dropped it, and lifts the rejection
+of the pictures rejected as its duplicates (see ``duplicates``).
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class Review:
             original = await self._original_bytes(sha256, current.url if current else url)
         if status is Status.REJECTED and original is not None:
             await self.moderator.keep_original(sha256, original)
+            # Its copies are matched by fingerprint: one judged before they were kept, or
+            # never fetched, gets its fingerprints now.
+            await self.moderator.fingerprint(sha256, original)
         for target, saved in zip(targets, decided, strict=True):
             await self.moderator.announce(None if target is unseen else target, saved, event)
             try:

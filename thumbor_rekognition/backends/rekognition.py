@@ -142,7 +142,7 @@ class Backend(BaseBackend):
         self.client()
 
     def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
-        model_version = ""
+        model_version = project_version = ""
         deadline = ratelimit.current_deadline()
         if len(image.frames) > 1:
             # The scenes of an animation are asked about together: one round trip, not
@@ -163,6 +163,8 @@ class Backend(BaseBackend):
         # on its own, and a merge would pair one frame's parent with another's child.
         for index, response in enumerate(responses):
             model_version = str(response.get("ModerationModelVersion", model_version))
+            # Named only when the adapter answered: an expired one leaves the base model to.
+            project_version = str(response.get("ProjectVersion") or project_version)
             labels += labels_from_rekognition(response.get("ModerationLabels", []), index)
             content_types += content_types_from_rekognition(
                 response.get("ContentTypes") or [], index
@@ -174,13 +176,16 @@ class Backend(BaseBackend):
             min_confidence=min_confidence,
             frames=len(image.frames),
             content_types=tuple(content_types),
+            project_version=project_version,
         )
 
     def _call(self, data: bytes, min_confidence: float) -> dict[str, Any]:
+        request: dict[str, Any] = {"Image": {"Bytes": data}, "MinConfidence": min_confidence}
+        if self.settings.rekognition_project_version:
+            # A Custom Moderation adapter: AWS's base model, tuned on the account's pictures.
+            request["ProjectVersion"] = self.settings.rekognition_project_version
         try:
-            response: dict[str, Any] = self.client().detect_moderation_labels(
-                Image={"Bytes": data}, MinConfidence=min_confidence
-            )
+            response: dict[str, Any] = self.client().detect_moderation_labels(**request)
         except botocore.exceptions.ClientError as error:
             raise classify_client_error(error) from error
         except ratelimit.NoTurn as error:

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import redis.exceptions
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -128,6 +129,32 @@ for _, path in ipairs(ARGV) do
 end
 return n
 """
+
+# One entry of a band's hash added ('1') or removed ('0'): entries are compared whole,
+# 56 bytes at a time, so that no entry is mistaken for the bytes across two others.
+_INDEX_ENTRY = """
+local entries = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+local size = string.len(ARGV[2])
+for start = 1, string.len(entries), size do
+  if string.sub(entries, start, start + size - 1) == ARGV[2] then
+    if ARGV[3] == '1' then return 0 end
+    local rest = string.sub(entries, 1, start - 1) .. string.sub(entries, start + size)
+    if rest == '' then
+      redis.call('HDEL', KEYS[1], ARGV[1])
+    else
+      redis.call('HSET', KEYS[1], ARGV[1], rest)
+    end
+    return 1
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], entries .. ARGV[2])
+  return 1
+end
+return 0
+"""
+# An index entry: a fingerprint (24 bytes) and its picture's content hash (32 bytes).
+_ENTRY = 56
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -243,7 +270,7 @@ class Store(stores.Store):
                 decision.status.value,
                 decision.source.value,
                 _event_json(event),
-                "1" if decision.source is Source.AUTO else "0",
+                "1" if decision.source is not Source.MANUAL else "0",
                 self._changes.sender,
             )
         return Decision.from_json(body)
@@ -370,6 +397,94 @@ class Store(stores.Store):
             values = client.hgetall(self._key("ob:counts"))
         return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
 
+    # Near-duplicates. Every command reads or writes one key: a picture's record
+    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames in the index), one
+    # hash per band of the index, 'fpi:<band>' (field: the band's value in hex; value: its
+    # entries end to end, each the 24-byte fingerprint then the 32-byte content hash), and
+    # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
+    # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
+    # an entry costs its 56 bytes and no key of its own.
+
+    def _band_key(self, band: int) -> str:
+        return self._key(f"fpi:{band}")
+
+    def _entries(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> set[tuple[int, str, bytes]]:
+        digest = bytes.fromhex(sha256)
+        return {
+            (band, _field(value), print_.to_bytes() + digest)
+            for frame, print_ in prints.items()
+            if frame in indexed
+            for band, value in enumerate(print_.bands())
+        }
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        record = self._key("fp:{", sha256, "}")
+        with self._call() as client:
+            old_prints, old_indexed = _fingerprint_record(client.get(record))
+            old = self._entries(sha256, old_prints, old_indexed)
+            new = self._entries(sha256, prints, indexed)
+            # The index first, the record last: a call cut short leaves the record naming
+            # what the index held before, and the next call mends both. An entry left over
+            # names a picture that lookups find no longer rejected, and skip.
+            pipeline = client.pipeline(transaction=False)
+            for band, field, entry in old - new:
+                pipeline.eval(_INDEX_ENTRY, 1, self._band_key(band), field, entry, "0")
+            for band, field, entry in new - old:
+                pipeline.eval(_INDEX_ENTRY, 1, self._band_key(band), field, entry, "1")
+            pipeline.set(
+                record,
+                json.dumps(
+                    {
+                        "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
+                        "indexed": sorted(frame for frame in indexed if frame in prints),
+                    },
+                    separators=(",", ":"),
+                ),
+            )
+            pipeline.execute()
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._call() as client:
+            prints, _ = _fingerprint_record(client.get(self._key("fp:{", sha256, "}")))
+        return prints
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
+        if not asked:
+            return []
+        with self._call() as client:
+            pipeline = client.pipeline(transaction=False)
+            for band, values in asked:
+                pipeline.hmget(self._band_key(band), [_field(value) for value in values])
+            answers = pipeline.execute()
+        kept = {
+            entries[start : start + _ENTRY]
+            for answer in answers
+            for entries in answer
+            if entries
+            for start in range(0, len(entries), _ENTRY)
+            if close(int.from_bytes(entries[start : start + 8], "big"))
+        }
+        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in kept]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._call() as client:
+            if linked:
+                client.sadd(self._key("dup:{", original, "}"), key)
+            else:
+                client.srem(self._key("dup:{", original, "}"), key)
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._call() as client:
+            keys = client.smembers(self._key("dup:{", original, "}"))
+        return sorted(_text(key) for key in keys)
+
     def subscribe(self, changed: Callable[[str | None], None]) -> None:
         self._changes.subscribe(changed)
 
@@ -417,6 +532,20 @@ class Store(stores.Store):
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _field(value: int) -> str:
+    """A band value as the field of its band's hash."""
+    return f"{value:0{BAND_BITS // 4}x}"
+
+
+def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
+    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    if not body:
+        return {}, []
+    data = json.loads(body)
+    prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
+    return prints, [int(frame) for frame in data.get("indexed", [])]
 
 
 def _event_json(event: Event) -> str:
