@@ -600,10 +600,13 @@ def test_stats_count_decisions_by_status_and_source_and_backend_calls(
     assert stats["by_source"] == {
         "approved.auto": 2,
         "approved.manual": 0,
+        "approved.duplicate": 0,
         "rejected.auto": 1,
         "rejected.manual": 1,
+        "rejected.duplicate": 0,
         "pending.auto": 1,
         "pending.manual": 0,
+        "pending.duplicate": 0,
     }
     assert stats["backend_calls"] == 4 == fake.call_count
     assert stats["backend"] == "rekognition"

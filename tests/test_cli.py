@@ -3,10 +3,11 @@ and the fake Rekognition endpoint over HTTP."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, result_file, storage_file
@@ -464,8 +466,8 @@ def test_stats_counts_by_status_and_source(
     stats = json.loads(capsys.readouterr().out)
 
     assert text == as_json == 0
-    assert "approved: 1 (auto 1, manual 0)" in out
-    assert "rejected: 2 (auto 1, manual 1)" in out
+    assert "approved: 1 (auto 1, manual 0, duplicate 0)" in out
+    assert "rejected: 2 (auto 1, manual 1, duplicate 0)" in out
     assert "backend calls: 3" in out
     assert stats["decisions"] == {"approved": 1, "rejected": 2, "pending": 0}
     assert stats["by_source"]["rejected.manual"] == 1
@@ -648,6 +650,165 @@ def test_reevaluate_reports_decisions_that_need_a_new_analysis_and_skips_failure
     assert store.page(limit=100)[0] == before
 
 
+# near-duplicates
+
+
+COPIES = ("copy-q70.jpg", "copy-brighter.png", "copy-q45.jpg")
+
+
+@pytest.fixture
+def reported(site: Site, capsys: pytest.CaptureFixture[str]) -> Site:
+    """original.png, busy, rejected by hand; three copies of it and an unrelated picture
+    judged after that by a backfill."""
+    image = pictures.busy("cli-original")
+    (site.images / "original.png").write_bytes(pictures.encoded(image, "PNG"))
+    (site.images / "other.png").write_bytes(pictures.encoded(pictures.busy("cli-other"), "PNG"))
+    for name, data in zip(
+        COPIES,
+        (pictures.resized_jpeg(image), pictures.brighter(image), pictures.reencoded(image)),
+        strict=True,
+    ):
+        (site.images / name).write_bytes(data)
+    assert site.run("backfill", site.urls_file("original.png")) == 0
+    assert site.run("reject", "original.png", "--note", "reported") == 0
+    assert site.run("backfill", site.urls_file(*COPIES, "other.png")) == 0
+    capsys.readouterr()
+    return site
+
+
+def test_copies_backfilled_after_a_rejection_are_its_duplicates_without_a_backend_call(
+    reported: Site, fake: FakeRekognition, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = reported.run("list", "--status", "rejected")
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert fake.call_count == 2
+    assert len(lines) == 4
+    for name in COPIES:
+        line = next(line for line in lines if f"\t{name}\t" in line)
+        assert line.startswith("rejected\tduplicate\t")
+        found = re.search(r"\tduplicate of original\.png \(similarity ([0-9.]+)\)$", line)
+        assert found is not None
+        assert float(found[1]) >= 0.9
+
+
+def test_show_of_a_duplicate_names_the_picture_it_resembles(
+    reported: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = reported.run("show", "copy-q45.jpg")
+    as_json = reported.run("show", "copy-q45.jpg", "--json")
+
+    out, view = capsys.readouterr().out.split("\n{", 1)
+    shown = json.loads("{" + view)
+    assert code == as_json == 0
+    assert "status: rejected (duplicate)" in out
+    assert re.search(r"^duplicate of: original\.png \(similarity (0\.9\d\d|1\.000)\)$", out, re.M)
+    assert "backend: -" in out
+    assert (shown["source"], shown["duplicate_of"]) == ("duplicate", "original.png")
+    assert shown["similarity"] >= 0.9
+
+
+def test_similar_lists_the_nearest_rejected_pictures_and_the_duplicates_of_one(
+    reported: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    of_copy = reported.run("similar", "copy-brighter.png")
+    copy_out = capsys.readouterr().out
+    of_original = reported.run("similar", "original.png", "--json")
+    original_view = json.loads(capsys.readouterr().out)
+    of_other = reported.run("similar", "other.png")
+    other_out = capsys.readouterr().out
+
+    assert of_copy == of_original == of_other == 0
+    assert "url: copy-brighter.png (rejected, duplicate)" in copy_out
+    nearest = copy_out.splitlines()[2]
+    assert nearest.endswith("  rejected (manual)  original.png")
+    assert float(nearest.split()[0]) >= 0.9
+    assert original_view["nearest"] == []
+    duplicates = {item["key"]: item["similarity"] for item in original_view["duplicates"]}
+    assert set(duplicates) == set(COPIES)
+    assert min(duplicates.values()) >= 0.9
+    assert "nearest rejected pictures (similarity 0.8 or more):\n  none" in other_out
+
+
+def test_similar_of_an_unknown_url_fails_and_a_bad_similarity_is_a_usage_error(
+    reported: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unknown = reported.run("similar", "nowhere.png")
+    unknown_err = capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        reported.run("similar", "original.png", "--min-similarity", "0.5")
+
+    assert unknown == 1
+    assert "no decision for nowhere.png" in unknown_err
+    assert usage.value.code == 2
+    assert "between 0.75 and 1" in capsys.readouterr().err
+
+
+def test_approving_the_original_forgets_its_duplicates(
+    reported: Site, fake: FakeRekognition, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = reported.run("approve", "original.png")
+    store = reported.store()
+    forgotten = [store.get(name) for name in COPIES]
+    reported.run("backfill", reported.urls_file(*COPIES))
+
+    assert code == 0
+    assert forgotten == [None, None, None]
+    assert [store.get(name).status for name in COPIES] == [Status.APPROVED] * 3  # type: ignore[union-attr]
+    assert fake.call_count == 2 + 3
+
+
+def test_reevaluate_never_approves_a_duplicate(
+    reported: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reported.write_conf(MODERATION_MIN_CONFIDENCE=0.9)
+
+    code = reported.run("reevaluate")
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "skipped, duplicates of rejected pictures: 3" in out.splitlines()
+    assert {reported.store().get(name).source for name in COPIES} == {Source.DUPLICATE}  # type: ignore[union-attr]
+
+
+# Custom Moderation adapters
+
+ADAPTER = (
+    "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
+)
+
+
+def test_show_names_the_adapter_and_reevaluate_lists_decisions_of_another(
+    site: Site, fake: FakeRekognition, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.add_adapter(ADAPTER)
+    fake.respond(GREEN, SWIMWEAR_65, adapter=ADAPTER)
+    site.add("green.png", GREEN)
+    site.add("blue.png", BLUE)
+    site.write_conf(REKOGNITION_PROJECT_VERSION=ADAPTER)
+    site.run("backfill", site.urls_file("green.png"))
+    site.write_conf()
+    site.run("backfill", site.urls_file("blue.png"))
+    site.write_conf(REKOGNITION_PROJECT_VERSION=ADAPTER)
+    capsys.readouterr()
+
+    shown = site.run("show", "green.png")
+    show_out = capsys.readouterr().out
+    reevaluated = site.run("reevaluate")
+    out = capsys.readouterr().out
+
+    assert shown == reevaluated == 0
+    assert [call.project_version for call in fake.calls] == [ADAPTER, None]
+    assert f"backend: rekognition 7.0 (adapter {ADAPTER})" in show_out
+    assert "judged by another adapter\tblue.png\tbase model" in out
+    assert "green.png" not in out
+    assert (
+        "judged by another adapter than REKOGNITION_PROJECT_VERSION, labels kept "
+        "(forget to judge again): 1"
+    ) in out
+
+
 # configuration and the console script
 
 
@@ -717,8 +878,12 @@ def test_console_script_check_of_a_non_image_says_so_without_a_traceback(site: S
 
 
 def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> None:
-    if importlib.util.find_spec("pycurl") is not None:
-        pytest.skip("pycurl is installed: Thumbor gives no advice to silence")
+    # Installed or not here (thumbor-aws brings it), pycurl cannot be imported by the
+    # commands below: a pycurl first on their path that fails, as a missing one would.
+    absent = site.root / "absent" / "pycurl"
+    absent.mkdir(parents=True)
+    (absent / "__init__.py").write_text("raise ModuleNotFoundError('pycurl')\n")
+    environment = {**os.environ, "PYTHONPATH": str(absent.parent)}
     site.write_conf(MODERATION_SOURCE_LOADER="thumbor.loaders.http_loader")
     importing = subprocess.run(
         [sys.executable, "-c", "import thumbor.loaders.http_loader"],
@@ -726,6 +891,7 @@ def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> N
         text=True,
         timeout=60,
         check=False,
+        env=environment,
     )
 
     stats = subprocess.run(
@@ -734,6 +900,7 @@ def test_console_script_does_not_pass_on_thumbors_pycurl_advice(site: Site) -> N
         text=True,
         timeout=60,
         check=False,
+        env=environment,
     )
 
     assert cli.PYCURL_ADVICE in importing.stderr

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import pytest
 from PIL import Image
 
+from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.moto_server import aws_client, moto_server
@@ -325,6 +326,55 @@ def test_approving_on_one_node_restores_a_rejected_picture_on_the_other_without_
     # B fetched the quarantined copy from S3 and keeps it in its own STORAGE.
     assert storage_file(cluster.b.root, name).read_bytes() == original
     assert fake.call_count == 1
+
+
+# Near-duplicates: the index of rejected pictures is shared through Redis.
+
+
+def add_busy(images: Path, stem: str, data: bytes, suffix: str = ".png") -> str:
+    name = f"{stem}-{next(_names)}{suffix}"
+    (images / name).write_bytes(data)
+    return name
+
+
+def decision_on(node: ThumborServer, name: str) -> tuple[int, dict[str, Any]]:
+    answer = node.request("GET", f"/moderation/image?url={quote(name, safe='')}", headers=AUTH)
+    return answer.status, json.loads(answer.body) if answer.status == 200 else {}
+
+
+def test_copies_of_a_picture_rejected_on_one_node_are_rejected_on_the_other_and_lifted(
+    cluster: Cluster, fake: FakeRekognition
+) -> None:
+    image = pictures.busy(f"cluster-{next(_names)}")
+    original = add_busy(cluster.images, "reported", pictures.encoded(image, "PNG"))
+    assert status_of(cluster.a.get(f"/unsafe/100x80/{original}")) == "approved"
+    assert override(cluster.a, original, "rejected").status == 200
+    copies = [
+        add_busy(cluster.images, "copy-q70", pictures.resized_jpeg(image, 0.75, 70), ".jpg"),
+        add_busy(cluster.images, "copy-brighter", pictures.brighter(image, 1.06)),
+        add_busy(cluster.images, "copy-q45", pictures.reencoded(image, 45), ".jpg"),
+    ]
+    unrelated = [
+        add_busy(cluster.images, "unrelated", pictures.encoded(pictures.busy(f"u{n}"), "PNG"))
+        for n in range(10)
+    ]
+
+    on_b = [status_of(cluster.b.get(f"/unsafe/100x80/{name}")) for name in copies]
+    calls_for_copies = fake.call_count - 1
+    named = [decision_on(cluster.a, name)[1].get("duplicate_of") for name in copies]
+    others = [status_of(cluster.b.get(f"/unsafe/100x80/{name}")) for name in unrelated]
+    approved = override(cluster.b, original, "approved")
+    lifted = [decision_on(cluster.a, name)[0] for name in copies]
+    on_a = [status_of(cluster.a.get(f"/unsafe/100x80/{name}")) for name in copies]
+
+    assert on_b == ["rejected"] * 3
+    assert calls_for_copies == 0
+    assert named == [original] * 3
+    assert others == ["approved"] * 10
+    assert approved.status == 200
+    assert lifted == [404] * 3
+    assert on_a == ["approved"] * 3
+    assert fake.call_count == 1 + 10 + 3
 
 
 # Redis killed in the middle of traffic.

@@ -398,9 +398,55 @@ def test_cloudinary_chain_ending_in_manual_is_read_into_the_policy() -> None:
     assert result.policy == Policy(rules={"explicit_nudity": 0.6}, manual_review=True)
 
 
-def test_cloudinary_chain_with_duplicate_stops_start_up_saying_why() -> None:
-    with pytest.raises(ConfigurationError) as info:
-        settings(MODERATION_RULES="aws_rek|duplicate:0.9|manual")
+def test_cloudinary_duplicate_step_sets_the_duplicate_similarity() -> None:
+    result = settings(MODERATION_RULES="aws_rek:explicit_nudity:0.6|duplicate:0.95|manual")
 
-    assert "MODERATION_RULES" in str(info.value)
-    assert "near-duplicate matching" in str(info.value)
+    assert result.duplicate_similarity == 0.95
+    assert result.policy == Policy(rules={"explicit_nudity": 0.6}, manual_review=True)
+
+
+def test_duplicate_similarity_defaults_to_0_9_and_0_disables_it() -> None:
+    assert Settings.from_config(Config()).duplicate_similarity == 0.9
+    assert settings(MODERATION_DUPLICATE_SIMILARITY="0").duplicate_similarity == 0.0
+    assert settings(MODERATION_RULES="aws_rek|duplicate:0").duplicate_similarity == 0.0
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        ({"MODERATION_DUPLICATE_SIMILARITY": 0.5}, ["MODERATION_DUPLICATE_SIMILARITY", "0.85"]),
+        ({"MODERATION_DUPLICATE_SIMILARITY": "1.5"}, ["MODERATION_DUPLICATE_SIMILARITY"]),
+        ({"MODERATION_RULES": "aws_rek|duplicate:0.7"}, ["MODERATION_RULES", "0.85"]),
+        ({"MODERATION_RULES": "aws_rek|duplicate:high"}, ["MODERATION_RULES", "'high'"]),
+        (
+            {"MODERATION_RULES": "aws_rek|duplicate:0.95", "MODERATION_DUPLICATE_SIMILARITY": 0.97},
+            ["MODERATION_RULES", "MODERATION_DUPLICATE_SIMILARITY", "one place"],
+        ),
+    ],
+)
+def test_a_duplicate_similarity_that_cannot_work_stops_start_up_naming_the_key(
+    values: dict[str, Any], names: list[str]
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(**values)
+
+    assert all(name in str(info.value) for name in names)
+
+
+ADAPTER = (
+    "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
+)
+
+
+def test_rekognition_project_version_is_read_as_an_adapter_arn() -> None:
+    assert Settings.from_config(Config()).rekognition_project_version is None
+    assert settings(REKOGNITION_PROJECT_VERSION=ADAPTER).rekognition_project_version == ADAPTER
+    assert settings(REKOGNITION_PROJECT_VERSION="").rekognition_project_version is None
+
+
+def test_a_project_version_that_is_not_an_adapter_arn_stops_start_up() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(REKOGNITION_PROJECT_VERSION="my-adapter")
+
+    assert "REKOGNITION_PROJECT_VERSION" in str(info.value)
+    assert "project version ARN" in str(info.value)

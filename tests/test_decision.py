@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from thumbor_rekognition.decision import ContentType, Decision, Label, Reason, Status
+from thumbor_rekognition.decision import ContentType, Decision, Label, Reason, Source, Status
 from thumbor_rekognition.policy import Policy
 
 # A decision as stored before frames, ContentTypes and translated reasons were recorded.
@@ -65,3 +65,21 @@ def test_new_fields_survive_the_round_trip() -> None:
     )
 
     assert Decision.from_json(decision.to_json()) == decision
+
+
+def test_decision_stored_before_duplicates_and_adapters_loads_without_them() -> None:
+    decision = Decision.from_json(json.dumps(BEFORE_FRAMES))
+
+    assert (decision.duplicate_of, decision.similarity, decision.project_version) == ("", 0.0, "")
+
+
+def test_a_duplicate_and_an_adapter_survive_the_round_trip() -> None:
+    adapter = "arn:aws:rekognition:us-east-1:111122223333:project/a/version/a.1/1"
+    judged = Decision.from_json(json.dumps(BEFORE_FRAMES)).replace(project_version=adapter)
+    duplicate = Decision.from_json(json.dumps(BEFORE_FRAMES)).replace(
+        source=Source.DUPLICATE, duplicate_of="photos/original.jpg", similarity=0.9688
+    )
+
+    assert Decision.from_json(judged.to_json()) == judged
+    assert Decision.from_json(duplicate.to_json()) == duplicate
+    assert json.loads(duplicate.to_json())["source"] == "duplicate"

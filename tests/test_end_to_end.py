@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -629,3 +630,41 @@ def test_new_thresholds_rejudge_stored_labels_and_serve_from_quarantine(
     with Image.open(io.BytesIO(after.body)) as image:
         assert image.convert("RGB").getpixel((35, 35)) == pytest.approx((255, 0, 0), abs=10)
     assert fake.call_count == 1
+
+
+ADAPTER = (
+    "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
+)
+
+
+def test_a_configured_adapter_judges_every_picture_and_its_decision_names_it(
+    fresh_root: Path, fake: FakeRekognition
+) -> None:
+    fake.add_adapter(ADAPTER)
+    # What the adapter was trained to see and the base model does not.
+    fake.respond(
+        (0, 0, 255),
+        v7(("Swimwear or Underwear", "Female Swimwear or Underwear"), 90),
+        adapter=ADAPTER,
+    )
+    (fresh_root / "images" / "catalogue.png").write_bytes(picture((0, 0, 255)))
+    (fresh_root / "images" / "plain.png").write_bytes(picture((0, 255, 0)))
+    config = base_config(fresh_root, fresh_root / "images", fake.url)
+    config["REKOGNITION_PROJECT_VERSION"] = ADAPTER
+    config["MODERATION_ADMIN_TOKEN"] = "adapter-admin-token-5c2e91"
+    thumbor = ThumborServer(fresh_root, config).start()
+    try:
+        catalogue = thumbor.get("/unsafe/60x60/catalogue.png").header("X-Moderation-Status")
+        plain = thumbor.get("/unsafe/60x60/plain.png").header("X-Moderation-Status")
+        shown = thumbor.get(
+            "/moderation/image?url=catalogue.png",
+            headers={"Authorization": "Bearer adapter-admin-token-5c2e91"},
+        )
+    finally:
+        thumbor.stop()
+
+    assert (catalogue, plain) == ("rejected", "approved")
+    assert [call.project_version for call in fake.calls] == [ADAPTER, ADAPTER]
+    decision = json.loads(shown.body)
+    assert (decision["model_version"], decision["project_version"]) == ("7.0", ADAPTER)
+    assert "Traceback" not in thumbor.log

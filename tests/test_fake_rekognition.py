@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -454,3 +455,100 @@ def test_stop_returns_promptly_while_a_slow_answer_is_pending() -> None:
     fake.stop()
 
     assert time.monotonic() - started < 2.0
+
+
+def test_held_requests_are_answered_once_released(fake: FakeRekognition, client: Any) -> None:
+    fake.respond(RED, [EXPLICIT])
+    fake.fail("hold")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = [
+            pool.submit(client.detect_moderation_labels, Image={"Bytes": encode(RED)})
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 10
+        while fake.call_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answered_while_held = [future.done() for future in pending]
+        fake.release()
+        responses = [future.result(timeout=10) for future in pending]
+    after = client.detect_moderation_labels(Image={"Bytes": encode(RED)})
+
+    assert answered_while_held == [False, False]
+    assert [response["ModerationLabels"] for response in responses] == [[EXPLICIT]] * 2
+    assert after["ModerationLabels"] == [EXPLICIT]
+    assert [call.fault for call in fake.calls] == ["hold", "hold", None]
+
+
+def test_held_request_released_with_an_error_gets_that_error(
+    fake: FakeRekognition, client: Any
+) -> None:
+    fake.fail("hold")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(client.detect_moderation_labels, Image={"Bytes": encode(RED)})
+        deadline = time.monotonic() + 10
+        while fake.call_count < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fake.release("internal")
+        with pytest.raises(client.exceptions.InternalServerError):
+            pending.result(timeout=10)
+
+
+def test_release_rejects_an_answer_that_is_not_a_reply(fake: FakeRekognition) -> None:
+    with pytest.raises(ValueError, match="cannot answer"):
+        fake.release("slow")
+
+
+def test_stop_returns_promptly_while_a_request_is_held() -> None:
+    fake = FakeRekognition().start()
+    impatient = make_client(fake.url, read_timeout=0.1)
+    fake.fail("hold")
+    with pytest.raises(ReadTimeoutError):
+        impatient.detect_moderation_labels(Image={"Bytes": encode(RED)})
+
+    started = time.monotonic()
+    fake.stop()
+
+    assert time.monotonic() - started < 2.0
+
+
+ADAPTER = (
+    "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
+)
+
+
+def test_a_call_through_a_known_adapter_gets_its_answers_and_its_arn(
+    fake: FakeRekognition, client: Any
+) -> None:
+    fake.add_adapter(ADAPTER)
+    fake.respond(RED, [SUGGESTIVE])
+    fake.respond(RED, [EXPLICIT], adapter=ADAPTER)
+
+    through = client.detect_moderation_labels(Image={"Bytes": encode(RED)}, ProjectVersion=ADAPTER)
+    base = client.detect_moderation_labels(Image={"Bytes": encode(RED)}, MinConfidence=40)
+
+    assert (through["ModerationLabels"], through["ProjectVersion"]) == ([EXPLICIT], ADAPTER)
+    assert (base["ModerationLabels"], "ProjectVersion" in base) == ([SUGGESTIVE], False)
+    assert [call.project_version for call in fake.calls] == [ADAPTER, None]
+
+
+def test_an_expired_adapter_is_answered_by_the_base_model_without_its_arn(
+    fake: FakeRekognition, client: Any
+) -> None:
+    fake.add_adapter(ADAPTER, expired=True)
+    fake.respond(RED, [EXPLICIT])
+    fake.respond(RED, [NUDITY], adapter=ADAPTER)
+
+    response = client.detect_moderation_labels(Image={"Bytes": encode(RED)}, ProjectVersion=ADAPTER)
+
+    assert response["ModerationLabels"] == [EXPLICIT]
+    assert "ProjectVersion" not in response
+
+
+def test_an_unknown_adapter_is_not_found(fake: FakeRekognition, client: Any) -> None:
+    with pytest.raises(ClientError) as info:
+        client.detect_moderation_labels(Image={"Bytes": encode(RED)}, ProjectVersion=ADAPTER)
+
+    assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert fake.calls[0].project_version == ADAPTER

@@ -33,7 +33,7 @@ from thumbor_rekognition.backends import (
 )
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Analysis, Decision, Event, Label, Source, Status
-from thumbor_rekognition.moderator import Moderator, start_request
+from thumbor_rekognition.moderator import Moderator
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage
 from thumbor_rekognition.stores import sqlite
 
@@ -590,7 +590,7 @@ def test_each_request_waits_for_a_hung_store_once_at_most(world: World) -> None:
     store.hung = True
 
     async def one_request(index: int) -> Decision:
-        start_request()
+        # A request of its own: gather runs each in a task, as Tornado runs requests.
         key = f"host/{index}.jpg"
         await moderator.lookup(key)
         return await moderator.moderate(key, f"http://{key}", pictures[index])

@@ -567,10 +567,26 @@ def test_parse_cloudinary_chain_reads_piped_steps(
 
 
 @pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        ("aws_rek|duplicate:0.9", 0.9),
+        ("aws_rek:explicit_nudity:0.6 | duplicate:0.95 | manual", 0.95),
+        ("aws_rek|Duplicate:1", 1.0),
+        ("aws_rek|manual", None),
+    ],
+)
+def test_parse_cloudinary_chain_reads_the_duplicate_score(text: str, score: float | None) -> None:
+    assert parse_cloudinary_chain(text).duplicate == score
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("aws_rek|duplicate:0.9|manual", "near-duplicate matching"),
-        ("duplicate:0.9", "near-duplicate matching"),
+        ("duplicate:0.9", "expected an 'aws_rek' step"),
+        ("aws_rek|duplicate", "one score between 0 and 1"),
+        ("aws_rek|duplicate:0.9:0.8", "one score between 0 and 1"),
+        ("aws_rek|duplicate:1.2", "not between 0 and 1"),
+        ("aws_rek|duplicate:0.9|duplicate:0.95", "one 'duplicate' step"),
         ("manual|aws_rek", "must end the chain"),
         ("aws_rek|manual:fast", "takes no options"),
         ("aws_rek|aws_rek:suggestive:0.7", "one 'aws_rek' step"),

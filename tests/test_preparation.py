@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageCms, ImageFile
 
-from thumbor_rekognition import preparation
+from tests import pictures
+from thumbor_rekognition import fingerprint, preparation
 from thumbor_rekognition.preparation import (
     ALPHA_IGNORED,
     MAX_BYTES,
@@ -748,3 +749,48 @@ def test_truncated_jpeg_is_unsupported_inside_a_thumbor_process(
 
     with pytest.raises(UnsupportedImage):
         prepare(data)
+
+
+# Fingerprints: one per judged frame, from the first view, before padding.
+
+
+def test_still_picture_has_the_fingerprint_of_what_it_shows() -> None:
+    image = pictures.busy(21)
+
+    prepared = prepare(encode(image, "PNG"))
+
+    assert prepared.fingerprints == {0: fingerprint.of(image)}
+
+
+def test_transparent_picture_is_fingerprinted_as_shown_on_white() -> None:
+    image = pictures.busy(22).convert("RGBA")
+    image.putalpha(Image.linear_gradient("L").resize(image.size))
+    on_white = Image.new("RGB", image.size, "white")
+    on_white.paste(image, mask=image.getchannel("A"))
+
+    prepared = prepare(encode(image, "PNG"))
+
+    assert prepared.frames[0].grid == (1, 2)
+    assert prepared.fingerprints == {0: fingerprint.of(on_white)}
+
+
+def test_small_picture_padded_for_the_backend_is_fingerprinted_unpadded() -> None:
+    image = pictures.busy(23, size=(300, 30))
+
+    prepared = prepare(encode(image, "PNG"))
+
+    assert prepared.frames[0].height == preparation.MIN_SIDE
+    assert prepared.fingerprints[0] == fingerprint.of(image)
+
+
+def test_each_judged_frame_of_an_animation_has_its_own_fingerprint() -> None:
+    frames = [pictures.busy(30), pictures.busy(31), Image.new("RGB", pictures.SIZE, "white")]
+    data = io.BytesIO()
+    frames[0].save(
+        data, "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
+
+    prepared = prepare(data.getvalue(), max_frames=5)
+
+    assert len(prepared.frames) == 3
+    assert prepared.fingerprints == {0: fingerprint.of(frames[0]), 1: fingerprint.of(frames[1])}

@@ -26,6 +26,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import ThumborServer, base_config
@@ -253,4 +254,30 @@ def test_file_name_with_markup_is_shown_as_text(visit: Visit) -> None:
     assert visit.page.locator('img[src="x"]').count() == 0
     assert visit.page.locator("#grid img").count() == visit.page.locator("#grid figure").count()
     assert visit.dialogs == []
+    assert visit.errors == []
+
+
+def test_a_copy_of_a_picture_rejected_on_the_page_is_shown_as_its_duplicate(
+    visit: Visit, server: ThumborServer
+) -> None:
+    image = pictures.busy("review-original")
+    images = server.root / "images"
+    (images / "poster.png").write_bytes(pictures.encoded(image, "PNG"))
+    (images / "poster-copy.jpg").write_bytes(pictures.resized_jpeg(image))
+    assert served_status(server, "poster.png") == "approved"
+    visit.log_in(TOKEN)
+    visit.wait_for_images()
+
+    visit.decide("Reject", "poster.png", "approved", "rejected")
+    copy_status = served_status(server, "poster-copy.jpg")
+    # The tab keeps its token: the page opens on the grids again.
+    visit.page.reload()
+    visit.wait_for_images()
+    figure = visit.figure("rejected", "poster-copy.jpg")
+
+    assert copy_status == "rejected"
+    note = figure.locator("p.duplicate").inner_text()
+    assert note.startswith("duplicate of poster.png (similarity ")
+    assert float(note.rsplit(" ", 1)[1].rstrip(")")) >= 0.9
+    assert "duplicate ·" in figure.inner_text()
     assert visit.errors == []

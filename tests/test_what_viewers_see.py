@@ -46,12 +46,12 @@ class RegionalRekognition(FakeRekognition):
         self._parts.colours = _part_colours(body)
         return super()._handle(target, body)
 
-    def _scenario_for(self, color: tuple[int, int, int]) -> Any:
+    def _scenario_for(self, color: tuple[int, int, int], adapter: str | None = None) -> Any:
         for candidate in (color, *getattr(self._parts, "colours", ())):
-            scenario = super()._scenario_for(candidate)
+            scenario = super()._scenario_for(candidate, adapter)
             if scenario.labels:
                 return scenario
-        return super()._scenario_for(color)
+        return super()._scenario_for(color, adapter)
 
 
 def _part_colours(body: bytes) -> list[tuple[int, int, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from thumbor_rekognition.runtime import Runtime, runtime_for
+from thumbor_rekognition.runtime import RUNTIMES, Runtime, runtime_for
 
 
 class Wrapping:
@@ -13,30 +13,31 @@ class Wrapping:
 
     # Lets the handler list check at start-up that the configured module moderates.
     MODERATING = True
+    # The Runtime attribute holding the wrapped module (None: keep nothing).
+    WRAPS = ""
 
     context: Any
-
-    def __init__(self, context: Any) -> None:
-        # Thumbor builds one per request context, and one before its handler lists check
-        # the configuration: the runtime and the wrapped storage come on first use.
-        super().__init__(context)  # type: ignore[call-arg]
-        self._source: Any = None
-        self._built: Runtime | None = None
+    # Thumbor builds one per request context (three per image request, counting upload
+    # and result storage), and one before its handler lists check the configuration: the
+    # runtime and the wrapped storage come on first use, and building one costs nothing.
+    _source: Any = None
+    _built: Runtime | None = None
 
     @property
     def _runtime(self) -> Runtime:
-        if self._built is None:
-            self._built = runtime_for(self.context.config)
-        return self._built
-
-    def _wrapped(self) -> ModuleType | None:
-        """The module whose Storage keeps the bytes, or None for none."""
-        raise NotImplementedError
+        built = self._built
+        if built is None:
+            built = self._built = runtime_for(self.context.config)
+        return built
 
     @property
     def source(self) -> Any:
         """The wrapped storage instance for this request, or None."""
-        if self._source is None:
-            module = self._wrapped()
-            self._source = module.Storage(self.context) if module is not None else False
-        return self._source or None
+        source = self._source
+        if source is None:
+            # On every request: as few steps as building it can take.
+            config = self.context.config
+            built = self._built = RUNTIMES.get(config) or runtime_for(config)
+            module: ModuleType | None = getattr(built, self.WRAPS)
+            source = self._source = module.Storage(self.context) if module is not None else False
+        return source or None

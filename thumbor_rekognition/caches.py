@@ -4,8 +4,9 @@ Overrides need them: approving a picture puts its quarantined original back into
 STORAGE; rejecting one removes the original and every result derived from it. Result
 storage has no delete and no index, so the gate records the result paths of each
 picture as they are written, and deleting them is specific to each result storage:
-Thumbor's file result storage is supported here, others keep their entries (the gate
-refuses them anyway; only disk is lost) unless they have a ``remove(path)`` method.
+Thumbor's file result storage is supported here, thumbor-aws's in aws_caches (its objects
+are deleted in batches), others keep their entries (the gate refuses them anyway; only
+disk is lost) unless they have a ``remove(path)`` method.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from thumbor.context import Context, RequestParameters
+
+from thumbor_rekognition import aws_caches
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,9 @@ async def remove_result(config: Any, result_storage: Any, path: str) -> int:
         return 0
     if type(result_storage).__module__ == FILE_RESULT_STORAGE:
         return _remove_result_file(config, path)
+    if aws_caches.is_thumbor_aws(type(result_storage), aws_caches.RESULT_STORAGE):
+        # No remove(path): its callers delete the objects in batches (aws_caches.remove).
+        return 0
     remove = getattr(result_storage, "remove", None)
     if not callable(remove):
         logger.warning(

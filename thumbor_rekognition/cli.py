@@ -1,4 +1,5 @@
-"""``thumbor-moderation``: check a file, list, inspect, override, re-evaluate and backfill.
+"""``thumbor-moderation``: check a file, list, inspect, override, re-evaluate and backfill,
+and find the rejected pictures nearest to one.
 
 Every command reads the same thumbor.conf as the Thumbor servers it administers and
 goes through the same pieces they use (the runtime's moderator, the decision store, the
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ from thumbor_rekognition.decision import (
     Source,
     Status,
 )
+from thumbor_rekognition.duplicates import Resemblance
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.generations import Judged
 from thumbor_rekognition.loader import as_loader_result
 from thumbor_rekognition.moderator import sha256_hex
@@ -64,6 +68,14 @@ EXIT_INTERRUPTED = 130
 CONF_NAME = "thumbor.conf"
 REEVALUATE_ACTOR = "cli:reevaluate"
 DEFAULT_CONCURRENCY = 8
+# With REKOGNITION_MAX_CALLS_PER_SECOND, how long one URL of a backfill may wait for its
+# turn to call: no request waits on a backfill, so it queues instead of giving up.
+BACKFILL_TURN_WAIT_SECONDS = 3600.0
+
+# `similar`: how far from a picture to look, and how many pictures to list.
+SIMILAR_MINIMUM = 0.8
+SIMILAR_FLOOR = 0.75
+SIMILAR_LIMIT = 10
 PYCURL_ADVICE = "pycurl usage is advised"
 
 # Outcomes of backfill that are decisions; anything else is a failure.
@@ -178,6 +190,7 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
                 "content_hash": sha256_hex(data),
                 "backend": analysis.backend,
                 "model_version": analysis.model_version,
+                "project_version": analysis.project_version,
                 "min_confidence": analysis.min_confidence,
                 "labels": [label.to_dict() for label in analysis.labels],
                 "content_types": [kind.to_dict() for kind in analysis.content_types],
@@ -196,7 +209,7 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"file: {arguments.file} ({prepared.format} {prepared.width}x{prepared.height})")
     print(
-        f"backend: {analysis.backend} {analysis.model_version} "
+        f"backend: {_model(analysis.backend, analysis.model_version, analysis.project_version)} "
         f"(labels with confidence {analysis.min_confidence / 100:g} or more)"
     )
     _print_labels(analysis.labels)
@@ -244,7 +257,9 @@ def run_show(environment: Environment, arguments: argparse.Namespace) -> int:
     print(f"key: {decision.key}")
     print(f"status: {decision.status.value} ({decision.source.value})")
     print(f"content hash: {decision.sha256 or '-'}")
-    backend = f"{decision.backend} {decision.model_version}".strip()
+    if decision.duplicate_of:
+        print(f"duplicate of: {decision.duplicate_of} (similarity {decision.similarity:.3f})")
+    backend = _model(decision.backend, decision.model_version, decision.project_version)
     print(f"backend: {backend or '-'}")
     if decision.backend:
         print(f"labels kept: confidence {decision.min_confidence / 100:g} or more")
@@ -312,6 +327,95 @@ def run_migrate_store(environment: Environment, arguments: argparse.Namespace) -
     return EXIT_OK
 
 
+def run_similar(environment: Environment, arguments: argparse.Namespace) -> int:
+    """The rejected pictures nearest to one, most alike first, and its own duplicates."""
+    found = asyncio.run(
+        _similar(environment, arguments.url, arguments.min_similarity, arguments.limit)
+    )
+    decision, nearest, duplicates = found
+    if arguments.json:
+        _print_json(
+            {
+                "url": arguments.url,
+                "key": decision.key,
+                "content_hash": decision.sha256,
+                "min_similarity": arguments.min_similarity,
+                "nearest": [
+                    {
+                        "similarity": match.similarity,
+                        "content_hash": match.sha256,
+                        "decisions": [decision_view(item) for item in items],
+                    }
+                    for match, items in nearest
+                ],
+                "duplicates": [decision_view(item) for item in duplicates],
+            }
+        )
+        return EXIT_OK
+    print(f"url: {decision.url} ({decision.status.value}, {decision.source.value})")
+    print(f"nearest rejected pictures (similarity {arguments.min_similarity:g} or more):")
+    if not nearest:
+        print("  none")
+    for match, items in nearest:
+        for item in items:
+            print(
+                f"  {match.similarity:.3f}  {item.status.value} ({item.source.value})  {item.key}"
+            )
+    if duplicates:
+        print("rejected as its duplicates:")
+    for item in duplicates:
+        print(f"  {item.similarity:.3f}  {item.key}")
+    return EXIT_OK
+
+
+async def _similar(
+    environment: Environment, url: str, minimum: float, limit: int
+) -> tuple[Decision, list[tuple[Resemblance, list[Decision]]], list[Decision]]:
+    review = environment.review
+    moderator = environment.runtime.moderator
+    found = await review.show(url)
+    if found is None:
+        raise Failure(f"no decision for {url}")
+    decision = found[0]
+    prints = await _prints(environment, decision)
+    matches: list[Resemblance] = await moderator.run_store(
+        moderator.duplicates.nearest, prints, minimum, limit + 1
+    )
+    nearest: list[tuple[Resemblance, list[Decision]]] = []
+    for match in matches:
+        if match.sha256 == decision.sha256 or len(nearest) == limit:
+            continue
+        items = await moderator.run_store(moderator.store.find_all_by_hash, match.sha256)
+        nearest.append((match, items))
+    duplicates = []
+    for key in await moderator.run_store(moderator.store.duplicates_of, decision.sha256):
+        item = await moderator.run_store(moderator.store.get, key)
+        if item is not None and item.source is Source.DUPLICATE:
+            duplicates.append(item)
+    return decision, nearest, duplicates
+
+
+async def _prints(environment: Environment, decision: Decision) -> dict[int, Print]:
+    """A picture's kept fingerprints, or those of its original when none were kept."""
+    moderator = environment.runtime.moderator
+    if decision.sha256:
+        kept: dict[int, Print] = await moderator.run_store(
+            moderator.store.fingerprints, decision.sha256
+        )
+        if kept:
+            return kept
+    original = await environment.review.original(decision.url)
+    if original is None:
+        raise Failure(f"no fingerprint kept for {decision.url} and no original at hand")
+    try:
+        prepared = await moderator.run_blocking(moderator.prepare, original)
+    except UnsupportedImage as error:
+        raise Failure(f"{decision.url}: {error}") from None
+    if not prepared.fingerprints:
+        raise Failure(f"{decision.url} has too little detail to be fingerprinted")
+    return prepared.fingerprints
+
+
 @dataclass
 class Reevaluation:
     """What re-applying the thresholds to stored labels did (or would do)."""
@@ -323,6 +427,8 @@ class Reevaluation:
     retrying: int = 0
     new_analysis: int = 0
     not_quarantined: int = 0
+    duplicates: int = 0
+    other_adapter: int = 0
 
 
 def run_reevaluate(environment: Environment, arguments: argparse.Namespace) -> int:
@@ -337,6 +443,12 @@ def run_reevaluate(environment: Environment, arguments: argparse.Namespace) -> i
     print(f"skipped, manual: {result.manual}")
     print(f"skipped, backend error (retried on the next request): {result.retrying}")
     print(f"need a new analysis: {result.new_analysis}")
+    print(f"skipped, duplicates of rejected pictures: {result.duplicates}")
+    if result.other_adapter:
+        print(
+            f"judged by another adapter than REKOGNITION_PROJECT_VERSION, labels kept "
+            f"(forget to judge again): {result.other_adapter}"
+        )
     if result.not_quarantined:
         print(f"originals not quarantined (kept in STORAGE): {result.not_quarantined}")
     if arguments.dry_run:
@@ -360,6 +472,17 @@ async def _reevaluate(environment: Environment, dry_run: bool) -> Reevaluation:
             if decision.source is Source.MANUAL:
                 result.manual += 1
                 continue
+            if decision.source is Source.DUPLICATE:
+                # Resemblance is not a verdict on labels: thresholds never approve it.
+                result.duplicates += 1
+                continue
+            if _other_adapter(environment, decision):
+                result.other_adapter += 1
+                tqdm.write(
+                    f"judged by another adapter\t{decision.key}\t"
+                    f"{decision.project_version or 'base model'}",
+                    file=sys.stdout,
+                )
             if decision.needs_retry:
                 result.retrying += 1
                 continue
@@ -414,6 +537,7 @@ async def _apply(
     moderator.forget(after.key)
     if saved.source is Source.MANUAL:
         return saved, quarantined
+    await moderator.reindex(before, saved)
     if refused:
         if quarantined:
             await review.purge(saved.url)
@@ -423,6 +547,13 @@ async def _apply(
     elif before.status is not Status.APPROVED:
         await _restore(environment, saved)
     return saved, quarantined
+
+
+def _other_adapter(environment: Environment, decision: Decision) -> bool:
+    """Whether Rekognition judged a decision with another adapter than the one configured
+    (or none), so that its stored labels are not what the configured one would say."""
+    configured = environment.runtime.settings.rekognition_project_version or ""
+    return decision.backend == "rekognition" and decision.project_version != configured
 
 
 async def _quarantine(environment: Environment, decision: Decision) -> bool:
@@ -508,6 +639,7 @@ async def _backfill(environment: Environment, urls: list[str], concurrency: int)
     semaphore = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
     with tqdm(total=len(urls), desc="backfill", unit="url", file=sys.stderr, disable=None) as bar:
+        shown = _CallRateShown(environment, calls_before)
 
         async def one(url: str) -> None:
             try:
@@ -520,6 +652,7 @@ async def _backfill(environment: Environment, urls: list[str], concurrency: int)
             result.outcomes[outcome] += 1
             if outcome not in DECIDED:
                 result.failures.append((url, outcome))
+            shown.update(bar)
             bar.update(1)
 
         for url in urls:
@@ -532,6 +665,31 @@ async def _backfill(environment: Environment, urls: list[str], concurrency: int)
         await asyncio.gather(*running)
     result.backend_calls = moderator.backend_calls - calls_before
     return result
+
+
+class _CallRateShown:
+    """The backend calls per second of a backfill, and the cluster's limit, on its bar."""
+
+    def __init__(self, environment: Environment, calls_before: int) -> None:
+        self.moderator = environment.runtime.moderator
+        self.call_rate = getattr(self.moderator.backend, "call_rate", None)
+        self.calls_before = calls_before
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def update(self, bar: Any) -> None:
+        now = time.monotonic()
+        if now - self.shown < 0.5:
+            return
+        self.shown = now
+        calls = self.moderator.backend_calls - self.calls_before
+        text = f"calls {calls / max(now - self.started, 0.001):.2f}/s"
+        if self.call_rate is not None:
+            limit, current = self.call_rate.limit, self.call_rate.current()
+            text += f" (limit {limit:g}/s" + (
+                f", lowered to {current:.2g}/s by throttling)" if current < limit else ")"
+            )
+        bar.set_postfix_str(text, refresh=False)
 
 
 async def _moderate_url(environment: Environment, url: str) -> str:
@@ -554,9 +712,12 @@ async def _moderate_url(environment: Environment, url: str) -> str:
         return LOAD_FAILURES.get(result.error, "load failed")
     if not result.buffer:
         return "empty"
+    deadline = None
+    if runtime.settings.rekognition_max_calls_per_second:
+        deadline = time.monotonic() + BACKFILL_TURN_WAIT_SECONDS
     try:
         decision = await runtime.moderator.moderate(
-            normalise(quoted), unquote(quoted), result.buffer, context.metrics
+            normalise(quoted), unquote(quoted), result.buffer, context.metrics, deadline
         )
     except UnsupportedImage as error:
         logger.info("%s is not an image: %s", url, error)
@@ -628,9 +789,17 @@ def _print_reasons(status: Status, reasons: Iterable[Reason]) -> None:
         print(f"  {_reason(status, reason)}")
 
 
+def _model(backend: str, model_version: str, project_version: str) -> str:
+    """A backend and its model version, with the adapter that answered, if any."""
+    adapter = f" (adapter {project_version})" if project_version else ""
+    return f"{backend} {model_version}".strip() + adapter
+
+
 def _why(decision: Decision) -> str:
     if decision.error:
         return f"error: {decision.error}"
+    if decision.duplicate_of:
+        return f"duplicate of {decision.duplicate_of} (similarity {decision.similarity:.3f})"
     return "; ".join(_reason(decision.status, reason) for reason in decision.reasons)
 
 
@@ -680,6 +849,17 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _similarity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    # Lower, unrelated pictures fill the list, and each lookup asks for thousands of values.
+    if not SIMILAR_FLOOR <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between {SIMILAR_FLOOR:g} and 1, got {text}")
     return value
 
 
@@ -756,6 +936,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help=f"URLs moderated at once (default: {DEFAULT_CONCURRENCY})",
     )
+
+    similar = command(
+        "similar",
+        run_similar,
+        "List the rejected pictures nearest to a picture, with their similarity, and the "
+        "pictures rejected as its duplicates.",
+    )
+    similar.add_argument("url", help="image URL as it appears in Thumbor URLs")
+    similar.add_argument(
+        "--min-similarity",
+        type=_similarity,
+        default=SIMILAR_MINIMUM,
+        help=f"list pictures at least this alike, {SIMILAR_FLOOR:g} to 1 "
+        f"(default: {SIMILAR_MINIMUM:g})",
+    )
+    similar.add_argument(
+        "--limit",
+        type=_positive,
+        default=SIMILAR_LIMIT,
+        help=f"at most this many pictures (default: {SIMILAR_LIMIT})",
+    )
+    similar.add_argument("--json", action="store_true", help="print JSON")
 
     stats = command("stats", run_stats, "Counts by status and source, and backend calls.")
     stats.add_argument("--json", action="store_true", help="print JSON")

@@ -18,7 +18,7 @@ from typing import Any
 
 from thumbor.config import Config
 
-from thumbor_rekognition import policy, taxonomy
+from thumbor_rekognition import duplicates, policy, taxonomy
 
 GROUP = "Moderation"
 REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
@@ -89,7 +89,8 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "Thresholds written as a Cloudinary moderation string, e.g. "
         "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Ending the chain with "
         "'|manual' makes every picture the model does not reject 'pending' until a human "
-        "approves or rejects it. Merged with "
+        "approves or rejects it; a '|duplicate:<score>' step sets "
+        "MODERATION_DUPLICATE_SIMILARITY. Merged with "
         "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
         "given different values in two places stops start-up.",
         GROUP,
@@ -99,6 +100,17 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         0.0,
         "Width (0..1) of a band below each threshold: a label scoring inside it makes "
         "the decision 'pending' for a human instead of 'approved'. 0 disables it.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DUPLICATE_SIMILARITY",
+        0.9,
+        "How alike (0..1) a new picture must be to one the model or a human rejected to "
+        "be rejected as its duplicate, without a backend call, naming it (source "
+        "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
+        "more (one in 1,200 lower in the README's figures), distinct pictures 0.5 to 0.7 "
+        "(0.875 at most); 0 disables matching, values from 0.85 up are accepted. When "
+        "the rejected picture is approved, its duplicates are judged on their own.",
         GROUP,
     ),
     (
@@ -133,8 +145,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_DECISION_STORE",
         "thumbor_rekognition.stores.sqlite",
-        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine) or "
-        "thumbor_rekognition.stores.redis (shared by a cluster).",
+        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine), "
+        "thumbor_rekognition.stores.redis (shared by a cluster) or "
+        "thumbor_rekognition.stores.dynamodb (shared by a cluster on AWS).",
         GROUP,
     ),
     (
@@ -171,6 +184,32 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "Replicas that must hold a decision before it is answered (Redis WAIT, within "
         "MODERATION_STORE_TIMEOUT_SECONDS); 1 with a replica per master keeps every answered "
         "decision through a failover. 0: answer once the master has it.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_TABLE",
+        "",
+        "Table of the dynamodb decision store; required with "
+        "thumbor_rekognition.stores.dynamodb (see the README for its definition).",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_REGION",
+        "",
+        "Region of the DynamoDB table; REKOGNITION_REGION when empty.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_ENDPOINT_URL",
+        None,
+        "DynamoDB endpoint URL (e.g. a VPC endpoint); AWS's own for the region when unset.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_CREATE_TABLE",
+        False,
+        "Create the DynamoDB table (on-demand billing, with item expiry) when it does not "
+        "exist. Off: a missing table is an error, for tables made by infrastructure code.",
         GROUP,
     ),
     (
@@ -382,6 +421,15 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         REKOGNITION_GROUP,
     ),
     (
+        "REKOGNITION_PROJECT_VERSION",
+        None,
+        "ARN of a Rekognition Custom Moderation adapter (a project version), sent with "
+        "every call as ProjectVersion; unset, the base model judges. Decisions record the "
+        "adapter the answer names. Changing it does not judge stored pictures again: "
+        "their labels stay, `thumbor-moderation forget` has one judged anew.",
+        REKOGNITION_GROUP,
+    ),
+    (
         "REKOGNITION_TIMEOUT_SECONDS",
         5.0,
         "Connect and read timeout of one Rekognition call, in seconds.",
@@ -391,6 +439,16 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "REKOGNITION_MAX_ATTEMPTS",
         3,
         "Attempts per Rekognition call, first one included (botocore 'standard' retries).",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_MAX_CALLS_PER_SECOND",
+        None,
+        "Most Rekognition calls per second for the whole cluster (every process of every "
+        "node sharing the decision store), retries and animation scenes included: calls "
+        "are spaced evenly. A request waits for its turn within MODERATION_TIMEOUT_SECONDS, "
+        "then answers 'pending' and is judged on a later request. Throttling answers from "
+        "AWS lower the rate for a while. Unset: no limit.",
         REKOGNITION_GROUP,
     ),
 ]
@@ -446,6 +504,13 @@ def example_conf() -> str:
     return "\n".join(lines)
 
 
+# The pattern of DetectModerationLabels' ProjectVersion in the Rekognition service model.
+_PROJECT_VERSION_ARN = (
+    r"arn:[a-z\d-]+:rekognition:[a-z\d-]+:\d{12}:project/[a-zA-Z0-9_.\-]{1,255}"
+    r"/version/[a-zA-Z0-9_.\-]{1,255}/[0-9]+"
+)
+
+
 class ConfigurationError(ValueError):
     """A configuration value the plugin cannot work with; the message names the key."""
 
@@ -482,6 +547,10 @@ class Settings:
     redis_prefix: str
     redis_cluster: bool
     redis_wait_replicas: int
+    dynamodb_table: str
+    dynamodb_region: str
+    dynamodb_endpoint_url: str | None
+    dynamodb_create_table: bool
     store_timeout: float
     lease_seconds: float
     cache_ttl: float
@@ -515,6 +584,9 @@ class Settings:
     rekognition_endpoint_url: str | None
     rekognition_timeout: float
     rekognition_max_attempts: int
+    rekognition_max_calls_per_second: float | None
+    duplicate_similarity: float = 0.9
+    rekognition_project_version: str | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -538,6 +610,10 @@ class Settings:
             redis_prefix=reader.redis_prefix("MODERATION_REDIS_PREFIX"),
             redis_cluster=reader.boolean("MODERATION_REDIS_CLUSTER"),
             redis_wait_replicas=reader.integer("MODERATION_REDIS_WAIT_REPLICAS", minimum=0),
+            dynamodb_table=reader.string("MODERATION_DYNAMODB_TABLE").strip(),
+            dynamodb_region=reader.string("MODERATION_DYNAMODB_REGION").strip(),
+            dynamodb_endpoint_url=reader.optional_str("MODERATION_DYNAMODB_ENDPOINT_URL"),
+            dynamodb_create_table=reader.boolean("MODERATION_DYNAMODB_CREATE_TABLE"),
             store_timeout=reader.number(
                 "MODERATION_STORE_TIMEOUT_SECONDS", minimum=0.01, maximum=60.0
             ),
@@ -580,7 +656,43 @@ class Settings:
             rekognition_max_attempts=reader.integer(
                 "REKOGNITION_MAX_ATTEMPTS", minimum=1, maximum=20
             ),
+            rekognition_max_calls_per_second=reader.optional_number(
+                "REKOGNITION_MAX_CALLS_PER_SECOND", minimum=0.01, maximum=10_000.0
+            ),
+            duplicate_similarity=_read_duplicate_similarity(reader),
+            rekognition_project_version=reader.project_version("REKOGNITION_PROJECT_VERSION"),
         )
+
+
+def _read_duplicate_similarity(reader: _Reader) -> float:
+    key = "MODERATION_DUPLICATE_SIMILARITY"
+    value = _similarity(reader.number(key, minimum=0.0, maximum=1.0), key)
+    rules = reader.string("MODERATION_RULES")
+    if not rules.strip():
+        return value
+    try:
+        chain = policy.parse_cloudinary_chain(rules)
+    except ValueError as error:
+        raise ConfigurationError(f"MODERATION_RULES: {error}") from error
+    if chain.duplicate is None:
+        return value
+    from_rules = _similarity(chain.duplicate, "MODERATION_RULES")
+    if value not in (from_rules, DEFAULTS[key]):
+        raise ConfigurationError(
+            f"MODERATION_RULES sets the duplicate similarity to {from_rules:g}, but {key} "
+            f"sets it to {value:g}; set it in one place."
+        )
+    return from_rules
+
+
+def _similarity(value: float, key: str) -> float:
+    if 0.0 < value < duplicates.MIN_SIMILARITY:
+        raise ConfigurationError(
+            f"Config '{key}' sets the duplicate similarity to {value:g}. Use 0 (no matching) "
+            f"or {duplicates.MIN_SIMILARITY:g} to 1: unrelated pictures come closer than "
+            f"{duplicates.MIN_SIMILARITY:g} now and then."
+        )
+    return value
 
 
 def _read_policy(reader: _Reader) -> policy.Policy:
@@ -682,15 +794,6 @@ class _Reader:
             raise self._fail(key, value, "Not a string.")
         return value
 
-    def boolean(self, key: str) -> bool:
-        value = self.raw(key)
-        text = value.strip().lower() if isinstance(value, str) else value
-        if text in (True, 1, "true", "yes", "on", "1"):
-            return True
-        if text in (False, 0, "false", "no", "off", "0", ""):
-            return False
-        raise self._fail(key, value, "Not a valid bool.")
-
     def redis_prefix(self, key: str) -> str:
         value = self.string(key)
         if "{" in value or "}" in value:
@@ -731,6 +834,17 @@ class _Reader:
                 "surrounding spaces."
             )
         return Secret(value)
+
+    def project_version(self, key: str) -> str | None:
+        value = self.optional_str(key)
+        if value is not None and not re.fullmatch(_PROJECT_VERSION_ARN, value.strip()):
+            raise self._fail(
+                key,
+                value,
+                "Not a Rekognition project version ARN, e.g. 'arn:aws:rekognition:us-east-1:"
+                "111122223333:project/my-adapter/version/my-adapter.2024-01-01/1700000000000'.",
+            )
+        return value.strip() if value is not None else None
 
     def header(self, key: str) -> str | None:
         value = self.optional_str(key)
@@ -795,6 +909,26 @@ class _Reader:
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             raise self._fail(key, value, f"Must be between {minimum} and {maximum}.")
         return number
+
+    def optional_number(
+        self, key: str, minimum: float | None = None, maximum: float | None = None
+    ) -> float | None:
+        value = self.raw(key)
+        if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+            return None
+        return self.number(key, minimum, maximum)
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if isinstance(value, bool):
+            return value
+        text = value.strip().lower() if isinstance(value, str) else value
+        # --use-environment hands every value over as a string: "False" is not truthy.
+        if text in ("true", "1", "yes", "on", 1):
+            return True
+        if text in ("false", "0", "no", "off", "", 0):
+            return False
+        raise self._fail(key, value, "Not a valid bool.")
 
     def integer(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.raw(key)

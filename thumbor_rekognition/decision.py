@@ -23,6 +23,8 @@ class Status(str, enum.Enum):
 class Source(str, enum.Enum):
     AUTO = "auto"
     MANUAL = "manual"
+    # Rejected without a backend call: it resembles a rejected picture (duplicate_of).
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class Analysis:
     min_confidence: float
     frames: int = 1
     content_types: tuple[ContentType, ...] = ()
+    # The Custom Moderation adapter the answer says it used ('' for the base model).
+    project_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,10 @@ class Decision:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     content_types: tuple[ContentType, ...] = ()
+    project_version: str = ""
+    # Source DUPLICATE: the key of the rejected picture this one resembles, and how closely.
+    duplicate_of: str = ""
+    similarity: float = 0.0
 
     @functools.cached_property
     def digest(self) -> bytes:
@@ -183,6 +191,9 @@ class Decision:
             content_types=tuple(
                 ContentType.from_dict(item) for item in data.get("content_types", ())
             ),
+            project_version=str(data.get("project_version", "")),
+            duplicate_of=str(data.get("duplicate_of", "")),
+            similarity=float(data.get("similarity", 0.0)),
         )
 
     @classmethod

@@ -10,18 +10,21 @@ the moderating STORAGE and RESULT_STORAGE, which also close Thumbor's other door
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
 
+from thumbor.filters import PHASE_PRE_LOAD
 from thumbor.handlers.imaging import ImagingHandler
 from thumbor.loaders import LoaderResult
 from thumbor.storages.no_storage import Storage as NoStorage
 
+from thumbor_rekognition import provenance
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
-from thumbor_rekognition.moderator import start_request
-from thumbor_rekognition.result_storage import MAIN_DECISION
+from thumbor_rekognition.overlap import Overlap
+from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
 
@@ -30,37 +33,44 @@ logger = logging.getLogger(__name__)
 STATUS_HEADER = "X-Moderation-Status"
 NOT_AN_IMAGE = 400
 FORBIDDEN = 403
+INTERNAL_ERROR = 500
+HEADER_VALUES = {status: status.value for status in Status}
 
 
 class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     """Thumbor's ImagingHandler with the moderation decision checked first."""
 
+    # Tornado builds a handler per request: class attributes are each request's defaults.
     moderation_status: Status | None = None
     moderation_refusal: LoaderResult | None = None
     placeholder_key: str | None = None
+    # A first view's judgement, running while Thumbor renders the picture.
+    overlap: Overlap | None = None
+    _key = ""
 
     def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
         super().initialize(context)
         self._runtime: Runtime = runtime or runtime_for(context.config)
         # Every wait for a judgement in this request counts against one budget.
         self.deadline = time.monotonic() + self._runtime.settings.request_budget
-        self.moderation_status = None
-        self.moderation_refusal = None
-        self.placeholder_key = None
-        self._key = ""
+
+    def validate(self, path: str) -> bool:
+        # Thumbor asks LOADER, which asks the source loader: skipped when that checks nothing.
+        return not self._runtime.source_validates or bool(super().validate(path))
 
     async def execute_image_operations(self) -> None:
+        # The path of every cached approved hit: keep it to a dict probe and nothing else.
         key = self._key = normalise(self.context.request.image_url)
         moderator = self._runtime.moderator
-        start_request()
         decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
-        if decision is not None and not decision.needs_retry:
-            if decision.status is Status.APPROVED:
-                self.moderation_status = Status.APPROVED
+        if decision is not None:
+            status = decision.status
+            if status is Status.APPROVED:
+                self.moderation_status = status
                 # The moderating RESULT_STORAGE checks a result's hashes against it.
-                setattr(self.context, MAIN_DECISION, decision)
-            else:
-                self.moderation_status = decision.status
+                self.context.moderation_main_decision = decision
+            elif not decision.needs_retry:
+                self.moderation_status = status
                 if refuses(self._runtime, decision):
                     await self._evict_original(decision)
                     if self._runtime.settings.rejected_response == "forbidden":
@@ -101,19 +111,105 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
             return
         await super()._store_results(result_storage, metrics, results)
 
-    async def _write_results_to_client(self, results: Any, content_type: str) -> None:
-        if self.placeholder_key is not None:
-            # A placeholder depends only on the transformation asked for: render it once.
-            self._runtime.placeholders.put(self.placeholder_key, (results, content_type))
+    async def _write_placeholder(self, results: Any, content_type: str) -> None:
+        # A placeholder depends only on the transformation asked for: render it once.
+        self._runtime.placeholders.put(self.placeholder_key, (results, content_type))
         await super()._write_results_to_client(results, content_type)
 
+    def render_while_judged(self, overlap: Overlap) -> None:
+        """Let Thumbor render the picture while it is judged; nothing leaves before approval."""
+        self.overlap = overlap
+        # On this request only: every other one finishes as Thumbor's own handler does.
+        finish: Any = functools.partial(self._finish_when_judged, overlap)
+        write: Any = functools.partial(self._write_when_judged, overlap)
+        self.finish_request, self._write_results_to_client = finish, write
+
+    async def _finish_when_judged(self, overlap: Overlap, result_from_storage: Any = None) -> None:
+        del self.finish_request
+        try:
+            await super().finish_request(result_from_storage)
+        except _Refused as refused:
+            # Thumbor has encoded the picture and written nothing: the refusal answers.
+            await self._refuse_rendered(overlap, refused.decision, refused.error)
+
+    async def _write_when_judged(self, overlap: Overlap, results: Any, content_type: str) -> None:
+        del self._write_results_to_client
+        try:
+            decision = await self._judgement_of(overlap)
+        except UnsupportedImage as error:
+            logger.warning(
+                "original %s is not an image the plugin can judge: %s", overlap.key, error
+            )
+            raise _Refused(None, NOT_AN_IMAGE) from None
+        except Exception as error:
+            logger.error("judgement of %s failed: %s", overlap.key, error)
+            raise _Refused(None, INTERNAL_ERROR) from None
+        self.moderation_status = decision.status
+        if decision.status is Status.APPROVED:
+            # Results are tied to the main picture from its approval on, not before.
+            provenance.of(self.context).note(overlap.key, decision.sha256)
+            await overlap.written()
+        elif refuses(self._runtime, decision):
+            raise _Refused(decision)
+        else:
+            # Failing open: shown, kept out of every cache.
+            keep_out_of_caches(self.context)
+        await super()._write_results_to_client(results, content_type)
+
+    async def _judgement_of(self, overlap: Overlap) -> Decision:
+        judgement = overlap.judgement
+        if judgement.done():
+            return judgement.result()
+        # Rendered before the decision came: how long the rendering waits for it.
+        metrics = self.context.metrics
+        metrics.incr("moderation.first_view.waiting")
+        started = time.perf_counter()
+        try:
+            return await judgement
+        finally:
+            metrics.timing("moderation.first_view.wait", (time.perf_counter() - started) * 1000)
+
+    async def _refuse_rendered(
+        self, overlap: Overlap, decision: Decision | None, error: int
+    ) -> None:
+        """Answer a refusal in place of a picture Thumbor has already rendered."""
+        if decision is None:
+            self._error(error)
+            return
+        overlap.restore(self.context.request)
+        keep_out_of_caches(self.context)
+        if self._runtime.settings.rejected_response == "forbidden":
+            self._error(FORBIDDEN)
+            return
+        self._substitute_placeholder(decision)
+        rendered = self._runtime.placeholders.get(self.placeholder_key)
+        if rendered is not None:
+            await self._write_results_to_client(*rendered)
+            return
+        # Rendered afresh from where the loader answered: new engines (the first
+        # rendering's frames and sizes stay with the old ones), and only the filters that
+        # run after loading (those before it have set up the request kept by the overlap).
+        modules = self.context.modules
+        modules.engine = type(modules.engine)(self.context)
+        if modules.gif_engine is not None:
+            modules.gif_engine = type(modules.gif_engine)(self.context)
+        runner = self.context.filters_factory.create_instances(
+            self.context, self.context.request.filters
+        )
+        runner.filter_instances.pop(PHASE_PRE_LOAD, None)
+        self.filters_runner = runner
+        await self.get_image()
+
     def finish(self, chunk: Any = None) -> Any:
+        # Headers are added here rather than when the decision is read: measured, that is
+        # cheaper for Tornado, and a response's status may change once (a stored original
+        # found to differ from what its URL was known for).
         status = self.moderation_status
         if status is not None:
-            self.set_header(STATUS_HEADER, status.value)
+            self.set_header(STATUS_HEADER, HEADER_VALUES[status])
             if status is not Status.APPROVED:
                 set_short_cache(self, self._runtime.settings.rejected_max_age)
-            elif self._runtime.settings.cache_tag_header and self._key:
+            elif self._runtime.settings.cache_tag_header:
                 # Every size of one picture shares it: a CDN purges them all in one call.
                 self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
         return super().finish(chunk)
@@ -166,6 +262,8 @@ def fit_placeholder(context: Any, decision: Decision) -> None:
     handler = getattr(context, "request_handler", None)
     if isinstance(handler, ModerationHandler):
         handler.placeholder_key = _rendering(request, handler)
+        # Only a placeholder's rendering is kept: approved responses skip this step.
+        handler._write_results_to_client = handler._write_placeholder
 
 
 def _original_box(
@@ -225,6 +323,15 @@ def set_short_cache(handler: Any, max_age: int) -> None:
         handler.set_header("Cache-Control", f"max-age={max_age},public")
     else:
         handler.set_header("Cache-Control", "no-store")
+
+
+class _Refused(Exception):
+    """Raised out of Thumbor's finish_request when a rendered picture is not approved."""
+
+    def __init__(self, decision: Decision | None, error: int = FORBIDDEN) -> None:
+        super().__init__(error)
+        self.decision = decision
+        self.error = error
 
 
 class _Fixed(NoStorage):  # type: ignore[misc]

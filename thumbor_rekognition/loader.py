@@ -2,11 +2,14 @@
 
 This is the first-fetch hook, the only place that sees original bytes before Thumbor
 stores them. A rejected picture is answered without fetching it again; an approved one
-is returned as loaded; anything else is kept out of STORAGE and RESULT_STORAGE.
+is returned as loaded; anything else is kept out of STORAGE and RESULT_STORAGE. A new
+main picture on the image route is returned once the backend has it, and the gate awaits
+its decision while Thumbor renders it (see overlap.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -20,11 +23,13 @@ from thumbor_rekognition.gate import (
     FORBIDDEN,
     NOT_AN_IMAGE,
     STATUS_HEADER,
+    ModerationHandler,
     apply_decision,
     keep_out_of_caches,
     note_status,
     refuses,
 )
+from thumbor_rekognition.overlap import Overlap
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.runtime import Runtime, runtime_for
 from thumbor_rekognition.urls import normalise
@@ -84,12 +89,14 @@ async def load(context: Any, path: str) -> LoaderResult:
         )
 
     try:
-        decision = await runtime.moderator.moderate(
-            key, unquote(path), result.buffer, context.metrics, getattr(handler, "deadline", None)
-        )
+        decision = await _judge(context, runtime, handler, key, path, result.buffer, main)
     except UnsupportedImage as error:
         logger.warning("original %s is not an image the plugin can judge: %s", key, error)
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
+    if decision is None:
+        # The backend has it: Thumbor renders it meanwhile, and the gate lets nothing of
+        # it out (response, result, stored original) before it is approved.
+        return result
     if decision.status is Status.APPROVED:
         provenance.of(context).note(key, decision.sha256)
         if main:
@@ -104,6 +111,31 @@ async def load(context: Any, path: str) -> LoaderResult:
             context.request.prevent_result_storage = True
         return result
     return answer
+
+
+async def _judge(
+    context: Any, runtime: Runtime, handler: Any, key: str, path: str, buffer: bytes, main: bool
+) -> Decision | None:
+    """The decision for a loaded original; None when the gate awaits it while Thumbor
+    renders the picture (the main picture of the image route, once the backend has it)."""
+    moderator = runtime.moderator
+    deadline = getattr(handler, "deadline", None)
+    if not main or not isinstance(handler, ModerationHandler) or handler.overlap is not None:
+        # A picture pasted into another is judged before it is used (the main one too,
+        # when a filter pastes it into itself while it renders).
+        return await moderator.moderate(key, unquote(path), buffer, context.metrics, deadline)
+    called: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    judgement = asyncio.ensure_future(
+        moderator.moderate(key, unquote(path), buffer, context.metrics, deadline, called=called)
+    )
+    # Preparing the picture comes first: what the plugin cannot judge (hostile files
+    # included) is refused before Thumbor decodes it.
+    await asyncio.wait((judgement, called), return_when=asyncio.FIRST_COMPLETED)
+    if judgement.done():
+        # Known without a new call (the same bytes under another URL, say).
+        return judgement.result()
+    handler.render_while_judged(Overlap(key, judgement, context.request))
+    return None
 
 
 def _refuse(context: Any, runtime: Runtime, decision: Decision, main: bool) -> LoaderResult | None:

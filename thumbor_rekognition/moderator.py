@@ -1,9 +1,10 @@
 """Orchestration: from original bytes to a stored decision, paying the backend at most once.
 
 Order of questions for a picture: is its decision in memory, in the store, or known
-under another URL with the same bytes (SHA-256)? Only then is the backend asked, once
-per content however many requests arrive together (single-flight). A backend failure
-gives a ``pending`` decision that the next request retries.
+under another URL with the same bytes (SHA-256)? Does it resemble a rejected picture
+(``duplicates``)? Only then is the backend asked, once per content however many requests
+arrive together (single-flight). A backend failure gives a ``pending`` decision that the
+next request retries.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from thumbor_rekognition import backends, stores
+from thumbor_rekognition import backends, ratelimit, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
+from thumbor_rekognition.duplicates import Duplicates, Resemblance
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.policy import MANUAL, Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
 from thumbor_rekognition.quarantine import Quarantine, QuarantineError
@@ -63,11 +66,6 @@ _request_store_waits: contextvars.ContextVar[_StoreWaits | None] = contextvars.C
 )
 
 
-def start_request() -> None:
-    """Begin an image request: from here on it waits for an unreachable store once at most."""
-    _request_store_waits.set(_StoreWaits())
-
-
 class _Metrics:
     """Thumbor's metrics object, or nothing when a caller has none."""
 
@@ -90,12 +88,13 @@ class Bounded(Generic[V]):
     an entry it saw is still there.
     """
 
+    get: Callable[[str], V | None]
+
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[str, V] = OrderedDict()
-
-    def get(self, key: str) -> V | None:
-        return self._items.get(key)
+        # Read on every request: the dict's own method, without a Python frame around it.
+        self.get = self._items.get
 
     def put(self, key: str, value: V) -> None:
         self._items[key] = value
@@ -180,11 +179,17 @@ class Moderator:
         self.policy: Policy = settings.policy
         self.store = store
         self.backend = backend
+        self.duplicates = Duplicates(store, settings.duplicate_similarity, SYSTEM)
         self._executor = executor
         self._store_executor = store_executor
         self._by_key = _Cache(settings.cache_ttl)
+        # The decision this process holds in memory for a key: the per-request fast path.
+        self.remembered: Callable[[str], Decision | None] = self._by_key.get
         self._by_hash = _Cache(settings.cache_ttl)
         self._flights: dict[str, asyncio.Future[Decision]] = {}
+        # Content hash -> resolved once its flight's backend call is out: a caller with
+        # other work to do (Thumbor's rendering) stops waiting there.
+        self._called: dict[str, asyncio.Future[None]] = {}
         # Decision key -> paths recorded for it, dropped when its decision changes.
         self._recorded: dict[str, set[str]] = {}
         # Decisions the backend made that the store could not keep: reused, not paid again.
@@ -215,17 +220,21 @@ class Moderator:
         # request that has waited for it once is not the one to probe it again. Without
         # this a request making several calls would wait a store timeout for each, and
         # calls queued behind a pool of hung threads would wait for those first.
+        # Tornado runs each request in a task of its own, with a copy of the context: the
+        # state made here on a request's first store call lasts for that request only.
         waits = _request_store_waits.get()
+        if waits is None:
+            waits = _StoreWaits()
+            _request_store_waits.set(waits)
         probe = False
         if self._store_failed:
-            if self._store_probing or (waits is not None and waits.failed):
+            if self._store_probing or waits.failed:
                 raise stores.StoreUnavailable("decision store unavailable (failing fast)")
             probe = self._store_probing = True
         try:
             return await self._run(self._store_executor, self._store_call, probe, func, *args)
         except stores.StoreUnavailable:
-            if waits is not None:
-                waits.failed = True
+            waits.failed = True
             raise
         finally:
             if probe:
@@ -258,10 +267,6 @@ class Moderator:
         """Run a decision-store call on the store's own thread."""
         return await self._store(func, *args)
 
-    def remembered(self, key: str) -> Decision | None:
-        """The decision this process holds in memory for a key: the per-request fast path."""
-        return self._by_key.get(key)
-
     async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
         """The decision for a key under the current policy, or None if there is none."""
         cached = self._by_key.get(key)
@@ -287,16 +292,19 @@ class Moderator:
         buffer: bytes,
         metrics: Any = None,
         deadline: float | None = None,
+        called: asyncio.Future[None] | None = None,
     ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
         deadline (time.monotonic()) bounds the wait for a new judgement, by default
-        MODERATION_TIMEOUT_SECONDS from now. Raises preparation.UnsupportedImage when the
-        bytes are not a picture.
+        MODERATION_TIMEOUT_SECONDS from now. called, if given, is resolved once the backend
+        has the picture (prepared, so the bytes are a picture), whoever's flight called it.
+        Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
         if deadline is None:
             deadline = time.monotonic() + self.settings.request_budget
-        asked_at = deadline - self.settings.request_budget
+        # A caller may allow more than the budget (a backfill waiting for its turn to call).
+        asked_at = min(time.monotonic(), deadline - self.settings.request_budget)
         sha256 = await self._run(self._executor, sha256_hex, buffer)
         refusal = self._refused.get(sha256)
         if refusal is not None:
@@ -306,6 +314,8 @@ class Moderator:
         if current is not None and current.source is Source.MANUAL and not current.sha256:
             # Decided by hand before any request fetched it: the decision takes these bytes.
             bound = current.replace(sha256=sha256, updated_at=time.time())
+            if bound.status is Status.REJECTED:
+                await self.fingerprint(sha256, buffer)
             return await self._save(
                 bound, Event(bound.status, Source.MANUAL, SYSTEM, "first fetch"), metrics
             )
@@ -313,15 +323,18 @@ class Moderator:
             return current
         flight = self._flights.get(sha256)
         if flight is None:
+            self._called[sha256] = asyncio.get_running_loop().create_future()
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
-                self._decide(key, url, sha256, buffer, metrics, asked_at)
+                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline)
             )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))
         else:
             _Metrics(metrics).incr("moderation.single_flight.joined")
+        if called is not None and sha256 in self._called:
+            self._called[sha256].add_done_callback(functools.partial(_resolve, called))
         try:
             decision = await asyncio.wait_for(
                 asyncio.shield(flight), timeout=max(0.0, deadline - time.monotonic())
@@ -339,6 +352,7 @@ class Moderator:
     def _landed(self, sha256: str, flight: asyncio.Future[Decision]) -> None:
         if self._flights.get(sha256) is flight:
             del self._flights[sha256]
+            self._called.pop(sha256, None)
         if not flight.cancelled():
             # Marks a failure as seen even when every caller has gone.
             flight.exception()
@@ -358,7 +372,14 @@ class Moderator:
         )
 
     async def _decide(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, asked_at: float
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        buffer: bytes,
+        metrics: Any,
+        asked_at: float,
+        deadline: float,
     ) -> Decision:
         twin = await self._twin(sha256, metrics)
         if twin is not None:
@@ -371,7 +392,7 @@ class Moderator:
             # request made after the failure tries again.
             return failed[1].replace(key=key, url=url)
         try:
-            decision = await self._decide_new(key, url, sha256, buffer, metrics)
+            decision = await self._decide_new(key, url, sha256, buffer, metrics, deadline)
         except UnsupportedImage as error:
             self._refused.put(sha256, str(error))
             raise
@@ -380,17 +401,23 @@ class Moderator:
         return decision
 
     async def _decide_new(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any
+        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, deadline: float
     ) -> Decision:
         lease = f"judge:{sha256}"
         waiting_since = time.time()
+        # Prepared while the store is asked who judges it: the call goes out as soon as
+        # the answer is this process. Thrown away if another one judged it meanwhile.
+        preparing = asyncio.get_running_loop().run_in_executor(self._executor, self.prepare, buffer)
+        preparing.add_done_callback(_seen)
         outcome = await self._take_lease(lease, sha256, metrics)
         if isinstance(outcome, Decision):
             return await self._adopt(outcome, key, url, metrics)
         if outcome is not None:
             return self._undecided(key, url, sha256, outcome)
         try:
-            return await self._judge(key, url, sha256, buffer, waiting_since, metrics)
+            return await self._judge(
+                key, url, sha256, buffer, preparing, waiting_since, metrics, deadline
+            )
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
@@ -429,7 +456,15 @@ class Moderator:
         )
 
     async def _judge(
-        self, key: str, url: str, sha256: str, buffer: bytes, waiting_since: float, metrics: Any
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        buffer: bytes,
+        preparing: asyncio.Future[PreparedImage],
+        waiting_since: float,
+        metrics: Any,
+        deadline: float,
     ) -> Decision:
         # Another process may have finished between the content lookup and the lease.
         twin = await self._twin(sha256, metrics)
@@ -446,11 +481,80 @@ class Moderator:
             if failed_meanwhile:
                 # The process this one waited for just failed: retried on a later request.
                 return latest  # type: ignore[return-value]
-        prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
-        decision = await self._analyse(key, url, sha256, prepared, metrics)
+        prepared = await preparing
+        prints = prepared.fingerprints
+        resembled = await self._resembled(prints, metrics)
+        if resembled is not None:
+            decision = self._duplicate(key, url, sha256, prepared, resembled)
+        else:
+            decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
+        if prints and not decision.needs_retry:
+            await self._keep_fingerprints(sha256, prints)
         if decision.status is not Status.APPROVED:
             await self.keep_original(sha256, buffer, metrics)
         return await self._save(decision, _event_for(decision), metrics)
+
+    async def _resembled(self, prints: dict[int, Print], metrics: Any) -> Resemblance | None:
+        """The rejected picture these fingerprints resemble, if any; None also when the
+        store cannot say (the backend judges then, as it would without the index)."""
+        if not prints or not self.duplicates.enabled:
+            return None
+        recorder = _Metrics(metrics)
+        started = time.perf_counter()
+        try:
+            resembled = await self._store(self.duplicates.find, prints)
+        except stores.StoreUnavailable as error:
+            self._store_down(error, metrics)
+            return None
+        except Exception:
+            # The index can only reject: whatever went wrong in it, the backend judges.
+            logger.exception("near-duplicate lookup failed; the backend judges the picture")
+            return None
+        finally:
+            recorder.timing("moderation.duplicate.latency", (time.perf_counter() - started) * 1000)
+        if resembled is not None:
+            recorder.incr("moderation.duplicate.matched")
+        return resembled
+
+    def _duplicate(
+        self, key: str, url: str, sha256: str, prepared: PreparedImage, resembled: Resemblance
+    ) -> Decision:
+        """A rejection for resembling a rejected picture, made without a backend call."""
+        return self._undecided(key, url, sha256, "").replace(
+            status=Status.REJECTED,
+            source=Source.DUPLICATE,
+            backend="",
+            width=prepared.width,
+            height=prepared.height,
+            duplicate_of=resembled.key,
+            similarity=round(resembled.similarity, 4),
+        )
+
+    async def _keep_fingerprints(self, sha256: str, prints: dict[int, Print]) -> None:
+        try:
+            await self._store(self.duplicates.keep, sha256, prints)
+        except stores.StoreUnavailable as error:
+            # Only matching copies of this picture, once rejected, is lost.
+            logger.error("fingerprints of %s not kept: %s", sha256, error)
+        except Exception:
+            logger.exception("fingerprints of %s not kept", sha256)
+
+    async def fingerprint(self, sha256: str, buffer: bytes) -> None:
+        """Keep the fingerprints of an original that none were kept for (one decided by hand
+        before any request judged it, or judged before fingerprints were kept). Never
+        raises: the decision it comes with stands without them."""
+        try:
+            if await self._store(self.store.fingerprints, sha256):
+                return
+            prepared: PreparedImage = await self._run(self._executor, self.prepare, buffer)
+        except (stores.StoreUnavailable, UnsupportedImage) as error:
+            logger.error("fingerprints of %s not kept: %s", sha256, error)
+            return
+        except Exception:
+            logger.exception("fingerprints of %s not kept", sha256)
+            return
+        if prepared.fingerprints:
+            await self._keep_fingerprints(sha256, prepared.fingerprints)
 
     async def keep_original(self, sha256: str, buffer: bytes, metrics: Any = None) -> bool:
         """Copy an original that is not approved into the quarantine; False if that failed."""
@@ -532,13 +636,34 @@ class Moderator:
         return await self._reapply(twin)
 
     async def _analyse(
-        self, key: str, url: str, sha256: str, prepared: PreparedImage, metrics: Any
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        prepared: PreparedImage,
+        metrics: Any,
+        deadline: float | None = None,
     ) -> Decision:
         recorder = _Metrics(metrics)
         min_confidence = self.policy.min_confidence
         started = time.perf_counter()
         recorder.incr("moderation.backend.calls")
         self.backend_calls += 1
+        # Sent first, counted while it is out: nothing stands between a prepared picture
+        # and its call.
+        # The backend's calls wait for their turn (REKOGNITION_MAX_CALLS_PER_SECOND) until
+        # the deadline of the request that asked first, not longer.
+        call = asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            ratelimit.within,
+            deadline,
+            self.backend.detect,
+            prepared,
+            min_confidence,
+        )
+        called = self._called.get(sha256)
+        if called is not None:
+            _resolve(called)
         await self.count("backend.calls")
         base = self._undecided(key, url, sha256, "").replace(
             policy=self.policy.fingerprint,
@@ -547,9 +672,7 @@ class Moderator:
             height=prepared.height,
         )
         try:
-            analysis = await self._run(
-                self._executor, self.backend.detect, prepared, min_confidence
-            )
+            analysis = await call
         except backends.BackendError as error:
             recorder.incr("moderation.backend.errors")
             recorder.incr(f"moderation.backend.errors.{error.kind}")
@@ -571,6 +694,7 @@ class Moderator:
             content_types=analysis.content_types,
             reasons=reasons,
             model_version=analysis.model_version,
+            project_version=analysis.project_version,
             min_confidence=analysis.min_confidence,
         )
 
@@ -613,9 +737,8 @@ class Moderator:
     async def announce(
         self, previous: Decision | None, current: Decision | None, event: Event
     ) -> None:
-        """Queue the webhook and CDN purges a decision change calls for; never raises."""
-        if self.outbox is None or not self.outbox.enabled:
-            return
+        """Keep the index of rejected pictures in step with a decision change, and queue
+        the webhook and CDN purges the change calls for; never raises."""
         unchanged = (
             previous is not None
             and current is not None
@@ -624,10 +747,31 @@ class Moderator:
         )
         if unchanged:
             return
+        await self.reindex(previous, current)
+        if self.outbox is None or not self.outbox.enabled:
+            return
         try:
             await self._store(self.outbox.decision_changed, previous, current, event)
         except stores.StoreUnavailable as error:
             logger.error("notification of %s not queued: %s", (current or previous), error)
+
+    async def reindex(self, previous: Decision | None, current: Decision | None) -> None:
+        """Follow a decision change in the index of rejected pictures; when its picture is
+        no longer rejected, forget the decisions of its duplicates. Never raises."""
+        changed = current or previous
+        try:
+            lifted = await self._store(self.duplicates.follow, previous, current)
+        except stores.StoreUnavailable as error:
+            logger.error("index of rejected pictures not updated for %s: %s", changed, error)
+            return
+        except Exception:
+            # The decision is saved: the index must never undo or delay it.
+            logger.exception("index of rejected pictures not updated for %s", changed)
+            return
+        for item in lifted:
+            self.forget(item.decision.key)
+            logger.info("%s: %s", item.decision.key, item.event.note)
+            await self.announce(item.decision, None, item.event)
 
     def _store_down(self, error: Exception, metrics: Any) -> None:
         _Metrics(metrics).incr("moderation.store.errors")
@@ -715,6 +859,17 @@ class Moderator:
             self._unsaved.discard(sha256)
 
 
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Mark a future's failure as retrieved, for a result nobody may wait for."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _resolve(future: asyncio.Future[None], *_: Any) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _waiting_for_scenes(
     status: Status, reasons: tuple[Reason, ...], unjudged: tuple[Reason, ...]
 ) -> tuple[Status, tuple[Reason, ...]]:
@@ -730,6 +885,11 @@ def _waiting_for_scenes(
 def _event_for(decision: Decision) -> Event:
     if decision.status is Status.PENDING and decision.error:
         note = f"no decision: {decision.error}"
+    elif decision.source is Source.DUPLICATE:
+        note = (
+            f"resembles {decision.duplicate_of} (similarity {decision.similarity:.3f}), "
+            "rejected without a backend call"
+        )
     elif decision.reasons and decision.reasons[0].category == UNJUDGED:
         unjudged = decision.reasons[0]
         note = (
@@ -743,7 +903,13 @@ def _event_for(decision: Decision) -> Event:
             else f"{reason.name} {reason.confidence:.1f} near {reason.threshold:g}"
             for reason in decision.reasons
         )
-        note = f"{decision.backend} {decision.model_version}: {reasons}"
+        note = f"{_model(decision)}: {reasons}"
     else:
-        note = f"{decision.backend} {decision.model_version}: nothing above thresholds"
+        note = f"{_model(decision)}: nothing above thresholds"
     return Event(decision.status, decision.source, SYSTEM, note)
+
+
+def _model(decision: Decision) -> str:
+    """The backend and model version that judged, with the adapter the answer named."""
+    adapter = f" (adapter {decision.project_version})" if decision.project_version else ""
+    return f"{decision.backend} {decision.model_version}{adapter}"

@@ -1,4 +1,4 @@
-"""Webhooks and CDN purges, delivered at least once from the store's durable outbox.
+"""Webhooks, CDN purges and S3 deletions, delivered at least once from the store's outbox.
 
 Nothing here runs on the request path: a decision change only adds items to the outbox
 (one store write), and a thread in each Thumbor process delivers them. Items of one
@@ -8,6 +8,9 @@ MODERATION_OUTBOX_GIVE_UP_SECONDS, then kept as abandoned and counted in the sta
 Webhook requests are signed: ``X-Moderation-Signature: sha256=<hex>`` is the
 HMAC-SHA256, keyed with MODERATION_WEBHOOK_SECRET, of ``<timestamp>.<body>`` where the
 timestamp is the ``X-Moderation-Timestamp`` header (Unix seconds).
+
+Deletions of thumbor-aws objects (aws_caches) are tried at once by the purge that calls
+for them; only the keys that failed come here, to be retried in the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from thumbor_rekognition import cdn, stores
+from thumbor_rekognition import aws_caches, cdn, stores
 from thumbor_rekognition.decision import Decision, Event
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 WEBHOOK = "webhook"
 CDN_PREFIX = "cdn:"
+S3_PREFIX = "s3:"
 CLAIM_BATCH = 5
 MAX_BACKOFF_SECONDS = 900.0
 
@@ -44,10 +49,17 @@ class DeliveryError(Exception):
 class Outbox:
     """Enqueues what a decision change calls for, and delivers it in a background thread."""
 
-    def __init__(self, settings: Settings, store: stores.Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: stores.Store,
+        buckets: Mapping[str, aws_caches.Bucket] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.purgers = cdn.load_purgers(settings)
+        # thumbor-aws buckets by role, whose failed deletions are retried here.
+        self.buckets = dict(buckets or {})
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,11 +94,17 @@ class Outbox:
             self.store.enqueue(CDN_PREFIX + name, key, payload)
         self._wake.set()
 
+    def remove_objects(self, key: str, bucket: aws_caches.Bucket, keys: list[str]) -> None:
+        """Queue a deletion of objects of key's picture that failed when first tried."""
+        payload = json.dumps({"bucket": bucket.name, "keys": keys})
+        self.store.enqueue(S3_PREFIX + bucket.role, key, payload)
+        self._wake.set()
+
     # Delivering.
 
     def start(self) -> None:
         """Deliver in a daemon thread of this process."""
-        if self.enabled and self._thread is None:
+        if (self.enabled or self.buckets) and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="moderation-outbox", daemon=True)
             self._thread.start()
 
@@ -127,9 +145,11 @@ class Outbox:
                 self._post_webhook(item)
             elif item.topic.startswith(CDN_PREFIX):
                 self._purge(item)
+            elif item.topic.startswith(S3_PREFIX):
+                self._remove_objects(item)
             else:
                 raise DeliveryError(f"unknown outbox topic {item.topic!r}")
-        except (DeliveryError, cdn.PurgeError) as error:
+        except (DeliveryError, cdn.PurgeError, aws_caches.DeleteError) as error:
             self._failed(item, str(error))
             return
         self.store.complete(item)
@@ -166,6 +186,15 @@ class Outbox:
             raise DeliveryError(f"purger {name} is no longer configured")
         payload = json.loads(item.payload)
         purger.purge(str(payload["tag"]), item.key, [str(path) for path in payload["paths"]])
+
+    def _remove_objects(self, item: stores.OutboxItem) -> None:
+        role = item.topic[len(S3_PREFIX) :]
+        bucket = self.buckets.get(role)
+        if bucket is None:
+            raise DeliveryError(f"the {role} is no longer thumbor-aws's")
+        payload = json.loads(item.payload)
+        # The bucket the objects were written to, with the credentials configured now.
+        bucket.delete([str(key) for key in payload["keys"]], str(payload["bucket"]))
 
     def _post_webhook(self, item: stores.OutboxItem) -> None:
         url = self.settings.webhook_url
@@ -230,6 +259,9 @@ def _webhook_body(
         "reasons": [reason.to_dict() for reason in decision.reasons],
         "backend": decision.backend,
         "model_version": decision.model_version,
+        "project_version": decision.project_version,
+        "duplicate_of": decision.duplicate_of,
+        "similarity": decision.similarity,
         "content_hash": decision.sha256,
         "error": decision.error,
         "created_at": decision.created_at,

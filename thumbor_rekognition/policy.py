@@ -198,28 +198,34 @@ def judged(labels: Iterable[Label]) -> list[Label]:
 
 @dataclass(frozen=True)
 class Chain:
-    """A Cloudinary moderation chain: the aws_rek step's rules, then whether a human decides."""
+    """A Cloudinary moderation chain: the aws_rek step's rules, whether a human decides,
+    and the similarity of its 'duplicate' step (None without one)."""
 
     rules: dict[str, float | None]
     manual: bool
+    duplicate: float | None = None
 
 
 def parse_cloudinary_chain(text: str) -> Chain:
-    """Parse 'aws_rek[:category:level]...[|manual]', Cloudinary's piped moderation chain.
+    """Parse 'aws_rek[:category:level]...[|duplicate:<score>][|manual]', Cloudinary's piped
+    moderation chain.
 
     Cloudinary runs the steps in order and stops at the first rejection, so 'manual'
-    after 'aws_rek' means a human decides what the model did not reject.
+    after 'aws_rek' means a human decides what the model did not reject. A 'duplicate'
+    step only ever rejects, so where it stands changes nothing: it is the similarity
+    (0..1) at which a picture counts as a copy of a rejected one.
     """
     steps = [step.strip() for step in text.strip().split("|")]
     rules: dict[str, float | None] | None = None
     manual = False
+    duplicate: float | None = None
     for position, step in enumerate(steps):
         kind = step.split(":", 1)[0].strip().lower()
         if kind == "duplicate":
-            raise ValueError(
-                f"step '{step}': near-duplicate matching ('duplicate:<score>') is not "
-                "available yet; remove it from the chain"
-            )
+            if duplicate is not None:
+                raise ValueError(f"step '{step}': the chain has one 'duplicate' step at most")
+            duplicate = _duplicate_score(step)
+            continue
         if kind == "manual":
             if step.lower() != "manual" or position != len(steps) - 1:
                 raise ValueError(
@@ -235,7 +241,22 @@ def parse_cloudinary_chain(text: str) -> Chain:
         raise ValueError(
             f"expected an 'aws_rek' step, e.g. 'aws_rek:explicit_nudity:0.6|manual', got {text!r}"
         )
-    return Chain(rules, manual)
+    return Chain(rules, manual, duplicate)
+
+
+def _duplicate_score(step: str) -> float:
+    """The score of a 'duplicate:<score>' step, 0..1."""
+    parts = [part.strip() for part in step.split(":")]
+    usage = "e.g. 'aws_rek|duplicate:0.9'"
+    if len(parts) != 2 or not parts[1]:
+        raise ValueError(f"step '{step}': 'duplicate' takes one score between 0 and 1, {usage}")
+    try:
+        score = float(parts[1])
+    except ValueError:
+        raise ValueError(f"step '{step}': score '{parts[1]}' is not a number, {usage}") from None
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(f"step '{step}': score {score:g} is not between 0 and 1")
+    return score
 
 
 def parse_cloudinary_rules(text: str) -> dict[str, float | None]:

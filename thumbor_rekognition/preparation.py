@@ -7,7 +7,9 @@ and padded. A picture is judged as every viewer can be shown it, all views in th
 picture sent: one that is not fully opaque flattened onto white as a browser shows it and
 with its alpha dropped as Thumbor's JPEG output shows it; one with a colour profile in
 sRGB as colour-managed viewers show it, and also as stored where the profile changes what
-it shows. This is blocking work: callers run it in the plugin's executor.
+it shows. Each frame also gets the perceptual fingerprint of its first view (see
+``fingerprint``), computed here once from the pixels the backend is sent. This is blocking
+work: callers run it in the plugin's executor.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import warnings
 from dataclasses import dataclass, replace
 
 from PIL import Image, ImageChops, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
+
+from thumbor_rekognition import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ class Frame:
     changes what the picture shows."""
     grid: tuple[int, int] = (1, 1)
     """The columns and rows the views are laid out in, left to right then top to bottom."""
+    fingerprint: fingerprint.Print | None = None
+    """The first view's perceptual fingerprint; None when it has too little detail."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,15 @@ class PreparedImage:
     def views(self) -> tuple[str, ...]:
         """Every view the frames show, in order of first appearance (see Frame.views)."""
         return tuple(dict.fromkeys(view for frame in self.frames for view in frame.views))
+
+    @property
+    def fingerprints(self) -> dict[int, fingerprint.Print]:
+        """The fingerprint of each frame that has one, by its position in frames."""
+        return {
+            index: frame.fingerprint
+            for index, frame in enumerate(self.frames)
+            if frame.fingerprint is not None
+        }
 
 
 def prepare(
@@ -207,7 +222,8 @@ def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Pictur
     picture = _picture(image, side, profile)
     if picture.image is image:
         # Seeking the animation rewrites a frame that was not copied.
-        return replace(picture, image=image.copy())
+        copy = image.copy()
+        return replace(picture, image=copy, shown=copy if picture.shown is image else picture.shown)
     return picture
 
 
@@ -302,6 +318,8 @@ class _Picture:
     image: Image.Image
     views: tuple[str, ...]
     grid: tuple[int, int]
+    # The first view alone, as it was before being laid out, padded or scaled up.
+    shown: Image.Image
 
 
 def _picture(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
@@ -337,7 +355,7 @@ def _picture(image: Image.Image, side: int, profile: _Profile | None) -> _Pictur
         else:
             views = _reduced_towards([*managed, *views], side)
             names = (*names, *(f"{name} {WITHOUT_PROFILE}" for name in names))
-    return _Picture(_tiled(views), names, _grid(len(views), *views[0].size))
+    return _Picture(_tiled(views), names, _grid(len(views), *views[0].size), views[0])
 
 
 _PROFILE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}
@@ -565,13 +583,16 @@ def _pad(image: Image.Image) -> Image.Image:
 
 def _encode(picture: _Picture) -> Frame:
     image = picture.image
+    shown = fingerprint.of(picture.shown)
     quality = JPEG_QUALITY
     while True:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=quality)
         data = buffer.getvalue()
         if len(data) <= MAX_BYTES:
-            return Frame(data, "JPEG", image.width, image.height, picture.views, picture.grid)
+            return Frame(
+                data, "JPEG", image.width, image.height, picture.views, picture.grid, shown
+            )
         if quality > 60:
             quality -= 15
         else:

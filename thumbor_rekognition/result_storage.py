@@ -12,15 +12,15 @@ names the result storage that keeps the bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
-from types import ModuleType
 from typing import Any
 
 from thumbor.result_storages import BaseStorage, ResultStorageResult
 
-from thumbor_rekognition import provenance
+from thumbor_rekognition import aws_caches, provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.caches import remove_result
 from thumbor_rekognition.decision import Status
@@ -32,6 +32,8 @@ MAIN_DECISION = "moderation_main_decision"
 # Ends every kept result; an entry without it was not written by this module.
 MAGIC = b"\n\x89thumbor-moderation\x01"
 DIGEST = hashlib.sha256().digest_size
+# The length of what ends a result made of one picture: its hash, the count, the magic.
+ONE_PICTURE_TRAILER = DIGEST + 1 + len(MAGIC)
 
 
 def pack(hashes: list[str], body: bytes) -> bytes:
@@ -52,15 +54,21 @@ def unpack(data: bytes) -> tuple[list[bytes], bytes] | None:
     start = end - count * DIGEST
     if count == 0 or start < 0:
         return None
-    hashes = [data[at : at + DIGEST] for at in range(start, end, DIGEST)]
-    return hashes, data[:start]
+    if count == 1:
+        return [data[start:end]], data[:start]
+    return [data[at : at + DIGEST] for at in range(start, end, DIGEST)], data[:start]
+
+
+@functools.lru_cache(maxsize=4096)
+def _trailer(digest: bytes) -> bytes:
+    """What ends a result made of one picture only."""
+    return digest + b"\x01" + MAGIC
 
 
 class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     """MODERATION_SOURCE_RESULT_STORAGE, serving results only while their pictures are approved."""
 
-    def _wrapped(self) -> ModuleType | None:
-        return self._runtime.source_result_storage
+    WRAPS = "source_result_storage"
 
     async def get(self) -> Any:
         source = self.source
@@ -70,10 +78,18 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         if result is None:
             return None
         stored = isinstance(result, ResultStorageResult)
-        kept = unpack(result.buffer if stored else result)
-        if kept is None or not await self._approved(kept[0]):
-            return None
-        body = kept[1]
+        data = result.buffer if stored else result
+        main = getattr(self.context, MAIN_DECISION, None)
+        # The gate has just read the main picture's decision (approved): a result made of
+        # that picture alone, nearly all of them, ends with its one hash.
+        # Without it (no decision known for the URL), every result takes the full check.
+        if main is not None and data.endswith(_trailer(main.digest)):
+            body = data[:-ONE_PICTURE_TRAILER]
+        else:
+            kept = unpack(data)
+            if kept is None or not await self._approved(kept[0]):
+                return None
+            body = kept[1]
         if not stored:
             return body
         # The source counted the hashes in the length it described.
@@ -97,7 +113,7 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         for key, sha256 in used.sources.items():
             if not await moderator.still_approved(key, sha256):
                 # A rejection saved while this was written: its purge may have run first.
-                await self._remove_quietly(path)
+                await self._remove_quietly(key, path)
                 return
 
     async def last_updated(self) -> Any:
@@ -109,7 +125,6 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
 
     async def _approved(self, hashes: list[bytes]) -> bool:
         moderator = self._runtime.moderator
-        # The gate has just read the main picture's decision; without it, ask.
         main = getattr(self.context, MAIN_DECISION, None) or await moderator.lookup(
             provenance.of(self.context).main
         )
@@ -121,8 +136,9 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
                 return False
         return True
 
-    async def _remove_quietly(self, path: str) -> None:
+    async def _remove_quietly(self, key: str, path: str) -> None:
         try:
             await remove_result(self.context.config, self.source, path)
+            await aws_caches.remove(self._runtime, key, aws_caches.RESULT_STORAGE, [path])
         except Exception as error:
             logger.error("result %s not removed: %s", path, error)

@@ -5,7 +5,8 @@ thing. A manual decision applies to the picture, not to one spelling of its URL:
 decision about the same bytes is overridden together, and a later URL with those bytes
 inherits it. Rejecting copies the original into the quarantine first, then removes it
 and its results from Thumbor's caches; approving puts the quarantined original back
-into STORAGE so it is served even if its origin has dropped it.
+into STORAGE so it is served even if its origin has dropped it, and lifts the rejection
+of the pictures rejected as its duplicates (see ``duplicates``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from thumbor_rekognition import stores
-from thumbor_rekognition.caches import ThumborCaches
+from thumbor_rekognition import aws_caches, stores
+from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderator import Moderator, sha256_hex
 from thumbor_rekognition.runtime import Runtime
@@ -121,6 +122,9 @@ class Review:
             original = await self._original_bytes(sha256, current.url if current else url)
         if status is Status.REJECTED and original is not None:
             await self.moderator.keep_original(sha256, original)
+            # Its copies are matched by fingerprint: one judged before they were kept, or
+            # never fetched, gets its fingerprints now.
+            await self.moderator.fingerprint(sha256, original)
         for target, saved in zip(targets, decided, strict=True):
             await self.moderator.announce(None if target is unseen else target, saved, event)
             try:
@@ -164,12 +168,18 @@ class Review:
         if announce and outbox is not None and outbox.purgers:
             await self._store_call(outbox.purge, key, paths, "purged")
         results = await self.caches.remove_results(paths)
+        # thumbor-aws's result storage cannot remove one: its objects go in batches.
+        results += await aws_caches.remove(self.runtime, key, aws_caches.RESULT_STORAGE, paths)
         original = await self.caches.remove_original(url)
         current: Decision | None = await self._store("get", key)
         if current is not None and current.url != url:
             original = await self.caches.remove_original(current.url) or original
         for path in stored:
             original = await self.caches.remove_stored(path) or original
+        # What thumbor-aws's storage keeps beside an original, which its remove leaves.
+        spellings = {url, current.url} if current is not None else {url}
+        stored_at = [*map(storage_key, sorted(spellings)), *stored]
+        await aws_caches.remove(self.runtime, key, aws_caches.STORAGE, stored_at)
         await self._store("drop_results", key)
         return Purged(original=original, results=results)
 

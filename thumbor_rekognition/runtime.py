@@ -8,12 +8,14 @@ forks before any of them exists.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib
 import io
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from importlib import resources
 from types import ModuleType
@@ -21,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from thumbor_rekognition import backends, stores
+from thumbor_rekognition import aws_caches, backends, stores
 from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.moderator import Bounded, Moderator
 from thumbor_rekognition.outbox import Outbox
@@ -38,10 +40,11 @@ PLACEHOLDER_RENDERINGS = 256
 class Runtime:
     """Settings, placeholder and source loader now; executor, store and backend per process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config: Any = None) -> None:
         self.settings = settings
         self.placeholder = _read_placeholder(settings.placeholder_path)
         self.source_loader = _import_loader(settings.source_loader)
+        self.source_validates = callable(getattr(self.source_loader, "validate", None))
         self.source_storage = _import_wrapped(
             "MODERATION_SOURCE_STORAGE", settings.source_storage, "storage"
         )
@@ -52,12 +55,22 @@ class Runtime:
             if settings.source_result_storage
             else None
         )
+        # thumbor-aws buckets among them, whose objects a purge deletes (needs the
+        # Thumbor config: thumbor-aws reads its own keys).
+        self.buckets = (
+            aws_caches.buckets(
+                config, self.source_storage, self.source_result_storage, settings.outbox_timeout
+            )
+            if config is not None
+            else {}
+        )
         _import_module("MODERATION_BACKEND", settings.backend)
         _import_module("MODERATION_DECISION_STORE", settings.decision_store)
         _import_module("MODERATION_QUARANTINE", settings.quarantine)
         self._lock = threading.Lock()
-        self._pid = 0
         self._moderator: Moderator | None = None
+        # Threads, connections and clients do not survive a fork: a child builds its own.
+        os.register_at_fork(after_in_child=functools.partial(_forget_moderator, weakref.ref(self)))
         self.placeholders = RenderCache(PLACEHOLDER_RENDERINGS)
         # Rejected pictures whose stored original the gate has moved to the quarantine.
         self.evicted: Bounded[bool] = Bounded(PLACEHOLDER_RENDERINGS * 40)
@@ -66,12 +79,11 @@ class Runtime:
     def moderator(self) -> Moderator:
         """This process's moderator, built on first use after fork."""
         moderator = self._moderator
-        if moderator is not None and self._pid == os.getpid():
+        if moderator is not None:
             return moderator
         with self._lock:
-            if self._moderator is None or self._pid != os.getpid():
+            if self._moderator is None:
                 self._moderator = self._build_moderator()
-                self._pid = os.getpid()
             return self._moderator
 
     def start_warm_up(self) -> None:
@@ -105,7 +117,7 @@ class Runtime:
         )
         backend = backends.load_backend(settings)
         store = stores.load_store(settings)
-        outbox = Outbox(settings, store)
+        outbox = Outbox(settings, store, self.buckets)
         moderator = Moderator(
             settings=settings,
             store=store,
@@ -139,21 +151,27 @@ class RenderCache:
             self._items.popitem(last=False)
 
 
-_RUNTIMES: dict[int, tuple[Any, Runtime]] = {}
+def _forget_moderator(reference: weakref.ref[Runtime]) -> None:
+    runtime = reference()
+    if runtime is not None:
+        runtime._lock = threading.Lock()
+        runtime._moderator = None
+
+
+# By config object (hashed by identity): Thumbor keeps one for the process's life.
+RUNTIMES: dict[Any, Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
 def runtime_for(config: Any) -> Runtime:
     """The runtime of a Thumbor config object, validating it the first time."""
-    entry = _RUNTIMES.get(id(config))
-    if entry is not None and entry[0] is config:
-        return entry[1]
+    runtime = RUNTIMES.get(config)
+    if runtime is not None:
+        return runtime
     with _RUNTIMES_LOCK:
-        entry = _RUNTIMES.get(id(config))
-        if entry is not None and entry[0] is config:
-            return entry[1]
-        runtime = Runtime(Settings.from_config(config))
-        _RUNTIMES[id(config)] = (config, runtime)
+        runtime = RUNTIMES.get(config)
+        if runtime is None:
+            runtime = RUNTIMES[config] = Runtime(Settings.from_config(config), config)
         return runtime
 
 

@@ -6,14 +6,15 @@ handler of ours stands in front of. Wrapping the storage module, as the loader i
 wrapped, closes them all: ``get`` judges what it is about to hand out (a hash check once
 the picture is known) and answers a miss for anything not approved, so Thumbor asks the
 loader, which answers the refusal; ``put`` judges what it is about to keep, never keeps
-the placeholder, and removes what it wrote when a rejection was saved meanwhile.
+the placeholder, and removes what it wrote when a rejection was saved meanwhile; a
+picture still being judged while Thumbor renders it is written once it is approved.
 MODERATION_SOURCE_STORAGE names the storage that keeps the bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
@@ -30,6 +31,7 @@ from thumbor_rekognition.gate import (
     note_status,
     refuses,
 )
+from thumbor_rekognition.overlap import Overlap
 from thumbor_rekognition.preparation import UnsupportedImage
 from thumbor_rekognition.urls import normalise
 
@@ -39,11 +41,15 @@ logger = logging.getLogger(__name__)
 class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
     """MODERATION_SOURCE_STORAGE, behind the decision of each original it holds."""
 
-    def _wrapped(self) -> ModuleType:
-        return self._runtime.source_storage
+    WRAPS = "source_storage"
 
     async def get(self, path: str) -> Any:
-        buffer = await self.source.get(path)
+        try:
+            buffer = await self.source.get(path)
+        except FileNotFoundError:
+            # Removed between the file storage's exists and its open (a rejection's purge,
+            # an eviction by a concurrent request): a miss, as it would be a moment later.
+            return None
         if buffer is None:
             return None
         data = bytes(buffer)
@@ -73,6 +79,15 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         return None
 
     async def put(self, path: str, file_bytes: bytes) -> str:
+        overlap = self._judged_meanwhile(path)
+        if overlap is not None:
+            # Thumbor stores the original before it renders it: the rendering goes on,
+            # the write waits for the approval.
+            overlap.after_approval(path, functools.partial(self._put, path, file_bytes))
+            return path
+        return await self._put(path, file_bytes)
+
+    async def _put(self, path: str, file_bytes: bytes) -> str:
         data = bytes(file_bytes)
         if data == self._runtime.placeholder:
             # What the loader answered for a refused picture: never kept under its URL.
@@ -113,16 +128,34 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         await self.source.remove(path)
 
     async def put_crypto(self, path: str) -> Any:
+        overlap = self._judged_meanwhile(path)
+        if overlap is not None:
+            overlap.after_approval(path, functools.partial(self.source.put_crypto, path))
+            return None
         return await self.source.put_crypto(path)
 
     async def get_crypto(self, path: str) -> Any:
         return await self.source.get_crypto(path)
 
     async def put_detector_data(self, path: str, data: Any) -> Any:
+        overlap = self._judged_meanwhile(path)
+        if overlap is not None:
+            overlap.after_approval(
+                path, functools.partial(self.source.put_detector_data, path, data)
+            )
+            return None
         return await self.source.put_detector_data(path, data)
 
     async def get_detector_data(self, path: str) -> Any:
         return await self.source.get_detector_data(path)
+
+    def _judged_meanwhile(self, path: str) -> Overlap | None:
+        """The judgement of the picture at path when it was loaded for a first view on
+        the image route, judged while Thumbor renders it: its writes wait for it."""
+        overlap: Overlap | None = getattr(self.context.request_handler, "overlap", None)
+        if overlap is None or normalise(path) != overlap.key:
+            return None
+        return overlap
 
     async def _judge(self, path: str, data: bytes) -> Decision | None:
         """The decision for these bytes at this path, or None when they are no picture."""

@@ -296,6 +296,59 @@ def test_real_client_sends_the_min_confidence_it_was_given(fake: FakeRekognition
     assert analysis.labels == (Label("Explicit", "", 1, 93.5),)
 
 
+ADAPTER = (
+    "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
+)
+
+
+def test_configured_adapter_is_sent_with_every_call_and_named_in_the_analysis(
+    fake: FakeRekognition,
+) -> None:
+    fake.add_adapter(ADAPTER)
+    fake.respond(RED, [EXPLICIT], adapter=ADAPTER)
+    backend = real_backend(fake, REKOGNITION_PROJECT_VERSION=ADAPTER)
+
+    analysis = backend.detect(prepare(picture(RED)), 50.0)
+
+    assert [call.project_version for call in fake.calls] == [ADAPTER]
+    assert analysis.labels == (Label("Explicit", "", 1, 93.5),)
+    assert (analysis.model_version, analysis.project_version) == ("7.0", ADAPTER)
+
+
+def test_without_an_adapter_none_is_sent_and_none_named(fake: FakeRekognition) -> None:
+    fake.respond(RED, [EXPLICIT])
+
+    analysis = real_backend(fake).detect(prepare(picture(RED)), 50.0)
+
+    assert [call.project_version for call in fake.calls] == [None]
+    assert analysis.project_version == ""
+
+
+def test_an_expired_adapter_leaves_the_analysis_to_the_base_model_and_says_so(
+    fake: FakeRekognition,
+) -> None:
+    fake.add_adapter(ADAPTER, expired=True)
+    fake.respond(RED, [WEAPONS])
+    backend = real_backend(fake, REKOGNITION_PROJECT_VERSION=ADAPTER)
+
+    analysis = backend.detect(prepare(picture(RED)), 50.0)
+
+    assert [call.project_version for call in fake.calls] == [ADAPTER]
+    assert (analysis.labels, analysis.project_version) == (
+        (Label("Weapons", "Violence", 2, 58.0),),
+        "",
+    )
+
+
+def test_an_adapter_the_account_does_not_have_is_a_configuration_error(
+    fake: FakeRekognition,
+) -> None:
+    backend = real_backend(fake, REKOGNITION_PROJECT_VERSION=ADAPTER)
+
+    with pytest.raises(BackendConfigurationError, match="ResourceNotFoundException"):
+        backend.detect(prepare(picture(RED)), 50.0)
+
+
 def test_throttling_is_retried_until_the_third_attempt_succeeds(fake: FakeRekognition) -> None:
     fake.respond(RED, [EXPLICIT])
     fake.fail("throttle", times=2)

@@ -1,4 +1,10 @@
-"""A fake Amazon Rekognition endpoint for DetectModerationLabels over real HTTP."""
+"""A fake Amazon Rekognition endpoint for DetectModerationLabels over real HTTP.
+
+Answers by the mean colour of the picture sent. Custom Moderation adapters are modelled:
+a call naming an adapter (ProjectVersion) gets that adapter's answers and its ARN back,
+one naming an unknown adapter a ResourceNotFoundException, and one naming an expired
+adapter the base model's answer without a ProjectVersion, as AWS documents.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +65,9 @@ ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
         "Request has invalid image format",
     ),
 }
-FAULT_MODES = frozenset(ERROR_FAULTS) | {"malformed", "slow", "drop"}
+FAULT_MODES = frozenset(ERROR_FAULTS) | {"malformed", "slow", "drop", "hold"}
+# What a held request may be answered with once released (None: its normal answer).
+RELEASE_ANSWERS = frozenset(ERROR_FAULTS) | {"malformed", "drop"}
 MALFORMED_BODY = b'{"ModerationLabels": [{"Name": "Explicit'
 
 
@@ -75,6 +83,8 @@ class Call:
     mean_color: Color
     at: float
     fault: str | None
+    # The ProjectVersion (adapter ARN) the request named, None without one.
+    project_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class _Request:
     image: _Inspection
     min_confidence: float | None
     error: tuple[str, str] | None
+    project_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,11 +143,15 @@ class FakeRekognition:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: list[Call] = []
-        self._scenarios: dict[Color, _Scenario] = {}
+        self._scenarios: dict[tuple[Color, str | None], _Scenario] = {}
+        # Adapter ARN -> whether it has expired (answers come from the base model then).
+        self._adapters: dict[str, bool] = {}
         self._faults: list[_ActiveFault] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._release_answer: str | None = None
 
     def __enter__(self) -> FakeRekognition:
         return self.start()
@@ -191,9 +206,11 @@ class FakeRekognition:
         labels: list[Label],
         model_version: str = DEFAULT_MODEL_VERSION,
         content_types: list[Label] | None = None,
+        adapter: str | None = None,
     ) -> None:
         """Answer images whose mean colour is nearest to `color` with `labels` (and, as
-        model 7.x does, ContentTypes such as [{"Name": "Illustrated", "Confidence": 90}])."""
+        model 7.x does, ContentTypes such as [{"Name": "Illustrated", "Confidence": 90}]);
+        with `adapter`, only calls through that adapter (see add_adapter)."""
         key = _as_color(color)
         for label in labels:
             _check_label(label)
@@ -203,12 +220,19 @@ class FakeRekognition:
             tuple(dict(kind) for kind in content_types or ()),
         )
         with self._lock:
-            self._scenarios[key] = scenario
+            self._scenarios[(key, adapter)] = scenario
+
+    def add_adapter(self, arn: str, expired: bool = False) -> None:
+        """Make a Custom Moderation adapter known; an expired one is answered by the base
+        model, without a ProjectVersion in the answer."""
+        with self._lock:
+            self._adapters[arn] = expired
 
     def fail(self, mode: str, times: int | None = None, delay: float = 0.0) -> None:
         """Inject a fault into the next `times` requests (None: until cleared).
 
         Faults queue up: a fault starts once the ones injected before it are used up.
+        "hold" keeps each request it takes unanswered until release() (or stop()).
         """
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; use one of {sorted(FAULT_MODES)}")
@@ -218,11 +242,28 @@ class FakeRekognition:
             raise ValueError("delay must not be negative")
         with self._lock:
             self._faults.append(_ActiveFault(mode, times, delay))
+            if mode == "hold":
+                self._released.clear()
+
+    def release(self, answer: str | None = None) -> None:
+        """Answer every request a "hold" fault keeps, and hold no more.
+
+        answer: a fault mode to answer them with (an error, "malformed", "drop"), or None
+        for the answer they would have had.
+        """
+        if answer is not None and answer not in RELEASE_ANSWERS:
+            raise ValueError(f"cannot answer with {answer!r}; use one of {sorted(RELEASE_ANSWERS)}")
+        with self._lock:
+            self._faults = [fault for fault in self._faults if fault.mode != "hold"]
+            self._release_answer = answer
+        self._released.set()
 
     def clear_faults(self) -> None:
-        """Remove every injected fault."""
+        """Remove every injected fault (held requests get their normal answer)."""
         with self._lock:
             self._faults.clear()
+            self._release_answer = None
+        self._released.set()
 
     @property
     def calls(self) -> list[Call]:
@@ -237,11 +278,14 @@ class FakeRekognition:
             return sum(1 for call in self._calls if call.fault != UNKNOWN_OPERATION)
 
     def reset(self) -> None:
-        """Forget calls, scenarios and faults."""
+        """Forget calls, scenarios and faults (held requests get their normal answer)."""
         with self._lock:
             self._calls.clear()
             self._scenarios.clear()
             self._faults.clear()
+            self._release_answer = None
+            self._adapters.clear()
+        self._released.set()
 
     def _handle(self, target: str | None, body: bytes) -> _Reply:
         received = time.monotonic()
@@ -252,35 +296,59 @@ class FakeRekognition:
         fault = self._take_fault()
         error_code = request.error[0] if request.error is not None else None
         outcome = fault.mode if fault is not None else error_code
-        self._record(request.image, request.min_confidence, outcome, received)
+        self._record(
+            request.image, request.min_confidence, outcome, received, request.project_version
+        )
         if fault is None:
             return self._answer(request)
         if fault.mode == "slow":
             self._stopping.wait(fault.delay)
             return self._answer(request)
+        if fault.mode == "hold":
+            answer = self._hold()
+            return self._answer(request) if answer is None else _fault_reply(answer)
         return _fault_reply(fault.mode)
+
+    def _hold(self) -> str | None:
+        while not self._released.wait(POLL_INTERVAL):
+            if self._stopping.is_set():
+                return None
+        with self._lock:
+            return self._release_answer
 
     def _answer(self, request: _Request) -> _Reply:
         if request.error is not None:
             return _error_reply(400, *request.error)
-        scenario = self._scenario_for(request.image.mean_color)
+        adapter = request.project_version
+        with self._lock:
+            expired = self._adapters.get(adapter) if adapter is not None else None
+        if adapter is not None and expired is None:
+            return _error_reply(
+                400, "ResourceNotFoundException", f"The project version {adapter} was not found"
+            )
+        answering = None if expired else adapter
+        scenario = self._scenario_for(request.image.mean_color, answering)
         threshold = (
             DEFAULT_MIN_CONFIDENCE if request.min_confidence is None else request.min_confidence
         )
         labels = [label for label in scenario.labels if _confidence(label) >= threshold]
-        payload = {
+        payload: dict[str, object] = {
             "ModerationLabels": labels,
             "ModerationModelVersion": scenario.model_version,
             "ContentTypes": [
                 kind for kind in scenario.content_types if _confidence(kind) >= threshold
             ],
         }
+        if answering is not None:
+            payload["ProjectVersion"] = answering
         return _Reply(200, json.dumps(payload).encode())
 
-    def _scenario_for(self, color: Color) -> _Scenario:
+    def _scenario_for(self, color: Color, adapter: str | None = None) -> _Scenario:
         with self._lock:
             candidates = [
-                (math.dist(color, known), scenario) for known, scenario in self._scenarios.items()
+                (math.dist(color, known), scenario)
+                for (known, answers_for), scenario in self._scenarios.items()
+                if answers_for == adapter
             ]
         matches = [item for item in candidates if item[0] <= COLOR_TOLERANCE]
         if not matches:
@@ -304,6 +372,7 @@ class FakeRekognition:
         min_confidence: float | None,
         fault: str | None,
         received: float,
+        project_version: str | None = None,
     ) -> None:
         call = Call(
             min_confidence=min_confidence,
@@ -314,6 +383,7 @@ class FakeRekognition:
             mean_color=image.mean_color,
             at=received,
             fault=fault,
+            project_version=project_version,
         )
         with self._lock:
             self._calls.append(call)
@@ -392,11 +462,21 @@ def _parse_request(body: bytes) -> _Request:
     try:
         payload = _load_object(body)
         min_confidence = _min_confidence(payload)
+        project_version = _project_version(payload)
         data = _image_bytes(payload)
     except _Rejected as rejection:
         return _Request(_Inspection(), None, (rejection.code, rejection.message))
     image = _inspect(data)
-    return _Request(image, min_confidence, _validate(image, min_confidence))
+    return _Request(image, min_confidence, _validate(image, min_confidence), project_version)
+
+
+def _project_version(payload: Mapping[str, object]) -> str | None:
+    value = payload.get("ProjectVersion")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Rejected("SerializationException", "ProjectVersion must be a string")
+    return value
 
 
 def _load_object(body: bytes) -> Mapping[str, object]:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
-from thumbor_rekognition.stores import records
+from thumbor_rekognition.stores import records, redis_scripts
 
 SHA = hashlib.sha256(b"picture").hexdigest()
 KEY = "cdn.example.com/photos/2024/05/img-00012345-large.jpg"
@@ -43,6 +43,9 @@ def full_decision() -> Decision:
         created_at=1_700_000_000.123456,
         updated_at=1_700_000_123.987654,
         content_types=(ContentType("Illustrated", 88.25, 1),),
+        project_version="arn:aws:rekognition:eu-west-1:123456789012:project/p/version/v1/1",
+        duplicate_of="cdn.example.com/photos/2024/05/img-00012344-large.jpg",
+        similarity=0.96875,
     )
 
 
@@ -147,6 +150,17 @@ def test_the_flags_byte_says_status_and_hash_where_the_lua_scripts_read_them() -
         assert (record[0] >> 2) & 3 == 1  # manual
 
 
+def test_every_source_has_a_number_in_the_flags_byte_and_the_lua_tallies() -> None:
+    names = {0: "auto", 1: "manual", 2: "duplicate"}
+    for source in Source:
+        record = records.encode_decision(full_decision().replace(source=source))
+
+        number = (record[0] >> 2) & 3
+        assert names[number] == source.value
+        assert f"[{number}] = '{source.value}'" in redis_scripts._LIBRARY
+        assert records.decode_decision(KEY, record).source is source
+
+
 @pytest.mark.parametrize(
     "event",
     [
@@ -154,6 +168,7 @@ def test_the_flags_byte_says_status_and_hash_where_the_lua_scripts_read_them() -
         Event(None, None, "cli:alice", "forget it", 1_700_000_000.123456789),
         Event(Status.PENDING, Source.MANUAL, "", "", 0.0),
         Event(Status.REJECTED, Source.AUTO, "é" * 300, "x" * 5000, -1.0),
+        Event(Status.REJECTED, Source.DUPLICATE, "thumbor-rekognition", "near a.jpg", 2.0),
     ],
 )
 def test_history_entries_come_back_equal(event: Event) -> None:
@@ -207,9 +222,9 @@ counts = st.integers(min_value=0, max_value=2**40)
     source=st.sampled_from(list(Source)),
     sha=st.one_of(st.just(SHA), texts),
     policy=st.one_of(st.just("0123456789abcdef"), texts),
-    strings=st.tuples(texts, texts, texts),
+    strings=st.tuples(texts, texts, texts, texts, texts),
     sizes=st.tuples(counts, counts),
-    times=st.tuples(numbers, numbers, numbers),
+    times=st.tuples(numbers, numbers, numbers, numbers),
 )
 def test_any_decision_comes_back_equal(
     labels: list[Label],
@@ -220,11 +235,11 @@ def test_any_decision_comes_back_equal(
     source: Source,
     sha: str,
     policy: str,
-    strings: tuple[str, str, str],
+    strings: tuple[str, str, str, str, str],
     sizes: tuple[int, int],
-    times: tuple[float, float, float],
+    times: tuple[float, float, float, float],
 ) -> None:
-    backend, model_version, error = strings
+    backend, model_version, error, project_version, duplicate_of = strings
     decision = Decision(
         key=KEY,
         url=url_head + KEY,
@@ -243,13 +258,16 @@ def test_any_decision_comes_back_equal(
         error=error,
         created_at=times[0],
         updated_at=times[1],
+        project_version=project_version,
+        duplicate_of=duplicate_of,
+        similarity=times[3],
     )
 
     decoded = records.decode_decision(KEY, records.encode_decision(decision))
 
     assert decoded == decision
     # -0.0 == 0.0: compare the bits of every float too.
-    for name in ("min_confidence", "created_at", "updated_at"):
+    for name in ("min_confidence", "created_at", "updated_at", "similarity"):
         assert struct.pack("<d", getattr(decoded, name)) == struct.pack(
             "<d", getattr(decision, name)
         )

@@ -22,6 +22,7 @@ from tests.stores.test_sqlite import SHA_A, SHA_B, MakeStore, StoreContract, dec
 from thumbor_rekognition import stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Source, Status
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import redis as redis_store
 
 TIMEOUT = 0.3
@@ -315,6 +316,10 @@ class TestRedisStore(StoreContract):
         store.add_results("host/a.jpg", ["/unsafe/host/a.jpg"])
         store.incr("moderation.backend.calls")
         store.acquire_lease("backfill", "node-1", 30)
+        store.compare_and_set("calls", None, "1")
+        store.enqueue("webhook", "host/a.jpg", "{}")
+        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, indexed={0})
+        store.link_duplicate("a" * 64, "host/b.jpg")
 
         keys = keys_of(url)
 
@@ -478,3 +483,50 @@ def test_thousands_of_urls_of_the_same_bytes_are_all_found_by_their_hash(
     assert [item.key for item in found] == keys[1:]
     assert [item.key for item in store.find_all_by_hash(SHA_B)] == sorted([keys[0], "other/b.jpg"])
     store.close()
+
+
+def test_index_entries_are_matched_whole_never_across_two_others(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = redis_store.Store(url=redis_server.url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+    first, second = bytes(range(56)), bytes(range(100, 156))
+    straddling = first[28:] + second[:28]
+    key = store._band_key(0)
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        for entry in (first, second, straddling):
+            client.eval(redis_store._INDEX_ENTRY, 1, key, "abcd", entry, "1")
+        added = client.hget(key, "abcd")
+        client.eval(redis_store._INDEX_ENTRY, 1, key, "abcd", straddling, "0")
+        removed = client.hget(key, "abcd")
+        for entry in (first, second):
+            client.eval(redis_store._INDEX_ENTRY, 1, key, "abcd", entry, "0")
+        emptied = client.hexists(key, "abcd")
+    store.close()
+
+    assert added == first + second + straddling
+    assert removed == first + second
+    assert emptied is False
+
+
+def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    url = flushed(redis_server.url_of_db(3))
+    store = redis_store.Store(url=url, prefix="p:")
+    a = Print(0x0123_4567_89AB_CDEF, 7)
+
+    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000, 9)}, indexed={0})
+    store.link_duplicate("a" * 64, "host/copy.jpg")
+    store.close()
+
+    assert keys_of(url) == [
+        "p:dup:{" + "a" * 64 + "}",
+        # Written by every store on its first call: the format of the data.
+        "p:format",
+        "p:fp:{" + "a" * 64 + "}",
+        "p:fpi:0",
+        "p:fpi:1",
+        "p:fpi:2",
+        "p:fpi:3",
+    ]

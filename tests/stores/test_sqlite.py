@@ -20,12 +20,22 @@ from thumbor.config import Config
 from thumbor_rekognition import stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.duplicates import probes
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import sqlite
 
 MakeStore = Callable[[], stores.Store]
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
+# Two fingerprints whose coarse bands differ everywhere, and one 3 bits from the first.
+PRINT_A = Print(0x0123_4567_89AB_CDEF, 0x5555 << 100)
+PRINT_B = Print(0xFEDC_BA98_7654_3210, 0xAAAA << 90)
+NEAR_A = Print(PRINT_A.coarse ^ 0b1000_0000_0000_0001 ^ (1 << 40), PRINT_A.fine)
+
+
+def everything(coarse: int) -> bool:
+    return True
 
 
 def decision(
@@ -685,6 +695,105 @@ class StoreContract:
         assert [reader.get(key) for key in keys] == [
             decision(key, status=Status.REJECTED, source=Source.MANUAL) for key in keys
         ]
+
+    def test_an_automatic_or_duplicate_decision_never_replaces_a_manual_one_about_the_same_bytes(
+        self, store: stores.Store
+    ) -> None:
+        manual = save(store, decision("host/a.jpg", status=Status.APPROVED, source=Source.MANUAL))
+        duplicate = decision("host/a.jpg", status=Status.REJECTED, source=Source.DUPLICATE)
+
+        returned = save(store, duplicate.replace(duplicate_of="host/o.jpg", similarity=0.97))
+
+        assert returned == manual
+        assert store.get("host/a.jpg") == manual
+
+    def test_a_duplicate_decision_comes_back_naming_its_original_and_counts_by_source(
+        self, store: stores.Store
+    ) -> None:
+        duplicate = decision("host/copy.jpg", status=Status.REJECTED, source=Source.DUPLICATE)
+        duplicate = duplicate.replace(duplicate_of="host/o.jpg", similarity=0.9688)
+
+        save(store, duplicate)
+
+        assert store.get("host/copy.jpg") == duplicate
+        assert store.counts() == {"rejected": 1, "rejected.duplicate": 1}
+
+    def test_fingerprints_come_back_by_frame_and_a_new_put_replaces_them(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 3: PRINT_B}, indexed=())
+        first = store.fingerprints(SHA_A)
+
+        store.put_fingerprints(SHA_A, {1: NEAR_A}, indexed=())
+
+        assert first == {0: PRINT_A, 3: PRINT_B}
+        assert store.fingerprints(SHA_A) == {1: NEAR_A}
+        assert store.fingerprints(SHA_B) == {}
+
+    def test_only_indexed_frames_are_found_by_their_bands(self, store: stores.Store) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, indexed={0})
+
+        near_a = store.indexed_near(probes([NEAR_A], within=6), everything)
+        near_b = store.indexed_near(probes([PRINT_B], within=6), everything)
+
+        assert near_a == [(SHA_A, PRINT_A)]
+        assert near_b == []
+
+    def test_a_band_within_the_probed_values_is_enough_to_be_found(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+        bands = PRINT_A.bands()
+        only_third_band = [set(), set(), {bands[2]}, set()]
+        wrong_values = [{bands[0] ^ 1}, {bands[1] ^ 1}, {bands[2] ^ 1}, {bands[3] ^ 1}]
+
+        assert store.indexed_near(only_third_band, everything) == [(SHA_A, PRINT_A)]
+        assert store.indexed_near(wrong_values, everything) == []
+
+    def test_close_sees_each_candidates_coarse_bits_and_keeps_only_what_it_accepts(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+        store.put_fingerprints(SHA_B, {0: PRINT_B}, indexed={0})
+        both = [a | b for a, b in zip(probes([PRINT_A], 0), probes([PRINT_B], 0), strict=True)]
+        seen: list[int] = []
+
+        def only_b(coarse: int) -> bool:
+            seen.append(coarse)
+            return coarse == PRINT_B.coarse
+
+        found = store.indexed_near(both, only_b)
+
+        assert found == [(SHA_B, PRINT_B)]
+        assert sorted(set(seen)) == sorted({PRINT_A.coarse, PRINT_B.coarse})
+
+    def test_a_picture_put_again_unindexed_leaves_the_index(self, make_store: MakeStore) -> None:
+        writer, reader = make_store(), make_store()
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+        writer.put_fingerprints(SHA_B, {0: PRINT_A}, indexed={0})
+        found = sorted(reader.indexed_near(probes([PRINT_A], within=0), everything))
+
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed=())
+
+        assert found == [(SHA_A, PRINT_A), (SHA_B, PRINT_A)]
+        assert reader.indexed_near(probes([PRINT_A], within=0), everything) == [(SHA_B, PRINT_A)]
+        assert reader.fingerprints(SHA_A) == {0: PRINT_A}
+
+    def test_duplicates_are_linked_to_their_original_and_unlinked(
+        self, make_store: MakeStore
+    ) -> None:
+        writer, reader = make_store(), make_store()
+        writer.link_duplicate(SHA_A, "host/copy-2.jpg")
+        writer.link_duplicate(SHA_A, "host/copy-1.jpg")
+        writer.link_duplicate(SHA_A, "host/copy-1.jpg")
+        writer.link_duplicate(SHA_B, "host/other.jpg")
+        linked = reader.duplicates_of(SHA_A)
+
+        writer.link_duplicate(SHA_A, "host/copy-2.jpg", linked=False)
+
+        assert linked == ["host/copy-1.jpg", "host/copy-2.jpg"]
+        assert reader.duplicates_of(SHA_A) == ["host/copy-1.jpg"]
+        assert reader.duplicates_of("c" * 64) == []
 
     def test_free_lease_is_taken(self, store: stores.Store) -> None:
         assert store.acquire_lease("backfill", "node-1", 30) is True

@@ -11,6 +11,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.parsers
 
+from thumbor_rekognition import ratelimit, stores
 from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.backends import (
     Backend as BaseBackend,
@@ -69,6 +70,12 @@ CONFIGURATION_CODES = frozenset(
 )
 
 
+class RateLimitedError(RetryableError):
+    """No turn to call within the request's budget (REKOGNITION_MAX_CALLS_PER_SECOND)."""
+
+    kind = "rate_limited"
+
+
 class Backend(BaseBackend):
     """One boto3 client per process, created on first use so that it is built after fork."""
 
@@ -84,6 +91,10 @@ class Backend(BaseBackend):
                 max_workers=FRAME_CALLS, thread_name_prefix="rekognition-frames"
             )
         )
+        limit = settings.rekognition_max_calls_per_second
+        # The turns are shared through a decision store of each process's own.
+        self._store: PerProcess[stores.Store] = PerProcess(lambda: stores.load_store(settings))
+        self.call_rate = ratelimit.CallRate(limit, self._store.get) if limit else None
 
     def client(self) -> Any:
         """The process's Rekognition client."""
@@ -99,24 +110,49 @@ class Backend(BaseBackend):
             max_pool_connections=max(10, settings.workers),
         )
         session = boto3.session.Session()
-        return session.client(
+        client = session.client(
             "rekognition",
             region_name=settings.rekognition_region,
             endpoint_url=settings.rekognition_endpoint_url,
             config=config,
         )
+        if self.call_rate is not None:
+            # Every attempt, botocore's retries included, waits for its turn, and every
+            # throttling answer is heard, as botocore's adaptive mode does per client.
+            operation = "rekognition.DetectModerationLabels"
+            client.meta.events.register(f"before-send.{operation}", self._take_turn)
+            client.meta.events.register(f"needs-retry.{operation}", self._heard)
+        return client
+
+    def _take_turn(self, **_: Any) -> None:
+        if self.call_rate is not None:
+            self.call_rate.wait(ratelimit.current_deadline())
+
+    def _heard(self, response: Any = None, **_: Any) -> None:
+        if self.call_rate is None or response is None:
+            return
+        code = response[1].get("Error", {}).get("Code", "")
+        if code in ratelimit.THROTTLING_CODES:
+            try:
+                self.call_rate.throttled()
+            except stores.StoreUnavailable as error:
+                logger.warning("throttling not shared, decision store unavailable: %s", error)
 
     def warm_up(self) -> None:
         self.client()
 
     def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
-        model_version = ""
+        model_version = project_version = ""
+        deadline = ratelimit.current_deadline()
         if len(image.frames) > 1:
             # The scenes of an animation are asked about together: one round trip, not
             # one per scene. The first failure is raised, as one call's would be.
             responses = list(
                 self._frame_calls.get().map(
-                    lambda frame: self._call(frame.data, min_confidence), image.frames
+                    lambda frame: ratelimit.within(
+                        deadline, self._call, frame.data, min_confidence
+                    ),
+                    image.frames,
                 )
             )
         else:
@@ -127,6 +163,8 @@ class Backend(BaseBackend):
         # on its own, and a merge would pair one frame's parent with another's child.
         for index, response in enumerate(responses):
             model_version = str(response.get("ModerationModelVersion", model_version))
+            # Named only when the adapter answered: an expired one leaves the base model to.
+            project_version = str(response.get("ProjectVersion") or project_version)
             labels += labels_from_rekognition(response.get("ModerationLabels", []), index)
             content_types += content_types_from_rekognition(
                 response.get("ContentTypes") or [], index
@@ -138,15 +176,23 @@ class Backend(BaseBackend):
             min_confidence=min_confidence,
             frames=len(image.frames),
             content_types=tuple(content_types),
+            project_version=project_version,
         )
 
     def _call(self, data: bytes, min_confidence: float) -> dict[str, Any]:
+        request: dict[str, Any] = {"Image": {"Bytes": data}, "MinConfidence": min_confidence}
+        if self.settings.rekognition_project_version:
+            # A Custom Moderation adapter: AWS's base model, tuned on the account's pictures.
+            request["ProjectVersion"] = self.settings.rekognition_project_version
         try:
-            response: dict[str, Any] = self.client().detect_moderation_labels(
-                Image={"Bytes": data}, MinConfidence=min_confidence
-            )
+            response: dict[str, Any] = self.client().detect_moderation_labels(**request)
         except botocore.exceptions.ClientError as error:
             raise classify_client_error(error) from error
+        except ratelimit.NoTurn as error:
+            raise RateLimitedError(str(error)) from error
+        except stores.StoreUnavailable as error:
+            # No call without a turn: the picture waits, as it does for any outage.
+            raise RetryableError(f"call rate unknown: {error}") from error
         except (
             botocore.exceptions.NoCredentialsError,
             botocore.exceptions.PartialCredentialsError,

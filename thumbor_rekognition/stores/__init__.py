@@ -11,11 +11,12 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from thumbor_rekognition.decision import Decision, Event, Status
+from thumbor_rekognition.fingerprint import Print
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -133,6 +134,12 @@ class Store:
         """Call changed(key) when another process changes a decision, changed(None) when
         changes may have been missed. Stores without notifications rely on the TTL."""
 
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        """Set a small named value shared by every process to value if it is expected
+        now (None: not set yet), atomically. Returns the value found, which equals
+        expected when the value was set."""
+        raise NotImplementedError
+
     def enqueue(self, topic: str, key: str, payload: str) -> None:
         """Add an item to the durable outbox."""
         raise NotImplementedError
@@ -163,6 +170,36 @@ class Store:
         place; returns how many pictures were converted. Stores refuse to work on data of
         an earlier format until this has run."""
         return 0
+
+    # Near-duplicates (see duplicates.py): kept apart from the decisions themselves.
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        """Keep a picture's fingerprints by frame, in place of any kept before; the frames
+        named in indexed are in the index of rejected pictures, the others are not."""
+        raise NotImplementedError
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        """The fingerprints kept for a picture, by frame (empty when none were)."""
+        raise NotImplementedError
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        """Every indexed fingerprint whose band i (Print.bands) is one of probes[i] and whose
+        coarse part close() accepts, with the content hash of its picture. close() sees
+        every candidate: the fine part and the hash are read only for those it keeps."""
+        raise NotImplementedError
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        """Note (or, linked False, drop the note) that the decision at key rejects a
+        duplicate of the picture whose content hash is original."""
+        raise NotImplementedError
+
+    def duplicates_of(self, original: str) -> list[str]:
+        """The keys noted as rejecting duplicates of that picture, in key order."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release connections."""

@@ -69,7 +69,7 @@ DICTIONARY = _WORDS.encode("utf-8")
 # The flags byte of a record: bits 0-1 status, 2-3 source, 4 a raw SHA-256 follows,
 # 5 the fields are deflated; 6-7 are for later formats, which this one cannot read.
 _STATUS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
-_SOURCE = {Source.AUTO: 0, Source.MANUAL: 1}
+_SOURCE = {Source.AUTO: 0, Source.MANUAL: 1, Source.DUPLICATE: 2}
 # A status or source these tables do not number is spelt out in a field (code 3) and
 # kept whole; give a new one a number here and in redis_scripts (STATUSES, SOURCES),
 # which names the Redis store's counts.
@@ -91,7 +91,7 @@ class _D:
     URL_PREFIX, URL, LABEL, REASON, BACKEND, MODEL_VERSION = 1, 2, 3, 4, 5, 6
     POLICY_HEX, POLICY, MIN_CONFIDENCE, WIDTH, HEIGHT, ERROR = 7, 8, 9, 10, 11, 12
     CREATED_AT, SINCE_CREATION, CONTENT_TYPE, SHA256, STATUS, SOURCE = 13, 14, 15, 16, 17, 18
-    UPDATED_AT = 19
+    UPDATED_AT, PROJECT_VERSION, DUPLICATE_OF, SIMILARITY = 19, 20, 21, 22
 
 
 _TEXTS = {
@@ -100,8 +100,14 @@ _TEXTS = {
     _D.POLICY: "policy",
     _D.ERROR: "error",
     _D.SHA256: "sha256",
+    _D.PROJECT_VERSION: "project_version",
+    _D.DUPLICATE_OF: "duplicate_of",
 }
-_NUMBERS = {_D.MIN_CONFIDENCE: "min_confidence", _D.CREATED_AT: "created_at"}
+_NUMBERS = {
+    _D.MIN_CONFIDENCE: "min_confidence",
+    _D.CREATED_AT: "created_at",
+    _D.SIMILARITY: "similarity",
+}
 
 
 class _L:
@@ -140,6 +146,9 @@ DECISION_FIELDS = frozenset(
         "created_at",
         "updated_at",
         "content_types",
+        "project_version",
+        "duplicate_of",
+        "similarity",
     }
 )
 
@@ -422,6 +431,9 @@ def encode_decision(decision: Decision) -> bytes:
     out.integer(_D.WIDTH, decision.width)
     out.integer(_D.HEIGHT, decision.height)
     out.text(_D.ERROR, decision.error)
+    out.text(_D.PROJECT_VERSION, decision.project_version)
+    out.text(_D.DUPLICATE_OF, decision.duplicate_of)
+    out.number(_D.SIMILARITY, decision.similarity)
     out.number(_D.CREATED_AT, decision.created_at)
     # Usually a few microseconds after the creation: the difference takes fewer bytes,
     # when adding it back gives the same float.

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import logging
 import os
 import random
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from redis.retry import Retry
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.fingerprint import BAND_BITS, Print
 from thumbor_rekognition.stores import records
 from thumbor_rekognition.stores import redis_scripts as scripts
 
@@ -288,7 +290,7 @@ class Store(stores.Store):
                 decision.key,
                 record,
                 records.encode_event(event),
-                "1" if decision.source is Source.AUTO else "0",
+                "1" if decision.source is not Source.MANUAL else "0",
                 self._channel,
                 self._changes.sender + decision.key,
             )
@@ -438,6 +440,15 @@ class Store(stores.Store):
         with self._call() as client:
             client.eval(_RELEASE, 1, self.prefix + "lease:" + name, holder)
 
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        # The braces make the name the key's hash tag.
+        key = self.prefix + "{shared:" + name + "}"
+        with self._call() as client:
+            found = client.eval(
+                _COMPARE_AND_SET, 1, key, "" if expected is None else "=" + expected, value
+            )
+        return None if found is None else _text(found)
+
     # Outbox: its keys share one hash tag, so each call runs on one node.
 
     @property
@@ -482,6 +493,130 @@ class Store(stores.Store):
         with self._call() as client:
             values = client.hgetall(self._outbox + "counts")
         return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
+
+    # Near-duplicates. Every command reads or writes one key: a picture's record
+    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames in the index), one
+    # hash per band of the index, 'fpi:<band>' (field: the band's value in hex; value: its
+    # entries end to end, each the 24-byte fingerprint then the 32-byte content hash), and
+    # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
+    # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
+    # an entry costs its 56 bytes and no key of its own. On a cluster the four hashes sit
+    # on up to four nodes, and each picture's record and set on the slot of its hash.
+
+    def _band_key(self, band: int) -> str:
+        return f"{self.prefix}fpi:{band}"
+
+    def _on_nodes(self, client: Client, calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
+        """Commands on one key each (that key, the command, its arguments) sent together: one
+        pipeline, or on a cluster one per node (a cluster's pipeline refuses EVAL)."""
+        groups: dict[Any, list[int]] = {}
+        for index, (key, _, _) in enumerate(calls):
+            node = client.get_node_from_key(key) if self.cluster else None
+            groups.setdefault(node, []).append(index)
+        answers: list[Any] = [None] * len(calls)
+        for node, indexes in groups.items():
+            target = client.get_redis_connection(node) if node is not None else client
+            pipeline = target.pipeline(transaction=False)
+            for index in indexes:
+                _, command, arguments = calls[index]
+                getattr(pipeline, command)(*arguments)
+            try:
+                found = pipeline.execute()
+            except redis.exceptions.ResponseError:
+                if self.cluster:
+                    # MOVED after a failover or a resharding: learn the layout again.
+                    self._relearn()
+                raise
+            for index, answer in zip(indexes, found, strict=True):
+                answers[index] = answer
+        return answers
+
+    def _entries(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> set[tuple[int, str, bytes]]:
+        digest = bytes.fromhex(sha256)
+        return {
+            (band, _field(value), print_.to_bytes() + digest)
+            for frame, print_ in prints.items()
+            if frame in indexed
+            for band, value in enumerate(print_.bands())
+        }
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        record = self.prefix + "fp:{" + sha256 + "}"
+        with self._call() as client:
+            old_prints, old_indexed = _fingerprint_record(client.get(record))
+            old = self._entries(sha256, old_prints, old_indexed)
+            new = self._entries(sha256, prints, indexed)
+            # The index first, the record last: a call cut short leaves the record naming
+            # what the index held before, and the next call mends both. An entry left over
+            # names a picture that lookups find no longer rejected, and skip.
+            changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
+            changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
+            self._on_nodes(
+                client,
+                [
+                    (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
+                    for band, *rest in changes
+                ],
+            )
+            client.set(
+                record,
+                json.dumps(
+                    {
+                        "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
+                        "indexed": sorted(frame for frame in indexed if frame in prints),
+                    },
+                    separators=(",", ":"),
+                ),
+            )
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._call() as client:
+            prints, _ = _fingerprint_record(client.get(self.prefix + "fp:{" + sha256 + "}"))
+        return prints
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
+        if not asked:
+            return []
+        with self._call() as client:
+            answers = self._on_nodes(
+                client,
+                [
+                    (
+                        self._band_key(band),
+                        "hmget",
+                        (self._band_key(band), [_field(value) for value in values]),
+                    )
+                    for band, values in asked
+                ],
+            )
+        kept = {
+            entries[start : start + _ENTRY]
+            for answer in answers
+            for entries in answer
+            if entries
+            for start in range(0, len(entries), _ENTRY)
+            if close(int.from_bytes(entries[start : start + 8], "big"))
+        }
+        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in kept]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._call() as client:
+            if linked:
+                client.sadd(self.prefix + "dup:{" + original + "}", key)
+            else:
+                client.srem(self.prefix + "dup:{" + original + "}", key)
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._call() as client:
+            keys = client.smembers(self.prefix + "dup:{" + original + "}")
+        return sorted(_text(key) for key in keys)
 
     # Change notifications
 
@@ -688,6 +823,20 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _field(value: int) -> str:
+    """A band value as the field of its band's hash."""
+    return f"{value:0{BAND_BITS // 4}x}"
+
+
+def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
+    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    if not body:
+        return {}, []
+    data = json.loads(body)
+    prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
+    return prints, [int(frame) for frame in data.get("indexed", [])]
+
+
 _SCRIPTS = {
     "get": scripts.GET,
     "save": scripts.SAVE,
@@ -746,6 +895,32 @@ end
 return 1
 """
 
+# One entry of a band's hash added ('1') or removed ('0'): entries are compared whole,
+# 56 bytes at a time, so that no entry is mistaken for the bytes across two others.
+_INDEX_ENTRY = """
+local entries = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+local size = string.len(ARGV[2])
+for start = 1, string.len(entries), size do
+  if string.sub(entries, start, start + size - 1) == ARGV[2] then
+    if ARGV[3] == '1' then return 0 end
+    local rest = string.sub(entries, 1, start - 1) .. string.sub(entries, start + size)
+    if rest == '' then
+      redis.call('HDEL', KEYS[1], ARGV[1])
+    else
+      redis.call('HSET', KEYS[1], ARGV[1], rest)
+    end
+    return 1
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], entries .. ARGV[2])
+  return 1
+end
+return 0
+"""
+# An index entry: a fingerprint (24 bytes) and its picture's content hash (32 bytes).
+_ENTRY = 56
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -763,4 +938,13 @@ if holder == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# One key, so one hash slot: the same script runs on Redis Cluster.
+_COMPARE_AND_SET = """
+local found = redis.call('GET', KEYS[1])
+if (not found and ARGV[1] == '') or (found and ARGV[1] == '=' .. found) then
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return found
 """

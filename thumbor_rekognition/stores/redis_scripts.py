@@ -25,7 +25,7 @@ _LIBRARY = """
 local B = ARGV[1]
 local CHUNK_BYTES = %(chunk_bytes)d
 local STATUSES = {[0] = 'approved', [1] = 'rejected', [2] = 'pending', [3] = 'other'}
-local SOURCES = {[0] = 'auto', [1] = 'manual', [2] = 'other', [3] = 'other'}
+local SOURCES = {[0] = 'auto', [1] = 'manual', [2] = 'duplicate', [3] = 'other'}
 
 local function uvarint(s, pos)
   local result, scale = 0, 1
@@ -257,9 +257,9 @@ if rec == '' then return false end
 return rec
 """)
 
-# ARGV: prefix, key, record, event, '1' when automatic, channel, message.
+# ARGV: prefix, key, record, event, '1' unless manual, channel, message.
 # -> {1, previous record or ''} once saved; {0, standing record} when a manual decision
-# about the same bytes stands.
+# about the same bytes stands (an automatic or duplicate one never replaces it).
 SAVE = _script("""
 local key, rec = ARGV[2], ARGV[3]
 local old, hist, paths = sections(map_get('d', key))

@@ -19,12 +19,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import records
 
 if TYPE_CHECKING:
@@ -75,11 +76,46 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shared (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    sha256 TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    print BLOB NOT NULL,
+    coarse INTEGER NOT NULL,
+    indexed INTEGER NOT NULL,
+    b0 INTEGER NOT NULL,
+    b1 INTEGER NOT NULL,
+    b2 INTEGER NOT NULL,
+    b3 INTEGER NOT NULL,
+    PRIMARY KEY (sha256, frame)
+);
+CREATE INDEX IF NOT EXISTS fingerprints_b0 ON fingerprints (b0, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b1 ON fingerprints (b1, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b2 ON fingerprints (b2, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_b3 ON fingerprints (b3, coarse) WHERE indexed = 1;
+CREATE TABLE IF NOT EXISTS duplicates (
+    original TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (original, key)
+);
 """
+
+
+_UNSIGNED = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    """A 64-bit unsigned value as the signed integer SQLite stores."""
+    return value - (1 << 64) if value >> 63 else value
 
 
 BUSY_TIMEOUT = 10.0
 POLL_SECONDS = 0.1
+# Band values per statement of an index lookup, well under SQLite's limit on parameters.
+PROBES_PER_QUERY = 500
 # PRAGMA user_version of a file in this format; the previous one (JSON documents in a
 # 'decisions' table) left it at 0.
 FORMAT = 2
@@ -237,7 +273,7 @@ class Store(stores.Store):
             current = records.decode_decision(decision.key, old) if old else None
             if (
                 current is not None
-                and decision.source is Source.AUTO
+                and decision.source is not Source.MANUAL
                 and current.source is Source.MANUAL
                 and current.sha256 == decision.sha256
             ):
@@ -422,6 +458,16 @@ class Store(stores.Store):
         with self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        with self._cursor(write=True) as cursor:
+            row = cursor.execute("SELECT value FROM shared WHERE name = ?", (name,)).fetchone()
+            found: str | None = row[0] if row else None
+            if found == expected:
+                cursor.execute(
+                    "INSERT OR REPLACE INTO shared (name, value) VALUES (?, ?)", (name, value)
+                )
+        return found
+
     def enqueue(self, topic: str, key: str, payload: str) -> None:
         now = time.time()
         with self._cursor(write=True) as cursor:
@@ -474,6 +520,83 @@ class Store(stores.Store):
                 "SELECT topic, state, COUNT(*) FROM outbox GROUP BY topic, state"
             ).fetchall()
         return {f"{topic}.{state}": count for topic, state, count in rows}
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        rows = [
+            (
+                sha256,
+                frame,
+                print_.to_bytes(),
+                _signed(print_.coarse),
+                int(frame in indexed),
+                *print_.bands(),
+            )
+            for frame, print_ in sorted(prints.items())
+        ]
+        with self._cursor(write=True) as cursor:
+            cursor.execute("DELETE FROM fingerprints WHERE sha256 = ?", (sha256,))
+            cursor.executemany(
+                "INSERT INTO fingerprints "
+                "(sha256, frame, print, coarse, indexed, b0, b1, b2, b3) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT frame, print FROM fingerprints WHERE sha256 = ? ORDER BY frame", (sha256,)
+            ).fetchall()
+        return {frame: Print.from_bytes(data) for frame, data in rows}
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        kept: set[int] = set()
+        with self._cursor() as cursor:
+            for band, values in enumerate(probes):
+                ordered = sorted(values)
+                for start in range(0, len(ordered), PROBES_PER_QUERY):
+                    chunk = ordered[start : start + PROBES_PER_QUERY]
+                    # Read from the band's index alone ('indexed = 1' as the partial index
+                    # says, coarse in it): the table is read only for the rows kept.
+                    rows = cursor.execute(
+                        f"SELECT rowid, coarse FROM fingerprints WHERE indexed = 1 "  # noqa: S608 - band is 0..3
+                        f"AND b{band:d} IN ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                    kept.update(rowid for rowid, coarse in rows if close(coarse & _UNSIGNED))
+            ordered_rows = sorted(kept)
+            found = []
+            for start in range(0, len(ordered_rows), PROBES_PER_QUERY):
+                chunk = ordered_rows[start : start + PROBES_PER_QUERY]
+                found += cursor.execute(
+                    f"SELECT sha256, print FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+        return [(sha256, Print.from_bytes(data)) for sha256, data in found]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._cursor(write=True) as cursor:
+            if linked:
+                cursor.execute(
+                    "INSERT OR IGNORE INTO duplicates (original, key) VALUES (?, ?)",
+                    (original, key),
+                )
+            else:
+                cursor.execute(
+                    "DELETE FROM duplicates WHERE original = ? AND key = ?", (original, key)
+                )
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT key FROM duplicates WHERE original = ? ORDER BY key", (original,)
+            ).fetchall()
+        return [key for (key,) in rows]
 
     def migrate(self) -> int:
         """Convert a file of the previous format (JSON documents in a 'decisions' table,

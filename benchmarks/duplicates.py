@@ -1,0 +1,320 @@
+"""Print the near-duplicate figures: how well fingerprints tell copies from other pictures,
+and what a lookup in the index of rejected pictures costs at a million entries.
+
+    python benchmarks/duplicates.py [--pictures 100] [--index 1000000] [--lookups 2000]
+
+Quality, on generated pictures (tests/pictures.py, four families of --pictures each):
+every pair of distinct pictures, counted at or above the default similarity (false
+matches), and each picture's copies (a JPEG at quality 70 scaled to 70 %, 6 % brighter,
+a JPEG at quality 45) counted at or above it (hits); then what the fingerprint does not
+catch (mirrored, cropped, covered in part), for the README.
+
+Speed: --index random fingerprints (each half set, as real ones are) put in the index of
+the SQLite store and of the Redis store (a real redis-server, on this machine), then
+--lookups lookups through Duplicates.nearest at the default similarity, of new pictures
+(no match) and of copies of indexed ones (a few coarse bits changed), with the memory or
+disk the index takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.run import percentile  # noqa: E402
+from tests import pictures  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+from thumbor_rekognition import fingerprint  # noqa: E402
+from thumbor_rekognition.config import DEFAULTS  # noqa: E402
+from thumbor_rekognition.duplicates import Duplicates  # noqa: E402
+from thumbor_rekognition.fingerprint import BAND_BITS, COARSE_BITS, FINE_BITS, Print  # noqa: E402
+from thumbor_rekognition.stores import Store  # noqa: E402
+from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
+from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
+from thumbor_rekognition.stores.sqlite import _signed  # noqa: E402
+
+SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
+BATCH = 20_000
+
+COPIES: dict[str, Callable[[Image.Image], bytes]] = {
+    "JPEG q70, 70 % size": pictures.resized_jpeg,
+    "6 % brighter": pictures.brighter,
+    "JPEG q45": pictures.reencoded,
+}
+
+
+def _png(image: Image.Image) -> bytes:
+    return pictures.encoded(image, "PNG")
+
+
+def _cropped(share: float) -> Callable[[Image.Image], bytes]:
+    def crop(image: Image.Image) -> bytes:
+        dx, dy = round(image.width * share / 2), round(image.height * share / 2)
+        return _png(image.crop((dx, dy, image.width - dx, image.height - dy)))
+
+    return crop
+
+
+def _covered(share: float, top: bool = True) -> Callable[[Image.Image], bytes]:
+    def cover(image: Image.Image) -> bytes:
+        covered = image.copy()
+        height = round(image.height * share)
+        box = (0, 0, image.width, height) if top else (0, image.height - height, *image.size)
+        ImageDraw.Draw(covered).rectangle(box, fill=(255, 255, 255))
+        return _png(covered)
+
+    return cover
+
+
+NOT_BUILT_FOR: dict[str, Callable[[Image.Image], bytes]] = {
+    "grey": lambda image: _png(image.convert("L")),
+    "cropped 2 % a side": _cropped(0.04),
+    "cropped 5 % a side": _cropped(0.1),
+    "cropped 10 % a side": _cropped(0.2),
+    "a caption band (10 %)": _covered(0.1, top=False),
+    "top third covered": _covered(1 / 3),
+    "mirrored": lambda image: _png(ImageOps.mirror(image)),
+    "rotated 90 degrees": lambda image: _png(image.transpose(Image.Transpose.ROTATE_90)),
+}
+
+
+def quality(per_family: int) -> None:
+    generated = {
+        (family, seed): make(seed)
+        for family, make in pictures.FAMILIES.items()
+        for seed in range(per_family)
+    }
+    started = time.perf_counter()
+    prints = {key: fingerprint.of(image) for key, image in generated.items()}
+    per_print = (time.perf_counter() - started) / len(prints) * 1000
+    kept = {key: value for key, value in prints.items() if value is not None}
+    print(f"quality: {len(generated)} generated pictures, 640x480, four families")
+    print(f"  fingerprint                {per_print:6.2f} ms a picture (640x480)")
+    print(f"  without a fingerprint      {len(generated) - len(kept):6d} (too little detail)")
+
+    false_pairs: Counter[str] = Counter()
+    closest: dict[str, float] = {}
+    pairs = 0
+    for (one, a), (other, b) in itertools.combinations(kept.items(), 2):
+        pairs += 1
+        score = a.similarity(b)
+        kind = one[0] if one[0] == other[0] else "across families"
+        closest[kind] = max(closest.get(kind, 0.0), score)
+        if score >= SIMILARITY:
+            false_pairs[kind] += 1
+    falsely_matched = {
+        key
+        for key, value in kept.items()
+        if any(other != key and value.similarity(o) >= SIMILARITY for other, o in kept.items())
+    }
+    print(f"  distinct pairs             {pairs:6d}")
+    print(
+        f"  pairs at or above {SIMILARITY:g}     {sum(false_pairs.values()):6d}"
+        f"  ({dict(false_pairs) or 'none'})"
+    )
+    print(
+        f"  pictures matching another  {len(falsely_matched):6d} of {len(kept)}"
+        f"  (a false duplicate against an index of all the others)"
+    )
+    print("  closest distinct pair:    " + ", ".join(f"{k} {v:.3f}" for k, v in closest.items()))
+
+    print(f"  copies at or above {SIMILARITY:g} (hits), lowest similarity per family:")
+    total_hits = total = 0
+    for name, make_copy in COPIES.items():
+        hits, lowest = _copies(generated, kept, make_copy)
+        total_hits += sum(hits.values())
+        total += len(kept)
+        print(
+            f"    {name:22s} {sum(hits.values()):4d}/{len(kept)}  "
+            + ", ".join(f"{family} {score:.3f}" for family, score in lowest.items())
+        )
+    print(f"    {'all three':22s} {total_hits:4d}/{total}  ({total_hits / total:.2%})")
+    print(f"  not built for: caught at or above {SIMILARITY:g}, median similarity")
+    for name, make_copy in NOT_BUILT_FOR.items():
+        hits, _ = _copies(generated, kept, make_copy)
+        scores = _scores(generated, kept, make_copy)
+        print(
+            f"    {name:22s} {sum(hits.values()):4d}/{len(kept)}  "
+            f"median {statistics.median(scores):.3f}"
+        )
+
+
+def _scores(
+    generated: dict[tuple[str, int], Image.Image],
+    kept: dict[tuple[str, int], Print],
+    make_copy: Callable[[Image.Image], bytes],
+) -> list[float]:
+    scores = []
+    for key, original in kept.items():
+        copy = fingerprint.of(pictures.decoded(make_copy(generated[key])))
+        scores.append(original.similarity(copy) if copy is not None else 0.0)
+    return scores
+
+
+def _copies(
+    generated: dict[tuple[str, int], Image.Image],
+    kept: dict[tuple[str, int], Print],
+    make_copy: Callable[[Image.Image], bytes],
+) -> tuple[Counter[str], dict[str, float]]:
+    hits: Counter[str] = Counter()
+    lowest: dict[str, float] = {}
+    for (family, _), score in zip(kept, _scores(generated, kept, make_copy), strict=True):
+        hits[family] += score >= SIMILARITY
+        lowest[family] = min(lowest.get(family, 1.0), score)
+    return hits, lowest
+
+
+# The index at scale.
+
+
+def _balanced(rng: random.Random, bits: int) -> int:
+    value = 0
+    for bit in rng.sample(range(bits), bits // 2):
+        value |= 1 << bit
+    return value
+
+
+def random_prints(count: int, seed: int) -> list[Print]:
+    rng = random.Random(seed)
+    return [Print(_balanced(rng, COARSE_BITS), _balanced(rng, FINE_BITS)) for _ in range(count)]
+
+
+def near(value: Print, rng: random.Random, coarse_bits: int) -> Print:
+    """A copy of a fingerprint with some coarse bits moved, as a re-encoding moves them."""
+    ones = [bit for bit in range(COARSE_BITS) if value.coarse >> bit & 1]
+    zeros = [bit for bit in range(COARSE_BITS) if not value.coarse >> bit & 1]
+    coarse = value.coarse
+    for bit in rng.sample(ones, coarse_bits // 2) + rng.sample(zeros, coarse_bits // 2):
+        coarse ^= 1 << bit
+    return Print(coarse, value.fine)
+
+
+def load_sqlite(path: str, prints: list[Print]) -> None:
+    schema = sqlite_store.Store(path=path)
+    schema.counters()
+    schema.close()
+    connection = sqlite3.connect(path)
+    with connection:
+        for start in range(0, len(prints), BATCH):
+            connection.executemany(
+                "INSERT INTO fingerprints (sha256, frame, print, coarse, indexed, b0, b1, b2, b3) "
+                "VALUES (?, 0, ?, ?, 1, ?, ?, ?, ?)",
+                [
+                    (f"{start + n:064x}", value.to_bytes(), _signed(value.coarse), *value.bands())
+                    for n, value in enumerate(prints[start : start + BATCH])
+                ],
+            )
+    connection.close()
+
+
+def load_redis(store: redis_store.Store, prints: list[Print]) -> None:
+    """Each band's hash written whole, in the layout put_fingerprints keeps."""
+    client = store._redis()
+    for band in range(len(prints[0].bands())):
+        entries: dict[str, bytearray] = {}
+        for n, value in enumerate(prints):
+            entry = value.to_bytes() + bytes.fromhex(f"{n:064x}")
+            entries.setdefault(redis_store._field(value.bands()[band]), bytearray()).extend(entry)
+        fields = list(entries.items())
+        for start in range(0, len(fields), BATCH):
+            client.hset(store._band_key(band), mapping=dict(fields[start : start + BATCH]))
+
+
+def lookups(store: Store, queries: list[Print], expect_match: bool) -> list[float]:
+    duplicates = Duplicates(store, SIMILARITY, "benchmark")
+    timings = []
+    for query in queries:
+        started = time.perf_counter()
+        found = duplicates.nearest({0: query}, SIMILARITY, limit=10)
+        timings.append((time.perf_counter() - started) * 1000)
+        if bool(found) != expect_match:
+            raise RuntimeError(f"lookup of {query} found {found}, expected a match: {expect_match}")
+    return timings
+
+
+def _report(name: str, misses: list[float], hits: list[float]) -> None:
+    for label, timings in (("new picture (no match)", misses), ("copy of an indexed one", hits)):
+        print(
+            f"  {name:7s} {label:24s} p50 {statistics.median(timings):6.2f} ms"
+            f"   p99 {percentile(timings, 0.99):6.2f} ms"
+        )
+
+
+def index(size: int, count: int, work: Path) -> None:
+    print(f"index: {size:,} rejected fingerprints, lookups at similarity {SIMILARITY:g}")
+    started = time.perf_counter()
+    prints = random_prints(size, seed=1)
+    rng = random.Random(2)
+    misses = random_prints(count, seed=3)
+    hits = [near(prints[rng.randrange(size)], rng, rng.choice([0, 2, 4, 6])) for _ in range(count)]
+    buckets = Counter(value.bands()[0] for value in prints)
+    print(
+        f"  generated in {time.perf_counter() - started:.0f} s; entries per band value: "
+        f"mean {size / 2**BAND_BITS:.1f}, largest {max(buckets.values())}"
+    )
+
+    path = str(work / "index.sqlite3")
+    started = time.perf_counter()
+    load_sqlite(path, prints)
+    loaded = time.perf_counter() - started
+    sqlite = sqlite_store.Store(path=path)
+    lookups(sqlite, misses[:50], expect_match=False)
+    _report("SQLite", lookups(sqlite, misses, False), lookups(sqlite, hits, True))
+    sqlite.close()
+    print(
+        f"  SQLite  file {os.path.getsize(path) / 2**20:.0f} MiB "
+        f"({os.path.getsize(path) / size:.0f} bytes a fingerprint), loaded in {loaded:.0f} s"
+    )
+
+    with RedisServer(work / "redis") as server:
+        store = redis_store.Store(url=server.url, prefix="bench:", timeout=5.0)
+        client = store._redis()
+        # Loading a million entries, not durability, is measured here.
+        client.config_set("appendonly", "no")
+        before = int(client.info("memory")["used_memory"])
+        started = time.perf_counter()
+        load_redis(store, prints)
+        loaded = time.perf_counter() - started
+        used = int(client.info("memory")["used_memory"]) - before
+        lookups(store, misses[:50], expect_match=False)
+        _report("Redis", lookups(store, misses, False), lookups(store, hits, True))
+        version = client.info("server")["redis_version"]
+        print(
+            f"  Redis   {used / 2**20:.0f} MiB ({used / size:.0f} bytes a fingerprint, "
+            f"Redis {version}), loaded in {loaded:.0f} s"
+        )
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pictures", type=int, default=100, help="pictures per family")
+    parser.add_argument("--index", type=int, default=1_000_000, help="fingerprints indexed")
+    parser.add_argument("--lookups", type=int, default=2000, help="lookups of each kind")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-index", action="store_true")
+    arguments = parser.parse_args()
+    if not arguments.skip_quality:
+        quality(arguments.pictures)
+    if not arguments.skip_index:
+        with tempfile.TemporaryDirectory() as work:
+            index(arguments.index, arguments.lookups, Path(work))
+
+
+if __name__ == "__main__":
+    main()

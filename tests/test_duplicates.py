@@ -1,0 +1,343 @@
+"""Near-duplicates: the index of rejected pictures, and what the moderator does with it.
+
+The store is the SQLite store in a temporary directory and the backend the counting one
+of test_moderator; the pictures are generated with detail (tests/pictures.py) and put
+through the re-encodings a re-upload does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests import pictures
+from tests.test_moderator import (
+    EXPLICIT_NUDITY_70,
+    Metrics,
+    World,
+    moderate,
+    run,
+    sha256,
+)
+from thumbor_rekognition import stores
+from thumbor_rekognition.decision import Decision, Event, Label, Source, Status
+from thumbor_rekognition.duplicates import (
+    Duplicates,
+    indexed_frames,
+    probes,
+)
+from thumbor_rekognition.fingerprint import COARSE_BITS, Print
+from thumbor_rekognition.moderator import Moderator
+from thumbor_rekognition.stores import sqlite
+
+ORIGINAL = "host/original.jpg"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    shared = World(tmp_path)
+    yield shared
+    shared.close()
+
+
+def png(image: Image.Image) -> bytes:
+    return pictures.encoded(image, "PNG")
+
+
+def copies(image: Image.Image) -> dict[str, bytes]:
+    return {
+        "host/resized-q70.jpg": pictures.resized_jpeg(image),
+        "host/brighter.png": pictures.brighter(image),
+        "host/q45.jpg": pictures.reencoded(image),
+    }
+
+
+def rejected_by_the_model(world: World, moderator: Moderator, image: Image.Image) -> Decision:
+    """The original, judged and rejected by the backend; after it the backend approves all."""
+    world.backend.labels = (EXPLICIT_NUDITY_70,)
+    decision = moderate(moderator, ORIGINAL, png(image))
+    world.backend.labels = ()
+    assert decision.status is Status.REJECTED
+    return decision
+
+
+def decide(moderator: Moderator, key: str, status: Status) -> Decision:
+    """A human's decision about the picture at key, as the review does it."""
+    previous = moderator.store.get(key)
+    assert previous is not None
+    event = Event(status, Source.MANUAL, "reviewer", "test")
+    saved = moderator.store.save(
+        previous.replace(status=status, source=Source.MANUAL, error=""), event
+    )
+    moderator.forget(key)
+    run(moderator.announce(previous, saved, event))
+    return saved
+
+
+# --- the index ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("within", "values"), [(0, 1), (3, 1), (6, 17), (9, 137), (16, 2517)])
+def test_a_lookup_asks_for_the_band_values_within_a_quarter_of_the_distance(
+    within: int, values: int
+) -> None:
+    wanted = probes([Print(0x0123_4567_89AB_CDEF, 0)], within)
+
+    assert [len(band) for band in wanted] == [values] * 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    coarse=st.integers(min_value=0, max_value=2**64 - 1),
+    within=st.sampled_from([6, 9]),
+    data=st.data(),
+)
+def test_every_indexed_fingerprint_within_the_distance_is_found(
+    tmp_path_factory: pytest.TempPathFactory, coarse: int, within: int, data: st.DataObject
+) -> None:
+    bits = st.integers(min_value=0, max_value=COARSE_BITS - 1)
+    flipped = data.draw(st.sets(bits, max_size=within))
+    store = sqlite.Store(path=str(tmp_path_factory.mktemp("index") / "index.sqlite3"))
+    indexed = Print(coarse, 1234)
+    query = Print(coarse ^ sum(1 << bit for bit in flipped), 1234)
+    for number in range(1, 50):
+        other = Print(random.Random(number).getrandbits(64), 1234)
+        store.put_fingerprints(f"{number:064x}", {0: other}, indexed={0})
+    store.put_fingerprints("f" * 64, {0: indexed}, indexed={0})
+
+    found = store.indexed_near(probes([query], within), lambda coarse: True)
+
+    assert ("f" * 64, indexed) in found
+    store.close()
+
+
+def test_nearest_ranks_by_similarity_and_keeps_only_those_close_enough(world: World) -> None:
+    duplicates = Duplicates(world.store, 0.9, "test")
+    base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
+    world.store.put_fingerprints("1" * 64, {0: Print(base.coarse ^ 0b11, 0)}, indexed={0})
+    world.store.put_fingerprints("2" * 64, {0: base}, indexed={0})
+    world.store.put_fingerprints("3" * 64, {0: Print(base.coarse ^ 0xFF, 0)}, indexed={0})
+
+    nearest = duplicates.nearest({0: base}, minimum=0.9, limit=5)
+
+    assert [(match.sha256, match.similarity) for match in nearest] == [
+        ("2" * 64, 1.0),
+        ("1" * 64, 1 - 2 / 64),
+    ]
+
+
+def test_a_human_rejection_indexes_every_frame_and_the_model_only_the_frames_that_decided(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    prints = {0: Print(1, 1), 1: Print(2, 2), 2: Print(3, 3)}
+    auto = Decision(
+        key="host/a.gif",
+        url="http://host/a.gif",
+        sha256="a" * 64,
+        status=Status.REJECTED,
+        source=Source.AUTO,
+        reasons=(moderator.policy.judge((Label("Explicit Nudity", "", 1, 90.0, frame=1),)).reasons),
+    )
+
+    assert indexed_frames(auto, prints) == {1}
+    assert indexed_frames(auto.replace(source=Source.MANUAL), prints) == {0, 1, 2}
+    assert indexed_frames(auto.replace(status=Status.APPROVED), prints) == set()
+    assert indexed_frames(auto.replace(source=Source.DUPLICATE), prints) == set()
+
+
+# --- the moderator --------------------------------------------------------------------
+
+
+def test_copies_of_a_picture_the_model_rejected_are_rejected_without_a_backend_call(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(100)
+    rejected_by_the_model(world, moderator, image)
+    metrics = Metrics()
+
+    decided = {
+        key: run(moderator.moderate(key, f"http://{key}", data, metrics))
+        for key, data in copies(image).items()
+    }
+
+    assert len(world.backend.calls) == 1
+    for decision in decided.values():
+        assert (decision.status, decision.source) == (Status.REJECTED, Source.DUPLICATE)
+        assert decision.duplicate_of == ORIGINAL
+        assert 0.9 <= decision.similarity <= 1.0
+    assert metrics.counts["moderation.duplicate.matched"] == 3
+    history = world.store.history("host/q45.jpg")
+    assert history[-1].note.startswith(f"resembles {ORIGINAL} (similarity ")
+
+
+def test_unrelated_busy_pictures_are_judged_by_the_backend_and_approved(world: World) -> None:
+    moderator = world.moderator()
+    rejected_by_the_model(world, moderator, pictures.busy(101))
+
+    decided = [moderate(moderator, f"host/other-{n}.png", png(pictures.busy(n))) for n in range(10)]
+
+    assert len(world.backend.calls) == 11
+    assert {(item.status, item.source) for item in decided} == {(Status.APPROVED, Source.AUTO)}
+
+
+def test_copies_of_a_picture_a_human_rejected_are_rejected_as_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    image = pictures.photo_like(102)
+    world.backend.labels = ()
+    assert moderate(moderator, ORIGINAL, png(image)).status is Status.APPROVED
+
+    decide(moderator, ORIGINAL, Status.REJECTED)
+    decided = [moderate(moderator, key, data) for key, data in copies(image).items()]
+
+    assert len(world.backend.calls) == 1
+    assert {(item.source, item.duplicate_of) for item in decided} == {(Source.DUPLICATE, ORIGINAL)}
+
+
+def test_approving_the_original_forgets_its_duplicates_which_the_backend_then_judges(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(103)
+    rejected_by_the_model(world, moderator, image)
+    for key, data in copies(image).items():
+        moderate(moderator, key, data)
+
+    decide(moderator, ORIGINAL, Status.APPROVED)
+    forgotten = {key: world.store.get(key) for key in copies(image)}
+    lifted = world.store.history("host/q45.jpg")[-1]
+    again = [moderate(moderator, key, data) for key, data in copies(image).items()]
+
+    assert forgotten == dict.fromkeys(copies(image))
+    assert (lifted.status, lifted.actor) == (None, "thumbor-rekognition")
+    assert f"duplicate of {ORIGINAL}, which is no longer rejected" in lifted.note
+    assert {(item.status, item.source) for item in again} == {(Status.APPROVED, Source.AUTO)}
+    assert len(world.backend.calls) == 4
+    assert world.store.duplicates_of(sha256(png(image))) == []
+
+
+def test_the_same_bytes_as_a_duplicate_under_a_new_url_are_lifted_with_it(world: World) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(104)
+    rejected_by_the_model(world, moderator, image)
+    copy = pictures.reencoded(image)
+    first = moderate(moderator, "host/copy.jpg", copy)
+
+    second = moderate(world.moderator(), "cdn/copy.jpg", copy)
+    decide(moderator, ORIGINAL, Status.APPROVED)
+
+    assert (first.source, second.source) == (Source.DUPLICATE, Source.DUPLICATE)
+    assert second.duplicate_of == ORIGINAL
+    assert (world.store.get("host/copy.jpg"), world.store.get("cdn/copy.jpg")) == (None, None)
+
+
+def test_a_duplicate_is_not_indexed_itself(world: World) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(105)
+    original = rejected_by_the_model(world, moderator, image)
+    copy = pictures.resized_jpeg(image)
+    duplicate = moderate(moderator, "host/copy.jpg", copy)
+
+    prints = world.store.fingerprints(duplicate.sha256)
+    found = world.store.indexed_near(probes(prints.values(), 16), lambda coarse: True)
+
+    assert prints
+    assert {sha for sha, _ in found} == {original.sha256}
+
+
+def test_a_human_approving_a_duplicate_keeps_it_approved(world: World) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(106)
+    rejected_by_the_model(world, moderator, image)
+    moderate(moderator, "host/copy.jpg", pictures.reencoded(image))
+
+    approved = decide(moderator, "host/copy.jpg", Status.APPROVED)
+    again = moderate(world.moderator(), "host/copy.jpg", pictures.reencoded(image))
+
+    assert approved.source is Source.MANUAL
+    assert (again.status, again.source) == (Status.APPROVED, Source.MANUAL)
+    assert len(world.backend.calls) == 1
+
+
+def test_with_similarity_0_copies_are_judged_by_the_backend(world: World) -> None:
+    moderator = world.moderator(MODERATION_DUPLICATE_SIMILARITY=0)
+    image = pictures.busy(107)
+    rejected_by_the_model(world, moderator, image)
+
+    decided = [moderate(moderator, key, data) for key, data in copies(image).items()]
+
+    assert len(world.backend.calls) == 4
+    assert {item.source for item in decided} == {Source.AUTO}
+
+
+def test_a_picture_indexed_but_no_longer_rejected_rejects_nothing(world: World) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(108)
+    world.backend.labels = ()
+    original = moderate(moderator, ORIGINAL, png(image))
+    # An index a moment behind the decision: the decision has the say.
+    world.store.put_fingerprints(
+        original.sha256, world.store.fingerprints(original.sha256), indexed={0}
+    )
+
+    copy = moderate(moderator, "host/copy.jpg", pictures.reencoded(image))
+
+    assert (copy.status, copy.source) == (Status.APPROVED, Source.AUTO)
+
+
+class IndexDown(sqlite.Store):
+    """An SQLite store whose index lookups fail with a given error."""
+
+    error: Exception = stores.StoreUnavailable("index unreachable")
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [stores.StoreUnavailable("index unreachable"), ValueError("a fingerprint is 24 bytes")],
+    ids=["store-unavailable", "damaged-entry"],
+)
+def test_when_the_index_cannot_be_read_the_backend_judges(
+    world: World, tmp_path: Path, error: Exception
+) -> None:
+    store = IndexDown(path=str(tmp_path / "moderation.sqlite3"))
+    store.error = error
+    moderator = world.moderator(store=store)
+    image = pictures.busy(109)
+    rejected_by_the_model(world, moderator, image)
+
+    copy = moderate(moderator, "host/copy.jpg", pictures.reencoded(image))
+
+    assert (copy.status, copy.source) == (Status.APPROVED, Source.AUTO)
+    assert len(world.backend.calls) == 2
+    store.close()
+
+
+def test_only_the_frame_that_decided_an_animation_is_matched(world: World) -> None:
+    moderator = world.moderator()
+    frames = [pictures.busy(110), pictures.photo_like(111)]
+    animation = pictures.encoded(
+        frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
+    world.backend.labels = (Label("Explicit Nudity", "", 1, 90.0, frame=1),)
+    assert moderate(moderator, "host/anim.webp", animation).status is Status.REJECTED
+    world.backend.labels = ()
+
+    innocent = moderate(moderator, "host/first-frame.jpg", pictures.reencoded(frames[0]))
+    guilty = moderate(moderator, "host/second-frame.jpg", pictures.reencoded(frames[1]))
+
+    assert (innocent.status, innocent.source) == (Status.APPROVED, Source.AUTO)
+    assert (guilty.source, guilty.duplicate_of) == (Source.DUPLICATE, "host/anim.webp")

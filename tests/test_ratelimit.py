@@ -1,0 +1,209 @@
+"""The cluster's call rate, shared through each decision store: SQLite, Redis, DynamoDB."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.moto_server import moto_server
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from thumbor_rekognition import ratelimit, stores
+from thumbor_rekognition.stores import dynamodb, sqlite
+from thumbor_rekognition.stores import redis as redis_store
+
+OpenStore = Callable[[], stores.Store]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis", "dynamodb"])
+def open_store(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[OpenStore]:
+    """A new store object on the same data at each call, as another process would open."""
+    opened: list[stores.Store] = []
+    kind = request.param
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    if kind == "dynamodb":
+        endpoint: str = request.getfixturevalue("moto_endpoint")
+        table = f"rate-{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    def open_store() -> stores.Store:
+        store: stores.Store
+        if kind == "sqlite":
+            store = sqlite.Store(path=str(tmp_path / "moderation.sqlite3"))
+        elif kind == "redis":
+            store = redis_store.Store(url=server.url, prefix=prefix, timeout=2.0)
+        else:
+            store = dynamodb.Store(
+                table=table, endpoint_url=endpoint, region="us-east-1", create_table=True
+            )
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def rate(limit: float, store: stores.Store) -> ratelimit.CallRate:
+    return ratelimit.CallRate(limit, lambda: store)
+
+
+def test_turns_taken_by_two_processes_from_eight_threads_are_one_interval_apart(
+    open_store: OpenStore,
+) -> None:
+    limit = 40.0
+    processes = [rate(limit, open_store()), rate(limit, open_store())]
+    turns: list[float] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8, timeout=30)
+
+    def work(thread: int) -> None:
+        try:
+            start.wait()
+            for _ in range(6):
+                turns.append(processes[thread % 2].take())
+        except BaseException as error:
+            errors.append(error)
+            start.abort()
+
+    threads = [threading.Thread(target=work, args=(thread,)) for thread in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    ordered = sorted(turns)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ordered)]
+    assert len(ordered) == 48
+    assert min(gaps) >= 1 / limit - 1e-6
+
+
+def test_a_turn_that_would_come_after_the_deadline_is_refused_and_takes_nothing(
+    open_store: OpenStore,
+) -> None:
+    calls = rate(1.0, open_store())
+    first = calls.take()
+
+    with pytest.raises(ratelimit.NoTurn, match="REKOGNITION_MAX_CALLS_PER_SECOND=1"):
+        calls.take(deadline=time.time() + 0.3)
+    second = calls.take()
+
+    assert second == pytest.approx(first + 1.0)
+
+
+def test_a_turn_refused_on_a_stale_view_is_checked_against_the_store(
+    open_store: OpenStore,
+) -> None:
+    # This process last saw the next turn a second away; another process's view of an
+    # idle second is what the store holds now.
+    here, there = rate(1.0, open_store()), rate(1.0, open_store())
+    here.take()
+    here.take()
+    there.take(deadline=time.time() + 5)
+
+    # A fresh read shows the next free turn 2 s away: still refused within 0.5 s.
+    with pytest.raises(ratelimit.NoTurn):
+        here.take(deadline=time.time() + 0.5)
+
+
+def test_waiting_for_a_turn_sleeps_until_it(open_store: OpenStore) -> None:
+    calls = rate(4.0, open_store())
+    first = calls.take()
+    calls.take()
+
+    calls.wait()
+
+    assert time.time() >= first + 2 / 4.0 - 0.001
+
+
+def test_throttling_halves_the_rate_for_every_process_once_a_second(
+    open_store: OpenStore,
+) -> None:
+    here, there = rate(10.0, open_store()), rate(10.0, open_store())
+    here.take()
+
+    here.throttled()
+    here.throttled()
+    first = there.take()
+    second = there.take()
+
+    assert here.current() == pytest.approx(5.0, abs=0.1)
+    assert there.current() == pytest.approx(5.0, abs=0.1)
+    # The next turn after a throttling answer is one lowered interval away at least.
+    assert second - first >= 1 / 5.0 - 0.01
+
+
+class Clock:
+    """ratelimit's own clock, moved by the test (the store keeps the real one)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_lowered_rate_grows_back_to_the_limit_within_a_minute_per_halving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(ratelimit, "time", clock)
+    store = sqlite.Store(path=str(tmp_path / "moderation.sqlite3"))
+    calls = rate(8.0, store)
+    calls.take()
+
+    lowered = []
+    for _ in range(6):
+        calls.throttled()
+        lowered.append(calls.current())
+        clock.now += 1.5
+    at_lowest = calls.current()
+    clock.now += 30
+    calls.take()
+    after_30_s = calls.current()
+    clock.now += 60
+    calls.take()
+    after_90_s = calls.current()
+    store.close()
+
+    assert lowered[0] == pytest.approx(4.0)
+    assert lowered[-1] < lowered[0]
+    # Never below a sixteenth of the limit.
+    assert min(lowered) >= 8.0 / 16
+    assert at_lowest < after_30_s < 8.0
+    assert after_90_s == 8.0
+
+
+def test_an_unreadable_shared_value_starts_afresh(open_store: OpenStore) -> None:
+    store = open_store()
+    store.compare_and_set(ratelimit.NAME, None, "not a state")
+
+    turn = rate(2.0, store).take()
+
+    assert turn == pytest.approx(time.time(), abs=1.0)
