@@ -1,6 +1,7 @@
 """Decision store data as the previous version wrote it (JSON documents), for the tests of
 ``migrate-store``. Each writer lays out what that version's store wrote for a save, a
-forget, a recorded path and a queued notification.
+forget, a recorded path, a queued notification, a picture's fingerprints, a link to a
+duplicate and a shared value.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import redis
 
 from thumbor_rekognition.decision import Decision, Event
+from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
 SQLITE_SCHEMA = """
 CREATE TABLE decisions (
@@ -39,6 +41,18 @@ CREATE TABLE changes (
     at REAL NOT NULL
 );
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE shared (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE fingerprints (
+    sha256 TEXT NOT NULL, frame INTEGER NOT NULL, print BLOB NOT NULL,
+    coarse INTEGER NOT NULL, indexed INTEGER NOT NULL, b0 INTEGER NOT NULL,
+    b1 INTEGER NOT NULL, b2 INTEGER NOT NULL, b3 INTEGER NOT NULL,
+    PRIMARY KEY (sha256, frame)
+);
+CREATE INDEX fingerprints_b0 ON fingerprints (b0, coarse) WHERE indexed = 1;
+CREATE INDEX fingerprints_b1 ON fingerprints (b1, coarse) WHERE indexed = 1;
+CREATE INDEX fingerprints_b2 ON fingerprints (b2, coarse) WHERE indexed = 1;
+CREATE INDEX fingerprints_b3 ON fingerprints (b3, coarse) WHERE indexed = 1;
+CREATE TABLE duplicates (original TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (original, key));
 """
 
 
@@ -89,6 +103,20 @@ class SQLiteWriter:
             "INSERT INTO outbox (topic, key, payload, created_at, next_at) VALUES (?, ?, ?, ?, ?)",
             (topic, key, payload, now, now),
         )
+
+    def put_fingerprints(self, sha256: str, frame: int, print_: Print) -> None:
+        """One indexed frame."""
+        coarse = print_.coarse - (1 << 64) if print_.coarse >> 63 else print_.coarse
+        self.connection.execute(
+            "INSERT INTO fingerprints VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            (sha256, frame, print_.to_bytes(), coarse, *print_.bands()),
+        )
+
+    def link_duplicate(self, original: str, key: str) -> None:
+        self.connection.execute("INSERT INTO duplicates VALUES (?, ?)", (original, key))
+
+    def share(self, name: str, value: str) -> None:
+        self.connection.execute("INSERT INTO shared VALUES (?, ?)", (name, value))
 
     def _log(self, key: str, event: Event) -> None:
         self.connection.execute(
@@ -156,6 +184,21 @@ class RedisWriter:
         self.client.zadd(p + "ob:due", {item: now})
         self.client.hincrby(p + "ob:counts", f"{topic}.pending", 1)
         return item
+
+    def put_fingerprints(self, sha256: str, frame: int, print_: Print) -> None:
+        """One indexed frame: its picture's record and an entry in each band's hash."""
+        p = self.prefix
+        record = {"prints": {str(frame): print_.hex()}, "indexed": [frame]}
+        self.client.set(p + "fp:{" + sha256 + "}", json.dumps(record, separators=(",", ":")))
+        for band, value in enumerate(print_.bands()):
+            field_ = f"{value:0{BAND_BITS // 4}x}"
+            self.client.hset(f"{p}fpi:{band}", field_, print_.to_bytes() + bytes.fromhex(sha256))
+
+    def link_duplicate(self, original: str, key: str) -> None:
+        self.client.sadd(self.prefix + "dup:{" + original + "}", key)
+
+    def share(self, name: str, value: str) -> None:
+        self.client.set(self.prefix + "{shared:" + name + "}", value)
 
     def _unindex(self, key: str, old: dict[str, str]) -> None:
         p = self.prefix

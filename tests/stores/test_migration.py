@@ -15,6 +15,7 @@ from tests.stores.previous_format import RedisWriter, SQLiteWriter
 from thumbor_rekognition import stores
 from thumbor_rekognition.cli import main
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import redis as redis_store
 from thumbor_rekognition.stores import sqlite
 
@@ -139,6 +140,44 @@ class MigrationContract:
 
         assert again == 0
         assert_converted(open_store(), writer)
+
+    def test_migrate_keeps_duplicates_fingerprints_and_shared_values(
+        self, writer: Writer, open_store: Callable[[], stores.Store]
+    ) -> None:
+        fill(writer)
+        copy = Decision(
+            key="host/copy.jpg",
+            url="https://host/copy.jpg",
+            sha256="d" * 64,
+            status=Status.REJECTED,
+            source=Source.DUPLICATE,
+            duplicate_of="host/rejected.jpg",
+            similarity=0.96875,
+            project_version="arn:aws:rekognition:eu-west-1:1:project/p/version/v/1",
+            created_at=1_700_000_002.0,
+            updated_at=1_700_000_002.0,
+        )
+        writer.save(copy, Event(Status.REJECTED, Source.DUPLICATE, "thumbor-rekognition", "", 7.0))
+        print_ = Print(0x0123_4567_89AB_CDEF, 7)
+        writer.put_fingerprints(SHA_A, 0, print_)
+        writer.link_duplicate(SHA_A, "host/copy.jpg")
+        writer.share("rate:rekognition", "turns")
+
+        open_store().migrate()
+        store = open_store()
+
+        assert store.get("host/copy.jpg") == copy
+        assert store.counts()["rejected.duplicate"] == 1
+        assert store.fingerprints(SHA_A) == {0: print_}
+        assert store.indexed_near([{band} for band in print_.bands()], lambda _: True) == [
+            (SHA_A, print_)
+        ]
+        assert store.duplicates_of(SHA_A) == ["host/copy.jpg"]
+        assert store.compare_and_set("rate:rekognition", "turns", "next") == "turns"
+        # A duplicate decision stays below a manual one, as before the conversion.
+        manual = copy.replace(status=Status.APPROVED, source=Source.MANUAL)
+        store.save(manual, Event(Status.APPROVED, Source.MANUAL, "alice", "", 8.0))
+        assert store.save(copy, Event(None, None, "thumbor-rekognition", "", 9.0)) == manual
 
     def test_a_store_of_the_current_format_has_nothing_to_migrate(
         self, open_store: Callable[[], stores.Store]
