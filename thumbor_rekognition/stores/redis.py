@@ -7,7 +7,9 @@ Cluster's 16,384. Every write of a decision is one Lua script on one partition:
 atomic, and on one node of a cluster. The content-hash index is partitioned by hash,
 so a save adds the new hash's entry before the decision and removes the old one after
 (a reader checks what it finds against the decision). Listing merges the partitions in
-key order; statuses other than approved have an index of their own.
+key order; statuses other than approved have an index of their own. The index of
+rejected pictures' fingerprints, the links to their duplicates and the shared values
+(the call rate) live beside the partitions, each command on one key.
 
 Every change is published (classic pub/sub, which a cluster forwards to every node) so
 that each process drops the decision from its memory at once; the cache TTL is the

@@ -10,6 +10,7 @@ One row per picture holds its decision as a compact record (``records``), its hi
 and its recorded paths, in a table without rowids keyed by the picture's key; the
 content-hash index keeps 8 bytes of the hash, and only pictures that are not approved
 are indexed by status (approved ones are listed by reading the table in key order).
+Fingerprints, links to duplicates and shared values have tables of their own.
 """
 
 from __future__ import annotations
