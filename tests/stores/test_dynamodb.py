@@ -304,9 +304,13 @@ def test_keys_and_paths_longer_than_a_sort_key_are_kept_whole(table_store: MakeS
             created_at=1.0,
             updated_at=2.5,
             content_types=(ContentType("Animated", 88.5, 2), ContentType("Illustrated", 12.0)),
+            project_version="arn:aws:rekognition:eu-west-1:1:project/p/version/v1/1",
+        ),
+        decision("host/copy.jpg", status=Status.REJECTED, source=Source.DUPLICATE).replace(
+            duplicate_of="host/o.jpg", similarity=0.9688
         ),
     ],
-    ids=["plain", "no-hash-url-is-key", "other-url", "every-field"],
+    ids=["plain", "no-hash-url-is-key", "other-url", "every-field", "duplicate"],
 )
 def test_every_field_of_a_decision_survives_its_compact_item(original: Decision) -> None:
     body = dynamodb.encode(original)
