@@ -10,13 +10,16 @@ Also counts the requests and item writes of one save, and the capacity units the
 on an on-demand table (a write unit per started kB of each item written, a
 strongly consistent read unit per started 4 kB read); then, through a real Thumbor
 node, the DynamoDB requests of a new picture's first request, of the same picture
-asked again, and of the change feed each process polls.
+asked again, and of the change feed each process polls. Last, the index of rejected
+pictures: the requests and capacity units of one fingerprint put and of one lookup at
+the default similarity, in a table holding some thousands of indexed pictures.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import sys
 import tempfile
 import time
@@ -36,7 +39,10 @@ from tests.conftest import picture  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.moto_server import aws_client, moto_server  # noqa: E402
 from tests.servers import ThumborServer, base_config  # noqa: E402
+from thumbor_rekognition import fingerprint  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
+from thumbor_rekognition.duplicates import probes  # noqa: E402
+from thumbor_rekognition.fingerprint import Print  # noqa: E402
 from thumbor_rekognition.stores import dynamodb  # noqa: E402
 
 # DynamoDB bills this much storage on top of each item's own size.
@@ -64,6 +70,13 @@ def attribute_size(name: str, value: dict[str, Any]) -> int:
         return size + math.ceil(len(digits) / 2) + 1
     if kind in ("BOOL", "NULL"):
         return size + 1
+    if kind == "BS":
+        return size + sum(len(element) for element in data)
+    if kind == "NS":
+        return size + sum(attribute_size("", {"N": element}) for element in data)
+    if kind == "M":
+        # 3 bytes for the map, and 1 more for each of its elements.
+        return size + 3 + sum(1 + attribute_size(k, v) for k, v in data.items())
     raise ValueError(f"attribute type {kind} not sized here")
 
 
@@ -191,6 +204,60 @@ def _listed(seen: dict[str, int]) -> str:
     return ", ".join(f"{count} {name}" for name, count in sorted(seen.items())) or "none"
 
 
+INDEXED = 2_000
+
+
+def index_costs(endpoint: str) -> None:
+    """Requests and capacity units of the index of rejected pictures."""
+    table = f"bench-{uuid.uuid4().hex[:8]}"
+    store = Counting(table=table, endpoint_url=endpoint, create_table=True, timeout=5.0)
+    store.requests, store.written = Counter(), []
+    randomness = random.Random(7)
+
+    def some_print() -> Print:
+        return Print(randomness.getrandbits(64), randomness.getrandbits(128))
+
+    for _ in range(INDEXED):
+        store.put_fingerprints(os.urandom(32).hex(), {0: some_print()}, indexed={0})
+    client = aws_client("dynamodb", endpoint)
+    bands = []
+    for page in client.get_paginator("scan").paginate(TableName=table):
+        bands += [item_size(item) for item in page["Items"] if item["pk"]["S"].startswith("I#")]
+
+    print(f"\nIndex of rejected pictures ({INDEXED:,} indexed pictures, random fingerprints)")
+    print(
+        f"  band items: {len(bands):,}, {min(bands)} to {max(bands)} bytes "
+        f"(an entry adds {dynamodb._ENTRY} bytes)"
+    )
+    for title, indexed in (("indexed (rejected)", {0}), ("not indexed", set())):
+        store.requests, store.written = Counter(), []
+        sha256 = os.urandom(32).hex()
+        store.put_fingerprints(sha256, {0: some_print()}, indexed=indexed)
+        record = client.get_item(TableName=table, Key=dynamodb._key("P#" + sha256, "p"))["Item"]
+        updates = store.requests["update_item"]
+        # An update is billed for the larger of the item before and after: under 1 kB here.
+        write_units = math.ceil(item_size(record) / 1024) + updates * math.ceil(max(bands) / 1024)
+        print(
+            f"  put of a still picture's fingerprint, {title}: {sum(store.requests.values())} "
+            f"requests ({_listed(store.requests)}); record {item_size(record)} bytes; "
+            f"1 strongly consistent read unit, {write_units} write units"
+        )
+    for similarity in (0.9, 0.85):
+        within = fingerprint.within(similarity)
+        store.requests = Counter()
+        wanted = probes([some_print()], within)
+        store.indexed_near(wanted, lambda coarse: True)
+        keys = sum(len(values) for values in wanted)
+        # Eventually consistent: half a read unit per item of at most 4 kB, found or not.
+        read_units = keys * math.ceil(max(bands) / 4096) / 2
+        print(
+            f"  lookup of a still picture at similarity {similarity} (within {within} coarse "
+            f"bits): {keys} band items in {sum(store.requests.values())} requests "
+            f"({_listed(store.requests)}), {read_units:g} read units (eventually consistent)"
+        )
+    store.close()
+
+
 def main() -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -238,6 +305,7 @@ def main() -> None:
                 f"1 strongly consistent read = 1 read unit"
             )
             store.close()
+        index_costs(endpoint)
         count_requests()
         through_thumbor(endpoint)
 

@@ -214,7 +214,7 @@ class Moderator:
         """Run blocking work in the plugin's executor."""
         return await self._run(self._executor, func, *args)
 
-    async def _store(self, func: Callable[..., T], *args: Any) -> T:
+    async def _store(self, func: Callable[..., T], *args: Any, trips: bool = True) -> T:
         # Once a call finds the store unreachable, one call at a time probes it while the
         # others fail at once, those already queued behind the hung ones included, and a
         # request that has waited for it once is not the one to probe it again. Without
@@ -222,25 +222,31 @@ class Moderator:
         # calls queued behind a pool of hung threads would wait for those first.
         # Tornado runs each request in a task of its own, with a copy of the context: the
         # state made here on a request's first store call lasts for that request only.
+        # A call with trips False (an aid the request can do without) fails fast while the
+        # store is down but its own failure declares nothing: the calls that keep the
+        # decision still try.
         waits = _request_store_waits.get()
         if waits is None:
             waits = _StoreWaits()
             _request_store_waits.set(waits)
         probe = False
         if self._store_failed:
-            if self._store_probing or waits.failed:
+            if self._store_probing or waits.failed or not trips:
                 raise stores.StoreUnavailable("decision store unavailable (failing fast)")
             probe = self._store_probing = True
         try:
-            return await self._run(self._store_executor, self._store_call, probe, func, *args)
+            return await self._run(
+                self._store_executor, self._store_call, probe, trips, func, *args
+            )
         except stores.StoreUnavailable:
-            waits.failed = True
+            if trips:
+                waits.failed = True
             raise
         finally:
             if probe:
                 self._store_probing = False
 
-    def _store_call(self, probe: bool, func: Callable[..., T], *args: Any) -> T:
+    def _store_call(self, probe: bool, trips: bool, func: Callable[..., T], *args: Any) -> T:
         # Runs on a store thread, which takes the next queued call before the event loop
         # hears of a failure: the flag is read and set here for that reason.
         if self._store_failed and not probe:
@@ -248,7 +254,8 @@ class Moderator:
         try:
             result = func(*args)
         except stores.StoreUnavailable:
-            self._store_failed = True
+            if trips:
+                self._store_failed = True
             raise
         self._store_failed = False
         return result
@@ -502,7 +509,9 @@ class Moderator:
         recorder = _Metrics(metrics)
         started = time.perf_counter()
         try:
-            resembled = await self._store(self.duplicates.find, prints)
+            # The index only ever spares a backend call: a lookup that fails (a throttled
+            # or oversized band item, say) must not stop this request keeping its decision.
+            resembled = await self._store(self.duplicates.find, prints, trips=False)
         except stores.StoreUnavailable as error:
             self._store_down(error, metrics)
             return None

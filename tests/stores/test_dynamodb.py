@@ -20,10 +20,20 @@ from tests.moto_server import aws_client, moto_server
 from tests.servers import free_port
 from tests.stores.test_compare_and_set import CompareAndSetContract
 from tests.stores.test_outbox import OutboxContract
-from tests.stores.test_sqlite import MakeStore, StoreContract, decision, event, save
+from tests.stores.test_sqlite import (
+    PRINT_A,
+    SHA_A,
+    MakeStore,
+    StoreContract,
+    decision,
+    event,
+    everything,
+    save,
+)
 from thumbor_rekognition import stores
 from thumbor_rekognition.config import ConfigurationError, Settings
 from thumbor_rekognition.decision import ContentType, Decision, Label, Reason, Source, Status
+from thumbor_rekognition.duplicates import probes
 from thumbor_rekognition.stores import dynamodb
 
 OpenStore = Callable[..., dynamodb.Store]
@@ -270,6 +280,38 @@ def test_keys_and_paths_longer_than_a_sort_key_are_kept_whole(table_store: MakeS
     assert store.results(long_key) == [long_path, "/short"]
 
 
+# The index of rejected pictures.
+
+
+class Interrupted(dynamodb.Store):
+    """A store that lets another put land between its read of a picture's record and its
+    own writes."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def _item(self, pk: str, sk: str) -> dict[str, Any] | None:
+        item = super()._item(pk, sk)
+        if pk.startswith("P#") and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return item
+
+
+def test_a_fingerprint_put_that_another_overtook_leaves_the_index_as_its_record_says(
+    table_store: MakeStore, endpoint: str
+) -> None:
+    other = table_store()
+    other.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+    late = Interrupted(table=other.table, endpoint_url=endpoint, region="us-east-1", timeout=5.0)
+    late.meanwhile = lambda: other.put_fingerprints(SHA_A, {0: PRINT_A}, indexed=())
+
+    late.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+
+    found = other.indexed_near(probes([PRINT_A], within=0), everything)
+    late.close()
+    assert found == [(SHA_A, PRINT_A)]
+
+
 # The decision item's own encoding.
 
 
@@ -304,9 +346,13 @@ def test_keys_and_paths_longer_than_a_sort_key_are_kept_whole(table_store: MakeS
             created_at=1.0,
             updated_at=2.5,
             content_types=(ContentType("Animated", 88.5, 2), ContentType("Illustrated", 12.0)),
+            project_version="arn:aws:rekognition:eu-west-1:1:project/p/version/v1/1",
+        ),
+        decision("host/copy.jpg", status=Status.REJECTED, source=Source.DUPLICATE).replace(
+            duplicate_of="host/o.jpg", similarity=0.9688
         ),
     ],
-    ids=["plain", "no-hash-url-is-key", "other-url", "every-field"],
+    ids=["plain", "no-hash-url-is-key", "other-url", "every-field", "duplicate"],
 )
 def test_every_field_of_a_decision_survives_its_compact_item(original: Decision) -> None:
     body = dynamodb.encode(original)

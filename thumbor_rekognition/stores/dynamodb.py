@@ -12,14 +12,19 @@ everything, told apart by the prefix of ``pk``:
 - ``L#<name>``: leases, a conditional put with an expiry time;
 - ``F#<minute>``: the change feed, one item per change, polled by every process;
 - ``Q#...``, ``OD``, ``QA#<topic>``: the outbox (queues per topic and key, what is due
-  when, what was given up); ``V#<name>``: small shared values (the call rate).
+  when, what was given up); ``V#<name>``: small shared values (the call rate);
+- ``P#<sha256>``: a picture's fingerprints; ``I#<band>#<value>``: the index of rejected
+  pictures, one item per band value; ``X#<sha256>``: the keys of the decisions that
+  reject duplicates of that picture.
 
 Every save reads the decision, then writes it on the condition that its version has
 not moved meanwhile: an automatic decision therefore never lands on a manual one about
 the same bytes, whichever node writes it. Its history entry, change-feed entry, index
 entries and counts follow in one batch; index entries are checked against the decision
 when read, so one left behind by a race or a crash is never believed. Reads are
-strongly consistent. The outbox moves its items with transactions.
+strongly consistent, but for lookups in the index of rejected pictures (a match found a
+moment late costs one backend call; the decision it names is read strongly). The outbox
+moves its items with transactions.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -44,6 +49,7 @@ from thumbor_rekognition import stores
 from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -65,6 +71,10 @@ RACES = 50
 # told apart by a hash (they keep their place in the order up to the cut).
 _LONGEST_NAME = 1000
 _CUT_NAME = 900
+# BatchGetItem's most keys a request.
+_BATCH_GET = 100
+# An index entry: a fingerprint (24 bytes) and its picture's content hash (32 bytes).
+_ENTRY = 56
 
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 STATUS_CODES = {status: status.value[0] for status in Status}
@@ -274,7 +284,7 @@ class Store(stores.Store):
             current = _decision(decision.key, item)
             if (
                 current is not None
-                and decision.source is Source.AUTO
+                and decision.source is not Source.MANUAL
                 and current.source is Source.MANUAL
                 and current.sha256 == decision.sha256
             ):
@@ -368,23 +378,35 @@ class Store(stores.Store):
     def _decisions(self, keys: list[str]) -> dict[str, Decision]:
         """The decisions of some keys, read in batches of 100."""
         found: dict[str, Decision] = {}
-        for start in range(0, len(keys), 100):
-            wanted = {_decision_pk(key): key for key in keys[start : start + 100]}
+        wanted = {_decision_pk(key): key for key in keys}
+        for item in self._read_all([_key(pk, "d") for pk in wanted]):
+            key = wanted[item["pk"]["S"]]
+            decision = _decision(key, item)
+            if decision is not None:
+                found[key] = decision
+        return found
+
+    def _read_all(
+        self, keys: list[dict[str, Any]], consistent: bool = True, **options: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The items of some keys that exist, read 100 a request (BatchGetItem's most)."""
+        for start in range(0, len(keys), _BATCH_GET):
             request: dict[str, Any] = {
                 self.table: {
-                    "Keys": [_key(pk, "d") for pk in wanted],
-                    "ConsistentRead": True,
+                    "Keys": keys[start : start + _BATCH_GET],
+                    "ConsistentRead": consistent,
+                    **options,
                 }
             }
+            delay = 0.01
             while request:
                 response = self._do("batch_get_item", RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table, []):
-                    key = wanted[item["pk"]["S"]]
-                    decision = _decision(key, item)
-                    if decision is not None:
-                        found[key] = decision
+                yield from response.get("Responses", {}).get(self.table, [])
                 request = response.get("UnprocessedKeys") or {}
-        return found
+                if request:
+                    # Keys DynamoDB could not read now (throttled): later, not at once.
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
 
     def find_all_by_hash(self, sha256: str) -> list[Decision]:
         if not sha256:
@@ -557,6 +579,90 @@ class Store(stores.Store):
             found = refused.response.get("Item")
             return str(found["s"]["S"]) if found else None
         return expected
+
+    # Near-duplicates. A picture's record 'P#<sha256>' holds its fingerprints by frame
+    # ('f', a map of 24-byte values), the frames in the index ('i'), and a version ('v');
+    # the index is one item per band value, 'I#<band>#<value in hex>', whose binary set
+    # 'e' holds its entries (a fingerprint, then its picture's content hash). A lookup
+    # is then a BatchGetItem of the probed band values, each read one small item of one
+    # partition; a put adds to and takes from those sets (ADD and DELETE need no read).
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        pk = "P#" + sha256
+        wanted = _index_entries(sha256, prints, indexed)
+        record: dict[str, Any] = {
+            **_key(pk, "p"),
+            "f": {"M": {str(frame): {"B": p.to_bytes()} for frame, p in sorted(prints.items())}},
+        }
+        frames = sorted({frame for frame in indexed if frame in prints})
+        if frames:
+            record["i"] = {"NS": [str(frame) for frame in frames]}
+
+        def attempt() -> bool:
+            item = self._item(pk, "p")
+            old_prints, old_indexed = _fingerprint_record(item)
+            held = _index_entries(sha256, old_prints, old_indexed)
+            # The index first, the record last, on the condition that no other put
+            # landed meanwhile: the one that did not land reads that put's record and
+            # moves the index from there, so the last record names what the index holds.
+            self._change_index("DELETE", _by_item(held - wanted))
+            self._change_index("ADD", _by_item(wanted - held))
+            try:
+                self._do(
+                    "put_item",
+                    TableName=self.table,
+                    Item={**record, "v": _n(_version(item) + 1)},
+                    **_unchanged(item),
+                )
+            except _Refused:
+                return False
+            return True
+
+        self._retrying(attempt, f"keeping the fingerprints of {sha256}")
+
+    def _change_index(self, action: str, entries: dict[str, set[bytes]]) -> None:
+        for pk, values in sorted(entries.items()):
+            self._do(
+                "update_item",
+                TableName=self.table,
+                Key=_key(pk, "i"),
+                # DELETE of a set's last value removes the attribute; the item's keys stay.
+                UpdateExpression=f"{action} e :entries",
+                ExpressionAttributeValues={":entries": {"BS": sorted(values)}},
+            )
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        prints, _ = _fingerprint_record(self._item("P#" + sha256, "p"))
+        return prints
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        keys = [
+            _key(_band_pk(band, value), "i")
+            for band, values in enumerate(probes)
+            for value in sorted(values)
+        ]
+        kept: set[bytes] = set()
+        for item in self._read_all(keys, consistent=False, ProjectionExpression="e"):
+            for entry in item.get("e", {}).get("BS", []):
+                entry = bytes(entry)
+                if len(entry) != _ENTRY:
+                    raise ValueError(f"an index entry is {_ENTRY} bytes, got {len(entry)}")
+                if entry not in kept and close(int.from_bytes(entry[:8], "big")):
+                    kept.add(entry)
+        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in sorted(kept)]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        if linked:
+            self._do("put_item", TableName=self.table, Item=_index_item("X#" + original, key))
+        else:
+            self._do("delete_item", TableName=self.table, Key=_key("X#" + original, _name(key)))
+
+    def duplicates_of(self, original: str) -> list[str]:
+        return sorted(_indexed_key(item) for item in self._query("X#" + original))
 
     # The change feed.
 
@@ -869,6 +975,41 @@ def _indexed_key(item: dict[str, Any]) -> str:
     return str(item["k"]["S"] if "k" in item else item["sk"]["S"])
 
 
+def _band_pk(band: int, value: int) -> str:
+    return f"I#{band}#{value:0{BAND_BITS // 4}x}"
+
+
+def _index_entries(
+    sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+) -> set[tuple[str, bytes]]:
+    """The index entries of a picture's indexed frames: (band item, entry)."""
+    digest = bytes.fromhex(sha256)
+    return {
+        (_band_pk(band, value), print_.to_bytes() + digest)
+        for frame, print_ in prints.items()
+        if frame in indexed
+        for band, value in enumerate(print_.bands())
+    }
+
+
+def _by_item(entries: set[tuple[str, bytes]]) -> dict[str, set[bytes]]:
+    grouped: dict[str, set[bytes]] = {}
+    for pk, entry in entries:
+        grouped.setdefault(pk, set()).add(entry)
+    return grouped
+
+
+def _fingerprint_record(item: dict[str, Any] | None) -> tuple[dict[int, Print], list[int]]:
+    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    if item is None:
+        return {}, []
+    prints = {
+        int(frame): Print.from_bytes(bytes(value["B"]))
+        for frame, value in item.get("f", {}).get("M", {}).items()
+    }
+    return prints, [int(frame) for frame in item.get("i", {}).get("NS", [])]
+
+
 def _version(item: dict[str, Any] | None) -> int:
     return int(item["v"]["N"]) if item else 0
 
@@ -929,6 +1070,9 @@ _FIELDS = {
     "width": "w",
     "height": "y",
     "error": "e",
+    "project_version": "v",
+    "duplicate_of": "d",
+    "similarity": "n",
 }
 _DEFAULTS: dict[str, Any] = {
     "backend": "",
@@ -938,6 +1082,9 @@ _DEFAULTS: dict[str, Any] = {
     "width": 0,
     "height": 0,
     "error": "",
+    "project_version": "",
+    "duplicate_of": "",
+    "similarity": 0.0,
 }
 
 
@@ -996,6 +1143,9 @@ def decode(key: str, sha256: str, body: str) -> Decision:
         created_at=data["t"],
         updated_at=data.get("a", data["t"]),
         content_types=tuple(ContentType(*fields) for fields in data.get("x", ())),
+        project_version=data.get("v", ""),
+        duplicate_of=data.get("d", ""),
+        similarity=data.get("n", 0.0),
     )
 
 
