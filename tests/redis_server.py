@@ -2,11 +2,13 @@
 
 Tests that share one server take the session-scoped ``redis_server`` fixture by importing
 it (``from tests.redis_server import redis_server  # noqa: F401``); tests that stop, kill
-or freeze a server start a ``RedisServer`` of their own.
+or freeze a server start a ``RedisServer`` of their own. ``RedisCluster`` (and the shared
+``redis_cluster`` fixture) does the same for a Redis Cluster made of such servers.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+import redis
 
 from tests.servers import free_port
 
@@ -42,10 +45,11 @@ class RedisServer:
     directory, so a restarted server holds the same data at the same URL.
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, options: list[str] | None = None):
         self.executable = redis_server_executable()
         self.directory = directory
         self.port = port or free_port()
+        self.options = options or []
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "redis-server.log"
 
@@ -79,6 +83,7 @@ class RedisServer:
                     str(self.port),
                     "--daemonize",
                     "no",
+                    *self.options,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -155,6 +160,185 @@ class RedisServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free too."""
+    generator = random.Random()
+    for _ in range(1000):
+        port = generator.randrange(20_000, 45_000)
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for a Redis Cluster node")
+
+
+class RedisCluster:
+    """A Redis Cluster on 127.0.0.1: masters, optionally a replica each, made by
+    ``redis-cli --cluster create`` as an operator would.
+
+    Nodes fail over after NODE_TIMEOUT_MS; a master without a replica leaves only its
+    own slots unserved (``cluster-require-full-coverage no``). Nodes keep an AOF fsynced
+    on every write, like RedisServer, so a restarted master holds what it acknowledged.
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(
+        self,
+        directory: Path,
+        masters: int = 3,
+        replicas: int = 0,
+        options: list[str] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.replicas = replicas
+        self.nodes = [
+            RedisServer(
+                directory / f"node-{index}",
+                port,
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(self.NODE_TIMEOUT_MS),
+                    "--cluster-require-full-coverage",
+                    "no",
+                    *(options or []),
+                ],
+            )
+            for index, port in enumerate(self._ports(masters * (1 + replicas)))
+        ]
+
+    @staticmethod
+    def _ports(count: int) -> list[int]:
+        ports: list[int] = []
+        while len(ports) < count:
+            port = free_cluster_port()
+            if all(abs(port - other) not in (0, 10_000) for other in ports):
+                ports.append(port)
+        return ports
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node; the cluster client finds the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every node, join them into a cluster, return once every node serves."""
+        for node in self.nodes:
+            node.start()
+        executable = shutil.which("redis-cli")
+        if executable is None:
+            pytest.fail("redis-cli is not installed (Debian package redis-server)", pytrace=False)
+        created = subprocess.run(
+            [
+                executable,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}"
+            )
+        self.wait_until_serving()
+
+    def info(self, node: RedisServer) -> dict[str, str]:
+        """CLUSTER INFO of a node, or {} when it does not answer."""
+        try:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                text = client.execute_command("CLUSTER INFO")
+        except redis.exceptions.RedisError:
+            return {}
+        if isinstance(text, bytes):
+            text = text.decode()
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
+
+    def replicating(self, node: RedisServer) -> bool:
+        """Whether a replica's link to its master is up (True for a master)."""
+        try:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                info = client.info("replication")
+        except redis.exceptions.RedisError:
+            return False
+        return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Until every running node says the cluster is ok with every slot served, and
+        every running replica has caught up with its master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [node for node in self.nodes if node.process is not None]
+            infos = [self.info(node) for node in running]
+            if all(
+                info.get("cluster_state") == "ok" and info.get("cluster_slots_ok") == "16384"
+                for info in infos
+            ) and all(self.replicating(node) for node in running):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis Cluster not serving after {timeout} s: {infos}")
+            time.sleep(0.1)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving a key's slot now."""
+        with redis.RedisCluster(host="127.0.0.1", port=self._running().port) as client:
+            node = client.get_node_from_key(key)
+        return next(server for server in self.nodes if server.port == node.port)
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The replica of a master."""
+        with redis.Redis(port=master.port) as client:
+            info = client.info("replication")
+        port = int(info["slave0"]["port"])
+        return next(server for server in self.nodes if server.port == port)
+
+    def _running(self) -> RedisServer:
+        return next(node for node in self.nodes if node.process is not None)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """Three masters shared by the session; tests keep apart by key prefix."""
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

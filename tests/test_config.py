@@ -304,6 +304,14 @@ def test_unknown_category_unlike_any_other_stops_start_up_without_a_suggestion()
         ("MODERATION_BACKEND", ""),
         ("MODERATION_DECISION_STORE", "stores.sqlite-3"),
         ("REKOGNITION_REGION", 1),
+        # Redis: a prefix that would put keys under a hash tag of its own, a bool that is
+        # no bool, a negative count of replicas.
+        ("MODERATION_REDIS_PREFIX", "site{a}:"),
+        ("MODERATION_REDIS_PREFIX", "site}:"),
+        ("MODERATION_REDIS_CLUSTER", "maybe"),
+        ("MODERATION_REDIS_CLUSTER", 2),
+        ("MODERATION_REDIS_WAIT_REPLICAS", "-1"),
+        ("MODERATION_REDIS_WAIT_REPLICAS", "one"),
     ],
 )
 def test_bad_value_stops_start_up_with_a_message_naming_the_key(key: str, value: object) -> None:
@@ -311,6 +319,24 @@ def test_bad_value_stops_start_up_with_a_message_naming_the_key(key: str, value:
         settings(**{key: value})
 
     assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("True", True), ("true", True), ("1", True), ("yes", True), (True, True),
+     ("False", False), ("false", False), ("0", False), ("", False), (False, False)],
+)  # fmt: skip
+def test_redis_cluster_reads_booleans_as_thumbor_conf_and_the_environment_give_them(
+    text: object, expected: bool
+) -> None:
+    assert settings(MODERATION_REDIS_CLUSTER=text).redis_cluster is expected
+
+
+def test_redis_settings_default_to_one_server_answering_once_the_master_has_it() -> None:
+    result = Settings.from_config(Config())
+
+    assert (result.redis_cluster, result.redis_wait_replicas) == (False, 0)
+    assert settings(MODERATION_REDIS_WAIT_REPLICAS="1").redis_wait_replicas == 1
 
 
 def test_bad_number_message_shows_the_value_and_what_was_wrong() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -526,8 +525,9 @@ def test_http_loader_keys_one_picture_under_every_spelling(
 
     assert statuses == ["approved"] * 3
     assert fake.call_count == 1
-    with sqlite3.connect(fresh_root / "decisions.sqlite3") as db:
-        keys = [row[0] for row in db.execute("SELECT key FROM decisions")]
+    store = Store(path=str(fresh_root / "decisions.sqlite3"))
+    keys = [decision.key for decision in store.page()[0]]
+    store.close()
     assert keys == [f"{host}/a.png"]
 
 

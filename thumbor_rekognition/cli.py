@@ -320,6 +320,13 @@ def run_stats(environment: Environment, arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_migrate_store(environment: Environment, arguments: argparse.Namespace) -> int:
+    """Convert the decision store's data from the previous version's format."""
+    converted = environment.runtime.moderator.store.migrate()
+    print(f"converted {converted} pictures to the current format")
+    return EXIT_OK
+
+
 def run_similar(environment: Environment, arguments: argparse.Namespace) -> int:
     """The rejected pictures nearest to one, most alike first, and its own duplicates."""
     found = asyncio.run(
@@ -954,6 +961,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = command("stats", run_stats, "Counts by status and source, and backend calls.")
     stats.add_argument("--json", action="store_true", help="print JSON")
+
+    command(
+        "migrate-store",
+        run_migrate_store,
+        "Convert decisions kept by an earlier version into the current format (once, "
+        "after upgrading, before starting Thumbor).",
+    )
     return parser
 
 

@@ -166,7 +166,24 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_REDIS_PREFIX",
         "moderation:",
-        "Prefix of every Redis key the redis decision store writes.",
+        "Prefix of every Redis key the redis decision store writes (no '{' or '}': the "
+        "store adds hash tags of its own).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_CLUSTER",
+        False,
+        "True when MODERATION_REDIS_URL names a node of a Redis Cluster (any node: the "
+        "others are found from it; several, comma-separated, so that one down when Thumbor "
+        "starts does not matter).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_WAIT_REPLICAS",
+        0,
+        "Replicas that must hold a decision before it is answered (Redis WAIT, within "
+        "MODERATION_STORE_TIMEOUT_SECONDS); 1 with a replica per master keeps every answered "
+        "decision through a failover. 0: answer once the master has it.",
         GROUP,
     ),
     (
@@ -528,6 +545,8 @@ class Settings:
     sqlite_path: str
     redis_url: Secret
     redis_prefix: str
+    redis_cluster: bool
+    redis_wait_replicas: int
     dynamodb_table: str
     dynamodb_region: str
     dynamodb_endpoint_url: str | None
@@ -588,7 +607,9 @@ class Settings:
             decision_store=reader.module("MODERATION_DECISION_STORE"),
             sqlite_path=reader.string("MODERATION_SQLITE_PATH"),
             redis_url=Secret(reader.string("MODERATION_REDIS_URL")),
-            redis_prefix=reader.string("MODERATION_REDIS_PREFIX"),
+            redis_prefix=reader.redis_prefix("MODERATION_REDIS_PREFIX"),
+            redis_cluster=reader.boolean("MODERATION_REDIS_CLUSTER"),
+            redis_wait_replicas=reader.integer("MODERATION_REDIS_WAIT_REPLICAS", minimum=0),
             dynamodb_table=reader.string("MODERATION_DYNAMODB_TABLE").strip(),
             dynamodb_region=reader.string("MODERATION_DYNAMODB_REGION").strip(),
             dynamodb_endpoint_url=reader.optional_str("MODERATION_DYNAMODB_ENDPOINT_URL"),
@@ -771,6 +792,12 @@ class _Reader:
         value = self.raw(key)
         if not isinstance(value, str):
             raise self._fail(key, value, "Not a string.")
+        return value
+
+    def redis_prefix(self, key: str) -> str:
+        value = self.string(key)
+        if "{" in value or "}" in value:
+            raise self._fail(key, value, "Must not contain '{' or '}'.")
         return value
 
     def optional_str(self, key: str) -> str | None:

@@ -4,7 +4,6 @@ pre-processing. The mapping of detector outputs alone is in test_nudenet_mapping
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Label, Status
 from thumbor_rekognition.policy import Policy
 from thumbor_rekognition.preparation import prepare
+from thumbor_rekognition.stores import sqlite
 
 pytest.importorskip("nudenet")
 
@@ -139,11 +139,9 @@ def test_thumbor_with_the_offline_model_serves_and_records_decisions(tmp_path: P
         "landscape.jpg": "approved",
         "spinner.gif": "approved",
     }
-    with sqlite3.connect(tmp_path / "decisions.sqlite3") as db:
-        rows = db.execute(
-            "SELECT key, json_extract(body, '$.backend'), json_extract(body, '$.model_version')"
-            " FROM decisions ORDER BY key"
-        ).fetchall()
+    store = sqlite.Store(path=str(tmp_path / "decisions.sqlite3"))
+    rows = [(d.key, d.backend, d.model_version) for d in store.page()[0]]
+    store.close()
     assert [(key, backend) for key, backend, _ in rows] == [
         ("landscape.jpg", "nudenet"),
         ("spinner.gif", "nudenet"),

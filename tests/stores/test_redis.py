@@ -5,8 +5,10 @@ change notifications, reconnection after a crash, bounded waits, durability, key
 from __future__ import annotations
 
 import queue
+import random
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,10 +18,10 @@ from thumbor.config import Config
 
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 from tests.servers import free_port
-from tests.stores.test_sqlite import MakeStore, StoreContract, decision, event, save
+from tests.stores.test_sqlite import SHA_A, SHA_B, MakeStore, StoreContract, decision, event, save
 from thumbor_rekognition import stores
 from thumbor_rekognition.config import Settings
-from thumbor_rekognition.decision import Source, Status
+from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import redis as redis_store
 
@@ -314,6 +316,10 @@ class TestRedisStore(StoreContract):
         store.add_results("host/a.jpg", ["/unsafe/host/a.jpg"])
         store.incr("moderation.backend.calls")
         store.acquire_lease("backfill", "node-1", 30)
+        store.compare_and_set("calls", None, "1")
+        store.enqueue("webhook", "host/a.jpg", "{}")
+        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, indexed={0})
+        store.link_duplicate("a" * 64, "host/b.jpg")
 
         keys = keys_of(url)
 
@@ -359,9 +365,15 @@ class TestRedisStore(StoreContract):
         save(store, decision("host/a.jpg"))
         store.close()
 
+        reopened = redis_store.Store(url=url, prefix="configured:")
+        found = reopened.get("host/a.jpg")
+        reopened.close()
         assert isinstance(store, redis_store.Store)
         assert (store.url, store.prefix, store.timeout) == (url, "configured:", 0.25)
-        assert "configured:d:host/a.jpg" in keys_of(url)
+        assert (store.cluster, store.wait_replicas) == (False, 0)
+        assert keys_of(url)
+        assert [key for key in keys_of(url) if not key.startswith("configured:")] == []
+        assert found is not None
 
     def test_unreachable_server_makes_a_new_store_unavailable_not_hang(
         self, open_store: OpenStore
@@ -374,6 +386,103 @@ class TestRedisStore(StoreContract):
         elapsed = time.monotonic() - started
 
         assert elapsed < PATIENCE
+
+
+def keys_in_one_partition(count: int, seed: int) -> list[str]:
+    """Keys of varied lengths that all land in partition 0: its maps split into many chunks."""
+    generator = random.Random(seed)
+    keys: list[str] = []
+    while len(keys) < count:
+        key = (
+            f"host-{generator.randrange(50)}/{'d/' * generator.randrange(8)}{uuid.uuid4().hex}.jpg"
+        )
+        if zlib.crc32(key.encode()) % redis_store.PARTITIONS == 0:
+            keys.append(key)
+    return keys
+
+
+def chunks(url: str, prefix: str, name: str) -> int:
+    """How many chunks one map of partition 0 is kept in."""
+    with redis.Redis.from_url(url) as client:
+        return int(client.zcard(f"{prefix}{{{redis_store.TAGS[0]}}}r{name}"))
+
+
+def test_a_partition_split_into_many_chunks_keeps_every_decision_in_order(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    store = redis_store.Store(url=redis_server.url, prefix=prefix, timeout=5.0)
+    generator = random.Random(7)
+    statuses = [Status.APPROVED, Status.REJECTED, Status.PENDING]
+    expected: dict[str, Status] = {}
+    paths: dict[str, list[str]] = {}
+    keys = keys_in_one_partition(1500, seed=7)
+    for number, key in enumerate(keys):
+        status = generator.choice(statuses)
+        save(store, decision(key, sha256=f"{number:064x}", status=status))
+        expected[key] = status
+        if number % 7 == 0:
+            # Entries of several kilobytes: larger than a chunk.
+            paths[key] = [f"/unsafe/{size}x{size}/{key}?{'x' * 50}" for size in range(60)]
+            store.add_results(key, paths[key])
+    for key in generator.sample(keys, 400):
+        if generator.random() < 0.5:
+            store.delete(key, event(None, None))
+            del expected[key]
+        else:
+            status = generator.choice(statuses)
+            save(store, decision(key, sha256=SHA_B, status=status, source=Source.MANUAL))
+            expected[key] = status
+
+    listed = {status: [item.key for item in pages(store, status, generator)] for status in statuses}
+    everything = [item.key for item in pages(store, None, generator)]
+
+    assert chunks(redis_server.url, prefix, "d") > 50
+    assert everything == sorted(expected)
+    for status in statuses:
+        assert listed[status] == sorted(k for k, s in expected.items() if s is status)
+    assert [store.get(key) is not None for key in keys] == [key in expected for key in keys]
+    assert {key: store.results(key) for key in paths} == paths
+    assert store.counts()["approved"] == sum(1 for s in expected.values() if s is Status.APPROVED)
+    store.close()
+
+
+def pages(
+    store: redis_store.Store, status: Status | None, generator: random.Random
+) -> list[Decision]:
+    """Every decision with a status, in pages of random sizes."""
+    found: list[Decision] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = store.page(status, limit=generator.randrange(1, 300), cursor=cursor)
+        found += page
+        if cursor is None:
+            return found
+
+
+def test_thousands_of_urls_of_the_same_bytes_are_all_found_by_their_hash(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    store = redis_store.Store(url=redis_server.url, prefix=prefix, timeout=5.0)
+    keys = sorted(
+        f"mirror-{number}.example.com/{'p/' * (number % 9)}a.jpg" for number in range(2000)
+    )
+    for key in keys:
+        save(store, decision(key, sha256=SHA_A))
+    save(store, decision("other/b.jpg", sha256=SHA_B))
+    # A key that moved to other bytes leaves the index of its old ones.
+    save(store, decision(keys[0], sha256=SHA_B))
+
+    found = store.find_all_by_hash(SHA_A)
+
+    partition = redis_store.TAGS[bytes.fromhex(SHA_A)[0] % redis_store.PARTITIONS]
+    with redis.Redis.from_url(redis_server.url) as client:
+        index_chunks = client.zcard(f"{prefix}{{{partition}}}rh")
+    assert index_chunks > 32
+    assert [item.key for item in found] == keys[1:]
+    assert [item.key for item in store.find_all_by_hash(SHA_B)] == sorted([keys[0], "other/b.jpg"])
+    store.close()
 
 
 def test_index_entries_are_matched_whole_never_across_two_others(
@@ -413,6 +522,8 @@ def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
 
     assert keys_of(url) == [
         "p:dup:{" + "a" * 64 + "}",
+        # Written by every store on its first call: the format of the data.
+        "p:format",
         "p:fp:{" + "a" * 64 + "}",
         "p:fpi:0",
         "p:fpi:1",

@@ -165,6 +165,12 @@ class Store:
         """Items waiting and items given up, per topic: '<topic>.pending', '<topic>.abandoned'."""
         raise NotImplementedError
 
+    def migrate(self) -> int:
+        """Convert what an earlier version of the store kept into the current format, in
+        place; returns how many pictures were converted. Stores refuse to work on data of
+        an earlier format until this has run."""
+        return 0
+
     # Near-duplicates (see duplicates.py): kept apart from the decisions themselves.
 
     def put_fingerprints(

@@ -1,101 +1,880 @@
-"""Decisions in Redis, shared by every Thumbor process of every node.
+"""Decisions in Redis or Redis Cluster, shared by every Thumbor process of every node.
 
-Writes that must not race (an automatic decision landing on a manual one, the indexes
-of a decision) run as Lua scripts, atomically on the server. Every change is published
-on a channel so that each process drops the decision from its memory at once; the
-cache TTL is the backstop when a notification is missed. Redis standalone or Sentinel;
-not Redis Cluster (keys of one decision span hash slots). Durability is Redis's: run
-it with AOF (``appendonly yes``) so that an answered decision survives a restart.
+Each picture's decision, history and recorded paths are one entry of a sorted map kept
+in chunks (``redis_scripts``), in one of PARTITIONS partitions chosen by its key; a
+partition's keys share a hash tag, and the tags' slots are spread evenly over Redis
+Cluster's 16,384. Every write of a decision is one Lua script on one partition:
+atomic, and on one node of a cluster. The content-hash index is partitioned by hash,
+so a save adds the new hash's entry before the decision and removes the old one after
+(a reader checks what it finds against the decision). Listing merges the partitions in
+key order; statuses other than approved have an index of their own. The index of
+rejected pictures' fingerprints, the links to their duplicates and the shared values
+(the call rate) live beside the partitions, each command on one key.
+
+Every change is published (classic pub/sub, which a cluster forwards to every node) so
+that each process drops the decision from its memory at once; the cache TTL is the
+backstop when a notification is missed. Durability is Redis's: AOF on a single server,
+and ``MODERATION_REDIS_WAIT_REPLICAS`` through a cluster's failovers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import logging
 import os
+import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
+from redis.retry import Retry
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, Print
+from thumbor_rekognition.stores import records
+from thumbor_rekognition.stores import redis_scripts as scripts
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
 
 logger = logging.getLogger(__name__)
 
-_SAVE = """
-local p, key = ARGV[1], ARGV[2]
-local body, sha, status, source = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local dkey = p .. 'd:' .. key
-local current = redis.call('GET', dkey)
-if current then
-  local old = cjson.decode(current)
-  if ARGV[8] == '1' and old['source'] == 'manual' and old['sha256'] == sha then
-    return current
-  end
-  redis.call('SREM', p .. 'sha:' .. old['sha256'], key)
-  redis.call('ZREM', p .. 'st:' .. old['status'], key)
-  redis.call('ZREM', p .. 'ss:' .. old['status'] .. '.' .. old['source'], key)
-end
-redis.call('SET', dkey, body)
-redis.call('SADD', p .. 'sha:' .. sha, key)
-redis.call('ZADD', p .. 'all', 0, key)
-redis.call('ZADD', p .. 'st:' .. status, 0, key)
-redis.call('ZADD', p .. 'ss:' .. status .. '.' .. source, 0, key)
-redis.call('RPUSH', p .. 'h:' .. key, ARGV[7])
-redis.call('DEL', p .. 'lease:judge:' .. sha)
-redis.call('PUBLISH', p .. 'changes', ARGV[9] .. key)
-return body
-"""
+# Hash tags whose slots are spread evenly over the 16,384 of Redis Cluster (slot 128 +
+# 256 i for tag i). Never change: data is found by them.
+TAGS = (
+    "53t", "j3j", "if5", "kec", "574", "74b", "akm", "6bk", "96a", "frw", "0ip", "oin",
+    "d1i", "38o", "0m0", "xw", "he6", "box", "40w", "c9q", "hav", "7ah", "447", "67a",
+    "1js", "fcu", "0xr", "m5", "1n3", "3me", "e2j", "iu", "712", "52d", "cmk", "4dm",
+    "75r", "h5l", "7av", "ice", "3y7", "1za", "2k6", "8ax", "wu7", "931", "yg", "8e8",
+    "7d8", "5gn", "621", "41g", "jc0", "qkn", "66q", "i6o", "3h5", "1kc", "2z4", "0yb",
+    "3lu", "des", "he", "802",
+)  # fmt: skip
+PARTITIONS = len(TAGS)
+# The format of the data under a prefix; the previous one (JSON documents, one Redis
+# key per decision) had no format key.
+FORMAT = "2"
+# Bytes of a content hash that its index keeps: readers check the whole hash.
+HASH_PREFIX = 8
 
-_DELETE = """
-local p, key = ARGV[1], ARGV[2]
-local dkey = p .. 'd:' .. key
-local current = redis.call('GET', dkey)
-if not current then
-  return 0
-end
-local old = cjson.decode(current)
-redis.call('DEL', dkey)
-redis.call('SREM', p .. 'sha:' .. old['sha256'], key)
-redis.call('ZREM', p .. 'all', key)
-redis.call('ZREM', p .. 'st:' .. old['status'], key)
-redis.call('ZREM', p .. 'ss:' .. old['status'] .. '.' .. old['source'], key)
-redis.call('RPUSH', p .. 'h:' .. key, ARGV[3])
-redis.call('PUBLISH', p .. 'changes', ARGV[4] .. key)
-return 1
-"""
+_STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
+
+Client = Any  # redis.Redis or redis.RedisCluster
+# A cluster that cannot be reached at all raises the second.
+_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+
+class Store(stores.Store):
+    """The decision store for clusters."""
+
+    # Pub/sub delivers to every subscribed process within milliseconds on one network.
+    propagation_seconds = 0.05
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        url: str | None = None,
+        prefix: str | None = None,
+        timeout: float | None = None,
+        cluster: bool | None = None,
+        wait_replicas: int | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.url = url or (settings.redis_url.value if settings else "redis://127.0.0.1:6379/0")
+        self.prefix = (
+            prefix if prefix is not None else (settings.redis_prefix if settings else "moderation:")
+        )
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"Redis key prefix {self.prefix!r} must not contain '{{' or '}}'")
+        self.timeout = timeout or (settings.store_timeout if settings else 0.5)
+        self.cluster = cluster if cluster is not None else bool(settings and settings.redis_cluster)
+        self.wait_replicas = (
+            wait_replicas
+            if wait_replicas is not None
+            else (settings.redis_wait_replicas if settings else 0)
+        )
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._pid = 0
+        self._checked = False
+        self._shas = {name: _sha1(text) for name, text in _SCRIPTS.items()}
+        self._changes = stores.ChangeFeed(self._listen)
+
+    # Connections
+
+    def _connect(self) -> Client:
+        options: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "health_check_interval": 30,
+        }
+        if self.cluster:
+            # Several nodes may be named, so that one down when a process starts does not
+            # keep it from finding the others; the first URL gives password and TLS.
+            first, *others = [url.strip() for url in self.url.split(",") if url.strip()]
+            nodes = [
+                ClusterNode(url.hostname, url.port or 6379)  # type: ignore[no-untyped-call]
+                for url in map(urlsplit, others)
+            ]
+            # One attempt per call: the caller's budget is the store timeout, not rounds
+            # of retries over a cluster that is failing over. A failed call makes the
+            # client learn the cluster's layout again before the next one.
+            return redis.RedisCluster.from_url(
+                first, startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options
+            )
+        return redis.Redis.from_url(self.url, **options)
+
+    def _redis(self) -> Client:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                self._client = self._connect()
+                self._pid = os.getpid()
+                self._checked = False
+            return self._client
+
+    @contextmanager
+    def _call(self) -> Iterator[Client]:
+        try:
+            client = self._redis()
+            if not self._checked:
+                self._check_format(client)
+                self._checked = True
+            yield client
+        except _ERRORS as error:
+            raise stores.StoreUnavailable(
+                f"Redis store: {type(error).__name__}: {error}"
+            ) from error
+
+    def _check_format(self, client: Client) -> None:
+        """Refuse data of another format under this prefix, rather than misread it."""
+        found = client.get(self.prefix + "format")
+        if found is None:
+            if client.exists(self.prefix + "all"):
+                raise stores.StoreUnavailable(
+                    f"Redis store: the decisions under prefix {self.prefix!r} are in the "
+                    "previous format; run `thumbor-moderation migrate-store` once"
+                )
+            client.set(self.prefix + "format", FORMAT, nx=True)
+            found = client.get(self.prefix + "format")
+        if _text(found) != FORMAT:
+            raise stores.StoreUnavailable(
+                f"Redis store: the data under prefix {self.prefix!r} has format "
+                f"{_text(found)!r}, which this version cannot read"
+            )
+
+    def _partition(self, number: int) -> str:
+        return f"{self.prefix}{{{TAGS[number]}}}"
+
+    def _of_key(self, key: str) -> str:
+        return self._partition(zlib.crc32(key.encode("utf-8")) % PARTITIONS)
+
+    def _of_hash(self, digest: bytes) -> str:
+        return self._partition(digest[0] % PARTITIONS)
+
+    def _run(self, client: Client, name: str, partition: str, *args: Any) -> Any:
+        """Run a script on a partition, loading it first where the node lacks it."""
+        arguments = (partition + "rd", partition, *args)
+        try:
+            return client.evalsha(self._shas[name], 1, *arguments)
+        except redis.exceptions.NoScriptError:
+            # EVAL caches the script on the node that runs it (SCRIPT LOAD on a cluster
+            # would need every master up).
+            return client.eval(_SCRIPTS[name], 1, *arguments)
+
+    def _run_many(self, client: Client, calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
+        """Scripts that only read, sent together: one pipeline per node of a cluster."""
+        groups: dict[Any, list[int]] = {}
+        for index, (_, partition, _) in enumerate(calls):
+            node = client.get_node_from_key(partition + "rd") if self.cluster else None
+            groups.setdefault(node, []).append(index)
+        answers: list[Any] = [None] * len(calls)
+        for node, indexes in groups.items():
+            target = client.get_redis_connection(node) if node is not None else client
+            for index, answer in zip(indexes, self._pipeline(target, calls, indexes), strict=True):
+                answers[index] = answer
+        return answers
+
+    def _pipeline(
+        self, target: Client, calls: list[tuple[str, str, tuple[Any, ...]]], indexes: list[int]
+    ) -> list[Any]:
+        for attempt in range(2):
+            pipeline = target.pipeline(transaction=False)
+            for index in indexes:
+                name, partition, args = calls[index]
+                pipeline.evalsha(self._shas[name], 1, partition + "rd", partition, *args)
+            answers = pipeline.execute(raise_on_error=False)
+            missing = any(isinstance(a, redis.exceptions.NoScriptError) for a in answers)
+            if missing and attempt == 0:
+                for name in {calls[index][0] for index in indexes}:
+                    target.script_load(_SCRIPTS[name])
+                continue
+            for answer in answers:
+                if isinstance(answer, redis.exceptions.ResponseError) and self.cluster:
+                    # MOVED after a failover or a resharding: learn the layout again.
+                    self._relearn()
+                if isinstance(answer, Exception):
+                    raise answer
+            return list(answers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _relearn(self) -> None:
+        """Make the cluster client read the cluster's layout again."""
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.nodes_manager.initialize()
+
+    def _run_acknowledged(self, client: Client, name: str, partition: str, *args: Any) -> Any:
+        """A write, answered once MODERATION_REDIS_WAIT_REPLICAS replicas hold it too."""
+        if not self.wait_replicas:
+            return self._run(client, name, partition, *args)
+        # WAIT counts the writes of its own connection: both go down one connection.
+        node_client = (
+            client.get_redis_connection(client.get_node_from_key(partition + "rd"))
+            if self.cluster
+            else client
+        )
+        for attempt in range(2):
+            pipeline = node_client.pipeline(transaction=False)
+            pipeline.evalsha(self._shas[name], 1, partition + "rd", partition, *args)
+            # Half the budget: the answer must arrive within the socket's timeout.
+            pipeline.execute_command("WAIT", self.wait_replicas, max(1, int(self.timeout * 500)))
+            answer, acknowledged = pipeline.execute(raise_on_error=False)
+            if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
+                node_client.script_load(_SCRIPTS[name])
+                continue
+            if isinstance(answer, redis.exceptions.ResponseError) and self.cluster:
+                # MOVED after a failover: the cluster client learns the new layout.
+                self._relearn()
+                raise answer
+            if isinstance(answer, Exception):
+                raise answer
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
+            if int(acknowledged) < self.wait_replicas:
+                raise stores.StoreUnavailable(
+                    f"Redis store: {acknowledged} of {self.wait_replicas} replicas acknowledged "
+                    "the write in time"
+                )
+            return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # Decisions
+
+    def get(self, key: str) -> Decision | None:
+        with self._call() as client:
+            record = self._run(client, "get", self._of_key(key), key)
+        return records.decode_decision(key, record) if record else None
+
+    def save(self, decision: Decision, event: Event) -> Decision:
+        record = records.encode_decision(decision)
+        digest = records.sha_of(record)
+        with self._call() as client:
+            if digest:
+                # Indexed before it is saved: the index never misses a stored decision.
+                self._index(client, "index_add", digest, decision.key)
+            saved, current = self._run_acknowledged(
+                client,
+                "save",
+                self._of_key(decision.key),
+                decision.key,
+                record,
+                records.encode_event(event),
+                "1" if decision.source is not Source.MANUAL else "0",
+                self._channel,
+                self._changes.sender + decision.key,
+            )
+            if not saved:
+                return records.decode_decision(decision.key, current)
+            previous = records.sha_of(current) if current else b""
+            if previous and previous != digest:
+                self._unindex(client, previous, decision.key)
+            # The picture is judged: whoever held the right to judge it no longer needs it.
+            client.delete(self.prefix + "lease:judge:" + decision.sha256)
+        return records.decode_decision(decision.key, record)
+
+    def delete(self, key: str, event: Event) -> bool:
+        with self._call() as client:
+            old = self._run_acknowledged(
+                client,
+                "delete",
+                self._of_key(key),
+                key,
+                records.encode_event(event),
+                self._channel,
+                self._changes.sender + key,
+            )
+            if old and records.sha_of(old):
+                self._unindex(client, records.sha_of(old), key)
+        return bool(old)
+
+    def _index(self, client: Client, script: str, digest: bytes, key: str) -> None:
+        self._run(client, script, self._of_hash(digest), digest[:HASH_PREFIX] + key.encode())
+
+    def _unindex(self, client: Client, digest: bytes, key: str) -> None:
+        """Drop an index entry, and put it back if a save of those bytes landed meanwhile."""
+        self._index(client, "index_remove", digest, key)
+        record = self._run(client, "get", self._of_key(key), key)
+        if record and records.sha_of(record) == digest:
+            self._index(client, "index_add", digest, key)
+
+    def find_all_by_hash(self, sha256: str) -> list[Decision]:
+        digest = records.raw_sha(sha256)
+        if not digest:
+            return []
+        prefix = digest[:HASH_PREFIX]
+        with self._call() as client:
+            keys: list[str] = []
+            after = b""
+            partition = self._of_hash(digest)
+            while True:
+                done, last, *found = self._run(
+                    client, "index_find", partition, prefix, after, scripts.CHUNKS_PER_CALL
+                )
+                keys += [_text(entry[HASH_PREFIX:]) for entry in found[::2]]
+                if int(done):
+                    break
+                after = last
+            answers = self._run_many(client, [("get", self._of_key(key), (key,)) for key in keys])
+        decisions = [
+            records.decode_decision(key, record)
+            for key, record in zip(keys, answers, strict=True)
+            if record
+        ]
+        return sorted(
+            (decision for decision in decisions if decision.sha256 == sha256),
+            key=lambda decision: decision.key,
+        )
+
+    def find_by_hash(self, sha256: str) -> Decision | None:
+        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
+        if not standing:
+            return None
+        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
+
+    def history(self, key: str) -> list[Event]:
+        with self._call() as client:
+            _, history, _ = self._run(client, "entry", self._of_key(key), key)
+        return [records.decode_event(item) for item in records.split(history)]
+
+    def page(
+        self, status: Status | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        if limit < 1:
+            raise ValueError(f"page limit must be at least 1, got {limit}")
+        if status is None:
+            chosen, wanted = "d", ""
+        elif status is Status.APPROVED:
+            # Most decisions are approved: read in key order, skipping the others.
+            chosen, wanted = "d", "0"
+        else:
+            chosen, wanted = f"x{_STATUS_NUMBERS[status]}", str(_STATUS_NUMBERS[status])
+        with self._call() as client:
+            found = _Merge(self, client, chosen, wanted, cursor).take(limit + 1)
+        page = [records.decode_decision(key, record) for key, record in found[:limit]]
+        return page, (found[limit - 1][0] if len(found) > limit else None)
+
+    def counts(self) -> dict[str, int]:
+        with self._call() as client:
+            pipeline = client.pipeline(transaction=False)
+            for number in range(PARTITIONS):
+                pipeline.hgetall(self._partition(number) + "n")
+            tallies = pipeline.execute()
+        counts: dict[str, int] = {}
+        for tally in tallies:
+            for name, value in tally.items():
+                if int(value):
+                    name = _text(name)
+                    counts[name] = counts.get(name, 0) + int(value)
+                    status = name.split(".")[0]
+                    counts[status] = counts.get(status, 0) + int(value)
+        return {name: value for name, value in counts.items() if value}
+
+    # Recorded paths
+
+    def add_results(self, key: str, paths: list[str]) -> None:
+        if not paths:
+            return
+        encoded = [records.encode_path(key, path) for path in paths]
+        with self._call() as client:
+            self._run(client, "add_paths", self._of_key(key), key, *encoded)
+
+    def results(self, key: str) -> list[str]:
+        with self._call() as client:
+            _, _, paths = self._run(client, "entry", self._of_key(key), key)
+        return [records.decode_path(key, item) for item in records.split(paths)]
+
+    def drop_results(self, key: str) -> None:
+        with self._call() as client:
+            self._run(client, "drop_paths", self._of_key(key), key)
+
+    # Counters and leases
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._call() as client:
+            client.hincrby(self.prefix + "counters", name, amount)
+
+    def counters(self) -> dict[str, int]:
+        with self._call() as client:
+            values = client.hgetall(self.prefix + "counters")
+        return {_text(name): int(value) for name, value in sorted(values.items())}
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        with self._call() as client:
+            taken = client.eval(
+                _RENEW, 1, self.prefix + "lease:" + name, holder, str(max(1, int(seconds * 1000)))
+            )
+        return bool(taken)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._call() as client:
+            client.eval(_RELEASE, 1, self.prefix + "lease:" + name, holder)
+
+    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
+        # The braces make the name the key's hash tag.
+        key = self.prefix + "{shared:" + name + "}"
+        with self._call() as client:
+            found = client.eval(
+                _COMPARE_AND_SET, 1, key, "" if expected is None else "=" + expected, value
+            )
+        return None if found is None else _text(found)
+
+    # Outbox: its keys share one hash tag, so each call runs on one node.
+
+    @property
+    def _outbox(self) -> str:
+        return self.prefix + "{o}ob:"
+
+    def enqueue(self, topic: str, key: str, payload: str) -> None:
+        with self._call() as client:
+            client.eval(_ENQUEUE, 1, self._outbox, topic, key, payload, repr(time.time()))
+
+    def claim(self, now: float, lease: float, limit: int) -> list[stores.OutboxItem]:
+        with self._call() as client:
+            rows = client.eval(_CLAIM, 1, self._outbox, repr(now), repr(now + lease), limit)
+        return [
+            stores.OutboxItem(
+                id=_text(id_),
+                topic=_text(topic),
+                key=_text(key),
+                payload=_text(payload),
+                attempts=int(attempts),
+                created_at=float(created_at),
+            )
+            for id_, topic, key, payload, attempts, created_at in rows
+        ]
+
+    def complete(self, item: stores.OutboxItem) -> None:
+        with self._call() as client:
+            client.eval(_FINISH, 1, self._outbox, item.id, "done", "")
+
+    def reschedule(self, item: stores.OutboxItem, next_at: float, error: str) -> None:
+        with self._call() as client:
+            pipeline = client.pipeline(transaction=not self.cluster)
+            pipeline.zadd(self._outbox + "due", {item.id: next_at}, xx=True)
+            pipeline.hset(self._outbox + "i:" + item.id, "error", error[:2000])
+            pipeline.execute()
+
+    def abandon(self, item: stores.OutboxItem, error: str) -> None:
+        with self._call() as client:
+            client.eval(_FINISH, 1, self._outbox, item.id, "abandoned", error[:2000])
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._call() as client:
+            values = client.hgetall(self._outbox + "counts")
+        return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
+
+    # Near-duplicates. Every command reads or writes one key: a picture's record
+    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames in the index), one
+    # hash per band of the index, 'fpi:<band>' (field: the band's value in hex; value: its
+    # entries end to end, each the 24-byte fingerprint then the 32-byte content hash), and
+    # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
+    # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
+    # an entry costs its 56 bytes and no key of its own. On a cluster the four hashes sit
+    # on up to four nodes, and each picture's record and set on the slot of its hash.
+
+    def _band_key(self, band: int) -> str:
+        return f"{self.prefix}fpi:{band}"
+
+    def _on_nodes(self, client: Client, calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
+        """Commands on one key each (that key, the command, its arguments) sent together: one
+        pipeline, or on a cluster one per node (a cluster's pipeline refuses EVAL)."""
+        groups: dict[Any, list[int]] = {}
+        for index, (key, _, _) in enumerate(calls):
+            node = client.get_node_from_key(key) if self.cluster else None
+            groups.setdefault(node, []).append(index)
+        answers: list[Any] = [None] * len(calls)
+        for node, indexes in groups.items():
+            target = client.get_redis_connection(node) if node is not None else client
+            pipeline = target.pipeline(transaction=False)
+            for index in indexes:
+                _, command, arguments = calls[index]
+                getattr(pipeline, command)(*arguments)
+            try:
+                found = pipeline.execute()
+            except redis.exceptions.ResponseError:
+                if self.cluster:
+                    # MOVED after a failover or a resharding: learn the layout again.
+                    self._relearn()
+                raise
+            for index, answer in zip(indexes, found, strict=True):
+                answers[index] = answer
+        return answers
+
+    def _entries(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> set[tuple[int, str, bytes]]:
+        digest = bytes.fromhex(sha256)
+        return {
+            (band, _field(value), print_.to_bytes() + digest)
+            for frame, print_ in prints.items()
+            if frame in indexed
+            for band, value in enumerate(print_.bands())
+        }
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    ) -> None:
+        record = self.prefix + "fp:{" + sha256 + "}"
+        with self._call() as client:
+            old_prints, old_indexed = _fingerprint_record(client.get(record))
+            old = self._entries(sha256, old_prints, old_indexed)
+            new = self._entries(sha256, prints, indexed)
+            # The index first, the record last: a call cut short leaves the record naming
+            # what the index held before, and the next call mends both. An entry left over
+            # names a picture that lookups find no longer rejected, and skip.
+            changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
+            changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
+            self._on_nodes(
+                client,
+                [
+                    (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
+                    for band, *rest in changes
+                ],
+            )
+            client.set(
+                record,
+                json.dumps(
+                    {
+                        "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
+                        "indexed": sorted(frame for frame in indexed if frame in prints),
+                    },
+                    separators=(",", ":"),
+                ),
+            )
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._call() as client:
+            prints, _ = _fingerprint_record(client.get(self.prefix + "fp:{" + sha256 + "}"))
+        return prints
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[tuple[str, Print]]:
+        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
+        if not asked:
+            return []
+        with self._call() as client:
+            answers = self._on_nodes(
+                client,
+                [
+                    (
+                        self._band_key(band),
+                        "hmget",
+                        (self._band_key(band), [_field(value) for value in values]),
+                    )
+                    for band, values in asked
+                ],
+            )
+        kept = {
+            entries[start : start + _ENTRY]
+            for answer in answers
+            for entries in answer
+            if entries
+            for start in range(0, len(entries), _ENTRY)
+            if close(int.from_bytes(entries[start : start + 8], "big"))
+        }
+        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in kept]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._call() as client:
+            if linked:
+                client.sadd(self.prefix + "dup:{" + original + "}", key)
+            else:
+                client.srem(self.prefix + "dup:{" + original + "}", key)
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._call() as client:
+            keys = client.smembers(self.prefix + "dup:{" + original + "}")
+        return sorted(_text(key) for key in keys)
+
+    # Change notifications
+
+    @property
+    def _channel(self) -> str:
+        return self.prefix + "changes"
+
+    def subscribe(self, changed: Callable[[str | None], None]) -> None:
+        self._changes.subscribe(changed)
+
+    def _listener(self) -> redis.Redis:
+        """A connection of its own for the subscription: on a cluster, to a node picked at
+        random (a cluster forwards every classic message to every node)."""
+        # health_check_interval pings an idle connection, so one that silently stopped
+        # carrying traffic is noticed within seconds, not at the kernel's keepalive.
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self.timeout,
+            "socket_keepalive": True,
+            "health_check_interval": 5,
+        }
+        if not self.cluster:
+            return redis.Redis.from_url(self.url, **options)
+        nodes = [node for node in self._redis().get_nodes() if node.redis_connection is not None]
+        if not nodes:
+            raise redis.exceptions.ConnectionError("no node of the cluster is known")
+        pool = random.choice(nodes).redis_connection.connection_pool  # noqa: S311 - spreads load
+        kwargs = {**pool.connection_kwargs, **options, "socket_timeout": None}
+        return redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+
+    def _listen(self) -> None:
+        """Forward change notifications; reconnect with backoff when Redis goes away."""
+        delay = 0.1
+        while not self._changes.closed.is_set():
+            try:
+                client = self._listener()
+            except _ERRORS as error:
+                logger.warning("decision change notifications interrupted: %s", error)
+                self._changes.closed.wait(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._channel)
+                # Changes made while nobody listened are unknown: forget everything.
+                self._changes.notify(None)
+                delay = 0.1
+                while not self._changes.closed.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        data = _text(message["data"])
+                        # 32 hex digits of the sender, then the key.
+                        if data[:32] != self._changes.sender:
+                            self._changes.notify(data[32:])
+            except _ERRORS as error:
+                logger.warning("decision change notifications interrupted: %s", error)
+                self._changes.closed.wait(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                pubsub.close()
+                client.close()
+
+    def migrate(self) -> int:
+        """Convert the previous format (a JSON document, a history list, a results set and
+        index entries per decision, all on one server) under this prefix.
+
+        Pictures that already have an entry in this format keep it. Once everything is
+        copied the format key is set and the old keys are deleted; run again after an
+        interruption.
+        """
+        try:
+            client = self._redis()
+            converted = 0
+            names: set[str] = set()
+            for kind in ("d:", "h:", "r:"):
+                pattern = _glob_escape(self.prefix + kind) + "*"
+                start = len(self.prefix) + len(kind)
+                names.update(_text(name)[start:] for name in client.scan_iter(pattern, 1000))
+            for key in sorted(names):
+                converted += self._convert(client, key)
+            for name in client.scan_iter(_glob_escape(self.prefix + "ob:") + "*", 1000):
+                suffix = _text(name)[len(self.prefix) + len("ob:") :]
+                client.rename(name, self._outbox + suffix)
+            client.set(self.prefix + "format", FORMAT)
+            for kind in ("d:", "h:", "r:", "sha:", "st:", "ss:"):
+                for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
+                    client.delete(name)
+            client.delete(self.prefix + "all")
+            self._checked = False
+            return converted
+        except _ERRORS as error:
+            raise stores.StoreUnavailable(
+                f"Redis store: {type(error).__name__}: {error}"
+            ) from error
+
+    def _convert(self, client: Client, key: str) -> int:
+        body = client.get(self.prefix + "d:" + key)
+        record = records.encode_decision(Decision.from_json(body)) if body else b""
+        history = records.join(
+            [
+                records.encode_event(Event.from_json(item))
+                for item in client.lrange(self.prefix + "h:" + key, 0, -1)
+            ]
+        )
+        paths = records.join(
+            [
+                records.encode_path(key, _text(path))
+                for path in client.zrange(self.prefix + "r:" + key, 0, -1)
+            ]
+        )
+        if record and records.sha_of(record):
+            self._index(client, "index_add", records.sha_of(record), key)
+        return int(self._run(client, "import", self._of_key(key), key, record, history, paths))
+
+    def close(self) -> None:
+        self._changes.closed.set()
+        with self._lock:
+            if self._client is not None and self._pid == os.getpid():
+                self._client.close()
+            self._client = None
+
+
+@dataclass
+class _Stream:
+    """One partition's share of a listing: what it answered, and how far it has read."""
+
+    partition: str
+    after: str | None
+    done: bool = False
+    found: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class _Merge:
+    """Decisions of every partition in key order, reading each partition only as far as
+    the merge needs: about limit + PARTITIONS entries for a page of `limit`."""
+
+    def __init__(self, store: Store, client: Client, chosen: str, wanted: str, after: str | None):
+        self.store, self.client, self.chosen, self.wanted = store, client, chosen, wanted
+        self.streams = [_Stream(store._partition(number), after) for number in range(PARTITIONS)]
+
+    def _read(self, streams: list[_Stream], each: int) -> None:
+        calls = [
+            (
+                "page",
+                stream.partition,
+                (
+                    self.chosen,
+                    self.wanted,
+                    stream.after or "",
+                    "1" if stream.after is not None else "0",
+                    each,
+                    scripts.CHUNKS_PER_CALL,
+                ),
+            )
+            for stream in streams
+        ]
+        for stream, answer in zip(streams, self.store._run_many(self.client, calls), strict=True):
+            done, last, *found = answer
+            stream.done = bool(int(done))
+            if found or last:
+                stream.after = _text(last)
+            stream.found += [
+                (_text(key), record) for key, record in zip(found[::2], found[1::2], strict=True)
+            ]
+
+    def take(self, count: int) -> list[tuple[str, bytes]]:
+        taken: list[tuple[str, bytes]] = []
+        waiting = list(self.streams)
+        each = -(-2 * count // PARTITIONS) + 1
+        while True:
+            self._read(waiting, each)
+            open_streams = [s for s in self.streams if not s.done]
+            # Every stream has read all its keys up to the frontier: what is found up to
+            # it can be given out in order.
+            frontier = min((s.after or "" for s in open_streams), default=None)
+            ready = [
+                (key, record)
+                for s in self.streams
+                for key, record in s.found
+                if frontier is None or key <= frontier
+            ]
+            for item in heapq.nsmallest(count - len(taken), ready):
+                taken.append(item)
+            given = {key for key, _ in taken}
+            for s in self.streams:
+                s.found = [item for item in s.found if item[0] not in given]
+            if len(taken) >= count or frontier is None:
+                return taken
+            waiting = [s for s in open_streams if (s.after or "") == frontier]
+            each = max(each, count - len(taken))
+
+
+def _glob_escape(text: str) -> str:
+    """A literal text inside a SCAN MATCH pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _field(value: int) -> str:
+    """A band value as the field of its band's hash."""
+    return f"{value:0{BAND_BITS // 4}x}"
+
+
+def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
+    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    if not body:
+        return {}, []
+    data = json.loads(body)
+    prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
+    return prints, [int(frame) for frame in data.get("indexed", [])]
+
+
+_SCRIPTS = {
+    "get": scripts.GET,
+    "save": scripts.SAVE,
+    "delete": scripts.DELETE,
+    "entry": scripts.ENTRY,
+    "add_paths": scripts.ADD_PATHS,
+    "drop_paths": scripts.DROP_PATHS,
+    "page": scripts.PAGE,
+    "index_add": scripts.INDEX_ADD,
+    "index_remove": scripts.INDEX_REMOVE,
+    "index_find": scripts.INDEX_FIND,
+    "import": scripts.IMPORT,
+}
 
 _ENQUEUE = """
-local p, topic, key = ARGV[1], ARGV[2], ARGV[3]
-local id = tostring(redis.call('INCR', p .. 'ob:seq'))
-redis.call('HSET', p .. 'ob:i:' .. id, 'topic', topic, 'key', key, 'payload', ARGV[4],
-  'attempts', 0, 'created_at', ARGV[5])
-redis.call('RPUSH', p .. 'ob:q:' .. topic .. ':' .. key, id)
-redis.call('ZADD', p .. 'ob:due', ARGV[5], id)
-redis.call('HINCRBY', p .. 'ob:counts', topic .. '.pending', 1)
+local p, topic, key = KEYS[1], ARGV[1], ARGV[2]
+local id = tostring(redis.call('INCR', p .. 'seq'))
+redis.call('HSET', p .. 'i:' .. id, 'topic', topic, 'key', key, 'payload', ARGV[3],
+  'attempts', 0, 'created_at', ARGV[4])
+redis.call('RPUSH', p .. 'q:' .. topic .. ':' .. key, id)
+redis.call('ZADD', p .. 'due', ARGV[4], id)
+redis.call('HINCRBY', p .. 'counts', topic .. '.pending', 1)
 return id
 """
 
 _CLAIM = """
-local p, now, later, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local p, now, later, limit = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local claimed = {}
-local ids = redis.call('ZRANGEBYSCORE', p .. 'ob:due', '-inf', now, 'LIMIT', 0, limit * 10)
+local ids = redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', now, 'LIMIT', 0, limit * 10)
 for _, id in ipairs(ids) do
   if #claimed >= limit then break end
-  local item = redis.call('HMGET', p .. 'ob:i:' .. id, 'topic', 'key', 'payload', 'created_at')
-  local head = redis.call('LINDEX', p .. 'ob:q:' .. item[1] .. ':' .. item[2], 0)
+  local item = redis.call('HMGET', p .. 'i:' .. id, 'topic', 'key', 'payload', 'created_at')
+  local head = redis.call('LINDEX', p .. 'q:' .. item[1] .. ':' .. item[2], 0)
   if head == id then
-    redis.call('ZADD', p .. 'ob:due', later, id)
-    local attempts = redis.call('HINCRBY', p .. 'ob:i:' .. id, 'attempts', 1)
+    redis.call('ZADD', p .. 'due', later, id)
+    local attempts = redis.call('HINCRBY', p .. 'i:' .. id, 'attempts', 1)
     table.insert(claimed, {id, item[1], item[2], item[3], tostring(attempts), item[4]})
   end
 end
@@ -103,31 +882,19 @@ return claimed
 """
 
 _FINISH = """
-local p, id, state, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local item = redis.call('HMGET', p .. 'ob:i:' .. id, 'topic', 'key')
+local p, id, state, err = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local item = redis.call('HMGET', p .. 'i:' .. id, 'topic', 'key')
 if not item[1] then return 0 end
-redis.call('ZREM', p .. 'ob:due', id)
-redis.call('LREM', p .. 'ob:q:' .. item[1] .. ':' .. item[2], 1, id)
-redis.call('HINCRBY', p .. 'ob:counts', item[1] .. '.pending', -1)
+redis.call('ZREM', p .. 'due', id)
+redis.call('LREM', p .. 'q:' .. item[1] .. ':' .. item[2], 1, id)
+redis.call('HINCRBY', p .. 'counts', item[1] .. '.pending', -1)
 if state == 'done' then
-  redis.call('DEL', p .. 'ob:i:' .. id)
+  redis.call('DEL', p .. 'i:' .. id)
 else
-  redis.call('HSET', p .. 'ob:i:' .. id, 'state', 'abandoned', 'error', err)
-  redis.call('HINCRBY', p .. 'ob:counts', item[1] .. '.abandoned', 1)
+  redis.call('HSET', p .. 'i:' .. id, 'state', 'abandoned', 'error', err)
+  redis.call('HINCRBY', p .. 'counts', item[1] .. '.abandoned', 1)
 end
 return 1
-"""
-
-_ADD_RESULTS = """
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-local n = tonumber(last[2] or '0')
-for _, path in ipairs(ARGV) do
-  if not redis.call('ZSCORE', KEYS[1], path) then
-    n = n + 1
-    redis.call('ZADD', KEYS[1], n, path)
-  end
-end
-return n
 """
 
 # One entry of a band's hash added ('1') or removed ('0'): entries are compared whole,
@@ -183,370 +950,3 @@ if (not found and ARGV[1] == '') or (found and ARGV[1] == '=' .. found) then
 end
 return found
 """
-
-
-class Store(stores.Store):
-    """The decision store for clusters."""
-
-    # Pub/sub delivers to every subscribed process within milliseconds on one network.
-    propagation_seconds = 0.05
-
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        url: str | None = None,
-        prefix: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(settings)
-        self.url = url or (settings.redis_url.value if settings else "redis://127.0.0.1:6379/0")
-        self.prefix = (
-            prefix if prefix is not None else (settings.redis_prefix if settings else "moderation:")
-        )
-        self.timeout = timeout or (settings.store_timeout if settings else 0.5)
-        self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
-        self._pid = 0
-        self._changes = stores.ChangeFeed(self._listen)
-
-    def _redis(self) -> redis.Redis:
-        with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._client = redis.Redis.from_url(
-                    self.url,
-                    socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout,
-                    health_check_interval=30,
-                )
-                self._pid = os.getpid()
-            return self._client
-
-    @contextmanager
-    def _call(self) -> Iterator[redis.Redis]:
-        try:
-            yield self._redis()
-        except redis.exceptions.RedisError as error:
-            raise stores.StoreUnavailable(
-                f"Redis store: {type(error).__name__}: {error}"
-            ) from error
-
-    def _key(self, *parts: str) -> str:
-        return self.prefix + "".join(parts)
-
-    def get(self, key: str) -> Decision | None:
-        with self._call() as client:
-            body = client.get(self._key("d:", key))
-        return Decision.from_json(body) if body else None
-
-    def _decisions(self, client: redis.Redis, keys: list[str]) -> list[Decision]:
-        if not keys:
-            return []
-        bodies = client.mget([self._key("d:", key) for key in keys])
-        return [Decision.from_json(body) for body in bodies if body]
-
-    def find_all_by_hash(self, sha256: str) -> list[Decision]:
-        if not sha256:
-            return []
-        with self._call() as client:
-            keys = sorted(_text(member) for member in client.smembers(self._key("sha:", sha256)))
-            return self._decisions(client, keys)
-
-    def find_by_hash(self, sha256: str) -> Decision | None:
-        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
-        if not standing:
-            return None
-        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
-
-    def save(self, decision: Decision, event: Event) -> Decision:
-        with self._call() as client:
-            body = client.eval(
-                _SAVE,
-                0,
-                self.prefix,
-                decision.key,
-                decision.to_json(),
-                decision.sha256,
-                decision.status.value,
-                decision.source.value,
-                _event_json(event),
-                "1" if decision.source is not Source.MANUAL else "0",
-                self._changes.sender,
-            )
-        return Decision.from_json(body)
-
-    def delete(self, key: str, event: Event) -> bool:
-        with self._call() as client:
-            deleted = client.eval(
-                _DELETE, 0, self.prefix, key, _event_json(event), self._changes.sender
-            )
-        return bool(deleted)
-
-    def history(self, key: str) -> list[Event]:
-        with self._call() as client:
-            items = client.lrange(self._key("h:", key), 0, -1)
-        return [Event.from_json(item) for item in items]
-
-    def page(
-        self, status: Status | None = None, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[Decision], str | None]:
-        if limit < 1:
-            raise ValueError(f"page limit must be at least 1, got {limit}")
-        index = self._key("st:", status.value) if status else self._key("all")
-        start = f"({cursor}" if cursor else "-"
-        with self._call() as client:
-            keys = [_text(k) for k in client.zrangebylex(index, start, "+", start=0, num=limit + 1)]
-            decisions = {d.key: d for d in self._decisions(client, keys[:limit])}
-        page = [decisions[key] for key in keys[:limit] if key in decisions]
-        return page, (keys[limit - 1] if len(keys) > limit else None)
-
-    def counts(self) -> dict[str, int]:
-        names = [(status.value, source.value) for status in Status for source in Source]
-        with self._call() as client:
-            pipeline = client.pipeline(transaction=False)
-            for status, source in names:
-                pipeline.zcard(self._key("ss:", f"{status}.{source}"))
-            values = pipeline.execute()
-        counts: dict[str, int] = {}
-        for (status, source), value in zip(names, values, strict=True):
-            if value:
-                counts[status] = counts.get(status, 0) + int(value)
-                counts[f"{status}.{source}"] = int(value)
-        return counts
-
-    def add_results(self, key: str, paths: list[str]) -> None:
-        if not paths:
-            return
-        with self._call() as client:
-            # Numbered in the order recorded, whatever the clocks of the nodes say.
-            client.eval(_ADD_RESULTS, 1, self._key("r:", key), *paths)
-
-    def results(self, key: str) -> list[str]:
-        with self._call() as client:
-            return [_text(path) for path in client.zrange(self._key("r:", key), 0, -1)]
-
-    def drop_results(self, key: str) -> None:
-        with self._call() as client:
-            client.delete(self._key("r:", key))
-
-    def incr(self, name: str, amount: int = 1) -> None:
-        with self._call() as client:
-            client.hincrby(self._key("counters"), name, amount)
-
-    def counters(self) -> dict[str, int]:
-        with self._call() as client:
-            values = client.hgetall(self._key("counters"))
-        return {_text(name): int(value) for name, value in sorted(values.items())}
-
-    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
-        with self._call() as client:
-            taken = client.eval(
-                _RENEW, 1, self._key("lease:", name), holder, str(max(1, int(seconds * 1000)))
-            )
-        return bool(taken)
-
-    def release_lease(self, name: str, holder: str) -> None:
-        with self._call() as client:
-            client.eval(_RELEASE, 1, self._key("lease:", name), holder)
-
-    def compare_and_set(self, name: str, expected: str | None, value: str) -> str | None:
-        # The braces make the name the key's hash tag.
-        key = self._key("{shared:", name, "}")
-        with self._call() as client:
-            found = client.eval(
-                _COMPARE_AND_SET, 1, key, "" if expected is None else "=" + expected, value
-            )
-        return None if found is None else _text(found)
-
-    def enqueue(self, topic: str, key: str, payload: str) -> None:
-        with self._call() as client:
-            client.eval(_ENQUEUE, 0, self.prefix, topic, key, payload, repr(time.time()))
-
-    def claim(self, now: float, lease: float, limit: int) -> list[stores.OutboxItem]:
-        with self._call() as client:
-            rows = client.eval(_CLAIM, 0, self.prefix, repr(now), repr(now + lease), limit)
-        return [
-            stores.OutboxItem(
-                id=_text(id_),
-                topic=_text(topic),
-                key=_text(key),
-                payload=_text(payload),
-                attempts=int(attempts),
-                created_at=float(created_at),
-            )
-            for id_, topic, key, payload, attempts, created_at in rows
-        ]
-
-    def complete(self, item: stores.OutboxItem) -> None:
-        with self._call() as client:
-            client.eval(_FINISH, 0, self.prefix, item.id, "done", "")
-
-    def reschedule(self, item: stores.OutboxItem, next_at: float, error: str) -> None:
-        with self._call() as client:
-            pipeline = client.pipeline(transaction=True)
-            pipeline.zadd(self._key("ob:due"), {item.id: next_at}, xx=True)
-            pipeline.hset(self._key("ob:i:", item.id), "error", error[:2000])
-            pipeline.execute()
-
-    def abandon(self, item: stores.OutboxItem, error: str) -> None:
-        with self._call() as client:
-            client.eval(_FINISH, 0, self.prefix, item.id, "abandoned", error[:2000])
-
-    def outbox_counts(self) -> dict[str, int]:
-        with self._call() as client:
-            values = client.hgetall(self._key("ob:counts"))
-        return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
-
-    # Near-duplicates. Every command reads or writes one key: a picture's record
-    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames in the index), one
-    # hash per band of the index, 'fpi:<band>' (field: the band's value in hex; value: its
-    # entries end to end, each the 24-byte fingerprint then the 32-byte content hash), and
-    # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
-    # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
-    # an entry costs its 56 bytes and no key of its own.
-
-    def _band_key(self, band: int) -> str:
-        return self._key(f"fpi:{band}")
-
-    def _entries(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
-    ) -> set[tuple[int, str, bytes]]:
-        digest = bytes.fromhex(sha256)
-        return {
-            (band, _field(value), print_.to_bytes() + digest)
-            for frame, print_ in prints.items()
-            if frame in indexed
-            for band, value in enumerate(print_.bands())
-        }
-
-    def put_fingerprints(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
-    ) -> None:
-        record = self._key("fp:{", sha256, "}")
-        with self._call() as client:
-            old_prints, old_indexed = _fingerprint_record(client.get(record))
-            old = self._entries(sha256, old_prints, old_indexed)
-            new = self._entries(sha256, prints, indexed)
-            # The index first, the record last: a call cut short leaves the record naming
-            # what the index held before, and the next call mends both. An entry left over
-            # names a picture that lookups find no longer rejected, and skip.
-            pipeline = client.pipeline(transaction=False)
-            for band, field, entry in old - new:
-                pipeline.eval(_INDEX_ENTRY, 1, self._band_key(band), field, entry, "0")
-            for band, field, entry in new - old:
-                pipeline.eval(_INDEX_ENTRY, 1, self._band_key(band), field, entry, "1")
-            pipeline.set(
-                record,
-                json.dumps(
-                    {
-                        "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
-                        "indexed": sorted(frame for frame in indexed if frame in prints),
-                    },
-                    separators=(",", ":"),
-                ),
-            )
-            pipeline.execute()
-
-    def fingerprints(self, sha256: str) -> dict[int, Print]:
-        with self._call() as client:
-            prints, _ = _fingerprint_record(client.get(self._key("fp:{", sha256, "}")))
-        return prints
-
-    def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
-        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
-        if not asked:
-            return []
-        with self._call() as client:
-            pipeline = client.pipeline(transaction=False)
-            for band, values in asked:
-                pipeline.hmget(self._band_key(band), [_field(value) for value in values])
-            answers = pipeline.execute()
-        kept = {
-            entries[start : start + _ENTRY]
-            for answer in answers
-            for entries in answer
-            if entries
-            for start in range(0, len(entries), _ENTRY)
-            if close(int.from_bytes(entries[start : start + 8], "big"))
-        }
-        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in kept]
-
-    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
-        with self._call() as client:
-            if linked:
-                client.sadd(self._key("dup:{", original, "}"), key)
-            else:
-                client.srem(self._key("dup:{", original, "}"), key)
-
-    def duplicates_of(self, original: str) -> list[str]:
-        with self._call() as client:
-            keys = client.smembers(self._key("dup:{", original, "}"))
-        return sorted(_text(key) for key in keys)
-
-    def subscribe(self, changed: Callable[[str | None], None]) -> None:
-        self._changes.subscribe(changed)
-
-    def _listen(self) -> None:
-        """Forward change notifications; reconnect with backoff when Redis goes away."""
-        channel = self._key("changes")
-        delay = 0.1
-        while not self._changes.closed.is_set():
-            # health_check_interval pings an idle connection, so one that silently stopped
-            # carrying traffic is noticed within seconds, not at the kernel's keepalive.
-            client = redis.Redis.from_url(
-                self.url,
-                socket_connect_timeout=self.timeout,
-                socket_keepalive=True,
-                health_check_interval=5,
-            )
-            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(channel)
-                # Changes made while nobody listened are unknown: forget everything.
-                self._changes.notify(None)
-                delay = 0.1
-                while not self._changes.closed.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "message":
-                        data = _text(message["data"])
-                        # 32 hex digits of the sender, then the key.
-                        if data[:32] != self._changes.sender:
-                            self._changes.notify(data[32:])
-            except redis.exceptions.RedisError as error:
-                logger.warning("decision change notifications interrupted: %s", error)
-                self._changes.closed.wait(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                pubsub.close()
-                client.close()
-
-    def close(self) -> None:
-        self._changes.closed.set()
-        with self._lock:
-            if self._client is not None and self._pid == os.getpid():
-                self._client.close()
-            self._client = None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _field(value: int) -> str:
-    """A band value as the field of its band's hash."""
-    return f"{value:0{BAND_BITS // 4}x}"
-
-
-def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
-    """A picture's fingerprints and its frames in the index, from its record (or none)."""
-    if not body:
-        return {}, []
-    data = json.loads(body)
-    prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
-    return prints, [int(frame) for frame in data.get("indexed", [])]
-
-
-def _event_json(event: Event) -> str:
-    return json.dumps(event.to_dict(), separators=(",", ":"))

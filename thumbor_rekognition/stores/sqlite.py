@@ -5,6 +5,12 @@ connection after fork. Writes that must not race (an automatic decision landing 
 manual one) run inside ``BEGIN IMMEDIATE``. Every change is also written to a change log
 that each process polls, so an override made in one process reaches the others within
 a tenth of a second.
+
+One row per picture holds its decision as a compact record (``records``), its history
+and its recorded paths, in a table without rowids keyed by the picture's key; the
+content-hash index keeps 8 bytes of the hash, and only pictures that are not approved
+are indexed by status (approved ones are listed by reading the table in key order).
+Fingerprints, links to duplicates and shared values have tables of their own.
 """
 
 from __future__ import annotations
@@ -21,35 +27,27 @@ from typing import TYPE_CHECKING
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.stores import records
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
+CREATE TABLE IF NOT EXISTS pictures (
     key TEXT PRIMARY KEY,
-    sha256 TEXT NOT NULL,
-    status TEXT NOT NULL,
-    source TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_by_sha256 ON decisions (sha256);
-CREATE INDEX IF NOT EXISTS decisions_by_status ON decisions (status, key);
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    at REAL NOT NULL,
-    status TEXT,
-    source TEXT,
-    actor TEXT NOT NULL,
-    note TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_by_key ON history (key, id);
-CREATE TABLE IF NOT EXISTS results (
-    key TEXT NOT NULL,
-    path TEXT NOT NULL,
-    PRIMARY KEY (key, path)
+    -- The first bytes of the SHA-256 (NULL without a decision): readers check the rest.
+    sha BLOB,
+    -- 0 approved, 1 rejected, 2 pending: NULL once the decision is forgotten.
+    status INTEGER,
+    record BLOB,
+    history BLOB NOT NULL DEFAULT x'',
+    paths BLOB NOT NULL DEFAULT x''
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pictures_by_sha ON pictures (sha) WHERE sha IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pictures_waiting ON pictures (status, key) WHERE status > 0;
+CREATE TABLE IF NOT EXISTS tallies (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -119,6 +117,28 @@ BUSY_TIMEOUT = 10.0
 POLL_SECONDS = 0.1
 # Band values per statement of an index lookup, well under SQLite's limit on parameters.
 PROBES_PER_QUERY = 500
+# PRAGMA user_version of a file in this format; the previous one (JSON documents in a
+# 'decisions' table) left it at 0.
+FORMAT = 2
+# Bytes of a content hash the index keeps.
+HASH_PREFIX = 8
+_STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
+
+
+_PAGE = "SELECT key, record FROM pictures WHERE key > ? AND record IS NOT NULL ORDER BY key LIMIT ?"
+# Most decisions are approved: read in key order, skipping the others.
+_PAGE_APPROVED = (
+    "SELECT key, record FROM pictures WHERE key > ? AND status = 0 ORDER BY key LIMIT ?"
+)
+# Through the partial index of the statuses other than approved ('status > 0').
+_PAGE_WAITING = (
+    "SELECT key, record FROM pictures WHERE status = ? AND status > 0 AND key > ? "
+    "ORDER BY key LIMIT ?"
+)
+
+
+class PreviousFormat(stores.StoreUnavailable):
+    """The file holds decisions in the previous format: `migrate-store` converts them."""
 
 
 def _initialise(connection: sqlite3.Connection) -> None:
@@ -134,13 +154,31 @@ def _initialise(connection: sqlite3.Connection) -> None:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            _check_format(connection)
             connection.executescript(SCHEMA)
+            connection.execute(f"PRAGMA user_version = {FORMAT}")
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+def _check_format(connection: sqlite3.Connection) -> None:
+    """Refuse a file of another format rather than misread it."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version == FORMAT:
+        return
+    if version > FORMAT:
+        raise sqlite3.DatabaseError(f"format {version}, which this version cannot read")
+    old = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'"
+    ).fetchone()
+    if old:
+        raise PreviousFormat(
+            "the decisions are in the previous format; run `thumbor-moderation migrate-store` once"
+        )
 
 
 class Store(stores.Store):
@@ -172,7 +210,7 @@ class Store(stores.Store):
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
             _initialise(connection)
-        except (sqlite3.Error, OSError) as error:
+        except (sqlite3.Error, OSError, PreviousFormat) as error:
             if connection is not None:
                 connection.close()
             raise stores.StoreUnavailable(f"SQLite store {self.path}: {error}") from error
@@ -203,25 +241,37 @@ class Store(stores.Store):
 
     def get(self, key: str) -> Decision | None:
         with self._cursor() as cursor:
-            row = cursor.execute("SELECT body FROM decisions WHERE key = ?", (key,)).fetchone()
-        return Decision.from_json(row[0]) if row else None
+            row = cursor.execute(
+                "SELECT record FROM pictures WHERE key = ? AND record IS NOT NULL", (key,)
+            ).fetchone()
+        return records.decode_decision(key, row[0]) if row else None
+
+    def find_all_by_hash(self, sha256: str) -> list[Decision]:
+        digest = records.raw_sha(sha256)
+        if not digest:
+            return []
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT key, record FROM pictures WHERE sha = ? ORDER BY key",
+                (digest[:HASH_PREFIX],),
+            ).fetchall()
+        decisions = (records.decode_decision(key, record) for key, record in rows)
+        return [decision for decision in decisions if decision.sha256 == sha256]
 
     def find_by_hash(self, sha256: str) -> Decision | None:
-        with self._cursor() as cursor:
-            row = cursor.execute(
-                "SELECT body FROM decisions WHERE sha256 = ? "
-                "AND (status != ? OR json_extract(body, '$.error') = '') "
-                "ORDER BY source = 'manual' DESC, updated_at DESC LIMIT 1",
-                (sha256, Status.PENDING.value),
-            ).fetchone()
-        return Decision.from_json(row[0]) if row else None
+        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
+        if not standing:
+            return None
+        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
 
     def save(self, decision: Decision, event: Event) -> Decision:
+        record = records.encode_decision(decision)
         with self._cursor(write=True) as cursor:
             row = cursor.execute(
-                "SELECT body FROM decisions WHERE key = ?", (decision.key,)
+                "SELECT record, history, paths FROM pictures WHERE key = ?", (decision.key,)
             ).fetchone()
-            current = Decision.from_json(row[0]) if row else None
+            old, history, paths = row if row else (None, b"", b"")
+            current = records.decode_decision(decision.key, old) if old else None
             if (
                 current is not None
                 and decision.source is not Source.MANUAL
@@ -232,28 +282,47 @@ class Store(stores.Store):
             # The picture is judged: whoever held the right to judge it no longer needs it.
             cursor.execute("DELETE FROM leases WHERE name = ?", ("judge:" + decision.sha256,))
             cursor.execute(
-                "INSERT OR REPLACE INTO decisions (key, sha256, status, source, updated_at, body) "
+                "INSERT OR REPLACE INTO pictures (key, sha, status, record, history, paths) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     decision.key,
-                    decision.sha256,
-                    decision.status.value,
-                    decision.source.value,
-                    decision.updated_at,
-                    decision.to_json(),
+                    records.sha_of(record)[:HASH_PREFIX] or None,
+                    records.status_of(record),
+                    record,
+                    history + records.join([records.encode_event(event)]),
+                    paths,
                 ),
             )
-            self._log(cursor, decision.key, event)
+            self._tally(cursor, current, -1)
+            self._tally(cursor, decision, 1)
             self._changed(cursor, decision.key)
-        return decision
+        return records.decode_decision(decision.key, record)
 
     def delete(self, key: str, event: Event) -> bool:
         with self._cursor(write=True) as cursor:
-            deleted = cursor.execute("DELETE FROM decisions WHERE key = ?", (key,)).rowcount
-            if deleted:
-                self._log(cursor, key, event)
-                self._changed(cursor, key)
-        return bool(deleted)
+            row = cursor.execute(
+                "SELECT record, history FROM pictures WHERE key = ? AND record IS NOT NULL", (key,)
+            ).fetchone()
+            if row is None:
+                return False
+            cursor.execute(
+                "UPDATE pictures SET sha = NULL, status = NULL, record = NULL, history = ? "
+                "WHERE key = ?",
+                (row[1] + records.join([records.encode_event(event)]), key),
+            )
+            self._tally(cursor, records.decode_decision(key, row[0]), -1)
+            self._changed(cursor, key)
+        return True
+
+    @staticmethod
+    def _tally(cursor: sqlite3.Cursor, decision: Decision | None, amount: int) -> None:
+        if decision is None:
+            return
+        cursor.execute(
+            "INSERT INTO tallies (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (f"{decision.status.value}.{decision.source.value}", amount),
+        )
 
     def _changed(self, cursor: sqlite3.Cursor, key: str) -> None:
         cursor.execute(
@@ -298,92 +367,65 @@ class Store(stores.Store):
         with contextlib.suppress(stores.StoreUnavailable), self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM changes WHERE at < ?", (time.time() - 3600,))
 
-    @staticmethod
-    def _log(cursor: sqlite3.Cursor, key: str, event: Event) -> None:
-        cursor.execute(
-            "INSERT INTO history (key, at, status, source, actor, note) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                event.at,
-                event.status.value if event.status else None,
-                event.source.value if event.source else None,
-                event.actor,
-                event.note,
-            ),
-        )
-
     def history(self, key: str) -> list[Event]:
         with self._cursor() as cursor:
-            rows = cursor.execute(
-                "SELECT at, status, source, actor, note FROM history WHERE key = ? ORDER BY id",
-                (key,),
-            ).fetchall()
-        return [
-            Event(
-                at=at,
-                status=Status(status) if status else None,
-                source=Source(source) if source else None,
-                actor=actor,
-                note=note,
-            )
-            for at, status, source, actor, note in rows
-        ]
+            row = cursor.execute("SELECT history FROM pictures WHERE key = ?", (key,)).fetchone()
+        return [records.decode_event(item) for item in records.split(row[0] if row else b"")]
 
     def page(
         self, status: Status | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Decision], str | None]:
         if limit < 1:
             raise ValueError(f"page limit must be at least 1, got {limit}")
-        query = "SELECT key, body FROM decisions WHERE key > ?"
-        arguments: list[object] = [cursor or ""]
-        if status is not None:
-            query += " AND status = ?"
-            arguments.append(status.value)
-        query += " ORDER BY key LIMIT ?"
-        arguments.append(limit + 1)
+        arguments: list[object]
+        if status is None:
+            query, arguments = _PAGE, [cursor or ""]
+        elif status is Status.APPROVED:
+            query, arguments = _PAGE_APPROVED, [cursor or ""]
+        else:
+            query, arguments = _PAGE_WAITING, [_STATUS_NUMBERS[status], cursor or ""]
         with self._cursor() as db:
-            rows = db.execute(query, arguments).fetchall()
-        page = [Decision.from_json(body) for _, body in rows[:limit]]
+            rows = db.execute(query, [*arguments, limit + 1]).fetchall()
+        page = [records.decode_decision(key, record) for key, record in rows[:limit]]
         next_cursor = rows[limit - 1][0] if len(rows) > limit else None
         return page, next_cursor
 
     def counts(self) -> dict[str, int]:
         with self._cursor() as cursor:
-            rows = cursor.execute(
-                "SELECT status, source, COUNT(*) FROM decisions GROUP BY status, source"
-            ).fetchall()
+            rows = cursor.execute("SELECT name, value FROM tallies WHERE value != 0").fetchall()
         counts: dict[str, int] = {}
-        for status, source, count in rows:
-            counts[status] = counts.get(status, 0) + count
-            counts[f"{status}.{source}"] = count
+        for name, value in rows:
+            status = name.split(".")[0]
+            counts[status] = counts.get(status, 0) + value
+            counts[name] = value
         return counts
 
-    def find_all_by_hash(self, sha256: str) -> list[Decision]:
-        if not sha256:
-            return []
-        with self._cursor() as cursor:
-            rows = cursor.execute(
-                "SELECT body FROM decisions WHERE sha256 = ? ORDER BY key", (sha256,)
-            ).fetchall()
-        return [Decision.from_json(body) for (body,) in rows]
-
     def add_results(self, key: str, paths: list[str]) -> None:
+        if not paths:
+            return
         with self._cursor(write=True) as cursor:
-            cursor.executemany(
-                "INSERT OR IGNORE INTO results (key, path) VALUES (?, ?)",
-                [(key, path) for path in paths],
+            row = cursor.execute("SELECT paths FROM pictures WHERE key = ?", (key,)).fetchone()
+            recorded = list(records.split(row[0])) if row else []
+            known = set(recorded)
+            for path in paths:
+                item = records.encode_path(key, path)
+                if item not in known:
+                    known.add(item)
+                    recorded.append(item)
+            cursor.execute(
+                "INSERT INTO pictures (key, paths) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET paths = excluded.paths",
+                (key, records.join(recorded)),
             )
 
     def results(self, key: str) -> list[str]:
         with self._cursor() as cursor:
-            rows = cursor.execute(
-                "SELECT path FROM results WHERE key = ? ORDER BY rowid", (key,)
-            ).fetchall()
-        return [path for (path,) in rows]
+            row = cursor.execute("SELECT paths FROM pictures WHERE key = ?", (key,)).fetchone()
+        return [records.decode_path(key, item) for item in records.split(row[0] if row else b"")]
 
     def drop_results(self, key: str) -> None:
         with self._cursor(write=True) as cursor:
-            cursor.execute("DELETE FROM results WHERE key = ?", (key,))
+            cursor.execute("UPDATE pictures SET paths = x'' WHERE key = ?", (key,))
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._cursor(write=True) as cursor:
@@ -557,9 +599,94 @@ class Store(stores.Store):
             ).fetchall()
         return [key for (key,) in rows]
 
+    def migrate(self) -> int:
+        """Convert a file of the previous format (JSON documents in a 'decisions' table,
+        history and results in tables of their own) in one transaction."""
+        try:
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as error:
+            raise stores.StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                _check_format(connection)
+                converted = 0
+            except PreviousFormat:
+                converted = _convert(connection)
+            connection.execute("COMMIT")
+            return converted
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                connection.rollback()
+            raise stores.StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+        finally:
+            connection.close()
+
     def close(self) -> None:
         self._changes.closed.set()
         with self._lock:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
+
+
+def _convert(connection: sqlite3.Connection) -> int:
+    """Rows of the previous format's tables into pictures, inside the caller's transaction."""
+    # executescript() would commit the caller's transaction: one statement at a time
+    # (the schema has no ';' but between statements).
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    keys = [
+        key
+        for (key,) in connection.execute(
+            "SELECT key FROM decisions UNION SELECT key FROM history UNION "
+            "SELECT key FROM results ORDER BY key"
+        )
+    ]
+    tallies: dict[str, int] = {}
+    for key in keys:
+        body = connection.execute("SELECT body FROM decisions WHERE key = ?", (key,)).fetchone()
+        decision = Decision.from_json(body[0]) if body else None
+        record = records.encode_decision(decision) if decision else None
+        events = [
+            Event(
+                at=at,
+                status=Status(status) if status else None,
+                source=Source(source) if source else None,
+                actor=actor,
+                note=note,
+            )
+            for at, status, source, actor, note in connection.execute(
+                "SELECT at, status, source, actor, note FROM history WHERE key = ? ORDER BY id",
+                (key,),
+            )
+        ]
+        paths = [
+            path
+            for (path,) in connection.execute(
+                "SELECT path FROM results WHERE key = ? ORDER BY rowid", (key,)
+            )
+        ]
+        connection.execute(
+            "INSERT OR REPLACE INTO pictures (key, sha, status, record, history, paths) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                records.sha_of(record)[:HASH_PREFIX] or None if record else None,
+                records.status_of(record) if record else None,
+                record,
+                records.join([records.encode_event(event) for event in events]),
+                records.join([records.encode_path(key, path) for path in paths]),
+            ),
+        )
+        if decision is not None:
+            name = f"{decision.status.value}.{decision.source.value}"
+            tallies[name] = tallies.get(name, 0) + 1
+    connection.execute("DELETE FROM tallies")
+    connection.executemany("INSERT INTO tallies (name, value) VALUES (?, ?)", tallies.items())
+    for table in ("decisions", "history", "results"):
+        connection.execute(f"DROP TABLE {table}")
+    connection.execute(f"PRAGMA user_version = {FORMAT}")
+    return len(keys)
