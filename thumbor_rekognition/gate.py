@@ -73,13 +73,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                 self.moderation_status = status
                 if refuses(self._runtime, decision):
                     await self._evict_original(decision)
-                    if self._runtime.settings.rejected_response == "forbidden":
-                        self._error(FORBIDDEN)
-                        return
-                    self._substitute_placeholder(decision)
-                    rendered = self._runtime.placeholders.get(self.placeholder_key)
-                    if rendered is not None:
-                        await self._write_results_to_client(*rendered)
+                    if await self._refuse(decision):
                         return
                 else:
                     keep_out_of_caches(self.context)
@@ -87,6 +81,19 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         # Not judged yet: the moderating STORAGE judges a stored original before handing it
         # out, and the moderating RESULT_STORAGE answers no result without an approval.
         await super().execute_image_operations()
+
+    async def _refuse(self, decision: Decision) -> bool:
+        """Answer the 403, or the placeholder when already rendered at this size; False
+        when the placeholder is still to be rendered (the request is set up for it)."""
+        if self._runtime.settings.rejected_response == "forbidden":
+            self._error(FORBIDDEN)
+            return True
+        self._substitute_placeholder(decision)
+        rendered = self._runtime.placeholders.get(self.placeholder_key)
+        if rendered is None:
+            return False
+        await self._write_results_to_client(*rendered)
+        return True
 
     async def _evict_original(self, decision: Decision) -> None:
         # A picture rejected before STORAGE was read (elsewhere, or by thresholds changed
@@ -178,13 +185,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
             return
         overlap.restore(self.context.request)
         keep_out_of_caches(self.context)
-        if self._runtime.settings.rejected_response == "forbidden":
-            self._error(FORBIDDEN)
-            return
-        self._substitute_placeholder(decision)
-        rendered = self._runtime.placeholders.get(self.placeholder_key)
-        if rendered is not None:
-            await self._write_results_to_client(*rendered)
+        if await self._refuse(decision):
             return
         # Rendered afresh from where the loader answered: new engines (the first
         # rendering's frames and sizes stay with the old ones), and only the filters that
