@@ -23,7 +23,7 @@ from thumbor.result_storages import BaseStorage, ResultStorageResult
 from thumbor_rekognition import aws_caches, provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.caches import remove_result
-from thumbor_rekognition.decision import Status
+from thumbor_rekognition.decision import Decision, Status
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
             body = data[:-ONE_PICTURE_TRAILER]
         else:
             kept = unpack(data)
-            if kept is None or not await self._approved(kept[0]):
+            if kept is None or not await self._approved(kept[0], main):
                 return None
             body = kept[1]
         if not stored:
@@ -123,11 +123,12 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         value = self.source.last_updated()
         return await value if inspect.isawaitable(value) else value
 
-    async def _approved(self, hashes: list[bytes]) -> bool:
+    async def _approved(self, hashes: list[bytes], main: Decision | None) -> bool:
+        """Whether every picture of a result is approved, the main one as its URL shows
+        now (main: its decision as the gate read it, None to ask)."""
         moderator = self._runtime.moderator
-        main = getattr(self.context, MAIN_DECISION, None) or await moderator.lookup(
-            provenance.of(self.context).main
-        )
+        if main is None:
+            main = await moderator.lookup(provenance.of(self.context).main)
         if main is None or main.status is not Status.APPROVED or main.digest != hashes[0]:
             # The URL shows other content now (or its decision is not known): re-render.
             return False

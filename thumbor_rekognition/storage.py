@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -79,13 +80,8 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         return None
 
     async def put(self, path: str, file_bytes: bytes) -> str:
-        overlap = self._judged_meanwhile(path)
-        if overlap is not None:
-            # Thumbor stores the original before it renders it: the rendering goes on,
-            # the write waits for the approval.
-            overlap.after_approval(path, functools.partial(self._put, path, file_bytes))
-            return path
-        return await self._put(path, file_bytes)
+        await self._once_approved(path, functools.partial(self._put, path, file_bytes))
+        return path
 
     async def _put(self, path: str, file_bytes: bytes) -> str:
         data = bytes(file_bytes)
@@ -128,34 +124,29 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         await self.source.remove(path)
 
     async def put_crypto(self, path: str) -> Any:
-        overlap = self._judged_meanwhile(path)
-        if overlap is not None:
-            overlap.after_approval(path, functools.partial(self.source.put_crypto, path))
-            return None
-        return await self.source.put_crypto(path)
+        return await self._once_approved(path, functools.partial(self.source.put_crypto, path))
 
     async def get_crypto(self, path: str) -> Any:
         return await self.source.get_crypto(path)
 
     async def put_detector_data(self, path: str, data: Any) -> Any:
-        overlap = self._judged_meanwhile(path)
-        if overlap is not None:
-            overlap.after_approval(
-                path, functools.partial(self.source.put_detector_data, path, data)
-            )
-            return None
-        return await self.source.put_detector_data(path, data)
+        return await self._once_approved(
+            path, functools.partial(self.source.put_detector_data, path, data)
+        )
 
     async def get_detector_data(self, path: str) -> Any:
         return await self.source.get_detector_data(path)
 
-    def _judged_meanwhile(self, path: str) -> Overlap | None:
-        """The judgement of the picture at path when it was loaded for a first view on
-        the image route, judged while Thumbor renders it: its writes wait for it."""
+    async def _once_approved(self, path: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        """Make a write of the picture at path now, or, when it was loaded for a first
+        view and is judged while Thumbor renders it, once it is approved (None then)."""
         overlap: Overlap | None = getattr(self.context.request_handler, "overlap", None)
         if overlap is None or normalise(path) != overlap.key:
-            return None
-        return overlap
+            return await write()
+        # Thumbor stores the original before it renders it: the rendering goes on, the
+        # write waits for the approval.
+        overlap.after_approval(path, write)
+        return None
 
     async def _judge(self, path: str, data: bytes) -> Decision | None:
         """The decision for these bytes at this path, or None when they are no picture."""
