@@ -35,6 +35,11 @@ NOT_AN_IMAGE = 400
 FORBIDDEN = 403
 INTERNAL_ERROR = 500
 HEADER_VALUES = {status: status.value for status in Status}
+APPROVED = Status.APPROVED
+# Thumbor's own steps, called without building a super() object on every request.
+_initialize = ImagingHandler.initialize
+_execute_image_operations = ImagingHandler.execute_image_operations
+_finish = ImagingHandler.finish
 
 
 class ModerationHandler(ImagingHandler):  # type: ignore[misc]
@@ -48,11 +53,21 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     overlap: Overlap | None = None
     _key = ""
 
+    _deadline: float | None = None
+
     def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
-        super().initialize(context)
+        _initialize(self, context)
         self._runtime: Runtime = runtime or runtime_for(context.config)
-        # Every wait for a judgement in this request counts against one budget.
-        self.deadline = time.monotonic() + self._runtime.settings.request_budget
+
+    @property
+    def deadline(self) -> float:
+        """When every wait for a judgement in this request ends: one budget from arrival."""
+        deadline = self._deadline
+        if deadline is None:
+            # Only a request that waits for a judgement asks: a cached hit never does.
+            arrived = time.monotonic() - self.request.request_time()
+            deadline = self._deadline = arrived + self._runtime.settings.request_budget
+        return deadline
 
     def validate(self, path: str) -> bool:
         # Thumbor asks LOADER, which asks the source loader: skipped when that checks nothing.
@@ -60,15 +75,16 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
 
     async def execute_image_operations(self) -> None:
         # The path of every cached approved hit: keep it to a dict probe and nothing else.
-        key = self._key = normalise(self.context.request.image_url)
+        context = self.context
+        key = self._key = normalise(context.request.image_url)
         moderator = self._runtime.moderator
-        decision = moderator.remembered(key) or await moderator.lookup(key, self.context.metrics)
+        decision = moderator.remembered(key) or await moderator.lookup(key, context.metrics)
         if decision is not None:
             status = decision.status
-            if status is Status.APPROVED:
+            if status is APPROVED:
                 self.moderation_status = status
                 # The moderating RESULT_STORAGE checks a result's hashes against it.
-                self.context.moderation_main_decision = decision
+                context.moderation_main_decision = decision
             elif not decision.needs_retry:
                 self.moderation_status = status
                 if refuses(self._runtime, decision):
@@ -80,7 +96,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                     self.context.modules.result_storage = None
         # Not judged yet: the moderating STORAGE judges a stored original before handing it
         # out, and the moderating RESULT_STORAGE answers no result without an approval.
-        await super().execute_image_operations()
+        await _execute_image_operations(self)
 
     async def _refuse(self, decision: Decision) -> bool:
         """Answer the 403, or the placeholder when already rendered at this size; False
@@ -207,13 +223,15 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         # found to differ from what its URL was known for).
         status = self.moderation_status
         if status is not None:
-            self.set_header(STATUS_HEADER, HEADER_VALUES[status])
-            if status is not Status.APPROVED:
+            # Into Tornado's headers directly: the values are this module's own constants,
+            # which set_header would check for line breaks on every response.
+            self._headers[STATUS_HEADER] = HEADER_VALUES[status]
+            if status is not APPROVED:
                 set_short_cache(self, self._runtime.settings.rejected_max_age)
             elif self._runtime.settings.cache_tag_header:
                 # Every size of one picture shares it: a CDN purges them all in one call.
                 self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
-        return super().finish(chunk)
+        return _finish(self, chunk)
 
 
 def refuses(runtime: Runtime, decision: Decision) -> bool:

@@ -68,23 +68,24 @@ class Runtime:
         _import_module("MODERATION_DECISION_STORE", settings.decision_store)
         _import_module("MODERATION_QUARANTINE", settings.quarantine)
         self._lock = threading.Lock()
-        self._moderator: Moderator | None = None
         # Threads, connections and clients do not survive a fork: a child builds its own.
         os.register_at_fork(after_in_child=functools.partial(_forget_moderator, weakref.ref(self)))
         self.placeholders = RenderCache(PLACEHOLDER_RENDERINGS)
         # Rejected pictures whose stored original the gate has moved to the quarantine.
         self.evicted: Bounded[bool] = Bounded(PLACEHOLDER_RENDERINGS * 40)
 
-    @property
-    def moderator(self) -> Moderator:
-        """This process's moderator, built on first use after fork."""
-        moderator = self._moderator
-        if moderator is not None:
-            return moderator
+    # This process's moderator, built on first use after fork: read on every request, so
+    # a plain attribute once built (__getattr__ is asked only while it is missing).
+    moderator: Moderator
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "moderator":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         with self._lock:
-            if self._moderator is None:
-                self._moderator = self._build_moderator()
-            return self._moderator
+            moderator = self.__dict__.get("moderator")
+            if moderator is None:
+                moderator = self.moderator = self._build_moderator()
+            return moderator
 
     def start_warm_up(self) -> None:
         """Build this process's clients or model in the background, ahead of requests."""
@@ -155,7 +156,7 @@ def _forget_moderator(reference: weakref.ref[Runtime]) -> None:
     runtime = reference()
     if runtime is not None:
         runtime._lock = threading.Lock()
-        runtime._moderator = None
+        runtime.__dict__.pop("moderator", None)
 
 
 # By config object (hashed by identity): Thumbor keeps one for the process's life.

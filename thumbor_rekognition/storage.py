@@ -101,12 +101,17 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
             await self._remove_quietly(path)
         return path
 
-    async def exists(self, path: str) -> bool:
-        found = await self.source.exists(path)
-        if not found or isinstance(self.context.request_handler, ModerationHandler):
+    def exists(self, path: str) -> Awaitable[bool]:
+        if isinstance(self.context.request_handler, ModerationHandler):
             # The image route asks only whether its path names an upload id; the gate and
-            # get judge the picture itself.
-            return bool(found)
+            # get judge the picture itself. The source's own answer, on every request.
+            found: Awaitable[bool] = self.source.exists(path)
+            return found
+        return self._exists_judged(path)
+
+    async def _exists_judged(self, path: str) -> bool:
+        if not await self.source.exists(path):
+            return False
         # The upload API reads what it was told exists: both answers must agree, so an
         # unknown picture is judged now.
         key = normalise(path)
