@@ -13,9 +13,9 @@ Figures, from one run on this machine:
 - SQLite: file size divided by decisions saved through save(), and, for --sqlite-decisions
   decisions built in bulk through the store's own schema, the file size per decision and
   the latency of get() and find_by_hash() (p50, p99, page cache warm).
-- Result-storage hits: stock Thumbor against Thumbor with the plugin on each store, in
-  alternating rounds (servers on one core, load generator on the other), in requests per
-  second and in CPU time of the Thumbor process per hit.
+- Result-storage hits: stock Thumbor against Thumbor with the plugin on each store, three
+  processes of each taken in turn in every round (servers on one core, load generator on
+  the other), in requests per second and in CPU time of the Thumbor process per hit.
 Keys are 53 characters (``cdn.example.com/photos/2024/05/img-00012345-large.jpg``); each
 key character costs about two bytes in either store (the decision and the hash index).
 """
@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import os
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -41,15 +40,16 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.run import (  # noqa: E402
     CLIENT_CPUS,
+    PROCESSES,
     SERVER_CPUS,
     STOCK_HANDLER_LISTS,
-    hammer,
+    compare_hits,
     percentile,
     photo_like,
 )
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.redis_server import RedisCluster, RedisServer  # noqa: E402
-from tests.servers import ThumborServer, base_config  # noqa: E402
+from tests.servers import base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
 from thumbor_rekognition import stores  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
@@ -140,12 +140,6 @@ def latencies(call: Callable[[int], object], numbers: list[int]) -> list[float]:
 def spread(count: int, samples: int) -> list[int]:
     step = max(1, count // samples)
     return [(number * 7919) % count for number in range(0, count, step)][:samples]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def used_memory(ports: list[int]) -> int:
@@ -305,46 +299,23 @@ def hit_figures(work: Path, fake: FakeRekognition, seconds: float, rounds: int) 
         config = base_config(work / name.replace(" ", "-"), images, fake.url)
         config.update(extra, MODERATION_CACHE_TTL_SECONDS=2.0)
         configs[name] = config
-    servers = {
-        name: ThumborServer(work / name.replace(" ", "-"), config, cpus=SERVER_CPUS)
-        for name, config in configs.items()
-    }
     path = "/unsafe/300x200/photo.jpg"
     try:
-        for server in servers.values():
-            server.start()
-            for _ in range(3):
-                assert server.get(path).status == 200
-        results: dict[str, list[float]] = {name: [] for name in servers}
-        # CPU time per hit of the server process: what the plugin adds, little disturbed by
-        # other work on the machine (which moves requests per second a lot).
-        cpu: dict[str, list[float]] = {name: [] for name in servers}
-        for _ in range(rounds):
-            for name, server in servers.items():
-                assert server.process is not None
-                before = cpu_seconds(server.process.pid)
-                started = time.monotonic()
-                rate = hammer(server.port, path, seconds, clients=4)
-                served = rate * (time.monotonic() - started)
-                results[name].append(rate)
-                cpu[name].append((cpu_seconds(server.process.pid) - before) / served * 1e6)
+        hits = compare_hits(work, configs, path, seconds, rounds)
     finally:
-        for server in servers.values():
-            server.stop()
         redis_server.stop()
         cluster.stop()
     print(
-        f"result-storage hits, 1 Thumbor process, 4 keep-alive clients, median of {rounds} "
-        "alternating rounds; ratios to stock Thumbor (goal >= 0.97x)"
+        f"result-storage hits, 4 keep-alive clients, {PROCESSES} Thumbor processes of each "
+        f"kind in turn, {rounds} rounds; ratios to stock Thumbor (goals >= 0.97x, <= 1.01x)"
     )
-    stock_cpu = statistics.median(cpu["stock"])
-    for name, rates in results.items():
-        ratios = [rate / base for rate, base in zip(rates, results["stock"], strict=True)]
-        per_hit = statistics.median(cpu[name])
+    stock = hits["stock"]
+    for name, figures in hits.items():
         print(
-            f"  {name:<14} {statistics.median(rates):6.0f} req/s {statistics.median(ratios):5.3f}x"
-            f"   {per_hit:5.0f} us CPU/hit {stock_cpu / per_hit:5.3f}x"
-            f"  (req/s rounds: {', '.join(f'{r:.0f}' for r in rates)})"
+            f"  {name:<14} {figures.rate:6.0f} req/s {figures.rate / stock.rate:5.3f}x"
+            f"   {figures.cpu_per_hit:5.0f} us CPU/hit"
+            f" {figures.cpu_per_hit / stock.cpu_per_hit:5.3f}x"
+            f"  (per process, req/s: {figures.spread()})"
         )
 
 
