@@ -104,6 +104,8 @@ class S3Faults:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Kept-alive connections: no delayed-ACK stall between headers and body.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
