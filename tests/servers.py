@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,11 +30,58 @@ DEFAULT_HANDLER_LISTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+# Ports handed out by this process: two servers asked for before either binds get two.
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random()
+LOWEST_PORT = 10_000
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's range of local ports for outgoing connections begins."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def free_port(span: int = 0) -> int:
+    """A port free now (and port + span too, when span is given) for a server to bind.
+
+    Taken below the kernel's ephemeral range: a port from that range, free when asked
+    for, can become the local port of any connection opened before the server binds it
+    (a busy suite opens many), and the server then fails with "Address already in use".
+    """
+    highest = _ephemeral_start() - span
+    if highest - LOWEST_PORT < 1_000:
+        # No room below the ephemeral range on this machine: the kernel's choice.
+        return _bindable_port_from_kernel(span)
+    for _ in range(1_000):
+        port = _PORTS.randrange(LOWEST_PORT, highest)
+        wanted = {port, port + span}
+        if wanted & _HANDED_OUT or not all(_bindable(each) for each in wanted):
+            continue
+        _HANDED_OUT.update(wanted)
         return port
+    raise RuntimeError(f"no free port between {LOWEST_PORT} and {highest}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _bindable_port_from_kernel(span: int) -> int:
+    for _ in range(1_000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if not span or _bindable(port + span):
+            return port
+    raise RuntimeError("no free port")
 
 
 @dataclass
