@@ -13,9 +13,10 @@ Figures, from one run on this machine:
 - SQLite: file size divided by decisions saved through save(), and, for --sqlite-decisions
   decisions built in bulk through the store's own schema, the file size per decision and
   the latency of get() and find_by_hash() (p50, p99, page cache warm).
-- Result-storage hits: stock Thumbor against Thumbor with the plugin on each store, three
-  processes of each taken in turn in every round (servers on one core, load generator on
-  the other), in requests per second and in CPU time of the Thumbor process per hit.
+- Result-storage hits: stock Thumbor against Thumbor with the plugin on each store (DynamoDB
+  on moto's server), three processes of each taken in turn in every round (servers on one
+  core, load generator on the other), in requests per second and in CPU time of the
+  Thumbor process per hit.
 Keys are 53 characters (``cdn.example.com/photos/2024/05/img-00012345-large.jpg``); each
 key character costs about two bytes in either store (the decision and the hash index).
 """
@@ -48,6 +49,7 @@ from benchmarks.run import (  # noqa: E402
     photo_like,
 )
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
+from tests.moto_server import moto_server  # noqa: E402
 from tests.redis_server import RedisCluster, RedisServer  # noqa: E402
 from tests.servers import base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
@@ -301,7 +303,17 @@ def hit_figures(work: Path, fake: FakeRekognition, seconds: float, rounds: int) 
         configs[name] = config
     path = "/unsafe/300x200/photo.jpg"
     try:
-        hits = compare_hits(work, configs, path, seconds, rounds)
+        # moto's server in this process, on the load generator's core.
+        with moto_server() as endpoint:
+            config = base_config(work / "dynamodb", images, fake.url)
+            config.update(
+                MODERATION_DECISION_STORE="thumbor_rekognition.stores.dynamodb",
+                MODERATION_DYNAMODB_ENDPOINT_URL=endpoint,
+                MODERATION_DYNAMODB_CREATE_TABLE=True,
+                MODERATION_CACHE_TTL_SECONDS=2.0,
+            )
+            configs["dynamodb"] = config
+            hits = compare_hits(work, configs, path, seconds, rounds)
     finally:
         redis_server.stop()
         cluster.stop()

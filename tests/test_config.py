@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from thumbor.config import Config
 
+from tests.servers import ThumborServer, base_config
 from thumbor_rekognition.config import ConfigurationError, Secret, Settings
 from thumbor_rekognition.policy import Policy
 
@@ -450,3 +452,37 @@ def test_a_project_version_that_is_not_an_adapter_arn_stops_start_up() -> None:
 
     assert "REKOGNITION_PROJECT_VERSION" in str(info.value)
     assert "project version ARN" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"MODERATION_DECISION_STORE": "thumbor_rekognition.stores.dynamodb"},
+         "MODERATION_DYNAMODB_TABLE"),
+        ({"MODERATION_DECISION_STORE": "thumbor_rekognition.stores.dynamodb",
+          "MODERATION_DYNAMODB_TABLE": "moderation",
+          "MODERATION_DYNAMODB_ENDPOINT_URL": "localhost:8000"},
+         "MODERATION_DYNAMODB_ENDPOINT_URL"),
+        ({"MODERATION_QUARANTINE": "thumbor_rekognition.quarantine.s3"},
+         "MODERATION_QUARANTINE_S3_BUCKET"),
+        ({"MODERATION_QUARANTINE": "thumbor_rekognition.quarantine.s3",
+          "MODERATION_QUARANTINE_S3_BUCKET": "s3://quarantine/originals"},
+         "MODERATION_QUARANTINE_S3_BUCKET"),
+    ],
+)  # fmt: skip
+def test_a_store_or_quarantine_that_cannot_work_stops_thumbor_at_start_up(
+    tmp_path: Path, extra: dict[str, str], key: str
+) -> None:
+    # Built in each process on first use, they would otherwise fail every request with a
+    # 500 and a traceback while Thumbor looked up and serving.
+    config = base_config(tmp_path, tmp_path / "images", None)
+    config.update(extra)
+    thumbor = ThumborServer(tmp_path, config)
+
+    thumbor.start(wait=False)
+    code = thumbor.wait_exit()
+
+    assert code != 0
+    assert f"Config '{key}'" in thumbor.log
+    assert "cannot start" in thumbor.log
+    assert "Traceback" not in thumbor.log

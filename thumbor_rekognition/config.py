@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import botocore.utils
 from thumbor.config import Config
 
 from thumbor_rekognition import duplicates, policy, taxonomy
@@ -513,6 +514,18 @@ _PROJECT_VERSION_ARN = (
 
 class ConfigurationError(ValueError):
     """A configuration value the plugin cannot work with; the message names the key."""
+
+
+def checked_endpoint_url(key: str, value: str | None, example: str) -> str | None:
+    """An endpoint URL from the config (None: the service's own), or ConfigurationError."""
+    if value is not None and not (
+        botocore.utils.is_valid_endpoint_url(value)
+        or botocore.utils.is_valid_ipv6_endpoint_url(value)
+    ):
+        raise ConfigurationError(
+            f"Config '{key}' has value {value!r}. Not a URL such as {example!r}."
+        )
+    return value
 
 
 @dataclass(frozen=True)

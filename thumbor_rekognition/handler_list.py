@@ -12,7 +12,7 @@ from typing import Any
 
 from libthumbor.url import Url
 
-from thumbor_rekognition import admin
+from thumbor_rekognition import admin, quarantine, stores
 from thumbor_rekognition.config import ConfigurationError
 from thumbor_rekognition.gate import ModerationHandler
 from thumbor_rekognition.runtime import runtime_for
@@ -24,6 +24,9 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     """Validate the configuration and route image requests through the gate."""
     try:
         runtime = runtime_for(context.config)
+        # What the store and the quarantine would refuse in each process: refused here.
+        stores.check_settings(runtime.settings)
+        quarantine.check_settings(runtime.settings)
         _check_loader(context)
         _check_storages(context)
         _check_order(context.config)

@@ -27,6 +27,11 @@ class Quarantine:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
+    @classmethod
+    def check_settings(cls, settings: Settings) -> None:
+        """Raise ConfigurationError for settings this quarantine cannot work with, without
+        connecting to anything: Thumbor's start-up asks, before it forks."""
+
     def put(self, sha256: str, data: bytes) -> None:
         """Keep an original (idempotent)."""
         raise NotImplementedError
@@ -49,11 +54,19 @@ def checked(sha256: str) -> str:
 
 def load_quarantine(settings: Settings) -> Quarantine:
     """Instantiate the Quarantine class of the module MODERATION_QUARANTINE names."""
+    return _quarantine_class(settings)(settings)
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise ConfigurationError if the configured quarantine cannot work with these settings."""
+    _quarantine_class(settings).check_settings(settings)
+
+
+def _quarantine_class(settings: Settings) -> type[Quarantine]:
     module = importlib.import_module(settings.quarantine)
     quarantine_class = getattr(module, "Quarantine", None)
     if not isinstance(quarantine_class, type) or not issubclass(quarantine_class, Quarantine):
         raise TypeError(
             f"MODERATION_QUARANTINE module {settings.quarantine} has no Quarantine class"
         )
-    quarantine: Quarantine = quarantine_class(settings)
-    return quarantine
+    return quarantine_class

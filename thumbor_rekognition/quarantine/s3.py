@@ -18,7 +18,7 @@ from thumbor.engines import BaseEngine
 
 from thumbor_rekognition import quarantine
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.config import ConfigurationError, checked_endpoint_url
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -56,33 +56,17 @@ class Quarantine(quarantine.Quarantine):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.bucket = settings.quarantine_s3_bucket.strip()
-        if not self.bucket:
-            raise ConfigurationError(
-                "Config 'MODERATION_QUARANTINE_S3_BUCKET' is empty. "
-                "MODERATION_QUARANTINE = 'thumbor_rekognition.quarantine.s3' needs a bucket."
-            )
-        if not (
-            botocore.handlers.VALID_BUCKET.match(self.bucket)
-            or botocore.handlers.VALID_S3_ARN.match(self.bucket)
-        ):
-            raise ConfigurationError(
-                f"Config 'MODERATION_QUARANTINE_S3_BUCKET' has value {self.bucket!r}. "
-                "Not a bucket name (write 'my-bucket', not 's3://my-bucket/path')."
-            )
+        self.bucket = _bucket_name(settings.quarantine_s3_bucket)
         self.prefix = _folder(settings.quarantine_s3_prefix)
         self.region = settings.quarantine_s3_region.strip() or settings.rekognition_region
-        self.endpoint_url = settings.quarantine_s3_endpoint_url
-        if self.endpoint_url is not None and not (
-            botocore.utils.is_valid_endpoint_url(self.endpoint_url)
-            or botocore.utils.is_valid_ipv6_endpoint_url(self.endpoint_url)
-        ):
-            raise ConfigurationError(
-                f"Config 'MODERATION_QUARANTINE_S3_ENDPOINT_URL' has value "
-                f"{self.endpoint_url!r}. Not a URL such as 'http://127.0.0.1:9000'."
-            )
+        self.endpoint_url = _endpoint_url(settings.quarantine_s3_endpoint_url)
         self._workers = settings.workers
         self._client: PerProcess[Any] = PerProcess(self._build_client)
+
+    @classmethod
+    def check_settings(cls, settings: Settings) -> None:
+        _bucket_name(settings.quarantine_s3_bucket)
+        _endpoint_url(settings.quarantine_s3_endpoint_url)
 
     def client(self) -> Any:
         """The process's S3 client, built on first use so that it is built after fork."""
@@ -194,3 +178,26 @@ def _folder(prefix: str) -> str:
 def _content_type(data: bytes) -> str:
     mime: str | None = BaseEngine.get_mimetype(data)
     return mime or "application/octet-stream"
+
+
+def _bucket_name(value: str) -> str:
+    bucket = value.strip()
+    if not bucket:
+        raise ConfigurationError(
+            "Config 'MODERATION_QUARANTINE_S3_BUCKET' is empty. "
+            "MODERATION_QUARANTINE = 'thumbor_rekognition.quarantine.s3' needs a bucket."
+        )
+    if not (
+        botocore.handlers.VALID_BUCKET.match(bucket) or botocore.handlers.VALID_S3_ARN.match(bucket)
+    ):
+        raise ConfigurationError(
+            f"Config 'MODERATION_QUARANTINE_S3_BUCKET' has value {bucket!r}. "
+            "Not a bucket name (write 'my-bucket', not 's3://my-bucket/path')."
+        )
+    return bucket
+
+
+def _endpoint_url(value: str | None) -> str | None:
+    return checked_endpoint_url(
+        "MODERATION_QUARANTINE_S3_ENDPOINT_URL", value, "http://127.0.0.1:9000"
+    )

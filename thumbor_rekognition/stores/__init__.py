@@ -64,6 +64,11 @@ class Store:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
+    @classmethod
+    def check_settings(cls, settings: Settings) -> None:
+        """Raise ConfigurationError for settings this store cannot work with, without
+        connecting to anything: Thumbor's start-up asks, before it forks."""
+
     def get(self, key: str) -> Decision | None:
         """The decision for a key, if any."""
         raise NotImplementedError
@@ -237,11 +242,19 @@ class ChangeFeed:
 
 def load_store(settings: Settings) -> Store:
     """Instantiate the Store class of the module MODERATION_DECISION_STORE names."""
+    return _store_class(settings)(settings)
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise ConfigurationError if the configured store cannot work with these settings."""
+    _store_class(settings).check_settings(settings)
+
+
+def _store_class(settings: Settings) -> type[Store]:
     module = importlib.import_module(settings.decision_store)
     store_class = getattr(module, "Store", None)
     if not isinstance(store_class, type) or not issubclass(store_class, Store):
         raise TypeError(
             f"MODERATION_DECISION_STORE module {settings.decision_store} has no Store class"
         )
-    store: Store = store_class(settings)
-    return store
+    return store_class

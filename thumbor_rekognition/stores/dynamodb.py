@@ -47,7 +47,7 @@ import botocore.utils
 
 from thumbor_rekognition import stores
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.config import ConfigurationError, checked_endpoint_url
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
@@ -106,6 +106,11 @@ class Store(stores.Store):
 
     propagation_seconds = 2 * POLL_SECONDS
 
+    @classmethod
+    def check_settings(cls, settings: Settings) -> None:
+        _table_name(settings.dynamodb_table)
+        _endpoint_url(settings.dynamodb_endpoint_url)
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -117,35 +122,17 @@ class Store(stores.Store):
         timeout: float | None = None,
     ) -> None:
         super().__init__(settings)
-        self.table = (
+        self.table = _table_name(
             table if table is not None else (settings.dynamodb_table if settings else "")
-        ).strip()
-        if not self.table:
-            raise ConfigurationError(
-                "Config 'MODERATION_DYNAMODB_TABLE' is empty. MODERATION_DECISION_STORE = "
-                "'thumbor_rekognition.stores.dynamodb' needs a table."
-            )
-        if not TABLE_NAME.match(self.table):
-            raise ConfigurationError(
-                f"Config 'MODERATION_DYNAMODB_TABLE' has value {self.table!r}. "
-                "Not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -)."
-            )
+        )
         self.region = region or (
             (settings.dynamodb_region or settings.rekognition_region) if settings else "us-east-1"
         )
-        self.endpoint_url = (
+        self.endpoint_url = _endpoint_url(
             endpoint_url
             if endpoint_url is not None
             else (settings.dynamodb_endpoint_url if settings else None)
         )
-        if self.endpoint_url is not None and not (
-            botocore.utils.is_valid_endpoint_url(self.endpoint_url)
-            or botocore.utils.is_valid_ipv6_endpoint_url(self.endpoint_url)
-        ):
-            raise ConfigurationError(
-                f"Config 'MODERATION_DYNAMODB_ENDPOINT_URL' has value {self.endpoint_url!r}. "
-                "Not a URL such as 'http://127.0.0.1:8000'."
-            )
         self.create_table = (
             create_table
             if create_table is not None
@@ -881,6 +868,25 @@ class Store(stores.Store):
 
     def close(self) -> None:
         self._changes.closed.set()
+
+
+def _table_name(value: str) -> str:
+    table = value.strip()
+    if not table:
+        raise ConfigurationError(
+            "Config 'MODERATION_DYNAMODB_TABLE' is empty. MODERATION_DECISION_STORE = "
+            "'thumbor_rekognition.stores.dynamodb' needs a table."
+        )
+    if not TABLE_NAME.match(table):
+        raise ConfigurationError(
+            f"Config 'MODERATION_DYNAMODB_TABLE' has value {table!r}. "
+            "Not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ . -)."
+        )
+    return table
+
+
+def _endpoint_url(value: str | None) -> str | None:
+    return checked_endpoint_url("MODERATION_DYNAMODB_ENDPOINT_URL", value, "http://127.0.0.1:8000")
 
 
 def table_definition(table: str) -> dict[str, Any]:
