@@ -228,9 +228,14 @@ class ThumborServer:
         raise RuntimeError(f"thumbor did not start within {timeout}s:\n{self.log}")
 
     def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit code of a server expected to stop by itself; stopped if it does not."""
         if self.process is None:
             raise RuntimeError("not started")
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is None:
