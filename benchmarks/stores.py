@@ -308,6 +308,7 @@ def hit_figures(work: Path, fake: FakeRekognition, seconds: float, rounds: int) 
             config = base_config(work / "dynamodb", images, fake.url)
             config.update(
                 MODERATION_DECISION_STORE="thumbor_rekognition.stores.dynamodb",
+                MODERATION_DYNAMODB_TABLE="moderation",
                 MODERATION_DYNAMODB_ENDPOINT_URL=endpoint,
                 MODERATION_DYNAMODB_CREATE_TABLE=True,
                 MODERATION_CACHE_TTL_SECONDS=2.0,
