@@ -101,14 +101,17 @@ def test_turns_taken_by_two_processes_from_eight_threads_are_one_interval_apart(
 def test_a_turn_that_would_come_after_the_deadline_is_refused_and_takes_nothing(
     open_store: OpenStore,
 ) -> None:
-    calls = rate(1.0, open_store())
+    # A turn every 10 s, the deadline counted from the first turn: however long the
+    # store's calls take on a busy machine, the next turn comes after the deadline.
+    calls = rate(0.1, open_store())
     first = calls.take()
 
-    with pytest.raises(ratelimit.NoTurn, match="REKOGNITION_MAX_CALLS_PER_SECOND=1"):
-        calls.take(deadline=time.time() + 0.3)
+    with pytest.raises(ratelimit.NoTurn, match=r"REKOGNITION_MAX_CALLS_PER_SECOND=0\.1"):
+        calls.take(deadline=first + 5.0)
     second = calls.take()
 
-    assert second == pytest.approx(first + 1.0)
+    # The refused attempt took no turn: the next one is still one interval after the first.
+    assert second - first == pytest.approx(10.0, abs=0.01)
 
 
 def test_a_turn_refused_on_a_stale_view_is_checked_against_the_store(
