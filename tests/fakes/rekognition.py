@@ -232,7 +232,8 @@ class FakeRekognition:
         """Inject a fault into the next `times` requests (None: until cleared).
 
         Faults queue up: a fault starts once the ones injected before it are used up.
-        "hold" keeps each request it takes unanswered until release() (or stop()).
+        "hold" keeps each request it takes unanswered until release() (or stop()); any
+        other mode answers `delay` seconds after the request ("slow": with the answer).
         """
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; use one of {sorted(FAULT_MODES)}")
@@ -307,6 +308,8 @@ class FakeRekognition:
         if fault.mode == "hold":
             answer = self._hold()
             return self._answer(request) if answer is None else _fault_reply(answer)
+        # Any other fault is answered after its delay (none unless given).
+        self._stopping.wait(fault.delay)
         return _fault_reply(fault.mode)
 
     def _hold(self) -> str | None:
