@@ -27,7 +27,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import CLIENT_CPUS, SERVER_CPUS, hammer, photo_like  # noqa: E402
+from benchmarks.run import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, hammer, photo_like  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from tests.servers import ThumborServer, base_config  # noqa: E402
@@ -107,12 +107,6 @@ def report(title: str, figures: tuple[list[float], list[float], list[float]], la
 
 def _fmt(values: list[float]) -> str:
     return ", ".join(f"{value:.0f}" for value in values)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def idle_cpu(servers: list[ThumborServer], seconds: float) -> list[float]:

@@ -267,10 +267,6 @@ def _hammer_status(port: int, path: str, seconds: float, status: int) -> float:
     return count / (time.monotonic() - started)
 
 
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{value:.0f}" for value in values)
-
-
 def concurrency(work: Path, fake: FakeRekognition) -> None:
     images = work / "burst"
     images.mkdir()
