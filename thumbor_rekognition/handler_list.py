@@ -14,6 +14,7 @@ from libthumbor.url import Url
 
 from thumbor_rekognition import admin, quarantine, stores
 from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.filter_table import share_filter_tables
 from thumbor_rekognition.gate import ModerationHandler
 from thumbor_rekognition.runtime import runtime_for
 
@@ -33,6 +34,7 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     except ConfigurationError as error:
         logger.critical("thumbor-rekognition cannot start: %s", error)
         raise SystemExit(f"thumbor-rekognition: {error}") from None
+    share_filter_tables()
     # No IOLoop may exist before `thumbor --processes=N` forks, so warming up happens in
     # a thread: now when Thumbor runs in this process, in each child after fork otherwise.
     if getattr(context.server, "processes", 1) == 1:
