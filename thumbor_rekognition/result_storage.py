@@ -74,7 +74,12 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         source = self.source
         if source is None:
             return None
-        result = await source.get()
+        try:
+            result = await source.get()
+        except FileNotFoundError:
+            # Purged between the file result storage's exists and its open (a rejection
+            # of one of its pictures): a miss, as it would be a moment later.
+            return None
         if result is None:
             return None
         stored = isinstance(result, ResultStorageResult)

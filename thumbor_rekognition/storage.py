@@ -105,12 +105,11 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         if isinstance(self.context.request_handler, ModerationHandler):
             # The image route asks only whether its path names an upload id; the gate and
             # get judge the picture itself. The source's own answer, on every request.
-            found: Awaitable[bool] = self.source.exists(path)
-            return found
+            return _unless_removed(self.source.exists(path))
         return self._exists_judged(path)
 
     async def _exists_judged(self, path: str) -> bool:
-        if not await self.source.exists(path):
+        if not await _unless_removed(self.source.exists(path)):
             return False
         # The upload API reads what it was told exists: both answers must agree, so an
         # unknown picture is judged now.
@@ -176,3 +175,13 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
             pass
         except Exception as error:
             logger.error("stored original %s not removed: %s", path, error)
+
+
+async def _unless_removed(found: Awaitable[bool]) -> bool:
+    """A source storage's exists, False for a file removed while it looked: Thumbor's file
+    storage reads the modification time of what it found, and a rejection's purge or a
+    concurrent request's eviction can remove it in between."""
+    try:
+        return await found
+    except FileNotFoundError:
+        return False
