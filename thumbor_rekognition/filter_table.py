@@ -12,7 +12,6 @@ module in HANDLER_LISTS: it adds no route.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +19,6 @@ import thumbor.context
 from thumbor.filters import FiltersFactory
 
 _TABLES: dict[tuple[type, ...], FiltersFactory] = {}
-_LOCK = threading.Lock()
 
 
 def shared_filters_factory(filter_classes: Iterable[type]) -> FiltersFactory:
@@ -28,10 +26,8 @@ def shared_filters_factory(filter_classes: Iterable[type]) -> FiltersFactory:
     key = tuple(filter_classes)
     table = _TABLES.get(key)
     if table is None:
-        with _LOCK:
-            table = _TABLES.get(key)
-            if table is None:
-                table = _TABLES[key] = FiltersFactory(key)
+        # Threads building it at once build equal tables: the first one stored is kept.
+        table = _TABLES.setdefault(key, FiltersFactory(key))
     return table
 
 
