@@ -35,13 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.first_view import first_view  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
-from tests.servers import DEFAULT_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
+from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
 from thumbor_rekognition.preparation import prepare  # noqa: E402
 
 REJECTED_COLOR = (220, 30, 30)
-# Thumbor's own handler lists, as in the plugin's configuration minus the plugin.
-STOCK_HANDLER_LISTS = [name for name in DEFAULT_HANDLER_LISTS if "rekognition" not in name]
 # Stock Thumbor building its filter table once per process, as the plugin makes it do:
 # what is left between it and the plugin is the gate's own work.
 FILTER_TABLE = "thumbor_rekognition.filter_table"
@@ -229,7 +227,7 @@ def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -
     )
     for label, figures in (
         ("stock Thumbor", stock_hits),
-        ("stock, one filter table", shared_hits),
+        (SHARED, shared_hits),
         ("with the plugin", plugin_hits),
     ):
         print(

@@ -28,6 +28,8 @@ DEFAULT_HANDLER_LISTS = [
     "thumbor.handler_lists.blacklist",
     "thumbor_rekognition.handler_list",
 ]
+# Thumbor's own handler lists, as in the plugin's configuration minus the plugin.
+STOCK_HANDLER_LISTS = [name for name in DEFAULT_HANDLER_LISTS if "rekognition" not in name]
 
 
 # Ports handed out by this process: two servers asked for before either binds get two.

@@ -15,10 +15,10 @@ from thumbor.importer import Importer
 
 from tests.fakes.rekognition import FakeRekognition
 from tests.pictures import busy
-from tests.servers import DEFAULT_HANDLER_LISTS, ThumborServer, base_config, stock_config
+from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config, stock_config
+from thumbor_rekognition import filter_table
 from thumbor_rekognition.filter_table import share_filter_tables, shared_filters_factory
 
-STOCK_HANDLER_LISTS = [name for name in DEFAULT_HANDLER_LISTS if "rekognition" not in name]
 # Filters with numbers, negative numbers, several parameters, one Thumbor does not know,
 # and the format change, parsed from one URL.
 FILTERS = "filters:brightness(10):contrast(-5):rgb(10,-10,0):no_such_filter(1):format(png)"
@@ -101,7 +101,7 @@ def test_filtered_results_are_the_same_bytes_with_one_table_per_process(tmp_path
                 stock_config(
                     tmp_path / "shared",
                     images,
-                    [*STOCK_HANDLER_LISTS, "thumbor_rekognition.filter_table"],
+                    [*STOCK_HANDLER_LISTS, filter_table.__name__],
                 ),
             ),
             ThumborServer(tmp_path / "gate", base_config(tmp_path / "gate", images, fake.url)),
