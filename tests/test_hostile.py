@@ -564,13 +564,22 @@ def test_bombs_leave_the_thumbor_process_memory_bounded(run: HostileRun) -> None
     assert after - before < RSS_GROWTH_LIMIT_MB, run.rss
 
 
+def in_fresh_process(script: str, timeout: float) -> list[str]:
+    """The words a script printed, run in a new Python process that can import this
+    project: its memory holds only what the script did."""
+    root = Path(__file__).resolve().parents[1]
+    program = f"import sys; sys.path.insert(0, {str(root)!r})\n" + textwrap.dedent(script)
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=timeout
+    )
+    return completed.stdout.split()
+
+
 def test_refused_animation_frees_its_pixels_while_the_refusal_is_still_referenced() -> None:
     # In a process of its own: the suite's process also runs fakes that decode pictures
     # in their threads, which would count here.
-    script = textwrap.dedent(
-        f"""
-        import gc, os, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+    script = """
+        import gc, os
         from tests.test_hostile import frame_bomb_gif, memory_mb
         from thumbor_rekognition.preparation import ImageTooLarge, prepare
         data = frame_bomb_gif(1001, canvas=(2000, 2000))
@@ -589,13 +598,9 @@ def test_refused_animation_frees_its_pixels_while_the_refusal_is_still_reference
                 refusals.append(refusal)
         print(len(refusals), memory_mb(os.getpid())[0] - before)
         """
-    )
     one_canvas_mb = 2000 * 2000 * 4 / 2**20
 
-    completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
-    )
-    refused, growth = completed.stdout.split()
+    refused, growth = in_fresh_process(script, timeout=120)
 
     assert int(refused) == 4
     assert float(growth) < one_canvas_mb, f"{float(growth):.0f} MB kept by 4 refusals"
@@ -617,10 +622,8 @@ def test_refused_animation_frees_its_pixels_while_the_refusal_is_still_reference
     ],
 )
 def test_preparing_a_bomb_holds_few_decoded_copies(builder: str, copies: float) -> None:
-    script = textwrap.dedent(
-        f"""
-        import os, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+    script = f"""
+        import os
         from tests.test_hostile import frame_bomb_gif, memory_mb, png
         from thumbor_rekognition.preparation import prepare
         data = {builder}
@@ -629,13 +632,10 @@ def test_preparing_a_bomb_holds_few_decoded_copies(builder: str, copies: float) 
         prepare(data)
         print(memory_mb(os.getpid())[1] - before)
         """
-    )
     one_copy_mb = 6000 * 6000 * 4 / 2**20
 
-    completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
-    peak_mb = float(completed.stdout.strip())
+    (peak,) = in_fresh_process(script, timeout=60)
+    peak_mb = float(peak)
 
     assert peak_mb < copies * one_copy_mb, (
         f"{peak_mb:.0f} MB, one decoded copy {one_copy_mb:.0f} MB"
