@@ -1,19 +1,22 @@
 # The commands the README shows and CI runs. Each creates .venv on first use.
+# Every install goes through constraints.txt (exact versions; scripts/lock moves them),
+# so the checks run against the same tools and libraries on every machine.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install demo demo-reset test check bench clean
+.PHONY: install demo demo-reset test check bench clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(VENV)/.installed-local: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-local: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[local]'
 	touch $@
 
@@ -37,6 +40,10 @@ check: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# Moves every pin to the newest release the ranges in pyproject.toml allow.
+lock:
+	scripts/lock
 
 clean:
 	rm -rf $(VENV) demo-data

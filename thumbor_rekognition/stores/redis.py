@@ -661,7 +661,7 @@ class Store(stores.Store):
                 self._changes.closed.wait(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._channel)
                 # Changes made while nobody listened are unknown: forget everything.
