@@ -141,6 +141,9 @@ class Decision:
     # Source DUPLICATE: the key of the rejected picture this one resembles, and how closely.
     duplicate_of: str = ""
     similarity: float = 0.0
+    # Source MANUAL: decided before any request fetched the picture (see rules.py); it
+    # names a URL, and the URL's first fetch binds it to bytes.
+    blind: bool = False
 
     @functools.cached_property
     def digest(self) -> bytes:
@@ -194,6 +197,7 @@ class Decision:
             project_version=str(data.get("project_version", "")),
             duplicate_of=str(data.get("duplicate_of", "")),
             similarity=float(data.get("similarity", 0.0)),
+            blind=bool(data.get("blind", False)),
         )
 
     @classmethod

@@ -20,7 +20,7 @@ from thumbor.handlers.imaging import ImagingHandler
 from thumbor.loaders import LoaderResult
 from thumbor.storages.no_storage import Storage as NoStorage
 
-from thumbor_rekognition import provenance
+from thumbor_rekognition import provenance, rules
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.overlap import Overlap
@@ -87,11 +87,13 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                 context.moderation_main_decision = decision
             elif not decision.needs_retry:
                 self.moderation_status = status
-                if refuses(self._runtime, decision):
+                if refuses(self._runtime, decision) and not rules.unbound(decision):
                     await self._evict_original(decision)
                     if await self._refuse(decision):
                         return
                 else:
+                    # Failing open, or rejected by hand before any fetch: the loader fetches
+                    # the original, which binds the rejection to its bytes, and refuses it.
                     keep_out_of_caches(self.context)
                     self.context.modules.result_storage = None
         # Not judged yet: the moderating STORAGE judges a stored original before handing it
@@ -235,10 +237,14 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
 
 
 def refuses(runtime: Runtime, decision: Decision) -> bool:
-    """Whether viewers get the rejected response: rejected, or pending and failing closed."""
+    """Whether viewers get the rejected response: rejected, or pending and failing closed
+    (or held back because its bytes are rejected elsewhere)."""
     if decision.status is Status.REJECTED:
         return True
-    return decision.status is Status.PENDING and runtime.settings.on_error == "reject"
+    if decision.status is not Status.PENDING:
+        return False
+    # Bytes rejected under another URL are refused here too, whatever failing open says.
+    return runtime.settings.on_error == "reject" or rules.is_contested(decision)
 
 
 def apply_decision(

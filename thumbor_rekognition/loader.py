@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from thumbor.loaders import LoaderResult
 
-from thumbor_rekognition import provenance
+from thumbor_rekognition import provenance, rules
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import (
     FORBIDDEN,
@@ -64,8 +64,14 @@ async def load(context: Any, path: str) -> LoaderResult:
     if _without_gate(context):
         return LoaderResult(successful=False, error=UNAVAILABLE, extras={"reason": "no gate"})
     known = await runtime.moderator.lookup(key, context.metrics)
-    if known is not None and not known.needs_retry and known.status is not Status.APPROVED:
-        # Refused pictures are answered without fetching the original again.
+    if (
+        known is not None
+        and not known.needs_retry
+        and known.status is not Status.APPROVED
+        and not rules.unbound(known)
+    ):
+        # Refused pictures are answered without fetching the original again; one rejected
+        # by hand before any fetch is fetched once, to bind the rejection to its bytes.
         refusal = _refuse(context, runtime, known, main)
         if refusal is not None:
             return refusal

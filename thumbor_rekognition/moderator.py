@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from thumbor_rekognition import backends, ratelimit, stores
+from thumbor_rekognition import backends, ratelimit, rules, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
 from thumbor_rekognition.duplicates import Duplicates, Resemblance
@@ -318,14 +318,16 @@ class Moderator:
             # Preparing a hostile file again would cost the same seconds again.
             raise UnsupportedImage(refusal)
         current = await self.lookup(key, metrics)
-        if current is not None and current.source is Source.MANUAL and not current.sha256:
-            # Decided by hand before any request fetched it: the decision takes these bytes.
-            bound = current.replace(sha256=sha256, updated_at=time.time())
-            if bound.status is Status.REJECTED:
-                await self.fingerprint(sha256, buffer)
-            return await self._save(
-                bound, Event(bound.status, Source.MANUAL, SYSTEM, "first fetch"), metrics
-            )
+        if (
+            current is not None
+            and current.source is Source.MANUAL
+            and not current.sha256
+            and current.status is not Status.APPROVED
+        ):
+            # Rejected by hand before any request fetched it: the rejection takes these
+            # bytes, wherever else they appear. A blind approval is bound by a judgement
+            # instead (rules.settle), so that it cannot approve bytes rejected elsewhere.
+            return await self.bind_rejection(key, url, sha256, buffer, metrics)
         if current is not None and current.sha256 == sha256 and self._stands(current):
             return current
         flight = self._flights.get(sha256)
@@ -355,6 +357,31 @@ class Moderator:
         if decision.key != key:
             decision = await self._adopt(decision, key, url, metrics)
         return decision
+
+    async def bind_rejection(
+        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any = None
+    ) -> Decision:
+        """Bind a blind manual rejection at key to the bytes of its first fetch; keep them in
+        the quarantine and the index, and reject them under every URL decided automatically."""
+        proposal = self._undecided(key, url, sha256, "first fetch")
+        bound = await self._save(proposal, Event(None, None, SYSTEM, "first fetch"), metrics)
+        if bound.status is not Status.REJECTED or bound.sha256 != sha256:
+            return bound
+        await self.keep_original(sha256, buffer, metrics)
+        await self.fingerprint(sha256, buffer)
+        try:
+            others = await self._store(self.store.find_all_by_hash, sha256)
+        except stores.StoreUnavailable as error:
+            self._store_down(error, metrics)
+            return bound
+        for other in others:
+            if other.key == key or other.source is Source.MANUAL:
+                continue
+            # Copied as a human's decision: the model's later judgements do not undo it.
+            copy = bound.replace(key=other.key, url=other.url, updated_at=time.time())
+            note = f"same picture (sha256 {sha256[:12]}) as {key}, rejected by hand"
+            await self._save(copy, Event(Status.REJECTED, Source.MANUAL, SYSTEM, note), metrics)
+        return bound
 
     def _landed(self, sha256: str, flight: asyncio.Future[Decision]) -> None:
         if self._flights.get(sha256) is flight:
@@ -733,7 +760,7 @@ class Moderator:
             return decision.replace(status=Status.PENDING, error=f"store: {error}")
         self._unsaved.discard(decision.sha256)
         self._remember(saved)
-        await self.announce(previous, saved, event)
+        await self.announce(previous, saved, rules.noted(saved, decision, event))
         return saved
 
     async def _previous(self, key: str) -> Decision | None:

@@ -114,7 +114,12 @@ class Review:
         decided = []
         for target in targets:
             manual = target.replace(
-                status=status, source=Source.MANUAL, sha256=sha256, error="", updated_at=now
+                status=status,
+                source=Source.MANUAL,
+                sha256=sha256,
+                error="",
+                updated_at=now,
+                blind=not sha256,
             )
             decided.append(await self._store("save", manual, event))
             self.moderator.forget(target.key)

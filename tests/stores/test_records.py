@@ -46,6 +46,7 @@ def full_decision() -> Decision:
         project_version="arn:aws:rekognition:eu-west-1:123456789012:project/p/version/v1/1",
         duplicate_of="cdn.example.com/photos/2024/05/img-00012344-large.jpg",
         similarity=0.96875,
+        blind=True,
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from thumbor_rekognition import rules
 from thumbor_rekognition.decision import Decision, Event, Status
 from thumbor_rekognition.fingerprint import Print
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+# How often a compare-and-set write retries after losing a race, before giving up.
+RACES = 50
 
 # Marks a recorded path as a STORAGE path of the original; result paths start with '/'.
 STORAGE_PATH_MARK = "storage:"
@@ -74,13 +78,13 @@ class Store:
         raise NotImplementedError
 
     def find_by_hash(self, sha256: str) -> Decision | None:
-        """A standing decision (not a failed one) about the same bytes under any key,
-        manual ones first."""
-        raise NotImplementedError
+        """The decision that stands for these bytes under any key (rules.standing)."""
+        return rules.standing(self.find_all_by_hash(sha256))
 
     def save(self, decision: Decision, event: Event) -> Decision:
-        """Store a decision and log the event; an automatic decision never replaces a
-        manual one about the same bytes. Returns the decision now stored."""
+        """Propose a decision for its key: what rules.settle keeps over the decision stored
+        there, read and written atomically (compare-and-set), with the event logged when
+        something is written. Returns the decision now stored."""
         raise NotImplementedError
 
     def delete(self, key: str, event: Event) -> bool:

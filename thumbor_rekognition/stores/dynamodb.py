@@ -45,7 +45,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.utils
 
-from thumbor_rekognition import stores
+from thumbor_rekognition import rules, stores
 from thumbor_rekognition._process import PerProcess
 from thumbor_rekognition.config import ConfigurationError, checked_endpoint_url
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
@@ -65,8 +65,6 @@ FEED_OVERLAP_SECONDS = 2.0
 # Change-feed items and expired leases are deleted by DynamoDB's TTL after this long.
 FEED_KEEP_SECONDS = 3600
 COUNT_SHARDS = 8
-# How often a save or an outbox step retries after losing a race, before giving up.
-RACES = 50
 # DynamoDB refuses sort keys longer than 1024 bytes: longer keys and paths are cut and
 # told apart by a hash (they keep their place in the order up to the cut).
 _LONGEST_NAME = 1000
@@ -252,7 +250,7 @@ class Store(stores.Store):
 
     def _retrying(self, attempt: Callable[[], bool], what: str) -> None:
         """Run attempt until it returns True; a lost race is tried again after a pause."""
-        for race in range(RACES):
+        for race in range(stores.RACES):
             if attempt():
                 return
             time.sleep(random.uniform(0, 0.005 * min(race + 1, 20)))  # noqa: S311 - jitter
@@ -269,31 +267,30 @@ class Store(stores.Store):
         def attempt() -> bool:
             item = self._item(_decision_pk(decision.key), "d")
             current = _decision(decision.key, item)
-            if (
-                current is not None
-                and decision.source is not Source.MANUAL
-                and current.source is Source.MANUAL
-                and current.sha256 == decision.sha256
-            ):
+            stands = rules.settle(current, decision)
+            if stands is current:
                 kept.append(current)
                 return True
             version = _version(item) + 1
             body: dict[str, Any] = {
                 **_key(_decision_pk(decision.key), "d"),
                 "v": _n(version),
-                "b": _s(encode(decision)),
+                "b": _s(encode(stands)),
             }
-            if decision.sha256:
-                body["h"] = {"B": bytes.fromhex(decision.sha256)}
+            if stands.sha256:
+                body["h"] = {"B": bytes.fromhex(stands.sha256)}
             try:
                 self._do("put_item", TableName=self.table, Item=body, **_unchanged(item))
             except _Refused:
                 return False  # Changed since it was read: read it again.
-            self._changed(decision.key, version, event, current, decision)
+            self._changed(
+                stands.key, version, rules.noted(stands, decision, event), current, stands
+            )
+            kept.append(stands)
             return True
 
         self._retrying(attempt, f"saving {decision.key}")
-        return kept[0] if kept else decision
+        return kept[-1]
 
     def delete(self, key: str, event: Event) -> bool:
         deleted: list[bool] = []
@@ -403,12 +400,6 @@ class Store(stores.Store):
         return [
             decisions[key] for key in keys if key in decisions and decisions[key].sha256 == sha256
         ]
-
-    def find_by_hash(self, sha256: str) -> Decision | None:
-        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
-        if not standing:
-            return None
-        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
 
     def page(
         self, status: Status | None = None, limit: int = 100, cursor: str | None = None
@@ -1079,6 +1070,7 @@ _FIELDS = {
     "project_version": "v",
     "duplicate_of": "d",
     "similarity": "n",
+    "blind": "z",
 }
 _DEFAULTS: dict[str, Any] = {
     "backend": "",
@@ -1091,6 +1083,7 @@ _DEFAULTS: dict[str, Any] = {
     "project_version": "",
     "duplicate_of": "",
     "similarity": 0.0,
+    "blind": False,
 }
 
 
@@ -1152,6 +1145,7 @@ def decode(key: str, sha256: str, body: str) -> Decision:
         project_version=data.get("v", ""),
         duplicate_of=data.get("d", ""),
         similarity=data.get("n", 0.0),
+        blind=data.get("z", False),
     )
 
 

@@ -91,7 +91,7 @@ class _D:
     URL_PREFIX, URL, LABEL, REASON, BACKEND, MODEL_VERSION = 1, 2, 3, 4, 5, 6
     POLICY_HEX, POLICY, MIN_CONFIDENCE, WIDTH, HEIGHT, ERROR = 7, 8, 9, 10, 11, 12
     CREATED_AT, SINCE_CREATION, CONTENT_TYPE, SHA256, STATUS, SOURCE = 13, 14, 15, 16, 17, 18
-    UPDATED_AT, PROJECT_VERSION, DUPLICATE_OF, SIMILARITY = 19, 20, 21, 22
+    UPDATED_AT, PROJECT_VERSION, DUPLICATE_OF, SIMILARITY, BLIND = 19, 20, 21, 22, 23
 
 
 _TEXTS = {
@@ -149,6 +149,7 @@ DECISION_FIELDS = frozenset(
         "project_version",
         "duplicate_of",
         "similarity",
+        "blind",
     }
 )
 
@@ -434,6 +435,7 @@ def encode_decision(decision: Decision) -> bytes:
     out.text(_D.PROJECT_VERSION, decision.project_version)
     out.text(_D.DUPLICATE_OF, decision.duplicate_of)
     out.number(_D.SIMILARITY, decision.similarity)
+    out.integer(_D.BLIND, int(decision.blind))
     out.number(_D.CREATED_AT, decision.created_at)
     # Usually a few microseconds after the creation: the difference takes fewer bytes,
     # when adding it back gives the same float.
@@ -505,6 +507,8 @@ def decode_decision(key: str, record: bytes) -> Decision:
             values["width"] = value
         elif number == _D.HEIGHT:
             values["height"] = value
+        elif number == _D.BLIND:
+            values["blind"] = bool(value)
         elif number == _D.SINCE_CREATION:
             since_creation = _number(wire, value)
         elif number == _D.UPDATED_AT:

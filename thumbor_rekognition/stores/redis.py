@@ -40,8 +40,8 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
 from redis.retry import Retry
 
-from thumbor_rekognition import stores
-from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition import rules, stores
+from thumbor_rekognition.decision import Decision, Event, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, Print
 from thumbor_rekognition.stores import records
 from thumbor_rekognition.stores import redis_scripts as scripts
@@ -279,31 +279,41 @@ class Store(stores.Store):
         return records.decode_decision(key, record) if record else None
 
     def save(self, decision: Decision, event: Event) -> Decision:
-        record = records.encode_decision(decision)
-        digest = records.sha_of(record)
+        key = decision.key
         with self._call() as client:
-            if digest:
-                # Indexed before it is saved: the index never misses a stored decision.
-                self._index(client, "index_add", digest, decision.key)
-            saved, current = self._run_acknowledged(
-                client,
-                "save",
-                self._of_key(decision.key),
-                decision.key,
-                record,
-                records.encode_event(event),
-                "1" if decision.source is not Source.MANUAL else "0",
-                self._channel,
-                self._changes.sender + decision.key,
-            )
-            if not saved:
-                return records.decode_decision(decision.key, current)
-            previous = records.sha_of(current) if current else b""
-            if previous and previous != digest:
-                self._unindex(client, previous, decision.key)
-            # The picture is judged: whoever held the right to judge it no longer needs it.
-            client.delete(self.prefix + "lease:judge:" + decision.sha256)
-        return records.decode_decision(decision.key, record)
+            read = self._run(client, "get", self._of_key(key), key) or b""
+            for _ in range(stores.RACES):
+                current = records.decode_decision(key, read) if read else None
+                stands = rules.settle(current, decision)
+                if stands is current:
+                    return current
+                record = records.encode_decision(stands)
+                digest = records.sha_of(record)
+                if digest:
+                    # Indexed before it is saved: the index never misses a stored decision.
+                    self._index(client, "index_add", digest, key)
+                saved, found = self._run_acknowledged(
+                    client,
+                    "save",
+                    self._of_key(key),
+                    key,
+                    record,
+                    records.encode_event(rules.noted(stands, decision, event)),
+                    read,
+                    self._channel,
+                    self._changes.sender + key,
+                )
+                if not saved:
+                    # Written by another process since it was read: settle against that.
+                    read = found or b""
+                    continue
+                previous = records.sha_of(read) if read else b""
+                if previous and previous != digest:
+                    self._unindex(client, previous, key)
+                # The picture is judged: whoever held the right to judge it no longer needs it.
+                client.delete(self.prefix + "lease:judge:" + stands.sha256)
+                return records.decode_decision(key, record)
+        raise stores.StoreUnavailable(f"Redis store: saving {key} kept losing races")
 
     def delete(self, key: str, event: Event) -> bool:
         with self._call() as client:
@@ -357,12 +367,6 @@ class Store(stores.Store):
             (decision for decision in decisions if decision.sha256 == sha256),
             key=lambda decision: decision.key,
         )
-
-    def find_by_hash(self, sha256: str) -> Decision | None:
-        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
-        if not standing:
-            return None
-        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
 
     def history(self, key: str) -> list[Event]:
         with self._call() as client:

@@ -257,13 +257,13 @@ if rec == '' then return false end
 return rec
 """)
 
-# ARGV: prefix, key, record, event, '1' unless manual, channel, message.
-# -> {1, previous record or ''} once saved; {0, standing record} when a manual decision
-# about the same bytes stands (an automatic or duplicate one never replaces it).
+# ARGV: prefix, key, record, event, the record the writer read ('' for none), channel,
+# message. -> {1, previous record or ''} once saved; {0, record found} when the key's
+# record is no longer the one read (compare-and-set: the writer settles again).
 SAVE = _script("""
 local key, rec = ARGV[2], ARGV[3]
 local old, hist, paths = sections(map_get('d', key))
-if ARGV[5] == '1' and old ~= '' and source_of(old) == 1 and sha_of(old) == sha_of(rec) then
+if old ~= ARGV[5] then
   return {0, old}
 end
 tally(old, -1)

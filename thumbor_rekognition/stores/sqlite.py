@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from thumbor_rekognition import stores
+from thumbor_rekognition import rules, stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import records
@@ -258,27 +258,19 @@ class Store(stores.Store):
         decisions = (records.decode_decision(key, record) for key, record in rows)
         return [decision for decision in decisions if decision.sha256 == sha256]
 
-    def find_by_hash(self, sha256: str) -> Decision | None:
-        standing = [d for d in self.find_all_by_hash(sha256) if not d.needs_retry]
-        if not standing:
-            return None
-        return max(standing, key=lambda d: (d.source is Source.MANUAL, d.updated_at))
-
     def save(self, decision: Decision, event: Event) -> Decision:
-        record = records.encode_decision(decision)
         with self._cursor(write=True) as cursor:
             row = cursor.execute(
                 "SELECT record, history, paths FROM pictures WHERE key = ?", (decision.key,)
             ).fetchone()
             old, history, paths = row if row else (None, b"", b"")
             current = records.decode_decision(decision.key, old) if old else None
-            if (
-                current is not None
-                and decision.source is not Source.MANUAL
-                and current.source is Source.MANUAL
-                and current.sha256 == decision.sha256
-            ):
+            stands = rules.settle(current, decision)
+            if stands is current:
                 return current
+            event = rules.noted(stands, decision, event)
+            decision = stands
+            record = records.encode_decision(decision)
             # The picture is judged: whoever held the right to judge it no longer needs it.
             cursor.execute("DELETE FROM leases WHERE name = ?", ("judge:" + decision.sha256,))
             cursor.execute(
