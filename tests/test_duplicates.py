@@ -29,6 +29,7 @@ from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Label, Source, Status
 from thumbor_rekognition.duplicates import (
     Duplicates,
+    Resemblance,
     indexed_frames,
     probes,
 )
@@ -130,6 +131,72 @@ def test_nearest_ranks_by_similarity_and_keeps_only_those_close_enough(world: Wo
         ("2" * 64, 1.0),
         ("1" * 64, 1 - 2 / 64),
     ]
+
+
+# Pairs of fingerprints on either side of the configured similarity, in the coarse
+# layout (what the index looks up) and in the fine detail (what tells simple pictures
+# apart): (MODERATION_DUPLICATE_SIMILARITY, coarse bits flipped, fine bits flipped,
+# matched). None is the default, 0.9: 6 of 64 coarse bits (0.906) and 12 of 128 fine bits
+# (0.906) are close enough, 7 (0.891) and 13 (0.898) are not. At 0.875 the cut-off falls
+# exactly on 8 coarse and 16 fine bits.
+CUT_OFF_PAIRS = [
+    (None, 6, 0, True),
+    (None, 7, 0, False),
+    (None, 0, 12, True),
+    (None, 0, 13, False),
+    (None, 6, 12, True),
+    (0.95, 3, 0, True),
+    (0.95, 4, 0, False),
+    (0.95, 0, 6, True),
+    (0.95, 0, 7, False),
+    (0.875, 8, 0, True),
+    (0.875, 9, 0, False),
+    (0.875, 0, 16, True),
+    (0.875, 0, 17, False),
+]
+INDEXED = Print(0x0123_4567_89AB_CDEF, 0x0F1E_2D3C_4B5A_6978_8796_A5B4_C3D2_E1F0)
+
+
+def flipped(print_: Print, coarse: int, fine: int) -> Print:
+    """The fingerprint with this many coarse and fine bits flipped, spread over every band."""
+    return Print(
+        print_.coarse ^ sum(1 << bit for bit in range(0, 64, 7)[:coarse]),
+        print_.fine ^ sum(1 << bit for bit in range(0, 128, 7)[:fine]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("similarity", "coarse", "fine", "matched"),
+    CUT_OFF_PAIRS,
+    ids=[
+        f"{similarity or 'default'}-coarse{coarse}-fine{fine}-{'match' if matched else 'miss'}"
+        for similarity, coarse, fine, matched in CUT_OFF_PAIRS
+    ],
+)
+def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configured(
+    world: World, similarity: float | None, coarse: int, fine: int, matched: bool
+) -> None:
+    configured = {} if similarity is None else {"MODERATION_DUPLICATE_SIMILARITY": similarity}
+    moderator = world.moderator(**configured)
+    rejected = Decision(
+        key="host/rejected.jpg",
+        url="http://host/rejected.jpg",
+        sha256="a" * 64,
+        status=Status.REJECTED,
+        source=Source.AUTO,
+    )
+    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
+    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, indexed={0})
+    query = flipped(INDEXED, coarse, fine)
+
+    found = moderator.duplicates.find({0: query})
+
+    alike = INDEXED.similarity(query)
+    assert alike == 1 - max(coarse / 64, fine / 128)
+    if matched:
+        assert found == Resemblance(rejected.sha256, alike, rejected.key)
+    else:
+        assert found is None
 
 
 def test_a_human_rejection_indexes_every_frame_and_the_model_only_the_frames_that_decided(
