@@ -172,6 +172,20 @@ AWS_L1_ROWS = [
 ]
 
 CONFIDENCE = 80.0
+# A 7.x-only name at the default threshold: the policy is read as a 7.x one, and nothing
+# but its ignores approves.
+SEVEN = {"explicit": 0.5}
+
+
+def counterparts_7(top: str, child: str) -> list[str]:
+    """The 7.x labels AWS maps a 6.1 label onto, by its rows."""
+    return list(dict.fromkeys(path[-1] for t, c, path, _ in AWS_L2_ROWS if (t, c) == (top, child)))
+
+
+# 6.1 labels AWS maps onto one 7 label, and those it splits over several (Nudity; and
+# Illustrated Explicit Nudity, over two labels and two ContentTypes).
+ONE_TO_ONE_ROWS = [row for row in AWS_L2_ROWS if len(counterparts_7(row[0], row[1])) == 1]
+SHARED_6X_ROWS = [row for row in AWS_L2_ROWS if len(counterparts_7(row[0], row[1])) > 1]
 
 
 def answer_6(top: str, child: str) -> tuple[Label, ...]:
@@ -269,19 +283,33 @@ def test_7x_label_aws_maps_two_6x_labels_onto_needs_both_ignored(
 
 
 @pytest.mark.parametrize(
-    ("top", "child", "path", "types"), AWS_L2_ROWS, ids=map(row_id, AWS_L2_ROWS)
+    ("top", "child", "path", "types"), ONE_TO_ONE_ROWS, ids=map(row_id, ONE_TO_ONE_ROWS)
 )
 def test_7x_policy_judges_each_aws_row_on_6x_as_on_7x(
     top: str, child: str, path: tuple[str, ...], types: tuple[str, ...]
 ) -> None:
-    if child == "Nudity" or child == "Illustrated Explicit Nudity":
-        # AWS maps these onto two 7 labels: checked below.
-        return
-    policy = Policy(rules={path[-1]: None, "explicit": 0.99})
+    policy = Policy(rules={path[-1]: None, **SEVEN})
     strict = Policy(rules={path[0]: 0.7, "bare_back": None})
 
-    assert policy.judge(answer_6(top, child)).status is policy.judge(answer_7(path)).status
+    on_6 = policy.judge(answer_6(top, child))
+    on_7 = policy.judge(answer_7(path), kinds(types))
+
+    assert (on_6.status, on_7.status) == (Status.APPROVED, Status.APPROVED)
     assert strict.judge(answer_6(top, child)).status is Status.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("top", "child", "path", "types"), SHARED_6X_ROWS, ids=map(row_id, SHARED_6X_ROWS)
+)
+def test_7x_policy_ignoring_one_7x_label_of_a_6x_label_aws_splits_still_rejects_the_6x_label(
+    top: str, child: str, path: tuple[str, ...], types: tuple[str, ...]
+) -> None:
+    one = Policy(rules={path[-1]: None, **SEVEN})
+    every = Policy(rules={**dict.fromkeys(counterparts_7(top, child)), **SEVEN})
+
+    assert one.judge(answer_7(path), kinds(types)).status is Status.APPROVED
+    assert one.judge(answer_6(top, child)).status is Status.REJECTED
+    assert every.judge(answer_6(top, child)).status is Status.APPROVED
 
 
 def test_7x_policy_ignores_6x_nudity_only_with_both_of_its_7x_labels() -> None:
