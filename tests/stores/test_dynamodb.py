@@ -202,7 +202,7 @@ def test_an_unreachable_endpoint_makes_calls_unavailable_within_seconds(
 
 
 def test_the_configured_store_module_loads_a_dynamodb_store_with_the_configured_settings(
-    endpoint: str,
+    endpoint: str, open_store: OpenStore
 ) -> None:
     config = Config()
     config.MODERATION_DECISION_STORE = "thumbor_rekognition.stores.dynamodb"
@@ -212,8 +212,12 @@ def test_the_configured_store_module_loads_a_dynamodb_store_with_the_configured_
     config.MODERATION_DYNAMODB_CREATE_TABLE = "True"
 
     store = stores.load_store(Settings.from_config(config))
-    save(store, decision("host/a.jpg"))
+    saved = save(store, decision("host/a.jpg"))
     store.close()
+    in_region = open_store(table=config.MODERATION_DYNAMODB_TABLE, region="eu-west-1")
+    elsewhere = boto3.session.Session().client(
+        "dynamodb", region_name="us-east-1", endpoint_url=endpoint
+    )
 
     assert isinstance(store, dynamodb.Store)
     assert (store.table, store.region, store.endpoint_url) == (
@@ -221,10 +225,9 @@ def test_the_configured_store_module_loads_a_dynamodb_store_with_the_configured_
         "eu-west-1",
         endpoint,
     )
-    in_region = boto3.session.Session().client(
-        "dynamodb", region_name="eu-west-1", endpoint_url=endpoint
-    )
-    assert in_region.describe_table(TableName=store.table)["Table"]["ItemCount"] >= 0
+    assert in_region.get("host/a.jpg") == saved
+    with pytest.raises(elsewhere.exceptions.ResourceNotFoundException):
+        elsewhere.describe_table(TableName=store.table)
 
 
 @pytest.mark.parametrize(
