@@ -3,7 +3,8 @@
 Every input is generated here, none is downloaded. Through the real Thumbor each one gets
 either an image carrying X-Moderation-Status or a 4xx; what is not a picture never
 reaches the backend; bombs leave the process's memory bounded. `prepare()` and the HTTP
-path are also fuzzed with hypothesis, derandomised so that CI sees the same examples.
+path are also fuzzed with hypothesis, derandomised so that CI sees the same examples, and
+`prepare()` must accept every valid picture hypothesis writes.
 """
 
 from __future__ import annotations
@@ -751,6 +752,77 @@ def test_prepare_answers_any_bytes_with_backend_ready_frames_or_a_refusal(
 
     if prepared is not None:
         check_backend_ready(prepared, max_frames)
+
+
+# Valid pictures through prepare(): every one accepted, as it is, whatever its family.
+
+# The modes each format writes as it is; animated where the format has frames.
+VALID_MODES = {
+    "PNG": ("RGB", "RGBA", "L", "LA", "P"),
+    "JPEG": ("RGB", "L", "CMYK"),
+    "GIF": ("P", "L"),
+    "WEBP": ("RGB", "RGBA"),
+    "BMP": ("RGB", "L", "P"),
+    "TIFF": ("RGB", "RGBA", "L"),
+    **({"AVIF": ("RGB", "RGBA")} if features.check("avif") else {}),
+}
+ANIMATED = ("PNG", "GIF", "WEBP")
+
+
+@dataclass(frozen=True)
+class ValidPicture:
+    """A generated picture's bytes and what was written into them."""
+
+    image_format: str
+    mode: str
+    size: tuple[int, int]
+    frames: int
+    seed: int
+    data: bytes = field(repr=False)
+
+
+@st.composite
+def valid_pictures(draw: st.DrawFn) -> ValidPicture:
+    """A picture any viewer would show: a format, mode, size and frame count Pillow writes,
+    with noisy pixels so that frames differ."""
+    image_format = draw(st.sampled_from(sorted(VALID_MODES)))
+    mode = draw(st.sampled_from(VALID_MODES[image_format]))
+    size = (draw(st.integers(1, 700)), draw(st.integers(1, 700)))
+    count = draw(st.integers(1, 4)) if image_format in ANIMATED else 1
+    seed = draw(st.integers(0, 2**32 - 1))
+    noise = random.Random(seed)
+    frames = [
+        Image.frombytes("RGB", size, noise.randbytes(size[0] * size[1] * 3)).convert(mode)
+        for _ in range(count)
+    ]
+    extra: dict[str, object] = {"save_all": True, "append_images": frames[1:]} if count > 1 else {}
+    data = encode(frames[0], image_format, **extra)
+    return ValidPicture(image_format, mode, size, count, seed, data)
+
+
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(picture=valid_pictures())
+def test_prepare_accepts_every_valid_picture_with_backend_ready_frames(
+    picture: ValidPicture,
+) -> None:
+    max_frames = 3
+    event(f"{picture.image_format}, {picture.frames} frame(s)")
+
+    with inside_thumbor():
+        prepared = prepare(picture.data, max_pixels=4_000_000, max_frames=max_frames)
+
+    assert (prepared.format, (prepared.width, prepared.height)) == (
+        picture.image_format,
+        picture.size,
+    )
+    assert prepared.frame_count == picture.frames
+    check_backend_ready(prepared, max_frames)
 
 
 @pytest.mark.parametrize(
