@@ -186,6 +186,41 @@ def test_upload_replacing_an_approved_picture_with_a_rejected_one_is_not_kept(
     assert files_holding(root / "storage", bad) == []
 
 
+@pytest.mark.parametrize("first", ["HEAD", "GET"])
+@pytest.mark.parametrize("judged", [False, True], ids=["never-judged", "rejected-before"])
+def test_a_rejected_original_planted_in_storage_is_a_404_by_id_for_head_and_get(
+    server: ThumborServer,
+    root: Path,
+    images: Path,
+    fake: FakeRekognition,
+    first: str,
+    judged: bool,
+) -> None:
+    fake.respond(RED, NUDITY)
+    name, data = add_picture(images, RED, "planted")
+    if judged:
+        assert status_of(server.get(f"/unsafe/50x50/{name}")) == "rejected"
+    # Put there behind the plugin's back, as a stock Thumbor sharing the folder would.
+    planted = storage_file(root, name)
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(data)
+
+    answers = [
+        server.request(method, f"/image/{name}")
+        for method in (first, "GET" if first == "HEAD" else "HEAD")
+    ]
+
+    # README: the upload API answers 404 for anything not approved.
+    assert [answer.status for answer in answers] == [404, 404]
+    assert [data in answer.body for answer in answers] == [False, False]
+    assert [answer.header("Content-Length") != str(len(data)) for answer in answers] == [
+        True,
+        True,
+    ]
+    # Judged once, by the image route or from what the upload API found in STORAGE.
+    assert fake.call_count == 1
+
+
 # Filters that load another picture: STORAGE first, then the loader.
 
 
