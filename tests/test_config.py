@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from thumbor.config import Config
 
-from tests.servers import ThumborServer, base_config
-from thumbor_rekognition.config import ConfigurationError, Secret, Settings
+from tests.servers import (
+    ThumborServer,
+    aws_test_environment,
+    base_config,
+    free_port,
+    thumbor_executable,
+)
+from thumbor_rekognition.config import (
+    DEFAULTS,
+    ConfigurationError,
+    Secret,
+    Settings,
+    unknown_keys,
+)
 from thumbor_rekognition.policy import Policy
 
 
@@ -486,3 +499,203 @@ def test_a_store_or_quarantine_that_cannot_work_stops_thumbor_at_start_up(
     assert f"Config '{key}'" in thumbor.log
     assert "cannot start" in thumbor.log
     assert "Traceback" not in thumbor.log
+
+
+ENDPOINT_KEYS = sorted(key for key in DEFAULTS if key.endswith("_ENDPOINT_URL"))
+
+
+def test_every_endpoint_key_of_the_plugin_is_checked_below() -> None:
+    # The checks below take the keys from the definitions: a new one is checked too.
+    assert ENDPOINT_KEYS == [
+        "MODERATION_CLOUDFRONT_ENDPOINT_URL",
+        "MODERATION_DYNAMODB_ENDPOINT_URL",
+        "MODERATION_QUARANTINE_S3_ENDPOINT_URL",
+        "REKOGNITION_ENDPOINT_URL",
+    ]
+
+
+@pytest.mark.parametrize("key", ENDPOINT_KEYS)
+@pytest.mark.parametrize("value", ["localhost:4566", "127.0.0.1:9000", "s3.amazonaws.com"])
+def test_an_endpoint_url_without_a_scheme_is_refused_whichever_module_uses_it(
+    key: str, value: str
+) -> None:
+    # Checked whether or not the store, quarantine or purger that reads it is chosen.
+    with pytest.raises(ConfigurationError) as info:
+        settings(**{key: value})
+
+    assert f"Config '{key}' has value '{value}'" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ENDPOINT_KEYS)
+def test_an_endpoint_url_with_a_scheme_is_kept(key: str) -> None:
+    result = settings(**{key: "http://127.0.0.1:4566"})
+
+    assert getattr(result, key.removeprefix("MODERATION_").lower()) == "http://127.0.0.1:4566"
+
+
+@pytest.mark.parametrize(
+    "value", [":s3cret@cache:6379", "cache", "redis://:s3cret@a:6379,b:6379", "http://cache:6379"]
+)
+def test_a_redis_url_without_its_scheme_is_refused_without_showing_it(value: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(MODERATION_REDIS_URL=value)
+
+    message = str(info.value)
+    assert "Config 'MODERATION_REDIS_URL'" in message
+    assert "redis://" in message
+    assert value not in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["redis://:pw@127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock",
+     "REDIS://127.0.0.1", "redis://a:7000, redis://b:7001"],
+)  # fmt: skip
+def test_redis_urls_redis_py_accepts_are_kept(value: str) -> None:
+    assert settings(MODERATION_REDIS_URL=value).redis_url.value == value
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"REKOGNITION_ENDPOINT_URL": "localhost:4566"},
+     {"MODERATION_CLOUDFRONT_ENDPOINT_URL": "cloudfront.amazonaws.com"},
+     {"MODERATION_QUARANTINE": "thumbor_rekognition.quarantine.s3",
+      "MODERATION_QUARANTINE_S3_BUCKET": "quarantine",
+      "MODERATION_QUARANTINE_S3_ENDPOINT_URL": "127.0.0.1:9000"},
+     {"MODERATION_DECISION_STORE": "thumbor_rekognition.stores.redis",
+      "MODERATION_REDIS_URL": "127.0.0.1:6379"}],
+    ids=["rekognition", "cloudfront", "s3-quarantine", "redis"],
+)  # fmt: skip
+def test_an_endpoint_without_a_scheme_stops_thumbor_at_start_up(
+    tmp_path: Path, extra: dict[str, str]
+) -> None:
+    # Accepted, every new picture got a 500 once a process built its client.
+    config = base_config(tmp_path, tmp_path / "images", None)
+    config.update(extra)
+    thumbor = ThumborServer(tmp_path, config)
+
+    thumbor.start(wait=False)
+    code = thumbor.wait_exit()
+
+    assert code != 0
+    key = next(key for key in extra if key.endswith("_URL"))
+    assert f"Config '{key}'" in thumbor.log
+    assert "cannot start" in thumbor.log
+    assert "Traceback" not in thumbor.log
+
+
+def test_the_offline_backend_without_its_libraries_stops_thumbor_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # numpy as a plain `pip install .` leaves it: first on the path, failing to import.
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    (absent / "numpy.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'numpy'\", name='numpy')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(absent))
+    config = base_config(tmp_path, tmp_path / "images", None)
+    config["MODERATION_BACKEND"] = "thumbor_rekognition.backends.nudenet"
+    thumbor = ThumborServer(tmp_path, config)
+
+    thumbor.start(wait=False)
+    code = thumbor.wait_exit()
+
+    assert code != 0
+    assert "Config 'MODERATION_BACKEND'" in thumbor.log
+    assert "No module named 'numpy'" in thumbor.log
+    assert "pip install 'thumbor-moderation[local]'" in thumbor.log
+    assert "cannot start" in thumbor.log
+    assert "Traceback" not in thumbor.log
+
+
+TYPOS = {"MODERATION_MIN_CONFIDANCE": 0.7, "MODERATION_BACKENDS": "x", "REKOGNITION_ZONE": "eu"}
+NEAREST = {
+    "MODERATION_MIN_CONFIDANCE": "Did you mean 'MODERATION_MIN_CONFIDENCE'?",
+    "MODERATION_BACKENDS": "Did you mean 'MODERATION_BACKEND'?",
+    "MODERATION_NUDENET_THREADS": "Did you mean 'NUDENET_THREADS'?",
+    "REKOGNITION_TIMEOUT": "Did you mean 'REKOGNITION_TIMEOUT_SECONDS'?",
+    "MODERATION_TOKEN": "Did you mean 'MODERATION_ADMIN_TOKEN'?",
+    "REKOGNITION_ZONE": "thumbor.conf.example lists every key.",
+}
+
+
+def warnings_for(**values: Any) -> list[str]:
+    config = Config()
+    for key, value in values.items():
+        setattr(config, key, value)
+    return unknown_keys(config)
+
+
+@pytest.mark.parametrize(("key", "hint"), NEAREST.items())
+def test_an_undefined_key_is_named_with_the_nearest_defined_one(key: str, hint: str) -> None:
+    warnings = warnings_for(**{key: "1"})
+
+    assert len(warnings) == 1
+    assert f"Config '{key}'" in warnings[0]
+    assert warnings[0].endswith(hint)
+
+
+def test_defined_keys_and_keys_of_other_prefixes_get_no_warning() -> None:
+    defined = {key: default for key, default in DEFAULTS.items() if key.startswith("MODERATION_")}
+
+    assert warnings_for(**defined, LOADER="x", MY_MODERATION_NOTE="x", moderation_x=1) == []
+
+
+def test_undefined_keys_from_the_environment_are_named_only_with_use_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODERATION_BACKENDS", "thumbor_rekognition.backends.nudenet")
+    without = warnings_for()
+    monkeypatch.setattr(Config, "_allow_environment_variables", True)
+
+    with_environment = warnings_for()
+
+    assert without == []
+    assert [w for w in with_environment if "MODERATION_BACKENDS" in w] == [
+        "Config 'MODERATION_BACKENDS' (set in the environment) is not a key of the plugin: "
+        "ignored. Did you mean 'MODERATION_BACKEND'?"
+    ]
+
+
+def test_thumbor_starts_and_warns_about_each_undefined_key_of_its_conf(tmp_path: Path) -> None:
+    config = base_config(tmp_path, tmp_path / "images", None)
+    config.update(TYPOS)
+    thumbor = ThumborServer(tmp_path, config, log_level="warning")
+
+    thumbor.start()
+    thumbor.stop()
+
+    log = thumbor.log
+    assert log.count("is not a key of the plugin") == len(TYPOS)
+    assert "Config 'MODERATION_MIN_CONFIDANCE' (set in the configuration)" in log
+    assert "Did you mean 'MODERATION_MIN_CONFIDENCE'?" in log
+    assert "Did you mean 'MODERATION_BACKEND'?" in log
+    assert "Config 'REKOGNITION_ZONE'" in log
+
+
+def test_thumbor_with_use_environment_warns_about_undefined_keys_of_the_environment(
+    tmp_path: Path,
+) -> None:
+    thumbor = ThumborServer(tmp_path, base_config(tmp_path, tmp_path / "images", None))
+    thumbor.write_conf()
+    thumbor.port = free_port()
+    environment = {**aws_test_environment(), "MODERATION_MIN_CONFIDANCE": "0.7"}
+
+    with thumbor.log_path.open("ab") as log:
+        # ThumborServer's own start() has no --use-environment.
+        thumbor.process = subprocess.Popen(
+            [thumbor_executable(), f"--conf={thumbor.conf_path}", "--use-environment=True",
+             "--ip=127.0.0.1", f"--port={thumbor.port}", "--log-level=warning"],
+            stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+        )  # fmt: skip
+    try:
+        thumbor.wait_ready()
+    finally:
+        thumbor.stop()
+
+    assert (
+        "Config 'MODERATION_MIN_CONFIDANCE' (set in the environment) is not a key of the "
+        "plugin: ignored. Did you mean 'MODERATION_MIN_CONFIDENCE'?"
+    ) in thumbor.log

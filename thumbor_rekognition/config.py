@@ -8,9 +8,13 @@ message that names the key.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -512,6 +516,10 @@ _PROJECT_VERSION_ARN = (
 )
 
 
+# The schemes redis-py's from_url accepts.
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class ConfigurationError(ValueError):
     """A configuration value the plugin cannot work with; the message names the key."""
 
@@ -526,6 +534,72 @@ def checked_endpoint_url(key: str, value: str | None, example: str) -> str | Non
             f"Config '{key}' has value {value!r}. Not a URL such as {example!r}."
         )
     return value
+
+
+# Prefixes of the plugin's keys: a key with one of them that nothing defines is a typo.
+_PREFIXES = ("MODERATION_", "REKOGNITION_")
+
+
+def unknown_keys(config: Any) -> list[str]:
+    """A warning for each MODERATION_* or REKOGNITION_* key given that nothing defines."""
+    # Thumbor's Config keeps every key the conf file (or code) set as an attribute of its
+    # own; defaults live on the class. --use-environment reads any key from os.environ.
+    given = {key: "set in the configuration" for key in vars(config) if key.isupper()}
+    if getattr(config, "_allow_environment_variables", False):
+        given.update(dict.fromkeys(os.environ, "set in the environment"))
+    messages = []
+    for key, where in sorted(given.items()):
+        if not key.startswith(_PREFIXES) or key in Config.class_defaults:
+            continue
+        near = _nearest_key(key)
+        hint = f"Did you mean '{near}'?" if near else "thumbor.conf.example lists every key."
+        messages.append(f"Config '{key}' ({where}) is not a key of the plugin: ignored. {hint}")
+    return messages
+
+
+def _nearest_key(key: str) -> str | None:
+    # Compared without their prefixes, which every key shares and which would make any
+    # two keys look alike; the whole names only break ties (MODERATION_ / REKOGNITION_).
+    def score(candidate: str) -> tuple[float, float]:
+        return (
+            difflib.SequenceMatcher(None, _tail(key), _tail(candidate)).ratio(),
+            difflib.SequenceMatcher(None, key, candidate).ratio(),
+        )
+
+    best = max(DEFAULTS, key=score)
+    return best if score(best)[0] >= 0.6 else None
+
+
+def _tail(key: str) -> str:
+    return next((key[len(p) :] for p in _PREFIXES if key.startswith(p)), key)
+
+
+# Backends that need an extra beyond the base install: the extra, and what it brings
+# that the backend imports.
+BACKEND_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "thumbor_rekognition.backends.nudenet": ("local", ("numpy", "cv2", "onnxruntime", "nudenet")),
+}
+
+
+def check_backend_extra(backend: str) -> None:
+    """Raise ConfigurationError if the libraries of this backend's extra do not import."""
+    if backend not in BACKEND_EXTRAS:
+        return
+    extra, modules = BACKEND_EXTRAS[backend]
+    # Imported in a process of their own: imported here, they would start their threads
+    # before `thumbor --processes=N` forks, and the model is loaded after fork anyway.
+    found = subprocess.run(  # noqa: S603 - this Python, importing fixed module names
+        [sys.executable, "-c", f"import {', '.join(modules)}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        lines = found.stderr.strip().splitlines() or [f"exit code {found.returncode}"]
+        raise ConfigurationError(
+            f"Config 'MODERATION_BACKEND' has value {backend!r}, which needs the '{extra}' "
+            f"extra ({lines[-1]}): pip install 'thumbor-moderation[{extra}]'"
+        )
 
 
 @dataclass(frozen=True)
@@ -619,13 +693,13 @@ class Settings:
             on_error=reader.choice("MODERATION_ON_ERROR", ("reject", "allow")),
             decision_store=reader.module("MODERATION_DECISION_STORE"),
             sqlite_path=reader.string("MODERATION_SQLITE_PATH"),
-            redis_url=Secret(reader.string("MODERATION_REDIS_URL")),
+            redis_url=reader.redis_url("MODERATION_REDIS_URL"),
             redis_prefix=reader.redis_prefix("MODERATION_REDIS_PREFIX"),
             redis_cluster=reader.boolean("MODERATION_REDIS_CLUSTER"),
             redis_wait_replicas=reader.integer("MODERATION_REDIS_WAIT_REPLICAS", minimum=0),
             dynamodb_table=reader.string("MODERATION_DYNAMODB_TABLE").strip(),
             dynamodb_region=reader.string("MODERATION_DYNAMODB_REGION").strip(),
-            dynamodb_endpoint_url=reader.optional_str("MODERATION_DYNAMODB_ENDPOINT_URL"),
+            dynamodb_endpoint_url=reader.endpoint_url("MODERATION_DYNAMODB_ENDPOINT_URL"),
             dynamodb_create_table=reader.boolean("MODERATION_DYNAMODB_CREATE_TABLE"),
             store_timeout=reader.number(
                 "MODERATION_STORE_TIMEOUT_SECONDS", minimum=0.01, maximum=60.0
@@ -644,7 +718,7 @@ class Settings:
             quarantine_s3_bucket=reader.string("MODERATION_QUARANTINE_S3_BUCKET"),
             quarantine_s3_prefix=reader.string("MODERATION_QUARANTINE_S3_PREFIX"),
             quarantine_s3_region=reader.string("MODERATION_QUARANTINE_S3_REGION"),
-            quarantine_s3_endpoint_url=reader.optional_str("MODERATION_QUARANTINE_S3_ENDPOINT_URL"),
+            quarantine_s3_endpoint_url=reader.endpoint_url("MODERATION_QUARANTINE_S3_ENDPOINT_URL"),
             admin_prefix=reader.prefix("MODERATION_ADMIN_PREFIX"),
             admin_token=reader.secret("MODERATION_ADMIN_TOKEN", minimum_length=16),
             admin_max_body=reader.integer("MODERATION_ADMIN_MAX_BODY_BYTES", minimum=1024),
@@ -652,7 +726,7 @@ class Settings:
             cdn_purgers=tuple(reader.modules("MODERATION_CDN_PURGERS")),
             cloudfront_distribution_id=reader.string("MODERATION_CLOUDFRONT_DISTRIBUTION_ID"),
             cloudfront_path_prefix=reader.string("MODERATION_CLOUDFRONT_PATH_PREFIX"),
-            cloudfront_endpoint_url=reader.optional_str("MODERATION_CLOUDFRONT_ENDPOINT_URL"),
+            cloudfront_endpoint_url=reader.endpoint_url("MODERATION_CLOUDFRONT_ENDPOINT_URL"),
             http_purge=reader.http_call("MODERATION_HTTP_PURGE"),
             webhook_url=reader.url("MODERATION_WEBHOOK_URL"),
             webhook_secret=reader.secret("MODERATION_WEBHOOK_SECRET", minimum_length=16),
@@ -662,7 +736,7 @@ class Settings:
             outbox_give_up=reader.number("MODERATION_OUTBOX_GIVE_UP_SECONDS", minimum=1.0),
             nudenet_threads=reader.integer("NUDENET_THREADS", minimum=0, maximum=64),
             rekognition_region=reader.string("REKOGNITION_REGION"),
-            rekognition_endpoint_url=reader.optional_str("REKOGNITION_ENDPOINT_URL"),
+            rekognition_endpoint_url=reader.endpoint_url("REKOGNITION_ENDPOINT_URL"),
             rekognition_timeout=reader.number(
                 "REKOGNITION_TIMEOUT_SECONDS", minimum=0.1, maximum=300.0
             ),
@@ -807,6 +881,17 @@ class _Reader:
             raise self._fail(key, value, "Not a string.")
         return value
 
+    def redis_url(self, key: str) -> Secret:
+        value = self.string(key)
+        urls = [url.strip() for url in value.split(",") if url.strip()]
+        if not urls or any(not url.lower().startswith(_REDIS_SCHEMES) for url in urls):
+            # Not repeated: the URL may hold a password.
+            raise ConfigurationError(
+                f"Config '{key}' is not a Redis URL: write it with its scheme, e.g. "
+                "'redis://127.0.0.1:6379/0' (rediss:// for TLS, unix:// for a socket)."
+            )
+        return Secret(value)
+
     def redis_prefix(self, key: str) -> str:
         value = self.string(key)
         if "{" in value or "}" in value:
@@ -858,6 +943,11 @@ class _Reader:
                 "111122223333:project/my-adapter/version/my-adapter.2024-01-01/1700000000000'.",
             )
         return value.strip() if value is not None else None
+
+    def endpoint_url(self, key: str) -> str | None:
+        # botocore accepts 'localhost:4566' here and fails only when a client is built,
+        # in each process, on the first request that needs it.
+        return checked_endpoint_url(key, self.optional_str(key), "http://127.0.0.1:4566")
 
     def header(self, key: str) -> str | None:
         value = self.optional_str(key)

@@ -13,7 +13,7 @@ from typing import Any
 from libthumbor.url import Url
 
 from thumbor_rekognition import admin, quarantine, stores
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.config import ConfigurationError, check_backend_extra, unknown_keys
 from thumbor_rekognition.filter_table import share_filter_tables
 from thumbor_rekognition.gate import ModerationHandler
 from thumbor_rekognition.runtime import runtime_for
@@ -23,8 +23,13 @@ logger = logging.getLogger(__name__)
 
 def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     """Validate the configuration and route image requests through the gate."""
+    # Said before anything can stop start-up: a misspelt key often explains the error.
+    for message in unknown_keys(context.config):
+        logger.warning("%s", message)
     try:
         runtime = runtime_for(context.config)
+        # Its libraries are imported on the first picture; missing, every picture is a 500.
+        check_backend_extra(runtime.settings.backend)
         # What the store and the quarantine would refuse in each process: refused here.
         stores.check_settings(runtime.settings)
         quarantine.check_settings(runtime.settings)
