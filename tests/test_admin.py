@@ -479,7 +479,7 @@ def test_the_token_never_reaches_the_thumbor_log(
     assert "wrong-token-that-is-long-enough" not in log
 
 
-def test_without_a_token_the_admin_routes_do_not_exist(
+def test_without_a_token_the_admin_routes_say_the_api_is_off_and_which_key_turns_it_on(
     tmp_path: Path, fake: FakeRekognition
 ) -> None:
     folder = tmp_path / "images"
@@ -488,14 +488,16 @@ def test_without_a_token_the_admin_routes_do_not_exist(
     (folder / "moderation" / "stats.png").write_bytes(picture(GREEN))
     config = admin_config(tmp_path, folder, fake.url)
     del config["MODERATION_ADMIN_TOKEN"]
-    thumbor = ThumborServer(tmp_path, config).start()
+    # Thumbor's default log level: where an operator looks first.
+    thumbor = ThumborServer(tmp_path, config, log_level="warning").start()
     try:
         seen = thumbor.get("/unsafe/seen.png")
         image = thumbor.get(f"/unsafe{PREFIX}/stats.png")
         probes = [
             call(thumbor, method, route.format(url="seen.png"), None, AUTH)
-            for method, route in [*DATA_ROUTES, ("GET", "/"), ("GET", "")]
+            for method, route in [*DATA_ROUTES, ("GET", "/"), ("GET", ""), ("GET", "/x/y")]
         ]
+        beside = thumbor.get(f"{PREFIX}-other/")
     finally:
         thumbor.stop()
 
@@ -503,10 +505,15 @@ def test_without_a_token_the_admin_routes_do_not_exist(
     assert image.status == 200
     assert image.header("X-Moderation-Status") == "approved"
     for probe in probes:
-        assert probe.status in (400, 404, 405)
+        assert probe.status == 404
+        error = json_of(probe)["error"]
+        assert "admin API is off" in error
+        assert "MODERATION_ADMIN_TOKEN" in error
+        assert probe.header("Cache-Control") == "no-store"
         assert b"seen.png" not in probe.body
-        assert b"moderation review" not in probe.body
-        assert b"next_cursor" not in probe.body
+    # Only the prefix itself and what lies under it.
+    assert beside.status == 400
+    assert thumbor.log.count("admin API is off: set MODERATION_ADMIN_TOKEN") == 1
     assert "Traceback" not in thumbor.log
 
 

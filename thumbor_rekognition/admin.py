@@ -1,9 +1,10 @@
 """The admin API and review page, under MODERATION_ADMIN_PREFIX, behind a bearer token.
 
-Routes exist only when MODERATION_ADMIN_TOKEN is set. Every route that reads or changes
-data needs ``Authorization: Bearer <token>`` (compared in constant time); the review
-page's empty shell loads without it and asks for the token once, keeping it in the
-tab's session storage and sending it as a header, never in a URL.
+Routes exist only when MODERATION_ADMIN_TOKEN is set; without it every path under the
+prefix answers 404 saying so. Every route that reads or changes data needs
+``Authorization: Bearer <token>`` (compared in constant time); the review page's empty
+shell loads without it and asks for the token once, keeping it in the tab's session
+storage and sending it as a header, never in a URL.
 """
 
 from __future__ import annotations
@@ -256,6 +257,22 @@ class PageHandler(_AdminHandler):
         self.finish(_templates.load("review_grid.html").generate(columns=columns))
 
 
+class DisabledHandler(_AdminHandler):
+    """Any path under the prefix while no token is set: says which key turns the API on."""
+
+    requires_token = False
+
+    def prepare(self) -> None:
+        # Else the gate's route takes the path and Thumbor answers an empty 400.
+        raise ApiError(404, DISABLED)
+
+
+DISABLED = (
+    "the admin API is off: set MODERATION_ADMIN_TOKEN to turn it on "
+    "(the thumbor-moderation command works without it)"
+)
+
+
 def _status(value: str, allow_empty: bool) -> Status | None:
     if not value and allow_empty:
         return None
@@ -285,12 +302,13 @@ def _mime(data: bytes) -> str:
 
 
 def get_handlers(context: Any, runtime: Runtime) -> list[tuple[Any, ...]]:
-    """The admin routes, or none when no token is configured."""
+    """The admin routes, or one that says they are off when no token is configured."""
     settings = runtime.settings
-    if settings.admin_token is None:
-        return []
     prefix = re.escape(settings.admin_prefix)
     arguments = {"review": Review(runtime, ThumborCaches(context)), "runtime": runtime}
+    if settings.admin_token is None:
+        logger.warning("%s/: %s", settings.admin_prefix, DISABLED)
+        return [(rf"{prefix}(?:/.*)?", DisabledHandler, arguments)]
     return [
         (rf"{prefix}/?", PageHandler, arguments),
         (rf"{prefix}/images", ImagesHandler, arguments),
