@@ -259,6 +259,58 @@ def test_check_fails_loudly_when_the_backend_refuses(
     assert captured.out == ""
 
 
+def test_check_names_an_undefined_key_of_the_conf_and_the_nearest_defined_one(
+    site: Site,
+) -> None:
+    path = site.root / "upload.png"
+    path.write_bytes(picture(RED))
+    site.write_conf(MODERATION_MIN_CONFIDANCE=0.8)
+
+    check = subprocess.run(
+        [console_script(), "--conf", str(site.conf), "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert check.returncode == 0, check.stderr
+    assert "decision: rejected" in check.stdout
+    assert (
+        "Config 'MODERATION_MIN_CONFIDANCE' (set in the configuration) is not a key of the "
+        "plugin: ignored. Did you mean 'MODERATION_MIN_CONFIDENCE'?"
+    ) in check.stderr
+
+
+def test_check_with_the_offline_backend_but_not_its_libraries_names_the_extra(
+    site: Site,
+) -> None:
+    # numpy as a plain `pip install .` leaves it: first on the path, failing to import.
+    absent = site.root / "absent"
+    absent.mkdir()
+    (absent / "numpy.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'numpy'\", name='numpy')\n"
+    )
+    path = site.root / "upload.png"
+    path.write_bytes(picture(RED))
+    site.write_conf(MODERATION_BACKEND="thumbor_rekognition.backends.nudenet")
+
+    check = subprocess.run(
+        [console_script(), "--conf", str(site.conf), "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(absent)},
+    )
+
+    assert check.returncode == 2
+    assert "Config 'MODERATION_BACKEND'" in check.stderr
+    assert "No module named 'numpy'" in check.stderr
+    assert "pip install 'thumbor-moderation[local]'" in check.stderr
+    assert "Traceback" not in check.stderr
+
+
 # backfill
 
 

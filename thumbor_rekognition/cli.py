@@ -36,7 +36,11 @@ from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from thumbor_rekognition.backends import BackendError
 from thumbor_rekognition.caches import ThumborCaches, storage_key
-from thumbor_rekognition.config import ConfigurationError  # also defines the plugin's keys
+from thumbor_rekognition.config import (  # also defines the plugin's keys
+    ConfigurationError,
+    check_backend_extra,
+    unknown_keys,
+)
 from thumbor_rekognition.decision import (
     ContentType,
     Decision,
@@ -167,6 +171,9 @@ def _load_config(conf: str | None) -> Any:
 
 def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
     """Judge one file with the configured backend and thresholds; store nothing."""
+    for message in unknown_keys(environment.config):
+        logger.warning("%s", message)
+    check_backend_extra(environment.runtime.settings.backend)
     data = _read_file(arguments.file)
     moderator = environment.runtime.moderator
     backend, policy = moderator.backend, moderator.policy
