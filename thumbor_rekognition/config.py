@@ -60,7 +60,8 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_BACKEND",
         "thumbor_rekognition.backends.rekognition",
         "Module that judges pictures: thumbor_rekognition.backends.rekognition (Amazon "
-        "Rekognition) or thumbor_rekognition.backends.nudenet (offline, nudity only).",
+        "Rekognition) or thumbor_rekognition.backends.nudenet (offline, nudity only; "
+        "needs pip install 'thumbor-moderation[local]', checked at start-up).",
         GROUP,
     ),
     (
@@ -324,9 +325,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_ADMIN_TOKEN",
         None,
-        "Bearer token of the admin API and review page. Unset: the admin routes do not "
-        "exist. Use a long random string, e.g. from `python -c 'import secrets; "
-        "print(secrets.token_urlsafe(32))'`.",
+        "Bearer token of the admin API and review page. Unset: the admin API is off and "
+        "every path under the prefix answers 404 saying so. Use a long random string, "
+        "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
         ADMIN_GROUP,
     ),
     (
@@ -422,7 +423,8 @@ _KEYS: list[tuple[str, Any, str, str]] = [
     (
         "REKOGNITION_ENDPOINT_URL",
         None,
-        "Rekognition endpoint URL; unset means AWS's own for the region.",
+        "Rekognition endpoint URL with its scheme (e.g. 'http://localhost:4566'); unset "
+        "means AWS's own for the region.",
         REKOGNITION_GROUP,
     ),
     (
