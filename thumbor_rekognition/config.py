@@ -590,17 +590,22 @@ def check_backend_extra(backend: str) -> None:
     extra, modules = BACKEND_EXTRAS[backend]
     # Imported in a process of their own: imported here, they would start their threads
     # before `thumbor --processes=N` forks, and the model is loaded after fork anyway.
-    found = subprocess.run(  # noqa: S603 - this Python, importing fixed module names
-        [sys.executable, "-c", f"import {', '.join(modules)}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if found.returncode != 0:
+    try:
+        found = subprocess.run(  # noqa: S603 - this Python, importing fixed module names
+            [sys.executable, "-c", f"import {', '.join(modules)}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         lines = found.stderr.strip().splitlines() or [f"exit code {found.returncode}"]
+        reason = lines[-1] if found.returncode != 0 else None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        reason = f"its libraries could not be tried: {error}"
+    if reason is not None:
         raise ConfigurationError(
             f"Config 'MODERATION_BACKEND' has value {backend!r}, which needs the '{extra}' "
-            f"extra ({lines[-1]}): pip install 'thumbor-moderation[{extra}]'"
+            f"extra ({reason}): pip install 'thumbor-moderation[{extra}]'"
         )
 
 
