@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,14 +25,17 @@ from tests.moto_server import aws_client, moto_server
 from tests.receivers import Received, Receiver
 from tests.servers import ThumborServer
 from tests.test_notifications import (
+    HOOK_PATH,
     add_picture,
     admin_config,
     arg,
+    body_of,
     call,
     outbox,
     wait_for,
     waiting,
 )
+from thumbor_rekognition.cdn import PATHS_PER_PICTURE, WILDCARD
 from thumbor_rekognition.stores import result_paths
 from thumbor_rekognition.stores.sqlite import Store
 
@@ -86,14 +90,14 @@ def serve(server: ThumborServer, name: str, sizes: tuple[str, ...] = SIZES) -> l
     return paths
 
 
-def recorded(server: ThumborServer, name: str, count: int) -> None:
+def recorded(server: ThumborServer, name: str, count: int, timeout: float = 10.0) -> None:
     """Wait until the gate has recorded `count` result paths for the picture.
 
     Thumbor answers before it stores a result, and the gate records the path after that.
     """
     store = Store(path=str(server.root / "decisions.sqlite3"))
     try:
-        wait_for(lambda: len(result_paths(store.results(name))) == count)
+        wait_for(lambda: len(result_paths(store.results(name))) == count, timeout)
     finally:
         store.close()
 
@@ -135,7 +139,7 @@ def cloudfront() -> Iterator[tuple[str, Any, str]]:
         yield endpoint, client, _create_distribution(client)
 
 
-def _create_distribution(client: Any) -> str:
+def _create_distribution(client: Any, reference: str = "thumbor-rekognition-tests") -> str:
     origin = {
         "Id": "thumbor",
         "DomainName": "thumbor.example.com",
@@ -147,7 +151,7 @@ def _create_distribution(client: Any) -> str:
     }
     created = client.create_distribution(
         DistributionConfig={
-            "CallerReference": "thumbor-rekognition-tests",
+            "CallerReference": reference,
             "Comment": "Thumbor behind CloudFront",
             "Enabled": True,
             "Origins": {"Quantity": 1, "Items": [origin]},
@@ -231,6 +235,54 @@ def plain(module_root: Path, images: Path, module_fake: FakeRekognition) -> Iter
     """Thumbor without MODERATION_CACHE_TAG_HEADER."""
     root = module_root / "plain"
     yield from _server(root, admin_config(root, images, module_fake.url))
+
+
+@dataclass
+class Unstored:
+    """Thumbor keeping no result of unsafe URLs, its own CloudFront distribution, a
+    Fastly-style purge API and webhooks, both at its own receiver."""
+
+    server: ThumborServer
+    receiver: Receiver
+    distribution: tuple[Any, str]
+
+
+# Thumbor's default: results of unsafe URLs are not stored; and no result storage at all.
+UNSTORED = {
+    "unsafe-not-stored": {"RESULT_STORAGE_STORES_UNSAFE": False},
+    "no-result-storage": {"RESULT_STORAGE": None, "MODERATION_SOURCE_RESULT_STORAGE": None},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(UNSTORED))
+def unstored(
+    request: pytest.FixtureRequest,
+    module_root: Path,
+    images: Path,
+    module_fake: FakeRekognition,
+    cloudfront: tuple[str, Any, str],
+) -> Iterator[Unstored]:
+    endpoint, client, _ = cloudfront
+    name: str = request.param
+    root = module_root / name
+    distribution = _create_distribution(client, name)
+    with Receiver() as receiver:
+        config = admin_config(root, images, module_fake.url)
+        config.update(
+            {
+                "MODERATION_CACHE_TAG_HEADER": TAG_HEADER,
+                "MODERATION_CDN_PURGERS": [CLOUDFRONT, HTTP],
+                "MODERATION_CLOUDFRONT_DISTRIBUTION_ID": distribution,
+                "MODERATION_CLOUDFRONT_ENDPOINT_URL": endpoint,
+                "MODERATION_HTTP_PURGE": fastly_call(receiver),
+                "MODERATION_WEBHOOK_URL": receiver.url + HOOK_PATH,
+                **UNSTORED[name],
+            }
+        )
+        for key in [key for key, value in config.items() if value is None]:
+            del config[key]
+        for server in _server(root, config):
+            yield Unstored(server, receiver, (client, distribution))
 
 
 @pytest.fixture
@@ -365,12 +417,23 @@ def test_rejecting_a_picture_that_was_never_served_purges_nothing(
     fake.respond(RED, NUDITY)
     name = add_picture(images, RED, "never-served")
     assert edge.get(f"/unsafe/60x45/{name}").header("X-Moderation-Status") == "rejected"
+    # A served picture rejected just after: its purges show that purging works, and
+    # anything queued for the first picture would have been delivered before them.
+    served = add_picture(images, BLUE, "served-after")
+    paths = serve(edge, served, SIZES[:1])
+    tag = tag_of(edge, paths[0])
+    assert tag is not None
+    recorded(edge, served, 1)
 
     put = call(edge, "PUT", f"/image?url={arg(name)}", {"status": "rejected", "note": "sure"})
-    time.sleep(1.0)
+    assert call(edge, "PUT", f"/image?url={arg(served)}", {"status": "rejected"}).status == 200
+    found = invalidated(distribution, served)
+    receiver.wait_for(1, purges_of(tag))
+    wait_for(lambda: waiting(edge) == 0)
 
     assert put.status == 200
-    assert receiver.requests == []
+    assert found == [set(paths)]
+    assert [request.path for request in receiver.requests] == [FASTLY_PURGE + tag]
     assert invalidations(distribution, name) == []
 
 
@@ -439,3 +502,66 @@ def test_a_picture_whose_name_needs_escaping_is_invalidated_at_the_path_viewers_
 
     assert paths == [f"/unsafe/{SIZES[0]}/caf%C3%A9%20au%20lait-{serial}.png"]
     assert found == [set(paths)]
+
+
+# Purges of paths served but not kept in result storage
+
+
+def test_rejecting_a_picture_served_without_result_storage_purges_every_path_served(
+    unstored: Unstored, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "unstored")
+    paths = serve(unstored.server, name)
+    tag = tag_of(unstored.server, paths[0])
+    assert tag is not None
+    recorded(unstored.server, name, 3)
+
+    put = call(unstored.server, "PUT", f"/image?url={arg(name)}", {"status": "rejected"})
+    found = invalidated(unstored.distribution, name)
+    [purge] = unstored.receiver.wait_for(1, purges_of(tag))
+    [hook] = unstored.receiver.wait_for(1, _rejection_of(name))
+
+    assert put.status == 200
+    assert not list((unstored.server.root / "result").rglob("*.*"))
+    assert found == [set(paths)]
+    assert purge.status == 200
+    assert sorted(body_of(hook)["paths"]) == sorted(paths)
+
+
+def test_past_the_bound_of_paths_a_purge_invalidates_every_path(
+    unstored: Unstored, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "bound")
+    sizes = tuple(f"{width}x0" for width in range(1, PATHS_PER_PICTURE + 51))
+    paths = serve(unstored.server, name, sizes)
+    tag = tag_of(unstored.server, paths[0])
+    assert tag is not None
+    store = Store(path=str(unstored.server.root / "decisions.sqlite3"))
+    # Written one after another on the store's thread, which a busy machine slows down.
+    wait_for(lambda: len(result_paths(store.results(name))) >= PATHS_PER_PICTURE, 60.0)
+    # The bound holds per process while it remembers what it recorded: a path or two
+    # may be recorded again after the picture's decision is saved anew.
+    count = len(result_paths(store.results(name)))
+    store.close()
+
+    put = call(unstored.server, "PUT", f"/image?url={arg(name)}", {"status": "rejected"})
+    [hook] = unstored.receiver.wait_for(1, _rejection_of(name))
+    unstored.receiver.wait_for(1, purges_of(tag))
+    wait_for(lambda: waiting(unstored.server) == 0)
+
+    assert put.status == 200
+    assert PATHS_PER_PICTURE <= count < len(paths)
+    assert body_of(hook)["paths"] == [WILDCARD]
+    assert [{WILDCARD}] == [
+        found for found in invalidations(unstored.distribution, "") if WILDCARD in found
+    ]
+    assert f"{name} was served at {PATHS_PER_PICTURE} paths or more" in unstored.server.log
+
+
+def _rejection_of(name: str) -> Callable[[Received], bool]:
+    """The webhook telling that this picture became rejected."""
+    return lambda request: (
+        request.path == HOOK_PATH
+        and body_of(request)["key"] == name
+        and body_of(request)["status"] == "rejected"
+    )

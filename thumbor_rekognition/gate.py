@@ -6,6 +6,10 @@ takes Thumbor's image route (handler lists are matched first) and, after the sig
 check, refuses rejected pictures before result storage or storage is read, with the
 placeholder or a 403 and short cache headers. What it lets through is still judged by
 the moderating STORAGE and RESULT_STORAGE, which also close Thumbor's other doors.
+
+Every path it answers with a cacheable approval is recorded for the picture, stored as a
+result or not (unsafe URLs, no result storage): a CDN may keep any of them, and a
+rejection purges them all.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from thumbor.handlers.imaging import ImagingHandler
 from thumbor.loaders import LoaderResult
 from thumbor.storages.no_storage import Storage as NoStorage
 
-from thumbor_rekognition import provenance, rules
+from thumbor_rekognition import cdn, provenance, rules
 from thumbor_rekognition.cdn import cache_tag
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.overlap import Overlap
@@ -31,6 +35,7 @@ from thumbor_rekognition.urls import normalise
 logger = logging.getLogger(__name__)
 
 STATUS_HEADER = "X-Moderation-Status"
+OK = 200
 NOT_AN_IMAGE = 400
 FORBIDDEN = 403
 INTERNAL_ERROR = 500
@@ -52,6 +57,8 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     # A first view's judgement, running while Thumbor renders the picture.
     overlap: Overlap | None = None
     _key = ""
+    # The request path and the pictures of an approved response a CDN may keep.
+    _served: tuple[str, list[str]] | None = None
 
     _deadline: float | None = None
 
@@ -99,6 +106,12 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         # Not judged yet: the moderating STORAGE judges a stored original before handing it
         # out, and the moderating RESULT_STORAGE answers no result without an approval.
         await _execute_image_operations(self)
+        served = self._served
+        if served is not None:
+            # After the answer: the viewer does not wait for the record.
+            path, keys = served
+            for served_key in keys:
+                await cdn.record(moderator, served_key, path)
 
     async def _refuse(self, decision: Decision) -> bool:
         """Answer the 403, or the placeholder when already rendered at this size; False
@@ -230,10 +243,21 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
             self._headers[STATUS_HEADER] = HEADER_VALUES[status]
             if status is not APPROVED:
                 set_short_cache(self, self._runtime.settings.rejected_max_age)
-            elif self._runtime.settings.cache_tag_header:
-                # Every size of one picture shares it: a CDN purges them all in one call.
-                self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
+            else:
+                if self._runtime.settings.cache_tag_header:
+                    # Every size of one picture shares it: a CDN purges them all in one call.
+                    self.set_header(self._runtime.settings.cache_tag_header, cache_tag(self._key))
+                if self._status_code == OK and _cacheable(self._headers.get("Cache-Control")):
+                    self._served = (self.request.path, self._pictures())
         return _finish(self, chunk)
+
+    def _pictures(self) -> list[str]:
+        """The decision keys of the pictures in this response, the main one alone when
+        it came from result storage (which recorded the others when it kept it)."""
+        used: provenance.Provenance | None = getattr(self.context, "moderation_provenance", None)
+        if used is None or not used.sources:
+            return [self._key]
+        return list(used.sources)
 
 
 def refuses(runtime: Runtime, decision: Decision) -> bool:
@@ -339,6 +363,21 @@ def _rendering(request: Any, handler: ModerationHandler) -> str:
         callback if request.meta else None,
     )
     return repr(fields)
+
+
+@functools.lru_cache(maxsize=64)
+def _cacheable(cache_control: str | None) -> bool:
+    """Whether a Cache-Control value lets a shared cache keep the response a while."""
+    if cache_control is None:
+        return False
+    directives: dict[str, str] = {}
+    for directive in cache_control.lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        directives[name] = value.strip('" ')
+    if "no-store" in directives or "private" in directives:
+        return False
+    age = directives.get("s-maxage", directives.get("max-age", ""))
+    return age.isdigit() and int(age) > 0
 
 
 def set_short_cache(handler: Any, max_age: int) -> None:

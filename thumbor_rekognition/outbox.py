@@ -73,22 +73,29 @@ class Outbox:
     def decision_changed(
         self, previous: Decision | None, current: Decision | None, event: Event
     ) -> None:
-        """Queue a webhook for a change, and purges when a served picture stops being served."""
+        """Queue a webhook for a change, and purges when a served picture stops being served;
+        both name the paths it was served at."""
         decision = current or previous
         if decision is None:
             return
         key = decision.key
+        was_served = previous is not None and previous.status.value == "approved"
+        stopped = was_served and (current is None or current.status.value != "approved")
+        paths: list[str] = []
+        if stopped and (self.settings.webhook_url or self.purgers):
+            paths = cdn.purge_paths(key, stores.result_paths(self.store.results(key)))
         if self.settings.webhook_url:
-            body = _webhook_body(decision, previous, current, event)
+            body = _webhook_body(decision, previous, current, event, paths)
             self.store.enqueue(WEBHOOK, key, json.dumps(body))
             self._wake.set()
-        was_served = previous is not None and previous.status.value == "approved"
-        if self.purgers and was_served and (current is None or current.status.value != "approved"):
-            paths = stores.result_paths(self.store.results(key))
-            self.purge(key, paths, "rejected" if current else "forgotten")
+        if self.purgers and stopped:
+            self._enqueue_purges(key, paths, "rejected" if current else "forgotten")
 
     def purge(self, key: str, paths: list[str], reason: str) -> None:
-        """Queue one purge per configured CDN."""
+        """Queue one purge per configured CDN of the paths recorded for key."""
+        self._enqueue_purges(key, cdn.purge_paths(key, paths), reason)
+
+    def _enqueue_purges(self, key: str, paths: list[str], reason: str) -> None:
         payload = json.dumps({"tag": cdn.cache_tag(key), "paths": paths, "reason": reason})
         for name in self.purgers:
             self.store.enqueue(CDN_PREFIX + name, key, payload)
@@ -246,7 +253,11 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def _webhook_body(
-    decision: Decision, previous: Decision | None, current: Decision | None, event: Event
+    decision: Decision,
+    previous: Decision | None,
+    current: Decision | None,
+    event: Event,
+    paths: list[str],
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "event": "decision.changed" if current else "decision.forgotten",
@@ -268,5 +279,7 @@ def _webhook_body(
         "updated_at": current.updated_at if current else event.at,
         "actor": event.actor,
         "note": event.note,
+        # The request paths a cache may still hold, when the picture stopped being served.
+        "paths": paths,
     }
     return body

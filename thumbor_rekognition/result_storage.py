@@ -20,7 +20,7 @@ from typing import Any
 
 from thumbor.result_storages import BaseStorage, ResultStorageResult
 
-from thumbor_rekognition import aws_caches, provenance
+from thumbor_rekognition import aws_caches, cdn, provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.caches import remove_result
 from thumbor_rekognition.decision import Decision, Status
@@ -114,7 +114,7 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         moderator = self._runtime.moderator
         path = self.context.request.url
         for key in used.sources:
-            await moderator.record_result(key, path)
+            await cdn.record(moderator, key, path)
         for key, sha256 in used.sources.items():
             if not await moderator.still_approved(key, sha256):
                 # A rejection saved while this was written: its purge may have run first.
