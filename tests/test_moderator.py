@@ -641,9 +641,30 @@ class FlakySaves(sqlite.Store):
         return super().save(decision, event)
 
 
-def test_decision_the_store_could_not_keep_is_pending_then_kept_without_paying_again(
+def test_an_approval_the_store_could_not_keep_is_pending_then_kept_without_paying_again(
     world: World,
 ) -> None:
+    store = FlakySaves(path=str(world.tmp_path / "flaky.sqlite3"))
+    moderator = world.moderator(store=store)
+    world.backend.labels = ()
+    data = picture(BLUE)
+    store.down = True
+
+    during = moderate(moderator, "host/a.jpg", data)
+    store.down = False
+    after = moderate(moderator, "host/a.jpg", data)
+
+    assert (during.status, during.needs_retry) == (Status.PENDING, True)
+    assert after.status is Status.APPROVED
+    assert store.get("host/a.jpg") == after
+    assert len(world.backend.calls) == 1
+
+
+def test_a_rejection_the_store_could_not_keep_is_still_a_rejection_then_kept_without_paying(
+    world: World,
+) -> None:
+    # Answered pending, it would be shown to viewers by a Thumbor failing open
+    # (MODERATION_ON_ERROR = 'allow') although the model rejected it.
     store = FlakySaves(path=str(world.tmp_path / "flaky.sqlite3"))
     moderator = world.moderator(store=store)
     data = picture(RED)
@@ -653,10 +674,36 @@ def test_decision_the_store_could_not_keep_is_pending_then_kept_without_paying_a
     store.down = False
     after = moderate(moderator, "host/a.jpg", data)
 
-    assert (during.status, during.needs_retry) == (Status.PENDING, True)
+    assert (during.status, during.needs_retry) == (Status.REJECTED, False)
     assert after.status is Status.REJECTED
     assert store.get("host/a.jpg") == after
     assert len(world.backend.calls) == 1
+
+
+def test_a_blind_rejection_the_store_cannot_bind_is_still_a_rejection(world: World) -> None:
+    store = FlakySaves(path=str(world.tmp_path / "flaky.sqlite3"))
+    moderator = world.moderator(store=store)
+    world.backend.labels = ()
+    blind = Decision(
+        key="host/a.jpg",
+        url="https://host/a.jpg",
+        sha256="",
+        status=Status.REJECTED,
+        source=Source.MANUAL,
+        blind=True,
+    )
+    store.save(blind, Event(Status.REJECTED, Source.MANUAL, "reports", "abuse report"))
+    store.down = True
+
+    during = moderate(moderator, "host/a.jpg", picture(BLUE))
+    store.down = False
+    after = moderate(moderator, "host/a.jpg", picture(BLUE))
+
+    assert (during.status, during.source) == (Status.REJECTED, Source.MANUAL)
+    assert (after.status, after.source, after.blind) == (Status.REJECTED, Source.MANUAL, True)
+    assert store.get("host/a.jpg") == after
+    assert after.sha256 == hashlib.sha256(picture(BLUE)).hexdigest()
+    assert world.backend.calls == []
 
 
 def test_decision_known_before_the_store_went_away_still_answers(world: World) -> None:

@@ -327,7 +327,7 @@ class Moderator:
             # Rejected by hand before any request fetched it: the rejection takes these
             # bytes, wherever else they appear. A blind approval is bound by a judgement
             # instead (rules.settle), so that it cannot approve bytes rejected elsewhere.
-            return await self.bind_rejection(key, url, sha256, buffer, metrics)
+            return await self.bind_rejection(current, sha256, buffer, metrics)
         if current is not None and current.sha256 == sha256 and self._stands(current):
             return current
         flight = self._flights.get(sha256)
@@ -359,12 +359,16 @@ class Moderator:
         return decision
 
     async def bind_rejection(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any = None
+        self, blind: Decision, sha256: str, buffer: bytes, metrics: Any = None
     ) -> Decision:
-        """Bind a blind manual rejection at key to the bytes of its first fetch; keep them in
+        """Bind a blind manual rejection to the bytes of its URL's first fetch; keep them in
         the quarantine and the index, and reject them under every URL decided automatically."""
-        proposal = self._undecided(key, url, sha256, "first fetch")
+        key = blind.key
+        proposal = self._undecided(key, blind.url, sha256, "first fetch")
         bound = await self._save(proposal, Event(None, None, SYSTEM, "first fetch"), metrics)
+        if bound.needs_retry:
+            # Not bound (the store failed): still refused, and bound on a later fetch.
+            return blind.replace(sha256=sha256)
         if bound.status is not Status.REJECTED or bound.sha256 != sha256:
             return bound
         await self.keep_original(sha256, buffer, metrics)
@@ -756,7 +760,10 @@ class Moderator:
             self._store_down(error, metrics)
             if not decision.needs_retry:
                 self._unsaved.put(decision.sha256, decision)
-            # Only a decision that is kept is answered as one: it must survive a restart.
+            if decision.status is Status.REJECTED:
+                # Refused all the same, even failing open: a refusal needs no keeping.
+                return decision
+            # Only an approval that is kept is answered as one: it must survive a restart.
             return decision.replace(status=Status.PENDING, error=f"store: {error}")
         self._unsaved.discard(decision.sha256)
         self._remember(saved)
