@@ -156,7 +156,16 @@ AWS_SHARED_ROWS = [
         [("Drugs", "Drug Use"), ("Drugs", "Drug Paraphernalia")],
         ("Drugs & Tobacco", "Drugs & Tobacco Paraphernalia & Use"),
     ),
+    # AWS's v7-to-v6 helper ("Amazon Rekognition Moderation V7 migration - a helper
+    # function", aws-samples), v7_name_mapping: "Corpses": [{"Name": "Corpses", ...},
+    # {"Name": "Hanging", "ParentName": "Visually Disturbing"}].
+    (
+        [("Visually Disturbing", "Corpses"), ("Visually Disturbing", "Hanging")],
+        ("Visually Disturbing", "Death and Emaciation", "Corpses"),
+    ),
 ]
+# 7 paths of AWS_L2_ROWS that also stand for another 6.1 label (AWS_SHARED_ROWS).
+SHARED_7 = {path for _, path in AWS_SHARED_ROWS}
 
 # AWS's L1 table: a 7 top-level label alone stands for these 6.1 top-level labels.
 AWS_L1_ROWS = [
@@ -244,6 +253,8 @@ def test_6x_policy_judges_each_aws_row_on_7x_as_on_6x(
     top: str, child: str, path: tuple[str, ...], types: tuple[str, ...]
 ) -> None:
     for rules, expected in policies_6(top, child):
+        if path in SHARED_7 and child in rules and top not in rules:
+            continue  # a rule on one of the two 6.1 labels only: the shared rows' test
         policy = Policy(rules=rules)
 
         on_6 = policy.judge(answer_6(top, child))
@@ -362,7 +373,7 @@ def test_lossy_7x_labels_are_listed_with_what_a_6x_policy_judges_them_as() -> No
 
     assert lossy[
         "Non-Explicit Nudity of Intimate parts and Kissing > Non-Explicit Nudity > Bare Back"
-    ] == ["Suggestive"]
+    ] == ["Suggestive > Revealing Clothes"]
     assert lossy["Drugs & Tobacco > Products"] == [
         "Drugs > Drug Products",
         "Tobacco > Tobacco Products",
@@ -370,8 +381,9 @@ def test_lossy_7x_labels_are_listed_with_what_a_6x_policy_judges_them_as() -> No
     assert "Swimwear or Underwear > Female Swimwear or Underwear" not in lossy
 
 
-def test_6x_names_no_7x_answer_reaches() -> None:
-    assert generations.unreachable("6") == {"hanging"}
+def test_every_6x_name_is_reached_by_some_7x_answer() -> None:
+    # Hanging only through AWS's helper (7.x Corpses); every other 6.x name has a row.
+    assert generations.unreachable("6") == set()
 
 
 def test_7x_policy_rule_on_illustrated_applies_to_6x_illustrated_explicit_nudity() -> None:
@@ -381,3 +393,108 @@ def test_7x_policy_rule_on_illustrated_applies_to_6x_illustrated_explicit_nudity
     photo = policy.judge(answer_6("Explicit Nudity", "Nudity"))
 
     assert (drawn.status, photo.status) == (Status.APPROVED, Status.REJECTED)
+
+
+# AWS's v7-to-v6 helper ("Amazon Rekognition Moderation V7 migration - a helper
+# function", aws-samples), its v7_name_mapping typed in for the 7.x labels that have no
+# row of their own in AWS's table: the helper maps each label Rekognition reports, the
+# parents beside their children, so such a label lands where its nearest mapped
+# ancestor does. "Non-Explicit Nudity" and "Obstructed intimate parts" -> [{"Name":
+# "Revealing Clothes", "ParentName": "Suggestive"}].
+NEN = "Non-Explicit Nudity of Intimate parts and Kissing"
+HELPER_PLACES = [
+    ((NEN, "Non-Explicit Nudity", "Bare Back"), ("Suggestive", "Revealing Clothes")),
+    (
+        (NEN, "Non-Explicit Nudity", "Partially Exposed Buttocks"),
+        ("Suggestive", "Revealing Clothes"),
+    ),
+    (
+        (NEN, "Non-Explicit Nudity", "Partially Exposed Female Breast"),
+        ("Suggestive", "Revealing Clothes"),
+    ),
+    ((NEN, "Obstructed Intimate Parts"), ("Suggestive", "Revealing Clothes")),
+    (
+        (NEN, "Obstructed Intimate Parts", "Obstructed Female Nipple"),
+        ("Suggestive", "Revealing Clothes"),
+    ),
+    (
+        (NEN, "Obstructed Intimate Parts", "Obstructed Male Genitalia"),
+        ("Suggestive", "Revealing Clothes"),
+    ),
+]
+# Reported without a level-3 label, these have no mapped ancestor in the helper (it
+# drops them); judged as their 6.x top-level category, the stricter reading.
+HELPER_DROPS = [
+    (("Violence", "Graphic Violence"), "Violence"),
+    (("Visually Disturbing", "Death and Emaciation"), "Visually Disturbing"),
+    (("Visually Disturbing", "Crashes"), "Visually Disturbing"),
+    (("Alcohol", "Alcohol Use"), "Alcohol"),
+]
+
+
+@pytest.mark.parametrize(("path", "place"), HELPER_PLACES, ids=lambda item: " > ".join(item))
+def test_7x_label_without_a_row_lands_where_aws_helper_puts_it(
+    path: tuple[str, ...], place: tuple[str, str]
+) -> None:
+    top, child = place
+    # The README's own seed ignores Revealing Clothes: a beach photo is approved.
+    assert Policy(rules={child: None}).judge(answer_7(path)).status is Status.APPROVED
+    assert Policy(rules={child: 0.9}).judge(answer_7(path)).status is Status.APPROVED
+    assert Policy(rules={child: 0.7, top: None}).judge(answer_7(path)).status is Status.REJECTED
+    # Judged as that label, not as its top-level category.
+    assert Policy(rules={top: None, child: 0.7}).judge(answer_7(path)).reasons[0].judged_as == (
+        f"{top} > {child}"
+    )
+
+
+@pytest.mark.parametrize(("path", "top"), HELPER_DROPS, ids=lambda item: str(item))
+def test_7x_label_aws_helper_drops_is_judged_as_its_6x_top_level(
+    path: tuple[str, ...], top: str
+) -> None:
+    assert Policy(rules={top: None}).judge(answer_7(path)).status is Status.APPROVED
+    assert Policy(rules={top: 0.7, "nudity": 0.1}).judge(answer_7(path)).status is Status.REJECTED
+
+
+def test_7x_corpses_is_6x_corpses_and_hanging_as_in_aws_helper() -> None:
+    corpses = answer_7(("Visually Disturbing", "Death and Emaciation", "Corpses"))
+
+    assert Policy(rules={"corpses": None}).judge(corpses).status is Status.REJECTED
+    assert Policy(rules={"hanging": None}).judge(corpses).status is Status.REJECTED
+    assert Policy(rules={"corpses": None, "hanging": None}).judge(corpses).status is (
+        Status.APPROVED
+    )
+    hanging = Policy(rules={"corpses": None, "hanging": 0.7}).judge(corpses)
+    assert [reason.judged_as for reason in hanging.reasons] == ["Visually Disturbing > Hanging"]
+
+
+def test_photographic_7x_explicit_nudity_is_never_illustrated_for_a_6x_policy() -> None:
+    """The helper maps any 7.x 'Explicit Nudity' to 'Illustrated Explicit Nudity'; AWS's
+    table does so only with ContentTypes Animated or Illustrated, and so does the plugin."""
+    bare = answer_7(("Explicit", "Explicit Nudity"))
+    policy = Policy(rules={"illustrated_explicit_nudity": None})
+
+    assert policy.judge(bare).status is Status.REJECTED
+    assert policy.judge(bare, kinds(("Illustrated",))).status is Status.APPROVED
+
+
+def drawn(confidence: float) -> tuple[ContentType, ...]:
+    return content_types_from_rekognition([{"Name": "Illustrated", "Confidence": confidence}])
+
+
+def test_content_type_counts_only_at_or_above_its_threshold_else_the_default() -> None:
+    hate = answer_7(("Hate Symbols", "Nazi Party"))
+    ignored = Policy(rules={"illustrated": None, "explicit": 0.5})
+    lenient = Policy(rules={"illustrated": 0.95, "explicit": 0.5})
+
+    # ignored: counts at or above MODERATION_MIN_CONFIDENCE (0.5 here).
+    assert ignored.judge(hate, drawn(30.0)).status is Status.REJECTED
+    assert ignored.judge(hate, drawn(49.9)).status is Status.REJECTED
+    assert ignored.judge(hate, drawn(50.0)).status is Status.APPROVED
+    # its own threshold: a drawing only when the model is that sure.
+    assert lenient.judge(hate, drawn(90.0)).status is Status.REJECTED
+    assert lenient.judge(hate, drawn(96.0)).status is Status.APPROVED
+    # The 6.x reading of drawn explicit nudity needs a counted ContentType too.
+    six = Policy(rules={"illustrated_explicit_nudity": None})
+    bare = answer_7(("Explicit", "Explicit Nudity", "Exposed Female Nipple"))
+    assert six.judge(bare, drawn(30.0)).status is Status.REJECTED
+    assert six.judge(bare, drawn(80.0)).status is Status.APPROVED

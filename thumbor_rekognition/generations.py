@@ -5,8 +5,10 @@ A policy is written in one generation; an answer in the other is translated labe
 label with the mapping AWS published (``assets/moderation_6.1_to_7.csv``), so that a 6.x
 policy judges a 7.x answer as it would have judged the corresponding 6.x labels, and a
 7.x policy a 6.x answer the other way. Where AWS maps several labels onto one, the
-translation yields all of them: an ignore must cover each to approve. A label with no
-counterpart is judged as the nearest ancestor that has one.
+translation yields all of them: an ignore must cover each to approve. A 7.x label with
+no row of its own is judged as its nearest ancestor that has one (Bare Back as its parent
+Non-Explicit Nudity, that is 6.x Suggestive > Revealing Clothes), as AWS's v7-to-v6
+helper does when Rekognition reports the parent beside the child.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Row:
     content_types: frozenset[str]
     # Names as AWS spells them, for messages.
     v6_names: tuple[str, ...]
+    # From AWS's v7-to-v6 helper rather than its table: translates from 7 to 6.1 only.
+    helper: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ def rows() -> tuple[Row, ...]:
         top = tuple(_key(name) for name in (record["v7_l1"], record["v7_l2"]) if name)
         for leaf in record["v7_l3"].split(";") or [""]:
             v7 = (*top, _key(leaf)) if leaf.strip() else top
-            table.append(Row(tuple(_key(n) for n in v6_names), v7, types, v6_names))
+            v6 = tuple(_key(n) for n in v6_names)
+            table.append(Row(v6, v7, types, v6_names, helper=record["table"] == "helper"))
     return tuple(table)
 
 
@@ -154,19 +159,22 @@ def to_6(path: tuple[str, ...], drawn: bool) -> tuple[list[tuple[str, ...]], boo
         found = [row.v6 for row in rows() if row.content_types and path[: len(row.v7)] == row.v7]
         if found:
             return _unique(found), True
-    exact = [row.v6 for row in rows() if row.v7 == path and row.v6 and not row.content_types]
-    if exact:
-        return _unique(exact), True
-    tops = [row.v6 for row in rows() if len(row.v7) == 1 and row.v7 == path[:1] and row.v6]
-    return _unique(tops), len(path) == 1
+    for end in range(len(path), 0, -1):
+        found = [
+            row.v6 for row in rows() if row.v7 == path[:end] and row.v6 and not row.content_types
+        ]
+        if found:
+            return _unique(found), end == len(path)
+    return [], False
 
 
 def to_7(path: tuple[str, ...]) -> tuple[list[tuple[str, ...]], bool]:
     """The 7.x paths a 6.x path stands for, and whether AWS's table says so exactly."""
-    found = [_valid_7(row.v7) for row in rows() if row.v6 == path]
+    table = [row for row in rows() if not row.helper]
+    found = [_valid_7(row.v7) for row in table if row.v6 == path]
     if found:
-        return _unique(found), all(_valid_7(row.v7) == row.v7 for row in rows() if row.v6 == path)
-    tops = [row.v7 for row in rows() if len(row.v6) == 1 and row.v6 == path[:1]]
+        return _unique(found), all(_valid_7(row.v7) == row.v7 for row in table if row.v6 == path)
+    tops = [row.v7 for row in table if len(row.v6) == 1 and row.v6 == path[:1]]
     return _unique(tops), len(path) == 1
 
 
