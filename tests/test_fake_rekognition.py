@@ -552,3 +552,29 @@ def test_an_unknown_adapter_is_not_found(fake: FakeRekognition, client: Any) -> 
 
     assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert fake.calls[0].project_version == ADAPTER
+
+
+def test_installed_botocore_knows_content_types_and_taxonomy_level() -> None:
+    """botocore before 1.34.20 drops both fields of an answer without a word; the package
+    requires boto3>=1.34.20 (pyproject.toml), whose botocore models them."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("rekognition")
+    answer = model.operation_model("DetectModerationLabels").output_shape
+    label = answer.members["ModerationLabels"].member
+
+    assert "ContentTypes" in answer.members
+    assert set(answer.members["ContentTypes"].member.members) >= {"Name", "Confidence"}
+    assert "TaxonomyLevel" in label.members
+
+
+def test_package_requires_the_first_boto3_that_knows_both_fields() -> None:
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    wanted = [Requirement(item) for item in requires("thumbor-moderation") or []]
+    boto3 = next(item for item in wanted if item.name == "boto3" and not item.marker)
+
+    assert "1.34.20" in boto3.specifier
+    assert "1.34.19" not in boto3.specifier

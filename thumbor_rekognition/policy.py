@@ -4,7 +4,9 @@ Each frame of a picture is judged on its own labels, and the worst frame decides
 policy is written in one model generation; an answer in the other is translated first
 (see ``generations``). A label is judged against the threshold of the nearest category
 in its lineage (itself, its parent, its grandparent) that has one, or the default; a
-rule on a frame's ContentType (Animated, Illustrated) comes before all of them.
+rule on a frame's ContentType (Animated, Illustrated) comes before all of them, for a
+ContentType reported at or above its own threshold (else the default): an Illustrated at
+30% does not make a frame a drawing.
 Ignoring a category is a threshold nobody can pass, so it cascades the same way. A label
 that has a child in the same response is judged through its children only, because
 Rekognition repeats the children's confidence on the parent.
@@ -24,7 +26,9 @@ _SEVERITY = {Status.APPROVED: 0, Status.PENDING: 1, Status.REJECTED: 2}
 # Part of every fingerprint; raised when the same thresholds judge the same labels
 # differently, so that stored automatic decisions are judged again (without a backend
 # call). 2: answers translated to the policy's model generation, frames judged apart.
-JUDGING = 2
+# 3: 7.x labels without a row of their own judged as their nearest ancestor's row (AWS's
+# v7-to-v6 helper), 7.x Corpses also as 6.x Hanging, ContentTypes counted by confidence.
+JUDGING = 3
 # Why a picture the model passed awaits a human under 'aws_rek|manual'.
 MANUAL = "manual"
 MANUAL_REASON = Reason(
@@ -115,6 +119,15 @@ class Policy:
             return Verdict(Status.PENDING, (MANUAL_REASON,))
         return worst
 
+    def counted(self, content_types: Iterable[ContentType]) -> list[ContentType]:
+        """The ContentTypes reported at or above their own threshold, else the default."""
+        found: list[ContentType] = []
+        for kind in content_types:
+            own = self.rules.get(taxonomy.slug(kind.name))
+            if kind.confidence / 100.0 >= (self.default if own is None else own):
+                found.append(kind)
+        return found
+
     def _content_type_rule(
         self, content_types: Iterable[ContentType]
     ) -> tuple[float | None, str] | None:
@@ -134,7 +147,7 @@ class Policy:
     ) -> list[generations.Judged]:
         """The labels each frame is judged on, in this policy's model generation."""
         items = list(labels)
-        kinds = list(content_types)
+        kinds = self.counted(content_types)
         result: list[generations.Judged] = []
         for frame in sorted({label.frame for label in items}):
             leaves = judged(label for label in items if label.frame == frame)
@@ -149,7 +162,7 @@ class Policy:
         rejecting: list[Reason] = []
         reviewing: list[Reason] = []
         implied = generations.implied_content_types(judged(labels), self.generation)
-        kind = self._content_type_rule([*content_types, *implied])
+        kind = self._content_type_rule(self.counted([*content_types, *implied]))
         for item in self.as_judged(labels, content_types):
             label = item.label
             lineage = taxonomy.lineage(label.name, label.parent, label.level)

@@ -338,9 +338,9 @@ class FakeRekognition:
         payload: dict[str, object] = {
             "ModerationLabels": labels,
             "ModerationModelVersion": scenario.model_version,
-            "ContentTypes": [
-                kind for kind in scenario.content_types if _confidence(kind) >= threshold
-            ],
+            # MinConfidence is documented for labels only ("doesn't return any labels
+            # with a confidence level lower than this"): ContentTypes come back whole.
+            "ContentTypes": list(scenario.content_types),
         }
         if answering is not None:
             payload["ProjectVersion"] = answering
