@@ -67,8 +67,8 @@ def v7(path: tuple[str, ...], confidence: float = CONFIDENCE) -> list[dict[str, 
     ]
 
 
-def kinds(names: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [{"Name": name, "Confidence": 90.0} for name in names]
+def kinds(names: tuple[str, ...], confidence: float = 90.0) -> list[dict[str, Any]]:
+    return [{"Name": name, "Confidence": confidence} for name in names]
 
 
 def add_picture(images: Path, color: tuple[int, int, int]) -> str:
@@ -242,28 +242,32 @@ def test_content_types_rules_decide_drawn_7x_answers(
     drawn: ThumborServer, images: Path, fake: FakeRekognition
 ) -> None:
     cases = [
-        # 'illustrated': 0.95 covers every label of an illustrated picture.
-        (("Violence", "Graphic Violence", "Blood & Gore"), ("Illustrated",), "approved"),
-        (("Violence", "Graphic Violence", "Blood & Gore"), (), "rejected"),
-        # 6.x Illustrated Explicit Nudity (ignored) is 7.x Explicit Sexual Activity drawn.
-        (("Explicit", "Explicit Sexual Activity"), ("Animated",), "approved"),
-        (("Explicit", "Explicit Sexual Activity"), (), "rejected"),
+        # 'illustrated': 0.95 covers every label of a picture the model calls illustrated
+        # at 0.95 or more; at 0.9 the picture is judged as a photograph.
+        (("Violence", "Graphic Violence", "Blood & Gore"), ("Illustrated",), 97.0, "approved"),
+        (("Violence", "Graphic Violence", "Blood & Gore"), ("Illustrated",), 90.0, "rejected"),
+        (("Violence", "Graphic Violence", "Blood & Gore"), (), 0.0, "rejected"),
+        # 6.x Illustrated Explicit Nudity (ignored) is 7.x Explicit Sexual Activity drawn,
+        # drawn meaning a ContentType at or above the default 0.5.
+        (("Explicit", "Explicit Sexual Activity"), ("Animated",), 90.0, "approved"),
+        (("Explicit", "Explicit Sexual Activity"), ("Animated",), 30.0, "rejected"),
+        (("Explicit", "Explicit Sexual Activity"), (), 0.0, "rejected"),
     ]
     names = []
-    for (path, types, _), color in zip(cases, PALETTE[::7], strict=False):
-        fake.respond(color, v7(path, 90.0), "7.0", content_types=kinds(types))
+    for (path, types, sure, _), color in zip(cases, PALETTE[::7], strict=False):
+        fake.respond(color, v7(path, 90.0), "7.0", content_types=kinds(types, sure))
         names.append(add_picture(images, color))
 
     seen = [status(drawn, name) for name in names]
     decision = shown(drawn, names[0])
     grid = call(drawn, "GET", "/?grid=1").body.decode()
 
-    assert seen == [expected for _, _, expected in cases]
-    assert '<p class="meta content-types">Illustrated: 90.0' in grid
+    assert seen == [expected for *_, expected in cases]
+    assert '<p class="meta content-types">Illustrated: 97.0' in grid
     assert (
         "Explicit Sexual Activity judged as Explicit Nudity &gt; Sexual Activity (explicit_nudity)"
     ) in grid
-    assert decision["content_types"] == [{"name": "Illustrated", "confidence": 90.0, "frame": 0}]
+    assert decision["content_types"] == [{"name": "Illustrated", "confidence": 97.0, "frame": 0}]
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +307,44 @@ def test_aws_rek_then_manual_keeps_what_the_model_passes_pending_until_approved(
     with Image.open(io.BytesIO(served.body)) as image:
         assert image.size == (120, 90)
     assert fake.call_count == 2
+
+
+@pytest.fixture(scope="module")
+def helper(
+    module_root: Path, images: Path, module_fake: FakeRekognition
+) -> Iterator[ThumborServer]:
+    thumbor = start(
+        module_root / "helper",
+        images,
+        module_fake,
+        MODERATION_IGNORED_CATEGORIES=["Revealing Clothes", "Corpses", "Illustrated"],
+    )
+    yield thumbor
+    thumbor.stop()
+    assert "Traceback" not in thumbor.log
+
+
+def test_6x_policy_judges_7x_labels_as_aws_v7_to_v6_helper_maps_them(
+    helper: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    nen = "Non-Explicit Nudity of Intimate parts and Kissing"
+    hate = ("Hate Symbols", "Nazi Party")
+    cases = [
+        # A beach photo: Bare Back is its parent Non-Explicit Nudity, 6.x Revealing Clothes.
+        ((nen, "Non-Explicit Nudity", "Bare Back"), (), 0.0, "approved"),
+        ((nen, "Obstructed Intimate Parts", "Obstructed Female Nipple"), (), 0.0, "approved"),
+        # 7.x Corpses is 6.x Corpses and Hanging: ignoring Corpses alone does not approve.
+        (("Visually Disturbing", "Death and Emaciation", "Corpses"), (), 0.0, "rejected"),
+        # 'illustrated' ignored: only for a ContentType at or above the default 0.5.
+        (hate, ("Illustrated",), 30.0, "rejected"),
+        (hate, ("Illustrated",), 90.0, "approved"),
+    ]
+    names = []
+    for (path, types, sure, _), color in zip(cases, PALETTE[3::11], strict=False):
+        fake.respond(color, v7(path, 90.0), "7.0", content_types=kinds(types, sure))
+        names.append(add_picture(images, color))
+
+    seen = [status(helper, name) for name in names]
+
+    assert seen == [expected for *_, expected in cases]
+    assert fake.call_count == len(cases)
