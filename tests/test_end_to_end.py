@@ -158,9 +158,9 @@ SEED_CASES = [
         ),
         "rejected",
     ),
-    # No 6.x counterpart: judged as 6.x Suggestive, at the default.
+    # AWS's v7-to-v6 helper maps Bare Back to 6.x Revealing Clothes, which the seed ignores.
     (
-        "7.x bare back above default",
+        "7.x bare back judged as revealing clothes, ignored",
         v7(
             (
                 "Non-Explicit Nudity of Intimate parts and Kissing",
@@ -169,7 +169,7 @@ SEED_CASES = [
             ),
             50.5,
         ),
-        "rejected",
+        "approved",
     ),
 ]
 
