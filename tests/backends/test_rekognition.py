@@ -516,8 +516,9 @@ def test_start_up_names_the_7x_labels_a_6x_policy_judges_by_approximation(
     assert len(messages) == 1
     assert "never reports" not in messages[0]
     assert "Bare Back -> Suggestive > Revealing Clothes" in messages[0]
-    assert "Corpses -> Visually Disturbing > Corpses and Visually Disturbing > Hanging" in (
-        messages[0]
+    assert (
+        "Corpses -> Visually Disturbing > Corpses and Visually Disturbing > Hanging"
+        in (messages[0])
     )
     assert "Products -> Drugs > Drug Products and Tobacco > Tobacco Products" in messages[0]
 
