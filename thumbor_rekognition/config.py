@@ -95,7 +95,8 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "Thresholds written as a Cloudinary moderation string, e.g. "
         "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Ending the chain with "
         "'|manual' makes every picture the model does not reject 'pending' until a human "
-        "approves or rejects it; a '|duplicate:<score>' step sets "
+        "approves or rejects it; 'manual' alone (or 'duplicate:0.9|manual') leaves every "
+        "new picture to a human without a backend call; a '|duplicate:<score>' step sets "
         "MODERATION_DUPLICATE_SIMILARITY. Merged with "
         "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
         "given different values in two places stops start-up.",
@@ -754,8 +755,24 @@ class Settings:
                 "REKOGNITION_MAX_CALLS_PER_SECOND", minimum=0.01, maximum=10_000.0
             ),
             duplicate_similarity=_read_duplicate_similarity(reader),
-            rekognition_project_version=reader.project_version("REKOGNITION_PROJECT_VERSION"),
+            rekognition_project_version=_read_project_version(reader),
         )
+
+
+def _read_project_version(reader: _Reader) -> str | None:
+    """The adapter ARN, refused when it names another region than REKOGNITION_REGION:
+    Rekognition answers such a call InvalidParameterException, on every picture."""
+    arn = reader.project_version("REKOGNITION_PROJECT_VERSION")
+    region = reader.string("REKOGNITION_REGION").strip()
+    named = arn.split(":")[3] if arn else ""
+    if arn and region and named != region:
+        raise ConfigurationError(
+            f"Config 'REKOGNITION_PROJECT_VERSION' names an adapter in region '{named}', but "
+            f"REKOGNITION_REGION is '{region}': Rekognition only runs an adapter in its own "
+            "region. Set REKOGNITION_REGION to the adapter's region, or use an adapter "
+            f"trained in '{region}'."
+        )
+    return arn
 
 
 def _read_duplicate_similarity(reader: _Reader) -> float:
@@ -807,12 +824,14 @@ def _read_policy(reader: _Reader) -> policy.Policy:
 
     rules_string = reader.string("MODERATION_RULES")
     manual = False
+    model = True
     if rules_string.strip():
         try:
             chain = policy.parse_cloudinary_chain(rules_string)
         except ValueError as error:
             raise ConfigurationError(f"MODERATION_RULES: {error}") from error
         manual = chain.manual
+        model = chain.model
         for category, value in chain.rules.items():
             add(category, value, "MODERATION_RULES")
 
@@ -824,7 +843,9 @@ def _read_policy(reader: _Reader) -> policy.Policy:
         add(category, None, "MODERATION_IGNORED_CATEGORIES")
 
     try:
-        return policy.Policy(default=default, rules=rules, review_band=band, manual_review=manual)
+        return policy.Policy(
+            default=default, rules=rules, review_band=band, manual_review=manual, model=model
+        )
     except ValueError as error:
         keys = ", ".join(sorted(set(origin.values())))
         raise ConfigurationError(f"{keys}: {error}") from error

@@ -401,13 +401,15 @@ class Moderator:
 
     def needs_new_analysis(self, decision: Decision) -> bool:
         """Whether the current thresholds cannot be applied to the stored labels."""
+        if decision.source is not Source.AUTO or decision.policy == self.policy.fingerprint:
+            return False
+        if not decision.backend:
+            # Left to a human by a chain without a model step: nothing was analysed, so a
+            # policy with one must call the backend, never approve from no labels.
+            return self.policy.model
         # Labels below the confidence a picture was analysed at were never returned, so a
         # policy that looks lower than that cannot be judged from what is stored.
-        return (
-            decision.source is Source.AUTO
-            and decision.policy != self.policy.fingerprint
-            and self.policy.min_confidence < decision.min_confidence
-        )
+        return self.policy.min_confidence < decision.min_confidence
 
     async def _decide(
         self,
@@ -524,6 +526,8 @@ class Moderator:
         resembled = await self._resembled(prints, metrics)
         if resembled is not None:
             decision = self._duplicate(key, url, sha256, prepared, resembled)
+        elif not self.policy.model:
+            decision = self._for_a_human(key, url, sha256, prepared)
         else:
             decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
         if prints and not decision.needs_retry:
@@ -568,6 +572,18 @@ class Moderator:
             height=prepared.height,
             duplicate_of=resembled.key,
             similarity=round(resembled.similarity, 4),
+        )
+
+    def _for_a_human(self, key: str, url: str, sha256: str, prepared: PreparedImage) -> Decision:
+        """Pending for a human, without a backend call: the chain has no model step."""
+        verdict = self.policy.judge(())
+        return self._undecided(key, url, sha256, "").replace(
+            status=verdict.status,
+            reasons=verdict.reasons,
+            backend="",
+            policy=self.policy.fingerprint,
+            width=prepared.width,
+            height=prepared.height,
         )
 
     async def _keep_fingerprints(self, sha256: str, prints: dict[int, Print]) -> None:
