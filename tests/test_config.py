@@ -467,6 +467,17 @@ def test_a_project_version_that_is_not_an_adapter_arn_stops_start_up() -> None:
     assert "project version ARN" in str(info.value)
 
 
+def test_an_adapter_of_another_region_than_rekognition_region_stops_start_up() -> None:
+    other = ADAPTER.replace(":us-east-1:", ":eu-west-1:")
+
+    with pytest.raises(ConfigurationError) as info:
+        settings(REKOGNITION_PROJECT_VERSION=other, REKOGNITION_REGION="us-east-1")
+
+    assert "names an adapter in region 'eu-west-1'" in str(info.value)
+    assert "REKOGNITION_REGION is 'us-east-1'" in str(info.value)
+    assert settings(REKOGNITION_PROJECT_VERSION=other, REKOGNITION_REGION="eu-west-1")
+
+
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
