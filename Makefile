@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install demo demo-reset test check bench clean lock
+.PHONY: install demo demo-reset test check bench clean lock release-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Builds the sdist and wheel, twine-checks them, and runs Thumbor from the wheel alone.
+release-check: install
+	$(BIN)/python scripts/check_release.py
 
 bench: install
 	$(BIN)/python benchmarks/run.py

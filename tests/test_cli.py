@@ -3,6 +3,7 @@ and the fake Rekognition endpoint over HTTP."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import thumbor_rekognition
 from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
@@ -995,3 +997,15 @@ def test_console_script_runs_commands_and_reports_configuration_errors(moderated
     assert "MODERATION_CATEGORY_THRESHOLDS" in broken.stderr
     assert "explicit_nudty" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_console_script_prints_the_version_the_package_metadata_has() -> None:
+    shown = subprocess.run(
+        [console_script(), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert shown.returncode == 0
+    assert (
+        shown.stdout == f"thumbor-moderation {importlib.metadata.version('thumbor-moderation')}\n"
+    )
+    assert importlib.metadata.version("thumbor-moderation") == thumbor_rekognition.__version__

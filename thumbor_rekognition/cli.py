@@ -34,6 +34,7 @@ from thumbor.importer import Importer
 from thumbor.loaders import LoaderResult
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
+import thumbor_rekognition
 from thumbor_rekognition.backends import BackendError
 from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.config import (  # also defines the plugin's keys
@@ -875,6 +876,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thumbor-moderation",
         description="Check, review and backfill the moderation decisions of a Thumbor server.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {thumbor_rekognition.__version__}"
     )
     parser.add_argument(
         "-c",
