@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install demo demo-reset test check bench clean lock release-check
+.PHONY: install demo demo-reset test check bench clean lock release-check versions
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ check: install
 # Builds the sdist and wheel, twine-checks them, and runs Thumbor from the wheel alone.
 release-check: install
 	$(BIN)/python scripts/check_release.py
+
+# The end-to-end tests on the oldest and newest supported Python and Thumbor (noxfile.py).
+# Where pyenv manages the interpreters, every installed one is put on the shims' path.
+versions: install
+	scripts/install-system-packages
+	PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')$${PYENV_VERSION:-}" $(BIN)/nox
 
 bench: install
 	$(BIN)/python benchmarks/run.py
