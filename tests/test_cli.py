@@ -21,6 +21,7 @@ from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, result_file, storage_file
 from thumbor_rekognition import cli
+from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.caches import storage_key
 from thumbor_rekognition.decision import Source, Status
 from thumbor_rekognition.moderator import sha256_hex
@@ -450,7 +451,7 @@ def test_list_walks_every_page(
     names = [site.add(f"green-{index}.png", GREEN, (160, 100 + index)) for index in range(5)]
     site.run("backfill", site.urls_file(*names))
     capsys.readouterr()
-    monkeypatch.setattr(cli, "MAX_PAGE", 2)
+    monkeypatch.setattr(environment, "MAX_PAGE", 2)
 
     everything = site.run("list")
     all_keys = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
@@ -555,7 +556,7 @@ def test_reject_removes_the_original_and_results_and_approve_puts_the_original_b
     events = moderated.store().history("green.png")
     assert [(e.status, e.source, e.actor, e.note) for e in events[1:]] == [
         (Status.REJECTED, Source.MANUAL, "alice", "spam"),
-        (Status.APPROVED, Source.MANUAL, f"cli:{cli._login()}", "fine after all"),
+        (Status.APPROVED, Source.MANUAL, f"cli:{parser._login()}", "fine after all"),
     ]
 
 
