@@ -21,8 +21,8 @@ from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, result_file, storage_file
 from thumbor_rekognition import cli
-from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.caches import storage_key
+from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.decision import Source, Status
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.stores.sqlite import Store
