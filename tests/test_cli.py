@@ -479,7 +479,7 @@ def test_show_prints_labels_reasons_backend_hash_and_history(
     assert "  Explicit Nudity > Nudity 70.0% above 50% (default)" in out
     history = out.split("history:\n")[1].splitlines()
     assert len(history) == 1
-    assert "rejected (auto)  thumbor-rekognition  rekognition 7.0: Nudity" in history[0]
+    assert "rejected (auto)  thumbor-moderation  rekognition 7.0: Nudity" in history[0]
 
 
 def test_show_json_is_the_admin_view_with_history(
@@ -497,7 +497,7 @@ def test_show_json_is_the_admin_view_with_history(
         "Suggestive",
         "Female Swimwear Or Underwear",
     ]
-    assert [event["actor"] for event in view["history"]] == ["thumbor-rekognition"]
+    assert [event["actor"] for event in view["history"]] == ["thumbor-moderation"]
 
 
 def test_show_of_an_unknown_url_fails(moderated: Site, capsys: pytest.CaptureFixture[str]) -> None:

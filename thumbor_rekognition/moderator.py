@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 V = TypeVar("V")
-SYSTEM = "thumbor-rekognition"
+SYSTEM = "thumbor-moderation"
 # The reason of a pending animation with distinct scenes no backend call judged.
 UNJUDGED = "unjudged_scenes"
 
