@@ -24,6 +24,7 @@ from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, result_file, storage_file
 from thumbor_rekognition import cli
 from thumbor_rekognition.caches import storage_key
+from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.decision import Source, Status
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.stores.sqlite import Store
@@ -452,7 +453,7 @@ def test_list_walks_every_page(
     names = [site.add(f"green-{index}.png", GREEN, (160, 100 + index)) for index in range(5)]
     site.run("backfill", site.urls_file(*names))
     capsys.readouterr()
-    monkeypatch.setattr(cli, "MAX_PAGE", 2)
+    monkeypatch.setattr(environment, "MAX_PAGE", 2)
 
     everything = site.run("list")
     all_keys = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
@@ -480,7 +481,7 @@ def test_show_prints_labels_reasons_backend_hash_and_history(
     assert "  Explicit Nudity > Nudity 70.0% above 50% (default)" in out
     history = out.split("history:\n")[1].splitlines()
     assert len(history) == 1
-    assert "rejected (auto)  thumbor-rekognition  rekognition 7.0: Nudity" in history[0]
+    assert "rejected (auto)  thumbor-moderation  rekognition 7.0: Nudity" in history[0]
 
 
 def test_show_json_is_the_admin_view_with_history(
@@ -498,7 +499,7 @@ def test_show_json_is_the_admin_view_with_history(
         "Suggestive",
         "Female Swimwear Or Underwear",
     ]
-    assert [event["actor"] for event in view["history"]] == ["thumbor-rekognition"]
+    assert [event["actor"] for event in view["history"]] == ["thumbor-moderation"]
 
 
 def test_show_of_an_unknown_url_fails(moderated: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -557,7 +558,7 @@ def test_reject_removes_the_original_and_results_and_approve_puts_the_original_b
     events = moderated.store().history("green.png")
     assert [(e.status, e.source, e.actor, e.note) for e in events[1:]] == [
         (Status.REJECTED, Source.MANUAL, "alice", "spam"),
-        (Status.APPROVED, Source.MANUAL, f"cli:{cli._login()}", "fine after all"),
+        (Status.APPROVED, Source.MANUAL, f"cli:{parser._login()}", "fine after all"),
     ]
 
 

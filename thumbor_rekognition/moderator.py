@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 V = TypeVar("V")
-SYSTEM = "thumbor-rekognition"
+SYSTEM = "thumbor-moderation"
 # The reason of a pending animation with distinct scenes no backend call judged.
 UNJUDGED = "unjudged_scenes"
 
@@ -204,6 +204,8 @@ class Moderator:
         # Content hash -> when its judgement failed, and the failed decision.
         self._failed: Bounded[tuple[float, Decision]] = Bounded(10_000)
         self.backend_calls = 0
+        # When the last backend call failed, and why, until one succeeds (see health.py).
+        self.backend_failure: tuple[float, str] | None = None
 
     async def _run(
         self, executor: concurrent.futures.Executor, func: Callable[..., T], *args: Any
@@ -734,9 +736,12 @@ class Moderator:
             recorder.incr(f"moderation.backend.errors.{error.kind}")
             log = logger.error if error.kind in ("configuration", "bad_image") else logger.warning
             log("%s backend failed for %s (%s): %s", self.backend.name, key, error.kind, error)
+            if error.kind != "bad_image":
+                self.backend_failure = (time.time(), f"{error.kind}: {error}")
             return base.replace(error=f"{error.kind}: {error}")
         finally:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
+        self.backend_failure = None
         verdict = self.policy.judge(analysis.labels, analysis.content_types)
         unjudged = (
             (unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),)
