@@ -681,6 +681,8 @@ class Settings:
     rekognition_max_calls_per_second: float | None
     duplicate_similarity: float = 0.9
     rekognition_project_version: str | None = None
+    # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
+    respect_orientation: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -755,6 +757,7 @@ class Settings:
             ),
             duplicate_similarity=_read_duplicate_similarity(reader),
             rekognition_project_version=reader.project_version("REKOGNITION_PROJECT_VERSION"),
+            respect_orientation=reader.boolean("RESPECT_ORIENTATION"),
         )
 
 
