@@ -757,7 +757,8 @@ class Settings:
             ),
             duplicate_similarity=_read_duplicate_similarity(reader),
             rekognition_project_version=reader.project_version("REKOGNITION_PROJECT_VERSION"),
-            respect_orientation=reader.boolean("RESPECT_ORIENTATION"),
+            # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
+            respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
         )
 
 
