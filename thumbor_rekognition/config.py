@@ -682,6 +682,8 @@ class Settings:
     rekognition_max_calls_per_second: float | None
     duplicate_similarity: float = 0.9
     rekognition_project_version: str | None = None
+    # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
+    respect_orientation: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -756,6 +758,8 @@ class Settings:
             ),
             duplicate_similarity=_read_duplicate_similarity(reader),
             rekognition_project_version=_read_project_version(reader),
+            # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
+            respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
         )
 
 

@@ -270,6 +270,7 @@ class Moderator:
             max_side=min(settings.analysis_max_side, self.backend.max_side or 10_000),
             max_pixels=settings.max_pixels,
             max_frames=settings.max_frames,
+            oriented=settings.respect_orientation,
         )
 
     async def run_store(self, func: Callable[..., T], *args: Any) -> T:
@@ -302,12 +303,15 @@ class Moderator:
         metrics: Any = None,
         deadline: float | None = None,
         called: asyncio.Future[None] | None = None,
+        was: str = "",
     ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
         deadline (time.monotonic()) bounds the wait for a new judgement, by default
         MODERATION_TIMEOUT_SECONDS from now. called, if given, is resolved once the backend
         has the picture (prepared, so the bytes are a picture), whoever's flight called it.
+        was, if given, is the hash of these bytes before embedded.cleaned removed what rode
+        along: a decision of those bytes is one of these pixels, and stands for them.
         Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
         if deadline is None:
@@ -330,6 +334,8 @@ class Moderator:
             # bytes, wherever else they appear. A blind approval is bound by a judgement
             # instead (rules.settle), so that it cannot approve bytes rejected elsewhere.
             return await self.bind_rejection(current, sha256, buffer, metrics)
+        if was and current is not None and current.sha256 == was:
+            current = await self._rebind(current, sha256, metrics)
         if current is not None and current.sha256 == sha256 and self._stands(current):
             return current
         flight = self._flights.get(sha256)
@@ -338,7 +344,7 @@ class Moderator:
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
-                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline)
+                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline, was)
             )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))
@@ -389,6 +395,23 @@ class Moderator:
             await self._save(copy, Event(Status.REJECTED, Source.MANUAL, SYSTEM, note), metrics)
         return bound
 
+    async def _rebind(self, judged: Decision, sha256: str, metrics: Any) -> Decision | None:
+        """A decision of bytes that embedded.cleaned has since changed, now naming the
+        cleaned bytes: the same pixels, so the same decision, whoever made it."""
+        try:
+            # As stored now, not as cached: a human's later word is what is carried over.
+            stored = await self._store(self.store.get, judged.key)
+        except stores.StoreUnavailable as error:
+            self._store_down(error, metrics)
+            return judged.replace(sha256=sha256)
+        if stored is None or stored.sha256 != judged.sha256:
+            self.forget(judged.key)
+            return await self.lookup(judged.key, metrics)
+        note = f"same pixels as sha256 {stored.sha256[:12]}, without what rode along them"
+        event = Event(stored.status, stored.source, SYSTEM, note)
+        saved = await self._save(stored.replace(sha256=sha256), event, metrics)
+        return await self._reapply(saved)
+
     def _landed(self, sha256: str, flight: asyncio.Future[Decision]) -> None:
         if self._flights.get(sha256) is flight:
             del self._flights[sha256]
@@ -422,8 +445,12 @@ class Moderator:
         metrics: Any,
         asked_at: float,
         deadline: float,
+        was: str = "",
     ) -> Decision:
         twin = await self._twin(sha256, metrics)
+        if twin is None and was:
+            twin = await self._twin(was, metrics)
+            twin = twin.replace(sha256=sha256) if twin is not None else None
         if twin is not None:
             _Metrics(metrics).incr("moderation.dedupe.hash")
             return await self._adopt(twin, key, url, metrics)
