@@ -30,7 +30,7 @@ from thumbor_rekognition.decision import Decision, Event, Label, Source, Status
 from thumbor_rekognition.duplicates import (
     Duplicates,
     Resemblance,
-    indexed_frames,
+    rejecting_frames,
     probes,
 )
 from thumbor_rekognition.fingerprint import COARSE_BITS, Print
@@ -109,21 +109,21 @@ def test_every_indexed_fingerprint_within_the_distance_is_found(
     query = Print(coarse ^ sum(1 << bit for bit in flipped), 1234)
     for number in range(1, 50):
         other = Print(random.Random(number).getrandbits(64), 1234)
-        store.put_fingerprints(f"{number:064x}", {0: other}, indexed={0})
-    store.put_fingerprints("f" * 64, {0: indexed}, indexed={0})
+        store.put_fingerprints(f"{number:064x}", {0: other}, rejecting={0})
+    store.put_fingerprints("f" * 64, {0: indexed}, rejecting={0})
 
     found = store.indexed_near(probes([query], within), lambda coarse: True)
 
-    assert ("f" * 64, indexed) in found
+    assert stores.Indexed("f" * 64, indexed, rejecting=True) in found
     store.close()
 
 
 def test_nearest_ranks_by_similarity_and_keeps_only_those_close_enough(world: World) -> None:
     duplicates = Duplicates(world.store, 0.9, "test")
     base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
-    world.store.put_fingerprints("1" * 64, {0: Print(base.coarse ^ 0b11, 0)}, indexed={0})
-    world.store.put_fingerprints("2" * 64, {0: base}, indexed={0})
-    world.store.put_fingerprints("3" * 64, {0: Print(base.coarse ^ 0xFF, 0)}, indexed={0})
+    world.store.put_fingerprints("1" * 64, {0: Print(base.coarse ^ 0b11, 0)}, rejecting={0})
+    world.store.put_fingerprints("2" * 64, {0: base}, rejecting={0})
+    world.store.put_fingerprints("3" * 64, {0: Print(base.coarse ^ 0xFF, 0)}, rejecting={0})
 
     nearest = duplicates.nearest({0: base}, minimum=0.9, limit=5)
 
@@ -186,7 +186,7 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
         source=Source.AUTO,
     )
     world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
-    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, indexed={0})
+    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, rejecting={0})
     query = flipped(INDEXED, coarse, fine)
 
     found = moderator.duplicates.find({0: query})
@@ -194,12 +194,12 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
     alike = INDEXED.similarity(query)
     assert alike == 1 - max(coarse / 64, fine / 128)
     if matched:
-        assert found == Resemblance(rejected.sha256, alike, rejected.key)
+        assert found == Resemblance(rejected.sha256, alike, rejected.key, rejecting=True)
     else:
         assert found is None
 
 
-def test_a_human_rejection_indexes_every_frame_and_the_model_only_the_frames_that_decided(
+def test_a_human_rejection_marks_every_frame_rejecting_and_the_model_only_those_that_decided(
     world: World,
 ) -> None:
     moderator = world.moderator()
@@ -213,10 +213,10 @@ def test_a_human_rejection_indexes_every_frame_and_the_model_only_the_frames_tha
         reasons=(moderator.policy.judge((Label("Explicit Nudity", "", 1, 90.0, frame=1),)).reasons),
     )
 
-    assert indexed_frames(auto, prints) == {1}
-    assert indexed_frames(auto.replace(source=Source.MANUAL), prints) == {0, 1, 2}
-    assert indexed_frames(auto.replace(status=Status.APPROVED), prints) == set()
-    assert indexed_frames(auto.replace(source=Source.DUPLICATE), prints) == set()
+    assert rejecting_frames(auto, prints) == {1}
+    assert rejecting_frames(auto.replace(source=Source.MANUAL), prints) == {0, 1, 2}
+    assert rejecting_frames(auto.replace(status=Status.APPROVED), prints) == set()
+    assert rejecting_frames(auto.replace(source=Source.DUPLICATE), prints) == set()
 
 
 # --- the moderator --------------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_the_same_bytes_as_a_duplicate_under_a_new_url_are_lifted_with_it(world:
     assert (world.store.get("host/copy.jpg"), world.store.get("cdn/copy.jpg")) == (None, None)
 
 
-def test_a_duplicate_is_not_indexed_itself(world: World) -> None:
+def test_a_duplicate_is_indexed_but_rejects_nothing_itself(world: World) -> None:
     moderator = world.moderator()
     image = pictures.busy(105)
     original = rejected_by_the_model(world, moderator, image)
@@ -318,7 +318,8 @@ def test_a_duplicate_is_not_indexed_itself(world: World) -> None:
     found = world.store.indexed_near(probes(prints.values(), 16), lambda coarse: True)
 
     assert prints
-    assert {sha for sha, _ in found} == {original.sha256}
+    assert {entry.sha256 for entry in found if entry.rejecting} == {original.sha256}
+    assert {entry.sha256 for entry in found} == {original.sha256, duplicate.sha256}
 
 
 def test_a_human_approving_a_duplicate_keeps_it_approved(world: World) -> None:
@@ -353,7 +354,7 @@ def test_a_picture_indexed_but_no_longer_rejected_rejects_nothing(world: World) 
     original = moderate(moderator, ORIGINAL, png(image))
     # An index a moment behind the decision: the decision has the say.
     world.store.put_fingerprints(
-        original.sha256, world.store.fingerprints(original.sha256), indexed={0}
+        original.sha256, world.store.fingerprints(original.sha256), rejecting={0}
     )
 
     copy = moderate(moderator, "host/copy.jpg", pictures.reencoded(image))
@@ -368,7 +369,7 @@ class IndexDown(sqlite.Store):
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[stores.Indexed]:
         raise self.error
 
 

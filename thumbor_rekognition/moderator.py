@@ -847,8 +847,9 @@ class Moderator:
             logger.error("notification of %s not queued: %s", (current or previous), error)
 
     async def reindex(self, previous: Decision | None, current: Decision | None) -> None:
-        """Follow a decision change in the index of rejected pictures; when its picture is
-        no longer rejected, forget the decisions of its duplicates. Never raises."""
+        """Follow a decision change in the index of fingerprints; when its picture is no
+        longer rejected, forget the decisions of its duplicates; when it is rejected by
+        itself, reject its approved near-copies. Never raises."""
         changed = current or previous
         try:
             lifted = await self._store(self.duplicates.follow, previous, current)
@@ -863,6 +864,26 @@ class Moderator:
             self.forget(item.decision.key)
             logger.info("%s: %s", item.decision.key, item.event.note)
             await self.announce(item.decision, None, item.event)
+        if current is not None and rules.rejects_by_itself(current):
+            await self._catch(current)
+
+    async def _catch(self, rejected: Decision) -> None:
+        """Reject the approved near-copies of a picture just rejected, and announce each
+        as any rejection of a served picture is (webhook, CDN purges). Never raises."""
+        try:
+            caught = await self._store(self.duplicates.catch, rejected)
+        except stores.StoreUnavailable as error:
+            logger.error("near-copies of %s not looked for: %s", rejected.key, error)
+            return
+        except Exception:
+            logger.exception("near-copies of %s not looked for", rejected.key)
+            return
+        for item in caught:
+            # The gate refuses it from now on, before any cache, and moves a stored
+            # original to the quarantine on its next request.
+            self.forget(item.decision.key)
+            logger.info("%s: %s", item.decision.key, item.event.note)
+            await self.announce(item.previous, item.decision, item.event)
 
     def _store_down(self, error: Exception, metrics: Any) -> None:
         _Metrics(metrics).incr("moderation.store.errors")

@@ -304,11 +304,11 @@ def test_a_fingerprint_put_that_another_overtook_leaves_the_index_as_its_record_
     table_store: MakeStore, endpoint: str
 ) -> None:
     other = table_store()
-    other.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+    other.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
     late = Interrupted(table=other.table, endpoint_url=endpoint, region="us-east-1", timeout=5.0)
-    late.meanwhile = lambda: other.put_fingerprints(SHA_A, {0: PRINT_A}, indexed=())
+    late.meanwhile = lambda: other.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting=())
 
-    late.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+    late.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
 
     found = other.indexed_near(probes([PRINT_A], within=0), everything)
     late.close()

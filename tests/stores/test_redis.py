@@ -318,7 +318,7 @@ class TestRedisStore(StoreContract):
         store.acquire_lease("backfill", "node-1", 30)
         store.compare_and_set("calls", None, "1")
         store.enqueue("webhook", "host/a.jpg", "{}")
-        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, indexed={0})
+        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, rejecting={0})
         store.link_duplicate("a" * 64, "host/b.jpg")
 
         keys = keys_of(url)
@@ -516,7 +516,7 @@ def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
     store = redis_store.Store(url=url, prefix="p:")
     a = Print(0x0123_4567_89AB_CDEF, 7)
 
-    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000, 9)}, indexed={0})
+    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000, 9)}, rejecting={0})
     store.link_duplicate("a" * 64, "host/copy.jpg")
     store.close()
 

@@ -721,17 +721,17 @@ class StoreContract:
     def test_fingerprints_come_back_by_frame_and_a_new_put_replaces_them(
         self, store: stores.Store
     ) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A, 3: PRINT_B}, indexed=())
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 3: PRINT_B}, rejecting=())
         first = store.fingerprints(SHA_A)
 
-        store.put_fingerprints(SHA_A, {1: NEAR_A}, indexed=())
+        store.put_fingerprints(SHA_A, {1: NEAR_A}, rejecting=())
 
         assert first == {0: PRINT_A, 3: PRINT_B}
         assert store.fingerprints(SHA_A) == {1: NEAR_A}
         assert store.fingerprints(SHA_B) == {}
 
     def test_only_indexed_frames_are_found_by_their_bands(self, store: stores.Store) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, indexed={0})
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, rejecting={0})
 
         near_a = store.indexed_near(probes([NEAR_A], within=6), everything)
         near_b = store.indexed_near(probes([PRINT_B], within=6), everything)
@@ -742,7 +742,7 @@ class StoreContract:
     def test_a_band_within_the_probed_values_is_enough_to_be_found(
         self, store: stores.Store
     ) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
         bands = PRINT_A.bands()
         only_third_band = [set(), set(), {bands[2]}, set()]
         wrong_values = [{bands[0] ^ 1}, {bands[1] ^ 1}, {bands[2] ^ 1}, {bands[3] ^ 1}]
@@ -753,8 +753,8 @@ class StoreContract:
     def test_close_sees_each_candidates_coarse_bits_and_keeps_only_what_it_accepts(
         self, store: stores.Store
     ) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
-        store.put_fingerprints(SHA_B, {0: PRINT_B}, indexed={0})
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
+        store.put_fingerprints(SHA_B, {0: PRINT_B}, rejecting={0})
         both = [a | b for a, b in zip(probes([PRINT_A], 0), probes([PRINT_B], 0), strict=True)]
         seen: list[int] = []
 
@@ -769,11 +769,11 @@ class StoreContract:
 
     def test_a_picture_put_again_unindexed_leaves_the_index(self, make_store: MakeStore) -> None:
         writer, reader = make_store(), make_store()
-        writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
-        writer.put_fingerprints(SHA_B, {0: PRINT_A}, indexed={0})
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
+        writer.put_fingerprints(SHA_B, {0: PRINT_A}, rejecting={0})
         found = sorted(reader.indexed_near(probes([PRINT_A], within=0), everything))
 
-        writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed=())
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting=())
 
         assert found == [(SHA_A, PRINT_A), (SHA_B, PRINT_A)]
         assert reader.indexed_near(probes([PRINT_A], within=0), everything) == [(SHA_B, PRINT_A)]

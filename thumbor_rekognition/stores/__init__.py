@@ -60,6 +60,16 @@ class OutboxItem:
     created_at: float
 
 
+@dataclass(frozen=True)
+class Indexed:
+    """One frame's fingerprint in the index of judged pictures: its picture's content
+    hash, and whether that frame rejects its picture (see duplicates.rejecting_frames)."""
+
+    sha256: str
+    print: Print
+    rejecting: bool
+
+
 class Store:
     """Persistent decisions keyed by normalised URL, indexed by content hash, with history."""
 
@@ -184,10 +194,10 @@ class Store:
     # Near-duplicates (see duplicates.py): kept apart from the decisions themselves.
 
     def put_fingerprints(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
     ) -> None:
-        """Keep a picture's fingerprints by frame, in place of any kept before; the frames
-        named in indexed are in the index of rejected pictures, the others are not."""
+        """Keep a judged picture's fingerprints by frame in the index, in place of any kept
+        before; the frames named in rejecting are marked as rejecting their picture."""
         raise NotImplementedError
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
@@ -196,10 +206,10 @@ class Store:
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[Indexed]:
         """Every indexed fingerprint whose band i (Print.bands) is one of probes[i] and whose
-        coarse part close() accepts, with the content hash of its picture. close() sees
-        every candidate: the fine part and the hash are read only for those it keeps."""
+        coarse part close() accepts, once each. close() sees every candidate: the rest of
+        an entry is read only for those it keeps."""
         raise NotImplementedError
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
