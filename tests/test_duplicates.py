@@ -30,8 +30,8 @@ from thumbor_rekognition.decision import Decision, Event, Label, Source, Status
 from thumbor_rekognition.duplicates import (
     Duplicates,
     Resemblance,
-    rejecting_frames,
     probes,
+    rejecting_frames,
 )
 from thumbor_rekognition.fingerprint import COARSE_BITS, Print
 from thumbor_rekognition.moderator import Moderator

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,8 @@ import botocore.utils
 from thumbor.config import Config
 
 from thumbor_rekognition import duplicates, policy, taxonomy
+
+logger = logging.getLogger(__name__)
 
 GROUP = "Moderation"
 REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
@@ -96,8 +99,10 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Ending the chain with "
         "'|manual' makes every picture the model does not reject 'pending' until a human "
         "approves or rejects it; 'manual' alone (or 'duplicate:0.9|manual') leaves every "
-        "new picture to a human without a backend call; a '|duplicate:<score>' step sets "
-        "MODERATION_DUPLICATE_SIMILARITY. Merged with "
+        "new picture to a human without a backend call; a 'duplicate:<score>' step, as in "
+        "Cloudinary, rejects a near-copy of any picture already judged, approved or not "
+        "(de-duplication of uploads; 'duplicate:0' turns it off, scores below 0.85 are "
+        "read as 0.85). Merged with "
         "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
         "given different values in two places stops start-up.",
         GROUP,
@@ -117,7 +122,9 @@ _KEYS: list[tuple[str, Any, str, str]] = [
         "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
         "more (one in 1,200 lower in the README's figures), distinct pictures 0.5 to 0.7 "
         "(0.875 at most); 0 disables matching, values from 0.85 up are accepted. When "
-        "the rejected picture is approved, its duplicates are judged on their own.",
+        "the rejected picture is approved, its duplicates are judged on their own. "
+        "Cloudinary's 'duplicate:<score>' step in MODERATION_RULES is another rule: "
+        "copies of any judged picture.",
         GROUP,
     ),
     (
@@ -681,6 +688,9 @@ class Settings:
     rekognition_max_attempts: int
     rekognition_max_calls_per_second: float | None
     duplicate_similarity: float = 0.9
+    # Cloudinary's 'duplicate:<score>' chain step: a near-copy of any judged picture is
+    # rejected without a backend call (0: no such step).
+    indexed_copy_similarity: float = 0.0
     rekognition_project_version: str | None = None
     # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
     respect_orientation: bool = False
@@ -757,6 +767,7 @@ class Settings:
                 "REKOGNITION_MAX_CALLS_PER_SECOND", minimum=0.01, maximum=10_000.0
             ),
             duplicate_similarity=_read_duplicate_similarity(reader),
+            indexed_copy_similarity=_read_duplicate_step(reader),
             rekognition_project_version=_read_project_version(reader),
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
@@ -781,23 +792,33 @@ def _read_project_version(reader: _Reader) -> str | None:
 
 def _read_duplicate_similarity(reader: _Reader) -> float:
     key = "MODERATION_DUPLICATE_SIMILARITY"
-    value = _similarity(reader.number(key, minimum=0.0, maximum=1.0), key)
+    return _similarity(reader.number(key, minimum=0.0, maximum=1.0), key)
+
+
+def _read_duplicate_step(reader: _Reader) -> float:
+    """The score of the chain's 'duplicate:<score>' step (Cloudinary's de-duplication of
+    uploads), 0 without one or with 'duplicate:0' (which only indexes, as every judged
+    picture is indexed anyway)."""
     rules = reader.string("MODERATION_RULES")
     if not rules.strip():
-        return value
+        return 0.0
     try:
-        chain = policy.parse_cloudinary_chain(rules)
+        score = policy.parse_cloudinary_chain(rules).duplicate
     except ValueError as error:
         raise ConfigurationError(f"MODERATION_RULES: {error}") from error
-    if chain.duplicate is None:
-        return value
-    from_rules = _similarity(chain.duplicate, "MODERATION_RULES")
-    if value not in (from_rules, DEFAULTS[key]):
-        raise ConfigurationError(
-            f"MODERATION_RULES sets the duplicate similarity to {from_rules:g}, but {key} "
-            f"sets it to {value:g}; set it in one place."
+    if score is None or score == 0:
+        return 0.0
+    if score < duplicates.MIN_SIMILARITY:
+        # Cloudinary's scores are its own; this fingerprint puts unrelated pictures up to
+        # 0.875 alike, so a lower score would refuse unrelated uploads.
+        logger.warning(
+            "MODERATION_RULES: 'duplicate:%g' is read as 'duplicate:%g': below that, "
+            "unrelated pictures come close enough to be refused as copies",
+            score,
+            duplicates.MIN_SIMILARITY,
         )
-    return from_rules
+        return duplicates.MIN_SIMILARITY
+    return score
 
 
 def _similarity(value: float, key: str) -> float:

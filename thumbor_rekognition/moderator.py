@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from thumbor_rekognition import backends, ratelimit, rules, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
-from thumbor_rekognition.duplicates import Duplicates, Resemblance
+from thumbor_rekognition.duplicates import INDEXED_COPY, Duplicates, Resemblance
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.policy import MANUAL, Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
@@ -553,8 +553,13 @@ class Moderator:
         prepared = await preparing
         prints = prepared.fingerprints
         resembled = await self._resembled(prints, metrics)
+        copied = None if resembled is not None else await self._copied(prints, sha256, metrics)
         if resembled is not None:
             decision = self._duplicate(key, url, sha256, prepared, resembled)
+        elif copied is not None:
+            decision = self._duplicate(key, url, sha256, prepared, copied).replace(
+                reasons=(self._copy_reason(copied),)
+            )
         elif not self.policy.model:
             decision = self._for_a_human(key, url, sha256, prepared)
         else:
@@ -570,12 +575,33 @@ class Moderator:
         store cannot say (the backend judges then, as it would without the index)."""
         if not prints or not self.duplicates.enabled:
             return None
+        return await self._look_up(metrics, self.duplicates.find, prints)
+
+    async def _copied(
+        self, prints: dict[int, Print], sha256: str, metrics: Any
+    ) -> Resemblance | None:
+        """The judged picture these fingerprints copy, under Cloudinary's duplicate step."""
+        minimum = self.settings.indexed_copy_similarity
+        if not prints or minimum <= 0:
+            return None
+        return await self._look_up(metrics, self.duplicates.find_indexed, prints, minimum, sha256)
+
+    def _copy_reason(self, copied: Resemblance) -> Reason:
+        return Reason(
+            name="near-copy of a picture already judged (duplicate step)",
+            parent="",
+            confidence=round(copied.similarity * 100, 2),
+            threshold=self.settings.indexed_copy_similarity,
+            category=INDEXED_COPY,
+        )
+
+    async def _look_up(self, metrics: Any, find: Callable[..., T], *args: Any) -> T | None:
         recorder = _Metrics(metrics)
         started = time.perf_counter()
         try:
             # The index only ever spares a backend call: a lookup that fails (a throttled
             # or oversized band item, say) must not stop this request keeping its decision.
-            resembled = await self._store(self.duplicates.find, prints, trips=False)
+            resembled = await self._store(find, *args, trips=False)
         except stores.StoreUnavailable as error:
             self._store_down(error, metrics)
             return None
