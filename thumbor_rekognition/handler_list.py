@@ -13,7 +13,7 @@ from typing import Any
 from libthumbor.url import Url
 
 from thumbor_rekognition import admin, quarantine, stores
-from thumbor_rekognition.config import ConfigurationError, check_backend_extra, unknown_keys
+from thumbor_rekognition.config_checks import ConfigurationError, check_backend_extra, unknown_keys
 from thumbor_rekognition.filter_table import share_filter_tables
 from thumbor_rekognition.gate import ModerationHandler
 from thumbor_rekognition.runtime import runtime_for

@@ -24,7 +24,7 @@ from thumbor_rekognition.cli.environment import (
     UsageError,
 )
 from thumbor_rekognition.cli.parser import build_parser
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.config_checks import ConfigurationError
 from thumbor_rekognition.quarantine import QuarantineError
 from thumbor_rekognition.stores import StoreUnavailable
 

@@ -47,7 +47,7 @@ import botocore.utils
 
 from thumbor_rekognition import rules, stores
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError, checked_endpoint_url
+from thumbor_rekognition.config_checks import ConfigurationError, checked_endpoint_url
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
