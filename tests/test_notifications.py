@@ -513,6 +513,7 @@ def test_with_two_thumbor_processes_each_change_is_delivered_once_and_in_order(
         ]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("trouble", ["down", "hanging"])
 def test_image_responses_do_not_wait_for_a_receiver_that_is_down_or_hanging(
     server: ThumborServer, receiver: Receiver, images: Path, trouble: str

@@ -389,6 +389,7 @@ def test_one_attempt_gives_up_on_the_first_throttle(fake: FakeRekognition) -> No
     assert fake.call_count == 1
 
 
+@pytest.mark.timing
 def test_answer_slower_than_the_timeout_is_retryable(fake: FakeRekognition) -> None:
     fake.respond(RED, [EXPLICIT])
     fake.fail("slow", times=1, delay=3.0)

@@ -117,6 +117,7 @@ class TestRedisStore(StoreContract):
         with RedisServer(tmp_path / "redis") as server:
             yield server
 
+    @pytest.mark.timing
     def test_change_saved_by_one_store_reaches_another_stores_listener_within_a_second(
         self, make_store: MakeStore
     ) -> None:
@@ -129,6 +130,7 @@ class TestRedisStore(StoreContract):
 
         assert changes.wait_for("host/a.jpg", 1.0)
 
+    @pytest.mark.timing
     def test_forgotten_decision_reaches_another_stores_listener_within_a_second(
         self, make_store: MakeStore
     ) -> None:
@@ -223,6 +225,7 @@ class TestRedisStore(StoreContract):
 
         assert eventually(lambda: subscribers(own_server.url) == 0, 2)
 
+    @pytest.mark.timing
     def test_calls_to_a_killed_server_fail_within_about_the_timeout(
         self, own_server: RedisServer, open_store: OpenStore
     ) -> None:
@@ -237,6 +240,7 @@ class TestRedisStore(StoreContract):
 
         assert elapsed < PATIENCE
 
+    @pytest.mark.timing
     def test_saves_to_a_killed_server_fail_within_about_the_timeout(
         self, own_server: RedisServer, open_store: OpenStore
     ) -> None:
@@ -251,6 +255,7 @@ class TestRedisStore(StoreContract):
 
         assert elapsed < PATIENCE
 
+    @pytest.mark.timing
     def test_calls_to_a_frozen_server_fail_within_about_the_timeout(
         self, own_server: RedisServer, open_store: OpenStore
     ) -> None:
@@ -375,6 +380,7 @@ class TestRedisStore(StoreContract):
         assert [key for key in keys_of(url) if not key.startswith("configured:")] == []
         assert found is not None
 
+    @pytest.mark.timing
     def test_unreachable_server_makes_a_new_store_unavailable_not_hang(
         self, open_store: OpenStore
     ) -> None:

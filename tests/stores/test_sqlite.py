@@ -815,12 +815,13 @@ class StoreContract:
         assert store.acquire_lease("backfill", "node-2", 30) is False
 
     def test_renewed_lease_outlives_its_first_term(self, store: stores.Store) -> None:
-        store.acquire_lease("backfill", "node-1", 0.5)
-        time.sleep(0.3)
-        store.acquire_lease("backfill", "node-1", 0.5)
+        store.acquire_lease("backfill", "node-1", 1.0)
+        first_term_over = time.monotonic() + 1.0
+        store.acquire_lease("backfill", "node-1", 30)
 
-        time.sleep(0.3)
-        taken = store.acquire_lease("backfill", "node-2", 0.5)
+        # However slow the machine: the first term has ended, the renewed one has not.
+        time.sleep(first_term_over + 0.2 - time.monotonic())
+        taken = store.acquire_lease("backfill", "node-2", 30)
 
         assert taken is False
 
