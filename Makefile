@@ -53,8 +53,13 @@ versions: install
 	scripts/install-system-packages
 	PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')$${PYENV_VERSION:-}" $(BIN)/nox
 
+# One benchmark, with the venv's python: `make bench SCRIPT=stores ARGS='--skip scale'`.
+# SCRIPT is a file of benchmarks/, with or without its folder and .py (default: run, the
+# figures against stock Thumbor).
+SCRIPT ?= run
+ARGS ?=
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/$(basename $(notdir $(SCRIPT))).py $(ARGS)
 
 # Moves every pin to the newest release the ranges in pyproject.toml allow.
 lock:

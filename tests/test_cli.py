@@ -154,9 +154,9 @@ def test_check_prints_labels_and_decision_and_stores_nothing(
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "Explicit Nudity > Nudity  70.0%" in out
+    assert "Explicit Nudity > Nudity  0.7" in out
     assert "decision: rejected" in out
-    assert "Explicit Nudity > Nudity 70.0% above 50% (default)" in out
+    assert "Explicit Nudity > Nudity 0.7 above 0.5 (default)" in out
     assert fake.call_count == 1
     assert site.store().counts() == {}
     assert not site.quarantine.exists()
@@ -182,7 +182,10 @@ def test_check_json_gives_the_decision_under_the_current_thresholds(
     )
     assert strict["status"] == "rejected"
     assert [reason["category"] for reason in strict["reasons"]] == ["female_swimwear_or_underwear"]
-    assert strict["min_confidence"] == 50.0
+    assert strict["min_confidence"] == 0.5
+    assert [label["confidence"] for label in strict["labels"]] == [0.65, 0.65]
+    assert [reason["confidence"] for reason in strict["reasons"]] == [0.65]
+    assert [reason["threshold"] for reason in strict["reasons"]] == [0.6]
 
 
 def test_check_shows_7x_labels_as_reported_and_as_a_6x_policy_judges_them(
@@ -211,15 +214,16 @@ def test_check_shows_7x_labels_as_reported_and_as_a_6x_policy_judges_them(
     shown = json.loads(capsys.readouterr().out)
 
     assert code == 0
-    assert "Explicit > Explicit Sexual Activity  80.0%" in out
-    assert "content types:\n  Illustrated  91.0%" in out
+    assert "Explicit > Explicit Sexual Activity  0.8" in out
+    assert "content types:\n  Illustrated  0.91" in out
     assert "labels as judged (thresholds in model 6.x names):" in out
     assert (
-        "Explicit Nudity > Illustrated Explicit Nudity  80.0%  "
+        "Explicit Nudity > Illustrated Explicit Nudity  0.8  "
         "(reported as Explicit > Explicit Sexual Activity)"
     ) in out
     assert [item["name"] for item in shown["judged_labels"]] == ["Illustrated Explicit Nudity"]
-    assert shown["content_types"] == [{"name": "Illustrated", "confidence": 91.0, "frame": 0}]
+    assert shown["content_types"] == [{"name": "Illustrated", "confidence": 0.91, "frame": 0}]
+    assert [item["confidence"] for item in shown["judged_labels"]] == [0.8]
 
 
 def test_check_names_a_file_that_is_not_an_image(
@@ -430,7 +434,7 @@ def test_list_prints_one_line_per_decision(
         ["approved", "auto", "green.png"],
         ["rejected", "auto", "red.png"],
     ]
-    assert lines[2][3] == "Explicit Nudity > Nudity 70.0% above 50% (default)"
+    assert lines[2][3] == "Explicit Nudity > Nudity 0.7 above 0.5 (default)"
 
 
 def test_list_filters_by_status_limits_and_prints_json_lines(
@@ -444,6 +448,8 @@ def test_list_filters_by_status_limits_and_prints_json_lines(
     assert [item["key"] for item in approved] == ["blue.png", "green.png"]
     assert {item["status"] for item in approved} == {"approved"}
     assert len(approved[0]["content_hash"]) == 64
+    assert [label["confidence"] for label in approved[0]["labels"]] == [0.65, 0.65]
+    assert approved[0]["min_confidence"] == 0.5
     assert [item["key"] for item in limited] == ["blue.png"]
 
 
@@ -477,8 +483,8 @@ def test_show_prints_labels_reasons_backend_hash_and_history(
     assert "status: rejected (auto)" in out
     assert f"content hash: {sha256_hex(data)}" in out
     assert "backend: rekognition 7.0" in out
-    assert "  Explicit Nudity > Nudity  70.0%" in out
-    assert "  Explicit Nudity > Nudity 70.0% above 50% (default)" in out
+    assert "  Explicit Nudity > Nudity  0.7" in out
+    assert "  Explicit Nudity > Nudity 0.7 above 0.5 (default)" in out
     history = out.split("history:\n")[1].splitlines()
     assert len(history) == 1
     assert "rejected (auto)  thumbor-moderation  rekognition 7.0: Nudity" in history[0]
@@ -696,7 +702,7 @@ def test_reevaluate_reports_decisions_that_need_a_new_analysis_and_skips_failure
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "needs new analysis\tblue.png\tlabels stored from 50%, thresholds now look from 40%" in (
+    assert "needs new analysis\tblue.png\tlabels stored from 0.5, thresholds now look from 0.4" in (
         out
     )
     assert "need a new analysis: 3" in out
@@ -1010,3 +1016,104 @@ def test_console_script_prints_the_version_the_package_metadata_has() -> None:
         shown.stdout == f"thumbor-moderation {importlib.metadata.version('thumbor-moderation')}\n"
     )
     assert importlib.metadata.version("thumbor-moderation") == thumbor_rekognition.__version__
+
+
+# A URL no request has fetched
+
+
+def run_console_script(
+    *arguments: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_rejecting_a_url_no_request_fetched_fails_naming_the_nearest_known_urls(
+    moderated: Site,
+) -> None:
+    rejected = run_console_script("--conf", str(moderated.conf), "reject", "gren.png")
+    shown = run_console_script("--conf", str(moderated.conf), "show", "gren.png")
+
+    assert rejected.returncode == 1
+    assert rejected.stdout == ""
+    assert "no request has fetched gren.png; nearest known URLs: green.png" in rejected.stderr
+    assert "--unseen" in rejected.stderr
+    assert "binds to the bytes of that fetch" in rejected.stderr
+    assert shown.returncode == 1
+    assert moderated.store().get("green.png").status is Status.APPROVED  # type: ignore[union-attr]
+
+
+def test_approving_with_unseen_records_a_decision_that_binds_at_the_first_fetch(
+    moderated: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decided = run_console_script(
+        "--conf", str(moderated.conf), "reject", "later.png", "--unseen", "--note", "reported"
+    )
+    moderated.add("later.png", BLUE)
+    moderated.run("backfill", moderated.urls_file("later.png"))
+    capsys.readouterr()
+    moderated.run("show", "later.png", "--json")
+    view = json.loads(capsys.readouterr().out)
+
+    assert decided.returncode == 0, decided.stderr
+    assert decided.stdout == (
+        "rejected\tlater.png\tno request has fetched it yet: "
+        "the decision binds to the bytes of its first fetch\n"
+    )
+    assert (view["status"], view["source"]) == ("rejected", "manual")
+    assert view["content_hash"] == sha256_hex((moderated.images / "later.png").read_bytes())
+
+
+def test_unseen_is_not_needed_for_a_url_fetched_before(
+    moderated: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = moderated.run("reject", "green.png")
+
+    assert code == 0
+    assert capsys.readouterr().out == "rejected\tgreen.png\n"
+
+
+# Where the configuration comes from
+
+
+def test_conf_is_taken_after_the_subcommand_as_well_as_before(moderated: Site) -> None:
+    after = run_console_script("stats", "--json", "--conf", str(moderated.conf))
+    before = run_console_script("--conf", str(moderated.conf), "stats", "--json")
+    short_after = run_console_script("list", "-c", str(moderated.conf))
+
+    assert after.returncode == before.returncode == short_after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert json.loads(after.stdout)["decisions"]["approved"] == 2
+    assert short_after.stdout.count("\n") == 3
+
+
+def test_without_a_configuration_found_the_command_stops_saying_where_it_looked(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {**os.environ, "HOME": str(home)}
+
+    stats = subprocess.run(
+        [console_script(), "stats"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env=environment,
+    )
+
+    assert stats.returncode == 2
+    assert stats.stdout == ""
+    assert f"{tmp_path / 'thumbor.conf'}, {home / 'thumbor.conf'}, /etc/thumbor.conf" in (
+        stats.stderr
+    )
+    assert "--conf" in stats.stderr
+    assert "Traceback" not in stats.stderr

@@ -305,6 +305,9 @@ def test_a_webhook_body_tells_what_the_readme_lists(
         ("Nudity", "Explicit Nudity"),
     }
     assert [reason["name"] for reason in body["reasons"]] == ["Nudity"]
+    # On the scale of the thresholds in thumbor.conf, as everywhere a user reads them.
+    assert [label["confidence"] for label in body["labels"]] == [0.99, 0.99]
+    assert [(r["confidence"], r["threshold"]) for r in body["reasons"]] == [(0.99, 0.5)]
     assert (body["backend"], body["model_version"]) == ("rekognition", "6.1")
     assert body["content_hash"] == hashlib.sha256(original).hexdigest()
     assert before - 1 <= body["created_at"] <= body["updated_at"] <= time.time()

@@ -263,11 +263,11 @@ def test_content_types_rules_decide_drawn_7x_answers(
     grid = call(drawn, "GET", "/?grid=1").body.decode()
 
     assert seen == [expected for *_, expected in cases]
-    assert '<p class="meta content-types">Illustrated: 97.0' in grid
+    assert '<p class="meta content-types">Illustrated: 0.97' in grid
     assert (
         "Explicit Sexual Activity judged as Explicit Nudity &gt; Sexual Activity (explicit_nudity)"
     ) in grid
-    assert decision["content_types"] == [{"name": "Illustrated", "confidence": 97.0, "frame": 0}]
+    assert decision["content_types"] == [{"name": "Illustrated", "confidence": 0.97, "frame": 0}]
 
 
 @pytest.fixture(scope="module")

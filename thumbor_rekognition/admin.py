@@ -21,16 +21,18 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from thumbor_rekognition import health, stores
+from thumbor_rekognition import confidence, health, stores
 from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Status
-from thumbor_rekognition.review import Review, decision_view
+from thumbor_rekognition.review import BINDS_TO_FIRST_FETCH, NeverFetched, Review, decision_view
 from thumbor_rekognition.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 ACTOR = "admin-api"
 PAGE_STATUSES = (Status.PENDING, Status.REJECTED, Status.APPROVED)
+# What a manual decision may set.
+DECIDED = {status.value: status for status in (Status.APPROVED, Status.REJECTED)}
 _templates = tornado.template.Loader(
     str(resources.files("thumbor_rekognition").joinpath("assets")), autoescape="xhtml_escape"
 )
@@ -39,10 +41,11 @@ _templates = tornado.template.Loader(
 class ApiError(Exception):
     """An error answered as JSON with an HTTP status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, **details: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.details = details
 
 
 STORE_DOWN = ApiError(503, "decision store unavailable, try again shortly")
@@ -100,7 +103,7 @@ class _AdminHandler(tornado.web.RequestHandler):
         if status_code == 503:
             self.set_header("Retry-After", "5")
         if isinstance(error, ApiError):
-            self.write_json({"error": error.message}, error.status)
+            self.write_json({"error": error.message, **error.details}, error.status)
             return
         if isinstance(error, tornado.web.HTTPError):
             message = error.log_message or self._reason
@@ -179,17 +182,34 @@ class ImageHandler(_AdminHandler):
     async def put(self) -> None:
         url = self.url_argument()
         body = self.json_body()
-        status = _status(str(body.get("status", "")), allow_empty=False)
-        if status is None or status is Status.PENDING:
+        given = body.get("status")
+        status = DECIDED.get(given) if isinstance(given, str) else None
+        if status is None:
             raise ApiError(400, "status must be 'approved' or 'rejected'")
+        unseen = body.get("unseen", False)
+        if not isinstance(unseen, bool):
+            raise ApiError(400, "unseen must be true or false")
         note = body.get("note", "")
         if not isinstance(note, str) or len(note) > 2000:
             raise ApiError(400, "note must be a string of at most 2000 characters")
         actor = body.get("actor", ACTOR)
         if not isinstance(actor, str) or not actor or len(actor) > 200:
             raise ApiError(400, "actor must be a non-empty string of at most 200 characters")
-        decided = await self.review.decide(url, status, note, actor)
-        self.write_json({"updated": [decision_view(d) for d in decided]})
+        try:
+            decided = await self.review.decide(url, status, note, actor, unseen)
+        except NeverFetched as error:
+            raise ApiError(
+                404,
+                "no request has fetched this URL (a typo?); to decide before its first "
+                'fetch, send "unseen": true: the decision binds to the bytes of that fetch',
+                nearest=error.nearest,
+            ) from None
+        answer: dict[str, Any] = {"updated": [decision_view(d) for d in decided]}
+        # Kept without bytes: the first fetch of its URL binds it.
+        answer["unseen"] = any(not decision.sha256 for decision in decided)
+        if answer["unseen"]:
+            answer["message"] = BINDS_TO_FIRST_FETCH
+        self.write_json(answer)
 
     async def delete(self) -> None:
         if not await self.review.forget(self.url_argument(), ACTOR):
@@ -272,7 +292,8 @@ class PageHandler(_AdminHandler):
         for status in PAGE_STATUSES:
             decisions, more = await self.review.page(status, 60, None)
             columns.append((status.value, decisions, more is not None))
-        self.finish(_templates.load("review_grid.html").generate(columns=columns))
+        grid = _templates.load("review_grid.html").generate(columns=columns, shown=confidence.shown)
+        self.finish(grid)
 
 
 class DisabledHandler(_AdminHandler):

@@ -23,9 +23,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from thumbor_rekognition import backends, ratelimit, rules, stores
+from thumbor_rekognition import backends, confidence, ratelimit, rules, stores
 from thumbor_rekognition.config import Settings
-from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
+from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Reason, Source, Status
 from thumbor_rekognition.duplicates import INDEXED_COPY, Duplicates, Resemblance
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.policy import MANUAL, Policy
@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 V = TypeVar("V")
 SYSTEM = "thumbor-moderation"
-# The reason of a pending animation with distinct scenes no backend call judged.
-UNJUDGED = "unjudged_scenes"
 
 
 def unjudged_reason(count: int, limit: int) -> Reason:
@@ -1036,9 +1034,9 @@ def _event_for(decision: Decision) -> Event:
         )
     elif decision.reasons:
         reasons = ", ".join(
-            f"{reason.name} {reason.confidence:.1f} > {reason.threshold:g}"
+            f"{reason.name} {confidence.shown(reason.confidence)} > {reason.threshold:g}"
             if decision.status is Status.REJECTED
-            else f"{reason.name} {reason.confidence:.1f} near {reason.threshold:g}"
+            else f"{reason.name} {confidence.shown(reason.confidence)} near {reason.threshold:g}"
             for reason in decision.reasons
         )
         note = f"{_model(decision)}: {reasons}"

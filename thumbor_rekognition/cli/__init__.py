@@ -8,6 +8,10 @@ servers enforce, within MODERATION_CACHE_TTL_SECONDS.
 
 Exit codes: 0 done, 1 the operation failed (an unknown URL, an image that could not be
 judged), 2 a usage or configuration error.
+
+``parser`` is the command line; ``environment`` the configuration a command runs against;
+``output`` how commands print; ``check``, ``decisions``, ``similar``, ``reevaluate`` and
+``backfill`` the subcommands, a group each.
 """
 
 from __future__ import annotations

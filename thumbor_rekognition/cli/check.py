@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from thumbor_rekognition import confidence
 from thumbor_rekognition.backends import BackendError
 from thumbor_rekognition.cli.environment import EXIT_OK, Environment, Failure, read_file
 from thumbor_rekognition.cli.output import (
@@ -55,25 +56,28 @@ def run_check(environment: Environment, arguments: argparse.Namespace) -> int:
                 "backend": analysis.backend,
                 "model_version": analysis.model_version,
                 "project_version": analysis.project_version,
-                "min_confidence": analysis.min_confidence,
-                "labels": [label.to_dict() for label in analysis.labels],
-                "content_types": [kind.to_dict() for kind in analysis.content_types],
+                "min_confidence": confidence.share(analysis.min_confidence),
+                "labels": [confidence.label_view(label) for label in analysis.labels],
+                "content_types": [
+                    confidence.content_type_view(kind) for kind in analysis.content_types
+                ],
                 "policy_generation": policy.generation,
                 "judged_labels": [
                     {
-                        **item.label.to_dict(),
+                        **confidence.label_view(item.label),
                         "reported_as": label_name(item.reported.name, item.reported.parent),
                     }
                     for item in as_judged
                 ],
                 "status": verdict.status.value,
-                "reasons": [reason.to_dict() for reason in verdict.reasons],
+                "reasons": [confidence.reason_view(reason) for reason in verdict.reasons],
             }
         )
         return EXIT_OK
     print(f"file: {arguments.file} ({prepared.format} {prepared.width}x{prepared.height})")
     model = model_name(analysis.backend, analysis.model_version, analysis.project_version)
-    print(f"backend: {model} (labels with confidence {analysis.min_confidence / 100:g} or more)")
+    kept = confidence.shown(analysis.min_confidence)
+    print(f"backend: {model} (labels with confidence {kept} or more)")
     print_labels(analysis.labels)
     print_content_types(analysis.content_types)
     print_judged(as_judged, policy.generation)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from thumbor_rekognition import confidence
 from thumbor_rekognition.cli.environment import EXIT_OK, Environment, Failure, each_decision
 from thumbor_rekognition.cli.output import (
     model_name,
@@ -20,7 +21,7 @@ from thumbor_rekognition.decision import (
     Source,
     Status,
 )
-from thumbor_rekognition.review import decision_view
+from thumbor_rekognition.review import BINDS_TO_FIRST_FETCH, NeverFetched, decision_view
 from thumbor_rekognition.urls import key_of
 
 
@@ -66,7 +67,7 @@ def run_show(environment: Environment, arguments: argparse.Namespace) -> int:
     backend = model_name(decision.backend, decision.model_version, decision.project_version)
     print(f"backend: {backend or '-'}")
     if decision.backend:
-        print(f"labels kept: confidence {decision.min_confidence / 100:g} or more")
+        print(f"labels kept: confidence {confidence.shown(decision.min_confidence)} or more")
     if decision.width and decision.height:
         print(f"size: {decision.width}x{decision.height}")
     if decision.error:
@@ -87,11 +88,22 @@ def run_show(environment: Environment, arguments: argparse.Namespace) -> int:
 def run_decide(environment: Environment, arguments: argparse.Namespace) -> int:
     """A manual decision for a picture, applied to every URL showing the same bytes."""
     status = Status(arguments.status)
-    decided = asyncio.run(
-        environment.review.decide(arguments.url, status, arguments.note, arguments.actor)
-    )
+    review = environment.review
+    try:
+        decided = asyncio.run(
+            review.decide(arguments.url, status, arguments.note, arguments.actor, arguments.unseen)
+        )
+    except NeverFetched as error:
+        nearest = ", ".join(error.nearest) if error.nearest else "none"
+        raise Failure(
+            f"no request has fetched {arguments.url}; nearest known URLs: {nearest}. To "
+            f"{arguments.command_name} it before its first fetch, add --unseen: the decision "
+            "binds to the bytes of that fetch."
+        ) from None
     for decision in decided:
-        print(f"{decision.status.value}\t{decision.url}")
+        # Kept without bytes: the first fetch of its URL binds it.
+        binding = "" if decision.sha256 else f"\t{BINDS_TO_FIRST_FETCH}"
+        print(f"{decision.status.value}\t{decision.url}{binding}")
     return EXIT_OK
 
 

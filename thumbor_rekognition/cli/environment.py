@@ -92,10 +92,12 @@ def _load_config(conf: str | None) -> Any:
     if conf is None:
         path = Config.get_conf_file(CONF_NAME, conf_lookup_paths())
         if path is None:
-            logger.warning(
-                "no %s in %s: using Thumbor's and the plugin's defaults",
-                CONF_NAME,
-                ", ".join(conf_lookup_paths()),
+            # Defaults would administer no server's decisions: say so rather than guess.
+            looked = ", ".join(
+                os.path.join(os.path.abspath(folder), CONF_NAME) for folder in conf_lookup_paths()
+            )
+            raise ConfigurationError(
+                f"no configuration found (looked for {looked}); pass --conf FILE"
             )
     else:
         path = os.path.expanduser(conf)

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from thumbor_rekognition import confidence
 from thumbor_rekognition.decision import (
+    UNJUDGED,
     ContentType,
     Decision,
     Label,
@@ -30,7 +32,7 @@ def print_labels(labels: Iterable[Label]) -> None:
     print("labels:" if items else "labels: none")
     for label in items:
         print(
-            f"  {label_name(label.name, label.parent)}  {label.confidence:.1f}%"
+            f"  {label_name(label.name, label.parent)}  {confidence.shown(label.confidence)}"
             f"{_frame(label.frame)}"
         )
 
@@ -45,7 +47,7 @@ def print_content_types(content_types: Iterable[ContentType]) -> None:
     if items:
         print("content types:")
     for kind in items:
-        print(f"  {kind.name}  {kind.confidence:.1f}%{_frame(kind.frame)}")
+        print(f"  {kind.name}  {confidence.shown(kind.confidence)}{_frame(kind.frame)}")
 
 
 def print_judged(items: Iterable[Judged], generation: str) -> None:
@@ -55,7 +57,7 @@ def print_judged(items: Iterable[Judged], generation: str) -> None:
     print(f"labels as judged (thresholds in model {generation}.x names):")
     for item in judged:
         label = item.label
-        line = f"  {label_name(label.name, label.parent)}  {label.confidence:.1f}%"
+        line = f"  {label_name(label.name, label.parent)}  {confidence.shown(label.confidence)}"
         if item.translated:
             line += f"  (reported as {label_name(item.reported.name, item.reported.parent)})"
         print(line + _frame(label.frame))
@@ -64,9 +66,14 @@ def print_judged(items: Iterable[Judged], generation: str) -> None:
 def _reason(status: Status, reason: Reason) -> str:
     relation = "above" if status is Status.REJECTED else "near"
     judged = f" as {reason.judged_as}" if reason.judged_as else ""
+    if reason.category == UNJUDGED:
+        return (
+            f"{reason.confidence:g} distinct scenes not judged "
+            f"(MODERATION_MAX_FRAMES={reason.threshold:g}) ({reason.category})"
+        )
     return (
-        f"{label_name(reason.name, reason.parent)}{judged} {reason.confidence:.1f}% "
-        f"{relation} {reason.threshold * 100:g}% ({reason.category}){_frame(reason.frame)}"
+        f"{label_name(reason.name, reason.parent)}{judged} {confidence.shown(reason.confidence)} "
+        f"{relation} {reason.threshold:g} ({reason.category}){_frame(reason.frame)}"
     )
 
 

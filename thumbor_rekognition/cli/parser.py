@@ -67,15 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {thumbor_rekognition.__version__}"
     )
-    parser.add_argument(
-        "-c",
-        "--conf",
-        help=f"Thumbor configuration file (default: {CONF_NAME} in ., ~ or /etc)",
-    )
+    conf_help = f"Thumbor configuration file (default: {CONF_NAME} in ., ~ or /etc)"
+    parser.add_argument("-c", "--conf", help=conf_help)
+    # Also after the subcommand; SUPPRESS keeps a --conf given before it when none is after.
+    conf_after = argparse.ArgumentParser(add_help=False)
+    conf_after.add_argument("-c", "--conf", default=argparse.SUPPRESS, help=conf_help)
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
     def command(name: str, run: Callable[..., int], summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary)
+        sub = commands.add_parser(name, help=summary, description=summary, parents=[conf_after])
         sub.set_defaults(run=run)
         return sub
 
@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("url", help="image URL as it appears in Thumbor URLs")
         decide.add_argument("--note", default="", help="why, kept in the history")
         decide.add_argument("--actor", default=actor, help=f"who (default: {actor})")
+        decide.add_argument(
+            "--unseen",
+            action="store_true",
+            help="decide for a URL no request has fetched yet (else refused as a likely "
+            "typo); the decision binds to the bytes of its first fetch",
+        )
 
     forget = command("forget", run_forget, "Drop a decision; the next request judges again.")
     forget.add_argument("url", help="image URL as it appears in Thumbor URLs")

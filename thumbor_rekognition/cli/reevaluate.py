@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
+from thumbor_rekognition import confidence
 from thumbor_rekognition.cli.environment import (
     EXIT_OK,
     REEVALUATE_ACTOR,
@@ -104,8 +105,8 @@ async def _reevaluate(environment: Environment, dry_run: bool) -> Reevaluation:
                 result.new_analysis += 1
                 tqdm.write(
                     f"needs new analysis\t{decision.key}\tlabels stored from "
-                    f"{decision.min_confidence:g}%, thresholds now look from "
-                    f"{policy.min_confidence:g}%",
+                    f"{confidence.shown(decision.min_confidence)}, thresholds now look from "
+                    f"{confidence.shown(policy.min_confidence)}",
                     file=sys.stdout,
                 )
                 continue
