@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.fakes.rekognition import FakeRekognition
-from tests.servers import ThumborServer, base_config
+from tests.servers import ThumborServer, base_config, result_file
 from thumbor_rekognition import embedded
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.stores.sqlite import Store
@@ -231,3 +231,28 @@ def test_a_copy_of_bytes_decided_before_cleaning_takes_that_decision(
 
     assert response.status == 403
     assert backend.call_count == 0
+
+
+def test_a_result_kept_before_originals_were_cleaned_is_rendered_again(
+    server: ThumborServer, images: Path, backend: FakeRekognition
+) -> None:
+    original = encoded(GREEN, "JPEG", icc_profile=REJECTED)
+    name = publish(images, original, "jpg")
+    path = f"/unsafe/{name}"
+    store = Store(path=str(server.root / "decisions.sqlite3"))
+    sha256 = hashlib.sha256(original).hexdigest()
+    store.save(
+        Decision(name, name, sha256, Status.APPROVED, Source.AUTO),
+        Event(Status.APPROVED, Source.AUTO, "system", "judged before cleaning"),
+    )
+    store.close()
+    # As the result storage of the previous version kept it: the rendering, its
+    # original's hash, the count and that version's mark.
+    kept = result_file(server.root, path)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(original + bytes.fromhex(sha256) + b"\x01\n\x89thumbor-moderation\x01")
+
+    response = server.get(path)
+
+    assert response.status == 200
+    assert not carries(response.body, REJECTED)
