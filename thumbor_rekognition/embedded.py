@@ -30,6 +30,7 @@ cleaned bytes, so an original and its cleaned copy (the one STORAGE keeps) share
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -53,6 +54,10 @@ _PICTURE = re.compile(
 )
 
 
+# In entropy-coded data: the first FF (after any fill FFs) that starts a marker.
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
 @dataclass(frozen=True)
 class Cleaned:
     """An original as it is judged and served, and what was removed from it."""
@@ -72,6 +77,8 @@ def cleaned(data: bytes) -> Cleaned:
         out, removed = _png(data)
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         out, removed = _webp(data)
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        out, removed = _gif(data)
     else:
         return Cleaned(data)
     if out == data:
@@ -84,6 +91,7 @@ def holds_picture(data: bytes) -> bool:
     return _PICTURE.search(data) is not None
 
 
+@functools.lru_cache(maxsize=64)
 def usable_profile(icc: bytes, space: str) -> bool:
     """Whether a colour profile is one viewers apply to pixels of this colour space
     (RGB, GRAY or CMYK) and carries nothing but a profile."""
@@ -181,16 +189,10 @@ def _segments(data: bytes) -> tuple[list[tuple[int | None, bytes]], list[str]]:
         position = end
         if marker == 0xDA:
             # Entropy-coded data runs to the next marker other than a restart or a stuffed FF.
-            scan = position
-            while True:
-                scan = data.find(b"\xff", scan)
-                if scan == -1 or scan + 1 >= size:
-                    raise UnsupportedImage("JPEG without an end of image")
-                following = data[scan + 1]
-                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
-                    scan += 1 if following == 0xFF else 2
-                    continue
-                break
+            found = _NEXT_MARKER.search(data, position)
+            if found is None:
+                raise UnsupportedImage("JPEG without an end of image")
+            scan = found.end() - 2
             segments.append((None, data[position:scan]))
             position = scan
 
@@ -385,3 +387,64 @@ def _webp(data: bytes) -> tuple[bytes, list[str]]:
         out.append(kind + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1))
     payload = b"WEBP" + b"".join(out)
     return b"RIFF" + struct.pack("<I", len(payload)) + payload, removed
+
+
+# GIF
+
+# Application extensions that loop an animation; every other one (XMP, ICC) is removed.
+_GIF_LOOPS = (b"NETSCAPE2.0", b"ANIMEXTS1.0")
+
+
+def _gif(data: bytes) -> tuple[bytes, list[str]]:
+    if len(data) < 13:
+        raise UnsupportedImage("truncated GIF")
+    position = 13 + _colour_table(data[10])
+    out = [data[:position]]
+    removed: list[str] = []
+    while True:
+        if position >= len(data):
+            raise UnsupportedImage(
+                "truncated GIF, or data after it: it does not end with its trailer"
+            )
+        block = data[position]
+        if block == 0x3B:
+            if data[position + 1 :].strip(b"\0"):
+                # Refused, as preparation refuses it: a GIF/HTML polyglot, say.
+                raise UnsupportedImage("data after the GIF's trailer")
+            out.append(b";")
+            return b"".join(out), removed
+        if block == 0x2C:
+            if position + 11 > len(data):
+                raise UnsupportedImage("truncated GIF")
+            start = position
+            position += 10 + _colour_table(data[position + 9]) + 1
+            position = _sub_blocks(data, position)
+            out.append(data[start:position])
+        elif block == 0x21 and position + 2 <= len(data):
+            label = data[position + 1]
+            start = position
+            position = _sub_blocks(data, position + 2)
+            extension = data[start:position]
+            if label == 0xF9 or (label == 0xFF and extension[3:14] in _GIF_LOOPS):
+                out.append(extension)
+            else:
+                names = {0xFE: "comment", 0x01: "plain text", 0xFF: "application extension"}
+                removed.append(f"GIF {names.get(label, 'extension')}")
+        else:
+            raise UnsupportedImage(f"GIF block 0x{block:02x} unknown")
+
+
+def _colour_table(flags: int) -> int:
+    """The size of the colour table a GIF descriptor's packed flags announce."""
+    return 3 * 2 ** ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+
+def _sub_blocks(data: bytes, position: int) -> int:
+    """Where the chain of data sub-blocks starting at position ends."""
+    while True:
+        if position >= len(data):
+            raise UnsupportedImage("truncated GIF")
+        size = data[position]
+        position += 1 + size
+        if size == 0:
+            return position
