@@ -272,6 +272,7 @@ def segment(marker: int, payload: bytes) -> bytes:
         pytest.param(segment(0xFE, base64.b64encode(REJECTED)), b"", id="comment-base64"),
         pytest.param(segment(0xE0, b"JFXX\0\x10" + REJECTED), b"", id="jfxx-thumbnail"),
         pytest.param(b"", REJECTED, id="after-end-of-image"),
+        pytest.param(segment(0xF7, REJECTED), b"", id="reserved-marker"),
     ],
 )
 def test_jpeg_previews_comments_and_trailing_pictures_are_removed_losslessly(
@@ -368,8 +369,38 @@ def test_gif_comments_are_removed_and_its_loop_kept() -> None:
         pytest.param(encoded(GREEN, "JPEG")[:2] + b"\xff\xe1\xff\xff" + b"\0" * 10, id="jpeg"),
         pytest.param(encoded(GREEN, "PNG")[:40] + b"\xff" * 8, id="png"),
         pytest.param(encoded(GREEN, "GIF") + b"<html>", id="gif-polyglot"),
+        pytest.param(REJECTED[:-2] + encoded(GREEN, "JPEG"), id="jpeg-in-jpeg"),
+        pytest.param(
+            encoded(GREEN, "JPEG")[:-2] + encoded(RED, "PNG") + b"\xff\xd9", id="png-in-scan"
+        ),
     ],
 )
 def test_a_structure_that_cannot_be_followed_is_refused(damaged: bytes) -> None:
     with pytest.raises(embedded.UnsupportedImage):
         embedded.cleaned(damaged)
+
+
+def test_an_unknown_chunk_inside_a_webp_frame_is_removed() -> None:
+    frames = [Image.new("RGB", (100, 80), colour) for colour in (GREEN, RED)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    plain = buffer.getvalue()
+    frame = plain.index(b"ANMF")
+    length = int.from_bytes(plain[frame + 4 : frame + 8], "little")
+    hidden = b"XTRA" + len(REJECTED).to_bytes(4, "little") + REJECTED + b"\0" * (len(REJECTED) & 1)
+    end = frame + 8 + length + (length & 1)
+    grown = (
+        plain[: frame + 4]
+        + (length + len(hidden)).to_bytes(4, "little")
+        + plain[frame + 8 : frame + 8 + length]
+        + b"\0" * (length & 1)
+        + hidden
+        + plain[end:]
+    )
+    original = b"RIFF" + (len(grown) - 8).to_bytes(4, "little") + grown[8:]
+
+    kept = embedded.cleaned(original)
+
+    assert kept.removed == ("XTRA chunk",)
+    assert REJECTED not in kept.data
+    assert kept.data == plain
