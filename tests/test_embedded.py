@@ -7,6 +7,7 @@ decision made before such bytes were removed stands for the cleaned picture.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import itertools
@@ -17,10 +18,10 @@ from typing import Any
 
 import piexif
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, PngImagePlugin
 
 from tests.fakes.rekognition import FakeRekognition
-from tests.servers import ThumborServer, base_config
+from tests.servers import ThumborServer, base_config, result_file
 from thumbor_rekognition import embedded
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.stores.sqlite import Store
@@ -115,16 +116,6 @@ def publish(images: Path, data: bytes, suffix: str) -> str:
     return name
 
 
-def test_the_hidden_picture_is_one_the_backend_rejects(
-    server: ThumborServer, images: Path, backend: FakeRekognition
-) -> None:
-    name = publish(images, REJECTED, "jpg")
-
-    response = server.get(f"/unsafe/{name}")
-
-    assert response.status == 403
-
-
 @pytest.mark.parametrize(
     "original",
     [
@@ -137,6 +128,7 @@ def test_a_rejected_picture_as_colour_profile_reaches_no_output(
     server: ThumborServer, images: Path, backend: FakeRekognition, original: bytes
 ) -> None:
     assert carries(original, REJECTED)
+    assert server.get(f"/unsafe/{publish(images, REJECTED, 'jpg')}").status == 403
     name = publish(images, original, "img")
 
     responses = [server.get(path.format(name=name)) for path in OUTPUTS]
@@ -231,3 +223,184 @@ def test_a_copy_of_bytes_decided_before_cleaning_takes_that_decision(
 
     assert response.status == 403
     assert backend.call_count == 0
+
+
+def test_a_result_kept_before_originals_were_cleaned_is_rendered_again(
+    server: ThumborServer, images: Path, backend: FakeRekognition
+) -> None:
+    original = encoded(GREEN, "JPEG", icc_profile=REJECTED)
+    name = publish(images, original, "jpg")
+    path = f"/unsafe/{name}"
+    store = Store(path=str(server.root / "decisions.sqlite3"))
+    sha256 = hashlib.sha256(original).hexdigest()
+    store.save(
+        Decision(name, name, sha256, Status.APPROVED, Source.AUTO),
+        Event(Status.APPROVED, Source.AUTO, "system", "judged before cleaning"),
+    )
+    store.close()
+    # As the result storage of the previous version kept it: the rendering, its
+    # original's hash, the count and that version's mark.
+    kept = result_file(server.root, path)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(original + bytes.fromhex(sha256) + b"\x01\n\x89thumbor-moderation\x01")
+
+    response = server.get(path)
+
+    assert response.status == 200
+    assert not carries(response.body, REJECTED)
+
+
+# What is removed, format by format (embedded.cleaned on its own)
+
+
+def jpeg_with(*segments: bytes, after: bytes = b"") -> bytes:
+    """A green JPEG with these APPn/COM segments inserted after SOI, and after its end."""
+    plain = encoded(GREEN, "JPEG")
+    return plain[:2] + b"".join(segments) + plain[2:] + after
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+@pytest.mark.parametrize(
+    ("inserted", "after"),
+    [
+        pytest.param(segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + REJECTED), b"", id="xmp"),
+        pytest.param(segment(0xE2, b"MPF\0" + b"\0" * 16), REJECTED, id="mpf-preview"),
+        pytest.param(segment(0xED, b"Photoshop 3.0\0" + REJECTED), b"", id="app13"),
+        pytest.param(segment(0xFE, base64.b64encode(REJECTED)), b"", id="comment-base64"),
+        pytest.param(segment(0xE0, b"JFXX\0\x10" + REJECTED), b"", id="jfxx-thumbnail"),
+        pytest.param(b"", REJECTED, id="after-end-of-image"),
+        pytest.param(segment(0xF7, REJECTED), b"", id="reserved-marker"),
+    ],
+)
+def test_jpeg_previews_comments_and_trailing_pictures_are_removed_losslessly(
+    inserted: bytes, after: bytes
+) -> None:
+    original = jpeg_with(inserted, after=after)
+
+    kept = embedded.cleaned(original)
+
+    assert kept.removed
+    assert not embedded.holds_picture(kept.data[3:])
+    assert kept.data == encoded(GREEN, "JPEG")
+    assert kept.was == hashlib.sha256(original).hexdigest()
+
+
+def test_a_picture_in_an_exif_value_is_zeroed_and_the_rest_kept() -> None:
+    block = piexif.dump(
+        {
+            "0th": {piexif.ImageIFD.Make: b"camera", piexif.ImageIFD.Orientation: 6},
+            "Exif": {piexif.ExifIFD.MakerNote: REJECTED},
+        }
+    )
+    original = encoded(GREEN, "JPEG", exif=block)
+
+    kept = embedded.cleaned(original)
+
+    assert REJECTED not in kept.data
+    with Image.open(io.BytesIO(kept.data)) as image:
+        exif = image.getexif()
+        assert (exif[piexif.ImageIFD.Make], exif[piexif.ImageIFD.Orientation]) == ("camera", 6)
+        image.load()
+
+
+def test_a_usable_colour_profile_is_kept_and_cleaning_is_idempotent() -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    originals = [
+        encoded(GREEN, "JPEG", icc_profile=srgb),
+        encoded(GREEN, "PNG", icc_profile=srgb),
+        encoded(GREEN, "WEBP", icc_profile=srgb),
+        with_thumbnail(REJECTED),
+        encoded(GREEN, "PNG", icc_profile=REJECTED),
+    ]
+
+    once = [embedded.cleaned(original) for original in originals]
+    twice = [embedded.cleaned(kept.data) for kept in once]
+
+    assert [kept.data for kept in once[:3]] == originals[:3]
+    assert [kept.data for kept in twice] == [kept.data for kept in once]
+    assert [kept.was for kept in twice] == [""] * len(originals)
+
+
+def test_a_profile_for_other_pixels_is_removed() -> None:
+    grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+
+    kept = embedded.cleaned(encoded(GREEN, "JPEG", icc_profile=grey))
+
+    assert kept.removed == ("colour profile",)
+
+
+def test_png_text_chunks_and_data_after_iend_are_removed() -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", base64.b64encode(REJECTED).decode())
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>", zip=True)
+    original = encoded(GREEN, "PNG", pnginfo=info) + REJECTED
+
+    kept = embedded.cleaned(original)
+
+    assert kept.data == encoded(GREEN, "PNG")
+    assert set(kept.removed) == {"tEXt chunk", "iTXt chunk", "data after the end of the image"}
+
+
+def test_gif_comments_are_removed_and_its_loop_kept() -> None:
+    frames = [Image.new("RGB", (100, 80), colour) for colour in (GREEN, RED)]
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer,
+        "GIF",
+        save_all=True,
+        append_images=frames[1:],
+        loop=0,
+        comment=base64.b64encode(REJECTED),
+    )
+
+    kept = embedded.cleaned(buffer.getvalue())
+
+    assert kept.removed == ("GIF comment",)
+    with Image.open(io.BytesIO(kept.data)) as image:
+        assert (image.n_frames, image.info.get("loop"), image.info.get("comment")) == (2, 0, None)
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        pytest.param(encoded(GREEN, "JPEG")[:2] + b"\xff\xe1\xff\xff" + b"\0" * 10, id="jpeg"),
+        pytest.param(encoded(GREEN, "PNG")[:40] + b"\xff" * 8, id="png"),
+        pytest.param(encoded(GREEN, "GIF") + b"<html>", id="gif-polyglot"),
+        pytest.param(REJECTED[:-2] + encoded(GREEN, "JPEG"), id="jpeg-in-jpeg"),
+        pytest.param(
+            encoded(GREEN, "JPEG")[:-2] + encoded(RED, "PNG") + b"\xff\xd9", id="png-in-scan"
+        ),
+    ],
+)
+def test_a_structure_that_cannot_be_followed_is_refused(damaged: bytes) -> None:
+    with pytest.raises(embedded.UnsupportedImage):
+        embedded.cleaned(damaged)
+
+
+def test_an_unknown_chunk_inside_a_webp_frame_is_removed() -> None:
+    frames = [Image.new("RGB", (100, 80), colour) for colour in (GREEN, RED)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    plain = buffer.getvalue()
+    frame = plain.index(b"ANMF")
+    length = int.from_bytes(plain[frame + 4 : frame + 8], "little")
+    hidden = b"XTRA" + len(REJECTED).to_bytes(4, "little") + REJECTED + b"\0" * (len(REJECTED) & 1)
+    end = frame + 8 + length + (length & 1)
+    grown = (
+        plain[: frame + 4]
+        + (length + len(hidden)).to_bytes(4, "little")
+        + plain[frame + 8 : frame + 8 + length]
+        + b"\0" * (length & 1)
+        + hidden
+        + plain[end:]
+    )
+    original = b"RIFF" + (len(grown) - 8).to_bytes(4, "little") + grown[8:]
+
+    kept = embedded.cleaned(original)
+
+    assert kept.removed == ("XTRA chunk",)
+    assert REJECTED not in kept.data
+    assert kept.data == plain

@@ -30,6 +30,7 @@ cleaned bytes, so an original and its cleaned copy (the one STORAGE keeps) share
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -53,6 +54,19 @@ _PICTURE = re.compile(
 )
 
 
+# In entropy-coded data: the first FF (after any fill FFs) that starts a marker.
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# A picture stored inside a JPEG's scan data, where decoders skip what they do not need:
+# signatures long enough never to occur there by chance.
+_PICTURE_IN_SCAN = re.compile(
+    rb"\x89PNG\r\n\x1a\n|GIF8[79]a|RIFF....WEBP|iVBORw0KGgo|R0lGODlh|R0lGODdh|/9j/4AAQ|/9j/4QA",
+    re.DOTALL,
+)
+# The segments besides APPn and COM that a JPEG (baseline, extended, progressive,
+# lossless) is decoded with: frames, tables, restart interval, scans, line count.
+_DECODED = frozenset(range(0xC0, 0xD0)) - {0xC8} | {0xDA, 0xDB, 0xDC, 0xDD}
+
+
 @dataclass(frozen=True)
 class Cleaned:
     """An original as it is judged and served, and what was removed from it."""
@@ -72,6 +86,8 @@ def cleaned(data: bytes) -> Cleaned:
         out, removed = _png(data)
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         out, removed = _webp(data)
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        out, removed = _gif(data)
     else:
         return Cleaned(data)
     if out == data:
@@ -84,6 +100,7 @@ def holds_picture(data: bytes) -> bool:
     return _PICTURE.search(data) is not None
 
 
+@functools.lru_cache(maxsize=64)
 def usable_profile(icc: bytes, space: str) -> bool:
     """Whether a colour profile is one viewers apply to pixels of this colour space
     (RGB, GRAY or CMYK) and carries nothing but a profile."""
@@ -133,7 +150,7 @@ def _jpeg(data: bytes) -> tuple[bytes, list[str]]:
                 continue
         elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
             payload = payload[:12]
-        elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
+        elif marker not in _DECODED:
             removed.append(_segment_name(marker, payload))
             continue
         out.append(bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload)
@@ -167,7 +184,9 @@ def _segments(data: bytes) -> tuple[list[tuple[int | None, bytes]], list[str]]:
             if data[position + 2 :].strip(b"\0"):
                 removed.append("data after the end of the image")
             return segments, removed
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+        if marker == 0xD8:
+            raise UnsupportedImage("a second start of image inside the JPEG")
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             segments.append((None, data[position : position + 2]))
             position += 2
             continue
@@ -181,30 +200,34 @@ def _segments(data: bytes) -> tuple[list[tuple[int | None, bytes]], list[str]]:
         position = end
         if marker == 0xDA:
             # Entropy-coded data runs to the next marker other than a restart or a stuffed FF.
-            scan = position
-            while True:
-                scan = data.find(b"\xff", scan)
-                if scan == -1 or scan + 1 >= size:
-                    raise UnsupportedImage("JPEG without an end of image")
-                following = data[scan + 1]
-                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
-                    scan += 1 if following == 0xFF else 2
-                    continue
-                break
+            found = _NEXT_MARKER.search(data, position)
+            if found is None:
+                raise UnsupportedImage("JPEG without an end of image")
+            scan = found.end() - 2
+            if _PICTURE_IN_SCAN.search(data, position, scan):
+                raise UnsupportedImage("a picture inside the JPEG's scan data")
             segments.append((None, data[position:scan]))
             position = scan
 
 
 def _components(segments: list[tuple[int | None, bytes]]) -> int:
-    for marker, payload in segments:
-        if marker is not None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return payload[5] if len(payload) > 5 else 0
-    return 0
+    """The colour components of the JPEG's one frame."""
+    frames = [
+        payload
+        for marker, payload in segments
+        if marker is not None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
+    ]
+    if len(frames) != 1:
+        # Decoders show the first; a second would be served unjudged.
+        raise UnsupportedImage(f"a JPEG of {len(frames)} frames")
+    return frames[0][5] if len(frames[0]) > 5 else 0
 
 
 def _segment_name(marker: int, payload: bytes) -> str:
     if marker == 0xFE:
         return "comment"
+    if not 0xE0 <= marker <= 0xEF:
+        return f"segment 0x{marker:02x}"
     name = payload[:30].split(b"\0", 1)[0].decode("latin-1", "replace")
     known = {"http://ns.adobe.com/xap/1.0/": "XMP", "MPF": "MPF preview"}
     return f"APP{marker - 0xE0} {known.get(name, name[:20] or 'segment')}"
@@ -338,7 +361,8 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 # WebP
 
-_WEBP_KEPT = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF"}
+_WEBP_IMAGE = {b"VP8 ", b"VP8L", b"ALPH"}
+_WEBP_KEPT = _WEBP_IMAGE | {b"VP8X", b"ANIM", b"ANMF"}
 _VP8X_ICC = 0x20
 _VP8X_EXIF = 0x08
 _VP8X_XMP = 0x04
@@ -348,15 +372,7 @@ def _webp(data: bytes) -> tuple[bytes, list[str]]:
     (riff_size,) = struct.unpack("<I", data[4:8])
     end_of_riff = min(len(data), 8 + riff_size)
     removed = ["data after the end of the image"] if data[end_of_riff:] else []
-    chunks: list[tuple[bytes, bytes]] = []
-    position = 12
-    while position + 8 <= end_of_riff:
-        kind = data[position : position + 4]
-        (length,) = struct.unpack("<I", data[position + 4 : position + 8])
-        if position + 8 + length > end_of_riff:
-            raise UnsupportedImage("WebP chunk longer than the file")
-        chunks.append((kind, data[position + 8 : position + 8 + length]))
-        position += 8 + length + (length & 1)
+    chunks = _riff_chunks(data, 12, end_of_riff)
     kept: list[tuple[bytes, bytes]] = []
     for kind, body in chunks:
         if kind == b"ICCP":
@@ -369,6 +385,17 @@ def _webp(data: bytes) -> tuple[bytes, list[str]]:
             if not tiff:
                 continue
             body = tiff
+        elif kind == b"ANMF" and len(body) >= 16:
+            # A frame: its header, then its image chunks and perhaps unknown ones.
+            frame = _riff_chunks(body, 16, len(body))
+            removed.extend(
+                f"{kind.decode('latin-1').strip()} chunk"
+                for kind, _ in frame
+                if kind not in _WEBP_IMAGE
+            )
+            body = body[:16] + b"".join(
+                _riff_chunk(kind, part) for kind, part in frame if kind in _WEBP_IMAGE
+            )
         elif kind not in _WEBP_KEPT:
             removed.append(f"{kind.decode('latin-1').strip()} chunk")
             continue
@@ -382,6 +409,84 @@ def _webp(data: bytes) -> tuple[bytes, list[str]]:
                 _VP8X_EXIF if b"EXIF" in kinds else 0
             )
             body = bytes((flags,)) + body[1:]
-        out.append(kind + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1))
+        out.append(_riff_chunk(kind, body))
     payload = b"WEBP" + b"".join(out)
     return b"RIFF" + struct.pack("<I", len(payload)) + payload, removed
+
+
+def _riff_chunks(data: bytes, position: int, end: int) -> list[tuple[bytes, bytes]]:
+    """The (kind, body) of each RIFF chunk from position to end."""
+    chunks = []
+    while position + 8 <= end:
+        kind = data[position : position + 4]
+        (length,) = struct.unpack("<I", data[position + 4 : position + 8])
+        if position + 8 + length > end:
+            raise UnsupportedImage("WebP chunk longer than the file")
+        chunks.append((kind, data[position + 8 : position + 8 + length]))
+        position += 8 + length + (length & 1)
+    return chunks
+
+
+def _riff_chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+
+
+# GIF
+
+# Application extensions that loop an animation; every other one (XMP, ICC) is removed.
+_GIF_LOOPS = (b"NETSCAPE2.0", b"ANIMEXTS1.0")
+
+
+def _gif(data: bytes) -> tuple[bytes, list[str]]:
+    if len(data) < 13:
+        raise UnsupportedImage("truncated GIF")
+    position = 13 + _colour_table(data[10])
+    out = [data[:position]]
+    removed: list[str] = []
+    while True:
+        if position >= len(data):
+            raise UnsupportedImage(
+                "truncated GIF, or data after it: it does not end with its trailer"
+            )
+        block = data[position]
+        if block == 0x3B:
+            if data[position + 1 :].strip(b"\0"):
+                # Refused, as preparation refuses it: a GIF/HTML polyglot, say.
+                raise UnsupportedImage("data after the GIF's trailer")
+            out.append(b";")
+            return b"".join(out), removed
+        if block == 0x2C:
+            if position + 11 > len(data):
+                raise UnsupportedImage("truncated GIF")
+            start = position
+            position += 10 + _colour_table(data[position + 9]) + 1
+            position = _sub_blocks(data, position)
+            out.append(data[start:position])
+        elif block == 0x21 and position + 2 <= len(data):
+            label = data[position + 1]
+            start = position
+            position = _sub_blocks(data, position + 2)
+            extension = data[start:position]
+            if label == 0xF9 or (label == 0xFF and extension[3:14] in _GIF_LOOPS):
+                out.append(extension)
+            else:
+                names = {0xFE: "comment", 0x01: "plain text", 0xFF: "application extension"}
+                removed.append(f"GIF {names.get(label, 'extension')}")
+        else:
+            raise UnsupportedImage(f"GIF block 0x{block:02x} unknown")
+
+
+def _colour_table(flags: int) -> int:
+    """The size of the colour table a GIF descriptor's packed flags announce."""
+    return 3 * 2 ** ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+
+def _sub_blocks(data: bytes, position: int) -> int:
+    """Where the chain of data sub-blocks starting at position ends."""
+    while True:
+        if position >= len(data):
+            raise UnsupportedImage("truncated GIF")
+        size = data[position]
+        position += 1 + size
+        if size == 0:
+            return position

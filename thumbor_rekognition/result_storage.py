@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 
 # The context attribute under which the gate leaves the main picture's decision.
 MAIN_DECISION = "moderation_main_decision"
-# Ends every kept result; an entry without it was not written by this module.
-MAGIC = b"\n\x89thumbor-moderation\x01"
+# Ends every kept result; an entry without it was not written by this module. The last
+# byte is 2 since originals are cleaned first (embedded.py): a result kept before may
+# carry what rode along its original, so it is a miss and rendered again.
+MAGIC = b"\n\x89thumbor-moderation\x02"
 DIGEST = hashlib.sha256().digest_size
 # The length of what ends a result made of one picture: its hash, the count, the magic.
 ONE_PICTURE_TRAILER = DIGEST + 1 + len(MAGIC)
