@@ -148,9 +148,9 @@ def table(endpoint: str) -> Iterator[dynamodb.Store]:  # noqa: F811
     store.close()
 
 
-def dynamodb_earlier_layout(store: dynamodb.Store, endpoint: str) -> None:
+def dynamodb_earlier_layout(store: dynamodb.Store, url: str) -> None:
     judged(store)
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
     for sha256, print_, indexed in ((SHA_A, PRINT_A, ["0"]), (SHA_B, PRINT_B, [])):
         item = {
             "pk": {"S": "P#" + sha256},
@@ -187,4 +187,3 @@ def test_a_dynamodb_index_of_the_earlier_layout_is_read_until_migrate_indexes_ev
     assert found(table, PRINT_A) == [REJECTED]
     assert found(table, PRINT_B) == [APPROVED]
     assert table.fingerprints(SHA_A) == {0: PRINT_A}
-
