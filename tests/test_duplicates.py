@@ -485,19 +485,6 @@ def test_a_human_rejecting_an_animation_makes_copies_of_every_frame_its_duplicat
     assert (still.status, still.source) == (Status.REJECTED, Source.DUPLICATE)
 
 
-def test_with_similarity_0_no_copy_is_rejected_backwards(world: World) -> None:
-    moderator = world.moderator(MODERATION_DUPLICATE_SIMILARITY=0)
-    image = pictures.busy(125)
-    world.backend.labels = ()
-    moderate(moderator, "host/copy.jpg", pictures.reencoded(image))
-
-    rejected_by_the_model(world, moderator, image)
-
-    copy = world.store.get("host/copy.jpg")
-    assert copy is not None
-    assert (copy.status, copy.source) == (Status.APPROVED, Source.AUTO)
-
-
 def test_lookups_answer_every_indexed_picture_marked_rejecting_or_not(world: World) -> None:
     duplicates = Duplicates(world.store, 0.9, "test")
     base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
