@@ -3,6 +3,7 @@ and the fake Rekognition endpoint over HTTP."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import logging
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 
+import thumbor_rekognition
 from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, result_file, storage_file
 from thumbor_rekognition import cli
 from thumbor_rekognition.caches import storage_key
+from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.decision import Source, Status
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.stores.sqlite import Store
@@ -450,7 +453,7 @@ def test_list_walks_every_page(
     names = [site.add(f"green-{index}.png", GREEN, (160, 100 + index)) for index in range(5)]
     site.run("backfill", site.urls_file(*names))
     capsys.readouterr()
-    monkeypatch.setattr(cli, "MAX_PAGE", 2)
+    monkeypatch.setattr(environment, "MAX_PAGE", 2)
 
     everything = site.run("list")
     all_keys = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
@@ -478,7 +481,7 @@ def test_show_prints_labels_reasons_backend_hash_and_history(
     assert "  Explicit Nudity > Nudity 70.0% above 50% (default)" in out
     history = out.split("history:\n")[1].splitlines()
     assert len(history) == 1
-    assert "rejected (auto)  thumbor-rekognition  rekognition 7.0: Nudity" in history[0]
+    assert "rejected (auto)  thumbor-moderation  rekognition 7.0: Nudity" in history[0]
 
 
 def test_show_json_is_the_admin_view_with_history(
@@ -496,7 +499,7 @@ def test_show_json_is_the_admin_view_with_history(
         "Suggestive",
         "Female Swimwear Or Underwear",
     ]
-    assert [event["actor"] for event in view["history"]] == ["thumbor-rekognition"]
+    assert [event["actor"] for event in view["history"]] == ["thumbor-moderation"]
 
 
 def test_show_of_an_unknown_url_fails(moderated: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -555,7 +558,7 @@ def test_reject_removes_the_original_and_results_and_approve_puts_the_original_b
     events = moderated.store().history("green.png")
     assert [(e.status, e.source, e.actor, e.note) for e in events[1:]] == [
         (Status.REJECTED, Source.MANUAL, "alice", "spam"),
-        (Status.APPROVED, Source.MANUAL, f"cli:{cli._login()}", "fine after all"),
+        (Status.APPROVED, Source.MANUAL, f"cli:{parser._login()}", "fine after all"),
     ]
 
 
@@ -995,3 +998,15 @@ def test_console_script_runs_commands_and_reports_configuration_errors(moderated
     assert "MODERATION_CATEGORY_THRESHOLDS" in broken.stderr
     assert "explicit_nudty" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_console_script_prints_the_version_the_package_metadata_has() -> None:
+    shown = subprocess.run(
+        [console_script(), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert shown.returncode == 0
+    assert (
+        shown.stdout == f"thumbor-moderation {importlib.metadata.version('thumbor-moderation')}\n"
+    )
+    assert importlib.metadata.version("thumbor-moderation") == thumbor_rekognition.__version__

@@ -285,7 +285,7 @@ def test_approving_the_original_forgets_its_duplicates_which_the_backend_then_ju
     again = [moderate(moderator, key, data) for key, data in copies(image).items()]
 
     assert forgotten == dict.fromkeys(copies(image))
-    assert (lifted.status, lifted.actor) == (None, "thumbor-rekognition")
+    assert (lifted.status, lifted.actor) == (None, "thumbor-moderation")
     assert f"duplicate of {ORIGINAL}, which is no longer rejected" in lifted.note
     assert {(item.status, item.source) for item in again} == {(Status.APPROVED, Source.AUTO)}
     assert len(world.backend.calls) == 4

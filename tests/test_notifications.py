@@ -37,7 +37,7 @@ TOKEN = "notifications-admin-token-7c1e9b2d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SECRET = "webhook-secret-for-tests-3a8f6d0c"
 HOOK_PATH = "/moderation-events"
-SYSTEM_ACTOR = "thumbor-rekognition"
+SYSTEM_ACTOR = "thumbor-moderation"
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

@@ -1,10 +1,11 @@
 """The admin API and review page, under MODERATION_ADMIN_PREFIX, behind a bearer token.
 
 Routes exist only when MODERATION_ADMIN_TOKEN is set; without it every path under the
-prefix answers 404 saying so. Every route that reads or changes data needs
-``Authorization: Bearer <token>`` (compared in constant time); the review page's empty
-shell loads without it and asks for the token once, keeping it in the tab's session
-storage and sending it as a header, never in a URL.
+prefix answers 404 saying so, except {prefix}/health, which needs no token (it is for
+load balancers and readiness probes, and says nothing about any picture). Every route
+that reads or changes data needs ``Authorization: Bearer <token>`` (compared in constant
+time); the review page's empty shell loads without it and asks for the token once,
+keeping it in the tab's session storage and sending it as a header, never in a URL.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from thumbor_rekognition import stores
+from thumbor_rekognition import health, stores
 from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Status
 from thumbor_rekognition.review import Review, decision_view
@@ -226,6 +227,23 @@ class StatsHandler(_AdminHandler):
         self.write_json(await self.review.stats())
 
 
+class HealthHandler(_AdminHandler):
+    """GET and HEAD {prefix}/health, without a token: 200 while new pictures can be judged,
+    503 when they cannot, with the status of the store, backend, quarantine and outbox."""
+
+    requires_token = False
+
+    async def get(self) -> None:
+        judging, report = await health.health(self.runtime.moderator)
+        self.write_json(report, 200 if judging else 503)
+
+    async def head(self) -> None:
+        judging, _ = await health.health(self.runtime.moderator)
+        self.set_status(200 if judging else 503)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish()
+
+
 class PageHandler(_AdminHandler):
     """GET {prefix}/: the review page shell; with a token, ?grid=1 renders the grids."""
 
@@ -306,10 +324,12 @@ def get_handlers(context: Any, runtime: Runtime) -> list[tuple[Any, ...]]:
     settings = runtime.settings
     prefix = re.escape(settings.admin_prefix)
     arguments = {"review": Review(runtime, ThumborCaches(context)), "runtime": runtime}
+    checks = (rf"{prefix}/health", HealthHandler, arguments)
     if settings.admin_token is None:
         logger.warning("%s/: %s", settings.admin_prefix, DISABLED)
-        return [(rf"{prefix}(?:/.*)?", DisabledHandler, arguments)]
+        return [checks, (rf"{prefix}(?:/.*)?", DisabledHandler, arguments)]
     return [
+        checks,
         (rf"{prefix}/?", PageHandler, arguments),
         (rf"{prefix}/images", ImagesHandler, arguments),
         (rf"{prefix}/image", ImageHandler, arguments),

@@ -51,6 +51,12 @@ MAX_CAUGHT = 1000
 MIN_SIMILARITY = 0.85
 
 
+# Reason category of a rejection by Cloudinary's 'duplicate:<score>' chain step: a near-copy
+# of any judged picture, approved ones included (de-duplication of uploads). Such a
+# rejection is not about what the picture shows, so approving its original lifts nothing.
+INDEXED_COPY = "indexed_copy"
+
+
 @dataclass(frozen=True)
 class Resemblance:
     """An indexed picture (its content hash, and a key it is decided at), how alike, and
@@ -83,6 +89,14 @@ def rejects_by_itself(decision: Decision) -> bool:
     """Whether a decision rejects its picture for what it shows (model or human), which
     puts the picture in the index."""
     return decision.status is Status.REJECTED and decision.source in (Source.AUTO, Source.MANUAL)
+
+
+def is_indexed_copy(decision: Decision) -> bool:
+    """Whether a decision rejects its picture as a near-copy of any judged picture
+    (Cloudinary's duplicate step), not of a rejected one."""
+    return decision.source is Source.DUPLICATE and any(
+        reason.category == INDEXED_COPY for reason in decision.reasons
+    )
 
 
 def rejecting_frames(decision: Decision, prints: Collection[int]) -> set[int]:
@@ -176,6 +190,24 @@ class Duplicates:
                 return Resemblance(match.sha256, match.similarity, decision.key, rejecting=True)
         return None
 
+    def find_indexed(
+        self, prints: Mapping[int, Print], minimum: float, sha256: str
+    ) -> Resemblance | None:
+        """The judged picture, approved or not, most like these fingerprints when one is
+        at least `minimum` alike (Cloudinary's duplicate step); never these same bytes,
+        nor a picture refused as a duplicate itself (copies of copies would drift)."""
+        if minimum <= 0:
+            return None
+        for match in self.nearest(prints, minimum, limit=10, only_rejecting=False):
+            if match.sha256 == sha256:
+                continue
+            for decision in self.store.find_all_by_hash(match.sha256):
+                if decision.source is not Source.DUPLICATE and not decision.needs_retry:
+                    return Resemblance(
+                        match.sha256, match.similarity, decision.key, match.rejecting
+                    )
+        return None
+
     def keep(self, sha256: str, prints: Mapping[int, Print]) -> None:
         """Keep a judged picture's fingerprints in the index, marking the frames that
         reject it."""
@@ -245,7 +277,11 @@ class Duplicates:
         if changed is None or not changed.sha256:
             return []
         lifted: list[Lifted] = []
-        if current is not None and current.source is Source.DUPLICATE:
+        if (
+            current is not None
+            and current.source is Source.DUPLICATE
+            and not is_indexed_copy(current)
+        ):
             lifted += self._link(current)
         if any(d is not None and rejects_by_itself(d) for d in (previous, current)):
             lifted += self._reindex(changed.sha256)

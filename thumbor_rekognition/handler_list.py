@@ -37,8 +37,8 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
         _check_storages(context)
         _check_order(context.config)
     except ConfigurationError as error:
-        logger.critical("thumbor-rekognition cannot start: %s", error)
-        raise SystemExit(f"thumbor-rekognition: {error}") from None
+        logger.critical("thumbor-moderation cannot start: %s", error)
+        raise SystemExit(f"thumbor-moderation: {error}") from None
     share_filter_tables()
     # No IOLoop may exist before `thumbor --processes=N` forks, so warming up happens in
     # a thread: now when Thumbor runs in this process, in each child after fork otherwise.

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from thumbor.loaders import LoaderResult
 
-from thumbor_rekognition import provenance, rules
+from thumbor_rekognition import embedded, provenance, rules
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import (
     FORBIDDEN,
@@ -69,9 +69,11 @@ async def load(context: Any, path: str) -> LoaderResult:
         and not known.needs_retry
         and known.status is not Status.APPROVED
         and not rules.unbound(known)
+        and not runtime.moderator.needs_new_analysis(known)
     ):
         # Refused pictures are answered without fetching the original again; one rejected
-        # by hand before any fetch is fetched once, to bind the rejection to its bytes.
+        # by hand before any fetch is fetched once, to bind the rejection to its bytes, and
+        # one never analysed is fetched once a policy has a model step.
         refusal = _refuse(context, runtime, known, main)
         if refusal is not None:
             return refusal
@@ -95,7 +97,8 @@ async def load(context: Any, path: str) -> LoaderResult:
         )
 
     try:
-        decision = await _judge(context, runtime, handler, key, path, result.buffer, main)
+        result, was = await _cleaned(runtime, key, result)
+        decision = await _judge(context, runtime, handler, key, path, result.buffer, main, was)
     except UnsupportedImage as error:
         logger.warning("original %s is not an image the plugin can judge: %s", key, error)
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
@@ -119,8 +122,26 @@ async def load(context: Any, path: str) -> LoaderResult:
     return answer
 
 
+async def _cleaned(runtime: Runtime, key: str, result: LoaderResult) -> tuple[LoaderResult, str]:
+    """The loaded original as it is judged and served (see embedded.py), and the hash of
+    the bytes as loaded when cleaning changed them."""
+    cleaned = await runtime.moderator.run_blocking(embedded.cleaned, bytes(result.buffer))
+    if not cleaned.was:
+        return result, ""
+    logger.info("original %s: removed %s", key, ", ".join(cleaned.removed) or "nothing shown")
+    kept = LoaderResult(buffer=cleaned.data, metadata=result.metadata, extras=result.extras)
+    return kept, cleaned.was
+
+
 async def _judge(
-    context: Any, runtime: Runtime, handler: Any, key: str, path: str, buffer: bytes, main: bool
+    context: Any,
+    runtime: Runtime,
+    handler: Any,
+    key: str,
+    path: str,
+    buffer: bytes,
+    main: bool,
+    was: str,
 ) -> Decision | None:
     """The decision for a loaded original; None when the gate awaits it while Thumbor
     renders the picture (the main picture of the image route, once the backend has it)."""
@@ -129,10 +150,14 @@ async def _judge(
     if not main or not isinstance(handler, ModerationHandler) or handler.overlap is not None:
         # A picture pasted into another is judged before it is used (the main one too,
         # when a filter pastes it into itself while it renders).
-        return await moderator.moderate(key, unquote(path), buffer, context.metrics, deadline)
+        return await moderator.moderate(
+            key, unquote(path), buffer, context.metrics, deadline, was=was
+        )
     called: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     judgement = asyncio.ensure_future(
-        moderator.moderate(key, unquote(path), buffer, context.metrics, deadline, called=called)
+        moderator.moderate(
+            key, unquote(path), buffer, context.metrics, deadline, called=called, was=was
+        )
     )
     # Preparing the picture comes first: what the plugin cannot judge (hostile files
     # included) is refused before Thumbor decodes it.

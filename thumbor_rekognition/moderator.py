@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from thumbor_rekognition import backends, ratelimit, rules, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
-from thumbor_rekognition.duplicates import Duplicates, Resemblance
+from thumbor_rekognition.duplicates import INDEXED_COPY, Duplicates, Resemblance
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.policy import MANUAL, Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 V = TypeVar("V")
-SYSTEM = "thumbor-rekognition"
+SYSTEM = "thumbor-moderation"
 # The reason of a pending animation with distinct scenes no backend call judged.
 UNJUDGED = "unjudged_scenes"
 
@@ -204,6 +204,8 @@ class Moderator:
         # Content hash -> when its judgement failed, and the failed decision.
         self._failed: Bounded[tuple[float, Decision]] = Bounded(10_000)
         self.backend_calls = 0
+        # When the last backend call failed, and why, until one succeeds (see health.py).
+        self.backend_failure: tuple[float, str] | None = None
 
     async def _run(
         self, executor: concurrent.futures.Executor, func: Callable[..., T], *args: Any
@@ -268,6 +270,7 @@ class Moderator:
             max_side=min(settings.analysis_max_side, self.backend.max_side or 10_000),
             max_pixels=settings.max_pixels,
             max_frames=settings.max_frames,
+            oriented=settings.respect_orientation,
         )
 
     async def run_store(self, func: Callable[..., T], *args: Any) -> T:
@@ -300,12 +303,15 @@ class Moderator:
         metrics: Any = None,
         deadline: float | None = None,
         called: asyncio.Future[None] | None = None,
+        was: str = "",
     ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
         deadline (time.monotonic()) bounds the wait for a new judgement, by default
         MODERATION_TIMEOUT_SECONDS from now. called, if given, is resolved once the backend
         has the picture (prepared, so the bytes are a picture), whoever's flight called it.
+        was, if given, is the hash of these bytes before embedded.cleaned removed what rode
+        along: a decision of those bytes is one of these pixels, and stands for them.
         Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
         if deadline is None:
@@ -328,6 +334,8 @@ class Moderator:
             # bytes, wherever else they appear. A blind approval is bound by a judgement
             # instead (rules.settle), so that it cannot approve bytes rejected elsewhere.
             return await self.bind_rejection(current, sha256, buffer, metrics)
+        if was and current is not None and current.sha256 == was:
+            current = await self._rebind(current, sha256, metrics)
         if current is not None and current.sha256 == sha256 and self._stands(current):
             return current
         flight = self._flights.get(sha256)
@@ -336,7 +344,7 @@ class Moderator:
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
-                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline)
+                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline, was)
             )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))
@@ -387,6 +395,23 @@ class Moderator:
             await self._save(copy, Event(Status.REJECTED, Source.MANUAL, SYSTEM, note), metrics)
         return bound
 
+    async def _rebind(self, judged: Decision, sha256: str, metrics: Any) -> Decision | None:
+        """A decision of bytes that embedded.cleaned has since changed, now naming the
+        cleaned bytes: the same pixels, so the same decision, whoever made it."""
+        try:
+            # As stored now, not as cached: a human's later word is what is carried over.
+            stored = await self._store(self.store.get, judged.key)
+        except stores.StoreUnavailable as error:
+            self._store_down(error, metrics)
+            return judged.replace(sha256=sha256)
+        if stored is None or stored.sha256 != judged.sha256:
+            self.forget(judged.key)
+            return await self.lookup(judged.key, metrics)
+        note = f"same pixels as sha256 {stored.sha256[:12]}, without what rode along them"
+        event = Event(stored.status, stored.source, SYSTEM, note)
+        saved = await self._save(stored.replace(sha256=sha256), event, metrics)
+        return await self._reapply(saved)
+
     def _landed(self, sha256: str, flight: asyncio.Future[Decision]) -> None:
         if self._flights.get(sha256) is flight:
             del self._flights[sha256]
@@ -401,13 +426,15 @@ class Moderator:
 
     def needs_new_analysis(self, decision: Decision) -> bool:
         """Whether the current thresholds cannot be applied to the stored labels."""
+        if decision.source is not Source.AUTO or decision.policy == self.policy.fingerprint:
+            return False
+        if not decision.backend:
+            # Left to a human by a chain without a model step: nothing was analysed, so a
+            # policy with one must call the backend, never approve from no labels.
+            return self.policy.model
         # Labels below the confidence a picture was analysed at were never returned, so a
         # policy that looks lower than that cannot be judged from what is stored.
-        return (
-            decision.source is Source.AUTO
-            and decision.policy != self.policy.fingerprint
-            and self.policy.min_confidence < decision.min_confidence
-        )
+        return self.policy.min_confidence < decision.min_confidence
 
     async def _decide(
         self,
@@ -418,8 +445,12 @@ class Moderator:
         metrics: Any,
         asked_at: float,
         deadline: float,
+        was: str = "",
     ) -> Decision:
         twin = await self._twin(sha256, metrics)
+        if twin is None and was:
+            twin = await self._twin(was, metrics)
+            twin = twin.replace(sha256=sha256) if twin is not None else None
         if twin is not None:
             _Metrics(metrics).incr("moderation.dedupe.hash")
             return await self._adopt(twin, key, url, metrics)
@@ -522,8 +553,15 @@ class Moderator:
         prepared = await preparing
         prints = prepared.fingerprints
         resembled = await self._resembled(prints, metrics)
+        copied = None if resembled is not None else await self._copied(prints, sha256, metrics)
         if resembled is not None:
             decision = self._duplicate(key, url, sha256, prepared, resembled)
+        elif copied is not None:
+            decision = self._duplicate(key, url, sha256, prepared, copied).replace(
+                reasons=(self._copy_reason(copied),)
+            )
+        elif not self.policy.model:
+            decision = self._for_a_human(key, url, sha256, prepared)
         else:
             decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
         if prints and not decision.needs_retry:
@@ -537,12 +575,33 @@ class Moderator:
         store cannot say (the backend judges then, as it would without the index)."""
         if not prints or not self.duplicates.enabled:
             return None
+        return await self._look_up(metrics, self.duplicates.find, prints)
+
+    async def _copied(
+        self, prints: dict[int, Print], sha256: str, metrics: Any
+    ) -> Resemblance | None:
+        """The judged picture these fingerprints copy, under Cloudinary's duplicate step."""
+        minimum = self.settings.indexed_copy_similarity
+        if not prints or minimum <= 0:
+            return None
+        return await self._look_up(metrics, self.duplicates.find_indexed, prints, minimum, sha256)
+
+    def _copy_reason(self, copied: Resemblance) -> Reason:
+        return Reason(
+            name="near-copy of a picture already judged (duplicate step)",
+            parent="",
+            confidence=round(copied.similarity * 100, 2),
+            threshold=self.settings.indexed_copy_similarity,
+            category=INDEXED_COPY,
+        )
+
+    async def _look_up(self, metrics: Any, find: Callable[..., T], *args: Any) -> T | None:
         recorder = _Metrics(metrics)
         started = time.perf_counter()
         try:
             # The index only ever spares a backend call: a lookup that fails (a throttled
             # or oversized band item, say) must not stop this request keeping its decision.
-            resembled = await self._store(self.duplicates.find, prints, trips=False)
+            resembled = await self._store(find, *args, trips=False)
         except stores.StoreUnavailable as error:
             self._store_down(error, metrics)
             return None
@@ -568,6 +627,18 @@ class Moderator:
             height=prepared.height,
             duplicate_of=resembled.key,
             similarity=round(resembled.similarity, 4),
+        )
+
+    def _for_a_human(self, key: str, url: str, sha256: str, prepared: PreparedImage) -> Decision:
+        """Pending for a human, without a backend call: the chain has no model step."""
+        verdict = self.policy.judge(())
+        return self._undecided(key, url, sha256, "").replace(
+            status=verdict.status,
+            reasons=verdict.reasons,
+            backend="",
+            policy=self.policy.fingerprint,
+            width=prepared.width,
+            height=prepared.height,
         )
 
     async def _keep_fingerprints(self, sha256: str, prints: dict[int, Print]) -> None:
@@ -718,9 +789,12 @@ class Moderator:
             recorder.incr(f"moderation.backend.errors.{error.kind}")
             log = logger.error if error.kind in ("configuration", "bad_image") else logger.warning
             log("%s backend failed for %s (%s): %s", self.backend.name, key, error.kind, error)
+            if error.kind != "bad_image":
+                self.backend_failure = (time.time(), f"{error.kind}: {error}")
             return base.replace(error=f"{error.kind}: {error}")
         finally:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
+        self.backend_failure = None
         verdict = self.policy.judge(analysis.labels, analysis.content_types)
         unjudged = (
             (unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),)

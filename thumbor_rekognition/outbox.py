@@ -231,7 +231,7 @@ class Outbox:
         timestamp = int(time.time()) if timestamp is None else timestamp
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "thumbor-rekognition",
+            "User-Agent": "thumbor-moderation",
             "X-Moderation-Event": event,
             "X-Moderation-Delivery": delivery,
             "X-Moderation-Timestamp": str(timestamp),

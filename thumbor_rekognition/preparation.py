@@ -1,15 +1,15 @@
 """Original bytes -> what a backend accepts.
 
 Rekognition takes JPEG or PNG, at most 5 MB, each side 80..10,000 px. Whatever Pillow can
-open is turned into that: oriented as a viewer sees it, decoded at reduced size where the
-format allows (JPEG draft mode), reduced towards the analysis size, small ones scaled up
-and padded. A picture is judged as every viewer can be shown it, all views in the one
-picture sent: one that is not fully opaque flattened onto white as a browser shows it and
-with its alpha dropped as Thumbor's JPEG output shows it; one with a colour profile in
-sRGB as colour-managed viewers show it, and also as stored where the profile changes what
-it shows. Each frame also gets the perceptual fingerprint of its first view (see
-``fingerprint``), computed here once from the pixels the backend is sent. This is blocking
-work: callers run it in the plugin's executor.
+open is turned into that: turned by its EXIF orientation when Thumbor turns it
+(RESPECT_ORIENTATION), decoded at reduced size where the format allows (JPEG draft mode),
+reduced towards the analysis size, small ones scaled up and padded. A picture is judged as
+every viewer can be shown it, all views in the one picture sent: one that is not fully
+opaque flattened onto white as a browser shows it and with its alpha dropped as Thumbor's
+JPEG output shows it; one with a colour profile in sRGB as colour-managed viewers show it,
+and also as stored where the profile changes what it shows. Each frame also gets the
+perceptual fingerprint of its first view (see ``fingerprint``), computed here once from the
+pixels the backend is sent. This is blocking work: callers run it in the plugin's executor.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def prepare(
     max_side: int = 1600,
     max_pixels: int = 100_000_000,
     max_frames: int = 5,
+    oriented: bool = True,
 ) -> PreparedImage:
     """Turn original bytes into backend-ready frames, or raise UnsupportedImage.
 
@@ -122,7 +123,7 @@ def prepare(
     if not data:
         raise UnsupportedImage("empty body")
     try:
-        return _prepare(data, max_side, max_pixels, max_frames)
+        return _prepare(data, max_side, max_pixels, max_frames, oriented)
     except UnsupportedImage as error:
         kind, message = type(error), str(error)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -144,7 +145,9 @@ def prepare(
     raise kind(message)
 
 
-def _prepare(data: bytes, max_side: int, max_pixels: int, max_frames: int) -> PreparedImage:
+def _prepare(
+    data: bytes, max_side: int, max_pixels: int, max_frames: int, oriented: bool
+) -> PreparedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
@@ -163,7 +166,7 @@ def _prepare(data: bytes, max_side: int, max_pixels: int, max_frames: int) -> Pr
                     image, max_side, max_pixels, max_frames, profile
                 )
             else:
-                frames = (_encode(_normalise(image, max_side, profile)),)
+                frames = (_encode(_normalise(image, max_side, profile, oriented)),)
                 frame_count, unjudged = 1, 0
     return PreparedImage(
         frames=frames,
@@ -299,13 +302,15 @@ def _check_complete(image_format: str, data: bytes) -> None:
         raise UnsupportedImage("truncated GIF, or data after it: it does not end with its trailer")
 
 
-def _normalise(image: Image.Image, max_side: int, profile: _Profile | None) -> _Picture:
+def _normalise(
+    image: Image.Image, max_side: int, profile: _Profile | None, oriented: bool
+) -> _Picture:
     width, height = image.size
     if image.format == "JPEG" and max(width, height) > max_side:
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: most of the cost saved.
         scale = max_side / max(width, height)
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-    if image.getexif().get(0x0112, 1) != 1:
+    if oriented and image.getexif().get(0x0112, 1) != 1:
         # exif_transpose copies the picture even when there is nothing to turn.
         image = ImageOps.exif_transpose(image) or image
     return _within_limits(_picture(image, max_side, profile))

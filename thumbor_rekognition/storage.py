@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from thumbor.loaders import LoaderResult
 from thumbor.storages import BaseStorage
 
-from thumbor_rekognition import provenance
+from thumbor_rekognition import embedded, provenance
 from thumbor_rekognition._wrapping import Wrapping
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import (
@@ -57,21 +57,22 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         if data == self._runtime.placeholder:
             # Left by an unmoderated Thumbor that pasted a refused picture's placeholder.
             return None
-        decision = await self._judge(path, data)
+        # Kept before what rides along pictures was removed, perhaps: it is removed now.
+        decision, served = await self._judge(path, data)
         if decision is None:
             return None
         if decision.status is Status.APPROVED:
             provenance.of(self.context).note(decision.key, decision.sha256)
             if provenance.is_main(self.context, decision.key):
                 note_status(self.context, decision.status)
-            return buffer
+            return served
         if not refuses(self._runtime, decision):
             # Failing open: shown, but kept out of every cache.
             if provenance.is_main(self.context, decision.key):
                 apply_decision(self.context, self._runtime, decision, None)
             elif getattr(self.context, "request", None) is not None:
                 self.context.request.prevent_result_storage = True
-            return buffer
+            return served
         # Found rejected here (a rejection made elsewhere, thresholds changed since): the
         # quarantine keeps it, this storage does not.
         rejected = decision.status is Status.REJECTED
@@ -88,13 +89,13 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         if data == self._runtime.placeholder:
             # What the loader answered for a refused picture: never kept under its URL.
             return path
-        decision = await self._judge(path, data)
+        decision, served = await self._judge(path, data)
         if decision is None or decision.status is not Status.APPROVED:
             if decision is not None and not decision.needs_retry:
-                await self._runtime.moderator.keep_original(decision.sha256, data)
+                await self._runtime.moderator.keep_original(decision.sha256, served)
             return path
         moderator = self._runtime.moderator
-        await self.source.put(path, file_bytes)
+        await self.source.put(path, served)
         await moderator.record_original(decision.key, path)
         if not await moderator.still_approved(decision.key, decision.sha256):
             # A rejection was saved while this was written: its purge may have run first.
@@ -119,7 +120,7 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
             data = await self.source.get(path)
             if data is None:
                 return False
-            decision = await self._judge(path, bytes(data))
+            decision, _ = await self._judge(path, bytes(data))
         return decision is not None and (
             decision.status is Status.APPROVED or not refuses(self._runtime, decision)
         )
@@ -152,20 +153,29 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         overlap.after_approval(path, write)
         return None
 
-    async def _judge(self, path: str, data: bytes) -> Decision | None:
-        """The decision for these bytes at this path, or None when they are no picture."""
+    async def _judge(self, path: str, data: bytes) -> tuple[Decision | None, bytes]:
+        """The decision for these bytes at this path (None when they are no picture), and
+        the bytes as they are judged and served: without what rides along (embedded.py)."""
         key = normalise(path)
         handler = getattr(self.context, "request_handler", None)
+        moderator = self._runtime.moderator
         try:
-            return await self._runtime.moderator.moderate(
-                key, unquote(path), data, self.context.metrics, getattr(handler, "deadline", None)
+            cleaned = await moderator.run_blocking(embedded.cleaned, data)
+            decision = await moderator.moderate(
+                key,
+                unquote(path),
+                cleaned.data,
+                self.context.metrics,
+                getattr(handler, "deadline", None),
+                was=cleaned.was,
             )
+            return decision, cleaned.data
         except UnsupportedImage as error:
             logger.warning("stored original %s is not an image: %s", path, error)
             if provenance.is_main(self.context, key) and handler is not None:
                 # Thumbor asks the loader on a miss; the loader answers with this refusal.
                 handler.moderation_refusal = LoaderResult(successful=False, error=NOT_AN_IMAGE)
-            return None
+            return None, data
 
     async def _remove_quietly(self, path: str) -> None:
         try:

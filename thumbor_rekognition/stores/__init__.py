@@ -10,8 +10,9 @@ import importlib
 import logging
 import os
 import threading
+import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -244,6 +245,14 @@ class ChangeFeed:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             threading.Thread(target=self._feed, name="moderation-changes", daemon=True).start()
+
+    def ticks(self, seconds: float) -> Iterator[None]:
+        """Every `seconds` on a fixed cadence until closed: a slow poll does not push the
+        next one back, and one that overran its period is followed at once."""
+        due = time.monotonic() + seconds
+        while not self.closed.wait(max(0.0, due - time.monotonic())):
+            yield
+            due = max(due + seconds, time.monotonic())
 
     def notify(self, key: str | None) -> None:
         """Tell every listener; one that fails does not stop the others."""

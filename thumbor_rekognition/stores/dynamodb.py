@@ -689,7 +689,7 @@ class Store(stores.Store):
         seen: dict[str, float] = {}
         since = time.time()
         failing = False
-        while not self._changes.closed.wait(POLL_SECONDS):
+        for _ in self._changes.ticks(POLL_SECONDS):
             now = time.time()
             start = since - FEED_OVERLAP_SECONDS
             try:

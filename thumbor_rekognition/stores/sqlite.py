@@ -338,7 +338,7 @@ class Store(stores.Store):
         last = None
         failing = False
         pruned = time.monotonic()
-        while not self._changes.closed.wait(POLL_SECONDS):
+        for _ in self._changes.ticks(POLL_SECONDS):
             try:
                 with self._cursor() as cursor:
                     if last is None:

@@ -1,0 +1,387 @@
+"""What rides along a picture's pixels, removed from an original before it is judged.
+
+The backend judges pixels; Thumbor serves more than pixels. It copies a picture's colour
+profile into every output, its EXIF block too under PRESERVE_EXIF_INFO, and the upload
+API answers a stored original byte for byte. So whatever a file carries besides its
+pixels (a colour profile that is really another picture, an EXIF thumbnail, an XMP or MPF
+preview, a comment, data after the end of the image) would be served unjudged. Each
+original is rebuilt here from what viewers are shown, without re-encoding anything:
+
+- JPEG: the segments that decode the image, the JFIF header without its thumbnail, the
+  Adobe colour-transform marker, the EXIF block (cleaned, below) and a usable colour
+  profile; every other APPn segment, every comment, and anything after the end of image
+  are removed.
+- PNG: the chunks that decode or colour the image (and APNG's frames), a usable iCCP and
+  the eXIf block (cleaned); text chunks, private chunks and anything after IEND are removed.
+- WebP: the image, alpha and animation chunks, a usable ICCP and the EXIF block
+  (cleaned); XMP, unknown chunks and anything after the RIFF are removed.
+
+A colour profile is usable when LittleCMS reads it, it describes the pixels it comes
+with, and no picture is stored inside it: otherwise browsers skip it (or it is a
+container) and it is removed, so the picture is served as it is judged, as stored. An
+EXIF block keeps its directories and their values, except the thumbnail (IFD1 and its
+image), any value holding a picture, and every byte no directory points to: those are
+zeroed in place, so every offset stays valid, and the block is cut after its last used
+byte. Other formats (GIF, TIFF, ...) are handed on as they came.
+
+Cleaning is deterministic and idempotent: the decision's content hash is the hash of the
+cleaned bytes, so an original and its cleaned copy (the one STORAGE keeps) share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+from PIL import ImageCms
+
+from thumbor_rekognition.preparation import UnsupportedImage
+
+JPEG = b"\xff\xd8\xff"
+PNG = b"\x89PNG\r\n\x1a\n"
+# A colour profile or EXIF value larger than this once inflated is not read: removed.
+MAX_INFLATED = 16 * 1024 * 1024
+# The start of a picture any common tool opens, raw or base64-encoded.
+_PICTURE = re.compile(
+    rb"\xff\xd8\xff[\xc0-\xfe]|\x89PNG\r\n|GIF8[79]a|RIFF....WEBP|II\*\x00|MM\x00\*"
+    rb"|/9j/[0-9A-Za-z+/]|iVBORw0KGgo|R0lGOD[dl]|UklGR",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """An original as it is judged and served, and what was removed from it."""
+
+    data: bytes
+    removed: tuple[str, ...] = ()
+    was: str = ""
+    """The sha256 of the bytes as they came, when cleaning changed them; "" otherwise."""
+
+
+def cleaned(data: bytes) -> Cleaned:
+    """The original without what viewers are not shown, or raise UnsupportedImage when
+    its structure cannot be followed (a decoder would guess; nothing is served on a guess)."""
+    if data.startswith(JPEG):
+        out, removed = _jpeg(data)
+    elif data.startswith(PNG):
+        out, removed = _png(data)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        out, removed = _webp(data)
+    else:
+        return Cleaned(data)
+    if out == data:
+        return Cleaned(data)
+    return Cleaned(out, tuple(dict.fromkeys(removed)), hashlib.sha256(data).hexdigest())
+
+
+def holds_picture(data: bytes) -> bool:
+    """Whether bytes contain the start of a picture (raw or base64)."""
+    return _PICTURE.search(data) is not None
+
+
+def usable_profile(icc: bytes, space: str) -> bool:
+    """Whether a colour profile is one viewers apply to pixels of this colour space
+    (RGB, GRAY or CMYK) and carries nothing but a profile."""
+    if holds_picture(icc):
+        return False
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != space:
+            return False
+        mode = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}[space]
+        ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), mode, "RGB")
+    except (OSError, ValueError, KeyError, ImageCms.PyCMSError):
+        return False
+    return True
+
+
+# JPEG
+
+
+def _jpeg(data: bytes) -> tuple[bytes, list[str]]:
+    segments, removed = _segments(data)
+    space = {1: "GRAY", 3: "RGB", 4: "CMYK"}.get(_components(segments), "")
+    icc_parts = [s for s in segments if s[0] == 0xE2 and s[1].startswith(b"ICC_PROFILE\0")]
+    icc = b"".join(part[1][14:] for part in sorted(icc_parts, key=lambda s: s[1][12]))
+    keep_icc = bool(icc) and usable_profile(icc, space)
+    if icc and not keep_icc:
+        removed.append("colour profile")
+    out = [b"\xff\xd8"]
+    exif_seen = False
+    for marker, payload in segments:
+        if marker is None:
+            out.append(payload)
+            continue
+        if marker == 0xE0 and payload.startswith(b"JFIF\0") and len(payload) >= 14:
+            if len(payload) > 14 or payload[12:14] != b"\0\0":
+                removed.append("JFIF thumbnail")
+            payload = payload[:12] + b"\0\0"
+        elif marker == 0xE1 and payload.startswith(b"Exif\0\0") and not exif_seen:
+            exif_seen = True
+            tiff, lost = exif(payload[6:])
+            removed.extend(lost)
+            if not tiff:
+                continue
+            payload = b"Exif\0\0" + tiff
+        elif marker == 0xE2 and payload.startswith(b"ICC_PROFILE\0"):
+            if not keep_icc:
+                continue
+        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
+            payload = payload[:12]
+        elif 0xE0 <= marker <= 0xEF or marker == 0xFE:
+            removed.append(_segment_name(marker, payload))
+            continue
+        out.append(bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload)
+    out.append(b"\xff\xd9")
+    return b"".join(out), removed
+
+
+def _segments(data: bytes) -> tuple[list[tuple[int | None, bytes]], list[str]]:
+    """The segments between SOI and EOI as (marker, payload); entropy-coded data and
+    standalone markers as (None, bytes). What lies outside that structure is removed."""
+    segments: list[tuple[int | None, bytes]] = []
+    removed: list[str] = []
+    position = 2
+    size = len(data)
+    while True:
+        if position + 2 > size:
+            raise UnsupportedImage("JPEG without an end of image")
+        if data[position] != 0xFF:
+            # Bytes between segments: decoders skip them, so they are no part of the image.
+            following = data.find(b"\xff", position)
+            if following == -1:
+                raise UnsupportedImage("JPEG without an end of image")
+            removed.append("bytes between segments")
+            position = following
+            continue
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+            continue
+        if marker == 0xD9:
+            if data[position + 2 :].strip(b"\0"):
+                removed.append("data after the end of the image")
+            return segments, removed
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            segments.append((None, data[position : position + 2]))
+            position += 2
+            continue
+        if position + 4 > size:
+            raise UnsupportedImage("JPEG segment cut short")
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        end = position + 2 + length
+        if length < 2 or end > size:
+            raise UnsupportedImage("JPEG segment longer than the file")
+        segments.append((marker, data[position + 4 : end]))
+        position = end
+        if marker == 0xDA:
+            # Entropy-coded data runs to the next marker other than a restart or a stuffed FF.
+            scan = position
+            while True:
+                scan = data.find(b"\xff", scan)
+                if scan == -1 or scan + 1 >= size:
+                    raise UnsupportedImage("JPEG without an end of image")
+                following = data[scan + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    scan += 1 if following == 0xFF else 2
+                    continue
+                break
+            segments.append((None, data[position:scan]))
+            position = scan
+
+
+def _components(segments: list[tuple[int | None, bytes]]) -> int:
+    for marker, payload in segments:
+        if marker is not None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return payload[5] if len(payload) > 5 else 0
+    return 0
+
+
+def _segment_name(marker: int, payload: bytes) -> str:
+    if marker == 0xFE:
+        return "comment"
+    name = payload[:30].split(b"\0", 1)[0].decode("latin-1", "replace")
+    known = {"http://ns.adobe.com/xap/1.0/": "XMP", "MPF": "MPF preview"}
+    return f"APP{marker - 0xE0} {known.get(name, name[:20] or 'segment')}"
+
+
+# EXIF (a TIFF structure)
+
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+# Tags pointing to a directory of their own: Exif, GPS, Interoperability.
+_SUB_DIRECTORIES = (0x8769, 0x8825, 0xA005)
+
+
+def exif(tiff: bytes) -> tuple[bytes, list[str]]:
+    """An EXIF block without its thumbnail, pictures in its values, or bytes no directory
+    points to (zeroed in place, the block cut after its last used byte); b"" when it
+    cannot be followed (removed whole)."""
+    if tiff[:4] not in (b"II*\0", b"MM\0*") or len(tiff) < 8:
+        return b"", ["unreadable EXIF"]
+    order = "<" if tiff[:2] == b"II" else ">"
+    used: list[tuple[int, int]] = [(0, 8)]
+    removed: list[str] = []
+    (first,) = struct.unpack(order + "I", tiff[4:8])
+    pending = [first]
+    seen: set[int] = set()
+    first_next = -1
+    while pending:
+        offset = pending.pop()
+        if offset in seen or offset + 2 > len(tiff):
+            continue
+        seen.add(offset)
+        (count,) = struct.unpack(order + "H", tiff[offset : offset + 2])
+        end = offset + 2 + 12 * count + 4
+        if end > len(tiff):
+            return b"", ["unreadable EXIF"]
+        used.append((offset, end))
+        if offset == first:
+            first_next = end - 4
+        for entry in range(offset + 2, end - 4, 12):
+            tag, kind, number = struct.unpack(order + "HHI", tiff[entry : entry + 8])
+            length = _TYPE_SIZES.get(kind, 1) * number
+            start = entry + 8
+            if length > 4:
+                (start,) = struct.unpack(order + "I", tiff[entry + 8 : entry + 12])
+            if start + length > len(tiff):
+                continue
+            if tag in _SUB_DIRECTORIES and kind in (4, 13) and number == 1:
+                pending.append(struct.unpack(order + "I", tiff[start : start + 4])[0])
+            elif length > 4 and holds_picture(tiff[start : start + length]):
+                removed.append(f"picture in EXIF tag 0x{tag:04x}")
+                continue
+            if length > 4:
+                used.append((start, start + length))
+    if first_next < 0:
+        return b"", ["unreadable EXIF"]
+    out = bytearray(len(tiff))
+    for start, end in used:
+        out[start:end] = tiff[start:end]
+    # IFD1, the thumbnail's directory, is no longer linked: its bytes were zeroed above.
+    if out[first_next : first_next + 4] != b"\0\0\0\0":
+        removed.append("EXIF thumbnail")
+        out[first_next : first_next + 4] = b"\0\0\0\0"
+    cut = max(end for _, end in used)
+    if not removed and (bytes(out[:cut]) != tiff[:cut] or tiff[cut:].strip(b"\0")):
+        removed.append("EXIF bytes no directory points to")
+    return bytes(out[:cut]), removed
+
+
+# PNG
+
+# Chunks that decode or colour the image, or animate it (APNG).
+_PNG_KEPT = {
+    b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT",
+    b"bKGD", b"pHYs", b"cICP", b"acTL", b"fcTL", b"fdAT",
+}  # fmt: skip
+
+
+def _png(data: bytes) -> tuple[bytes, list[str]]:
+    out = [PNG]
+    removed: list[str] = []
+    position = len(PNG)
+    space = ""
+    while True:
+        if position + 12 > len(data):
+            raise UnsupportedImage("truncated PNG: no IEND chunk")
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        end = position + 12 + length
+        if end > len(data):
+            raise UnsupportedImage("PNG chunk longer than the file")
+        body = data[position + 8 : end - 4]
+        chunk = data[position:end]
+        position = end
+        if kind == b"IHDR" and len(body) >= 10:
+            space = "GRAY" if body[9] in (0, 4) else "RGB"
+        if kind == b"iCCP":
+            if not _usable_png_profile(body, space):
+                removed.append("colour profile")
+                continue
+        elif kind == b"eXIf":
+            tiff, lost = exif(body)
+            removed.extend(lost)
+            if not tiff:
+                continue
+            chunk = _png_chunk(kind, tiff)
+        elif kind not in _PNG_KEPT:
+            removed.append(f"{kind.decode('latin-1')} chunk")
+            continue
+        out.append(chunk)
+        if kind == b"IEND":
+            if data[position:]:
+                removed.append("data after the end of the image")
+            return b"".join(out), removed
+
+
+def _usable_png_profile(body: bytes, space: str) -> bool:
+    name_end = body.find(b"\0")
+    if name_end == -1 or name_end + 2 > len(body):
+        return False
+    inflater = zlib.decompressobj()
+    try:
+        icc = inflater.decompress(body[name_end + 2 :], MAX_INFLATED)
+    except zlib.error:
+        return False
+    return not inflater.unconsumed_tail and usable_profile(icc, space)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+# WebP
+
+_WEBP_KEPT = {b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF"}
+_VP8X_ICC = 0x20
+_VP8X_EXIF = 0x08
+_VP8X_XMP = 0x04
+
+
+def _webp(data: bytes) -> tuple[bytes, list[str]]:
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    end_of_riff = min(len(data), 8 + riff_size)
+    removed = ["data after the end of the image"] if data[end_of_riff:] else []
+    chunks: list[tuple[bytes, bytes]] = []
+    position = 12
+    while position + 8 <= end_of_riff:
+        kind = data[position : position + 4]
+        (length,) = struct.unpack("<I", data[position + 4 : position + 8])
+        if position + 8 + length > end_of_riff:
+            raise UnsupportedImage("WebP chunk longer than the file")
+        chunks.append((kind, data[position + 8 : position + 8 + length]))
+        position += 8 + length + (length & 1)
+    kept: list[tuple[bytes, bytes]] = []
+    for kind, body in chunks:
+        if kind == b"ICCP":
+            if not usable_profile(body, "RGB"):
+                removed.append("colour profile")
+                continue
+        elif kind == b"EXIF":
+            tiff, lost = exif(body[6:] if body.startswith(b"Exif\0\0") else body)
+            removed.extend(lost)
+            if not tiff:
+                continue
+            body = tiff
+        elif kind not in _WEBP_KEPT:
+            removed.append(f"{kind.decode('latin-1').strip()} chunk")
+            continue
+        kept.append((kind, body))
+    kinds = {kind for kind, _ in kept}
+    out = []
+    for kind, body in kept:
+        if kind == b"VP8X" and body:
+            flags = body[0] & ~(_VP8X_XMP | _VP8X_ICC | _VP8X_EXIF)
+            flags |= (_VP8X_ICC if b"ICCP" in kinds else 0) | (
+                _VP8X_EXIF if b"EXIF" in kinds else 0
+            )
+            body = bytes((flags,)) + body[1:]
+        out.append(kind + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1))
+    payload = b"WEBP" + b"".join(out)
+    return b"RIFF" + struct.pack("<I", len(payload)) + payload, removed
