@@ -409,3 +409,93 @@ def test_only_the_frame_that_decided_an_animation_is_matched(world: World) -> No
 
     assert (innocent.status, innocent.source) == (Status.APPROVED, Source.AUTO)
     assert (guilty.source, guilty.duplicate_of) == (Source.DUPLICATE, "host/anim.webp")
+
+
+# --- matching backwards ---------------------------------------------------------------
+
+
+def test_copies_approved_before_the_model_rejects_their_original_become_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(120)
+    world.backend.labels = ()
+    earlier = [moderate(moderator, key, data) for key, data in copies(image).items()]
+
+    original = rejected_by_the_model(world, moderator, image)
+
+    assert {item.status for item in earlier} == {Status.APPROVED}
+    for key in copies(image):
+        copy = world.store.get(key)
+        assert copy is not None
+        assert (copy.status, copy.source, copy.duplicate_of) == (
+            Status.REJECTED,
+            Source.DUPLICATE,
+            ORIGINAL,
+        )
+        assert copy.similarity >= 0.9
+        assert moderator.remembered(key) is None
+    assert world.store.duplicates_of(original.sha256) == sorted(copies(image))
+    assert len(world.backend.calls) == 4
+
+
+def test_only_stills_of_the_frame_that_decided_an_animation_become_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    frames = [pictures.busy(121), pictures.photo_like(122)]
+    world.backend.labels = ()
+    moderate(moderator, "host/first-frame.jpg", pictures.reencoded(frames[0]))
+    moderate(moderator, "host/second-frame.jpg", pictures.reencoded(frames[1]))
+    animation = pictures.encoded(
+        frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
+
+    world.backend.labels = (Label("Explicit Nudity", "", 1, 90.0, frame=1),)
+    assert moderate(moderator, "host/anim.webp", animation).status is Status.REJECTED
+
+    innocent = world.store.get("host/first-frame.jpg")
+    guilty = world.store.get("host/second-frame.jpg")
+    assert innocent is not None
+    assert guilty is not None
+    assert (innocent.status, innocent.source) == (Status.APPROVED, Source.AUTO)
+    assert (guilty.status, guilty.source, guilty.duplicate_of) == (
+        Status.REJECTED,
+        Source.DUPLICATE,
+        "host/anim.webp",
+    )
+
+
+def test_a_human_rejecting_an_animation_makes_copies_of_every_frame_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    frames = [pictures.busy(123), pictures.photo_like(124)]
+    world.backend.labels = ()
+    animation = pictures.encoded(
+        frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
+    moderate(moderator, "host/anim.webp", animation)
+    moderate(moderator, "host/first-frame.jpg", pictures.reencoded(frames[0]))
+
+    decide(moderator, "host/anim.webp", Status.REJECTED)
+
+    still = world.store.get("host/first-frame.jpg")
+    assert still is not None
+    assert (still.status, still.source) == (Status.REJECTED, Source.DUPLICATE)
+
+
+def test_lookups_answer_every_indexed_picture_marked_rejecting_or_not(world: World) -> None:
+    duplicates = Duplicates(world.store, 0.9, "test")
+    base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
+    world.store.put_fingerprints("1" * 64, {0: base}, rejecting=())
+    world.store.put_fingerprints("2" * 64, {0: Print(base.coarse ^ 0b1, 0)}, rejecting={0})
+
+    every = duplicates.nearest({0: base}, minimum=0.9, limit=5, only_rejecting=False)
+    rejecting = duplicates.nearest({0: base}, minimum=0.9, limit=5)
+
+    assert every == [
+        Resemblance("1" * 64, 1.0, rejecting=False),
+        Resemblance("2" * 64, 1 - 1 / 64, rejecting=True),
+    ]
+    assert rejecting == [Resemblance("2" * 64, 1 - 1 / 64, rejecting=True)]

@@ -314,7 +314,7 @@ def test_a_fingerprint_put_that_another_overtook_leaves_the_index_as_its_record_
 
     found = other.indexed_near(probes([PRINT_A], within=0), everything)
     late.close()
-    assert found == [(SHA_A, PRINT_A)]
+    assert found == [stores.Indexed(SHA_A, PRINT_A, rejecting=True)]
 
 
 # The decision item's own encoding.

@@ -495,7 +495,7 @@ def test_index_entries_are_matched_whole_never_across_two_others(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     store = redis_store.Store(url=redis_server.url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
-    first, second = bytes(range(56)), bytes(range(100, 156))
+    first, second = bytes(range(57)), bytes(range(100, 157))
     straddling = first[28:] + second[:28]
     key = store._band_key(0)
 
@@ -531,8 +531,8 @@ def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
         # Written by every store on its first call: the format of the data.
         "p:format",
         "p:fp:{" + "a" * 64 + "}",
-        "p:fpi:0",
-        "p:fpi:1",
-        "p:fpi:2",
-        "p:fpi:3",
+        "p:fpx:0",
+        "p:fpx:1",
+        "p:fpx:2",
+        "p:fpx:3",
     ]

@@ -162,8 +162,13 @@ class Store(stores.Store):
     def _check_format(self, client: Client) -> None:
         """Refuse data of another format under this prefix, rather than misread it."""
         found = client.get(self.prefix + "format")
-        if _text(found) == _INDEX_ONLY_REJECTED or found is None:
-            if found is not None or client.exists(self.prefix + "all"):
+        if _text(found) == _INDEX_ONLY_REJECTED:
+            raise stores.StoreUnavailable(
+                f"Redis store: the index of fingerprints under prefix {self.prefix!r} is in "
+                "the previous format; run `thumbor-moderation migrate-store` once"
+            )
+        if found is None:
+            if client.exists(self.prefix + "all"):
                 raise stores.StoreUnavailable(
                     f"Redis store: the decisions under prefix {self.prefix!r} are in the "
                     "previous format; run `thumbor-moderation migrate-store` once"
