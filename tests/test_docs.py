@@ -5,13 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from thumbor_rekognition import config, config_keys
+from thumbor_rekognition import config, config_docs, config_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_conf_example_is_generated_from_the_key_definitions() -> None:
     assert (ROOT / "thumbor.conf.example").read_text() == config.example_conf()
+
+
+def test_configuration_reference_page_is_generated_from_the_key_definitions() -> None:
+    assert (ROOT / "docs" / "configuration.md").read_text() == config_docs.reference_markdown()
 
 
 def test_conf_example_lists_every_key_with_its_default() -> None:

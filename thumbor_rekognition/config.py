@@ -19,8 +19,8 @@ from thumbor_rekognition.config_checks import Secret as Secret
 from thumbor_rekognition.config_checks import check_backend_extra as check_backend_extra
 from thumbor_rekognition.config_checks import checked_endpoint_url as checked_endpoint_url
 from thumbor_rekognition.config_checks import unknown_keys as unknown_keys
+from thumbor_rekognition.config_docs import example_conf as example_conf
 from thumbor_rekognition.config_keys import DEFAULTS as DEFAULTS
-from thumbor_rekognition.config_keys import example_conf as example_conf
 
 logger = logging.getLogger(__name__)
 
