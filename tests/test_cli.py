@@ -60,6 +60,9 @@ class Site:
             {
                 "MODERATION_QUARANTINE_PATH": str(self.quarantine),
                 "MODERATION_CACHE_TTL_SECONDS": 0.0,
+                # Nothing here is about timeouts: a loaded machine may keep the fake
+                # endpoint past the tests' usual 3 s.
+                "REKOGNITION_TIMEOUT_SECONDS": 30.0,
                 **SWIMWEAR_AT_075,
             }
         )

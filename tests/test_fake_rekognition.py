@@ -444,6 +444,7 @@ def test_fail_rejects_an_unknown_mode(fake: FakeRekognition) -> None:
         fake.fail("explode")
 
 
+@pytest.mark.timing
 def test_stop_returns_promptly_while_a_slow_answer_is_pending() -> None:
     fake = FakeRekognition().start()
     impatient = make_client(fake.url, read_timeout=0.1)

@@ -284,6 +284,7 @@ class TestWithoutReplicas:
     def nodes(self, without_replicas: Nodes) -> Nodes:
         return without_replicas
 
+    @pytest.mark.timing
     def test_pictures_of_a_lost_master_are_pending_until_it_is_back_then_judged(
         self, nodes: Nodes, fake: FakeRekognition
     ) -> None:
