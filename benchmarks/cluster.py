@@ -29,7 +29,8 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import CLIENT_CPUS, CPUS, SERVER_CPUS, hammer, percentile, photo_like  # noqa: E402
+from benchmarks.common import CLIENT_CPUS, CPUS, SERVER_CPUS, photo_like  # noqa: E402
+from benchmarks.run import hammer, percentile  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 from tests.servers import ThumborServer, base_config  # noqa: E402

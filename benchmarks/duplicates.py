@@ -212,7 +212,8 @@ def load_sqlite(path: str, prints: list[Print]) -> None:
     with connection:
         for start in range(0, len(prints), BATCH):
             connection.executemany(
-                "INSERT INTO fingerprints (sha256, frame, print, coarse, indexed, b0, b1, b2, b3) "
+                "INSERT INTO fingerprints "
+                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
                 "VALUES (?, 0, ?, ?, 1, ?, ?, ?, ?)",
                 [
                     (f"{start + n:064x}", value.to_bytes(), _signed(value.coarse), *value.bands())
@@ -228,7 +229,7 @@ def load_redis(store: redis_store.Store, prints: list[Print]) -> None:
     for band in range(len(prints[0].bands())):
         entries: dict[str, bytearray] = {}
         for n, value in enumerate(prints):
-            entry = value.to_bytes() + bytes.fromhex(f"{n:064x}")
+            entry = value.to_bytes() + bytes.fromhex(f"{n:064x}") + b"\x01"
             entries.setdefault(redis_store._field(value.bands()[band]), bytearray()).extend(entry)
         fields = list(entries.items())
         for start in range(0, len(fields), BATCH):

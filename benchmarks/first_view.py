@@ -29,8 +29,9 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
-from tests.servers import ThumborServer, base_config  # noqa: E402
+from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
 
 STILL_GOAL_MS = 20.0
@@ -44,7 +45,6 @@ SCENE_COLOURS = [(230, 60, 40), (40, 160, 70), (50, 80, 220), (240, 200, 40), (1
 
 def still_pictures(count: int) -> list[bytes]:
     """Distinct 1600x1200 photo-like JPEGs: one mark each, so no two hash alike."""
-    from benchmarks.run import photo_like  # see first_view()
 
     base = Image.open(io.BytesIO(photo_like(1600, 1200)))
     pictures = []
@@ -95,10 +95,6 @@ def _round_trips(fake: FakeRekognition, since: int, delay: float) -> list[int]:
 
 def first_view(work: Path, fake: FakeRekognition, delay: float, count: int = 15) -> None:
     """Print the first-view latency of stock Thumbor and of the plugin, still and animated."""
-    # Imported here, not at the top: benchmarks/run.py imports this module, and either
-    # may be the one loaded first.
-    from benchmarks.run import SERVER_CPUS, STOCK_HANDLER_LISTS
-
     images = work / "first-view-images"
     images.mkdir()
     kinds = {
@@ -167,7 +163,6 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.15, help="backend delay in seconds")
     parser.add_argument("--pictures", type=int, default=15, help="pictures timed per kind")
     arguments = parser.parse_args()
-    from benchmarks.run import CLIENT_CPUS  # see first_view()
 
     os.sched_setaffinity(0, CLIENT_CPUS)
     with tempfile.TemporaryDirectory() as directory, FakeRekognition() as fake:

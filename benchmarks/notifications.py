@@ -27,7 +27,8 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, hammer, photo_like  # noqa: E402
+from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
+from benchmarks.run import cpu_seconds, hammer  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from tests.servers import ThumborServer, base_config  # noqa: E402

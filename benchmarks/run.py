@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import os
 import statistics
 import sys
@@ -28,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFilter
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
 from benchmarks.first_view import first_view  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
@@ -44,35 +42,12 @@ REJECTED_COLOR = (220, 30, 30)
 # what is left between it and the plugin is the gate's own work.
 FILTER_TABLE = "thumbor_rekognition.filter_table"
 SHARED = "stock, one filter table"
-CPUS = sorted(os.sched_getaffinity(0))
 # Server processes of each kind in the result-storage hit figures.
 PROCESSES = 3
-SERVER_CPUS = {CPUS[0]}
-CLIENT_CPUS = set(CPUS[1:]) or SERVER_CPUS
 NUDITY = [
     {"Name": "Explicit Nudity", "ParentName": "", "Confidence": 97.0},
     {"Name": "Nudity", "ParentName": "Explicit Nudity", "Confidence": 97.0},
 ]
-
-
-def photo_like(width: int, height: int, color: tuple[int, int, int] | None = None) -> bytes:
-    """A JPEG with gradients, shapes and grain: closer to a photo's entropy than a flat fill."""
-    image = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(image)
-    for y in range(0, height, 4):
-        t = y / height
-        base = color or (int(70 + 150 * t), int(120 + 80 * t), int(200 - 90 * t))
-        draw.rectangle((0, y, width, y + 4), fill=base)
-    if color is None:
-        for index in range(40):
-            x, y = (index * 997) % width, (index * 613) % height
-            size = width // 12
-            draw.ellipse((x, y, x + size, y + size), fill=((index * 50) % 255, 90, 160))
-        noise = Image.effect_noise((width, height), 24).convert("RGB")
-        image = Image.blend(image, noise, 0.12).filter(ImageFilter.SMOOTH)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=88)
-    return buffer.getvalue()
 
 
 def hammer(port: int, path: str, seconds: float, clients: int) -> float:

@@ -40,16 +40,14 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
 from benchmarks.run import (  # noqa: E402
-    CLIENT_CPUS,
     FILTER_TABLE,
     PROCESSES,
-    SERVER_CPUS,
     SHARED,
     STOCK_HANDLER_LISTS,
     compare_hits,
     percentile,
-    photo_like,
 )
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.moto_server import moto_server  # noqa: E402

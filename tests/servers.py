@@ -36,6 +36,27 @@ STOCK_HANDLER_LISTS = [name for name in DEFAULT_HANDLER_LISTS if "rekognition" n
 _HANDED_OUT: set[int] = set()
 _PORTS = random.Random()
 LOWEST_PORT = 10_000
+# A port and the port + this (Redis Cluster's bus) always fall to the same worker.
+PORT_PERIOD = 10_000
+PORT_BLOCK = 100
+
+
+def _worker() -> tuple[int, int]:
+    """This pytest-xdist worker's index and the number of workers; (0, 1) when serial."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not name.startswith("gw") or not count.isdigit():
+        return 0, 1
+    return int(name[2:]), int(count)
+
+
+def _ours(port: int) -> bool:
+    """Whether the port is in this worker's share, so that workers never race for one.
+
+    Ports go to workers by blocks of PORT_BLOCK, counted within PORT_PERIOD.
+    """
+    index, count = _worker()
+    return (port % PORT_PERIOD // PORT_BLOCK) % count == index % count
 
 
 def _ephemeral_start() -> int:
@@ -60,6 +81,8 @@ def free_port(span: int = 0) -> int:
     for _ in range(1_000):
         port = _PORTS.randrange(LOWEST_PORT, highest)
         wanted = {port, port + span}
+        if not all(_ours(each) for each in wanted):
+            continue
         if wanted & _HANDED_OUT or not all(_bindable(each) for each in wanted):
             continue
         _HANDED_OUT.update(wanted)

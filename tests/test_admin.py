@@ -630,6 +630,13 @@ BAD_REQUESTS = [
     ("status pending", "PUT", "/image?url=a.png", b'{"status": "pending"}', 400),
     ("status upper case", "PUT", "/image?url=a.png", b'{"status": "APPROVED"}', 400),
     ("status not a string", "PUT", "/image?url=a.png", b'{"status": ["approved"]}', 400),
+    (
+        "unseen not a boolean",
+        "PUT",
+        "/image?url=a.png",
+        b'{"status": "approved", "unseen": 1}',
+        400,
+    ),
     ("note not a string", "PUT", "/image?url=a.png", b'{"status": "approved", "note": 1}', 400),
     ("actor empty", "PUT", "/image?url=a.png", b'{"status": "approved", "actor": ""}', 400),
     ("put without url", "PUT", "/image", b'{"status": "approved"}', 400),
@@ -763,3 +770,90 @@ def test_approving_a_held_picture_serves_and_caches_it(
     assert centre_of(approved) == pytest.approx(GREEN, abs=30)
     wait_for(result_file(admin_root, path).is_file)
     assert fake.call_count == 1
+
+
+# A URL no request has fetched
+
+
+def test_a_decision_for_a_url_no_request_fetched_is_refused_naming_the_nearest(
+    server: ThumborServer, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "landscape")
+    assert status_of(server, f"/unsafe/64x48/{name}") == "approved"
+    typo = name.replace("landscape", "landscpe")
+
+    put = call(server, "PUT", f"/image?url={arg(typo)}", {"status": "rejected"})
+    recorded = call(server, "GET", f"/image?url={arg(typo)}")
+
+    assert put.status == 404
+    answer = json_of(put)
+    assert "no request has fetched this URL" in answer["error"]
+    assert '"unseen": true' in answer["error"]
+    assert answer["nearest"][0] == name
+    assert recorded.status == 404
+    assert status_of(server, f"/unsafe/64x48/{name}") == "approved"
+
+
+def test_unseen_true_records_a_decision_that_binds_to_the_bytes_of_its_first_fetch(
+    server: ThumborServer, images: Path
+) -> None:
+    name = unique("announced")
+
+    put = call(server, "PUT", f"/image?url={arg(name)}", {"status": "rejected", "unseen": True})
+    (images / name).write_bytes(picture(BLUE, size=(160, 100 + next(_sizes))))
+    first_fetch = status_of(server, f"/unsafe/64x48/{name}")
+    shown = json_of(call(server, "GET", f"/image?url={arg(name)}"))
+
+    assert put.status == 200
+    answer = json_of(put)
+    assert answer["unseen"] is True
+    assert answer["message"] == (
+        "no request has fetched it yet: the decision binds to the bytes of its first fetch"
+    )
+    assert first_fetch == "rejected"
+    assert (shown["status"], shown["source"]) == ("rejected", "manual")
+    assert shown["content_hash"] == hashlib.sha256((images / name).read_bytes()).hexdigest()
+
+
+def test_a_decision_for_a_fetched_url_says_it_is_not_unseen(
+    server: ThumborServer, images: Path
+) -> None:
+    name = add_picture(images, BLUE, "seen")
+    assert status_of(server, f"/unsafe/64x48/{name}") == "approved"
+
+    put = call(server, "PUT", f"/image?url={arg(name)}", {"status": "rejected"})
+
+    assert put.status == 200
+    assert json_of(put)["unseen"] is False
+    assert "message" not in json_of(put)
+
+
+@pytest.mark.parametrize("status", ["pending", "deleted", "APPROVED", ""])
+def test_put_refuses_a_status_naming_only_the_ones_it_accepts(
+    server: ThumborServer, known: str, status: str
+) -> None:
+    put = call(server, "PUT", f"/image?url={arg(known)}", {"status": status})
+
+    assert put.status == 400
+    assert json_of(put)["error"] == "status must be 'approved' or 'rejected'"
+
+
+# Confidences
+
+
+def test_confidences_are_shown_on_the_scale_thresholds_are_written_in(
+    server: ThumborServer, known: str
+) -> None:
+    shown = json_of(call(server, "GET", f"/image?url={arg(known)}"))
+    listed = json_of(call(server, "GET", "/images?status=rejected&limit=500"))["images"]
+    page = call(server, "GET", "/?grid=1").body.decode()
+
+    assert [label["confidence"] for label in shown["labels"]] == [0.99, 0.99]
+    assert [(r["confidence"], r["threshold"]) for r in shown["reasons"]] == [(0.99, 0.5)]
+    # Labels are kept from the lowest threshold less the review band: 0.5 - 0.1.
+    assert shown["min_confidence"] == 0.4
+    [item] = [item for item in listed if item["key"] == known]
+    assert [label["confidence"] for label in item["labels"]] == [0.99, 0.99]
+    assert (
+        "Explicit Nudity \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} Nudity: 0.99</li>" in page
+    )

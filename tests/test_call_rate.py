@@ -31,7 +31,8 @@ from tests.moto_server import moto_server_process
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 from tests.servers import Response, ThumborServer, aws_test_environment, base_config
 
-pytestmark = pytest.mark.e2e
+# Every test here counts calls per second of wall-clock time: run alone (`make test`).
+pytestmark = [pytest.mark.e2e, pytest.mark.timing]
 
 LIMIT = 2
 PICTURES = 12

@@ -3,6 +3,7 @@ and the fake Rekognition endpoint over HTTP."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import logging
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 
+import thumbor_rekognition
 from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, result_file, storage_file
 from thumbor_rekognition import cli
 from thumbor_rekognition.caches import storage_key
+from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.decision import Source, Status
 from thumbor_rekognition.moderator import sha256_hex
 from thumbor_rekognition.stores.sqlite import Store
@@ -151,9 +154,9 @@ def test_check_prints_labels_and_decision_and_stores_nothing(
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "Explicit Nudity > Nudity  70.0%" in out
+    assert "Explicit Nudity > Nudity  0.7" in out
     assert "decision: rejected" in out
-    assert "Explicit Nudity > Nudity 70.0% above 50% (default)" in out
+    assert "Explicit Nudity > Nudity 0.7 above 0.5 (default)" in out
     assert fake.call_count == 1
     assert site.store().counts() == {}
     assert not site.quarantine.exists()
@@ -179,7 +182,10 @@ def test_check_json_gives_the_decision_under_the_current_thresholds(
     )
     assert strict["status"] == "rejected"
     assert [reason["category"] for reason in strict["reasons"]] == ["female_swimwear_or_underwear"]
-    assert strict["min_confidence"] == 50.0
+    assert strict["min_confidence"] == 0.5
+    assert [label["confidence"] for label in strict["labels"]] == [0.65, 0.65]
+    assert [reason["confidence"] for reason in strict["reasons"]] == [0.65]
+    assert [reason["threshold"] for reason in strict["reasons"]] == [0.6]
 
 
 def test_check_shows_7x_labels_as_reported_and_as_a_6x_policy_judges_them(
@@ -208,15 +214,16 @@ def test_check_shows_7x_labels_as_reported_and_as_a_6x_policy_judges_them(
     shown = json.loads(capsys.readouterr().out)
 
     assert code == 0
-    assert "Explicit > Explicit Sexual Activity  80.0%" in out
-    assert "content types:\n  Illustrated  91.0%" in out
+    assert "Explicit > Explicit Sexual Activity  0.8" in out
+    assert "content types:\n  Illustrated  0.91" in out
     assert "labels as judged (thresholds in model 6.x names):" in out
     assert (
-        "Explicit Nudity > Illustrated Explicit Nudity  80.0%  "
+        "Explicit Nudity > Illustrated Explicit Nudity  0.8  "
         "(reported as Explicit > Explicit Sexual Activity)"
     ) in out
     assert [item["name"] for item in shown["judged_labels"]] == ["Illustrated Explicit Nudity"]
-    assert shown["content_types"] == [{"name": "Illustrated", "confidence": 91.0, "frame": 0}]
+    assert shown["content_types"] == [{"name": "Illustrated", "confidence": 0.91, "frame": 0}]
+    assert [item["confidence"] for item in shown["judged_labels"]] == [0.8]
 
 
 def test_check_names_a_file_that_is_not_an_image(
@@ -427,7 +434,7 @@ def test_list_prints_one_line_per_decision(
         ["approved", "auto", "green.png"],
         ["rejected", "auto", "red.png"],
     ]
-    assert lines[2][3] == "Explicit Nudity > Nudity 70.0% above 50% (default)"
+    assert lines[2][3] == "Explicit Nudity > Nudity 0.7 above 0.5 (default)"
 
 
 def test_list_filters_by_status_limits_and_prints_json_lines(
@@ -441,6 +448,8 @@ def test_list_filters_by_status_limits_and_prints_json_lines(
     assert [item["key"] for item in approved] == ["blue.png", "green.png"]
     assert {item["status"] for item in approved} == {"approved"}
     assert len(approved[0]["content_hash"]) == 64
+    assert [label["confidence"] for label in approved[0]["labels"]] == [0.65, 0.65]
+    assert approved[0]["min_confidence"] == 0.5
     assert [item["key"] for item in limited] == ["blue.png"]
 
 
@@ -450,7 +459,7 @@ def test_list_walks_every_page(
     names = [site.add(f"green-{index}.png", GREEN, (160, 100 + index)) for index in range(5)]
     site.run("backfill", site.urls_file(*names))
     capsys.readouterr()
-    monkeypatch.setattr(cli, "MAX_PAGE", 2)
+    monkeypatch.setattr(environment, "MAX_PAGE", 2)
 
     everything = site.run("list")
     all_keys = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()]
@@ -474,11 +483,11 @@ def test_show_prints_labels_reasons_backend_hash_and_history(
     assert "status: rejected (auto)" in out
     assert f"content hash: {sha256_hex(data)}" in out
     assert "backend: rekognition 7.0" in out
-    assert "  Explicit Nudity > Nudity  70.0%" in out
-    assert "  Explicit Nudity > Nudity 70.0% above 50% (default)" in out
+    assert "  Explicit Nudity > Nudity  0.7" in out
+    assert "  Explicit Nudity > Nudity 0.7 above 0.5 (default)" in out
     history = out.split("history:\n")[1].splitlines()
     assert len(history) == 1
-    assert "rejected (auto)  thumbor-rekognition  rekognition 7.0: Nudity" in history[0]
+    assert "rejected (auto)  thumbor-moderation  rekognition 7.0: Nudity" in history[0]
 
 
 def test_show_json_is_the_admin_view_with_history(
@@ -496,7 +505,7 @@ def test_show_json_is_the_admin_view_with_history(
         "Suggestive",
         "Female Swimwear Or Underwear",
     ]
-    assert [event["actor"] for event in view["history"]] == ["thumbor-rekognition"]
+    assert [event["actor"] for event in view["history"]] == ["thumbor-moderation"]
 
 
 def test_show_of_an_unknown_url_fails(moderated: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -555,7 +564,7 @@ def test_reject_removes_the_original_and_results_and_approve_puts_the_original_b
     events = moderated.store().history("green.png")
     assert [(e.status, e.source, e.actor, e.note) for e in events[1:]] == [
         (Status.REJECTED, Source.MANUAL, "alice", "spam"),
-        (Status.APPROVED, Source.MANUAL, f"cli:{cli._login()}", "fine after all"),
+        (Status.APPROVED, Source.MANUAL, f"cli:{parser._login()}", "fine after all"),
     ]
 
 
@@ -693,7 +702,7 @@ def test_reevaluate_reports_decisions_that_need_a_new_analysis_and_skips_failure
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "needs new analysis\tblue.png\tlabels stored from 50%, thresholds now look from 40%" in (
+    assert "needs new analysis\tblue.png\tlabels stored from 0.5, thresholds now look from 0.4" in (
         out
     )
     assert "need a new analysis: 3" in out
@@ -995,3 +1004,116 @@ def test_console_script_runs_commands_and_reports_configuration_errors(moderated
     assert "MODERATION_CATEGORY_THRESHOLDS" in broken.stderr
     assert "explicit_nudty" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_console_script_prints_the_version_the_package_metadata_has() -> None:
+    shown = subprocess.run(
+        [console_script(), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert shown.returncode == 0
+    assert (
+        shown.stdout == f"thumbor-moderation {importlib.metadata.version('thumbor-moderation')}\n"
+    )
+    assert importlib.metadata.version("thumbor-moderation") == thumbor_rekognition.__version__
+
+
+# A URL no request has fetched
+
+
+def run_console_script(
+    *arguments: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_rejecting_a_url_no_request_fetched_fails_naming_the_nearest_known_urls(
+    moderated: Site,
+) -> None:
+    rejected = run_console_script("--conf", str(moderated.conf), "reject", "gren.png")
+    shown = run_console_script("--conf", str(moderated.conf), "show", "gren.png")
+
+    assert rejected.returncode == 1
+    assert rejected.stdout == ""
+    assert "no request has fetched gren.png; nearest known URLs: green.png" in rejected.stderr
+    assert "--unseen" in rejected.stderr
+    assert "binds to the bytes of that fetch" in rejected.stderr
+    assert shown.returncode == 1
+    assert moderated.store().get("green.png").status is Status.APPROVED  # type: ignore[union-attr]
+
+
+def test_approving_with_unseen_records_a_decision_that_binds_at_the_first_fetch(
+    moderated: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decided = run_console_script(
+        "--conf", str(moderated.conf), "reject", "later.png", "--unseen", "--note", "reported"
+    )
+    moderated.add("later.png", BLUE)
+    moderated.run("backfill", moderated.urls_file("later.png"))
+    capsys.readouterr()
+    moderated.run("show", "later.png", "--json")
+    view = json.loads(capsys.readouterr().out)
+
+    assert decided.returncode == 0, decided.stderr
+    assert decided.stdout == (
+        "rejected\tlater.png\tno request has fetched it yet: "
+        "the decision binds to the bytes of its first fetch\n"
+    )
+    assert (view["status"], view["source"]) == ("rejected", "manual")
+    assert view["content_hash"] == sha256_hex((moderated.images / "later.png").read_bytes())
+
+
+def test_unseen_is_not_needed_for_a_url_fetched_before(
+    moderated: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = moderated.run("reject", "green.png")
+
+    assert code == 0
+    assert capsys.readouterr().out == "rejected\tgreen.png\n"
+
+
+# Where the configuration comes from
+
+
+def test_conf_is_taken_after_the_subcommand_as_well_as_before(moderated: Site) -> None:
+    after = run_console_script("stats", "--json", "--conf", str(moderated.conf))
+    before = run_console_script("--conf", str(moderated.conf), "stats", "--json")
+    short_after = run_console_script("list", "-c", str(moderated.conf))
+
+    assert after.returncode == before.returncode == short_after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert json.loads(after.stdout)["decisions"]["approved"] == 2
+    assert short_after.stdout.count("\n") == 3
+
+
+def test_without_a_configuration_found_the_command_stops_saying_where_it_looked(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {**os.environ, "HOME": str(home)}
+
+    stats = subprocess.run(
+        [console_script(), "stats"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env=environment,
+    )
+
+    assert stats.returncode == 2
+    assert stats.stdout == ""
+    assert f"{tmp_path / 'thumbor.conf'}, {home / 'thumbor.conf'}, /etc/thumbor.conf" in (
+        stats.stderr
+    )
+    assert "--conf" in stats.stderr
+    assert "Traceback" not in stats.stderr

@@ -195,28 +195,34 @@ def test_a_burst_of_first_requests_over_two_nodes_makes_one_backend_call(
     cluster: Cluster, fake: FakeRekognition
 ) -> None:
     fake.fail("slow", delay=BACKEND_DELAY)
-    name = add_picture(cluster.images, BLUE, "burst")
-    requests = [
-        (cluster.nodes[index % 2], f"/unsafe/{40 + index}x{30 + index}/{name}")
-        for index in range(BURST)
-    ]
-    logged = [len(node.log) for node in cluster.nodes]
+    bursts: list[list[Response]] = []
+    waited = [False, False]
+    # One node can answer its whole half of a burst before the other's requests arrive (a
+    # loaded machine): then nothing crossed nodes, so a new picture is tried, a few times
+    # at most.
+    while len(bursts) < 4 and not any(waited):
+        name = add_picture(cluster.images, BLUE, "burst")
+        requests = [
+            (cluster.nodes[index % 2], f"/unsafe/{40 + index}x{30 + index}/{name}")
+            for index in range(BURST)
+        ]
+        logged = [len(node.log) for node in cluster.nodes]
+        with ThreadPoolExecutor(max_workers=BURST) as pool:
+            bursts.append(list(pool.map(lambda request: request[0].get(request[1]), requests)))
+        waited = [
+            "moderation.single_flight.waited" in node.log[start:]
+            for node, start in zip(cluster.nodes, logged, strict=True)
+        ]
 
-    with ThreadPoolExecutor(max_workers=BURST) as pool:
-        responses = list(pool.map(lambda request: request[0].get(request[1]), requests))
-
-    assert fake.call_count == 1
-    waited = [
-        "moderation.single_flight.waited" in node.log[start:]
-        for node, start in zip(cluster.nodes, logged, strict=True)
-    ]
+    assert fake.call_count == len(bursts)
     # One node judged; the other waited on the lease in Redis for its decision.
     assert sorted(waited) == [False, True]
-    assert [response.status for response in responses] == [200] * BURST
-    assert [status_of(response) for response in responses] == ["approved"] * BURST
-    assert [size_of(response) for response in responses] == [
-        (40 + index, 30 + index) for index in range(BURST)
-    ]
+    for responses in bursts:
+        assert [response.status for response in responses] == [200] * BURST
+        assert [status_of(response) for response in responses] == ["approved"] * BURST
+        assert [size_of(response) for response in responses] == [
+            (40 + index, 30 + index) for index in range(BURST)
+        ]
 
 
 def test_a_burst_of_first_requests_over_two_processes_on_sqlite_makes_one_backend_call(
@@ -248,6 +254,7 @@ def test_a_burst_of_first_requests_over_two_processes_on_sqlite_makes_one_backen
     assert "Traceback" not in thumbor.log
 
 
+@pytest.mark.timing
 def test_an_override_in_one_process_is_enforced_by_the_other_on_sqlite_within_a_second(
     tmp_path: Path, fake: FakeRekognition
 ) -> None:
@@ -280,6 +287,7 @@ def test_an_override_in_one_process_is_enforced_by_the_other_on_sqlite_within_a_
 # Overrides made on one node, enforced by the other.
 
 
+@pytest.mark.timing
 def test_an_override_on_one_node_is_enforced_by_the_other_within_a_second(
     cluster: Cluster, fake: FakeRekognition
 ) -> None:
@@ -290,8 +298,9 @@ def test_an_override_on_one_node_is_enforced_by_the_other_within_a_second(
     assert status_of(cluster.b.get(path)) == "approved"
     assert status_of(cluster.b.get(path)) == "approved"
 
-    started = time.monotonic()
     answer = override(cluster.a, name, "rejected")
+    # Counted from A's answer: the override is made then (the quarantine copy comes first).
+    started = time.monotonic()
     wait_for(serves(cluster.b, path, "rejected"), timeout=5.0)
     enforced = time.monotonic() - started
 
@@ -435,6 +444,7 @@ def stored_status(redis_url: str, names: list[str]) -> dict[str, str | None]:
     }
 
 
+@pytest.mark.timing
 def test_a_redis_outage_keeps_known_decisions_fails_closed_for_new_pictures_and_recovers(
     cluster: Cluster, fake: FakeRekognition
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -413,17 +414,39 @@ def test_cloudinary_chain_ending_in_manual_is_read_into_the_policy() -> None:
     assert result.policy == Policy(rules={"explicit_nudity": 0.6}, manual_review=True)
 
 
-def test_cloudinary_duplicate_step_sets_the_duplicate_similarity() -> None:
-    result = settings(MODERATION_RULES="aws_rek:explicit_nudity:0.6|duplicate:0.95|manual")
+def test_cloudinary_duplicate_step_is_its_own_setting_beside_duplicate_similarity() -> None:
+    # Cloudinary's step refuses copies of any judged picture (docs/moderate-upload.md);
+    # MODERATION_DUPLICATE_SIMILARITY keeps meaning copies of rejected pictures.
+    result = settings(
+        MODERATION_RULES="aws_rek:explicit_nudity:0.6|duplicate:0.95|manual",
+        MODERATION_DUPLICATE_SIMILARITY=0.97,
+    )
 
-    assert result.duplicate_similarity == 0.95
+    assert result.indexed_copy_similarity == 0.95
+    assert result.duplicate_similarity == 0.97
     assert result.policy == Policy(rules={"explicit_nudity": 0.6}, manual_review=True)
 
 
 def test_duplicate_similarity_defaults_to_0_9_and_0_disables_it() -> None:
     assert Settings.from_config(Config()).duplicate_similarity == 0.9
     assert settings(MODERATION_DUPLICATE_SIMILARITY="0").duplicate_similarity == 0.0
-    assert settings(MODERATION_RULES="aws_rek|duplicate:0").duplicate_similarity == 0.0
+
+
+def test_duplicate_step_0_only_indexes_and_no_step_means_none() -> None:
+    assert Settings.from_config(Config()).indexed_copy_similarity == 0.0
+    assert settings(MODERATION_RULES="aws_rek").indexed_copy_similarity == 0.0
+    assert settings(MODERATION_RULES="aws_rek|duplicate:0").indexed_copy_similarity == 0.0
+    assert settings(MODERATION_RULES="aws_rek|duplicate:0").duplicate_similarity == 0.9
+
+
+def test_duplicate_step_below_what_the_fingerprint_tells_apart_is_read_as_0_85(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="thumbor_rekognition.config"):
+        result = settings(MODERATION_RULES="aws_rek|duplicate:0.7")
+
+    assert result.indexed_copy_similarity == 0.85
+    assert "'duplicate:0.7' is read as 'duplicate:0.85'" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -431,12 +454,8 @@ def test_duplicate_similarity_defaults_to_0_9_and_0_disables_it() -> None:
     [
         ({"MODERATION_DUPLICATE_SIMILARITY": 0.5}, ["MODERATION_DUPLICATE_SIMILARITY", "0.85"]),
         ({"MODERATION_DUPLICATE_SIMILARITY": "1.5"}, ["MODERATION_DUPLICATE_SIMILARITY"]),
-        ({"MODERATION_RULES": "aws_rek|duplicate:0.7"}, ["MODERATION_RULES", "0.85"]),
         ({"MODERATION_RULES": "aws_rek|duplicate:high"}, ["MODERATION_RULES", "'high'"]),
-        (
-            {"MODERATION_RULES": "aws_rek|duplicate:0.95", "MODERATION_DUPLICATE_SIMILARITY": 0.97},
-            ["MODERATION_RULES", "MODERATION_DUPLICATE_SIMILARITY", "one place"],
-        ),
+        ({"MODERATION_RULES": "aws_rek|duplicate:1.5"}, ["MODERATION_RULES", "between 0 and 1"]),
     ],
 )
 def test_a_duplicate_similarity_that_cannot_work_stops_start_up_naming_the_key(
@@ -465,6 +484,17 @@ def test_a_project_version_that_is_not_an_adapter_arn_stops_start_up() -> None:
 
     assert "REKOGNITION_PROJECT_VERSION" in str(info.value)
     assert "project version ARN" in str(info.value)
+
+
+def test_an_adapter_of_another_region_than_rekognition_region_stops_start_up() -> None:
+    other = ADAPTER.replace(":us-east-1:", ":eu-west-1:")
+
+    with pytest.raises(ConfigurationError) as info:
+        settings(REKOGNITION_PROJECT_VERSION=other, REKOGNITION_REGION="us-east-1")
+
+    assert "names an adapter in region 'eu-west-1'" in str(info.value)
+    assert "REKOGNITION_REGION is 'us-east-1'" in str(info.value)
+    assert settings(REKOGNITION_PROJECT_VERSION=other, REKOGNITION_REGION="eu-west-1")
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,10 @@ def config(root: Path, images: Path, endpoint: str, **extra: Any) -> dict[str, A
 
 
 def decide(node: ThumborServer, name: str, status: str) -> Response:
-    body = json.dumps({"status": status, "note": "abuse report", "actor": "reports"}).encode()
+    # Each decision here races or precedes the first fetch: the store has not seen the URL.
+    body = json.dumps(
+        {"status": status, "note": "abuse report", "actor": "reports", "unseen": True}
+    ).encode()
     return node.request("PUT", f"/moderation/image?url={name}", body=body, headers=AUTH)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from thumbor_rekognition import config
+from thumbor_rekognition import config, config_docs, config_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,10 +14,14 @@ def test_conf_example_is_generated_from_the_key_definitions() -> None:
     assert (ROOT / "thumbor.conf.example").read_text() == config.example_conf()
 
 
+def test_configuration_reference_page_is_generated_from_the_key_definitions() -> None:
+    assert (ROOT / "docs" / "configuration.md").read_text() == config_docs.reference_markdown()
+
+
 def test_conf_example_lists_every_key_with_its_default() -> None:
     example = config.example_conf()
 
-    for key, default, _, _ in config._KEYS:
+    for key, default, _, _ in config_keys.KEYS:
         assert re.search(rf"^#? ?{key} = {re.escape(repr(default))}$", example, re.M), key
 
 

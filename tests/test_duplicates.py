@@ -30,8 +30,8 @@ from thumbor_rekognition.decision import Decision, Event, Label, Source, Status
 from thumbor_rekognition.duplicates import (
     Duplicates,
     Resemblance,
-    indexed_frames,
     probes,
+    rejecting_frames,
 )
 from thumbor_rekognition.fingerprint import COARSE_BITS, Print
 from thumbor_rekognition.moderator import Moderator
@@ -109,21 +109,21 @@ def test_every_indexed_fingerprint_within_the_distance_is_found(
     query = Print(coarse ^ sum(1 << bit for bit in flipped), 1234)
     for number in range(1, 50):
         other = Print(random.Random(number).getrandbits(64), 1234)
-        store.put_fingerprints(f"{number:064x}", {0: other}, indexed={0})
-    store.put_fingerprints("f" * 64, {0: indexed}, indexed={0})
+        store.put_fingerprints(f"{number:064x}", {0: other}, rejecting={0})
+    store.put_fingerprints("f" * 64, {0: indexed}, rejecting={0})
 
     found = store.indexed_near(probes([query], within), lambda coarse: True)
 
-    assert ("f" * 64, indexed) in found
+    assert stores.Indexed("f" * 64, indexed, rejecting=True) in found
     store.close()
 
 
 def test_nearest_ranks_by_similarity_and_keeps_only_those_close_enough(world: World) -> None:
     duplicates = Duplicates(world.store, 0.9, "test")
     base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
-    world.store.put_fingerprints("1" * 64, {0: Print(base.coarse ^ 0b11, 0)}, indexed={0})
-    world.store.put_fingerprints("2" * 64, {0: base}, indexed={0})
-    world.store.put_fingerprints("3" * 64, {0: Print(base.coarse ^ 0xFF, 0)}, indexed={0})
+    world.store.put_fingerprints("1" * 64, {0: Print(base.coarse ^ 0b11, 0)}, rejecting={0})
+    world.store.put_fingerprints("2" * 64, {0: base}, rejecting={0})
+    world.store.put_fingerprints("3" * 64, {0: Print(base.coarse ^ 0xFF, 0)}, rejecting={0})
 
     nearest = duplicates.nearest({0: base}, minimum=0.9, limit=5)
 
@@ -186,7 +186,7 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
         source=Source.AUTO,
     )
     world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
-    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, indexed={0})
+    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, rejecting={0})
     query = flipped(INDEXED, coarse, fine)
 
     found = moderator.duplicates.find({0: query})
@@ -194,12 +194,12 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
     alike = INDEXED.similarity(query)
     assert alike == 1 - max(coarse / 64, fine / 128)
     if matched:
-        assert found == Resemblance(rejected.sha256, alike, rejected.key)
+        assert found == Resemblance(rejected.sha256, alike, rejected.key, rejecting=True)
     else:
         assert found is None
 
 
-def test_a_human_rejection_indexes_every_frame_and_the_model_only_the_frames_that_decided(
+def test_a_human_rejection_marks_every_frame_rejecting_and_the_model_only_those_that_decided(
     world: World,
 ) -> None:
     moderator = world.moderator()
@@ -213,10 +213,10 @@ def test_a_human_rejection_indexes_every_frame_and_the_model_only_the_frames_tha
         reasons=(moderator.policy.judge((Label("Explicit Nudity", "", 1, 90.0, frame=1),)).reasons),
     )
 
-    assert indexed_frames(auto, prints) == {1}
-    assert indexed_frames(auto.replace(source=Source.MANUAL), prints) == {0, 1, 2}
-    assert indexed_frames(auto.replace(status=Status.APPROVED), prints) == set()
-    assert indexed_frames(auto.replace(source=Source.DUPLICATE), prints) == set()
+    assert rejecting_frames(auto, prints) == {1}
+    assert rejecting_frames(auto.replace(source=Source.MANUAL), prints) == {0, 1, 2}
+    assert rejecting_frames(auto.replace(status=Status.APPROVED), prints) == set()
+    assert rejecting_frames(auto.replace(source=Source.DUPLICATE), prints) == set()
 
 
 # --- the moderator --------------------------------------------------------------------
@@ -285,7 +285,7 @@ def test_approving_the_original_forgets_its_duplicates_which_the_backend_then_ju
     again = [moderate(moderator, key, data) for key, data in copies(image).items()]
 
     assert forgotten == dict.fromkeys(copies(image))
-    assert (lifted.status, lifted.actor) == (None, "thumbor-rekognition")
+    assert (lifted.status, lifted.actor) == (None, "thumbor-moderation")
     assert f"duplicate of {ORIGINAL}, which is no longer rejected" in lifted.note
     assert {(item.status, item.source) for item in again} == {(Status.APPROVED, Source.AUTO)}
     assert len(world.backend.calls) == 4
@@ -307,7 +307,7 @@ def test_the_same_bytes_as_a_duplicate_under_a_new_url_are_lifted_with_it(world:
     assert (world.store.get("host/copy.jpg"), world.store.get("cdn/copy.jpg")) == (None, None)
 
 
-def test_a_duplicate_is_not_indexed_itself(world: World) -> None:
+def test_a_duplicate_is_indexed_but_rejects_nothing_itself(world: World) -> None:
     moderator = world.moderator()
     image = pictures.busy(105)
     original = rejected_by_the_model(world, moderator, image)
@@ -318,7 +318,8 @@ def test_a_duplicate_is_not_indexed_itself(world: World) -> None:
     found = world.store.indexed_near(probes(prints.values(), 16), lambda coarse: True)
 
     assert prints
-    assert {sha for sha, _ in found} == {original.sha256}
+    assert {entry.sha256 for entry in found if entry.rejecting} == {original.sha256}
+    assert {entry.sha256 for entry in found} == {original.sha256, duplicate.sha256}
 
 
 def test_a_human_approving_a_duplicate_keeps_it_approved(world: World) -> None:
@@ -353,7 +354,7 @@ def test_a_picture_indexed_but_no_longer_rejected_rejects_nothing(world: World) 
     original = moderate(moderator, ORIGINAL, png(image))
     # An index a moment behind the decision: the decision has the say.
     world.store.put_fingerprints(
-        original.sha256, world.store.fingerprints(original.sha256), indexed={0}
+        original.sha256, world.store.fingerprints(original.sha256), rejecting={0}
     )
 
     copy = moderate(moderator, "host/copy.jpg", pictures.reencoded(image))
@@ -368,7 +369,7 @@ class IndexDown(sqlite.Store):
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[stores.Indexed]:
         raise self.error
 
 
@@ -408,3 +409,93 @@ def test_only_the_frame_that_decided_an_animation_is_matched(world: World) -> No
 
     assert (innocent.status, innocent.source) == (Status.APPROVED, Source.AUTO)
     assert (guilty.source, guilty.duplicate_of) == (Source.DUPLICATE, "host/anim.webp")
+
+
+# --- matching backwards ---------------------------------------------------------------
+
+
+def test_copies_approved_before_the_model_rejects_their_original_become_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(120)
+    world.backend.labels = ()
+    earlier = [moderate(moderator, key, data) for key, data in copies(image).items()]
+
+    original = rejected_by_the_model(world, moderator, image)
+
+    assert {item.status for item in earlier} == {Status.APPROVED}
+    for key in copies(image):
+        copy = world.store.get(key)
+        assert copy is not None
+        assert (copy.status, copy.source, copy.duplicate_of) == (
+            Status.REJECTED,
+            Source.DUPLICATE,
+            ORIGINAL,
+        )
+        assert copy.similarity >= 0.9
+        assert moderator.remembered(key) is None
+    assert world.store.duplicates_of(original.sha256) == sorted(copies(image))
+    assert len(world.backend.calls) == 4
+
+
+def test_only_stills_of_the_frame_that_decided_an_animation_become_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    frames = [pictures.busy(121), pictures.photo_like(122)]
+    world.backend.labels = ()
+    moderate(moderator, "host/first-frame.jpg", pictures.reencoded(frames[0]))
+    moderate(moderator, "host/second-frame.jpg", pictures.reencoded(frames[1]))
+    animation = pictures.encoded(
+        frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
+
+    world.backend.labels = (Label("Explicit Nudity", "", 1, 90.0, frame=1),)
+    assert moderate(moderator, "host/anim.webp", animation).status is Status.REJECTED
+
+    innocent = world.store.get("host/first-frame.jpg")
+    guilty = world.store.get("host/second-frame.jpg")
+    assert innocent is not None
+    assert guilty is not None
+    assert (innocent.status, innocent.source) == (Status.APPROVED, Source.AUTO)
+    assert (guilty.status, guilty.source, guilty.duplicate_of) == (
+        Status.REJECTED,
+        Source.DUPLICATE,
+        "host/anim.webp",
+    )
+
+
+def test_a_human_rejecting_an_animation_makes_copies_of_every_frame_its_duplicates(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    frames = [pictures.busy(123), pictures.photo_like(124)]
+    world.backend.labels = ()
+    animation = pictures.encoded(
+        frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
+    moderate(moderator, "host/anim.webp", animation)
+    moderate(moderator, "host/first-frame.jpg", pictures.reencoded(frames[0]))
+
+    decide(moderator, "host/anim.webp", Status.REJECTED)
+
+    still = world.store.get("host/first-frame.jpg")
+    assert still is not None
+    assert (still.status, still.source) == (Status.REJECTED, Source.DUPLICATE)
+
+
+def test_lookups_answer_every_indexed_picture_marked_rejecting_or_not(world: World) -> None:
+    duplicates = Duplicates(world.store, 0.9, "test")
+    base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
+    world.store.put_fingerprints("1" * 64, {0: base}, rejecting=())
+    world.store.put_fingerprints("2" * 64, {0: Print(base.coarse ^ 0b1, 0)}, rejecting={0})
+
+    every = duplicates.nearest({0: base}, minimum=0.9, limit=5, only_rejecting=False)
+    rejecting = duplicates.nearest({0: base}, minimum=0.9, limit=5)
+
+    assert every == [
+        Resemblance("1" * 64, 1.0, rejecting=False),
+        Resemblance("2" * 64, 1 - 1 / 64, rejecting=True),
+    ]
+    assert rejecting == [Resemblance("2" * 64, 1 - 1 / 64, rejecting=True)]

@@ -37,7 +37,7 @@ TOKEN = "notifications-admin-token-7c1e9b2d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SECRET = "webhook-secret-for-tests-3a8f6d0c"
 HOOK_PATH = "/moderation-events"
-SYSTEM_ACTOR = "thumbor-rekognition"
+SYSTEM_ACTOR = "thumbor-moderation"
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -305,6 +305,9 @@ def test_a_webhook_body_tells_what_the_readme_lists(
         ("Nudity", "Explicit Nudity"),
     }
     assert [reason["name"] for reason in body["reasons"]] == ["Nudity"]
+    # On the scale of the thresholds in thumbor.conf, as everywhere a user reads them.
+    assert [label["confidence"] for label in body["labels"]] == [0.99, 0.99]
+    assert [(r["confidence"], r["threshold"]) for r in body["reasons"]] == [(0.99, 0.5)]
     assert (body["backend"], body["model_version"]) == ("rekognition", "6.1")
     assert body["content_hash"] == hashlib.sha256(original).hexdigest()
     assert before - 1 <= body["created_at"] <= body["updated_at"] <= time.time()
@@ -513,6 +516,7 @@ def test_with_two_thumbor_processes_each_change_is_delivered_once_and_in_order(
         ]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("trouble", ["down", "hanging"])
 def test_image_responses_do_not_wait_for_a_receiver_that_is_down_or_hanging(
     server: ThumborServer, receiver: Receiver, images: Path, trouble: str

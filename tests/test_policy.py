@@ -567,6 +567,32 @@ def test_parse_cloudinary_chain_reads_piped_steps(
 
 
 @pytest.mark.parametrize(
+    ("text", "duplicate"),
+    [
+        # Valid Cloudinary chains (cloudinary_npm docs/moderate-upload.md: 'manual' alone,
+        # and 'duplicate:<threshold>' piped before 'manual').
+        ("manual", None),
+        (" Manual ", None),
+        ("duplicate:0.9|manual", 0.9),
+    ],
+)
+def test_parse_cloudinary_chain_without_aws_rek_leaves_every_picture_to_a_human(
+    text: str, duplicate: float | None
+) -> None:
+    chain = parse_cloudinary_chain(text)
+
+    assert (chain.rules, chain.manual, chain.model, chain.duplicate) == ({}, True, False, duplicate)
+
+
+def test_policy_without_a_model_step_makes_every_picture_pending_for_a_human() -> None:
+    policy = Policy(model=False)
+
+    assert policy.manual_review
+    assert policy.judge(()).status is Status.PENDING
+    assert policy.fingerprint != Policy(manual_review=True).fingerprint
+
+
+@pytest.mark.parametrize(
     ("text", "score"),
     [
         ("aws_rek|duplicate:0.9", 0.9),
@@ -582,7 +608,8 @@ def test_parse_cloudinary_chain_reads_the_duplicate_score(text: str, score: floa
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("duplicate:0.9", "expected an 'aws_rek' step"),
+        # Cloudinary approves what a lone duplicate step passes: every picture unjudged.
+        ("duplicate:0.9", "expected an 'aws_rek' or a 'manual' step"),
         ("aws_rek|duplicate", "one score between 0 and 1"),
         ("aws_rek|duplicate:0.9:0.8", "one score between 0 and 1"),
         ("aws_rek|duplicate:1.2", "not between 0 and 1"),
@@ -590,7 +617,6 @@ def test_parse_cloudinary_chain_reads_the_duplicate_score(text: str, score: floa
         ("manual|aws_rek", "must end the chain"),
         ("aws_rek|manual:fast", "takes no options"),
         ("aws_rek|aws_rek:suggestive:0.7", "one 'aws_rek' step"),
-        ("manual", "expected an 'aws_rek' step"),
         ("aws_rek:explicit_nudity:high|manual", "'high' of category 'explicit_nudity'"),
         ("google|manual", "starting with 'aws_rek'"),
     ],

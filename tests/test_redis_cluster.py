@@ -206,6 +206,7 @@ class TestWithReplicas:
         assert fake.call_count == 1
         assert [status_of(response) for response in responses] == ["approved"] * BURST
 
+    @pytest.mark.timing
     def test_an_override_on_one_node_is_enforced_by_the_other_within_a_second(
         self, nodes: Nodes, fake: FakeRekognition
     ) -> None:

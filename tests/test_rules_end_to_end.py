@@ -263,11 +263,11 @@ def test_content_types_rules_decide_drawn_7x_answers(
     grid = call(drawn, "GET", "/?grid=1").body.decode()
 
     assert seen == [expected for *_, expected in cases]
-    assert '<p class="meta content-types">Illustrated: 97.0' in grid
+    assert '<p class="meta content-types">Illustrated: 0.97' in grid
     assert (
         "Explicit Sexual Activity judged as Explicit Nudity &gt; Sexual Activity (explicit_nudity)"
     ) in grid
-    assert decision["content_types"] == [{"name": "Illustrated", "confidence": 97.0, "frame": 0}]
+    assert decision["content_types"] == [{"name": "Illustrated", "confidence": 0.97, "frame": 0}]
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +307,56 @@ def test_aws_rek_then_manual_keeps_what_the_model_passes_pending_until_approved(
     with Image.open(io.BytesIO(served.body)) as image:
         assert image.size == (120, 90)
     assert fake.call_count == 2
+
+
+def test_manual_chain_leaves_every_new_picture_to_a_human_without_a_backend_call(
+    tmp_path: Path, images: Path, fake: FakeRekognition
+) -> None:
+    # Cloudinary's 'manual' alone (cloudinary_npm docs/moderate-upload.md): every upload
+    # waits for a human. Switching to a chain with a model step later calls the backend
+    # for what is still waiting: nothing was analysed, so nothing is approved from no labels.
+    nude, clean = (210, 30, 120), (30, 210, 120)
+    fake.respond(nude, v7(("Explicit", "Explicit Nudity", "Exposed Female Nipple"), 90.0))
+    waiting, approved = add_picture(images, nude), add_picture(images, clean)
+    humans = start(tmp_path, images, fake, MODERATION_RULES="manual", MODERATION_ADMIN_TOKEN=TOKEN)
+    try:
+        first = [status(humans, waiting), status(humans, waiting), status(humans, approved)]
+        calls_while_manual = fake.call_count
+        put = call(humans, "PUT", f"/image?url={quote(approved, safe='')}", {"status": "approved"})
+        served = status(humans, approved)
+        reasons = [reason["category"] for reason in shown(humans, waiting)["reasons"]]
+    finally:
+        humans.stop()
+    assert "Traceback" not in humans.log
+    model = start(tmp_path, images, fake, MODERATION_RULES="aws_rek", MODERATION_ADMIN_TOKEN=TOKEN)
+    try:
+        judged = [status(model, waiting), status(model, approved)]
+    finally:
+        model.stop()
+
+    assert first == ["pending", "pending", "pending"]
+    assert calls_while_manual == 0
+    assert reasons == ["manual"]
+    assert (put.status, served) == (200, "approved")
+    assert judged == ["rejected", "approved"]
+    # The model was asked about the picture still waiting, not about the approved one.
+    assert fake.call_count == 1
+    assert "Traceback" not in model.log
+
+
+def test_duplicate_then_manual_chain_starts_and_calls_no_backend(
+    tmp_path: Path, images: Path, fake: FakeRekognition
+) -> None:
+    name = add_picture(images, (90, 90, 250))
+    thumbor = start(tmp_path, images, fake, MODERATION_RULES="duplicate:0.9|manual")
+    try:
+        seen = status(thumbor, name)
+    finally:
+        thumbor.stop()
+
+    assert seen == "pending"
+    assert fake.call_count == 0
+    assert "Traceback" not in thumbor.log
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,9 @@ from tests.moto_server import aws_client, moto_server
 from tests.redis_server import RedisServer
 from tests.servers import Response, ThumborServer, base_config, result_file, storage_file
 from tests.test_cdn import invalidations
-from thumbor_rekognition import aws_caches
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition import aws_caches, stores
+from thumbor_rekognition.config import ConfigurationError, Settings
+from thumbor_rekognition.urls import key_of
 
 pytestmark = pytest.mark.e2e
 
@@ -279,6 +280,15 @@ def cached_everywhere(server: ThumborServer, aws: AWS) -> tuple[str, bytes]:
     return name, data
 
 
+def recorded_results(store: dict[str, Any], name: str) -> list[str]:
+    """The result paths the decision store holds for a picture, read as a purge reads them."""
+    opened = stores.load_store(Settings.from_config(Config(**{**readme_conf(), **store})))
+    try:
+        return stores.result_paths(opened.results(key_of(name)))
+    finally:
+        opened.close()
+
+
 class TestPluginOverThumborAws:
     """One Thumbor process, decisions in SQLite."""
 
@@ -350,9 +360,11 @@ class TestPluginOverThumborAws:
         assert invalidations(aws.cloudfront, name) == [set(paths_of(name))]
 
     def test_the_purge_answer_counts_the_results_deleted(
-        self, server: ThumborServer, aws: AWS
+        self, server: ThumborServer, aws: AWS, store: dict[str, Any]
     ) -> None:
         name, _ = cached_everywhere(server, aws)
+        # The gate records a served path once the viewer has the answer.
+        wait_for(lambda: len(recorded_results(store, name)) == len(SIZES))
 
         answer = server.request(
             "POST", f"/moderation/purge?url={quote(name, safe='')}", headers=AUTH

@@ -1,3 +1,3 @@
 """Image moderation for Thumbor: judge every original once, refuse rejected images everywhere."""
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"

@@ -1,10 +1,11 @@
 """The admin API and review page, under MODERATION_ADMIN_PREFIX, behind a bearer token.
 
 Routes exist only when MODERATION_ADMIN_TOKEN is set; without it every path under the
-prefix answers 404 saying so. Every route that reads or changes data needs
-``Authorization: Bearer <token>`` (compared in constant time); the review page's empty
-shell loads without it and asks for the token once, keeping it in the tab's session
-storage and sending it as a header, never in a URL.
+prefix answers 404 saying so, except {prefix}/health, which needs no token (it is for
+load balancers and readiness probes, and says nothing about any picture). Every route
+that reads or changes data needs ``Authorization: Bearer <token>`` (compared in constant
+time); the review page's empty shell loads without it and asks for the token once,
+keeping it in the tab's session storage and sending it as a header, never in a URL.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from typing import Any
 import tornado.template
 import tornado.web
 
-from thumbor_rekognition import stores
+from thumbor_rekognition import confidence, health, stores
 from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Status
-from thumbor_rekognition.review import Review, decision_view
+from thumbor_rekognition.review import BINDS_TO_FIRST_FETCH, NeverFetched, Review, decision_view
 from thumbor_rekognition.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 ACTOR = "admin-api"
 PAGE_STATUSES = (Status.PENDING, Status.REJECTED, Status.APPROVED)
+# What a manual decision may set.
+DECIDED = {status.value: status for status in (Status.APPROVED, Status.REJECTED)}
 _templates = tornado.template.Loader(
     str(resources.files("thumbor_rekognition").joinpath("assets")), autoescape="xhtml_escape"
 )
@@ -38,10 +41,11 @@ _templates = tornado.template.Loader(
 class ApiError(Exception):
     """An error answered as JSON with an HTTP status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, **details: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.details = details
 
 
 STORE_DOWN = ApiError(503, "decision store unavailable, try again shortly")
@@ -99,7 +103,7 @@ class _AdminHandler(tornado.web.RequestHandler):
         if status_code == 503:
             self.set_header("Retry-After", "5")
         if isinstance(error, ApiError):
-            self.write_json({"error": error.message}, error.status)
+            self.write_json({"error": error.message, **error.details}, error.status)
             return
         if isinstance(error, tornado.web.HTTPError):
             message = error.log_message or self._reason
@@ -178,17 +182,34 @@ class ImageHandler(_AdminHandler):
     async def put(self) -> None:
         url = self.url_argument()
         body = self.json_body()
-        status = _status(str(body.get("status", "")), allow_empty=False)
-        if status is None or status is Status.PENDING:
+        given = body.get("status")
+        status = DECIDED.get(given) if isinstance(given, str) else None
+        if status is None:
             raise ApiError(400, "status must be 'approved' or 'rejected'")
+        unseen = body.get("unseen", False)
+        if not isinstance(unseen, bool):
+            raise ApiError(400, "unseen must be true or false")
         note = body.get("note", "")
         if not isinstance(note, str) or len(note) > 2000:
             raise ApiError(400, "note must be a string of at most 2000 characters")
         actor = body.get("actor", ACTOR)
         if not isinstance(actor, str) or not actor or len(actor) > 200:
             raise ApiError(400, "actor must be a non-empty string of at most 200 characters")
-        decided = await self.review.decide(url, status, note, actor)
-        self.write_json({"updated": [decision_view(d) for d in decided]})
+        try:
+            decided = await self.review.decide(url, status, note, actor, unseen)
+        except NeverFetched as error:
+            raise ApiError(
+                404,
+                "no request has fetched this URL (a typo?); to decide before its first "
+                'fetch, send "unseen": true: the decision binds to the bytes of that fetch',
+                nearest=error.nearest,
+            ) from None
+        answer: dict[str, Any] = {"updated": [decision_view(d) for d in decided]}
+        # Kept without bytes: the first fetch of its URL binds it.
+        answer["unseen"] = any(not decision.sha256 for decision in decided)
+        if answer["unseen"]:
+            answer["message"] = BINDS_TO_FIRST_FETCH
+        self.write_json(answer)
 
     async def delete(self) -> None:
         if not await self.review.forget(self.url_argument(), ACTOR):
@@ -226,6 +247,23 @@ class StatsHandler(_AdminHandler):
         self.write_json(await self.review.stats())
 
 
+class HealthHandler(_AdminHandler):
+    """GET and HEAD {prefix}/health, without a token: 200 while new pictures can be judged,
+    503 when they cannot, with the status of the store, backend, quarantine and outbox."""
+
+    requires_token = False
+
+    async def get(self) -> None:
+        judging, report = await health.health(self.runtime.moderator)
+        self.write_json(report, 200 if judging else 503)
+
+    async def head(self) -> None:
+        judging, _ = await health.health(self.runtime.moderator)
+        self.set_status(200 if judging else 503)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish()
+
+
 class PageHandler(_AdminHandler):
     """GET {prefix}/: the review page shell; with a token, ?grid=1 renders the grids."""
 
@@ -254,7 +292,8 @@ class PageHandler(_AdminHandler):
         for status in PAGE_STATUSES:
             decisions, more = await self.review.page(status, 60, None)
             columns.append((status.value, decisions, more is not None))
-        self.finish(_templates.load("review_grid.html").generate(columns=columns))
+        grid = _templates.load("review_grid.html").generate(columns=columns, shown=confidence.shown)
+        self.finish(grid)
 
 
 class DisabledHandler(_AdminHandler):
@@ -306,10 +345,12 @@ def get_handlers(context: Any, runtime: Runtime) -> list[tuple[Any, ...]]:
     settings = runtime.settings
     prefix = re.escape(settings.admin_prefix)
     arguments = {"review": Review(runtime, ThumborCaches(context)), "runtime": runtime}
+    checks = (rf"{prefix}/health", HealthHandler, arguments)
     if settings.admin_token is None:
         logger.warning("%s/: %s", settings.admin_prefix, DISABLED)
-        return [(rf"{prefix}(?:/.*)?", DisabledHandler, arguments)]
+        return [checks, (rf"{prefix}(?:/.*)?", DisabledHandler, arguments)]
     return [
+        checks,
         (rf"{prefix}/?", PageHandler, arguments),
         (rf"{prefix}/images", ImagesHandler, arguments),
         (rf"{prefix}/image", ImageHandler, arguments),

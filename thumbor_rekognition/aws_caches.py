@@ -26,7 +26,7 @@ import botocore.exceptions
 
 from thumbor_rekognition import stores
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError, Secret
+from thumbor_rekognition.config_checks import ConfigurationError, Secret
 
 if TYPE_CHECKING:
     from thumbor_rekognition.runtime import Runtime

@@ -72,6 +72,11 @@ class ContentType:
         )
 
 
+# The category of the reason of a pending animation with distinct scenes no backend call
+# judged: its confidence is the number of those scenes, its threshold MODERATION_MAX_FRAMES.
+UNJUDGED = "unjudged_scenes"
+
+
 @dataclass(frozen=True)
 class Reason:
     """A label that decided a rejection or sent a picture to review."""

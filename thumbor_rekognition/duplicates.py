@@ -1,12 +1,22 @@
-"""Near-duplicates of rejected pictures: the index of their fingerprints, and lookups in it.
+"""Near-duplicates of rejected pictures: the index of judged pictures' fingerprints, and
+lookups in it, both ways.
 
 Every judged picture's fingerprints (one per judged frame, see ``fingerprint``) are kept
-in the decision store by content hash; those of pictures the model or a human rejected
-are also in an index. A new picture at least MODERATION_DUPLICATE_SIMILARITY alike to an
-indexed one is rejected without a backend call (source ``duplicate``), naming it. When
-that picture stops being rejected, the decisions that named it are forgotten, so that
-their pictures are judged on their own at their next request: similarity never approves
-anything, and a duplicate is never indexed itself (copies of copies would drift).
+in an index in the decision store, each marked with whether that frame rejects its
+picture: every frame when a human rejected it, the frames that decided when the model
+did, none otherwise. Matching runs both ways, at MODERATION_DUPLICATE_SIMILARITY:
+
+- forward: a new picture alike to a rejecting frame is rejected without a backend call
+  (source ``duplicate``), naming the picture it resembles;
+- backward: when a picture becomes rejected by itself (model or human), its approved
+  near-copies already judged are rejected the same way (``catch``), unless rules.settle
+  keeps their decision (a human's).
+
+When that picture stops being rejected, the decisions that named it are forgotten, so
+that their pictures are judged on their own at their next request: similarity never
+approves anything, and a duplicate never rejects anything itself (copies of copies would
+drift). Lookups answer each candidate's content hash and whether it rejects, so a step
+that refuses near-copies of any indexed picture can use the same index.
 
 The index is multi-index hashing. The 64 coarse bits are cut into four bands of 16; two
 fingerprints at most d coarse bits apart have a band within d // 4 bits (were every band
@@ -20,26 +30,42 @@ Blocking: every method here runs on the store's thread.
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from thumbor_rekognition import fingerprint
+from thumbor_rekognition import fingerprint, rules
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, BANDS, Print
 from thumbor_rekognition.stores import Store
+
+logger = logging.getLogger(__name__)
+
+# The most near-copies one rejection looks at: a picture copied more often than this is
+# caught forward for the rest (each copy at its next judgement), and logged.
+MAX_CAUGHT = 1000
 
 # The lowest MODERATION_DUPLICATE_SIMILARITY allowed: unrelated pictures come closer than
 # this now and then, and lower values cost a first fetch ever more band values to look up.
 MIN_SIMILARITY = 0.85
 
 
+# Reason category of a rejection by Cloudinary's 'duplicate:<score>' chain step: a near-copy
+# of any judged picture, approved ones included (de-duplication of uploads). Such a
+# rejection is not about what the picture shows, so approving its original lifts nothing.
+INDEXED_COPY = "indexed_copy"
+
+
 @dataclass(frozen=True)
 class Resemblance:
-    """A rejected picture (its content hash, and a key it is decided at) and how alike."""
+    """An indexed picture (its content hash, and a key it is decided at), how alike, and
+    whether a frame that rejects it is that alike."""
 
     sha256: str
     similarity: float
     key: str = ""
+    rejecting: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,15 +76,32 @@ class Lifted:
     event: Event
 
 
+@dataclass(frozen=True)
+class Caught:
+    """An approved near-copy of a picture just rejected, now rejected as its duplicate."""
+
+    previous: Decision
+    decision: Decision
+    event: Event
+
+
 def rejects_by_itself(decision: Decision) -> bool:
     """Whether a decision rejects its picture for what it shows (model or human), which
     puts the picture in the index."""
     return decision.status is Status.REJECTED and decision.source in (Source.AUTO, Source.MANUAL)
 
 
-def indexed_frames(decision: Decision, prints: Collection[int]) -> set[int]:
-    """The frames of a picture a decision puts in the index: every one when a human
-    rejected it, the frames that decided when the model did."""
+def is_indexed_copy(decision: Decision) -> bool:
+    """Whether a decision rejects its picture as a near-copy of any judged picture
+    (Cloudinary's duplicate step), not of a rejected one."""
+    return decision.source is Source.DUPLICATE and any(
+        reason.category == INDEXED_COPY for reason in decision.reasons
+    )
+
+
+def rejecting_frames(decision: Decision, prints: Collection[int]) -> set[int]:
+    """The frames of a picture that reject it under a decision: every one when a human
+    rejected it, the frames that decided when the model did, none otherwise."""
     if not rejects_by_itself(decision):
         return set()
     if decision.source is Source.MANUAL:
@@ -83,7 +126,7 @@ def probes(prints: Iterable[Print], within: int) -> list[set[int]]:
 
 
 class Duplicates:
-    """The index of rejected pictures, kept in a decision store."""
+    """The index of judged pictures, kept in a decision store."""
 
     def __init__(self, store: Store, similarity: float, actor: str) -> None:
         self.store = store
@@ -95,16 +138,23 @@ class Duplicates:
     def enabled(self) -> bool:
         return self.similarity > 0
 
-    def nearest(self, prints: Mapping[int, Print], minimum: float, limit: int) -> list[Resemblance]:
-        """The indexed pictures at least `minimum` alike to any of these fingerprints,
-        most alike first."""
+    def nearest(
+        self,
+        prints: Mapping[int, Print],
+        minimum: float,
+        limit: int,
+        only_rejecting: bool = True,
+    ) -> list[Resemblance]:
+        """The indexed pictures at least `minimum` alike to any of these fingerprints, most
+        alike first: those with a rejecting frame that alike, or with only_rejecting False
+        every one (marked rejecting or not)."""
         if not prints:
             return []
         within = fingerprint.within(minimum)
         coarse = [query.coarse for query in prints.values()]
         only = coarse[0]
 
-        # Called for each of about a thousand candidates at a million entries: a still
+        # Called for each of thousands of candidates at millions of entries: a still
         # picture, the common case, is one comparison.
         def close(candidate: int) -> bool:
             if len(coarse) == 1:
@@ -112,13 +162,21 @@ class Duplicates:
             return any((candidate ^ query).bit_count() <= within for query in coarse)
 
         best: dict[str, float] = {}
-        wanted = probes(prints.values(), within)
-        for sha256, candidate in self.store.indexed_near(wanted, close):
-            score = max(candidate.similarity(query) for query in prints.values())
-            if score >= minimum and score > best.get(sha256, -1.0):
-                best[sha256] = score
+        rejecting: set[str] = set()
+        for entry in self.store.indexed_near(probes(prints.values(), within), close):
+            if only_rejecting and not entry.rejecting:
+                continue
+            score = max(entry.print.similarity(query) for query in prints.values())
+            if score < minimum:
+                continue
+            best[entry.sha256] = max(score, best.get(entry.sha256, -1.0))
+            if entry.rejecting:
+                rejecting.add(entry.sha256)
         ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
-        return [Resemblance(sha256, score) for sha256, score in ranked[:limit]]
+        return [
+            Resemblance(sha256, score, rejecting=sha256 in rejecting)
+            for sha256, score in ranked[:limit]
+        ]
 
     def find(self, prints: Mapping[int, Print]) -> Resemblance | None:
         """The rejected picture most like these fingerprints, when one is at least as
@@ -129,14 +187,88 @@ class Duplicates:
             # The index may be a moment behind a change: the decision itself has the say.
             decision = self.store.find_by_hash(match.sha256)
             if decision is not None and rejects_by_itself(decision):
-                return Resemblance(match.sha256, match.similarity, decision.key)
+                return Resemblance(match.sha256, match.similarity, decision.key, rejecting=True)
+        return None
+
+    def find_indexed(
+        self, prints: Mapping[int, Print], minimum: float, sha256: str
+    ) -> Resemblance | None:
+        """The judged picture, approved or not, most like these fingerprints when one is
+        at least `minimum` alike (Cloudinary's duplicate step); never these same bytes,
+        nor a picture refused as a duplicate itself (copies of copies would drift)."""
+        if minimum <= 0:
+            return None
+        for match in self.nearest(prints, minimum, limit=10, only_rejecting=False):
+            if match.sha256 == sha256:
+                continue
+            for decision in self.store.find_all_by_hash(match.sha256):
+                if decision.source is not Source.DUPLICATE and not decision.needs_retry:
+                    return Resemblance(
+                        match.sha256, match.similarity, decision.key, match.rejecting
+                    )
         return None
 
     def keep(self, sha256: str, prints: Mapping[int, Print]) -> None:
-        """Keep a judged picture's fingerprints, in the index if a decision rejects it."""
+        """Keep a judged picture's fingerprints in the index, marking the frames that
+        reject it."""
         decisions = self.store.find_all_by_hash(sha256)
-        frames = set().union(*(indexed_frames(decision, prints) for decision in decisions))
+        frames = set().union(*(rejecting_frames(decision, prints) for decision in decisions))
         self.store.put_fingerprints(sha256, prints, frames)
+
+    def catch(self, rejected: Decision) -> list[Caught]:
+        """Reject as duplicates of a picture that rejects by itself its approved near-copies
+        (those alike to a frame that rejects it), as rules.settle allows; the changes made."""
+        if not self.enabled or not rejected.sha256 or not rejects_by_itself(rejected):
+            return []
+        prints = self.store.fingerprints(rejected.sha256)
+        decisions = self.store.find_all_by_hash(rejected.sha256)
+        frames = set().union(*(rejecting_frames(decision, prints) for decision in decisions))
+        queries = {frame: prints[frame] for frame in frames}
+        matches = self.nearest(queries, self.similarity, MAX_CAUGHT + 1, only_rejecting=False)
+        if len(matches) > MAX_CAUGHT:
+            logger.warning(
+                "%s has more than %d near-copies: only the %d most alike are rejected now",
+                rejected.key,
+                MAX_CAUGHT,
+                MAX_CAUGHT,
+            )
+        caught: list[Caught] = []
+        for match in matches[:MAX_CAUGHT]:
+            if match.sha256 == rejected.sha256:
+                continue
+            for copy in self.store.find_all_by_hash(match.sha256):
+                found = self._reject_copy(copy, rejected, match.similarity)
+                if found is not None:
+                    caught.append(found)
+        return caught
+
+    def _reject_copy(self, copy: Decision, original: Decision, similarity: float) -> Caught | None:
+        if copy.status is not Status.APPROVED:
+            return None
+        proposal = copy.replace(
+            status=Status.REJECTED,
+            source=Source.DUPLICATE,
+            backend="",
+            reasons=(),
+            error="",
+            duplicate_of=original.key,
+            similarity=round(similarity, 4),
+            updated_at=time.time(),
+        )
+        if rules.settle(copy, proposal) == copy:
+            # A human's approval: it stands, and nothing is written.
+            return None
+        event = Event(
+            Status.REJECTED,
+            Source.DUPLICATE,
+            self.actor,
+            f"resembles {original.key} (similarity {similarity:.3f}), "
+            f"rejected when that picture was ({original.source.value})",
+        )
+        saved = self.store.save(proposal, event)
+        if saved.status is copy.status and saved.source is copy.source:
+            return None
+        return Caught(copy, saved, rules.noted(saved, proposal, event))
 
     def follow(self, previous: Decision | None, current: Decision | None) -> list[Lifted]:
         """Keep the index in step with a change of decision; the duplicates whose rejection
@@ -145,7 +277,11 @@ class Duplicates:
         if changed is None or not changed.sha256:
             return []
         lifted: list[Lifted] = []
-        if current is not None and current.source is Source.DUPLICATE:
+        if (
+            current is not None
+            and current.source is Source.DUPLICATE
+            and not is_indexed_copy(current)
+        ):
             lifted += self._link(current)
         if any(d is not None and rejects_by_itself(d) for d in (previous, current)):
             lifted += self._reindex(changed.sha256)
@@ -166,7 +302,7 @@ class Duplicates:
         decisions = self.store.find_all_by_hash(sha256)
         prints = self.store.fingerprints(sha256)
         if prints:
-            frames = set().union(*(indexed_frames(decision, prints) for decision in decisions))
+            frames = set().union(*(rejecting_frames(decision, prints) for decision in decisions))
             self.store.put_fingerprints(sha256, prints, frames)
         if any(rejects_by_itself(decision) for decision in decisions):
             return []

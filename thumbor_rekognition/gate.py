@@ -94,13 +94,19 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                 context.moderation_main_decision = decision
             elif not decision.needs_retry:
                 self.moderation_status = status
-                if refuses(self._runtime, decision) and not rules.unbound(decision):
+                if (
+                    refuses(self._runtime, decision)
+                    and not rules.unbound(decision)
+                    and not moderator.needs_new_analysis(decision)
+                ):
                     await self._evict_original(decision)
                     if await self._refuse(decision):
                         return
                 else:
-                    # Failing open, or rejected by hand before any fetch: the loader fetches
-                    # the original, which binds the rejection to its bytes, and refuses it.
+                    # Failing open, rejected by hand before any fetch, or left to a human
+                    # by a policy without a model step: the loader fetches the original,
+                    # which binds the rejection to its bytes or has it judged, and refuses
+                    # it unless approved.
                     keep_out_of_caches(self.context)
                     self.context.modules.result_storage = None
         # Not judged yet: the moderating STORAGE judges a stored original before handing it

@@ -13,7 +13,7 @@ from typing import Any
 from libthumbor.url import Url
 
 from thumbor_rekognition import admin, quarantine, stores
-from thumbor_rekognition.config import ConfigurationError, check_backend_extra, unknown_keys
+from thumbor_rekognition.config_checks import ConfigurationError, check_backend_extra, unknown_keys
 from thumbor_rekognition.filter_table import share_filter_tables
 from thumbor_rekognition.gate import ModerationHandler
 from thumbor_rekognition.runtime import runtime_for
@@ -37,8 +37,8 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
         _check_storages(context)
         _check_order(context.config)
     except ConfigurationError as error:
-        logger.critical("thumbor-rekognition cannot start: %s", error)
-        raise SystemExit(f"thumbor-rekognition: {error}") from None
+        logger.critical("thumbor-moderation cannot start: %s", error)
+        raise SystemExit(f"thumbor-moderation: {error}") from None
     share_filter_tables()
     # No IOLoop may exist before `thumbor --processes=N` forks, so warming up happens in
     # a thread: now when Thumbor runs in this process, in each child after fork otherwise.

@@ -69,9 +69,11 @@ async def load(context: Any, path: str) -> LoaderResult:
         and not known.needs_retry
         and known.status is not Status.APPROVED
         and not rules.unbound(known)
+        and not runtime.moderator.needs_new_analysis(known)
     ):
         # Refused pictures are answered without fetching the original again; one rejected
-        # by hand before any fetch is fetched once, to bind the rejection to its bytes.
+        # by hand before any fetch is fetched once, to bind the rejection to its bytes, and
+        # one never analysed is fetched once a policy has a model step.
         refusal = _refuse(context, runtime, known, main)
         if refusal is not None:
             return refusal

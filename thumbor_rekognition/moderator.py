@@ -23,10 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from thumbor_rekognition import backends, ratelimit, rules, stores
+from thumbor_rekognition import backends, confidence, ratelimit, rules, stores
 from thumbor_rekognition.config import Settings
-from thumbor_rekognition.decision import Decision, Event, Reason, Source, Status
-from thumbor_rekognition.duplicates import Duplicates, Resemblance
+from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Reason, Source, Status
+from thumbor_rekognition.duplicates import INDEXED_COPY, Duplicates, Resemblance
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.policy import MANUAL, Policy
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage, prepare
@@ -39,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 V = TypeVar("V")
-SYSTEM = "thumbor-rekognition"
-# The reason of a pending animation with distinct scenes no backend call judged.
-UNJUDGED = "unjudged_scenes"
+SYSTEM = "thumbor-moderation"
 
 
 def unjudged_reason(count: int, limit: int) -> Reason:
@@ -204,6 +202,8 @@ class Moderator:
         # Content hash -> when its judgement failed, and the failed decision.
         self._failed: Bounded[tuple[float, Decision]] = Bounded(10_000)
         self.backend_calls = 0
+        # When the last backend call failed, and why, until one succeeds (see health.py).
+        self.backend_failure: tuple[float, str] | None = None
 
     async def _run(
         self, executor: concurrent.futures.Executor, func: Callable[..., T], *args: Any
@@ -424,13 +424,15 @@ class Moderator:
 
     def needs_new_analysis(self, decision: Decision) -> bool:
         """Whether the current thresholds cannot be applied to the stored labels."""
+        if decision.source is not Source.AUTO or decision.policy == self.policy.fingerprint:
+            return False
+        if not decision.backend:
+            # Left to a human by a chain without a model step: nothing was analysed, so a
+            # policy with one must call the backend, never approve from no labels.
+            return self.policy.model
         # Labels below the confidence a picture was analysed at were never returned, so a
         # policy that looks lower than that cannot be judged from what is stored.
-        return (
-            decision.source is Source.AUTO
-            and decision.policy != self.policy.fingerprint
-            and self.policy.min_confidence < decision.min_confidence
-        )
+        return self.policy.min_confidence < decision.min_confidence
 
     async def _decide(
         self,
@@ -549,8 +551,15 @@ class Moderator:
         prepared = await preparing
         prints = prepared.fingerprints
         resembled = await self._resembled(prints, metrics)
+        copied = None if resembled is not None else await self._copied(prints, sha256, metrics)
         if resembled is not None:
             decision = self._duplicate(key, url, sha256, prepared, resembled)
+        elif copied is not None:
+            decision = self._duplicate(key, url, sha256, prepared, copied).replace(
+                reasons=(self._copy_reason(copied),)
+            )
+        elif not self.policy.model:
+            decision = self._for_a_human(key, url, sha256, prepared)
         else:
             decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
         if prints and not decision.needs_retry:
@@ -564,12 +573,33 @@ class Moderator:
         store cannot say (the backend judges then, as it would without the index)."""
         if not prints or not self.duplicates.enabled:
             return None
+        return await self._look_up(metrics, self.duplicates.find, prints)
+
+    async def _copied(
+        self, prints: dict[int, Print], sha256: str, metrics: Any
+    ) -> Resemblance | None:
+        """The judged picture these fingerprints copy, under Cloudinary's duplicate step."""
+        minimum = self.settings.indexed_copy_similarity
+        if not prints or minimum <= 0:
+            return None
+        return await self._look_up(metrics, self.duplicates.find_indexed, prints, minimum, sha256)
+
+    def _copy_reason(self, copied: Resemblance) -> Reason:
+        return Reason(
+            name="near-copy of a picture already judged (duplicate step)",
+            parent="",
+            confidence=round(copied.similarity * 100, 2),
+            threshold=self.settings.indexed_copy_similarity,
+            category=INDEXED_COPY,
+        )
+
+    async def _look_up(self, metrics: Any, find: Callable[..., T], *args: Any) -> T | None:
         recorder = _Metrics(metrics)
         started = time.perf_counter()
         try:
             # The index only ever spares a backend call: a lookup that fails (a throttled
             # or oversized band item, say) must not stop this request keeping its decision.
-            resembled = await self._store(self.duplicates.find, prints, trips=False)
+            resembled = await self._store(find, *args, trips=False)
         except stores.StoreUnavailable as error:
             self._store_down(error, metrics)
             return None
@@ -595,6 +625,18 @@ class Moderator:
             height=prepared.height,
             duplicate_of=resembled.key,
             similarity=round(resembled.similarity, 4),
+        )
+
+    def _for_a_human(self, key: str, url: str, sha256: str, prepared: PreparedImage) -> Decision:
+        """Pending for a human, without a backend call: the chain has no model step."""
+        verdict = self.policy.judge(())
+        return self._undecided(key, url, sha256, "").replace(
+            status=verdict.status,
+            reasons=verdict.reasons,
+            backend="",
+            policy=self.policy.fingerprint,
+            width=prepared.width,
+            height=prepared.height,
         )
 
     async def _keep_fingerprints(self, sha256: str, prints: dict[int, Print]) -> None:
@@ -745,9 +787,12 @@ class Moderator:
             recorder.incr(f"moderation.backend.errors.{error.kind}")
             log = logger.error if error.kind in ("configuration", "bad_image") else logger.warning
             log("%s backend failed for %s (%s): %s", self.backend.name, key, error.kind, error)
+            if error.kind != "bad_image":
+                self.backend_failure = (time.time(), f"{error.kind}: {error}")
             return base.replace(error=f"{error.kind}: {error}")
         finally:
             recorder.timing("moderation.backend.latency", (time.perf_counter() - started) * 1000)
+        self.backend_failure = None
         verdict = self.policy.judge(analysis.labels, analysis.content_types)
         unjudged = (
             (unjudged_reason(prepared.unjudged_scenes, self.settings.max_frames),)
@@ -826,8 +871,9 @@ class Moderator:
             logger.error("notification of %s not queued: %s", (current or previous), error)
 
     async def reindex(self, previous: Decision | None, current: Decision | None) -> None:
-        """Follow a decision change in the index of rejected pictures; when its picture is
-        no longer rejected, forget the decisions of its duplicates. Never raises."""
+        """Follow a decision change in the index of fingerprints; when its picture is no
+        longer rejected, forget the decisions of its duplicates; when it is rejected by
+        itself, reject its approved near-copies. Never raises."""
         changed = current or previous
         try:
             lifted = await self._store(self.duplicates.follow, previous, current)
@@ -842,6 +888,26 @@ class Moderator:
             self.forget(item.decision.key)
             logger.info("%s: %s", item.decision.key, item.event.note)
             await self.announce(item.decision, None, item.event)
+        if current is not None and rules.rejects_by_itself(current):
+            await self._catch(current)
+
+    async def _catch(self, rejected: Decision) -> None:
+        """Reject the approved near-copies of a picture just rejected, and announce each
+        as any rejection of a served picture is (webhook, CDN purges). Never raises."""
+        try:
+            caught = await self._store(self.duplicates.catch, rejected)
+        except stores.StoreUnavailable as error:
+            logger.error("near-copies of %s not looked for: %s", rejected.key, error)
+            return
+        except Exception:
+            logger.exception("near-copies of %s not looked for", rejected.key)
+            return
+        for item in caught:
+            # The gate refuses it from now on, before any cache, and moves a stored
+            # original to the quarantine on its next request.
+            self.forget(item.decision.key)
+            logger.info("%s: %s", item.decision.key, item.event.note)
+            await self.announce(item.previous, item.decision, item.event)
 
     def _store_down(self, error: Exception, metrics: Any) -> None:
         _Metrics(metrics).incr("moderation.store.errors")
@@ -968,9 +1034,9 @@ def _event_for(decision: Decision) -> Event:
         )
     elif decision.reasons:
         reasons = ", ".join(
-            f"{reason.name} {reason.confidence:.1f} > {reason.threshold:g}"
+            f"{reason.name} {confidence.shown(reason.confidence)} > {reason.threshold:g}"
             if decision.status is Status.REJECTED
-            else f"{reason.name} {reason.confidence:.1f} near {reason.threshold:g}"
+            else f"{reason.name} {confidence.shown(reason.confidence)} near {reason.threshold:g}"
             for reason in decision.reasons
         )
         note = f"{_model(decision)}: {reasons}"

@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from thumbor_rekognition import aws_caches, cdn, stores
+from thumbor_rekognition import aws_caches, cdn, confidence, stores
 from thumbor_rekognition.decision import Decision, Event
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class Outbox:
         timestamp = int(time.time()) if timestamp is None else timestamp
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "thumbor-rekognition",
+            "User-Agent": "thumbor-moderation",
             "X-Moderation-Event": event,
             "X-Moderation-Delivery": delivery,
             "X-Moderation-Timestamp": str(timestamp),
@@ -266,8 +266,8 @@ def _webhook_body(
         "status": current.status.value if current else None,
         "previous_status": previous.status.value if previous else None,
         "source": current.source.value if current else None,
-        "labels": [label.to_dict() for label in decision.labels],
-        "reasons": [reason.to_dict() for reason in decision.reasons],
+        "labels": [confidence.label_view(label) for label in decision.labels],
+        "reasons": [confidence.reason_view(reason) for reason in decision.reasons],
         "backend": decision.backend,
         "model_version": decision.model_version,
         "project_version": decision.project_version,

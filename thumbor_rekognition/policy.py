@@ -53,10 +53,14 @@ class Policy:
         rules: Mapping[str, float | None] | None = None,
         review_band: float = 0.0,
         manual_review: bool = False,
+        model: bool = True,
     ) -> None:
         self.default = float(default)
+        # Whether the backend judges new pictures: a Cloudinary chain without an 'aws_rek'
+        # step ('manual', 'duplicate:0.9|manual') leaves every new picture to a human.
+        self.model = bool(model)
         # Cloudinary's 'aws_rek|manual': what the model does not reject awaits a human.
-        self.manual_review = bool(manual_review)
+        self.manual_review = bool(manual_review) or not self.model
         self.rules: dict[str, float | None] = {}
         for name, value in (rules or {}).items():
             category = taxonomy.canonical(name)
@@ -73,13 +77,16 @@ class Policy:
         }
         if self.manual_review:
             settings["manual"] = True
+        if not self.model:
+            settings["model"] = False
         canonical = json.dumps(settings, sort_keys=True)
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (
             f"Policy(default={self.default}, rules={self.rules}, "
-            f"review_band={self.review_band}, manual_review={self.manual_review})"
+            f"review_band={self.review_band}, manual_review={self.manual_review}, "
+            f"model={self.model})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -212,21 +219,26 @@ def judged(labels: Iterable[Label]) -> list[Label]:
 @dataclass(frozen=True)
 class Chain:
     """A Cloudinary moderation chain: the aws_rek step's rules, whether a human decides,
-    and the similarity of its 'duplicate' step (None without one)."""
+    the similarity of its 'duplicate' step (None without one), and whether it has an
+    'aws_rek' step at all (without one, the backend is never called)."""
 
     rules: dict[str, float | None]
     manual: bool
     duplicate: float | None = None
+    model: bool = True
 
 
 def parse_cloudinary_chain(text: str) -> Chain:
-    """Parse 'aws_rek[:category:level]...[|duplicate:<score>][|manual]', Cloudinary's piped
-    moderation chain.
+    """Parse Cloudinary's piped moderation chain: 'aws_rek[:category:level]...',
+    'duplicate:<score>' and 'manual' steps, 'manual' last ('manual' alone, or
+    'duplicate:0.9|manual', leave every new picture to a human without a backend call).
 
     Cloudinary runs the steps in order and stops at the first rejection, so 'manual'
     after 'aws_rek' means a human decides what the model did not reject. A 'duplicate'
     step only ever rejects, so where it stands changes nothing: it is the similarity
-    (0..1) at which a picture counts as a copy of a rejected one.
+    (0..1) at which a picture counts as a copy of a rejected one. A chain must end with
+    a step that judges every picture ('aws_rek' or 'manual'): a 'duplicate' step alone
+    would approve every picture unjudged.
     """
     steps = [step.strip() for step in text.strip().split("|")]
     rules: dict[str, float | None] | None = None
@@ -251,9 +263,12 @@ def parse_cloudinary_chain(text: str) -> Chain:
             raise ValueError(f"step '{step}': the chain has one 'aws_rek' step at most")
         rules = parse_cloudinary_rules(step)
     if rules is None:
-        raise ValueError(
-            f"expected an 'aws_rek' step, e.g. 'aws_rek:explicit_nudity:0.6|manual', got {text!r}"
-        )
+        if not manual:
+            raise ValueError(
+                "expected an 'aws_rek' or a 'manual' step (without one every picture would "
+                f"be approved unjudged), e.g. 'aws_rek:explicit_nudity:0.6|manual', got {text!r}"
+            )
+        return Chain({}, manual, duplicate, model=False)
     return Chain(rules, manual, duplicate)
 
 

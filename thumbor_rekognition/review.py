@@ -12,12 +12,13 @@ of the pictures rejected as its duplicates (see ``duplicates``).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from thumbor_rekognition import aws_caches, stores
+from thumbor_rekognition import aws_caches, confidence, stores
 from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderator import Moderator, sha256_hex
@@ -27,6 +28,22 @@ from thumbor_rekognition.urls import key_of, normalise
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 500
+# Looking for the URLs nearest to one no request has fetched: at most this many keys are
+# read from each place in the key order where a near one may be, and this many named.
+NEAREST_SCAN = 1000
+NEAREST_COUNT = 3
+BINDS_TO_FIRST_FETCH = (
+    "no request has fetched it yet: the decision binds to the bytes of its first fetch"
+)
+
+
+class NeverFetched(LookupError):
+    """A manual decision for a URL no request has fetched, asked for without saying so."""
+
+    def __init__(self, url: str, nearest: list[str]) -> None:
+        super().__init__(f"no request has fetched {url}")
+        self.url = url
+        self.nearest = nearest
 
 
 @dataclass(frozen=True)
@@ -86,9 +103,14 @@ class Review:
             return None
         return decision, await self._store("history", key)
 
-    async def decide(self, url: str, status: Status, note: str, actor: str) -> list[Decision]:
+    async def decide(
+        self, url: str, status: Status, note: str, actor: str, unseen: bool = False
+    ) -> list[Decision]:
         """A manual decision for the picture at this URL, and every URL showing the same bytes.
 
+        A URL no request has fetched (no decision, no history, nothing in STORAGE) is most
+        often a typo: NeverFetched, naming the nearest known URLs, unless unseen is True;
+        then the decision is kept for the URL and binds to the bytes of its first fetch.
         Every decision is saved before anything else, so that viewers are refused (or
         served) at once; keeping the original and cleaning caches follow, and a failure
         there is logged and counted without undoing the decision.
@@ -103,11 +125,13 @@ class Review:
             # Never fetched under this key: the bytes in STORAGE, if any, say which picture.
             original = await self._original_bytes("", current.url if current else url)
             sha256 = sha256_hex(original) if original is not None else ""
+        if current is None and not sha256 and not unseen and not await self._store("history", key):
+            raise NeverFetched(url, await self.nearest(key))
         targets: list[Decision] = await self._store("find_all_by_hash", sha256) if sha256 else []
-        unseen = None
+        first_fetch = None
         if all(target.key != key for target in targets):
-            unseen = None if current else _unseen(key, url, sha256)
-            targets.append(current or unseen)  # type: ignore[arg-type]
+            first_fetch = None if current else _unseen(key, url, sha256)
+            targets.append(current or first_fetch)  # type: ignore[arg-type]
         now = time.time()
         saved_at = time.monotonic()
         event = Event(status, Source.MANUAL, actor, note)
@@ -131,7 +155,7 @@ class Review:
             # never fetched, gets its fingerprints now.
             await self.moderator.fingerprint(sha256, original)
         for target, saved in zip(targets, decided, strict=True):
-            await self.moderator.announce(None if target is unseen else target, saved, event)
+            await self.moderator.announce(None if target is first_fetch else target, saved, event)
             try:
                 if status is Status.REJECTED:
                     await self.purge(target.url, announce=False)
@@ -147,6 +171,27 @@ class Review:
         if remaining > 0:
             await asyncio.sleep(remaining)
         return decided
+
+    async def nearest(self, key: str) -> list[str]:
+        """The known URLs whose keys are nearest to a key, nearest first.
+
+        Keys are read in order from where near ones sit: the start (all of a small site),
+        the key's folder, and the keys sharing the first half of its name.
+        """
+        folder = key.rpartition("/")[0]
+        starts = {"", key[: len(key) // 2], *([folder + "/"] if folder else [])}
+        known: dict[str, str] = {}
+        for start in sorted(starts):
+            cursor = start or None
+            read = 0
+            while read < NEAREST_SCAN:
+                page, cursor = await self.page(None, MAX_PAGE, cursor)
+                known.update((decision.key, decision.url) for decision in page)
+                read += len(page)
+                if cursor is None:
+                    break
+        near = difflib.get_close_matches(key, known, n=NEAREST_COUNT, cutoff=0.6)
+        return [known[match] for match in near]
 
     async def _original_bytes(self, sha256: str, url: str) -> bytes | None:
         kept = await self.moderator.kept_original(sha256)
@@ -219,7 +264,7 @@ def _unseen(key: str, url: str, sha256: str) -> Decision:
 
 def decision_view(decision: Decision, history: list[Event] | None = None) -> dict[str, Any]:
     """A decision as the admin API returns it."""
-    view = decision.to_dict()
+    view = confidence.decision_view(decision)
     view["content_hash"] = view.pop("sha256")
     if history is not None:
         view["history"] = [event.to_dict() for event in history]

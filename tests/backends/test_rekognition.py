@@ -202,7 +202,8 @@ def test_every_frame_is_sent_and_keeps_its_own_labels(
         ("InternalServerError", 500, RetryableError),
         ("InvalidImageFormatException", 400, BadImageError),
         ("ImageTooLargeException", 400, BadImageError),
-        ("InvalidParameterException", 400, BadImageError),
+        # Prepared pictures are within every limit: the settings are the likely cause.
+        ("InvalidParameterException", 400, BackendConfigurationError),
         ("AccessDeniedException", 400, BackendConfigurationError),
         ("InvalidS3ObjectException", 400, BackendConfigurationError),
         ("ResourceNotFoundException", 400, BackendConfigurationError),
@@ -227,6 +228,23 @@ def test_service_error_is_classified_by_its_code(
     assert type(raised.value) is expected
     assert code in str(raised.value)
     assert isinstance(raised.value.__cause__, ClientError)
+
+
+def test_invalid_parameter_names_the_settings_to_check(backend: Backend) -> None:
+    with Stubber(backend.client()) as stubber:
+        stubber.add_client_error(
+            "detect_moderation_labels",
+            "InvalidParameterException",
+            "Request has invalid parameters",
+        )
+
+        with pytest.raises(BackendConfigurationError) as raised:
+            backend.detect(prepared(frame(picture(RED))), 50.0)
+
+    assert raised.value.kind == "configuration"
+    assert "REKOGNITION_PROJECT_VERSION of another region than REKOGNITION_REGION" in str(
+        raised.value
+    )
 
 
 def test_unknown_client_error_is_a_plain_backend_error(backend: Backend) -> None:
@@ -371,6 +389,7 @@ def test_one_attempt_gives_up_on_the_first_throttle(fake: FakeRekognition) -> No
     assert fake.call_count == 1
 
 
+@pytest.mark.timing
 def test_answer_slower_than_the_timeout_is_retryable(fake: FakeRekognition) -> None:
     fake.respond(RED, [EXPLICIT])
     fake.fail("slow", times=1, delay=3.0)

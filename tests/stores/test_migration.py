@@ -170,7 +170,7 @@ class MigrationContract:
         assert store.counts()["rejected.duplicate"] == 1
         assert store.fingerprints(SHA_A) == {0: print_}
         assert store.indexed_near([{band} for band in print_.bands()], lambda _: True) == [
-            (SHA_A, print_)
+            stores.Indexed(SHA_A, print_, rejecting=True)
         ]
         assert store.duplicates_of(SHA_A) == ["host/copy.jpg"]
         assert store.compare_and_set("rate:rekognition", "turns", "next") == "turns"

@@ -117,6 +117,7 @@ class TestRedisStore(StoreContract):
         with RedisServer(tmp_path / "redis") as server:
             yield server
 
+    @pytest.mark.timing
     def test_change_saved_by_one_store_reaches_another_stores_listener_within_a_second(
         self, make_store: MakeStore
     ) -> None:
@@ -129,6 +130,7 @@ class TestRedisStore(StoreContract):
 
         assert changes.wait_for("host/a.jpg", 1.0)
 
+    @pytest.mark.timing
     def test_forgotten_decision_reaches_another_stores_listener_within_a_second(
         self, make_store: MakeStore
     ) -> None:
@@ -223,6 +225,7 @@ class TestRedisStore(StoreContract):
 
         assert eventually(lambda: subscribers(own_server.url) == 0, 2)
 
+    @pytest.mark.timing
     def test_calls_to_a_killed_server_fail_within_about_the_timeout(
         self, own_server: RedisServer, open_store: OpenStore
     ) -> None:
@@ -237,6 +240,7 @@ class TestRedisStore(StoreContract):
 
         assert elapsed < PATIENCE
 
+    @pytest.mark.timing
     def test_saves_to_a_killed_server_fail_within_about_the_timeout(
         self, own_server: RedisServer, open_store: OpenStore
     ) -> None:
@@ -251,6 +255,7 @@ class TestRedisStore(StoreContract):
 
         assert elapsed < PATIENCE
 
+    @pytest.mark.timing
     def test_calls_to_a_frozen_server_fail_within_about_the_timeout(
         self, own_server: RedisServer, open_store: OpenStore
     ) -> None:
@@ -318,7 +323,7 @@ class TestRedisStore(StoreContract):
         store.acquire_lease("backfill", "node-1", 30)
         store.compare_and_set("calls", None, "1")
         store.enqueue("webhook", "host/a.jpg", "{}")
-        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, indexed={0})
+        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, rejecting={0})
         store.link_duplicate("a" * 64, "host/b.jpg")
 
         keys = keys_of(url)
@@ -375,6 +380,7 @@ class TestRedisStore(StoreContract):
         assert [key for key in keys_of(url) if not key.startswith("configured:")] == []
         assert found is not None
 
+    @pytest.mark.timing
     def test_unreachable_server_makes_a_new_store_unavailable_not_hang(
         self, open_store: OpenStore
     ) -> None:
@@ -489,7 +495,7 @@ def test_index_entries_are_matched_whole_never_across_two_others(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     store = redis_store.Store(url=redis_server.url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
-    first, second = bytes(range(56)), bytes(range(100, 156))
+    first, second = bytes(range(57)), bytes(range(100, 157))
     straddling = first[28:] + second[:28]
     key = store._band_key(0)
 
@@ -516,7 +522,7 @@ def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
     store = redis_store.Store(url=url, prefix="p:")
     a = Print(0x0123_4567_89AB_CDEF, 7)
 
-    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000, 9)}, indexed={0})
+    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000, 9)}, rejecting={0})
     store.link_duplicate("a" * 64, "host/copy.jpg")
     store.close()
 
@@ -525,8 +531,8 @@ def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
         # Written by every store on its first call: the format of the data.
         "p:format",
         "p:fp:{" + "a" * 64 + "}",
-        "p:fpi:0",
-        "p:fpi:1",
-        "p:fpi:2",
-        "p:fpi:3",
+        "p:fpx:0",
+        "p:fpx:1",
+        "p:fpx:2",
+        "p:fpx:3",
     ]

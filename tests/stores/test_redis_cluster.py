@@ -55,6 +55,7 @@ class TestRedisClusterStore(StoreContract):
         for store in opened:
             store.close()
 
+    @pytest.mark.timing
     def test_a_change_published_on_any_master_reaches_every_listener_within_a_second(
         self,
         make_store: MakeStore,
@@ -123,6 +124,7 @@ class TestAMasterLost:
         with RedisCluster(tmp_path / "cluster") as cluster:
             yield cluster
 
+    @pytest.mark.timing
     def test_its_pictures_are_unavailable_quickly_others_still_served_and_all_back_after_restart(
         self, cluster: RedisCluster
     ) -> None:

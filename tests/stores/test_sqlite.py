@@ -38,6 +38,10 @@ def everything(coarse: int) -> bool:
     return True
 
 
+def by_hash(entry: stores.Indexed) -> str:
+    return entry.sha256
+
+
 def decision(
     key: str,
     sha256: str = SHA_A,
@@ -721,40 +725,44 @@ class StoreContract:
     def test_fingerprints_come_back_by_frame_and_a_new_put_replaces_them(
         self, store: stores.Store
     ) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A, 3: PRINT_B}, indexed=())
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 3: PRINT_B}, rejecting=())
         first = store.fingerprints(SHA_A)
 
-        store.put_fingerprints(SHA_A, {1: NEAR_A}, indexed=())
+        store.put_fingerprints(SHA_A, {1: NEAR_A}, rejecting=())
 
         assert first == {0: PRINT_A, 3: PRINT_B}
         assert store.fingerprints(SHA_A) == {1: NEAR_A}
         assert store.fingerprints(SHA_B) == {}
 
-    def test_only_indexed_frames_are_found_by_their_bands(self, store: stores.Store) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, indexed={0})
+    def test_every_frame_is_found_by_its_bands_marked_rejecting_or_not(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, rejecting={0})
 
         near_a = store.indexed_near(probes([NEAR_A], within=6), everything)
         near_b = store.indexed_near(probes([PRINT_B], within=6), everything)
 
-        assert near_a == [(SHA_A, PRINT_A)]
-        assert near_b == []
+        assert near_a == [stores.Indexed(SHA_A, PRINT_A, rejecting=True)]
+        assert near_b == [stores.Indexed(SHA_A, PRINT_B, rejecting=False)]
 
     def test_a_band_within_the_probed_values_is_enough_to_be_found(
         self, store: stores.Store
     ) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
         bands = PRINT_A.bands()
         only_third_band = [set(), set(), {bands[2]}, set()]
         wrong_values = [{bands[0] ^ 1}, {bands[1] ^ 1}, {bands[2] ^ 1}, {bands[3] ^ 1}]
 
-        assert store.indexed_near(only_third_band, everything) == [(SHA_A, PRINT_A)]
+        assert store.indexed_near(only_third_band, everything) == [
+            stores.Indexed(SHA_A, PRINT_A, rejecting=True)
+        ]
         assert store.indexed_near(wrong_values, everything) == []
 
     def test_close_sees_each_candidates_coarse_bits_and_keeps_only_what_it_accepts(
         self, store: stores.Store
     ) -> None:
-        store.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
-        store.put_fingerprints(SHA_B, {0: PRINT_B}, indexed={0})
+        store.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
+        store.put_fingerprints(SHA_B, {0: PRINT_B}, rejecting={0})
         both = [a | b for a, b in zip(probes([PRINT_A], 0), probes([PRINT_B], 0), strict=True)]
         seen: list[int] = []
 
@@ -764,19 +772,29 @@ class StoreContract:
 
         found = store.indexed_near(both, only_b)
 
-        assert found == [(SHA_B, PRINT_B)]
+        assert found == [stores.Indexed(SHA_B, PRINT_B, rejecting=True)]
         assert sorted(set(seen)) == sorted({PRINT_A.coarse, PRINT_B.coarse})
 
-    def test_a_picture_put_again_unindexed_leaves_the_index(self, make_store: MakeStore) -> None:
+    def test_a_picture_put_again_without_rejecting_frames_stays_indexed_once(
+        self, make_store: MakeStore
+    ) -> None:
         writer, reader = make_store(), make_store()
-        writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed={0})
-        writer.put_fingerprints(SHA_B, {0: PRINT_A}, indexed={0})
-        found = sorted(reader.indexed_near(probes([PRINT_A], within=0), everything))
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
+        writer.put_fingerprints(SHA_B, {0: PRINT_A}, rejecting={0})
+        found = reader.indexed_near(probes([PRINT_A], within=0), everything)
 
-        writer.put_fingerprints(SHA_A, {0: PRINT_A}, indexed=())
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting=())
 
-        assert found == [(SHA_A, PRINT_A), (SHA_B, PRINT_A)]
-        assert reader.indexed_near(probes([PRINT_A], within=0), everything) == [(SHA_B, PRINT_A)]
+        assert sorted(found, key=by_hash) == [
+            stores.Indexed(SHA_A, PRINT_A, rejecting=True),
+            stores.Indexed(SHA_B, PRINT_A, rejecting=True),
+        ]
+        assert sorted(
+            reader.indexed_near(probes([PRINT_A], within=0), everything), key=by_hash
+        ) == [
+            stores.Indexed(SHA_A, PRINT_A, rejecting=False),
+            stores.Indexed(SHA_B, PRINT_A, rejecting=True),
+        ]
         assert reader.fingerprints(SHA_A) == {0: PRINT_A}
 
     def test_duplicates_are_linked_to_their_original_and_unlinked(
@@ -815,12 +833,13 @@ class StoreContract:
         assert store.acquire_lease("backfill", "node-2", 30) is False
 
     def test_renewed_lease_outlives_its_first_term(self, store: stores.Store) -> None:
-        store.acquire_lease("backfill", "node-1", 0.5)
-        time.sleep(0.3)
-        store.acquire_lease("backfill", "node-1", 0.5)
+        store.acquire_lease("backfill", "node-1", 1.0)
+        first_term_over = time.monotonic() + 1.0
+        store.acquire_lease("backfill", "node-1", 30)
 
-        time.sleep(0.3)
-        taken = store.acquire_lease("backfill", "node-2", 0.5)
+        # However slow the machine: the first term has ended, the renewed one has not.
+        time.sleep(first_term_over + 0.2 - time.monotonic())
+        taken = store.acquire_lease("backfill", "node-2", 30)
 
         assert taken is False
 

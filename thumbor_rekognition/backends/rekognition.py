@@ -50,9 +50,10 @@ RETRYABLE_CODES = frozenset(
         "RequestTimeoutException",
     }
 )
-BAD_IMAGE_CODES = frozenset(
-    {"InvalidImageFormatException", "ImageTooLargeException", "InvalidParameterException"}
-)
+BAD_IMAGE_CODES = frozenset({"InvalidImageFormatException", "ImageTooLargeException"})
+# Every picture is prepared within Rekognition's limits (size, sides, format) before it is
+# sent, so this code points at the request's settings rather than at the picture.
+SETTINGS_CODES = frozenset({"InvalidParameterException"})
 CONFIGURATION_CODES = frozenset(
     {
         "AccessDeniedException",
@@ -227,6 +228,12 @@ def classify_client_error(error: botocore.exceptions.ClientError) -> BackendErro
         return RetryableError(message)
     if code in BAD_IMAGE_CODES:
         return BadImageError(message)
+    if code in SETTINGS_CODES:
+        return BackendConfigurationError(
+            f"{message} (the picture was prepared within Rekognition's limits, so check the "
+            "settings: an adapter in REKOGNITION_PROJECT_VERSION of another region than "
+            "REKOGNITION_REGION, or a MinConfidence out of range)"
+        )
     if code in CONFIGURATION_CODES or status in (401, 403):
         return BackendConfigurationError(message)
     return BackendError(message)

@@ -13,7 +13,7 @@ import botocore.exceptions
 
 from thumbor_rekognition import cdn
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.config_checks import ConfigurationError
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from thumbor_rekognition import cdn
-from thumbor_rekognition.config import ConfigurationError
+from thumbor_rekognition.config_checks import ConfigurationError
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings

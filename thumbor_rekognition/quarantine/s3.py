@@ -18,7 +18,7 @@ from thumbor.engines import BaseEngine
 
 from thumbor_rekognition import quarantine
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError, checked_endpoint_url
+from thumbor_rekognition.config_checks import ConfigurationError, checked_endpoint_url
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings

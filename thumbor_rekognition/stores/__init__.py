@@ -10,8 +10,9 @@ import importlib
 import logging
 import os
 import threading
+import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,16 @@ class OutboxItem:
     payload: str
     attempts: int
     created_at: float
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One frame's fingerprint in the index of judged pictures: its picture's content
+    hash, and whether that frame rejects its picture (see duplicates.rejecting_frames)."""
+
+    sha256: str
+    print: Print
+    rejecting: bool
 
 
 class Store:
@@ -183,10 +194,10 @@ class Store:
     # Near-duplicates (see duplicates.py): kept apart from the decisions themselves.
 
     def put_fingerprints(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
     ) -> None:
-        """Keep a picture's fingerprints by frame, in place of any kept before; the frames
-        named in indexed are in the index of rejected pictures, the others are not."""
+        """Keep a judged picture's fingerprints by frame in the index, in place of any kept
+        before; the frames named in rejecting are marked as rejecting their picture."""
         raise NotImplementedError
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
@@ -195,10 +206,10 @@ class Store:
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[Indexed]:
         """Every indexed fingerprint whose band i (Print.bands) is one of probes[i] and whose
-        coarse part close() accepts, with the content hash of its picture. close() sees
-        every candidate: the fine part and the hash are read only for those it keeps."""
+        coarse part close() accepts, once each. close() sees every candidate: the rest of
+        an entry is read only for those it keeps."""
         raise NotImplementedError
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
@@ -234,6 +245,14 @@ class ChangeFeed:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             threading.Thread(target=self._feed, name="moderation-changes", daemon=True).start()
+
+    def ticks(self, seconds: float) -> Iterator[None]:
+        """Every `seconds` on a fixed cadence until closed: a slow poll does not push the
+        next one back, and one that overran its period is followed at once."""
+        due = time.monotonic() + seconds
+        while not self.closed.wait(max(0.0, due - time.monotonic())):
+            yield
+            due = max(due + seconds, time.monotonic())
 
     def notify(self, key: str | None) -> None:
         """Tell every listener; one that fails does not stop the others."""

@@ -13,7 +13,7 @@ everything, told apart by the prefix of ``pk``:
 - ``F#<minute>``: the change feed, one item per change, polled by every process;
 - ``Q#...``, ``OD``, ``QA#<topic>``: the outbox (queues per topic and key, what is due
   when, what was given up); ``V#<name>``: small shared values (the call rate);
-- ``P#<sha256>``: a picture's fingerprints; ``I#<band>#<value>``: the index of rejected
+- ``P#<sha256>``: a picture's fingerprints; ``I#<band>#<value>``: the index of judged
   pictures, one item per band value; ``X#<sha256>``: the keys of the decisions that
   reject duplicates of that picture.
 
@@ -22,7 +22,7 @@ not moved meanwhile: an automatic decision therefore never lands on a manual one
 the same bytes, whichever node writes it. Its history entry, change-feed entry, index
 entries and counts follow in one batch; index entries are checked against the decision
 when read, so one left behind by a race or a crash is never believed. Reads are
-strongly consistent, but for lookups in the index of rejected pictures (a match found a
+strongly consistent, but for lookups in the index of fingerprints (a match found a
 moment late costs one backend call; the decision it names is read strongly). The outbox
 moves its items with transactions.
 """
@@ -47,7 +47,7 @@ import botocore.utils
 
 from thumbor_rekognition import rules, stores
 from thumbor_rekognition._process import PerProcess
-from thumbor_rekognition.config import ConfigurationError, checked_endpoint_url
+from thumbor_rekognition.config_checks import ConfigurationError, checked_endpoint_url
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
@@ -71,8 +71,14 @@ _LONGEST_NAME = 1000
 _CUT_NAME = 900
 # BatchGetItem's most keys a request.
 _BATCH_GET = 100
-# An index entry: a fingerprint (24 bytes) and its picture's content hash (32 bytes).
-_ENTRY = 56
+# An index entry: a fingerprint (24 bytes), its picture's content hash (32 bytes), and
+# whether the frame rejects its picture (1 byte). Records written before every judged
+# picture was indexed ('i': the rejecting frames, no 'x') have entries of their
+# rejecting frames only, without the last byte; `migrate-store` converts them.
+_ENTRY = 57
+_REJECTING_ENTRY = 56
+# 'x' of a fingerprint record whose entries are in the current layout.
+_INDEX_LAYOUT = "3"
 
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 STATUS_CODES = {status: status.value[0] for status in Status}
@@ -559,29 +565,30 @@ class Store(stores.Store):
         return expected
 
     # Near-duplicates. A picture's record 'P#<sha256>' holds its fingerprints by frame
-    # ('f', a map of 24-byte values), the frames in the index ('i'), and a version ('v');
-    # the index is one item per band value, 'I#<band>#<value in hex>', whose binary set
-    # 'e' holds its entries (a fingerprint, then its picture's content hash). A lookup
-    # is then a BatchGetItem of the probed band values, each read one small item of one
-    # partition; a put adds to and takes from those sets (ADD and DELETE need no read).
+    # ('f', a map of 24-byte values), the frames that reject it ('r'), the layout of its
+    # entries ('x') and a version ('v'); the index is one item per band value,
+    # 'I#<band>#<value in hex>', whose binary set 'e' holds its entries (a fingerprint, its
+    # picture's content hash, whether the frame rejects it). A lookup is then a
+    # BatchGetItem of the probed band values, each read one small item of one partition;
+    # a put adds to and takes from those sets (ADD and DELETE need no read).
 
     def put_fingerprints(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
     ) -> None:
         pk = "P#" + sha256
-        wanted = _index_entries(sha256, prints, indexed)
+        wanted = _index_entries(sha256, prints, rejecting)
         record: dict[str, Any] = {
             **_key(pk, "p"),
             "f": {"M": {str(frame): {"B": p.to_bytes()} for frame, p in sorted(prints.items())}},
+            "x": _n(_INDEX_LAYOUT),
         }
-        frames = sorted({frame for frame in indexed if frame in prints})
+        frames = sorted({frame for frame in rejecting if frame in prints})
         if frames:
-            record["i"] = {"NS": [str(frame) for frame in frames]}
+            record["r"] = {"NS": [str(frame) for frame in frames]}
 
         def attempt() -> bool:
             item = self._item(pk, "p")
-            old_prints, old_indexed = _fingerprint_record(item)
-            held = _index_entries(sha256, old_prints, old_indexed)
+            held = _held_entries(sha256, item)
             # The index first, the record last, on the condition that no other put
             # landed meanwhile: the one that did not land reads that put's record and
             # moves the index from there, so the last record names what the index holds.
@@ -600,6 +607,29 @@ class Store(stores.Store):
 
         self._retrying(attempt, f"keeping the fingerprints of {sha256}")
 
+    def migrate(self) -> int:
+        """Index every judged picture's kept fingerprints: records written when only the
+        frames of rejected pictures were indexed get this layout's entries. Lookups read
+        both meanwhile, so this can run while Thumbor serves."""
+        converted = 0
+        arguments: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :p) AND sk = :sk AND attribute_not_exists(x)",
+            "ExpressionAttributeValues": {":p": _s("P#"), ":sk": _s("p")},
+            "ProjectionExpression": "pk",
+        }
+        while True:
+            response = self._do("scan", **arguments)
+            for found in response.get("Items", []):
+                sha256 = str(found["pk"]["S"])[2:]
+                prints, rejecting = _fingerprint_record(self._item("P#" + sha256, "p"))
+                self.put_fingerprints(sha256, prints, rejecting)
+                converted += 1
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return converted
+            arguments["ExclusiveStartKey"] = last
+
     def _change_index(self, action: str, entries: dict[str, set[bytes]]) -> None:
         for pk, values in sorted(entries.items()):
             self._do(
@@ -617,7 +647,7 @@ class Store(stores.Store):
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[stores.Indexed]:
         keys = [
             _key(_band_pk(band, value), "i")
             for band, values in enumerate(probes)
@@ -627,11 +657,18 @@ class Store(stores.Store):
         for item in self._read_all(keys, consistent=False, ProjectionExpression="e"):
             for entry in item.get("e", {}).get("BS", []):
                 entry = bytes(entry)
-                if len(entry) != _ENTRY:
+                if len(entry) not in (_ENTRY, _REJECTING_ENTRY):
                     raise ValueError(f"an index entry is {_ENTRY} bytes, got {len(entry)}")
                 if entry not in kept and close(int.from_bytes(entry[:8], "big")):
                     kept.add(entry)
-        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in sorted(kept)]
+        return [
+            stores.Indexed(
+                entry[24:56].hex(),
+                Print.from_bytes(entry[:24]),
+                len(entry) == _REJECTING_ENTRY or entry[56:] == b"\x01",
+            )
+            for entry in sorted(kept)
+        ]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
         if linked:
@@ -652,7 +689,7 @@ class Store(stores.Store):
         seen: dict[str, float] = {}
         since = time.time()
         failing = False
-        while not self._changes.closed.wait(POLL_SECONDS):
+        for _ in self._changes.ticks(POLL_SECONDS):
             now = time.time()
             start = since - FEED_OVERLAP_SECONDS
             try:
@@ -977,14 +1014,27 @@ def _band_pk(band: int, value: int) -> str:
 
 
 def _index_entries(
-    sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+    sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
 ) -> set[tuple[str, bytes]]:
-    """The index entries of a picture's indexed frames: (band item, entry)."""
+    """The index entries of a picture's frames: (band item, entry)."""
+    digest = bytes.fromhex(sha256)
+    return {
+        (_band_pk(band, value), print_.to_bytes() + digest + bytes([frame in rejecting]))
+        for frame, print_ in prints.items()
+        for band, value in enumerate(print_.bands())
+    }
+
+
+def _held_entries(sha256: str, item: dict[str, Any] | None) -> set[tuple[str, bytes]]:
+    """The index entries a fingerprint record says the index holds."""
+    prints, rejecting = _fingerprint_record(item)
+    if item is None or "x" in item:
+        return _index_entries(sha256, prints, rejecting)
     digest = bytes.fromhex(sha256)
     return {
         (_band_pk(band, value), print_.to_bytes() + digest)
         for frame, print_ in prints.items()
-        if frame in indexed
+        if frame in rejecting
         for band, value in enumerate(print_.bands())
     }
 
@@ -997,14 +1047,16 @@ def _by_item(entries: set[tuple[str, bytes]]) -> dict[str, set[bytes]]:
 
 
 def _fingerprint_record(item: dict[str, Any] | None) -> tuple[dict[int, Print], list[int]]:
-    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    """A picture's fingerprints and the frames that reject it, from its record (or none);
+    records of the earlier layout named them 'i' (the frames in the index)."""
     if item is None:
         return {}, []
     prints = {
         int(frame): Print.from_bytes(bytes(value["B"]))
         for frame, value in item.get("f", {}).get("M", {}).items()
     }
-    return prints, [int(frame) for frame in item.get("i", {}).get("NS", [])]
+    frames = item.get("r", item.get("i", {}))
+    return prints, [int(frame) for frame in frames.get("NS", [])]
 
 
 def _version(item: dict[str, Any] | None) -> int:

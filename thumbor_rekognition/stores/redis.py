@@ -8,7 +8,7 @@ atomic, and on one node of a cluster. The content-hash index is partitioned by h
 so a save adds the new hash's entry before the decision and removes the old one after
 (a reader checks what it finds against the decision). Listing merges the partitions in
 key order; statuses other than approved have an index of their own. The index of
-rejected pictures' fingerprints, the links to their duplicates and the shared values
+judged pictures' fingerprints, the links to their duplicates and the shared values
 (the call rate) live beside the partitions, each command on one key.
 
 Every change is published (classic pub/sub, which a cluster forwards to every node) so
@@ -62,9 +62,11 @@ TAGS = (
     "3lu", "des", "he", "802",
 )  # fmt: skip
 PARTITIONS = len(TAGS)
-# The format of the data under a prefix; the previous one (JSON documents, one Redis
-# key per decision) had no format key.
-FORMAT = "2"
+# The format of the data under a prefix. Format 2 indexed only the fingerprints of
+# rejected pictures (in 'fpi:<band>'); the one before it (JSON documents, one Redis key
+# per decision) had no format key.
+FORMAT = "3"
+_INDEX_ONLY_REJECTED = "2"
 # Bytes of a content hash that its index keeps: readers check the whole hash.
 HASH_PREFIX = 8
 
@@ -160,6 +162,11 @@ class Store(stores.Store):
     def _check_format(self, client: Client) -> None:
         """Refuse data of another format under this prefix, rather than misread it."""
         found = client.get(self.prefix + "format")
+        if _text(found) == _INDEX_ONLY_REJECTED:
+            raise stores.StoreUnavailable(
+                f"Redis store: the index of fingerprints under prefix {self.prefix!r} is in "
+                "the previous format; run `thumbor-moderation migrate-store` once"
+            )
         if found is None:
             if client.exists(self.prefix + "all"):
                 raise stores.StoreUnavailable(
@@ -501,16 +508,17 @@ class Store(stores.Store):
         return {_text(name): int(value) for name, value in sorted(values.items()) if int(value)}
 
     # Near-duplicates. Every command reads or writes one key: a picture's record
-    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames in the index), one
-    # hash per band of the index, 'fpi:<band>' (field: the band's value in hex; value: its
-    # entries end to end, each the 24-byte fingerprint then the 32-byte content hash), and
+    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames that reject it), one
+    # hash per band of the index, 'fpx:<band>' (field: the band's value in hex; value: its
+    # entries end to end, each the 24-byte fingerprint, the 32-byte content hash, and a
+    # byte, 1 when the frame rejects its picture), and
     # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
     # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
-    # an entry costs its 56 bytes and no key of its own. On a cluster the four hashes sit
+    # an entry costs its 57 bytes and no key of its own. On a cluster the four hashes sit
     # on up to four nodes, and each picture's record and set on the slot of its hash.
 
     def _band_key(self, band: int) -> str:
-        return f"{self.prefix}fpi:{band}"
+        return f"{self.prefix}fpx:{band}"
 
     def _on_nodes(self, client: Client, calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
         """Commands on one key each (that key, the command, its arguments) sent together: one
@@ -537,47 +545,46 @@ class Store(stores.Store):
                 answers[index] = answer
         return answers
 
-    def _entries(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
-    ) -> set[tuple[int, str, bytes]]:
-        digest = bytes.fromhex(sha256)
-        return {
-            (band, _field(value), print_.to_bytes() + digest)
-            for frame, print_ in prints.items()
-            if frame in indexed
-            for band, value in enumerate(print_.bands())
-        }
-
     def put_fingerprints(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
+    ) -> None:
+        with self._call() as client:
+            self._put_fingerprints(client, sha256, prints, rejecting)
+
+    def _put_fingerprints(
+        self,
+        client: Client,
+        sha256: str,
+        prints: Mapping[int, Print],
+        rejecting: Collection[int],
+        old: set[tuple[int, str, bytes]] | None = None,
     ) -> None:
         record = self.prefix + "fp:{" + sha256 + "}"
-        with self._call() as client:
-            old_prints, old_indexed = _fingerprint_record(client.get(record))
-            old = self._entries(sha256, old_prints, old_indexed)
-            new = self._entries(sha256, prints, indexed)
-            # The index first, the record last: a call cut short leaves the record naming
-            # what the index held before, and the next call mends both. An entry left over
-            # names a picture that lookups find no longer rejected, and skip.
-            changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
-            changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
-            self._on_nodes(
-                client,
-                [
-                    (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
-                    for band, *rest in changes
-                ],
-            )
-            client.set(
-                record,
-                json.dumps(
-                    {
-                        "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
-                        "indexed": sorted(frame for frame in indexed if frame in prints),
-                    },
-                    separators=(",", ":"),
-                ),
-            )
+        if old is None:
+            old = _entries(sha256, *_fingerprint_record(client.get(record)))
+        new = _entries(sha256, prints, rejecting)
+        # The index first, the record last: a call cut short leaves the record naming
+        # what the index held before, and the next call mends both. An entry left over
+        # names a picture whose decision lookups read anyway, and so is never believed.
+        changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
+        changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
+        self._on_nodes(
+            client,
+            [
+                (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
+                for band, *rest in changes
+            ],
+        )
+        client.set(
+            record,
+            json.dumps(
+                {
+                    "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
+                    "rejecting": sorted(frame for frame in rejecting if frame in prints),
+                },
+                separators=(",", ":"),
+            ),
+        )
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
         with self._call() as client:
@@ -586,7 +593,7 @@ class Store(stores.Store):
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[stores.Indexed]:
         asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
         if not asked:
             return []
@@ -610,7 +617,10 @@ class Store(stores.Store):
             for start in range(0, len(entries), _ENTRY)
             if close(int.from_bytes(entries[start : start + 8], "big"))
         }
-        return [(entry[24:].hex(), Print.from_bytes(entry[:24])) for entry in kept]
+        return [
+            stores.Indexed(entry[24:56].hex(), Print.from_bytes(entry[:24]), entry[56:] == b"\x01")
+            for entry in kept
+        ]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
         with self._call() as client:
@@ -623,6 +633,21 @@ class Store(stores.Store):
         with self._call() as client:
             keys = client.smembers(self.prefix + "dup:{" + original + "}")
         return sorted(_text(key) for key in keys)
+
+    def _index_every_picture(self, client: Client) -> int:
+        """Every picture's kept fingerprints into this format's index (format 2 indexed
+        those of rejected pictures only, in 'fpi:<band>'); how many were converted."""
+        converted = 0
+        start = len(self.prefix + "fp:{")
+        for name in client.scan_iter(_glob_escape(self.prefix + "fp:{") + "*", 1000):
+            body = client.get(name)
+            if not body or "rejecting" in json.loads(body):
+                continue
+            sha256 = _text(name)[start:-1]
+            prints, rejecting = _fingerprint_record(body)
+            self._put_fingerprints(client, sha256, prints, rejecting, old=set())
+            converted += 1
+        return converted
 
     # Change notifications
 
@@ -687,8 +712,9 @@ class Store(stores.Store):
                 client.close()
 
     def migrate(self) -> int:
-        """Convert the previous format (a JSON document, a history list, a results set and
-        index entries per decision, all on one server) under this prefix.
+        """Convert the earlier formats under this prefix: the first (a JSON document, a
+        history list, a results set and index entries per decision, all on one server),
+        and format 2 (an index of rejected pictures' fingerprints only).
 
         Pictures that already have an entry in this format keep it. Once everything is
         copied the format key is set and the old keys are deleted; run again after an
@@ -707,7 +733,11 @@ class Store(stores.Store):
             for name in client.scan_iter(_glob_escape(self.prefix + "ob:") + "*", 1000):
                 suffix = _text(name)[len(self.prefix) + len("ob:") :]
                 client.rename(name, self._outbox + suffix)
+            if _text(client.get(self.prefix + "format")) != FORMAT:
+                converted = max(converted, self._index_every_picture(client))
             client.set(self.prefix + "format", FORMAT)
+            for band in range(4):
+                client.delete(f"{self.prefix}fpi:{band}")
             for kind in ("d:", "h:", "r:", "sha:", "st:", "ss:"):
                 for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
                     client.delete(name)
@@ -835,12 +865,25 @@ def _field(value: int) -> str:
 
 
 def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
-    """A picture's fingerprints and its frames in the index, from its record (or none)."""
+    """A picture's fingerprints and the frames that reject it, from its record (or none);
+    format 2 named them 'indexed'."""
     if not body:
         return {}, []
     data = json.loads(body)
     prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
-    return prints, [int(frame) for frame in data.get("indexed", [])]
+    return prints, [int(frame) for frame in data.get("rejecting", data.get("indexed", []))]
+
+
+def _entries(
+    sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
+) -> set[tuple[int, str, bytes]]:
+    """A picture's entries in the index: (band, band value's field, entry)."""
+    digest = bytes.fromhex(sha256)
+    return {
+        (band, _field(value), print_.to_bytes() + digest + bytes([frame in rejecting]))
+        for frame, print_ in prints.items()
+        for band, value in enumerate(print_.bands())
+    }
 
 
 _SCRIPTS = {
@@ -924,8 +967,9 @@ if ARGV[3] == '1' then
 end
 return 0
 """
-# An index entry: a fingerprint (24 bytes) and its picture's content hash (32 bytes).
-_ENTRY = 56
+# An index entry: a fingerprint (24 bytes), its picture's content hash (32 bytes), and
+# whether the frame rejects its picture (1 byte).
+_ENTRY = 57
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

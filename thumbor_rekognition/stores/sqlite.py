@@ -86,17 +86,18 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     frame INTEGER NOT NULL,
     print BLOB NOT NULL,
     coarse INTEGER NOT NULL,
-    indexed INTEGER NOT NULL,
+    -- 1 when this frame rejects its picture (see duplicates.rejecting_frames).
+    rejecting INTEGER NOT NULL,
     b0 INTEGER NOT NULL,
     b1 INTEGER NOT NULL,
     b2 INTEGER NOT NULL,
     b3 INTEGER NOT NULL,
     PRIMARY KEY (sha256, frame)
 );
-CREATE INDEX IF NOT EXISTS fingerprints_b0 ON fingerprints (b0, coarse) WHERE indexed = 1;
-CREATE INDEX IF NOT EXISTS fingerprints_b1 ON fingerprints (b1, coarse) WHERE indexed = 1;
-CREATE INDEX IF NOT EXISTS fingerprints_b2 ON fingerprints (b2, coarse) WHERE indexed = 1;
-CREATE INDEX IF NOT EXISTS fingerprints_b3 ON fingerprints (b3, coarse) WHERE indexed = 1;
+CREATE INDEX IF NOT EXISTS fingerprints_band0 ON fingerprints (b0, coarse);
+CREATE INDEX IF NOT EXISTS fingerprints_band1 ON fingerprints (b1, coarse);
+CREATE INDEX IF NOT EXISTS fingerprints_band2 ON fingerprints (b2, coarse);
+CREATE INDEX IF NOT EXISTS fingerprints_band3 ON fingerprints (b3, coarse);
 CREATE TABLE IF NOT EXISTS duplicates (
     original TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -117,9 +118,11 @@ BUSY_TIMEOUT = 10.0
 POLL_SECONDS = 0.1
 # Band values per statement of an index lookup, well under SQLite's limit on parameters.
 PROBES_PER_QUERY = 500
-# PRAGMA user_version of a file in this format; the previous one (JSON documents in a
-# 'decisions' table) left it at 0.
-FORMAT = 2
+# PRAGMA user_version of a file in this format. Format 2 indexed only the fingerprints
+# of rejected pictures ('indexed' where 'rejecting' is now); the one before it (JSON
+# documents in a 'decisions' table) left the version at 0.
+FORMAT = 3
+_INDEX_ONLY_REJECTED = 2
 # Bytes of a content hash the index keeps.
 HASH_PREFIX = 8
 _STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
@@ -172,6 +175,11 @@ def _check_format(connection: sqlite3.Connection) -> None:
         return
     if version > FORMAT:
         raise sqlite3.DatabaseError(f"format {version}, which this version cannot read")
+    if version == _INDEX_ONLY_REJECTED:
+        raise PreviousFormat(
+            "the index of fingerprints is in the previous format; run "
+            "`thumbor-moderation migrate-store` once"
+        )
     old = connection.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'"
     ).fetchone()
@@ -330,7 +338,7 @@ class Store(stores.Store):
         last = None
         failing = False
         pruned = time.monotonic()
-        while not self._changes.closed.wait(POLL_SECONDS):
+        for _ in self._changes.ticks(POLL_SECONDS):
             try:
                 with self._cursor() as cursor:
                     if last is None:
@@ -515,7 +523,7 @@ class Store(stores.Store):
         return {f"{topic}.{state}": count for topic, state, count in rows}
 
     def put_fingerprints(
-        self, sha256: str, prints: Mapping[int, Print], indexed: Collection[int]
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
     ) -> None:
         rows = [
             (
@@ -523,7 +531,7 @@ class Store(stores.Store):
                 frame,
                 print_.to_bytes(),
                 _signed(print_.coarse),
-                int(frame in indexed),
+                int(frame in rejecting),
                 *print_.bands(),
             )
             for frame, print_ in sorted(prints.items())
@@ -532,7 +540,7 @@ class Store(stores.Store):
             cursor.execute("DELETE FROM fingerprints WHERE sha256 = ?", (sha256,))
             cursor.executemany(
                 "INSERT INTO fingerprints "
-                "(sha256, frame, print, coarse, indexed, b0, b1, b2, b3) "
+                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
@@ -546,18 +554,19 @@ class Store(stores.Store):
 
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
-    ) -> list[tuple[str, Print]]:
+    ) -> list[stores.Indexed]:
         kept: set[int] = set()
         with self._cursor() as cursor:
             for band, values in enumerate(probes):
                 ordered = sorted(values)
                 for start in range(0, len(ordered), PROBES_PER_QUERY):
                     chunk = ordered[start : start + PROBES_PER_QUERY]
-                    # Read from the band's index alone ('indexed = 1' as the partial index
-                    # says, coarse in it): the table is read only for the rows kept.
+                    # Read from the band's index alone (coarse is in it): the table is
+                    # read only for the rows kept.
                     rows = cursor.execute(
-                        f"SELECT rowid, coarse FROM fingerprints WHERE indexed = 1 "  # noqa: S608 - band is 0..3
-                        f"AND b{band:d} IN ({', '.join('?' * len(chunk))})",
+                        f"SELECT rowid, coarse FROM fingerprints "  # noqa: S608 - band is 0..3
+                        f"INDEXED BY fingerprints_band{band:d} "
+                        f"WHERE b{band:d} IN ({', '.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
                     kept.update(rowid for rowid, coarse in rows if close(coarse & _UNSIGNED))
@@ -566,11 +575,14 @@ class Store(stores.Store):
             for start in range(0, len(ordered_rows), PROBES_PER_QUERY):
                 chunk = ordered_rows[start : start + PROBES_PER_QUERY]
                 found += cursor.execute(
-                    f"SELECT sha256, print FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
+                    f"SELECT sha256, print, rejecting FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
                     f"({', '.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
-        return [(sha256, Print.from_bytes(data)) for sha256, data in found]
+        return [
+            stores.Indexed(sha256, Print.from_bytes(data), bool(rejecting))
+            for sha256, data, rejecting in found
+        ]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
         with self._cursor(write=True) as cursor:
@@ -605,7 +617,9 @@ class Store(stores.Store):
                 _check_format(connection)
                 converted = 0
             except PreviousFormat:
-                converted = _convert(connection)
+                (version,) = connection.execute("PRAGMA user_version").fetchone()
+                converted = _convert(connection) if version < _INDEX_ONLY_REJECTED else 0
+                converted = max(converted, _index_every_picture(connection))
             connection.execute("COMMIT")
             return converted
         except sqlite3.Error as error:
@@ -682,3 +696,23 @@ def _convert(connection: sqlite3.Connection) -> int:
         connection.execute(f"DROP TABLE {table}")
     connection.execute(f"PRAGMA user_version = {FORMAT}")
     return len(keys)
+
+
+def _index_every_picture(connection: sqlite3.Connection) -> int:
+    """Format 2's fingerprints into format 3's index, inside the caller's transaction: the
+    frames it indexed are those that reject their picture, and every frame is indexed now.
+    Returns how many pictures' fingerprints were converted."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(fingerprints)")}
+    converted = 0
+    if "indexed" in columns:
+        (converted,) = connection.execute(
+            "SELECT COUNT(DISTINCT sha256) FROM fingerprints"
+        ).fetchone()
+        connection.execute("ALTER TABLE fingerprints RENAME COLUMN indexed TO rejecting")
+    for band in range(4):
+        connection.execute(f"DROP INDEX IF EXISTS fingerprints_b{band:d}")
+    for statement in SCHEMA.split(";"):
+        if "fingerprints_band" in statement:
+            connection.execute(statement)
+    connection.execute(f"PRAGMA user_version = {FORMAT}")
+    return int(converted)

@@ -1,0 +1,50 @@
+"""The supported versions, tested: the end-to-end tests on the oldest and the newest
+Python and Thumbor 7 release that pyproject.toml allows.
+
+    make versions                      # every session
+    .venv/bin/nox -s "e2e(3.10-thumbor-7.7.0)"
+
+Each session installs the package with its test, local and aws extras from the ranges in
+pyproject.toml, as a user's pip would on that Python, with Thumbor pinned to the
+session's release; `make test` stays the full suite on the pinned versions of
+constraints.txt.
+"""
+
+from __future__ import annotations
+
+import nox
+
+# (Python, Thumbor) pairs at the ends of pyproject.toml's ranges (requires-python >=3.10,
+# thumbor>=7.7,<8). Thumbor 7.7 requires Pillow 10.0, which has no wheels for Python 3.13,
+# and thumbor-aws 1.1 (the aws extra) requires Thumbor 7.8: the 7.7 sessions run on the
+# newest Python Pillow 10.0 installs on, without the aws extra.
+PAIRS = [
+    ("3.10", "7.7.0", "test,local"),
+    ("3.12", "7.7.0", "test,local"),
+    ("3.10", "7.8.0", "test,local,aws"),
+    ("3.13", "7.8.0", "test,local,aws"),
+]
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session(name="e2e")
+@nox.parametrize(
+    ("python", "thumbor", "extras"),
+    PAIRS,
+    ids=[f"{python}-thumbor-{thumbor}" for python, thumbor, _ in PAIRS],
+)
+def e2e(session: nox.Session, thumbor: str, extras: str) -> None:
+    """The end-to-end tests (real Thumbor over HTTP) on one Python and one Thumbor."""
+    # Not constraints.txt: its pins were resolved for one Python; a user on another gets
+    # what the ranges resolve to there.
+    session.env.pop("PIP_CONSTRAINT", None)
+    session.install("-e", f".[{extras}]", f"thumbor=={thumbor}")
+    installed = session.run(
+        "python", "-c", "import thumbor; print(thumbor.__version__)", silent=True
+    )
+    if str(installed).strip() != thumbor:
+        session.error(f"Thumbor {thumbor} asked for, {str(installed).strip()} installed")
+    skip = [] if "aws" in extras else ["--ignore", "tests/test_thumbor_aws.py"]
+    session.run("pytest", "-m", "e2e", "-q", "-p", "no:cacheprovider", *skip, *session.posargs)

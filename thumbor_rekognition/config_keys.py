@@ -1,0 +1,456 @@
+"""Every configuration key of the plugin, declared once with ``Config.define`` so that
+``thumbor-config`` prints them grouped with their descriptions, and the example
+thumbor.conf and reference page generated from them (config_docs). Importing this
+module defines the keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from thumbor.config import Config
+
+GROUP = "Moderation"
+REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
+NUDENET_GROUP = "Moderation - offline model"
+ADMIN_GROUP = "Moderation - administration"
+QUARANTINE_GROUP = "Moderation - quarantine"
+NOTIFY_GROUP = "Moderation - CDN and notifications"
+
+KEYS: list[tuple[str, Any, str, str]] = [
+    (
+        "MODERATION_SOURCE_LOADER",
+        "thumbor.loaders.http_loader",
+        "Loader that fetches originals; thumbor_rekognition.loader wraps it and moderates "
+        "what it returns.",
+        GROUP,
+    ),
+    (
+        "MODERATION_SOURCE_STORAGE",
+        "thumbor.storages.file_storage",
+        "Storage that keeps originals; STORAGE = 'thumbor_rekognition.storage' wraps it, "
+        "hands out only approved originals and stores only approved ones.",
+        GROUP,
+    ),
+    (
+        "MODERATION_SOURCE_RESULT_STORAGE",
+        "thumbor.result_storages.file_storage",
+        "Result storage that keeps rendered results; RESULT_STORAGE = "
+        "'thumbor_rekognition.result_storage' wraps it, ties each result to the content "
+        "hash of every original it was made from and serves it only while all are "
+        "approved. None: no result storage.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKEND",
+        "thumbor_rekognition.backends.rekognition",
+        "Module that judges pictures: thumbor_rekognition.backends.rekognition (Amazon "
+        "Rekognition) or thumbor_rekognition.backends.nudenet (offline, nudity only; "
+        "needs pip install 'thumbor-moderation[local]', checked at start-up).",
+        GROUP,
+    ),
+    (
+        "MODERATION_MIN_CONFIDENCE",
+        0.5,
+        "Confidence (0..1) above which a label rejects an image, for every category "
+        "without its own threshold.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CATEGORY_THRESHOLDS",
+        {},
+        "Per-category thresholds, e.g. {'explicit_nudity': 0.6}. A threshold on a "
+        "category covers its children unless a child has its own. Names match "
+        "case-insensitively; an unknown name stops start-up. Write every name in one "
+        "Rekognition model generation (6.x or 7.x): answers of the other are translated "
+        "with AWS's 6.1 -> 7 table. 'animated' and 'illustrated' set the threshold of "
+        "every label of a picture with that ContentType.",
+        GROUP,
+    ),
+    (
+        "MODERATION_IGNORED_CATEGORIES",
+        [],
+        "Categories that never reject an image, e.g. ['revealing_clothes']. Ignoring a "
+        "category ignores its children unless a child has its own threshold.",
+        GROUP,
+    ),
+    (
+        "MODERATION_RULES",
+        "",
+        "Thresholds written as a Cloudinary moderation string, e.g. "
+        "'aws_rek:explicit_nudity:0.6:revealing_clothes:ignore'. Ending the chain with "
+        "'|manual' makes every picture the model does not reject 'pending' until a human "
+        "approves or rejects it; 'manual' alone (or 'duplicate:0.9|manual') leaves every "
+        "new picture to a human without a backend call; a 'duplicate:<score>' step, as in "
+        "Cloudinary, rejects a near-copy of any picture already judged, approved or not "
+        "(de-duplication of uploads; 'duplicate:0' turns it off, scores below 0.85 are "
+        "read as 0.85). Merged with "
+        "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
+        "given different values in two places stops start-up.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REVIEW_BAND",
+        0.0,
+        "Width (0..1) of a band below each threshold: a label scoring inside it makes "
+        "the decision 'pending' for a human instead of 'approved'. 0 disables it.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DUPLICATE_SIMILARITY",
+        0.9,
+        "How alike (0..1) a new picture must be to one the model or a human rejected to "
+        "be rejected as its duplicate, without a backend call, naming it (source "
+        "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
+        "more (one in 1,200 lower in the README's figures), distinct pictures 0.5 to 0.7 "
+        "(0.875 at most); 0 disables matching, values from 0.85 up are accepted. When "
+        "the rejected picture is approved, its duplicates are judged on their own. "
+        "Cloudinary's 'duplicate:<score>' step in MODERATION_RULES is another rule: "
+        "copies of any judged picture.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REJECTED_RESPONSE",
+        "placeholder",
+        "What a rejected image is answered with: 'placeholder' (an image at the "
+        "requested size, HTTP 200) or 'forbidden' (HTTP 403, empty body).",
+        GROUP,
+    ),
+    (
+        "MODERATION_PLACEHOLDER_PATH",
+        None,
+        "Image file served in place of rejected images; a neutral built-in one when unset.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REJECTED_MAX_AGE",
+        60,
+        "Cache-Control max-age in seconds for rejected and pending responses "
+        "(0 sends 'no-store'). Never Thumbor's MAX_AGE.",
+        GROUP,
+    ),
+    (
+        "MODERATION_ON_ERROR",
+        "reject",
+        "What to serve for a pending picture, one the backend could not judge (retried "
+        "on a later request) or one left to a human by MODERATION_REVIEW_BAND or by "
+        "MODERATION_RULES ending in '|manual': 'reject' "
+        "serves the rejected response, 'allow' serves the image, never cached.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DECISION_STORE",
+        "thumbor_rekognition.stores.sqlite",
+        "Module that keeps decisions: thumbor_rekognition.stores.sqlite (one machine), "
+        "thumbor_rekognition.stores.redis (shared by a cluster) or "
+        "thumbor_rekognition.stores.dynamodb (shared by a cluster on AWS).",
+        GROUP,
+    ),
+    (
+        "MODERATION_SQLITE_PATH",
+        "/tmp/thumbor/moderation.sqlite3",  # noqa: S108 - mirrors Thumbor's own /tmp defaults
+        "SQLite file of the sqlite decision store; shared safely by every process of one machine.",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis of the redis decision store (redis-py URL: rediss:// for TLS, password and "
+        "database in the URL).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_PREFIX",
+        "moderation:",
+        "Prefix of every Redis key the redis decision store writes (no '{' or '}': the "
+        "store adds hash tags of its own).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_CLUSTER",
+        False,
+        "True when MODERATION_REDIS_URL names a node of a Redis Cluster (any node: the "
+        "others are found from it; several, comma-separated, so that one down when Thumbor "
+        "starts does not matter).",
+        GROUP,
+    ),
+    (
+        "MODERATION_REDIS_WAIT_REPLICAS",
+        0,
+        "Replicas that must hold a decision before it is answered (Redis WAIT, within "
+        "MODERATION_STORE_TIMEOUT_SECONDS); 1 with a replica per master keeps every answered "
+        "decision through a failover. 0: answer once the master has it.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_TABLE",
+        "",
+        "Table of the dynamodb decision store; required with "
+        "thumbor_rekognition.stores.dynamodb (see the README for its definition).",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_REGION",
+        "",
+        "Region of the DynamoDB table; REKOGNITION_REGION when empty.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_ENDPOINT_URL",
+        None,
+        "DynamoDB endpoint URL (e.g. a VPC endpoint); AWS's own for the region when unset.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DYNAMODB_CREATE_TABLE",
+        False,
+        "Create the DynamoDB table (on-demand billing, with item expiry) when it does not "
+        "exist. Off: a missing table is an error, for tables made by infrastructure code.",
+        GROUP,
+    ),
+    (
+        "MODERATION_STORE_TIMEOUT_SECONDS",
+        0.5,
+        "Longest wait for one call to a networked decision store; past it the store counts "
+        "as unreachable for that request.",
+        GROUP,
+    ),
+    (
+        "MODERATION_LEASE_SECONDS",
+        30.0,
+        "How long one process may hold the right to judge a new picture while every other "
+        "process waits for its decision; a crashed holder blocks the picture this long.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CACHE_TTL_SECONDS",
+        2.0,
+        "How long a process keeps a decision in memory before reading it again; bounds "
+        "how late an override made by another process is enforced.",
+        GROUP,
+    ),
+    (
+        "MODERATION_TIMEOUT_SECONDS",
+        10.0,
+        "Longest a request waits for a new picture to be judged (backend retries "
+        "included). Past it the request answers 'pending'; the judgement carries on and "
+        "serves later requests.",
+        GROUP,
+    ),
+    (
+        "MODERATION_WORKERS",
+        8,
+        "Threads per Thumbor process for backend calls, hashing and image preparation.",
+        GROUP,
+    ),
+    (
+        "MODERATION_MAX_PIXELS",
+        100_000_000,
+        "Largest image (width x height) the plugin will decode; larger ones are refused "
+        "with HTTP 400 before decoding.",
+        GROUP,
+    ),
+    (
+        "MODERATION_MAX_FRAMES",
+        20,
+        "Most scenes of one animated image (GIF, WebP, APNG) sent to the backend, all at "
+        "once: near-duplicate frames are dropped and every distinct scene is judged, up "
+        "to this many; the image is rejected if any is. An animation with more distinct "
+        "scenes is never approved: it waits for a human (pending). With Rekognition each "
+        "scene is one paid call.",
+        GROUP,
+    ),
+    (
+        "MODERATION_ANALYSIS_MAX_SIDE",
+        1600,
+        "Longest side in pixels the backend needs. Larger originals are decoded at "
+        "reduced size and reduced by an integer factor, so the copy sent to the backend "
+        "has a longest side between this and twice this.",
+        GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE",
+        "thumbor_rekognition.quarantine.file",
+        "Module that keeps originals that are not approved, so that approving one "
+        "restores it: thumbor_rekognition.quarantine.file (a local folder) or "
+        "thumbor_rekognition.quarantine.s3 (a bucket shared by a cluster).",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_PATH",
+        "/tmp/thumbor/quarantine",  # noqa: S108 - mirrors Thumbor's own /tmp defaults
+        "Folder of the file quarantine.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_BUCKET",
+        "",
+        "Bucket of the S3 quarantine; required with thumbor_rekognition.quarantine.s3.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_PREFIX",
+        "quarantine/",
+        "Key prefix of quarantined originals in the S3 bucket.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_REGION",
+        "",
+        "Region of the S3 quarantine bucket; REKOGNITION_REGION when empty.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_QUARANTINE_S3_ENDPOINT_URL",
+        None,
+        "S3 endpoint URL (an S3-compatible store); AWS's own when unset.",
+        QUARANTINE_GROUP,
+    ),
+    (
+        "MODERATION_ADMIN_PREFIX",
+        "/moderation",
+        "URL prefix of the admin API and review page.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_ADMIN_TOKEN",
+        None,
+        "Bearer token of the admin API and review page. Unset: the admin API is off and "
+        "every path under the prefix answers 404 saying so. Use a long random string, "
+        "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_ADMIN_MAX_BODY_BYTES",
+        65536,
+        "Largest request body the admin API reads; larger ones get HTTP 413.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_CACHE_TAG_HEADER",
+        None,
+        "Response header naming the original of every approved image, e.g. "
+        "'Surrogate-Key' (Fastly), 'Cache-Tag' (Cloudflare), 'Edge-Cache-Tag' (Akamai), "
+        "so a CDN can purge every size of one picture at once. Unset: no header.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CDN_PURGERS",
+        [],
+        "Modules that purge a CDN when an image becomes rejected, is forgotten or is "
+        "purged: thumbor_rekognition.cdn.cloudfront, thumbor_rekognition.cdn.http.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CLOUDFRONT_DISTRIBUTION_ID",
+        "",
+        "CloudFront distribution invalidated by thumbor_rekognition.cdn.cloudfront.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CLOUDFRONT_PATH_PREFIX",
+        "",
+        "Prefix put before Thumbor's result paths to make CloudFront paths, when the "
+        "distribution serves Thumbor under a sub-path.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_CLOUDFRONT_ENDPOINT_URL",
+        None,
+        "CloudFront API endpoint; AWS's own when unset.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_HTTP_PURGE",
+        {},
+        "The HTTP call of thumbor_rekognition.cdn.http: {'method': 'POST', 'url': ..., "
+        "'headers': {...}, 'body': ...}. In url, header values and body, {tag} is the "
+        "picture's cache tag, {paths} the JSON list of its result paths and {key} its "
+        "decision key, e.g. Fastly: url 'https://api.fastly.com/service/ID/purge/{tag}' "
+        "with header 'Fastly-Key'; Cloudflare: url '.../zones/ID/purge_cache', body "
+        '\'{"tags": ["{tag}"]}\' with an Authorization header.',
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_WEBHOOK_URL",
+        None,
+        "URL that receives a signed JSON POST for every decision change. Unset: none sent.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_WEBHOOK_SECRET",
+        None,
+        "Key of the HMAC-SHA256 signature of webhook calls (X-Moderation-Signature).",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_OUTBOX_TIMEOUT_SECONDS",
+        10.0,
+        "Timeout of one webhook or purge call.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "MODERATION_OUTBOX_GIVE_UP_SECONDS",
+        259200,
+        "How long a webhook or purge that keeps failing is retried (with exponential "
+        "backoff up to 15 minutes) before it is given up; 3 days by default.",
+        NOTIFY_GROUP,
+    ),
+    (
+        "NUDENET_THREADS",
+        1,
+        "Threads of the offline model's onnxruntime session per Thumbor process. 1 suits "
+        "a server that runs one Thumbor process per core; 0 lets onnxruntime use every core.",
+        NUDENET_GROUP,
+    ),
+    (
+        "REKOGNITION_REGION",
+        "us-east-1",
+        "AWS region of the Rekognition endpoint. Credentials come from boto3's standard "
+        "chain (environment, shared files, instance role).",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_ENDPOINT_URL",
+        None,
+        "Rekognition endpoint URL with its scheme (e.g. 'http://localhost:4566'); unset "
+        "means AWS's own for the region.",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_PROJECT_VERSION",
+        None,
+        "ARN of a Rekognition Custom Moderation adapter (a project version), sent with "
+        "every call as ProjectVersion; unset, the base model judges. Decisions record the "
+        "adapter the answer names. Changing it does not judge stored pictures again: "
+        "their labels stay, `thumbor-moderation forget` has one judged anew.",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_TIMEOUT_SECONDS",
+        5.0,
+        "Connect and read timeout of one Rekognition call, in seconds.",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_MAX_ATTEMPTS",
+        3,
+        "Attempts per Rekognition call, first one included (botocore 'standard' retries).",
+        REKOGNITION_GROUP,
+    ),
+    (
+        "REKOGNITION_MAX_CALLS_PER_SECOND",
+        None,
+        "Most Rekognition calls per second for the whole cluster (every process of every "
+        "node sharing the decision store), retries and animation scenes included: calls "
+        "are spaced evenly. A request waits for its turn within MODERATION_TIMEOUT_SECONDS, "
+        "then answers 'pending' and is judged on a later request. Throttling answers from "
+        "AWS lower the rate for a while. Unset: no limit.",
+        REKOGNITION_GROUP,
+    ),
+]
+
+for _key, _default, _description, _group in KEYS:
+    Config.define(_key, _default, _description, _group)
+
+DEFAULTS: Mapping[str, Any] = {key: default for key, default, _, _ in KEYS}
