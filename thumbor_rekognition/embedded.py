@@ -9,10 +9,9 @@ PNG, WebP and GIF is rebuilt here from what decodes its pixels, an EXIF block wi
 thumbnail or any picture in it, and a colour profile viewers can use; nothing is
 re-encoded (the README's table lists what is kept, format by format).
 
-A colour profile is usable when LittleCMS reads it, it describes the pixels it comes
-with, and no picture is stored inside it; otherwise it is removed, and the picture is
-served as it is judged: as stored. Cleaning is deterministic and idempotent: a decision's
-content hash is that of the cleaned bytes, which an original and its stored copy share.
+A colour profile viewers cannot use is removed, so the picture is served as it is judged:
+as stored. Cleaning is deterministic and idempotent: a decision's content hash is that of
+the cleaned bytes, which an original and its stored copy share.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ _PICTURE = re.compile(
 
 # In entropy-coded data: the first FF (after any fill FFs) that starts a marker.
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-# A picture stored inside a JPEG's scan data, where decoders skip what they do not need:
-# signatures long enough never to occur there by chance.
+# A picture in a JPEG's scan data (decoders skip what they do not need): signatures too
+# long to occur there by chance.
 _PICTURE_IN_SCAN = re.compile(
     rb"\x89PNG\r\n\x1a\n|GIF8[79]a|RIFF....WEBP|iVBORw0KGgo|R0lGODlh|R0lGODdh|/9j/4AAQ|/9j/4QA",
     re.DOTALL,
