@@ -404,3 +404,22 @@ def test_an_unknown_chunk_inside_a_webp_frame_is_removed() -> None:
     assert kept.removed == ("XTRA chunk",)
     assert REJECTED not in kept.data
     assert kept.data == plain
+
+
+def test_a_picture_spread_over_two_exif_values_removes_the_block() -> None:
+    block = piexif.dump(
+        {
+            "0th": {piexif.ImageIFD.Make: b"camera"},
+            "Exif": {
+                piexif.ExifIFD.MakerNote: b"notes" + REJECTED[:2],
+                piexif.ExifIFD.UserComment: REJECTED[2:],
+            },
+        }
+    )
+    assert REJECTED in block
+    original = encoded(GREEN, "JPEG", exif=block)
+
+    kept = embedded.cleaned(original)
+
+    assert kept.removed == ("picture in EXIF",)
+    assert REJECTED[2:] not in kept.data

@@ -4,28 +4,14 @@ The backend judges pixels; Thumbor serves more than pixels. It copies a picture'
 profile into every output, its EXIF block too under PRESERVE_EXIF_INFO, and the upload
 API answers a stored original byte for byte. So whatever a file carries besides its
 pixels (a colour profile that is really another picture, an EXIF thumbnail, an XMP or MPF
-preview, a comment, data after the end of the image) would be served unjudged. Each
-original is rebuilt here from what viewers are shown, without re-encoding anything:
+preview, a comment, data after the end of the image) would be served unjudged. Each JPEG,
+PNG, WebP and GIF is rebuilt here from what decodes its pixels, an EXIF block without its
+thumbnail or any picture in it, and a colour profile viewers can use; nothing is
+re-encoded (the README's table lists what is kept, format by format).
 
-- JPEG: the segments that decode the image, the JFIF header without its thumbnail, the
-  Adobe colour-transform marker, the EXIF block (cleaned, below) and a usable colour
-  profile; every other APPn segment, every comment, and anything after the end of image
-  are removed.
-- PNG: the chunks that decode or colour the image (and APNG's frames), a usable iCCP and
-  the eXIf block (cleaned); text chunks, private chunks and anything after IEND are removed.
-- WebP: the image, alpha and animation chunks, a usable ICCP and the EXIF block
-  (cleaned); XMP, unknown chunks and anything after the RIFF are removed.
-
-A colour profile is usable when LittleCMS reads it, it describes the pixels it comes
-with, and no picture is stored inside it: otherwise browsers skip it (or it is a
-container) and it is removed, so the picture is served as it is judged, as stored. An
-EXIF block keeps its directories and their values, except the thumbnail (IFD1 and its
-image), any value holding a picture, and every byte no directory points to: those are
-zeroed in place, so every offset stays valid, and the block is cut after its last used
-byte. Other formats (GIF, TIFF, ...) are handed on as they came.
-
-Cleaning is deterministic and idempotent: the decision's content hash is the hash of the
-cleaned bytes, so an original and its cleaned copy (the one STORAGE keeps) share it.
+A colour profile viewers cannot use is removed, so the picture is served as it is judged:
+as stored. Cleaning is deterministic and idempotent: a decision's content hash is that of
+the cleaned bytes, which an original and its stored copy share.
 """
 
 from __future__ import annotations
@@ -44,8 +30,10 @@ from thumbor_rekognition.preparation import UnsupportedImage
 
 JPEG = b"\xff\xd8\xff"
 PNG = b"\x89PNG\r\n\x1a\n"
-# A colour profile or EXIF value larger than this once inflated is not read: removed.
+# A colour profile larger than this once inflated is not read: removed.
 MAX_INFLATED = 16 * 1024 * 1024
+# Bytes of EXIF directories and values read, besides four times the block's size.
+MAX_EXIF_WALK = 1024 * 1024
 # The start of a picture any common tool opens, raw or base64-encoded.
 _PICTURE = re.compile(
     rb"\xff\xd8\xff[\xc0-\xfe]|\x89PNG\r\n|GIF8[79]a|RIFF....WEBP|II\*\x00|MM\x00\*"
@@ -56,8 +44,8 @@ _PICTURE = re.compile(
 
 # In entropy-coded data: the first FF (after any fill FFs) that starts a marker.
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-# A picture stored inside a JPEG's scan data, where decoders skip what they do not need:
-# signatures long enough never to occur there by chance.
+# A picture in a JPEG's scan data (decoders skip what they do not need): signatures too
+# long to occur there by chance.
 _PICTURE_IN_SCAN = re.compile(
     rb"\x89PNG\r\n\x1a\n|GIF8[79]a|RIFF....WEBP|iVBORw0KGgo|R0lGODlh|R0lGODdh|/9j/4AAQ|/9j/4QA",
     re.DOTALL,
@@ -124,7 +112,7 @@ def _jpeg(data: bytes) -> tuple[bytes, list[str]]:
     segments, removed = _segments(data)
     space = {1: "GRAY", 3: "RGB", 4: "CMYK"}.get(_components(segments), "")
     icc_parts = [s for s in segments if s[0] == 0xE2 and s[1].startswith(b"ICC_PROFILE\0")]
-    icc = b"".join(part[1][14:] for part in sorted(icc_parts, key=lambda s: s[1][12]))
+    icc = b"".join(part[1][14:] for part in sorted(icc_parts, key=lambda s: s[1][12:13]))
     keep_icc = bool(icc) and usable_profile(icc, space)
     if icc and not keep_icc:
         removed.append("colour profile")
@@ -253,6 +241,8 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
     pending = [first]
     seen: set[int] = set()
     first_next = -1
+    # Directories and values may overlap: a hostile block could make the walk quadratic.
+    budget = MAX_EXIF_WALK + 4 * len(tiff)
     while pending:
         offset = pending.pop()
         if offset in seen or offset + 2 > len(tiff):
@@ -260,11 +250,14 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
         seen.add(offset)
         (count,) = struct.unpack(order + "H", tiff[offset : offset + 2])
         end = offset + 2 + 12 * count + 4
-        if end > len(tiff):
+        budget -= end - offset
+        if end - (0 if offset == first else 4) > len(tiff) or budget < 0:
             return b"", ["unreadable EXIF"]
-        used.append((offset, end))
         if offset == first:
             first_next = end - 4
+        # A directory's link to a next one is kept for the first only (and cut there);
+        # writers leave it out of sub-directories, whose values may start right there.
+        used.append((offset, end if offset == first else end - 4))
         for entry in range(offset + 2, end - 4, 12):
             tag, kind, number = struct.unpack(order + "HHI", tiff[entry : entry + 8])
             length = _TYPE_SIZES.get(kind, 1) * number
@@ -273,6 +266,9 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
                 (start,) = struct.unpack(order + "I", tiff[entry + 8 : entry + 12])
             if start + length > len(tiff):
                 continue
+            budget -= length
+            if budget < 0:
+                return b"", ["unreadable EXIF"]
             if tag in _SUB_DIRECTORIES and kind in (4, 13) and number == 1:
                 pending.append(struct.unpack(order + "I", tiff[start : start + 4])[0])
             elif length > 4 and holds_picture(tiff[start : start + length]):
@@ -290,6 +286,9 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
         removed.append("EXIF thumbnail")
         out[first_next : first_next + 4] = b"\0\0\0\0"
     cut = max(end for _, end in used)
+    if holds_picture(bytes(out[8:cut])):
+        # Spread over values that each hold none: the block is removed whole.
+        return b"", ["picture in EXIF"]
     if not removed and (bytes(out[:cut]) != tiff[:cut] or tiff[cut:].strip(b"\0")):
         removed.append("EXIF bytes no directory points to")
     return bytes(out[:cut]), removed
@@ -309,6 +308,8 @@ def _png(data: bytes) -> tuple[bytes, list[str]]:
     removed: list[str] = []
     position = len(PNG)
     space = ""
+    # Each at most once (the first, as decoders read it); another is removed unread.
+    seen: set[bytes] = set()
     while True:
         if position + 12 > len(data):
             raise UnsupportedImage("truncated PNG: no IEND chunk")
@@ -322,6 +323,10 @@ def _png(data: bytes) -> tuple[bytes, list[str]]:
         position = end
         if kind == b"IHDR" and len(body) >= 10:
             space = "GRAY" if body[9] in (0, 4) else "RGB"
+        if kind in (b"iCCP", b"eXIf") and kind in seen:
+            removed.append(f"{kind.decode('latin-1')} chunk")
+            continue
+        seen.add(kind)
         if kind == b"iCCP":
             if not _usable_png_profile(body, space):
                 removed.append("colour profile")
@@ -375,6 +380,10 @@ def _webp(data: bytes) -> tuple[bytes, list[str]]:
     chunks = _riff_chunks(data, 12, end_of_riff)
     kept: list[tuple[bytes, bytes]] = []
     for kind, body in chunks:
+        if kind in (b"ICCP", b"EXIF", b"VP8X") and any(kind == k for k, _ in kept):
+            # Each at most once (the first, as decoders read it); another is removed unread.
+            removed.append(f"{kind.decode('latin-1')} chunk")
+            continue
         if kind == b"ICCP":
             if not usable_profile(body, "RGB"):
                 removed.append("colour profile")
