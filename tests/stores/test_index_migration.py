@@ -14,7 +14,7 @@ import boto3
 import pytest
 import redis
 
-from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.redis_server import RedisCluster, RedisServer, redis_cluster, redis_server  # noqa: F401
 from tests.stores.test_dynamodb import aws_environment, endpoint  # noqa: F401
 from tests.stores.test_sqlite import PRINT_A, PRINT_B, SHA_A, SHA_B, decision, everything, save
 from thumbor_rekognition import stores
@@ -94,11 +94,12 @@ def test_an_sqlite_index_of_format_2_is_refused_then_migrated_to_index_every_pic
 # entries of 56 bytes, of those frames only, in 'fpi:<band>'.
 
 
-def redis_format_2(url: str, prefix: str) -> None:
-    store = redis_store.Store(url=url, prefix=prefix)
+def redis_format_2(url: str, prefix: str, cluster: bool = False) -> None:
+    store = redis_store.Store(url=url, prefix=prefix, cluster=cluster)
     judged(store)
     store.close()
-    with redis.Redis.from_url(url) as client:
+    connect = redis.RedisCluster.from_url if cluster else redis.Redis.from_url
+    with connect(url) as client:
         client.set(prefix + "format", "2")
         for sha256, print_, indexed in ((SHA_A, PRINT_A, [0]), (SHA_B, PRINT_B, [])):
             record = {"prints": {"0": print_.hex()}, "indexed": indexed}
@@ -127,6 +128,26 @@ def test_a_redis_index_of_format_2_is_refused_then_migrated_to_index_every_pictu
     assert migrated.get("host/rejected.jpg") is not None
     with redis.Redis.from_url(redis_server.url) as client:
         assert [client.exists(f"{prefix}fpi:{band}") for band in range(4)] == [0, 0, 0, 0]
+    store.close()
+    migrated.close()
+
+
+def test_a_redis_cluster_index_of_format_2_is_migrated_on_every_master(
+    redis_cluster: RedisCluster,  # noqa: F811
+) -> None:
+    prefix = f"index-{uuid.uuid4().hex[:12]}:"
+    url = redis_cluster.nodes[0].url
+    redis_format_2(url, prefix, cluster=True)
+    store = redis_store.Store(url=url, prefix=prefix, cluster=True)
+
+    with pytest.raises(stores.StoreUnavailable, match="thumbor-moderation migrate-store"):
+        found(store, PRINT_A)
+    converted = store.migrate()
+    migrated = redis_store.Store(url=redis_cluster.nodes[1].url, prefix=prefix, cluster=True)
+
+    assert converted == 2
+    assert found(migrated, PRINT_A) == [REJECTED]
+    assert found(migrated, PRINT_B) == [APPROVED]
     store.close()
     migrated.close()
 
