@@ -56,7 +56,7 @@ from tests.servers import base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
 from thumbor_rekognition import stores  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
-from thumbor_rekognition.moderator import _event_for  # noqa: E402
+from thumbor_rekognition.moderation.verdicts import event_for  # noqa: E402
 from thumbor_rekognition.stores import records, sqlite  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 
@@ -101,7 +101,7 @@ def decision(number: int, kind: str) -> tuple[Decision, Event]:
     if kind == "rejected":
         status, reasons = Status.REJECTED, (REASON,)
     made = base.replace(status=status, labels=labels, reasons=reasons, model_version="7.0")
-    return made, _event_for(made)
+    return made, event_for(made)
 
 
 def paths_of(number: int) -> list[str]:

@@ -26,7 +26,7 @@ from thumbor_rekognition import cli
 from thumbor_rekognition.caches import storage_key
 from thumbor_rekognition.cli import environment, parser
 from thumbor_rekognition.decision import Source, Status
-from thumbor_rekognition.moderator import sha256_hex
+from thumbor_rekognition.moderation.memory import sha256_hex
 from thumbor_rekognition.stores.sqlite import Store
 
 RED = (220, 20, 30)

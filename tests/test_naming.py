@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import ThumborServer, base_config
-from thumbor_rekognition.moderator import SYSTEM
+from thumbor_rekognition.moderation.verdicts import SYSTEM
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "thumbor-moderation"

@@ -21,7 +21,8 @@ from typing import Any
 from thumbor_rekognition import aws_caches, confidence, stores
 from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.decision import Decision, Event, Source, Status
-from thumbor_rekognition.moderator import Moderator, sha256_hex
+from thumbor_rekognition.moderation.memory import sha256_hex
+from thumbor_rekognition.moderator import Moderator
 from thumbor_rekognition.runtime import Runtime
 from thumbor_rekognition.urls import key_of, normalise
 

@@ -26,7 +26,8 @@ from PIL import Image
 from thumbor_rekognition import aws_caches, backends, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.config_checks import ConfigurationError
-from thumbor_rekognition.moderator import Bounded, Moderator
+from thumbor_rekognition.moderation.memory import Bounded
+from thumbor_rekognition.moderator import Moderator
 from thumbor_rekognition.outbox import Outbox
 from thumbor_rekognition.quarantine import load_quarantine
 

@@ -21,7 +21,7 @@ from thumbor_rekognition.config import (  # also defines the plugin's keys
     check_backend_extra,
     unknown_keys,
 )
-from thumbor_rekognition.moderator import sha256_hex
+from thumbor_rekognition.moderation.memory import sha256_hex
 from thumbor_rekognition.preparation import UnsupportedImage
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from thumbor_rekognition.decision import (
     Source,
     Status,
 )
-from thumbor_rekognition.moderator import sha256_hex
+from thumbor_rekognition.moderation.memory import sha256_hex
 
 logger = logging.getLogger(__name__)
 
