@@ -317,7 +317,9 @@ _PNG_KEPT = {
 
 
 def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
-    out = [PNG]
+    # Chunks are sliced out only to be kept or read: a large text chunk is never copied.
+    view = memoryview(data)
+    out: list[bytes | memoryview] = [PNG]
     removed: list[str] = []
     position = len(PNG)
     space = ""
@@ -331,8 +333,8 @@ def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
         end = position + 12 + length
         if end > len(data):
             raise UnsupportedImage("PNG chunk longer than the file")
-        body = data[position + 8 : end - 4]
-        chunk = data[position:end]
+        body = view[position + 8 : end - 4]
+        chunk: bytes | memoryview = view[position:end]
         position = end
         if kind == b"IHDR" and len(body) >= 10:
             space = "GRAY" if body[9] in (0, 4) else "RGB"
@@ -341,11 +343,11 @@ def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
             continue
         seen.add(kind)
         if kind == b"iCCP":
-            if not _usable_png_profile(body, space):
+            if not _usable_png_profile(bytes(body), space):
                 removed.append("colour profile")
                 continue
         elif kind == b"eXIf":
-            tiff, lost = exif(body, upright)
+            tiff, lost = exif(bytes(body), upright)
             removed.extend(lost)
             if not tiff:
                 continue
@@ -463,7 +465,8 @@ def _gif(data: bytes) -> tuple[bytes, list[str]]:
     if len(data) < 13:
         raise UnsupportedImage("truncated GIF")
     position = 13 + _colour_table(data[10])
-    out = [data[:position]]
+    # What is removed, as ranges: an animation of many frames is not copied block by block.
+    dropped: list[tuple[int, int]] = []
     removed: list[str] = []
     while True:
         if position >= len(data):
@@ -475,25 +478,23 @@ def _gif(data: bytes) -> tuple[bytes, list[str]]:
             if data[position + 1 :].strip(b"\0"):
                 # Refused, as preparation refuses it: a GIF/HTML polyglot, say.
                 raise UnsupportedImage("data after the GIF's trailer")
-            out.append(b";")
-            return b"".join(out), removed
+            dropped.append((position + 1, len(data)))
+            pairs = zip([(0, 0), *dropped[:-1]], dropped, strict=True)
+            kept = [data[end:start] for (_, end), (start, _) in pairs]
+            return b"".join(kept), removed
         if block == 0x2C:
             if position + 11 > len(data):
                 raise UnsupportedImage("truncated GIF")
-            start = position
-            position += 10 + _colour_table(data[position + 9]) + 1
-            position = _sub_blocks(data, position)
-            out.append(data[start:position])
+            position = _sub_blocks(data, position + 10 + _colour_table(data[position + 9]) + 1)
         elif block == 0x21 and position + 2 <= len(data):
             label = data[position + 1]
             start = position
             position = _sub_blocks(data, position + 2)
-            extension = data[start:position]
-            if label == 0xF9 or (label == 0xFF and extension[3:14] in _GIF_LOOPS):
-                out.append(extension)
-            else:
+            loops = label == 0xFF and data[start + 3 : start + 14] in _GIF_LOOPS
+            if label != 0xF9 and not loops:
                 names = {0xFE: "comment", 0x01: "plain text", 0xFF: "application extension"}
                 removed.append(f"GIF {names.get(label, 'extension')}")
+                dropped.append((start, position))
         else:
             raise UnsupportedImage(f"GIF block 0x{block:02x} unknown")
 
