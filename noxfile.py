@@ -47,4 +47,7 @@ def e2e(session: nox.Session, thumbor: str, extras: str) -> None:
     if str(installed).strip() != thumbor:
         session.error(f"Thumbor {thumbor} asked for, {str(installed).strip()} installed")
     skip = [] if "aws" in extras else ["--ignore", "tests/test_thumbor_aws.py"]
-    session.run("pytest", "-m", "e2e", "-q", "-p", "no:cacheprovider", *skip, *session.posargs)
+    workers = ["-n", "2"]
+    session.run(
+        "pytest", "-m", "e2e", "-q", "-p", "no:cacheprovider", *workers, *skip, *session.posargs
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import random
 import sqlite3
@@ -52,7 +53,9 @@ COPIES = 2
 
 
 def sha_of(number: int) -> str:
-    return f"{number:064x}"
+    """A synthetic picture's content hash: spread as real ones are (the stores' hash
+    indexes key on its first bytes)."""
+    return hashlib.sha256(number.to_bytes(8, "big")).hexdigest()
 
 
 def random_prints(count: int, seed: int) -> list[Print]:

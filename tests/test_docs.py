@@ -40,3 +40,30 @@ def test_readme_opens_with_the_demo_and_test_commands() -> None:
     block = lines[lines.index("```sh") + 1 : lines.index("```")]
 
     assert [line.split("#")[0].strip() for line in block] == ["make demo", "make test"]
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_resolves() -> None:
+    # The README is read on GitHub, the docs on the site and on GitHub: a link to a file
+    # that moved, or to a heading that was renamed, is found here.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+
+    assert broken == []
+
+
+def _anchors(page: Path) -> set[str]:
+    """The ids Python-Markdown's toc and GitHub give the headings of a page."""
+    headings = re.findall(r"^#{1,6} (.+)$", page.read_text(), re.M)
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings
+    }

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.fakes.rekognition import FakeRekognition
+from tests.pictures import busy
 from tests.servers import ThumborServer, base_config
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,8 @@ def server(
     root = module_root / f"orientation-{request.param}"
     config = base_config(root, images, left_half.url)
     config["RESPECT_ORIENTATION"] = request.param
+    config["PRESERVE_EXIF_INFO"] = True
+    config["UPLOAD_ENABLED"] = True
     config["MODERATION_REJECTED_RESPONSE"] = "forbidden"
     thumbor = ThumborServer(root, config).start()
     yield thumbor
@@ -90,13 +93,15 @@ def server(
 def red_on_the_left_stored(images: Path) -> str:
     """A JPEG stored red on the left, green on the right, that viewers turning it by its
     EXIF orientation see the other way round."""
-    image = Image.new("RGB", (200, 120), GREEN)
+    index = next(_names)
+    # Bytes of its own: the same picture under another name would take its decision.
+    image = Image.new("RGB", (200, 120), (0, 128, index % 64))
     image.paste(RED, (0, 0, 100, 120))
     buffer = io.BytesIO()
     image.save(
         buffer, "JPEG", exif=piexif.dump({"0th": {piexif.ImageIFD.Orientation: UPSIDE_DOWN}})
     )
-    name = f"orientation-{next(_names)}.jpg"
+    name = f"orientation-{index}.jpg"
     (images / name).write_bytes(buffer.getvalue())
     return name
 
@@ -123,3 +128,51 @@ def test_a_picture_is_judged_turned_as_thumbor_serves_it(
     else:
         # Served as stored, red on the left: judged so, rejected.
         assert response.status == 403
+
+
+def orientation(body: bytes) -> int:
+    with Image.open(io.BytesIO(body)) as image:
+        return int(image.getexif().get(piexif.ImageIFD.Orientation, 1))
+
+
+MARK = (255, 0, 255)
+
+
+def marked_upside_down(images: Path) -> str:
+    """A busy JPEG marked in its top-left corner as stored, EXIF orientation 3."""
+    index = next(_names)
+    image = busy(f"orientation-{index}", (200, 120))
+    image.paste(MARK, (0, 0, 40, 30))
+    buffer = io.BytesIO()
+    image.save(
+        buffer, "JPEG", exif=piexif.dump({"0th": {piexif.ImageIFD.Orientation: UPSIDE_DOWN}})
+    )
+    name = f"orientation-{index}.jpg"
+    (images / name).write_bytes(buffer.getvalue())
+    return name
+
+
+def marked_top_left(body: bytes) -> bool:
+    with Image.open(io.BytesIO(body)) as image:
+        red, green, blue = image.convert("RGB").getpixel((10, 10))
+    return red > 200 and green < 60 and blue > 200
+
+
+def test_no_viewer_turns_what_thumbor_serves_unturned(
+    server: ThumborServer, images: Path, left_half: LeftHalfRekognition
+) -> None:
+    left_half.reset()
+    name = marked_upside_down(images)
+    upload = server.request(
+        "POST", "/image", body=(images / name).read_bytes(), headers={"Content-Type": "image/jpeg"}
+    )
+    turned = server.config["RESPECT_ORIENTATION"]
+
+    served = server.get(f"/unsafe/{name}")
+    original = server.get(upload.header("Location") or "")
+
+    assert (served.status, original.status) == (200, 200)
+    # Thumbor turned the pixels, or no one is told to: what viewers see is what was judged.
+    assert orientation(served.body) == 1
+    assert orientation(original.body) == (UPSIDE_DOWN if turned else 1)
+    assert marked_top_left(served.body) is not turned

@@ -41,7 +41,7 @@ from thumbor_rekognition.urls import key_of
 
 pytestmark = pytest.mark.e2e
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+AWS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "aws.md"
 TOKEN = "thumbor-aws-admin-token-51c9"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The README's buckets and region, made on moto's server.
@@ -66,10 +66,8 @@ _names = itertools.count()
 
 
 def readme_section() -> str:
-    """The README's "On AWS" section, up to the next one."""
-    text = README.read_text()
-    start = text.index("\n## On AWS\n")
-    return text[start : text.index("\n## ", start + 1)]
+    """The documentation's "On AWS" page."""
+    return AWS_PAGE.read_text()
 
 
 def readme_policy() -> dict[str, Any]:

@@ -240,7 +240,9 @@ KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_WORKERS",
         8,
-        "Threads per Thumbor process for backend calls, hashing and image preparation.",
+        "Threads per Thumbor process for hashing and image preparation, and as many "
+        "again for backend calls, which wait there for their turn of the call rate: a "
+        "picture already judged never waits behind them.",
         GROUP,
     ),
     (

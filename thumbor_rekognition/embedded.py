@@ -65,15 +65,20 @@ class Cleaned:
     """The sha256 of the bytes as they came, when cleaning changed them; "" otherwise."""
 
 
-def cleaned(data: bytes) -> Cleaned:
+def cleaned(data: bytes, upright: bool = False) -> Cleaned:
     """The original without what viewers are not shown, or raise UnsupportedImage when
-    its structure cannot be followed (a decoder would guess; nothing is served on a guess)."""
+    its structure cannot be followed (a decoder would guess; nothing is served on a guess).
+
+    upright: its EXIF orientation is set to 1, for a Thumbor that does not turn pictures
+    (RESPECT_ORIENTATION = False), so that no viewer turns it either: browsers would, in
+    the original and in what PRESERVE_EXIF_INFO keeps, and it is judged as stored.
+    """
     if data.startswith(JPEG):
-        out, removed = _jpeg(data)
+        out, removed = _jpeg(data, upright)
     elif data.startswith(PNG):
-        out, removed = _png(data)
+        out, removed = _png(data, upright)
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        out, removed = _webp(data)
+        out, removed = _webp(data, upright)
     elif data[:6] in (b"GIF87a", b"GIF89a"):
         out, removed = _gif(data)
     else:
@@ -108,7 +113,7 @@ def usable_profile(icc: bytes, space: str) -> bool:
 # JPEG
 
 
-def _jpeg(data: bytes) -> tuple[bytes, list[str]]:
+def _jpeg(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
     segments, removed = _segments(data)
     space = {1: "GRAY", 3: "RGB", 4: "CMYK"}.get(_components(segments), "")
     icc_parts = [s for s in segments if s[0] == 0xE2 and s[1].startswith(b"ICC_PROFILE\0")]
@@ -128,7 +133,7 @@ def _jpeg(data: bytes) -> tuple[bytes, list[str]]:
             payload = payload[:12] + b"\0\0"
         elif marker == 0xE1 and payload.startswith(b"Exif\0\0") and not exif_seen:
             exif_seen = True
-            tiff, lost = exif(payload[6:])
+            tiff, lost = exif(payload[6:], upright)
             removed.extend(lost)
             if not tiff:
                 continue
@@ -224,14 +229,15 @@ def _segment_name(marker: int, payload: bytes) -> str:
 # EXIF (a TIFF structure)
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_ORIENTATION = 0x0112
 # Tags pointing to a directory of their own: Exif, GPS, Interoperability.
 _SUB_DIRECTORIES = (0x8769, 0x8825, 0xA005)
 
 
-def exif(tiff: bytes) -> tuple[bytes, list[str]]:
+def exif(tiff: bytes, upright: bool = False) -> tuple[bytes, list[str]]:
     """An EXIF block without its thumbnail, pictures in its values, or bytes no directory
-    points to (zeroed in place, the block cut after its last used byte); b"" when it
-    cannot be followed (removed whole)."""
+    points to (zeroed in place, the block cut after its last used byte), its orientation
+    set to 1 when upright; b"" when it cannot be followed (removed whole)."""
     if tiff[:4] not in (b"II*\0", b"MM\0*") or len(tiff) < 8:
         return b"", ["unreadable EXIF"]
     order = "<" if tiff[:2] == b"II" else ">"
@@ -241,6 +247,7 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
     pending = [first]
     seen: set[int] = set()
     first_next = -1
+    turned = -1
     # Directories and values may overlap: a hostile block could make the walk quadratic.
     budget = MAX_EXIF_WALK + 4 * len(tiff)
     while pending:
@@ -269,6 +276,8 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
             budget -= length
             if budget < 0:
                 return b"", ["unreadable EXIF"]
+            if tag == _ORIENTATION and offset == first and kind == 3 and number == 1:
+                turned = start
             if tag in _SUB_DIRECTORIES and kind in (4, 13) and number == 1:
                 pending.append(struct.unpack(order + "I", tiff[start : start + 4])[0])
             elif length > 4 and holds_picture(tiff[start : start + length]):
@@ -281,6 +290,10 @@ def exif(tiff: bytes) -> tuple[bytes, list[str]]:
     out = bytearray(len(tiff))
     for start, end in used:
         out[start:end] = tiff[start:end]
+    upright_value = struct.pack(order + "H", 1)
+    if upright and turned >= 0 and out[turned : turned + 2] != upright_value:
+        removed.append("EXIF orientation (RESPECT_ORIENTATION is off)")
+        out[turned : turned + 2] = upright_value
     # IFD1, the thumbnail's directory, is no longer linked: its bytes were zeroed above.
     if out[first_next : first_next + 4] != b"\0\0\0\0":
         removed.append("EXIF thumbnail")
@@ -303,8 +316,10 @@ _PNG_KEPT = {
 }  # fmt: skip
 
 
-def _png(data: bytes) -> tuple[bytes, list[str]]:
-    out = [PNG]
+def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
+    # Chunks are sliced out only to be kept or read: a large text chunk is never copied.
+    view = memoryview(data)
+    out: list[bytes | memoryview] = [PNG]
     removed: list[str] = []
     position = len(PNG)
     space = ""
@@ -318,8 +333,8 @@ def _png(data: bytes) -> tuple[bytes, list[str]]:
         end = position + 12 + length
         if end > len(data):
             raise UnsupportedImage("PNG chunk longer than the file")
-        body = data[position + 8 : end - 4]
-        chunk = data[position:end]
+        body = view[position + 8 : end - 4]
+        chunk: bytes | memoryview = view[position:end]
         position = end
         if kind == b"IHDR" and len(body) >= 10:
             space = "GRAY" if body[9] in (0, 4) else "RGB"
@@ -328,11 +343,11 @@ def _png(data: bytes) -> tuple[bytes, list[str]]:
             continue
         seen.add(kind)
         if kind == b"iCCP":
-            if not _usable_png_profile(body, space):
+            if not _usable_png_profile(bytes(body), space):
                 removed.append("colour profile")
                 continue
         elif kind == b"eXIf":
-            tiff, lost = exif(body)
+            tiff, lost = exif(bytes(body), upright)
             removed.extend(lost)
             if not tiff:
                 continue
@@ -373,7 +388,7 @@ _VP8X_EXIF = 0x08
 _VP8X_XMP = 0x04
 
 
-def _webp(data: bytes) -> tuple[bytes, list[str]]:
+def _webp(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
     (riff_size,) = struct.unpack("<I", data[4:8])
     end_of_riff = min(len(data), 8 + riff_size)
     removed = ["data after the end of the image"] if data[end_of_riff:] else []
@@ -389,7 +404,7 @@ def _webp(data: bytes) -> tuple[bytes, list[str]]:
                 removed.append("colour profile")
                 continue
         elif kind == b"EXIF":
-            tiff, lost = exif(body[6:] if body.startswith(b"Exif\0\0") else body)
+            tiff, lost = exif(body[6:] if body.startswith(b"Exif\0\0") else body, upright)
             removed.extend(lost)
             if not tiff:
                 continue
@@ -450,7 +465,8 @@ def _gif(data: bytes) -> tuple[bytes, list[str]]:
     if len(data) < 13:
         raise UnsupportedImage("truncated GIF")
     position = 13 + _colour_table(data[10])
-    out = [data[:position]]
+    # What is removed, as ranges: an animation of many frames is not copied block by block.
+    dropped: list[tuple[int, int]] = []
     removed: list[str] = []
     while True:
         if position >= len(data):
@@ -462,25 +478,23 @@ def _gif(data: bytes) -> tuple[bytes, list[str]]:
             if data[position + 1 :].strip(b"\0"):
                 # Refused, as preparation refuses it: a GIF/HTML polyglot, say.
                 raise UnsupportedImage("data after the GIF's trailer")
-            out.append(b";")
-            return b"".join(out), removed
+            dropped.append((position + 1, len(data)))
+            pairs = zip([(0, 0), *dropped[:-1]], dropped, strict=True)
+            kept = [data[end:start] for (_, end), (start, _) in pairs]
+            return b"".join(kept), removed
         if block == 0x2C:
             if position + 11 > len(data):
                 raise UnsupportedImage("truncated GIF")
-            start = position
-            position += 10 + _colour_table(data[position + 9]) + 1
-            position = _sub_blocks(data, position)
-            out.append(data[start:position])
+            position = _sub_blocks(data, position + 10 + _colour_table(data[position + 9]) + 1)
         elif block == 0x21 and position + 2 <= len(data):
             label = data[position + 1]
             start = position
             position = _sub_blocks(data, position + 2)
-            extension = data[start:position]
-            if label == 0xF9 or (label == 0xFF and extension[3:14] in _GIF_LOOPS):
-                out.append(extension)
-            else:
+            loops = label == 0xFF and data[start + 3 : start + 14] in _GIF_LOOPS
+            if label != 0xF9 and not loops:
                 names = {0xFE: "comment", 0x01: "plain text", 0xFF: "application extension"}
                 removed.append(f"GIF {names.get(label, 'extension')}")
+                dropped.append((start, position))
         else:
             raise UnsupportedImage(f"GIF block 0x{block:02x} unknown")
 

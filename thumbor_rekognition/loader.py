@@ -125,7 +125,8 @@ async def load(context: Any, path: str) -> LoaderResult:
 async def _cleaned(runtime: Runtime, key: str, result: LoaderResult) -> tuple[LoaderResult, str]:
     """The loaded original as it is judged and served (see embedded.py), and the hash of
     the bytes as loaded when cleaning changed them."""
-    cleaned = await runtime.moderator.run_blocking(embedded.cleaned, bytes(result.buffer))
+    upright = not runtime.settings.respect_orientation
+    cleaned = await runtime.moderator.run_blocking(embedded.cleaned, bytes(result.buffer), upright)
     if not cleaned.was:
         return result, ""
     logger.info("original %s: removed %s", key, ", ".join(cleaned.removed) or "nothing shown")

@@ -166,6 +166,12 @@ class CallRate:
                 self.limit * lowered.share,
             )
 
+    def seen_next_turn(self) -> float:
+        """The time.time() of the next turn as this process last saw the shared state: the
+        real one is no earlier, as turns only move forward."""
+        with self._lock:
+            return _State.parse(self._seen).next_at
+
     def current(self) -> float:
         """The calls per second in force now, as this process last saw the shared state."""
         with self._lock:

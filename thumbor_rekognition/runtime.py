@@ -118,6 +118,9 @@ class Runtime:
         store_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=STORE_THREADS, thread_name_prefix="moderation-store"
         )
+        calls_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="moderation-calls"
+        )
         backend = backends.load_backend(settings)
         store = stores.load_store(settings)
         outbox = Outbox(settings, store, self.buckets)
@@ -127,6 +130,7 @@ class Runtime:
             backend=backend,
             executor=executor,
             store_executor=store_executor,
+            calls_executor=calls_executor,
             quarantine=load_quarantine(settings),
             outbox=outbox,
         )

@@ -160,7 +160,8 @@ class Storage(Wrapping, BaseStorage):  # type: ignore[misc]
         handler = getattr(self.context, "request_handler", None)
         moderator = self._runtime.moderator
         try:
-            cleaned = await moderator.run_blocking(embedded.cleaned, data)
+            upright = not self._runtime.settings.respect_orientation
+            cleaned = await moderator.run_blocking(embedded.cleaned, data, upright)
             decision = await moderator.moderate(
                 key,
                 unquote(path),

@@ -53,6 +53,7 @@ class Calls:
         store_executor: concurrent.futures.Executor,
         quarantine: Quarantine | None = None,
         outbox: Outbox | None = None,
+        calls_executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.settings = settings
         self.quarantine = quarantine
@@ -63,6 +64,10 @@ class Calls:
         self.duplicates = Duplicates(store, settings.duplicate_similarity, SYSTEM)
         self._executor = executor
         self._store_executor = store_executor
+        # Backend calls, which wait for their turn of the shared call rate in their
+        # thread: apart, so that hashing, preparing and quarantining (what a request of a
+        # picture already judged may need) never queue behind calls waiting for a turn.
+        self._calls_executor = calls_executor or executor
         self._by_key = DecisionCache(settings.cache_ttl)
         # The decision this process holds in memory for a key: the per-request fast path.
         self.remembered: Callable[[str], Decision | None] = self._by_key.get

@@ -117,6 +117,13 @@ class Judging(Resembling):
     async def _decide_new(
         self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, deadline: float
     ) -> Decision:
+        late = self._no_turn_before(deadline)
+        if late:
+            # Known at once: the call rate is spent past this request's budget. Answered
+            # pending without decoding the picture or holding it while it waits; a
+            # later request judges it.
+            Metrics(metrics).incr("moderation.backend.errors.rate_limited")
+            return self._undecided(key, url, sha256, f"rate_limited: {late}")
         lease = f"judge:{sha256}"
         waiting_since = time.time()
         # Prepared while the store is asked who judges it: the call goes out as soon as
@@ -135,6 +142,20 @@ class Judging(Resembling):
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
+
+    def _no_turn_before(self, deadline: float) -> str:
+        """Why no backend call can start before deadline (time.monotonic()), as far as
+        this process last saw the shared call rate; '' when one may."""
+        call_rate = getattr(self.backend, "call_rate", None)
+        if not self.policy.model or not isinstance(call_rate, ratelimit.CallRate):
+            return ""
+        wait = call_rate.seen_next_turn() - time.time()
+        if wait <= deadline - time.monotonic():
+            return ""
+        return (
+            f"the next turn to call {self.backend.name} is {wait:.1f} s away "
+            f"(REKOGNITION_MAX_CALLS_PER_SECOND={call_rate.limit:g})"
+        )
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
         """Wait for the right to judge these bytes: None once held, a decision another
@@ -246,7 +267,7 @@ class Judging(Resembling):
         # The backend's calls wait for their turn (REKOGNITION_MAX_CALLS_PER_SECOND) until
         # the deadline of the request that asked first, not longer.
         call = asyncio.get_running_loop().run_in_executor(
-            self._executor,
+            self._calls_executor,
             ratelimit.within,
             deadline,
             self.backend.detect,
