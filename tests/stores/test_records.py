@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
-from thumbor_rekognition.stores import records, redis_scripts
+from thumbor_rekognition.stores import records, redis_scripts, wire
 
 SHA = hashlib.sha256(b"picture").hexdigest()
 KEY = "cdn.example.com/photos/2024/05/img-00012345-large.jpg"
@@ -107,10 +107,10 @@ def test_fields_of_a_later_version_are_skipped() -> None:
     decision = full_decision()
     record = records.encode_decision(decision)
     assert record[0] & records.DEFLATED
-    plain = bytes([record[0] & ~records.DEFLATED]) + record[1:33] + records._inflate(record[33:])
+    plain = bytes([record[0] & ~records.DEFLATED]) + record[1:33] + wire.inflate(record[33:])
     later = bytearray()
-    for number, wire, value in ((40, 0, b"\x96\x01"), (41, 2, b"\x05hello"), (42, 5, b"\0\0\0\0")):
-        later += records.varint(number << 3 | wire) + value
+    for number, kind, value in ((40, 0, b"\x96\x01"), (41, 2, b"\x05hello"), (42, 5, b"\0\0\0\0")):
+        later += records.varint(number << 3 | kind) + value
     later += records.varint(43 << 3 | 1) + struct.pack("<d", 1.5)
 
     assert records.decode_decision(KEY, plain) == decision

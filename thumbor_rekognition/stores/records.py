@@ -6,65 +6,23 @@ the value. A field at its default is left out and a reader skips numbers it does
 know, so fields can be added later without a new format: give a new field the next
 free number and never reuse one. The fields are deflated, with a fixed dictionary of
 the words decisions repeat (label names, backends, the plugin's notes), whenever that
-makes them shorter. The key a record is stored under is not repeated inside it.
+makes them shorter. The key a record is stored under is not repeated inside it. The
+fields, the dictionary and the byte-string lists are ``wire``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import struct
-import zlib
-from collections.abc import Iterator
 from typing import Any
 
 from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
-
-# Never edit: records deflated with it could not be read. Words that decisions and notes
-# repeat, most frequent last (deflate reaches the end of a dictionary most cheaply).
-_WORDS = (
-    "Explicit Nudity|Nudity|Graphic Male Nudity|Graphic Female Nudity|Sexual Activity|"
-    "Illustrated Explicit Nudity|Adult Toys|Suggestive|Female Swimwear Or Underwear|"
-    "Male Swimwear Or Underwear|Partial Nudity|Barechested Male|Revealing Clothes|"
-    "Sexual Situations|Violence|Graphic Violence Or Gore|Physical Violence|Weapon Violence|"
-    "Weapons|Self Injury|Visually Disturbing|Emaciated Bodies|Corpses|Hanging|Air Crash|"
-    "Explosions And Blasts|Rude Gestures|Middle Finger|Drugs|Drug Products|Drug Use|Pills|"
-    "Drug Paraphernalia|Tobacco|Tobacco Products|Smoking|Alcohol|Drinking|"
-    "Alcoholic Beverages|Gambling|Hate Symbols|Nazi Party|White Supremacy|Extremist|"
-    "Explicit|Exposed Male Genitalia|Exposed Female Genitalia|Exposed Buttocks or Anus|"
-    "Exposed Female Nipple|Explicit Sexual Activity|Sex Toys|"
-    "Non-Explicit Nudity of Intimate parts and Kissing|Non-Explicit Nudity|Bare Back|"
-    "Exposed Male Nipple|Partially Exposed Buttocks|Partially Exposed Female Breast|"
-    "Implied Nudity|Obstructed Intimate Parts|Obstructed Female Nipple|"
-    "Obstructed Male Genitalia|Kissing on the Lips|Swimwear or Underwear|"
-    "Female Swimwear or Underwear|Male Swimwear or Underwear|Graphic Violence|Self-Harm|"
-    "Blood & Gore|Explosions and Blasts|Death and Emaciation|Crashes|Drugs & Tobacco|"
-    "Products|Drugs & Tobacco Paraphernalia & Use|Alcohol Use|Animated|Illustrated|"
-    "explicit_nudity|graphic_male_nudity|graphic_female_nudity|sexual_activity|"
-    "illustrated_explicit_nudity|adult_toys|female_swimwear_or_underwear|"
-    "male_swimwear_or_underwear|partial_nudity|barechested_male|revealing_clothes|"
-    "sexual_situations|graphic_violence_or_gore|physical_violence|weapon_violence|"
-    "self_injury|visually_disturbing|emaciated_bodies|air_crash|explosions_and_blasts|"
-    "rude_gestures|middle_finger|drug_products|drug_use|drug_paraphernalia|"
-    "tobacco_products|alcoholic_beverages|hate_symbols|nazi_party|white_supremacy|"
-    "exposed_male_genitalia|exposed_female_genitalia|exposed_buttocks_or_anus|"
-    "exposed_female_nipple|explicit_sexual_activity|sex_toys|"
-    "non_explicit_nudity_of_intimate_parts_and_kissing|non_explicit_nudity|bare_back|"
-    "exposed_male_nipple|partially_exposed_buttocks|partially_exposed_female_breast|"
-    "implied_nudity|obstructed_intimate_parts|obstructed_female_nipple|"
-    "obstructed_male_genitalia|kissing_on_the_lips|swimwear_or_underwear|graphic_violence|"
-    "self_harm|blood_and_gore|death_and_emaciation|drugs_and_tobacco|"
-    "drugs_and_tobacco_paraphernalia_and_use|alcohol_use|animated|illustrated|default|"
-    "unjudged_scenes|Unjudged scenes|awaiting manual review|manual|"
-    " distinct scenes not judged (MODERATION_MAX_FRAMES=|): waiting for a human|"
-    "thresholds changed; labels judged again|first fetch|same picture (sha256 |) as |"
-    "no decision: store: |retryable: |bad_image: |configuration: |timeout|"
-    "ThrottlingException|ProvisionedThroughputExceededException|InternalServerError|"
-    "nudenet|3.4|6.1|7.0| near |.jpg|.png|.webp|.gif|storage:|/unsafe/|fit-in/|smart/|"
-    "filters:|format(webp)|quality(|https://|http://|http%3A//|https%3A//|"
-    "rekognition 6.1: |rekognition 7.0: nothing above thresholds|thumbor-rekognition"
-)
-DICTIONARY = _WORDS.encode("utf-8")
+from thumbor_rekognition.stores import wire
+from thumbor_rekognition.stores.wire import DICTIONARY as DICTIONARY
+from thumbor_rekognition.stores.wire import RecordError as RecordError
+from thumbor_rekognition.stores.wire import join as join
+from thumbor_rekognition.stores.wire import read_varint as read_varint
+from thumbor_rekognition.stores.wire import split as split
+from thumbor_rekognition.stores.wire import varint as varint
 
 # The flags byte of a record: bits 0-1 status, 2-3 source, 4 a raw SHA-256 follows,
 # 5 the fields are deflated; 6-7 are for later formats, which this one cannot read.
@@ -77,13 +35,6 @@ _SPELT = 3
 RAW_SHA = 0x10
 DEFLATED = 0x20
 _LATER = 0xC0
-
-# Wire types, as protobuf numbers them.
-_VARINT, _DOUBLE, _BYTES, _FLOAT = 0, 1, 2, 5
-
-
-class RecordError(ValueError):
-    """Bytes that are not a record this version can read."""
 
 
 # Field numbers. Never renumber or reuse one; add new fields with new numbers.
@@ -154,145 +105,8 @@ DECISION_FIELDS = frozenset(
 )
 
 
-def varint(value: int) -> bytes:
-    """LEB128: seven bits a byte, lowest first."""
-    if value < 0:
-        raise ValueError(f"varint of a negative number: {value}")
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def read_varint(data: bytes, position: int) -> tuple[int, int]:
-    """The varint at a position, and the position after it."""
-    result = shift = 0
-    while True:
-        if position >= len(data):
-            raise RecordError("truncated varint")
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position
-        shift += 7
-
-
-def join(items: list[bytes]) -> bytes:
-    """Byte strings, each behind its length."""
-    return b"".join(varint(len(item)) + item for item in items)
-
-
-def split(data: bytes) -> Iterator[bytes]:
-    """The byte strings join() put together."""
-    position = 0
-    while position < len(data):
-        size, position = read_varint(data, position)
-        if position + size > len(data):
-            raise RecordError("truncated item")
-        yield data[position : position + size]
-        position += size
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def _tag(self, number: int, wire: int) -> None:
-        self.out += varint(number << 3 | wire)
-
-    def integer(self, number: int, value: int) -> None:
-        if value:
-            self._tag(number, _VARINT)
-            self.out += varint(value << 1 if value >= 0 else (-value << 1) - 1)
-
-    def text(self, number: int, value: str) -> None:
-        if value:
-            self.raw(number, value.encode("utf-8"))
-
-    def raw(self, number: int, value: bytes) -> None:
-        self._tag(number, _BYTES)
-        self.out += varint(len(value)) + value
-
-    def number(self, number: int, value: float, always: bool = False) -> None:
-        """A float in the fewest bytes that give it back exactly: thousandths as a varint,
-        a float32, or a double; 0.0 is left out unless always."""
-        if value == 0 and math.copysign(1.0, value) > 0 and not always:
-            return
-        if value and math.isfinite(value) and abs(value) < 2**50:
-            thousandths = round(value * 1000)
-            if thousandths / 1000 == value:
-                self._tag(number, _VARINT)
-                self.out += varint(
-                    thousandths << 1 if thousandths >= 0 else (-thousandths << 1) - 1
-                )
-                return
-        single = struct.pack("<f", value) if abs(value) < 3e38 or not math.isfinite(value) else b""
-        if single and struct.unpack("<f", single)[0] == value:
-            self._tag(number, _FLOAT)
-            self.out += single
-            return
-        self._tag(number, _DOUBLE)
-        self.out += struct.pack("<d", value)
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of each field: ints, bytes or floats."""
-    position = 0
-    while position < len(data):
-        tag, position = read_varint(data, position)
-        number, wire = tag >> 3, tag & 7
-        value: Any
-        if wire == _VARINT:
-            value, position = read_varint(data, position)
-            value = (value >> 1) ^ -(value & 1)
-        elif wire == _BYTES:
-            size, position = read_varint(data, position)
-            value = data[position : position + size]
-            position += size
-        elif wire in (_FLOAT, _DOUBLE):
-            size = 4 if wire == _FLOAT else 8
-            if position + size > len(data):
-                raise RecordError("truncated field")
-            (value,) = struct.unpack_from("<f" if wire == _FLOAT else "<d", data, position)
-            position += size
-        else:
-            raise RecordError(f"unknown wire type {wire}")
-        if position > len(data):
-            raise RecordError("truncated field")
-        yield number, wire, value
-
-
-def _number(wire: int, value: Any) -> float:
-    return float(value) / 1000 if wire == _VARINT else float(value)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, bytes):
-        raise RecordError("a text field holds no bytes")
-    return value.decode("utf-8")
-
-
-def _deflate(data: bytes) -> bytes:
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
-    return packer.compress(data) + packer.flush()
-
-
-def _inflate(data: bytes) -> bytes:
-    unpacker = zlib.decompressobj(-15, zdict=DICTIONARY)
-    try:
-        body = unpacker.decompress(data) + unpacker.flush()
-    except zlib.error as error:
-        raise RecordError(f"damaged deflated fields: {error}") from error
-    if not unpacker.eof:
-        raise RecordError("truncated deflated fields")
-    return body
-
-
 def _label(label: Label) -> bytes:
-    out = _Writer()
+    out = wire.Writer()
     out.text(_L.NAME, label.name)
     out.text(_L.PARENT, label.parent)
     out.integer(_L.LEVEL, label.level)
@@ -303,22 +117,22 @@ def _label(label: Label) -> bytes:
 
 def _read_label(data: bytes) -> Label:
     values: dict[str, Any] = {"name": "", "parent": "", "level": 0, "confidence": 0.0}
-    for number, wire, value in _fields(data):
+    for number, wire_type, value in wire.fields(data):
         if number == _L.NAME:
-            values["name"] = _text(value)
+            values["name"] = wire.text(value)
         elif number == _L.PARENT:
-            values["parent"] = _text(value)
+            values["parent"] = wire.text(value)
         elif number == _L.LEVEL:
             values["level"] = value
         elif number == _L.CONFIDENCE:
-            values["confidence"] = _number(wire, value)
+            values["confidence"] = wire.number(wire_type, value)
         elif number == _L.FRAME:
             values["frame"] = value
     return Label(**values)
 
 
 def _reason(reason: Reason) -> bytes:
-    out = _Writer()
+    out = wire.Writer()
     out.text(_R.NAME, reason.name)
     out.text(_R.PARENT, reason.parent)
     out.number(_R.CONFIDENCE, reason.confidence)
@@ -332,26 +146,26 @@ def _reason(reason: Reason) -> bytes:
 def _read_reason(data: bytes) -> Reason:
     values: dict[str, Any] = {"name": "", "parent": "", "confidence": 0.0, "threshold": 0.0}
     values["category"] = ""
-    for number, wire, value in _fields(data):
+    for number, wire_type, value in wire.fields(data):
         if number == _R.NAME:
-            values["name"] = _text(value)
+            values["name"] = wire.text(value)
         elif number == _R.PARENT:
-            values["parent"] = _text(value)
+            values["parent"] = wire.text(value)
         elif number == _R.CONFIDENCE:
-            values["confidence"] = _number(wire, value)
+            values["confidence"] = wire.number(wire_type, value)
         elif number == _R.THRESHOLD:
-            values["threshold"] = _number(wire, value)
+            values["threshold"] = wire.number(wire_type, value)
         elif number == _R.CATEGORY:
-            values["category"] = _text(value)
+            values["category"] = wire.text(value)
         elif number == _R.FRAME:
             values["frame"] = value
         elif number == _R.JUDGED_AS:
-            values["judged_as"] = _text(value)
+            values["judged_as"] = wire.text(value)
     return Reason(**values)
 
 
 def _content_type(item: ContentType) -> bytes:
-    out = _Writer()
+    out = wire.Writer()
     out.text(_C.NAME, item.name)
     out.number(_C.CONFIDENCE, item.confidence)
     out.integer(_C.FRAME, item.frame)
@@ -360,39 +174,23 @@ def _content_type(item: ContentType) -> bytes:
 
 def _read_content_type(data: bytes) -> ContentType:
     values: dict[str, Any] = {"name": "", "confidence": 0.0}
-    for number, wire, value in _fields(data):
+    for number, wire_type, value in wire.fields(data):
         if number == _C.NAME:
-            values["name"] = _text(value)
+            values["name"] = wire.text(value)
         elif number == _C.CONFIDENCE:
-            values["confidence"] = _number(wire, value)
+            values["confidence"] = wire.number(wire_type, value)
         elif number == _C.FRAME:
             values["frame"] = value
     return ContentType(**values)
 
 
-def _is_hex(text: str, length: int | None = None) -> bool:
-    if length is not None and len(text) != length:
-        return False
-    if len(text) % 2 or not text:
-        return False
-    try:
-        return bytes.fromhex(text).hex() == text
-    except ValueError:
-        return False
-
-
-def _same(first: float, second: float) -> bool:
-    """The same float, bit for bit (0.0 and -0.0 differ; a NaN is itself)."""
-    return struct.pack("<d", first) == struct.pack("<d", second)
-
-
 def raw_sha(sha256: str) -> bytes:
     """The 32 bytes of a SHA-256 written as 64 hex digits; empty for anything else."""
-    return bytes.fromhex(sha256) if _is_hex(sha256, 64) else b""
+    return bytes.fromhex(sha256) if wire.is_hex(sha256, 64) else b""
 
 
 def _maybe_deflated(flags: int, body: bytes) -> bytes:
-    packed = _deflate(body) if body else b""
+    packed = wire.deflate(body) if body else b""
     if body and len(packed) < len(body):
         return bytes([flags | DEFLATED]) + packed
     return bytes([flags]) + body
@@ -401,7 +199,7 @@ def _maybe_deflated(flags: int, body: bytes) -> bytes:
 def encode_decision(decision: Decision) -> bytes:
     """The record of a decision; the key it is stored under is left out."""
     flags = _STATUS.get(decision.status, _SPELT) | _SOURCE.get(decision.source, _SPELT) << 2
-    out = _Writer()
+    out = wire.Writer()
     sha = raw_sha(decision.sha256)
     if sha:
         flags |= RAW_SHA
@@ -424,7 +222,7 @@ def encode_decision(decision: Decision) -> bytes:
         out.raw(_D.CONTENT_TYPE, _content_type(item))
     out.text(_D.BACKEND, decision.backend)
     out.text(_D.MODEL_VERSION, decision.model_version)
-    if _is_hex(decision.policy):
+    if wire.is_hex(decision.policy):
         out.raw(_D.POLICY_HEX, bytes.fromhex(decision.policy))
     else:
         out.text(_D.POLICY, decision.policy)
@@ -440,7 +238,7 @@ def encode_decision(decision: Decision) -> bytes:
     # Usually a few microseconds after the creation: the difference takes fewer bytes,
     # when adding it back gives the same float.
     since = decision.updated_at - decision.created_at
-    if _same(decision.created_at + since, decision.updated_at):
+    if wire.same(decision.created_at + since, decision.updated_at):
         out.number(_D.SINCE_CREATION, since)
     else:
         out.number(_D.UPDATED_AT, decision.updated_at, always=True)
@@ -470,7 +268,7 @@ def decode_decision(key: str, record: bytes) -> Decision:
         raise RecordError("truncated record")
     body = record[position:]
     if flags & DEFLATED:
-        body = _inflate(body)
+        body = wire.inflate(body)
     statuses = {code: status for status, code in _STATUS.items()}
     sources = {code: source for source, code in _SOURCE.items()}
     values: dict[str, Any] = {
@@ -486,11 +284,11 @@ def decode_decision(key: str, record: bytes) -> Decision:
     reasons: list[Reason] = []
     content_types: list[ContentType] = []
     since_creation, updated_at = 0.0, None
-    for number, wire, value in _fields(body):
+    for number, wire_type, value in wire.fields(body):
         if number == _D.URL_PREFIX:
-            values["url"] = _text(value) + key
+            values["url"] = wire.text(value) + key
         elif number == _D.URL:
-            values["url"] = _text(value)
+            values["url"] = wire.text(value)
         elif number == _D.LABEL:
             labels.append(_read_label(value))
         elif number == _D.REASON:
@@ -498,11 +296,11 @@ def decode_decision(key: str, record: bytes) -> Decision:
         elif number == _D.CONTENT_TYPE:
             content_types.append(_read_content_type(value))
         elif number in _TEXTS:
-            values[_TEXTS[number]] = _text(value)
+            values[_TEXTS[number]] = wire.text(value)
         elif number == _D.POLICY_HEX:
             values["policy"] = bytes(value).hex()
         elif number in _NUMBERS:
-            values[_NUMBERS[number]] = _number(wire, value)
+            values[_NUMBERS[number]] = wire.number(wire_type, value)
         elif number == _D.WIDTH:
             values["width"] = value
         elif number == _D.HEIGHT:
@@ -510,13 +308,13 @@ def decode_decision(key: str, record: bytes) -> Decision:
         elif number == _D.BLIND:
             values["blind"] = bool(value)
         elif number == _D.SINCE_CREATION:
-            since_creation = _number(wire, value)
+            since_creation = wire.number(wire_type, value)
         elif number == _D.UPDATED_AT:
-            updated_at = _number(wire, value)
+            updated_at = wire.number(wire_type, value)
         elif number == _D.STATUS:
-            values["status"] = Status(_text(value))
+            values["status"] = Status(wire.text(value))
         elif number == _D.SOURCE:
-            values["source"] = Source(_text(value))
+            values["source"] = Source(wire.text(value))
     if values["status"] is None or values["source"] is None:
         raise RecordError("record without a status or source")
     values["updated_at"] = (
@@ -532,7 +330,7 @@ def decode_decision(key: str, record: bytes) -> Decision:
 
 def encode_event(event: Event) -> bytes:
     """One history entry."""
-    out = _Writer()
+    out = wire.Writer()
     out.integer(_E.STATUS, _event_code(event.status, _STATUS))
     out.integer(_E.SOURCE, _event_code(event.source, _SOURCE))
     out.text(_E.ACTOR, event.actor)
@@ -552,7 +350,7 @@ def _event_code(value: Any, table: dict[Any, int]) -> int:
 
 
 def _spelt(number: int, text: str) -> bytes:
-    out = _Writer()
+    out = wire.Writer()
     out.text(number, text)
     return bytes(out.out)
 
@@ -561,25 +359,25 @@ def decode_event(data: bytes) -> Event:
     """The event encode_event() wrote."""
     if not data or data[0] & ~DEFLATED:
         raise RecordError("not a history entry of this format")
-    body = _inflate(data[1:]) if data[0] & DEFLATED else data[1:]
+    body = wire.inflate(data[1:]) if data[0] & DEFLATED else data[1:]
     statuses = {code + 1: status for status, code in _STATUS.items()}
     sources = {code + 1: source for source, code in _SOURCE.items()}
     values: dict[str, Any] = {"status": None, "source": None, "actor": "", "note": "", "at": 0.0}
-    for number, wire, value in _fields(body):
+    for number, wire_type, value in wire.fields(body):
         if number == _E.STATUS:
             values["status"] = statuses.get(value)
         elif number == _E.SOURCE:
             values["source"] = sources.get(value)
         elif number == _E.ACTOR:
-            values["actor"] = _text(value)
+            values["actor"] = wire.text(value)
         elif number == _E.NOTE:
-            values["note"] = _text(value)
+            values["note"] = wire.text(value)
         elif number == _E.AT:
-            values["at"] = _number(wire, value)
+            values["at"] = wire.number(wire_type, value)
         elif number == 6:
-            values["status"] = Status(_text(value))
+            values["status"] = Status(wire.text(value))
         elif number == 7:
-            values["source"] = Source(_text(value))
+            values["source"] = Source(wire.text(value))
     return Event(**values)
 
 
@@ -598,7 +396,7 @@ def decode_path(key: str, data: bytes) -> str:
     """The path encode_path() wrote for this key."""
     if not data or data[0] & ~DEFLATED:
         raise RecordError("not a recorded path of this format")
-    body = _inflate(data[1:]) if data[0] & DEFLATED else data[1:]
+    body = wire.inflate(data[1:]) if data[0] & DEFLATED else data[1:]
     at, position = read_varint(body, 0)
     if at == 0:
         return body[position:].decode("utf-8")

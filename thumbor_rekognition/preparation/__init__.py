@@ -10,21 +10,22 @@ JPEG output shows it; one with a colour profile in sRGB as colour-managed viewer
 and also as stored where the profile changes what it shows. Each frame also gets the
 perceptual fingerprint of its first view (see ``fingerprint``), computed here once from the
 pixels the backend is sent. This is blocking work: callers run it in the plugin's executor.
+
+The parts below this one: ``pixels`` (modes, alpha, layout), ``colour`` (ICC profiles),
+``signatures`` (telling an animation's frames apart).
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import math
 import warnings
 from dataclasses import dataclass, replace
 
-from PIL import Image, ImageChops, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from thumbor_rekognition import fingerprint
-
-logger = logging.getLogger(__name__)
+from thumbor_rekognition.preparation import colour, pixels, signatures
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SIDE = 80
@@ -33,14 +34,6 @@ JPEG_QUALITY = 90
 # An animation is walked frame by frame: these bound the work a hostile one can cause.
 MAX_SCANNED_FRAMES = 1000
 SCAN_BUDGET = 4
-# Frame signatures: computed on a copy this small; a step between neighbouring grey
-# levels counts as an edge above EDGE; frames closer than the tolerances are one frame.
-SIGNATURE_SIDE = 64
-EDGE = 3
-SHAPE_TOLERANCE = 6
-COLOUR_TOLERANCE = 12
-# ... and no part of them (an eighth of the frame a side) differs by more than this.
-PART_TOLERANCE = 20
 # What a prepared picture shows, in the order its views are laid out (Frame.views).
 SHOWN = "shown"
 ON_WHITE = "on white"
@@ -160,7 +153,7 @@ def _prepare(
             # Thumbor's PIL engine makes Pillow accept truncated files process-wide;
             # a picture cut short must not be judged on the part that arrived.
             _check_complete(original_format, data)
-            profile = _Profile.of(image)
+            profile = colour.Profile.of(image)
             if getattr(image, "is_animated", False):
                 frames, frame_count, unjudged = _animation(
                     image, max_side, max_pixels, max_frames, profile
@@ -179,7 +172,11 @@ def _prepare(
 
 
 def _animation(
-    image: Image.Image, max_side: int, max_pixels: int, max_frames: int, profile: _Profile | None
+    image: Image.Image,
+    max_side: int,
+    max_pixels: int,
+    max_frames: int,
+    profile: colour.Profile | None,
 ) -> tuple[tuple[Frame, ...], int, int]:
     """Every distinct frame of an animation up to max_frames, the frame count, and how
     many distinct frames max_frames left out.
@@ -188,7 +185,7 @@ def _animation(
     skipped) and keeps a small signature of each; a frame whose signature is close to
     one already kept is a near-duplicate. The second pass encodes the chosen frames.
     """
-    distinct: list[tuple[int, _Signature]] = []
+    distinct: list[tuple[int, signatures.Signature]] = []
     scanned_pixels = 0
     index = 0
     while True:
@@ -202,18 +199,18 @@ def _animation(
                 f"animation too long to judge every frame ({index + 1}+ frames of "
                 f"{image.width}x{image.height})"
             )
-        signature = _signature(_reduced(image, SIGNATURE_SIDE, profile).image)
+        signature = signatures.of(_reduced(image, signatures.SIGNATURE_SIDE, profile).image)
         if all(not signature.close_to(kept) for _, kept in distinct):
             distinct.append((index, signature))
         index += 1
     frames = []
-    for position in _most_different(distinct, max_frames):
+    for position in signatures.most_different(distinct, max_frames):
         image.seek(position)
         frames.append(_encode(_within_limits(_reduced(image, max_side, profile))))
     return tuple(frames), index, len(distinct) - len(frames)
 
 
-def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
+def _reduced(image: Image.Image, side: int, profile: colour.Profile | None) -> _Picture:
     """The current frame as viewers see it, detached from the animation, reduced by an
     integer factor towards side."""
     factor = max(image.size) // side
@@ -230,66 +227,6 @@ def _reduced(image: Image.Image, side: int, profile: _Profile | None) -> _Pictur
     return picture
 
 
-@dataclass(frozen=True)
-class _Signature:
-    """A difference hash (shapes, ignoring flat areas), a 4x4 colour thumbnail (the whole
-    frame) and an 8x8 one (its parts: a change over a sixteenth of the frame, a square or
-    a band, covers at least one part entirely or half of a row of them)."""
-
-    shape: int
-    firm: int
-    colours: bytes
-    parts: bytes
-
-    def distance(self, other: _Signature) -> float:
-        """Above 1 when two frames differ enough to be judged apart."""
-        # Where both frames are flat, grain flips bits at random: only compare where at
-        # least one has a clear edge.
-        mask = self.firm | other.firm
-        shape = ((self.shape ^ other.shape) & mask).bit_count()
-        pairs = zip(self.colours, other.colours, strict=True)
-        colour = sum(abs(a - b) for a, b in pairs) / len(self.colours)
-        # One part that changed is enough: a scene that differs in one region only, the
-        # rest equal, must be judged apart however little the whole frame's mean moves.
-        steps = [abs(a - b) for a, b in zip(self.parts, other.parts, strict=True)]
-        part = max(sum(steps[start : start + 3]) / 3 for start in range(0, len(steps), 3))
-        return max(shape / SHAPE_TOLERANCE, colour / COLOUR_TOLERANCE, part / PART_TOLERANCE)
-
-    def close_to(self, other: _Signature) -> bool:
-        return self.distance(other) <= 1.0
-
-
-def _signature(frame: Image.Image) -> _Signature:
-    grey = frame.convert("L").resize((9, 8), Image.Resampling.BILINEAR).tobytes()
-    shape = firm = 0
-    for row in range(8):
-        for column in range(8):
-            step = grey[row * 9 + column] - grey[row * 9 + column + 1]
-            shape = shape << 1 | (step > EDGE)
-            firm = firm << 1 | (abs(step) > EDGE)
-    rgb = frame.convert("RGB")
-    colours = rgb.resize((4, 4), Image.Resampling.BOX).tobytes()
-    parts = rgb.resize((8, 8), Image.Resampling.BOX).tobytes()
-    return _Signature(shape, firm, colours, parts)
-
-
-def _most_different(frames: list[tuple[int, _Signature]], count: int) -> list[int]:
-    """The first frame, then repeatedly the frame least like those already chosen.
-
-    An odd frame out (one scene that differs from the rest) is chosen early, which an
-    even spacing in time could skip.
-    """
-    if len(frames) <= count:
-        return [index for index, _ in frames]
-    chosen = [frames[0]]
-    rest = frames[1:]
-    while len(chosen) < count and rest:
-        farthest = max(rest, key=lambda item: min(item[1].distance(c[1]) for c in chosen))
-        chosen.append(farthest)
-        rest.remove(farthest)
-    return sorted(index for index, _ in chosen)
-
-
 def _check_complete(image_format: str, data: bytes) -> None:
     if image_format == "JPEG":
         last_scan = data.rfind(b"\xff\xda")
@@ -303,7 +240,7 @@ def _check_complete(image_format: str, data: bytes) -> None:
 
 
 def _normalise(
-    image: Image.Image, max_side: int, profile: _Profile | None, oriented: bool
+    image: Image.Image, max_side: int, profile: colour.Profile | None, oriented: bool
 ) -> _Picture:
     width, height = image.size
     if image.format == "JPEG" and max(width, height) > max_side:
@@ -327,7 +264,7 @@ class _Picture:
     shown: Image.Image
 
 
-def _picture(image: Image.Image, side: int, profile: _Profile | None) -> _Picture:
+def _picture(image: Image.Image, side: int, profile: colour.Profile | None) -> _Picture:
     """What viewers can be shown of the picture, reduced by an integer factor towards side.
 
     An opaque picture is one view. Where any pixel is not fully opaque, viewers differ:
@@ -340,194 +277,27 @@ def _picture(image: Image.Image, side: int, profile: _Profile | None) -> _Pictur
     shows, the views as stored are judged too: viewers without colour management,
     Thumbor's strip_icc() output and its CMYK conversions show those.
     """
-    alpha = _alpha(image)
+    alpha = pixels.alpha(image)
     if alpha is None:
         # A CMYK profile converts CMYK values, not Pillow's rough RGB of them.
         keep_cmyk = image.mode == "CMYK" and profile is not None
-        stored: list[Image.Image] = [image if keep_cmyk else _to_rgb(image)]
+        stored: list[Image.Image] = [image if keep_cmyk else pixels.to_rgb(image)]
         names: tuple[str, ...] = (SHOWN,)
     else:
-        colour = _without_alpha(image)
-        stored = [_on_white(colour, alpha), colour]
+        colour = pixels.without_alpha(image)
+        stored = [pixels.on_white(colour, alpha), colour]
         names = (ON_WHITE, ALPHA_IGNORED)
     # Colours are converted after the reduction: on far fewer pixels, to the same effect.
-    stored = _reduced_towards(stored, side)
-    views = [_to_rgb(view) for view in stored]
+    stored = pixels.reduced_towards(stored, side)
+    views = [pixels.to_rgb(view) for view in stored]
     managed = profile.to_srgb(stored) if profile is not None else None
     if managed is not None:
-        if all(_alike(shown, raw) for shown, raw in zip(managed, views, strict=True)):
+        if all(signatures.alike(shown, raw) for shown, raw in zip(managed, views, strict=True)):
             views = managed
         else:
-            views = _reduced_towards([*managed, *views], side)
+            views = pixels.reduced_towards([*managed, *views], side)
             names = (*names, *(f"{name} {WITHOUT_PROFILE}" for name in names))
-    return _Picture(_tiled(views), names, _grid(len(views), *views[0].size), views[0])
-
-
-_PROFILE_MODES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}
-# Tags through which LittleCMS converts by a table rather than by tone curves and a matrix.
-_TABLE_TAGS = frozenset({b"A2B0", b"A2B1", b"A2B2", b"D2B0", b"D2B1", b"D2B2"})
-
-
-class _Profile:
-    """A picture's embedded ICC profile, converting its views to sRGB as colour-managed
-    viewers do."""
-
-    def __init__(self, icc: bytes) -> None:
-        self._profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        self._space = self._profile.profile.xcolor_space.strip()
-        self._tables = bool(_TABLE_TAGS & _tag_signatures(icc))
-        self._transform: ImageCms.ImageCmsTransform | None = None
-        self._failed = False
-        self._as_stored = False
-
-    @classmethod
-    def of(cls, image: Image.Image) -> _Profile | None:
-        """The picture's profile, or None when it has none or one that cannot be read.
-
-        An unreadable profile is not refused: the picture is judged as stored. Browsers
-        skip a profile they cannot parse and show the stored values, as do viewers without
-        colour management and Thumbor's strip_icc() output; refusing would turn away every
-        picture whose only fault is a damaged profile, which cameras and editors do write.
-        """
-        icc = image.info.get("icc_profile")
-        if not icc:
-            return None
-        try:
-            return cls(icc)
-        except (OSError, ValueError, ImageCms.PyCMSError) as error:
-            logger.warning("unreadable colour profile (%s): judged as stored", error)
-            return None
-
-    def to_srgb(self, views: list[Image.Image]) -> list[Image.Image] | None:
-        """The views converted to sRGB, or None when the profile cannot convert them or
-        shows them as stored (an sRGB profile)."""
-        mode = _PROFILE_MODES.get(self._space)
-        if self._failed or self._as_stored:
-            return None
-        try:
-            if mode is None or any(view.mode != mode for view in views):
-                # Browsers ignore a profile that does not describe the pixels it comes with.
-                raise ImageCms.PyCMSError(f"a {self._space} profile on {views[0].mode} pixels")
-            if self._transform is None:
-                self._transform = ImageCms.buildTransform(
-                    self._profile,
-                    ImageCms.createProfile("sRGB"),
-                    mode,
-                    "RGB",
-                    renderingIntent=ImageCms.Intent.PERCEPTUAL,
-                )
-                self._as_stored = self._shows_as_stored(self._transform, mode)
-                if self._as_stored:
-                    return None
-            return [self._transform.apply(view) for view in views]
-        except ImageCms.PyCMSError as error:
-            # Once per picture, not for every frame of an animation.
-            self._failed = True
-            logger.warning("unusable colour profile (%s): judged as stored", error)
-            return None
-
-    def _shows_as_stored(self, transform: ImageCms.ImageCmsTransform, mode: str) -> bool:
-        """Whether the profile leaves every colour as stored, give or take rounding.
-
-        Most profiles are sRGB's, and converting through them costs more than all else
-        does. Without tables, a profile converts each channel by a tone curve, mixes them
-        by a matrix and takes sRGB's curves back: when each channel's 256 levels alone come
-        back as they went in, every mix of them does too. A table is not probed.
-        """
-        if self._tables or mode not in ("RGB", "L"):
-            return False
-        ramp = Image.frombytes("L", (256, 1), bytes(range(256)))
-        if mode == "L":
-            probe = ramp
-        else:
-            dark = Image.new("L", ramp.size)
-            probe = Image.new(mode, (256, 4))
-            for row, bands in enumerate(
-                [(ramp, dark, dark), (dark, ramp, dark), (dark, dark, ramp), (ramp, ramp, ramp)]
-            ):
-                probe.paste(Image.merge(mode, bands), (0, row))
-        difference = ImageChops.difference(transform.apply(probe), probe.convert("RGB"))
-        return all(isinstance(band, tuple) and band[1] <= 2 for band in difference.getextrema())
-
-
-def _tag_signatures(icc: bytes) -> set[bytes]:
-    """The tags an ICC profile's table names (ICC.1: a count at byte 128, 12 bytes a tag)."""
-    count = min(int.from_bytes(icc[128:132], "big"), max(0, len(icc) - 132) // 12)
-    return {icc[132 + 12 * index : 136 + 12 * index] for index in range(count)}
-
-
-def _alike(one: Image.Image, other: Image.Image) -> bool:
-    """Whether two views of a picture show the same, as the frame signatures tell."""
-    return _signature(_thumbnail(one)).close_to(_signature(_thumbnail(other)))
-
-
-def _thumbnail(image: Image.Image) -> Image.Image:
-    factor = max(image.size) // SIGNATURE_SIDE
-    return image.reduce(factor) if factor >= 2 else image
-
-
-def _alpha(image: Image.Image) -> Image.Image | None:
-    """The picture's alpha as an L mask, or None when every pixel is fully opaque."""
-    band = image.getbands()[-1]
-    if band in ("A", "a"):
-        alpha = image.getchannel(band)
-    elif "transparency" not in image.info:
-        return None
-    elif image.mode in _WIDE_GREY:
-        # A transparent grey level (tRNS) of a 16-bit picture; Pillow cannot convert it.
-        key = image.info["transparency"]
-        keyed = ImageMath.lambda_eval(
-            lambda args: args["equal"](args["image"], key), image=image.convert("I")
-        )
-        alpha = keyed.convert("L").point(lambda value: 0 if value else 255)
-    else:
-        alpha = image.convert("RGBA").getchannel("A")
-    lowest = alpha.getextrema()[0]
-    return alpha if isinstance(lowest, (int, float)) and lowest < 255 else None
-
-
-def _without_alpha(image: Image.Image) -> Image.Image:
-    """The picture's colour channels as they are stored, whatever its alpha says."""
-    if image.mode in ("RGBA", "RGBa", "P", "PA"):
-        # A palette's colours, even the one tRNS makes transparent.
-        return image.convert("RGB")
-    if image.mode in ("LA", "La"):
-        return image.convert("L")
-    return _to_rgb(image)
-
-
-def _on_white(colour: Image.Image, alpha: Image.Image) -> Image.Image:
-    background = Image.new(colour.mode, colour.size, "white")
-    background.paste(colour, mask=alpha)
-    return background
-
-
-def _reduced_towards(views: list[Image.Image], side: int) -> list[Image.Image]:
-    """The views reduced by one integer factor, so that laid out together their longest
-    side lies between side and twice that: as good for analysis as an exact resize, at a
-    fraction of its cost."""
-    columns, rows = _grid(len(views), *views[0].size)
-    factor = max(columns * views[0].width, rows * views[0].height) // side
-    return [view.reduce(factor) for view in views] if factor >= 2 else views
-
-
-def _grid(count: int, width: int, height: int) -> tuple[int, int]:
-    """Columns and rows to lay count views of width x height out in, as square as can be."""
-    shapes = [(columns, math.ceil(count / columns)) for columns in range(1, count + 1)]
-    return min(shapes, key=lambda shape: (max(shape[0] * width, shape[1] * height), shape[0]))
-
-
-def _tiled(views: list[Image.Image]) -> Image.Image:
-    """The views in one picture, left to right then top to bottom."""
-    if len(views) == 1:
-        return views[0]
-    width, height = views[0].size
-    columns, rows = _grid(len(views), width, height)
-    mode = "L" if all(view.mode == "L" for view in views) else "RGB"
-    canvas = Image.new(mode, (columns * width, rows * height), "white")
-    for position, view in enumerate(views):
-        canvas.paste(view, (position % columns * width, position // columns * height))
-    return canvas
+    return _Picture(pixels.tiled(views), names, pixels.grid(len(views), *views[0].size), views[0])
 
 
 def _within_limits(picture: _Picture) -> _Picture:
@@ -544,39 +314,6 @@ def _within_limits(picture: _Picture) -> _Picture:
     if min(image.size) < MIN_SIDE:
         image = _pad(image)
     return replace(picture, image=image)
-
-
-_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGB", "L"):
-        return image
-    if image.mode in _WIDE_GREY:
-        # Pillow clips wide values when converting to 8 bits; scale them instead.
-        wide = image.convert("I") if image.mode.startswith("I;16") else image
-        peak = 65535.0 if image.mode.startswith("I;16") else _peak(wide)
-        if peak <= 255.0:
-            return wide.convert("L")
-        return wide.point(lambda value: value * (255.0 / peak)).convert("L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
-def _peak(image: Image.Image) -> float:
-    """The white point of a wide greyscale image: 8-bit, 16-bit, or its own maximum."""
-    extrema = image.getextrema()
-    high = extrema[1] if isinstance(extrema, tuple) else extrema
-    value = float(high) if isinstance(high, (int, float)) else 0.0
-    if value <= 255.0:
-        return 255.0
-    return 65535.0 if value <= 65535.0 else value
 
 
 def _pad(image: Image.Image) -> Image.Image:
