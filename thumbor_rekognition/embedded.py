@@ -69,10 +69,9 @@ def cleaned(data: bytes, upright: bool = False) -> Cleaned:
     """The original without what viewers are not shown, or raise UnsupportedImage when
     its structure cannot be followed (a decoder would guess; nothing is served on a guess).
 
-    upright: its EXIF orientation is set to 1, for a Thumbor that does not turn pictures
-    (RESPECT_ORIENTATION = False), so that no viewer turns it either: browsers would, in
-    the original and in what PRESERVE_EXIF_INFO keeps, and it is judged as stored.
-    """
+    upright: its EXIF orientation is set to 1 (RESPECT_ORIENTATION = False): Thumbor does
+    not turn it, so no viewer may (browsers would, in the original and under
+    PRESERVE_EXIF_INFO); it is judged as stored."""
     if data.startswith(JPEG):
         out, removed = _jpeg(data, upright)
     elif data.startswith(PNG):
@@ -93,10 +92,14 @@ def holds_picture(data: bytes) -> bool:
     return _PICTURE.search(data) is not None
 
 
-@functools.lru_cache(maxsize=64)
 def usable_profile(icc: bytes, space: str) -> bool:
     """Whether a colour profile is one viewers apply to pixels of this colour space
     (RGB, GRAY or CMYK) and carries nothing but a profile."""
+    # Common profiles are a few kB and come again and again; a large one is not kept.
+    return (_usable_often if len(icc) <= 65_536 else _usable)(icc, space)
+
+
+def _usable(icc: bytes, space: str) -> bool:
     if holds_picture(icc):
         return False
     try:
@@ -108,6 +111,9 @@ def usable_profile(icc: bytes, space: str) -> bool:
     except (OSError, ValueError, KeyError, ImageCms.PyCMSError):
         return False
     return True
+
+
+_usable_often = functools.lru_cache(maxsize=64)(_usable)
 
 
 # JPEG
