@@ -46,7 +46,7 @@ from thumbor_rekognition.fingerprint import BAND_BITS, COARSE_BITS, FINE_BITS, P
 from thumbor_rekognition.stores import Store  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
-from thumbor_rekognition.stores.sqlite import _signed  # noqa: E402
+from thumbor_rekognition.stores.sqlite_index import signed as _signed  # noqa: E402
 
 SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
 BATCH = 20_000
