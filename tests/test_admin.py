@@ -617,6 +617,16 @@ def test_stats_count_decisions_by_status_and_source_and_backend_calls(
     }
     assert stats["backend_calls"] == 4 == fake.call_count
     assert stats["backend"] == "rekognition"
+    # Every request above was answered: nothing of them is in flight any more.
+    assert stats["process"]["judgements_in_flight"] == 0
+    assert stats["process"]["backend_calls_out"] == 0
+    assert set(stats["process"]) == {
+        "judgements_in_flight",
+        "backend_calls_out",
+        "decisions_cached",
+        "hashes_cached",
+        "pictures_with_paths_recorded",
+    }
 
 
 # Bad requests

@@ -255,6 +255,8 @@ class Review:
             "cache_errors": counters.get("caches.errors", 0),
             "backend": self.moderator.backend.name,
             "outbox": await self._store("outbox_counts"),
+            # The process that answered: what it holds in memory and has in flight.
+            "process": self.moderator.in_memory(),
         }
 
 

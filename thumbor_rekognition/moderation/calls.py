@@ -68,6 +68,8 @@ class Calls:
         # thread: apart, so that hashing, preparing and quarantining (what a request of a
         # picture already judged may need) never queue behind calls waiting for a turn.
         self._calls_executor = calls_executor or executor
+        # Backend calls sent to that pool and not answered yet, waiting for a turn or out.
+        self.calls_out = 0
         self._by_key = DecisionCache(settings.cache_ttl)
         # The decision this process holds in memory for a key: the per-request fast path.
         self.remembered: Callable[[str], Decision | None] = self._by_key.get
@@ -92,6 +94,20 @@ class Calls:
         self.backend_calls = 0
         # When the last backend call failed, and why, until one succeeds (see health.py).
         self.backend_failure: tuple[float, str] | None = None
+
+    def in_memory(self) -> dict[str, int]:
+        """What this process holds now: judgements in flight, backend calls out or
+        waiting for their turn, and the sizes of its caches."""
+        return {
+            "judgements_in_flight": len(self._flights),
+            "backend_calls_out": self.calls_out,
+            "decisions_cached": len(self._by_key),
+            "hashes_cached": len(self._by_hash),
+            "pictures_with_paths_recorded": len(self._recorded),
+        }
+
+    def _call_done(self, _: object) -> None:
+        self.calls_out -= 1
 
     async def _run(
         self, executor: concurrent.futures.Executor, func: Callable[..., T], *args: Any

@@ -274,6 +274,8 @@ class Judging(Resembling):
             prepared,
             min_confidence,
         )
+        self.calls_out += 1
+        call.add_done_callback(self._call_done)
         called = self._called.get(sha256)
         if called is not None:
             resolve(called)

@@ -63,6 +63,9 @@ class Bounded(Generic[V]):
         """The keys held now (a copy: other threads may change them meanwhile)."""
         return list(self._items)
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def clear(self) -> None:
         self._items.clear()
 
@@ -95,6 +98,9 @@ class DecisionCache:
 
     def discard(self, key: str) -> None:
         self._entries.discard(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def clear(self) -> None:
         self._entries.clear()
