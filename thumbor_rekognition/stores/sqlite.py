@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 0.1
 _STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
-
-
 _PAGE = "SELECT key, record FROM pictures WHERE key > ? AND record IS NOT NULL ORDER BY key LIMIT ?"
 # Most decisions are approved: read in key order, skipping the others.
 _PAGE_APPROVED = (

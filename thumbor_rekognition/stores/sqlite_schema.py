@@ -85,17 +85,11 @@ CREATE TABLE IF NOT EXISTS duplicates (
 
 
 BUSY_TIMEOUT = 10.0
-
-
 # PRAGMA user_version of a file in this format. Format 2 indexed only the fingerprints
 # of rejected pictures ('indexed' where 'rejecting' is now); the one before it (JSON
 # documents in a 'decisions' table) left the version at 0.
 FORMAT = 3
-
-
 INDEX_ONLY_REJECTED = 2
-
-
 # Bytes of a content hash the index keeps.
 HASH_PREFIX = 8
 
