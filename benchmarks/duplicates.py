@@ -43,10 +43,10 @@ from thumbor_rekognition import fingerprint  # noqa: E402
 from thumbor_rekognition.config import DEFAULTS  # noqa: E402
 from thumbor_rekognition.duplicates import Duplicates  # noqa: E402
 from thumbor_rekognition.fingerprint import BAND_BITS, COARSE_BITS, FINE_BITS, Print  # noqa: E402
-from thumbor_rekognition.stores import Store  # noqa: E402
+from thumbor_rekognition.stores import Store, redis_index  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
-from thumbor_rekognition.stores.sqlite import _signed  # noqa: E402
+from thumbor_rekognition.stores.sqlite_index import signed as _signed  # noqa: E402
 
 SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
 BATCH = 20_000
@@ -230,7 +230,7 @@ def load_redis(store: redis_store.Store, prints: list[Print]) -> None:
         entries: dict[str, bytearray] = {}
         for n, value in enumerate(prints):
             entry = value.to_bytes() + bytes.fromhex(f"{n:064x}") + b"\x01"
-            entries.setdefault(redis_store._field(value.bands()[band]), bytearray()).extend(entry)
+            entries.setdefault(redis_index._field(value.bands()[band]), bytearray()).extend(entry)
         fields = list(entries.items())
         for start in range(0, len(fields), BATCH):
             client.hset(store._band_key(band), mapping=dict(fields[start : start + BATCH]))

@@ -43,7 +43,7 @@ from thumbor_rekognition import fingerprint  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
 from thumbor_rekognition.duplicates import probes  # noqa: E402
 from thumbor_rekognition.fingerprint import Print  # noqa: E402
-from thumbor_rekognition.stores import dynamodb  # noqa: E402
+from thumbor_rekognition.stores import dynamodb, dynamodb_index, dynamodb_items  # noqa: E402
 
 # DynamoDB bills this much storage on top of each item's own size.
 ITEM_OVERHEAD = 100
@@ -227,13 +227,15 @@ def index_costs(endpoint: str) -> None:
     print(f"\nIndex of rejected pictures ({INDEXED:,} indexed pictures, random fingerprints)")
     print(
         f"  band items: {len(bands):,}, {min(bands)} to {max(bands)} bytes "
-        f"(an entry adds {dynamodb._ENTRY} bytes)"
+        f"(an entry adds {dynamodb_index._ENTRY} bytes)"
     )
     for title, indexed in (("indexed (rejected)", {0}), ("not indexed", set())):
         store.requests, store.written = Counter(), []
         sha256 = os.urandom(32).hex()
         store.put_fingerprints(sha256, {0: some_print()}, indexed=indexed)
-        record = client.get_item(TableName=table, Key=dynamodb._key("P#" + sha256, "p"))["Item"]
+        record = client.get_item(TableName=table, Key=dynamodb_items._key("P#" + sha256, "p"))[
+            "Item"
+        ]
         updates = store.requests["update_item"]
         # An update is billed for the larger of the item before and after: under 1 kB here.
         write_units = math.ceil(item_size(record) / 1024) + updates * math.ceil(max(bands) / 1024)

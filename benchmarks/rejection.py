@@ -42,10 +42,10 @@ from thumbor_rekognition.config import DEFAULTS  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Source, Status  # noqa: E402
 from thumbor_rekognition.duplicates import Duplicates  # noqa: E402
 from thumbor_rekognition.fingerprint import BAND_BITS, BANDS, Print  # noqa: E402
-from thumbor_rekognition.stores import Store  # noqa: E402
+from thumbor_rekognition.stores import Store, redis_index  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
-from thumbor_rekognition.stores.sqlite import _signed  # noqa: E402
+from thumbor_rekognition.stores.sqlite_index import signed as _signed  # noqa: E402
 
 SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
 BATCH = 50_000
@@ -125,7 +125,7 @@ def load_redis(store: redis_store.Store, prints: list[Print]) -> float:
         entries: dict[str, bytearray] = {}
         for n, value in enumerate(prints):
             entry = value.to_bytes() + bytes.fromhex(sha_of(n)) + b"\x00"
-            entries.setdefault(redis_store._field(value.bands()[band]), bytearray()).extend(entry)
+            entries.setdefault(redis_index._field(value.bands()[band]), bytearray()).extend(entry)
         fields = list(entries.items())
         del entries
         for start in range(0, len(fields), 2000):

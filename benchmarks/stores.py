@@ -57,7 +57,7 @@ from tests.servers import stock_config as stock_thumbor  # noqa: E402
 from thumbor_rekognition import stores  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
 from thumbor_rekognition.moderation.verdicts import event_for  # noqa: E402
-from thumbor_rekognition.stores import records, sqlite  # noqa: E402
+from thumbor_rekognition.stores import records, sqlite, sqlite_schema  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 
 POLICY = "5f0c2a9d1e7b3c48"
@@ -244,7 +244,7 @@ def scale_figures(work: Path, count: int) -> None:
     )
     connection.execute("INSERT INTO tallies VALUES ('approved.auto', ?)", (count,))
     connection.execute("COMMIT")
-    for statement in sqlite.SCHEMA.split(";"):
+    for statement in sqlite_schema.SCHEMA.split(";"):
         if "pictures_by_sha" in statement:
             connection.execute(statement)
     connection.close()

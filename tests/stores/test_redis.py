@@ -24,6 +24,7 @@ from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.stores import redis as redis_store
+from thumbor_rekognition.stores import redis_index
 
 TIMEOUT = 0.3
 # What "about the configured timeout" allows: one timed-out attempt and some slack, not
@@ -501,12 +502,12 @@ def test_index_entries_are_matched_whole_never_across_two_others(
 
     with redis.Redis.from_url(redis_server.url) as client:
         for entry in (first, second, straddling):
-            client.eval(redis_store._INDEX_ENTRY, 1, key, "abcd", entry, "1")
+            client.eval(redis_index._INDEX_ENTRY, 1, key, "abcd", entry, "1")
         added = client.hget(key, "abcd")
-        client.eval(redis_store._INDEX_ENTRY, 1, key, "abcd", straddling, "0")
+        client.eval(redis_index._INDEX_ENTRY, 1, key, "abcd", straddling, "0")
         removed = client.hget(key, "abcd")
         for entry in (first, second):
-            client.eval(redis_store._INDEX_ENTRY, 1, key, "abcd", entry, "0")
+            client.eval(redis_index._INDEX_ENTRY, 1, key, "abcd", entry, "0")
         emptied = client.hexists(key, "abcd")
     store.close()
 

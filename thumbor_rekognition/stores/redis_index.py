@@ -1,0 +1,199 @@
+"""The Redis store's index of fingerprints: a picture's record, one hash per band whose
+fields are band values holding the entries of every judged frame, the links to
+duplicates, and the conversion of format 2's index (`migrate-store`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from thumbor_rekognition import stores
+from thumbor_rekognition.fingerprint import BAND_BITS, Print
+from thumbor_rekognition.stores.redis_client import (
+    Client,
+    _glob_escape,
+    _text,
+)
+from thumbor_rekognition.stores.redis_shared import SharedState
+
+if TYPE_CHECKING:
+    pass
+
+
+def _field(value: int) -> str:
+    """A band value as the field of its band's hash."""
+    return f"{value:0{BAND_BITS // 4}x}"
+
+
+def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
+    """A picture's fingerprints and the frames that reject it, from its record (or none);
+    format 2 named them 'indexed'."""
+    if not body:
+        return {}, []
+    data = json.loads(body)
+    prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
+    return prints, [int(frame) for frame in data.get("rejecting", data.get("indexed", []))]
+
+
+def _entries(
+    sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
+) -> set[tuple[int, str, bytes]]:
+    """A picture's entries in the index: (band, band value's field, entry)."""
+    digest = bytes.fromhex(sha256)
+    return {
+        (band, _field(value), print_.to_bytes() + digest + bytes([frame in rejecting]))
+        for frame, print_ in prints.items()
+        for band, value in enumerate(print_.bands())
+    }
+
+
+# One entry of a band's hash added ('1') or removed ('0'): entries are compared whole,
+# 56 bytes at a time, so that no entry is mistaken for the bytes across two others.
+_INDEX_ENTRY = """
+local entries = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+local size = string.len(ARGV[2])
+for start = 1, string.len(entries), size do
+  if string.sub(entries, start, start + size - 1) == ARGV[2] then
+    if ARGV[3] == '1' then return 0 end
+    local rest = string.sub(entries, 1, start - 1) .. string.sub(entries, start + size)
+    if rest == '' then
+      redis.call('HDEL', KEYS[1], ARGV[1])
+    else
+      redis.call('HSET', KEYS[1], ARGV[1], rest)
+    end
+    return 1
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], entries .. ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+# An index entry: a fingerprint (24 bytes), its picture's content hash (32 bytes), and
+# whether the frame rejects its picture (1 byte).
+_ENTRY = 57
+
+
+class FingerprintIndex(SharedState):
+    """Fingerprints, the index of judged pictures by band, and links to duplicates."""
+
+    # Every command reads or writes one key: a picture's record
+    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames that reject it), one
+    # hash per band of the index, 'fpx:<band>' (field: the band's value in hex; value: its
+    # entries end to end, each the 24-byte fingerprint, the 32-byte content hash, and a
+    # byte, 1 when the frame rejects its picture), and
+    # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
+    # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
+    # an entry costs its 57 bytes and no key of its own. On a cluster the four hashes sit
+    # on up to four nodes, and each picture's record and set on the slot of its hash.
+
+    def _band_key(self, band: int) -> str:
+        return f"{self.prefix}fpx:{band}"
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
+    ) -> None:
+        with self._call() as client:
+            self._put_fingerprints(client, sha256, prints, rejecting)
+
+    def _put_fingerprints(
+        self,
+        client: Client,
+        sha256: str,
+        prints: Mapping[int, Print],
+        rejecting: Collection[int],
+        old: set[tuple[int, str, bytes]] | None = None,
+    ) -> None:
+        record = self.prefix + "fp:{" + sha256 + "}"
+        if old is None:
+            old = _entries(sha256, *_fingerprint_record(client.get(record)))
+        new = _entries(sha256, prints, rejecting)
+        # The index first, the record last: a call cut short leaves the record naming
+        # what the index held before, and the next call mends both. An entry left over
+        # names a picture whose decision lookups read anyway, and so is never believed.
+        changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
+        changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
+        self._on_nodes(
+            client,
+            [
+                (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
+                for band, *rest in changes
+            ],
+        )
+        client.set(
+            record,
+            json.dumps(
+                {
+                    "prints": {str(frame): p.hex() for frame, p in sorted(prints.items())},
+                    "rejecting": sorted(frame for frame in rejecting if frame in prints),
+                },
+                separators=(",", ":"),
+            ),
+        )
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._call() as client:
+            prints, _ = _fingerprint_record(client.get(self.prefix + "fp:{" + sha256 + "}"))
+        return prints
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[stores.Indexed]:
+        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
+        if not asked:
+            return []
+        with self._call() as client:
+            answers = self._on_nodes(
+                client,
+                [
+                    (
+                        self._band_key(band),
+                        "hmget",
+                        (self._band_key(band), [_field(value) for value in values]),
+                    )
+                    for band, values in asked
+                ],
+            )
+        kept = {
+            entries[start : start + _ENTRY]
+            for answer in answers
+            for entries in answer
+            if entries
+            for start in range(0, len(entries), _ENTRY)
+            if close(int.from_bytes(entries[start : start + 8], "big"))
+        }
+        return [
+            stores.Indexed(entry[24:56].hex(), Print.from_bytes(entry[:24]), entry[56:] == b"\x01")
+            for entry in kept
+        ]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._call() as client:
+            if linked:
+                client.sadd(self.prefix + "dup:{" + original + "}", key)
+            else:
+                client.srem(self.prefix + "dup:{" + original + "}", key)
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._call() as client:
+            keys = client.smembers(self.prefix + "dup:{" + original + "}")
+        return sorted(_text(key) for key in keys)
+
+    def _index_every_picture(self, client: Client) -> int:
+        """Every picture's kept fingerprints into this format's index (format 2 indexed
+        those of rejected pictures only, in 'fpi:<band>'); how many were converted."""
+        converted = 0
+        start = len(self.prefix + "fp:{")
+        for name in client.scan_iter(_glob_escape(self.prefix + "fp:{") + "*", 1000):
+            body = client.get(name)
+            if not body or "rejecting" in json.loads(body):
+                continue
+            sha256 = _text(name)[start:-1]
+            prints, rejecting = _fingerprint_record(body)
+            self._put_fingerprints(client, sha256, prints, rejecting, old=set())
+            converted += 1
+        return converted

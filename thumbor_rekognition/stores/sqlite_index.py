@@ -1,0 +1,106 @@
+"""The SQLite store's fingerprint index and links to duplicates: each frame's print under
+its four bands, each band indexed with the coarse print beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+from thumbor_rekognition import stores
+from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.stores.sqlite_shared import SharedState
+
+_UNSIGNED = (1 << 64) - 1
+
+
+def signed(value: int) -> int:
+    """A 64-bit unsigned value as the signed integer SQLite stores."""
+    return value - (1 << 64) if value >> 63 else value
+
+
+# Band values per statement of an index lookup, well under SQLite's limit on parameters.
+PROBES_PER_QUERY = 500
+
+
+class FingerprintIndex(SharedState):
+    """Fingerprints by band, and which pictures are duplicates of which."""
+
+    def put_fingerprints(
+        self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
+    ) -> None:
+        rows = [
+            (
+                sha256,
+                frame,
+                print_.to_bytes(),
+                signed(print_.coarse),
+                int(frame in rejecting),
+                *print_.bands(),
+            )
+            for frame, print_ in sorted(prints.items())
+        ]
+        with self._cursor(write=True) as cursor:
+            cursor.execute("DELETE FROM fingerprints WHERE sha256 = ?", (sha256,))
+            cursor.executemany(
+                "INSERT INTO fingerprints "
+                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def fingerprints(self, sha256: str) -> dict[int, Print]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT frame, print FROM fingerprints WHERE sha256 = ? ORDER BY frame", (sha256,)
+            ).fetchall()
+        return {frame: Print.from_bytes(data) for frame, data in rows}
+
+    def indexed_near(
+        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+    ) -> list[stores.Indexed]:
+        kept: set[int] = set()
+        with self._cursor() as cursor:
+            for band, values in enumerate(probes):
+                ordered = sorted(values)
+                for start in range(0, len(ordered), PROBES_PER_QUERY):
+                    chunk = ordered[start : start + PROBES_PER_QUERY]
+                    # Read from the band's index alone (coarse is in it): the table is
+                    # read only for the rows kept.
+                    rows = cursor.execute(
+                        f"SELECT rowid, coarse FROM fingerprints "  # noqa: S608 - band is 0..3
+                        f"INDEXED BY fingerprints_band{band:d} "
+                        f"WHERE b{band:d} IN ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                    kept.update(rowid for rowid, coarse in rows if close(coarse & _UNSIGNED))
+            ordered_rows = sorted(kept)
+            found = []
+            for start in range(0, len(ordered_rows), PROBES_PER_QUERY):
+                chunk = ordered_rows[start : start + PROBES_PER_QUERY]
+                found += cursor.execute(
+                    f"SELECT sha256, print, rejecting FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+        return [
+            stores.Indexed(sha256, Print.from_bytes(data), bool(rejecting))
+            for sha256, data, rejecting in found
+        ]
+
+    def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
+        with self._cursor(write=True) as cursor:
+            if linked:
+                cursor.execute(
+                    "INSERT OR IGNORE INTO duplicates (original, key) VALUES (?, ?)",
+                    (original, key),
+                )
+            else:
+                cursor.execute(
+                    "DELETE FROM duplicates WHERE original = ? AND key = ?", (original, key)
+                )
+
+    def duplicates_of(self, original: str) -> list[str]:
+        with self._cursor() as cursor:
+            rows = cursor.execute(
+                "SELECT key FROM duplicates WHERE original = ? ORDER BY key", (original,)
+            ).fetchall()
+        return [key for (key,) in rows]

@@ -1,0 +1,251 @@
+"""The SQLite store's file: its schema and format, opening a file that other processes may
+be creating, and converting files of earlier formats (`thumbor-moderation migrate-store`)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from thumbor_rekognition import stores
+from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.stores import records
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pictures (
+    key TEXT PRIMARY KEY,
+    -- The first bytes of the SHA-256 (NULL without a decision): readers check the rest.
+    sha BLOB,
+    -- 0 approved, 1 rejected, 2 pending: NULL once the decision is forgotten.
+    status INTEGER,
+    record BLOB,
+    history BLOB NOT NULL DEFAULT x'',
+    paths BLOB NOT NULL DEFAULT x''
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pictures_by_sha ON pictures (sha) WHERE sha IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pictures_waiting ON pictures (status, key) WHERE status > 0;
+CREATE TABLE IF NOT EXISTS tallies (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (state, topic, key, id);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shared (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    sha256 TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    print BLOB NOT NULL,
+    coarse INTEGER NOT NULL,
+    -- 1 when this frame rejects its picture (see duplicates.rejecting_frames).
+    rejecting INTEGER NOT NULL,
+    b0 INTEGER NOT NULL,
+    b1 INTEGER NOT NULL,
+    b2 INTEGER NOT NULL,
+    b3 INTEGER NOT NULL,
+    PRIMARY KEY (sha256, frame)
+);
+CREATE INDEX IF NOT EXISTS fingerprints_band0 ON fingerprints (b0, coarse);
+CREATE INDEX IF NOT EXISTS fingerprints_band1 ON fingerprints (b1, coarse);
+CREATE INDEX IF NOT EXISTS fingerprints_band2 ON fingerprints (b2, coarse);
+CREATE INDEX IF NOT EXISTS fingerprints_band3 ON fingerprints (b3, coarse);
+CREATE TABLE IF NOT EXISTS duplicates (
+    original TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (original, key)
+);
+"""
+
+
+BUSY_TIMEOUT = 10.0
+# PRAGMA user_version of a file in this format. Format 2 indexed only the fingerprints
+# of rejected pictures ('indexed' where 'rejecting' is now); the one before it (JSON
+# documents in a 'decisions' table) left the version at 0.
+FORMAT = 3
+INDEX_ONLY_REJECTED = 2
+# Bytes of a content hash the index keeps.
+HASH_PREFIX = 8
+
+
+class PreviousFormat(stores.StoreUnavailable):
+    """The file holds decisions in the previous format: `migrate-store` converts them."""
+
+
+def initialise(connection: sqlite3.Connection) -> None:
+    """WAL mode and the schema, waiting while other processes open the same new file.
+
+    Switching a new file to WAL needs an exclusive lock and fails at once with 'database
+    is locked' instead of honouring the busy timeout, which every process of
+    `thumbor --processes=N` meets on its first start.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            check_format(connection)
+            connection.executescript(SCHEMA)
+            connection.execute(f"PRAGMA user_version = {FORMAT}")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+def check_format(connection: sqlite3.Connection) -> None:
+    """Refuse a file of another format rather than misread it."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version == FORMAT:
+        return
+    if version > FORMAT:
+        raise sqlite3.DatabaseError(f"format {version}, which this version cannot read")
+    if version == INDEX_ONLY_REJECTED:
+        raise PreviousFormat(
+            "the index of fingerprints is in the previous format; run "
+            "`thumbor-moderation migrate-store` once"
+        )
+    old = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'"
+    ).fetchone()
+    if old:
+        raise PreviousFormat(
+            "the decisions are in the previous format; run `thumbor-moderation migrate-store` once"
+        )
+
+
+def migrate(path: str) -> int:
+    """Convert a file of the previous format (JSON documents in a 'decisions' table,
+    history and results in tables of their own) in one transaction."""
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.Error as error:
+        raise stores.StoreUnavailable(f"SQLite store {path}: {error}") from error
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            check_format(connection)
+            converted = 0
+        except PreviousFormat:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            converted = _convert(connection) if version < INDEX_ONLY_REJECTED else 0
+            converted = max(converted, _index_every_picture(connection))
+        connection.execute("COMMIT")
+        return converted
+    except sqlite3.Error as error:
+        if connection.in_transaction:
+            connection.rollback()
+        raise stores.StoreUnavailable(f"SQLite store {path}: {error}") from error
+    finally:
+        connection.close()
+
+
+def _convert(connection: sqlite3.Connection) -> int:
+    """Rows of the previous format's tables into pictures, inside the caller's transaction."""
+    # executescript() would commit the caller's transaction: one statement at a time
+    # (the schema has no ';' but between statements).
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    keys = [
+        key
+        for (key,) in connection.execute(
+            "SELECT key FROM decisions UNION SELECT key FROM history UNION "
+            "SELECT key FROM results ORDER BY key"
+        )
+    ]
+    tallies: dict[str, int] = {}
+    for key in keys:
+        body = connection.execute("SELECT body FROM decisions WHERE key = ?", (key,)).fetchone()
+        decision = Decision.from_json(body[0]) if body else None
+        record = records.encode_decision(decision) if decision else None
+        events = [
+            Event(
+                at=at,
+                status=Status(status) if status else None,
+                source=Source(source) if source else None,
+                actor=actor,
+                note=note,
+            )
+            for at, status, source, actor, note in connection.execute(
+                "SELECT at, status, source, actor, note FROM history WHERE key = ? ORDER BY id",
+                (key,),
+            )
+        ]
+        paths = [
+            path
+            for (path,) in connection.execute(
+                "SELECT path FROM results WHERE key = ? ORDER BY rowid", (key,)
+            )
+        ]
+        connection.execute(
+            "INSERT OR REPLACE INTO pictures (key, sha, status, record, history, paths) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                records.sha_of(record)[:HASH_PREFIX] or None if record else None,
+                records.status_of(record) if record else None,
+                record,
+                records.join([records.encode_event(event) for event in events]),
+                records.join([records.encode_path(key, path) for path in paths]),
+            ),
+        )
+        if decision is not None:
+            name = f"{decision.status.value}.{decision.source.value}"
+            tallies[name] = tallies.get(name, 0) + 1
+    connection.execute("DELETE FROM tallies")
+    connection.executemany("INSERT INTO tallies (name, value) VALUES (?, ?)", tallies.items())
+    for table in ("decisions", "history", "results"):
+        connection.execute(f"DROP TABLE {table}")
+    connection.execute(f"PRAGMA user_version = {FORMAT}")
+    return len(keys)
+
+
+def _index_every_picture(connection: sqlite3.Connection) -> int:
+    """Format 2's fingerprints into format 3's index, inside the caller's transaction: the
+    frames it indexed are those that reject their picture, and every frame is indexed now.
+    Returns how many pictures' fingerprints were converted."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(fingerprints)")}
+    converted = 0
+    if "indexed" in columns:
+        (converted,) = connection.execute(
+            "SELECT COUNT(DISTINCT sha256) FROM fingerprints"
+        ).fetchone()
+        connection.execute("ALTER TABLE fingerprints RENAME COLUMN indexed TO rejecting")
+    for band in range(4):
+        connection.execute(f"DROP INDEX IF EXISTS fingerprints_b{band:d}")
+    for statement in SCHEMA.split(";"):
+        if "fingerprints_band" in statement:
+            connection.execute(statement)
+    connection.execute(f"PRAGMA user_version = {FORMAT}")
+    return int(converted)
