@@ -22,11 +22,10 @@ from tests import pictures
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import Response, ThumborServer, base_config
+from tests.test_decision_core import AUTH, TOKEN, shown
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "adversarial-token-5e1b9d20"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NUDITY = [
     {"Name": "Explicit Nudity", "ParentName": "", "Confidence": 99.0},
     {"Name": "Nudity", "ParentName": "Explicit Nudity", "Confidence": 99.0},
@@ -48,13 +47,6 @@ def clean(color: tuple[int, int, int]) -> bytes:
 def put(node: ThumborServer, name: str, status: str, **extra: Any) -> Response:
     body = json.dumps({"status": status, "note": "review", **extra}).encode()
     return node.request("PUT", f"/moderation/image?url={name}", body=body, headers=AUTH)
-
-
-def shown(node: ThumborServer, name: str) -> dict[str, Any]:
-    response = node.request("GET", f"/moderation/image?url={name}", headers=AUTH)
-    assert response.status == 200, response.body
-    answer: dict[str, Any] = json.loads(response.body)
-    return answer
 
 
 def status(node: ThumborServer, name: str, size: str = "120x90") -> str | None:
