@@ -102,8 +102,8 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "How alike (0..1) a new picture must be to one the model or a human rejected to "
         "be rejected as its duplicate, without a backend call, naming it (source "
         "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
-        "more (one in 1,200 lower in the README's figures), distinct pictures 0.5 to 0.7 "
-        "(0.875 at most); 0 disables matching, values from 0.85 up are accepted. When "
+        "more (one in 1,200 lower in the figures of docs/duplicates.md), distinct "
+        "pictures 0.5 to 0.7 (0.875 at most); 0 disables matching, values from 0.85 up are accepted. When "
         "the rejected picture is approved, its duplicates are judged on their own. "
         "Cloudinary's 'duplicate:<score>' step in MODERATION_RULES is another rule: "
         "copies of any judged picture.",
@@ -186,7 +186,7 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_DYNAMODB_TABLE",
         "",
         "Table of the dynamodb decision store; required with "
-        "thumbor_rekognition.stores.dynamodb (see the README for its definition).",
+        "thumbor_rekognition.stores.dynamodb (docs/stores.md shows its definition).",
         GROUP,
     ),
     (

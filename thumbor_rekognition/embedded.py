@@ -7,7 +7,7 @@ pixels (a colour profile that is really another picture, an EXIF thumbnail, an X
 preview, a comment, data after the end of the image) would be served unjudged. Each JPEG,
 PNG, WebP and GIF is rebuilt here from what decodes its pixels, an EXIF block without its
 thumbnail or any picture in it, and a colour profile viewers can use; nothing is
-re-encoded (the README's table lists what is kept, format by format).
+re-encoded (docs/doors.md lists what is kept, format by format).
 
 A colour profile viewers cannot use is removed, so the picture is served as it is judged:
 as stored. Cleaning is deterministic and idempotent: a decision's content hash is that of

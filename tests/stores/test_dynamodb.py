@@ -153,7 +153,7 @@ def test_a_missing_table_is_an_unavailable_store_that_says_how_to_make_it(
 ) -> None:
     store = open_store(table="never-created", create_table=False)
 
-    with pytest.raises(stores.StoreUnavailable, match=r"never-created.*README") as raised:
+    with pytest.raises(stores.StoreUnavailable, match=r"never-created.*docs/stores.md") as raised:
         store.get("host/a.jpg")
 
     assert "MODERATION_DYNAMODB_CREATE_TABLE" in str(raised.value)

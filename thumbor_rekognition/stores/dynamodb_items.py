@@ -69,7 +69,7 @@ def _endpoint_url(value: str | None) -> str | None:
 
 
 def table_definition(table: str) -> dict[str, Any]:
-    """create_table arguments of the table this store needs (the README shows the same)."""
+    """create_table arguments of the table this store needs (docs/stores.md shows the same)."""
     return {
         "TableName": table,
         "BillingMode": "PAY_PER_REQUEST",

@@ -133,7 +133,7 @@ class Table(stores.Store):
             if code == "ResourceNotFoundException":
                 raise stores.StoreUnavailable(
                     f"DynamoDB store: table {self.table} not found in {self.region}: create "
-                    "it (see the README) or set MODERATION_DYNAMODB_CREATE_TABLE = True"
+                    "it (see docs/stores.md) or set MODERATION_DYNAMODB_CREATE_TABLE = True"
                 ) from error
             raise stores.StoreUnavailable(f"DynamoDB store: {code}: {error}") from error
         except botocore.exceptions.BotoCoreError as error:
