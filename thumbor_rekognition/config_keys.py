@@ -104,8 +104,8 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
         "more (one in 1,200 lower in the figures of docs/duplicates.md), distinct "
         "pictures 0.5 to 0.7 (0.875 at most); 0 disables matching, values from 0.85 up "
-        "are accepted. When the rejected picture is approved, its duplicates are judged on their own. "
-        "Cloudinary's 'duplicate:<score>' step in MODERATION_RULES is another rule: "
+        "are accepted. When the rejected picture is approved, its duplicates are judged "
+        "on their own. Cloudinary's 'duplicate:<score>' step in MODERATION_RULES is another rule: "
         "copies of any judged picture.",
         GROUP,
     ),
