@@ -218,21 +218,21 @@ def index_costs(endpoint: str) -> None:
         return Print(randomness.getrandbits(64), randomness.getrandbits(128))
 
     for _ in range(INDEXED):
-        store.put_fingerprints(os.urandom(32).hex(), {0: some_print()}, indexed={0})
+        store.put_fingerprints(os.urandom(32).hex(), {0: some_print()}, rejecting={0})
     client = aws_client("dynamodb", endpoint)
     bands = []
     for page in client.get_paginator("scan").paginate(TableName=table):
         bands += [item_size(item) for item in page["Items"] if item["pk"]["S"].startswith("I#")]
 
-    print(f"\nIndex of rejected pictures ({INDEXED:,} indexed pictures, random fingerprints)")
+    print(f"\nIndex of judged pictures ({INDEXED:,} indexed pictures, random fingerprints)")
     print(
         f"  band items: {len(bands):,}, {min(bands)} to {max(bands)} bytes "
         f"(an entry adds {dynamodb_index._ENTRY} bytes)"
     )
-    for title, indexed in (("indexed (rejected)", {0}), ("not indexed", set())):
+    for title, rejecting in (("a rejecting frame", {0}), ("an approved picture", set())):
         store.requests, store.written = Counter(), []
         sha256 = os.urandom(32).hex()
-        store.put_fingerprints(sha256, {0: some_print()}, indexed=indexed)
+        store.put_fingerprints(sha256, {0: some_print()}, rejecting=rejecting)
         record = client.get_item(TableName=table, Key=dynamodb_items._key("P#" + sha256, "p"))[
             "Item"
         ]
