@@ -19,7 +19,7 @@ logger = logging.getLogger("thumbor_rekognition.moderator")
 
 
 class Announcements(Originals):
-    """Saving a decision through the store's compare-and-set (rules.settle decides what"""
+    """Saving decisions through the store and announcing every change they make."""
 
     async def _save(self, decision: Decision, event: Event, metrics: Any) -> Decision:
         Metrics(metrics).incr(f"moderation.decision.{decision.status.value}")

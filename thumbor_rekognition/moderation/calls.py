@@ -42,7 +42,7 @@ _request_store_waits: contextvars.ContextVar[_StoreWaits | None] = contextvars.C
 
 
 class Calls:
-    """A Moderator's state, and how it calls what blocks: the plugin's threads, the decision"""
+    """A Moderator's state, and how it calls what blocks: threads, the store, memory."""
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ def resolve(future: asyncio.Future[None], *_: Any) -> None:
 
 
 class Judging(Resembling):
-    """Judging new bytes: single flight per content, the lease that makes one process of"""
+    """Judging new bytes once per content in the cluster, and re-judging stored labels."""
 
     async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
         """The decision for a key under the current policy, or None if there is none."""

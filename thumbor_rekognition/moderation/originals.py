@@ -16,7 +16,7 @@ logger = logging.getLogger("thumbor_rekognition.moderator")
 
 
 class Originals(Calls):
-    """Originals and what was served from them: the quarantine of pictures that are not"""
+    """The quarantine of originals not approved, and the paths served from them."""
 
     async def keep_original(self, sha256: str, buffer: bytes, metrics: Any = None) -> bool:
         """Copy an original that is not approved into the quarantine; False if that failed."""

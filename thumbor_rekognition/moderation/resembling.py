@@ -21,7 +21,7 @@ logger = logging.getLogger("thumbor_rekognition.moderator")
 
 
 class Resembling(Announcements):
-    """Resemblance: looking a new picture up in the index of fingerprints before the"""
+    """Looking new pictures up in the index of fingerprints, and keeping theirs."""
 
     async def _resembled(self, prints: dict[int, Print], metrics: Any) -> Resemblance | None:
         """The rejected picture these fingerprints resemble, if any; None also when the
