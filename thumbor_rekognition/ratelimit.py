@@ -134,11 +134,14 @@ class CallRate:
 
         self._swap(next_turn)
         if late:
-            raise NoTurn(
-                f"the next turn to call Rekognition is {late[0] - time.time():.1f} s away "
-                f"(REKOGNITION_MAX_CALLS_PER_SECOND={self.limit:g}, now {self.current():g}/s)"
-            )
+            raise NoTurn(self._too_late(late[0]))
         return turns[0]
+
+    def _too_late(self, turn: float) -> str:
+        return (
+            f"the next turn to call Rekognition is {turn - time.time():.1f} s away "
+            f"(REKOGNITION_MAX_CALLS_PER_SECOND={self.limit:g}, now {self.current():g}/s)"
+        )
 
     def wait(self, deadline: float | None = None) -> None:
         """Block until this caller's turn (deadline in time.monotonic()); NoTurn past it."""
@@ -166,11 +169,15 @@ class CallRate:
                 self.limit * lowered.share,
             )
 
-    def seen_next_turn(self) -> float:
-        """The time.time() of the next turn as this process last saw the shared state: the
-        real one is no earlier, as turns only move forward."""
+    def seen_too_late(self, deadline: float) -> str:
+        """Why no turn can come before deadline (time.monotonic()), judged from the shared
+        state as this process last saw it (the real next turn is no earlier: turns only
+        move forward); '' when one may. Costs no store call."""
         with self._lock:
-            return _State.parse(self._seen).next_at
+            turn = _State.parse(self._seen).next_at
+        if turn - time.time() <= deadline - time.monotonic():
+            return ""
+        return self._too_late(turn)
 
     def current(self) -> float:
         """The calls per second in force now, as this process last saw the shared state."""

@@ -149,13 +149,7 @@ class Judging(Resembling):
         call_rate = getattr(self.backend, "call_rate", None)
         if not self.policy.model or not isinstance(call_rate, ratelimit.CallRate):
             return ""
-        wait = call_rate.seen_next_turn() - time.time()
-        if wait <= deadline - time.monotonic():
-            return ""
-        return (
-            f"the next turn to call {self.backend.name} is {wait:.1f} s away "
-            f"(REKOGNITION_MAX_CALLS_PER_SECOND={call_rate.limit:g})"
-        )
+        return call_rate.seen_too_late(deadline)
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
         """Wait for the right to judge these bytes: None once held, a decision another
