@@ -94,12 +94,13 @@ class Settings:
     def from_config(cls, config: Any) -> Settings:
         """Read and validate every key from a Thumbor config object."""
         reader = Reader(config)
+        chain = _read_chain(reader)
         return cls(
             source_loader=reader.module("MODERATION_SOURCE_LOADER"),
             source_storage=reader.module("MODERATION_SOURCE_STORAGE"),
             source_result_storage=reader.optional_module("MODERATION_SOURCE_RESULT_STORAGE"),
             backend=reader.module("MODERATION_BACKEND"),
-            policy=_read_policy(reader),
+            policy=_read_policy(reader, chain),
             rejected_response=reader.choice(
                 "MODERATION_REJECTED_RESPONSE", ("placeholder", "forbidden")
             ),
@@ -162,7 +163,7 @@ class Settings:
                 "REKOGNITION_MAX_CALLS_PER_SECOND", minimum=0.01, maximum=10_000.0
             ),
             duplicate_similarity=_read_duplicate_similarity(reader),
-            indexed_copy_similarity=_read_duplicate_step(reader),
+            indexed_copy_similarity=_read_duplicate_step(chain),
             rekognition_project_version=_read_project_version(reader),
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
@@ -190,17 +191,22 @@ def _read_duplicate_similarity(reader: Reader) -> float:
     return _similarity(reader.number(key, minimum=0.0, maximum=1.0), key)
 
 
-def _read_duplicate_step(reader: Reader) -> float:
+def _read_chain(reader: Reader) -> policy.Chain | None:
+    """The Cloudinary chain MODERATION_RULES holds, None when it is empty."""
+    rules = reader.string("MODERATION_RULES")
+    if not rules.strip():
+        return None
+    try:
+        return policy.parse_cloudinary_chain(rules)
+    except ValueError as error:
+        raise ConfigurationError(f"MODERATION_RULES: {error}") from error
+
+
+def _read_duplicate_step(chain: policy.Chain | None) -> float:
     """The score of the chain's 'duplicate:<score>' step (Cloudinary's de-duplication of
     uploads), 0 without one or with 'duplicate:0' (which only indexes, as every judged
     picture is indexed anyway)."""
-    rules = reader.string("MODERATION_RULES")
-    if not rules.strip():
-        return 0.0
-    try:
-        score = policy.parse_cloudinary_chain(rules).duplicate
-    except ValueError as error:
-        raise ConfigurationError(f"MODERATION_RULES: {error}") from error
+    score = chain.duplicate if chain is not None else None
     if score is None or score == 0:
         return 0.0
     if score < duplicates.MIN_SIMILARITY:
@@ -226,7 +232,7 @@ def _similarity(value: float, key: str) -> float:
     return value
 
 
-def _read_policy(reader: Reader) -> policy.Policy:
+def _read_policy(reader: Reader, chain: policy.Chain | None) -> policy.Policy:
     default = reader.number("MODERATION_MIN_CONFIDENCE", minimum=0.0, maximum=1.0)
     band = reader.number("MODERATION_REVIEW_BAND", minimum=0.0, maximum=1.0)
     rules: dict[str, float | None] = {}
@@ -242,14 +248,9 @@ def _read_policy(reader: Reader) -> policy.Policy:
         rules[slug] = value
         origin[slug] = key
 
-    rules_string = reader.string("MODERATION_RULES")
     manual = False
     model = True
-    if rules_string.strip():
-        try:
-            chain = policy.parse_cloudinary_chain(rules_string)
-        except ValueError as error:
-            raise ConfigurationError(f"MODERATION_RULES: {error}") from error
+    if chain is not None:
         manual = chain.manual
         model = chain.model
         for category, value in chain.rules.items():
