@@ -94,11 +94,7 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                 context.moderation_main_decision = decision
             elif not decision.needs_retry:
                 self.moderation_status = status
-                if (
-                    refuses(self._runtime, decision)
-                    and not rules.unbound(decision)
-                    and not moderator.needs_new_analysis(decision)
-                ):
+                if refuses(self._runtime, decision) and moderator.refuses_unfetched(decision):
                     await self._evict_original(decision)
                     if await self._refuse(decision):
                         return

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from thumbor.loaders import LoaderResult
 
-from thumbor_rekognition import embedded, provenance, rules
+from thumbor_rekognition import embedded, provenance
 from thumbor_rekognition.decision import Decision, Status
 from thumbor_rekognition.gate import (
     FORBIDDEN,
@@ -66,10 +66,8 @@ async def load(context: Any, path: str) -> LoaderResult:
     known = await runtime.moderator.lookup(key, context.metrics)
     if (
         known is not None
-        and not known.needs_retry
         and known.status is not Status.APPROVED
-        and not rules.unbound(known)
-        and not runtime.moderator.needs_new_analysis(known)
+        and runtime.moderator.refuses_unfetched(known)
     ):
         # Refused pictures are answered without fetching the original again; one rejected
         # by hand before any fetch is fetched once, to bind the rejection to its bytes, and

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from thumbor_rekognition import backends, ratelimit, stores
+from thumbor_rekognition import backends, ratelimit, rules, stores
 from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Source, Status
 from thumbor_rekognition.moderation.memory import Metrics
 from thumbor_rekognition.moderation.resembling import Resembling
@@ -68,6 +68,17 @@ class Judging(Resembling):
     def _stands(self, decision: Decision) -> bool:
         """Whether a stored decision answers for its bytes without asking the backend."""
         return not decision.needs_retry and not self.needs_new_analysis(decision)
+
+    def refuses_unfetched(self, decision: Decision) -> bool:
+        """Whether a stored decision that is not an approval answers for its picture
+        without fetching the original: not a failure to retry, not made by hand before
+        any fetch (bound to the bytes of the next one), not left unanalysed by a policy
+        that now has a model step."""
+        return (
+            not decision.needs_retry
+            and not rules.unbound(decision)
+            and not self.needs_new_analysis(decision)
+        )
 
     def needs_new_analysis(self, decision: Decision) -> bool:
         """Whether the current thresholds cannot be applied to the stored labels."""
