@@ -15,7 +15,6 @@ import http.server
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import picture  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 CLEAN, FLAGGED = (40, 160, 40), (200, 30, 30)
 
@@ -51,12 +51,6 @@ def minimal_config(data: Path) -> str:
     if found is None:
         sys.exit("check-release: the README has no minimal thumbor.conf block")
     return found.group(1).replace("/var/lib/thumbor", str(data))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def serve(folder: Path) -> http.server.ThreadingHTTPServer:

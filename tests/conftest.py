@@ -51,3 +51,11 @@ def images(module_root: Path) -> Path:
     folder = module_root / "images"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A folder of originals of the test's own, for tests that change what it serves."""
+    folder = tmp_path / "origin"
+    folder.mkdir()
+    return folder

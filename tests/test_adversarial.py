@@ -54,13 +54,6 @@ def status(node: ThumborServer, name: str, size: str = "120x90") -> str | None:
 
 
 @pytest.fixture
-def origin(tmp_path: Path) -> Path:
-    folder = tmp_path / "origin"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def node(tmp_path: Path, origin: Path, fake: FakeRekognition) -> Iterator[ThumborServer]:
     """A node that keeps no originals: every request fetches from the origin, as a site
     with short storage expiry does, so bytes swapped there are what Thumbor gets."""

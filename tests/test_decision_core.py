@@ -84,13 +84,6 @@ def status(node: ThumborServer, path: str) -> str | None:
 
 
 @pytest.fixture
-def origin(tmp_path: Path) -> Path:
-    folder = tmp_path / "origin"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def node(tmp_path: Path, origin: Path, fake: FakeRekognition) -> Iterator[ThumborServer]:
     thumbor = ThumborServer(tmp_path / "node", config(tmp_path / "node", origin, fake.url))
     yield thumbor.start()
