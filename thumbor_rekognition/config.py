@@ -24,6 +24,8 @@ from thumbor_rekognition.config_keys import DEFAULTS as DEFAULTS
 
 logger = logging.getLogger(__name__)
 
+MB = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -89,6 +91,11 @@ class Settings:
     rekognition_project_version: str | None = None
     # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
     respect_orientation: bool = False
+    turn_wait: float = 1.0
+    backlog_size: int = 1000
+    backlog_bytes: int = 64 * MB
+    decode_budget: int = 256 * MB
+    cache_entries: int = 10_000
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -124,6 +131,11 @@ class Settings:
             cache_ttl=reader.number("MODERATION_CACHE_TTL_SECONDS", minimum=0.0),
             request_budget=reader.number("MODERATION_TIMEOUT_SECONDS", minimum=0.1, maximum=600.0),
             workers=reader.integer("MODERATION_WORKERS", minimum=1),
+            turn_wait=reader.number("MODERATION_TURN_WAIT_SECONDS", minimum=0.0, maximum=600.0),
+            backlog_size=reader.integer("MODERATION_BACKLOG_SIZE", minimum=0),
+            backlog_bytes=reader.integer("MODERATION_BACKLOG_MB", minimum=0) * MB,
+            decode_budget=reader.integer("MODERATION_DECODE_BUDGET_MB", minimum=1) * MB,
+            cache_entries=reader.integer("MODERATION_CACHE_ENTRIES", minimum=1),
             max_pixels=reader.integer("MODERATION_MAX_PIXELS", minimum=6400),
             max_frames=reader.integer("MODERATION_MAX_FRAMES", minimum=1, maximum=100),
             analysis_max_side=reader.integer(

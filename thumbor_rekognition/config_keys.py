@@ -241,8 +241,50 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_WORKERS",
         8,
         "Threads per Thumbor process for hashing and image preparation, and as many "
-        "again for backend calls, which wait there for their turn of the call rate: a "
-        "picture already judged never waits behind them.",
+        "again for backend calls (which never wait there for a turn of the call rate): "
+        "a picture already judged never waits behind them.",
+        GROUP,
+    ),
+    (
+        "MODERATION_TURN_WAIT_SECONDS",
+        1.0,
+        "Longest a first view waits for its turn of REKOGNITION_MAX_CALLS_PER_SECOND. "
+        "When the next turn is further away, the picture is answered 'pending' at once "
+        "(served as MODERATION_ON_ERROR says) and queued to be judged in the background, "
+        "in order, as turns come; no thread waits for a turn.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKLOG_SIZE",
+        1000,
+        "Most pictures a process keeps queued for judgement after answering them "
+        "'pending' because the call rate was spent. Past it (or past "
+        "MODERATION_BACKLOG_MB), a picture is judged on its next request instead. The "
+        "queue lives in memory: a restart forgets it, with the same effect.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKLOG_MB",
+        64,
+        "Most megabytes of originals the background queue of a process holds.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DECODE_BUDGET_MB",
+        256,
+        "Megabytes of originals and decoded pixels a process may hold at once for "
+        "judging new pictures (each counted as its bytes plus width x height x 4 per "
+        "scene). A picture that would exceed it waits until others are done, within "
+        "MODERATION_TURN_WAIT_SECONDS, then is answered 'pending' and queued. One "
+        "picture larger than the whole budget is judged alone.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CACHE_ENTRIES",
+        10_000,
+        "Decisions a process keeps in memory, per cache (by URL and by content hash), "
+        "least recently used dropped first. An entry expired more than ten minutes ago "
+        "is dropped too; until then it answers while the decision store is unreachable.",
         GROUP,
     ),
     (

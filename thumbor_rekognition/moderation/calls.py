@@ -18,6 +18,7 @@ from thumbor_rekognition import backends, stores
 from thumbor_rekognition.config import Settings
 from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.duplicates import Duplicates
+from thumbor_rekognition.moderation.admission import Backlog, DecodeBudget
 from thumbor_rekognition.moderation.memory import Bounded, DecisionCache, Metrics, T
 from thumbor_rekognition.moderation.verdicts import SYSTEM
 from thumbor_rekognition.policy import Policy
@@ -64,16 +65,20 @@ class Calls:
         self.duplicates = Duplicates(store, settings.duplicate_similarity, SYSTEM)
         self._executor = executor
         self._store_executor = store_executor
-        # Backend calls, which wait for their turn of the shared call rate in their
-        # thread: apart, so that hashing, preparing and quarantining (what a request of a
-        # picture already judged may need) never queue behind calls waiting for a turn.
+        # Backend calls: apart, so that hashing, preparing and quarantining (what a
+        # request of a picture already judged may need) never queue behind slow calls.
         self._calls_executor = calls_executor or executor
-        # Backend calls sent to that pool and not answered yet, waiting for a turn or out.
+        # Backend calls sent to that pool and not answered yet.
         self.calls_out = 0
-        self._by_key = DecisionCache(settings.cache_ttl)
+        self._by_key = DecisionCache(settings.cache_ttl, settings.cache_entries)
         # The decision this process holds in memory for a key: the per-request fast path.
         self.remembered: Callable[[str], Decision | None] = self._by_key.get
-        self._by_hash = DecisionCache(settings.cache_ttl)
+        self._by_hash = DecisionCache(settings.cache_ttl, settings.cache_entries)
+        # Originals and decoded pixels held for judging new pictures, bounded.
+        self.decode_budget = DecodeBudget(settings.decode_budget)
+        # Pictures answered pending for want of a turn or of room, judged as turns come.
+        self.backlog = Backlog(settings.backlog_size, settings.backlog_bytes)
+        self._draining: asyncio.Future[None] | None = None
         self._flights: dict[str, asyncio.Future[Decision]] = {}
         # Content hash -> resolved once its flight's backend call is out: a caller with
         # other work to do (Thumbor's rendering) stops waiting there.
@@ -96,11 +101,16 @@ class Calls:
         self.backend_failure: tuple[float, str] | None = None
 
     def in_memory(self) -> dict[str, int]:
-        """What this process holds now: judgements in flight, backend calls out or
-        waiting for their turn, and the sizes of its caches."""
+        """What this process holds now: judgements in flight, backend calls out, the
+        decode budget held and waited for, the background queue, and its caches."""
         return {
             "judgements_in_flight": len(self._flights),
             "backend_calls_out": self.calls_out,
+            "decode_budget_held_bytes": self.decode_budget.held,
+            "decode_budget_waiting": self.decode_budget.waiting,
+            "backlog_pictures": len(self.backlog),
+            "backlog_bytes": self.backlog.bytes,
+            "backlog_dropped": self.backlog.dropped,
             "decisions_cached": len(self._by_key),
             "hashes_cached": len(self._by_hash),
             "pictures_with_paths_recorded": len(self._recorded),

@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 from thumbor_rekognition import backends, ratelimit, rules, stores
+from thumbor_rekognition.config import MB
 from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Source, Status
+from thumbor_rekognition.moderation.admission import decoded_cost
 from thumbor_rekognition.moderation.memory import Metrics
 from thumbor_rekognition.moderation.resembling import Resembling
 from thumbor_rekognition.moderation.verdicts import (
@@ -23,6 +25,11 @@ from thumbor_rekognition.moderation.verdicts import (
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage
 
 logger = logging.getLogger("thumbor_rekognition.moderator")
+
+# Why a picture is pending when no turn to call or no room to decode it came in time:
+# queued, and judged in the background (Moderator.drain).
+BUSY = "busy"
+QUEUED = (f"{backends.RateLimitedError.kind}:", f"{BUSY}:")
 
 
 def _seen(future: asyncio.Future[Any]) -> None:
@@ -135,12 +142,18 @@ class Judging(Resembling):
             # later request judges it.
             Metrics(metrics).incr("moderation.backend.errors.rate_limited")
             return self._undecided(key, url, sha256, f"rate_limited: {late}")
+        cost = decoded_cost(buffer, self.settings.max_frames)
+        if not await self.decode_budget.acquire(cost, deadline):
+            Metrics(metrics).incr("moderation.decode_budget.full")
+            return self._undecided(key, url, sha256, f"{BUSY}: {self._budget_full()}")
         lease = f"judge:{sha256}"
         waiting_since = time.time()
         # Prepared while the store is asked who judges it: the call goes out as soon as
         # the answer is this process. Thrown away if another one judged it meanwhile.
         preparing = asyncio.get_running_loop().run_in_executor(self._executor, self.prepare, buffer)
         preparing.add_done_callback(_seen)
+        # The decoded pixels are gone once prepared: what is left is small.
+        preparing.add_done_callback(lambda _: self.decode_budget.release(cost))
         outcome = await self._take_lease(lease, sha256, metrics)
         if isinstance(outcome, Decision):
             return await self._adopt(outcome, key, url, metrics)
@@ -154,13 +167,42 @@ class Judging(Resembling):
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
 
+    def _budget_full(self) -> str:
+        budget = self.decode_budget
+        return (
+            f"MODERATION_DECODE_BUDGET_MB={budget.limit // MB} held by the pictures being "
+            f"judged ({budget.held / MB:.0f} MB, {budget.waiting} waiting)"
+        )
+
+    def _call_rate(self) -> ratelimit.CallRate | None:
+        call_rate = getattr(self.backend, "call_rate", None)
+        return call_rate if isinstance(call_rate, ratelimit.CallRate) else None
+
     def _no_turn_before(self, deadline: float) -> str:
         """Why no backend call can start before deadline (time.monotonic()), as far as
         this process last saw the shared call rate; '' when one may."""
-        call_rate = getattr(self.backend, "call_rate", None)
-        if not self.policy.model or not isinstance(call_rate, ratelimit.CallRate):
+        call_rate = self._call_rate()
+        if not self.policy.model or call_rate is None:
             return ""
         return call_rate.seen_too_late(deadline)
+
+    async def _turns(self, frames: int, deadline: float | None) -> ratelimit.Budget:
+        """Take the turns of a picture's calls (one per scene) before deadline, and wait
+        for the first without holding a thread; the budget that hands them to the calls.
+        RateLimitedError when they would come too late: no thread ever waits for them."""
+        call_rate = self._call_rate()
+        if call_rate is None:
+            return ratelimit.Budget(deadline)
+        wall = None if deadline is None else ratelimit.wall_clock(deadline)
+        try:
+            turns = await self._store(call_rate.take_many, frames, wall)
+        except ratelimit.NoTurn as error:
+            raise backends.RateLimitedError(str(error)) from error
+        except stores.StoreUnavailable as error:
+            # No call without a turn: the picture waits, as it does for any outage.
+            raise backends.RetryableError(f"call rate unknown: {error}") from error
+        await asyncio.sleep(max(0.0, turns[0] - time.time()))
+        return ratelimit.Budget(deadline, turns)
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
         """Wait for the right to judge these bytes: None once held, a decision another
@@ -264,38 +306,42 @@ class Judging(Resembling):
     ) -> Decision:
         recorder = Metrics(metrics)
         min_confidence = self.policy.min_confidence
-        started = time.perf_counter()
-        recorder.incr("moderation.backend.calls")
-        self.backend_calls += 1
-        # Sent first, counted while it is out: nothing stands between a prepared picture
-        # and its call.
-        # The backend's calls wait for their turn (REKOGNITION_MAX_CALLS_PER_SECOND) until
-        # the deadline of the request that asked first, not longer.
-        call = asyncio.get_running_loop().run_in_executor(
-            self._calls_executor,
-            ratelimit.within,
-            deadline,
-            self.backend.detect,
-            prepared,
-            min_confidence,
-        )
-        self.calls_out += 1
-        call.add_done_callback(self._call_done)
-        called = self._called.get(sha256)
-        if called is not None:
-            resolve(called)
-        await self.count("backend.calls")
         base = self._undecided(key, url, sha256, "").replace(
             policy=self.policy.fingerprint,
             min_confidence=min_confidence,
             width=prepared.width,
             height=prepared.height,
         )
+        started = time.perf_counter()
         try:
+            # The turns of REKOGNITION_MAX_CALLS_PER_SECOND, taken until the deadline of the
+            # request that asked first and waited for here, in the event loop.
+            budget = await self._turns(len(prepared.frames), deadline)
+            recorder.incr("moderation.backend.calls")
+            self.backend_calls += 1
+            # Sent first, counted while it is out: nothing stands between a prepared
+            # picture and its call.
+            call = asyncio.get_running_loop().run_in_executor(
+                self._calls_executor,
+                ratelimit.within,
+                budget,
+                self.backend.detect,
+                prepared,
+                min_confidence,
+            )
+            self.calls_out += 1
+            call.add_done_callback(self._call_done)
+            called = self._called.get(sha256)
+            if called is not None:
+                resolve(called)
+            await self.count("backend.calls")
             analysis = await call
         except backends.BackendError as error:
             recorder.incr("moderation.backend.errors")
             recorder.incr(f"moderation.backend.errors.{error.kind}")
+            if isinstance(error, backends.RateLimitedError):
+                # The call rate is spent, the backend is fine: pending, and queued.
+                return base.replace(error=f"{error.kind}: {error}")
             log = logger.error if error.kind in ("configuration", "bad_image") else logger.warning
             log("%s backend failed for %s (%s): %s", self.backend.name, key, error.kind, error)
             if error.kind != "bad_image":
