@@ -210,7 +210,7 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
         f"{args.spike_seconds:g} s, backend {args.delay * 1000:.0f} ms, "
         f"{args.hit_clients} clients on a cached picture"
     )
-    for kind in KINDS:
+    for kind in args.kinds:
         with running(work, kind, configs[kind]) as server:
             warm(server)
             time.sleep(1)
@@ -417,6 +417,7 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None
     )
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     args = parser.parse_args()
     os.sched_setaffinity(0, CLIENT_CPUS)
     parts = {"spike": spike, "hits": clients_rounds, "large": large, "soak": soak}

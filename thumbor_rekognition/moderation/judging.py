@@ -146,6 +146,14 @@ class Judging(Resembling):
         if not await self.decode_budget.acquire(cost, deadline):
             Metrics(metrics).incr("moderation.decode_budget.full")
             return self._undecided(key, url, sha256, f"{BUSY}: {self._budget_full()}")
+        try:
+            # Taken before decoding: a picture that gets no turn costs no preparation.
+            # (Lost when the picture turns out to need no call: a copy, say.)
+            first_turn = await self._take_turns(1, deadline) if self.policy.model else []
+        except backends.BackendError as error:
+            self.decode_budget.release(cost)
+            Metrics(metrics).incr(f"moderation.backend.errors.{error.kind}")
+            return self._undecided(key, url, sha256, f"{error.kind}: {error}")
         lease = f"judge:{sha256}"
         waiting_since = time.time()
         # Prepared while the store is asked who judges it: the call goes out as soon as
@@ -161,7 +169,7 @@ class Judging(Resembling):
             return self._undecided(key, url, sha256, outcome)
         try:
             return await self._judge(
-                key, url, sha256, buffer, preparing, waiting_since, metrics, deadline
+                key, url, sha256, buffer, preparing, waiting_since, metrics, deadline, first_turn
             )
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
@@ -186,22 +194,31 @@ class Judging(Resembling):
             return ""
         return call_rate.seen_too_late(deadline)
 
-    async def _turns(self, frames: int, deadline: float | None) -> ratelimit.Budget:
-        """Take the turns of a picture's calls (one per scene) before deadline, and wait
-        for the first without holding a thread; the budget that hands them to the calls.
-        RateLimitedError when they would come too late: no thread ever waits for them."""
+    async def _take_turns(self, count: int, deadline: float | None) -> list[float]:
+        """Take `count` turns to call (REKOGNITION_MAX_CALLS_PER_SECOND) before deadline;
+        their time.time()s, none without a call rate. RateLimitedError when they would
+        come too late, RetryableError when the store cannot say."""
         call_rate = self._call_rate()
-        if call_rate is None:
-            return ratelimit.Budget(deadline)
+        if call_rate is None or count <= 0:
+            return []
         wall = None if deadline is None else ratelimit.wall_clock(deadline)
         try:
-            turns = await self._store(call_rate.take_many, frames, wall)
+            return await self._store(call_rate.take_many, count, wall)
         except ratelimit.NoTurn as error:
             raise backends.RateLimitedError(str(error)) from error
         except stores.StoreUnavailable as error:
             # No call without a turn: the picture waits, as it does for any outage.
             raise backends.RetryableError(f"call rate unknown: {error}") from error
-        await asyncio.sleep(max(0.0, turns[0] - time.time()))
+
+    async def _turns(
+        self, frames: int, deadline: float | None, taken: list[float]
+    ) -> ratelimit.Budget:
+        """The turns of a picture's calls, one per scene (those already taken, and the
+        rest), with the first waited for here, in the event loop: no thread ever waits
+        for a turn. The budget hands them to the calls."""
+        turns = taken + await self._take_turns(frames - len(taken), deadline)
+        if turns:
+            await asyncio.sleep(max(0.0, turns[0] - time.time()))
         return ratelimit.Budget(deadline, turns)
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
@@ -235,6 +252,7 @@ class Judging(Resembling):
         waiting_since: float,
         metrics: Any,
         deadline: float,
+        first_turn: list[float],
     ) -> Decision:
         # Another process may have finished between the content lookup and the lease.
         twin = await self._twin(sha256, metrics)
@@ -264,7 +282,9 @@ class Judging(Resembling):
         elif not self.policy.model:
             decision = self._for_a_human(key, url, sha256, prepared)
         else:
-            decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
+            decision = await self._analyse(
+                key, url, sha256, prepared, metrics, deadline, first_turn
+            )
         if prints and not decision.needs_retry:
             await self._keep_fingerprints(sha256, prints)
         if decision.status is not Status.APPROVED:
@@ -303,6 +323,7 @@ class Judging(Resembling):
         prepared: PreparedImage,
         metrics: Any,
         deadline: float | None = None,
+        taken: list[float] | None = None,
     ) -> Decision:
         recorder = Metrics(metrics)
         min_confidence = self.policy.min_confidence
@@ -316,7 +337,7 @@ class Judging(Resembling):
         try:
             # The turns of REKOGNITION_MAX_CALLS_PER_SECOND, taken until the deadline of the
             # request that asked first and waited for here, in the event loop.
-            budget = await self._turns(len(prepared.frames), deadline)
+            budget = await self._turns(len(prepared.frames), deadline, taken or [])
             recorder.incr("moderation.backend.calls")
             self.backend_calls += 1
             # Sent first, counted while it is out: nothing stands between a prepared
