@@ -21,9 +21,18 @@ def png(width: int, height: int) -> bytes:
 
 def test_the_cost_of_a_picture_is_its_bytes_and_its_pixels_decoded() -> None:
     data = png(300, 200)
-    assert decoded_cost(data, 20) == len(data) + 300 * 200 * 4
+    assert decoded_cost(data, 20, 1600) == len(data) + 300 * 200 * 4
     # Not a picture: its bytes only (preparation refuses it without decoding).
-    assert decoded_cost(b"not a picture", 20) == len(b"not a picture")
+    assert decoded_cost(b"not a picture", 20, 1600) == len(b"not a picture")
+
+
+def test_a_large_jpeg_costs_what_its_draft_decoding_holds() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 20, 30)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    # Decoded at half size: 2000x1500 is still above 1024 a side, 1000x750 would not be.
+    assert decoded_cost(data, 20, 1024) == len(data) + 2000 * 1500 * 4
+    assert decoded_cost(data, 20, 4000) == len(data) + 4000 * 3000 * 4
 
 
 def test_pictures_wait_for_room_first_come_first_served() -> None:

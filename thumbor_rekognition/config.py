@@ -94,7 +94,7 @@ class Settings:
     turn_wait: float = 1.0
     backlog_size: int = 1000
     backlog_bytes: int = 64 * MB
-    decode_budget: int = 256 * MB
+    decode_budget: int = 128 * MB
     cache_entries: int = 10_000
 
     @classmethod

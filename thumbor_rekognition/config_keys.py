@@ -271,11 +271,12 @@ KEYS: list[tuple[str, Any, str, str]] = [
     ),
     (
         "MODERATION_DECODE_BUDGET_MB",
-        256,
+        128,
         "Megabytes of originals and decoded pixels a process may hold at once for "
         "judging new pictures (each counted as its bytes plus width x height x 4 per "
-        "scene). A picture that would exceed it waits until others are done, within "
-        "MODERATION_TURN_WAIT_SECONDS, then is answered 'pending' and queued. One "
+        "scene, a JPEG at the reduced size it is decoded at). A picture that would "
+        "exceed it waits until others are done, within MODERATION_TURN_WAIT_SECONDS, "
+        "then is answered 'pending' and queued. One "
         "picture larger than the whole budget is judged alone.",
         GROUP,
     ),

@@ -16,16 +16,24 @@ from PIL import Image
 BYTES_PER_PIXEL = 4
 
 
-def decoded_cost(buffer: bytes, max_frames: int) -> int:
+def decoded_cost(buffer: bytes, max_frames: int, max_side: int) -> int:
     """What judging these bytes may hold at once: the bytes, and their pixels decoded, for
-    every scene up to max_frames. Read from the header only; unreadable: the bytes alone
+    every scene up to max_frames (a JPEG as preparation decodes it, reduced towards
+    max_side by its draft mode). Read from the header only; unreadable: the bytes alone
     (preparation refuses them without decoding)."""
     try:
         with Image.open(io.BytesIO(buffer)) as image:
             width, height = image.size
             frames = min(max(1, getattr(image, "n_frames", 1)), max_frames)
+            draft = image.format == "JPEG"
     except Exception:  # any unreadable header: preparation says why
         return len(buffer)
+    if draft:
+        # Pillow decodes a JPEG at 1/2, 1/4 or 1/8 scale, never below the size asked for.
+        scale = 1
+        while scale < 8 and max(width, height) // (scale * 2) >= max_side:
+            scale *= 2
+        width, height = -(-width // scale), -(-height // scale)
     return len(buffer) + width * height * BYTES_PER_PIXEL * frames
 
 

@@ -142,7 +142,7 @@ class Judging(Resembling):
             # later request judges it.
             Metrics(metrics).incr("moderation.backend.errors.rate_limited")
             return self._undecided(key, url, sha256, f"rate_limited: {late}")
-        cost = decoded_cost(buffer, self.settings.max_frames)
+        cost = decoded_cost(buffer, self.settings.max_frames, self.settings.analysis_max_side)
         if not await self.decode_budget.acquire(cost, deadline):
             Metrics(metrics).incr("moderation.decode_budget.full")
             return self._undecided(key, url, sha256, f"{BUSY}: {self._budget_full()}")
