@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -169,7 +170,7 @@ class Store(FingerprintIndex):
     def save(self, decision: Decision, event: Event) -> Decision:
         key = decision.key
         with self._call() as client:
-            read = self._run(client, "get", self._of_key(key), key) or b""
+            read, paths = self._entry(client, key)
             for _ in range(stores.RACES):
                 current = records.decode_decision(key, read) if read else None
                 stands = rules.settle(current, decision)
@@ -180,20 +181,23 @@ class Store(FingerprintIndex):
                 if digest:
                     # Indexed before it is saved: the index never misses a stored decision.
                     self._index(client, "index_add", digest, key)
-                saved, found = self._run_acknowledged(
+                noted = rules.noted(stands, decision, event)
+                saved, *found = self._run_acknowledged(
                     client,
                     "save",
                     self._of_key(key),
                     key,
                     record,
-                    records.encode_event(rules.noted(stands, decision, event)),
+                    records.encode_event(noted),
                     read,
+                    paths,
                     self._channel,
                     self._changes.sender + key,
+                    *self._entries(key, current, stands, noted, paths),
                 )
                 if not saved:
                     # Written by another process since it was read: settle against that.
-                    read = found or b""
+                    read, paths = found[0] or b"", found[1] or b""
                     continue
                 previous = records.sha_of(read) if read else b""
                 if previous and previous != digest:
@@ -205,18 +209,48 @@ class Store(FingerprintIndex):
 
     def delete(self, key: str, event: Event) -> bool:
         with self._call() as client:
-            old = self._run_acknowledged(
-                client,
-                "delete",
-                self._of_key(key),
-                key,
-                records.encode_event(event),
-                self._channel,
-                self._changes.sender + key,
-            )
-            if old and records.sha_of(old):
-                self._unindex(client, records.sha_of(old), key)
-        return bool(old)
+            read, paths = self._entry(client, key)
+            for _ in range(stores.RACES):
+                if not read:
+                    return False
+                current = records.decode_decision(key, read)
+                done, *found = self._run_acknowledged(
+                    client,
+                    "delete",
+                    self._of_key(key),
+                    key,
+                    records.encode_event(event),
+                    read,
+                    paths,
+                    self._channel,
+                    self._changes.sender + key,
+                    *self._entries(key, current, None, event, paths),
+                )
+                if not done:
+                    read, paths = found[0] or b"", found[1] or b""
+                    continue
+                if records.sha_of(read):
+                    self._unindex(client, records.sha_of(read), key)
+                return True
+        raise stores.StoreUnavailable(f"Redis store: forgetting {key} kept losing races")
+
+    def _entry(self, client: Client, key: str) -> tuple[bytes, bytes]:
+        """A key's record and recorded paths, as the scripts compare them."""
+        record, _, paths = self._run(client, "entry", self._of_key(key), key)
+        return record or b"", paths or b""
+
+    def _entries(
+        self,
+        key: str,
+        previous: Decision | None,
+        current: Decision | None,
+        event: Event,
+        paths: bytes,
+    ) -> list[str]:
+        """The arguments that end a save or a delete: now, then its outbox entries."""
+        recorded = [records.decode_path(key, path) for path in records.split(paths)]
+        entries = self.announcements(previous, current, event, recorded)
+        return [repr(time.time()), *(part for entry in entries for part in entry)]
 
     def _index(self, client: Client, script: str, digest: bytes, key: str) -> None:
         self._run(client, script, self._of_hash(digest), digest[:HASH_PREFIX] + key.encode())
@@ -395,7 +429,7 @@ class Store(FingerprintIndex):
                 converted += self._convert(client, key)
             for name in client.scan_iter(_glob_escape(self.prefix + "ob:") + "*", 1000):
                 suffix = _text(name)[len(self.prefix) + len("ob:") :]
-                client.rename(name, self._outbox + suffix)
+                client.rename(name, self._legacy_outbox + suffix)
             if _text(client.get(self.prefix + "format")) != FORMAT:
                 converted = max(converted, self._index_every_picture(client))
             client.set(self.prefix + "format", FORMAT)

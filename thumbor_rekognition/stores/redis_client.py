@@ -70,6 +70,7 @@ _SCRIPTS = {
     "index_remove": scripts.INDEX_REMOVE,
     "index_find": scripts.INDEX_FIND,
     "import": scripts.IMPORT,
+    "enqueue": scripts.ENQUEUE,
 }
 
 
