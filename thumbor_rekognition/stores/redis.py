@@ -216,6 +216,12 @@ class Store(FingerprintIndex):
                 self._changes.sender + key,
                 *self._entries(key, changed, previous, event, paths),
             )
+        except NotAcknowledged as error:
+            if int(error.answer[0]):
+                logger.warning("write of %s undone, on its master only: %s", key, error)
+            else:
+                logger.error("write of %s not acknowledged, and changed again since", key)
+            return
         except stores.StoreUnavailable as error:
             logger.error("write of %s not acknowledged, and not undone: %s", key, error)
             return
