@@ -144,10 +144,7 @@ class Store(FingerprintIndex):
                     read, paths = found[0] or b"", found[1] or b""
                     continue
                 previous = records.sha_of(read) if read else b""
-                if previous and previous != digest:
-                    self._unindex(client, previous, key)
-                # The picture is judged: whoever held the right to judge it no longer needs it.
-                client.delete(self.prefix + "lease:judge:" + stands.sha256)
+                self._tidy(client, key, previous if previous != digest else b"", stands.sha256)
                 return records.decode_decision(key, record)
         raise stores.StoreUnavailable(f"Redis store: saving {key} kept losing races")
 
@@ -178,10 +175,22 @@ class Store(FingerprintIndex):
                 if not done:
                     read, paths = found[0] or b"", found[1] or b""
                     continue
-                if records.sha_of(read):
-                    self._unindex(client, records.sha_of(read), key)
+                self._tidy(client, key, records.sha_of(read), "")
                 return True
         raise stores.StoreUnavailable(f"Redis store: forgetting {key} kept losing races")
+
+    def _tidy(self, client: Client, key: str, unindexed: bytes, judged: str) -> None:
+        """What follows a saved change, on other keys (other nodes of a cluster): drop the
+        index entry of the bytes it no longer names, and the lease of whoever judged the
+        picture. The change is saved and announced: a failure here must not answer it as
+        failed; an entry left behind is checked by readers, a lease expires."""
+        try:
+            if unindexed:
+                self._unindex(client, unindexed, key)
+            if judged:
+                client.delete(self.prefix + "lease:judge:" + judged)
+        except (*_ERRORS, stores.StoreUnavailable) as error:
+            logger.warning("%s saved; index or lease not tidied: %s", key, error)
 
     def _undo(
         self,
