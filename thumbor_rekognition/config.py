@@ -89,6 +89,11 @@ class Settings:
     rekognition_project_version: str | None = None
     # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
     respect_orientation: bool = False
+    # Upload time: the token that may only check, the largest picture a check reads, and
+    # the Thumbor URL of a new S3 object.
+    check_token: Secret | None = None
+    check_max_body: int = 20 * 1024 * 1024
+    s3_url_template: str = "{key}"
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -167,6 +172,11 @@ class Settings:
             rekognition_project_version=_read_project_version(reader),
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
+            check_token=reader.secret("MODERATION_CHECK_TOKEN", minimum_length=16),
+            check_max_body=reader.integer("MODERATION_CHECK_MAX_BODY_BYTES", minimum=1024),
+            s3_url_template=reader.url_template(
+                "MODERATION_S3_URL_TEMPLATE", ("bucket", "key"), required="key"
+            ),
         )
 
 
