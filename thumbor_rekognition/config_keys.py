@@ -340,7 +340,8 @@ KEYS: list[tuple[str, Any, str, str]] = [
     (
         "MODERATION_CHECK_MAX_BODY_BYTES",
         20 * 1024 * 1024,
-        "Largest picture POST {prefix}/check reads from its body; larger ones get HTTP 413.",
+        "Largest picture judged at upload time: POST {prefix}/check answers a larger body "
+        "HTTP 413, and watch-sqs leaves a larger S3 object for the dead-letter queue.",
         ADMIN_GROUP,
     ),
     (
