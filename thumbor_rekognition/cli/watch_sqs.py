@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
+import botocore.config
 import botocore.exceptions
 
 from thumbor_rekognition import stores, upload
@@ -64,8 +65,10 @@ _REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", re.IGNOREC
 
 def run_watch_sqs(environment: Environment, arguments: argparse.Namespace) -> int:
     """Judge new S3 objects from an SQS queue of upload notifications until stopped."""
-    consumer = Consumer(environment, arguments.queue_url, arguments.wait_seconds)
-    asyncio.run(consumer.run(arguments.concurrency))
+    consumer = Consumer(
+        environment, arguments.queue_url, arguments.wait_seconds, arguments.concurrency
+    )
+    asyncio.run(consumer.run())
     return EXIT_OK
 
 
@@ -89,25 +92,35 @@ class Progress:
 class Consumer:
     """One process's consumer of a queue: receivers, judgements, deletions."""
 
-    def __init__(self, environment: Environment, queue_url: str, wait_seconds: int) -> None:
+    def __init__(
+        self, environment: Environment, queue_url: str, wait_seconds: int, concurrency: int
+    ) -> None:
         self.runtime = environment.runtime
         self.queue_url = queue_url
         self.wait_seconds = wait_seconds
+        self.concurrency = concurrency
         self.template = self.runtime.settings.s3_url_template
         session = boto3.session.Session()
         region = session.region_name or _region_of(queue_url)
-        self.sqs: Any = session.client("sqs", region_name=region)
-        self.s3: Any = session.client("s3", region_name=region)
+        # A connection for each thread that calls AWS; the rest is boto3's own configuration.
+        pool = botocore.config.Config(max_pool_connections=self._threads)
+        self.sqs: Any = session.client("sqs", region_name=region, config=pool)
+        self.s3: Any = session.client("s3", region_name=region, config=pool)
         self.progress = Progress()
         self.visibility = 30
         self._started = time.monotonic()
         self._stopping = asyncio.Event()
         self._aws: concurrent.futures.ThreadPoolExecutor | None = None
 
-    async def run(self, concurrency: int) -> None:
+    @property
+    def _threads(self) -> int:
+        # Each receive in flight, and a read or a deletion for each message it brought.
+        return self.concurrency * (BATCH + 1)
+
+    async def run(self) -> None:
         """Receive and judge until stopped; then judge what is in hand, and return."""
         self._aws = concurrent.futures.ThreadPoolExecutor(
-            max_workers=concurrency * (BATCH + 1), thread_name_prefix="watch-sqs"
+            max_workers=self._threads, thread_name_prefix="watch-sqs"
         )
         loop = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -117,7 +130,7 @@ class Consumer:
             calls_before = self.runtime.moderator.backend_calls
             self._started = time.monotonic()
             progress = asyncio.ensure_future(self._show_progress(calls_before))
-            await asyncio.gather(*(self._receive() for _ in range(concurrency)))
+            await asyncio.gather(*(self._receive() for _ in range(self.concurrency)))
             progress.cancel()
             self._print(calls_before, time.monotonic() - self._started)
         finally:
