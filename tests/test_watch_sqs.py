@@ -332,12 +332,25 @@ def test_a_message_that_is_no_s3_notification_is_left_for_the_dead_letter_queue(
     assert code == 0
 
 
-def test_an_object_that_is_not_a_picture_is_not_deleted_and_costs_no_call(
-    tmp_path: Path, aws: Aws, fake: FakeRekognition, consumers: Callable[..., Consumer]
+@pytest.mark.parametrize(
+    ("data", "extra", "says"),
+    [
+        (b"these are not the pixels you are looking for", {}, "not a picture"),
+        (b"\x89PNG" + b"\0" * 4096, {"MODERATION_CHECK_MAX_BODY_BYTES": 1024}, "larger than"),
+    ],
+)
+def test_an_object_that_is_not_a_picture_or_too_large_is_not_deleted_and_costs_no_call(
+    tmp_path: Path,
+    aws: Aws,
+    fake: FakeRekognition,
+    consumers: Callable[..., Consumer],
+    data: bytes,
+    extra: dict[str, Any],
+    says: str,
 ) -> None:
-    aws.put("notes.png", b"these are not the pixels you are looking for")
+    aws.put("notes.png", data)
     aws.send(s3_shape(aws.bucket, "notes.png"))
-    config = consumer_config(tmp_path, fake)
+    config = consumer_config(tmp_path, fake, **extra)
 
     consumer = consumers(tmp_path, config, aws)
     wait_for(lambda: "failed 1" in consumer.stderr)
@@ -345,6 +358,7 @@ def test_an_object_that_is_not_a_picture_is_not_deleted_and_costs_no_call(
 
     assert aws.messages_left() == 1
     assert decisions(config, ["notes.png"]) == {}
+    assert says in consumer.stderr
     assert fake.call_count == 0
     assert code == 0
 

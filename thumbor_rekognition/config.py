@@ -173,7 +173,10 @@ class Settings:
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
             check_token=reader.secret("MODERATION_CHECK_TOKEN", minimum_length=16),
-            check_max_body=reader.integer("MODERATION_CHECK_MAX_BODY_BYTES", minimum=1024),
+            # Tornado drops the connection of a body over 100 MB unanswered.
+            check_max_body=reader.integer(
+                "MODERATION_CHECK_MAX_BODY_BYTES", minimum=1024, maximum=100 * 1024 * 1024
+            ),
             s3_url_template=reader.url_template(
                 "MODERATION_S3_URL_TEMPLATE", ("bucket", "key"), required="key"
             ),

@@ -79,7 +79,6 @@ class Progress:
     judged: int = 0
     rejected: int = 0
     failed: int = 0
-    ignored: int = 0
 
     def line(self, calls: int, seconds: float) -> str:
         rate = calls / seconds if seconds > 0 else 0.0
@@ -199,8 +198,7 @@ class Consumer:
             )
             self.progress.failed += 1
             return
-        if not objects:
-            self.progress.ignored += 1
+        # No object (a test event, a deletion): deleted at once.
         outcomes = await asyncio.gather(*(self._judge(new, deadline) for new in objects))
         if all(outcomes):
             await self._delete(message)
