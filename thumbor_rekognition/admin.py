@@ -73,14 +73,18 @@ class _AdminHandler(tornado.web.RequestHandler):
         if self.requires_token and not self._authorised():
             raise ApiError(401, "missing or wrong bearer token")
         declared = self.request.headers.get("Content-Length", "0")
-        if not declared.isdigit() or int(declared) > self.runtime.settings.admin_max_body:
+        if not declared.isdigit() or int(declared) > self.max_body():
             raise ApiError(413, "request body too large")
 
     def data_received(self, chunk: bytes) -> None:
         # Raising here would drop the connection unanswered: count, discard, answer later.
         self._body_size += len(chunk)
-        if self._body_size <= self.runtime.settings.admin_max_body:
+        if self._body_size <= self.max_body():
             self._body.append(chunk)
+
+    def max_body(self) -> int:
+        """The largest body this route reads."""
+        return self.runtime.settings.admin_max_body
 
     def _authorised(self) -> bool:
         token = self.runtime.settings.admin_token
@@ -145,7 +149,7 @@ class _AdminHandler(tornado.web.RequestHandler):
         return url
 
     def json_body(self) -> dict[str, Any]:
-        if self._body_size > self.runtime.settings.admin_max_body:
+        if self._body_size > self.max_body():
             raise ApiError(413, "request body too large")
         try:
             body = json.loads(b"".join(self._body) or b"{}")

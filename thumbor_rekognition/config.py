@@ -96,6 +96,11 @@ class Settings:
     backlog_bytes: int = 64 * MB
     decode_budget: int = 128 * MB
     cache_entries: int = 10_000
+    # Upload time: the token that may only check, the largest picture a check reads, and
+    # the Thumbor URL of a new S3 object.
+    check_token: Secret | None = None
+    check_max_body: int = 20 * 1024 * 1024
+    s3_url_template: str = "{key}"
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -179,6 +184,14 @@ class Settings:
             rekognition_project_version=_read_project_version(reader),
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
+            check_token=reader.secret("MODERATION_CHECK_TOKEN", minimum_length=16),
+            # Tornado drops the connection of a body over 100 MB unanswered.
+            check_max_body=reader.integer(
+                "MODERATION_CHECK_MAX_BODY_BYTES", minimum=1024, maximum=100 * 1024 * 1024
+            ),
+            s3_url_template=reader.url_template(
+                "MODERATION_S3_URL_TEMPLATE", ("bucket", "key"), required="key"
+            ),
         )
 
 

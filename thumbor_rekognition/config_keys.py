@@ -16,6 +16,7 @@ NUDENET_GROUP = "Moderation - offline model"
 ADMIN_GROUP = "Moderation - administration"
 QUARANTINE_GROUP = "Moderation - quarantine"
 NOTIFY_GROUP = "Moderation - CDN and notifications"
+UPLOAD_GROUP = "Moderation - upload time"
 
 KEYS: list[tuple[str, Any, str, str]] = [
     (
@@ -370,6 +371,29 @@ KEYS: list[tuple[str, Any, str, str]] = [
         65536,
         "Largest request body the admin API reads; larger ones get HTTP 413.",
         ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_CHECK_TOKEN",
+        None,
+        "Bearer token that may only ask for a judgement at upload time (POST "
+        "{prefix}/check), for a site's upload backend; every other admin route refuses it. "
+        "MODERATION_ADMIN_TOKEN is accepted there too. Unset: only the admin token checks.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_CHECK_MAX_BODY_BYTES",
+        20 * 1024 * 1024,
+        "Largest picture judged at upload time: POST {prefix}/check answers a larger body "
+        "HTTP 413, and watch-sqs leaves a larger S3 object for the dead-letter queue.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_S3_URL_TEMPLATE",
+        "{key}",
+        "How `thumbor-moderation watch-sqs` names a new S3 object as Thumbor will be asked "
+        "for it, with the fields {bucket} and {key} (decoded): '{key}' for thumbor-aws's "
+        "loader, 'https://cdn.example.com/{key}' for an HTTP loader.",
+        UPLOAD_GROUP,
     ),
     (
         "MODERATION_CACHE_TAG_HEADER",
