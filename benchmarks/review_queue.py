@@ -3,10 +3,11 @@
     python benchmarks/review_queue.py [--decisions 100000] [--rounds 20]
 
 Decisions are saved through the SQLite store's own save() (a quarter approved, a
-quarter rejected, half pending, one in twenty rejected by hand), then a real Thumbor
-answers GET /moderation/images over HTTP, as the review page asks: the first page (100
-cards) of each queue, the pending queue filtered by source and by URL, and the counts
-the tabs show. Figures are the median and the worst of the rounds, in milliseconds.
+quarter rejected, half pending, one pending in ten marked as a human's, to filter by),
+then a real Thumbor answers GET /moderation/images over HTTP, as the review page asks:
+the first page (100 cards) of each queue, the pending queue filtered by source and by
+URL, and the counts the tabs show. Figures are the median and the worst of the rounds,
+in milliseconds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def fill(path: Path, decisions: int) -> float:
     for index in range(decisions):
         key = f"cdn.example.com/photos/{index:08d}.jpg"
         status = [Status.PENDING, Status.APPROVED, Status.PENDING, Status.REJECTED][index % 4]
-        source = Source.MANUAL if index % 20 == 3 else Source.AUTO
+        source = Source.MANUAL if index % 20 == 2 else Source.AUTO
         decision = Decision(key=key, url=key, sha256=f"{index:064x}", status=status, source=source)
         store.save(decision, Event(status, source, "benchmark", ""))
     store.close()

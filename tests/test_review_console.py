@@ -565,6 +565,8 @@ def test_screenshots_of_each_queue_and_the_detail_view_from_the_demo_pictures(
                 """() => [...document.querySelectorAll("#detail img.tile")].every(
                     (img) => img.src.startsWith("blob:") && img.complete && img.naturalWidth > 0)"""
             )
+            # The copy revealed (the pointer over it), the original still blurred.
+            visit.page.locator("#detail img.tile").first.hover()
             visit.page.screenshot(path=str(folder / "review-detail.png"))
             errors = visit.errors
     finally:
