@@ -230,7 +230,10 @@ def test_queues_filter_by_source_category_date_and_url(server: ThumborServer) ->
     for query, error in [
         ("source=bank", "source must be one of"),
         ("since=yesterday", "since must be"),
+        ("until=9999-12-31", "until must be"),
         ("order=newest", "order must be"),
+        ("order=oldest&cursor=t:yesterday:a.png", "cursor is not one this API gave"),
+        (f"q={'x' * 5000}", "q is too long"),
     ]:
         response = call(server, "GET", f"/images?queue=rejected&{query}")
         assert (response.status, error in answer(response)["error"]) == (400, True)

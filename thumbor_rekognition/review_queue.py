@@ -94,7 +94,8 @@ def _time(value: str, name: str, end: bool) -> float | None:
         return None
     try:
         return float(value) if value.replace(".", "", 1).isdigit() else _date(value, end)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
+        # A date past year 9999 or before the epoch's range, as well as no date at all.
         raise BadFilter(f"{name} must be seconds since the epoch or a date (YYYY-MM-DD)") from None
 
 
