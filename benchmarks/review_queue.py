@@ -13,6 +13,7 @@ in milliseconds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -46,7 +47,13 @@ def fill(path: Path, decisions: int) -> float:
         key = f"cdn.example.com/photos/{index:08d}.jpg"
         status = [Status.PENDING, Status.APPROVED, Status.PENDING, Status.REJECTED][index % 4]
         source = Source.MANUAL if index % 20 == 2 else Source.AUTO
-        decision = Decision(key=key, url=key, sha256=f"{index:064x}", status=status, source=source)
+        decision = Decision(
+            key=key,
+            url=key,
+            sha256=hashlib.sha256(key.encode()).hexdigest(),
+            status=status,
+            source=source,
+        )
         store.save(decision, Event(status, source, "benchmark", ""))
     store.close()
     return time.perf_counter() - started
