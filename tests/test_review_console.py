@@ -8,6 +8,7 @@ with REVIEW_SCREENSHOTS=docs/images they are written where the documentation sho
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -378,6 +379,42 @@ def test_detail_view_shows_scores_history_and_a_duplicate_beside_its_original(
     assert float(similarity[1]) >= 0.9
     assert (original_events[-1]["actor"], original_events[-1]["note"]) == ("Grace", "a known fake")
     assert visit.errors == []
+
+
+def test_a_card_names_the_frame_that_decided_and_the_content_types(
+    visit: Visit, server: ThumborServer, module_fake: FakeRekognition
+) -> None:
+    drawn = (20, 20, 250)
+    module_fake.respond(drawn, [], "7.0", content_types=[{"Name": "Animated", "Confidence": 88.0}])
+    name = f"frames-{next(_names)}.gif"
+    (server.root / "images" / name).write_bytes(frames_gif([drawn] * 5 + [RED] * 5))
+    try:
+        decided = server.get(f"/unsafe/80x60/{name}").header("X-Moderation-Status")
+    finally:
+        # The module's other pictures meet the red scenario only.
+        module_fake.reset()
+        module_fake.respond(RED, NUDITY)
+
+    open_queue(visit, server, "rejected", name)
+    card = cards(visit).first
+
+    reasons = card.locator("li.reason").all_inner_texts()
+    assert decided == "rejected"
+    assert any("Nudity: 0.99 (threshold 0.6) (frame 2)" in reason for reason in reasons)
+    assert "Animated 0.88" in card.locator(".content-types").inner_text()
+    assert "rekognition · 7.0" in card.locator(".facts").inner_text()
+
+
+def frames_gif(colors: list[tuple[int, int, int]]) -> bytes:
+    """An animated GIF of solid frames; a counter pixel keeps each frame its own."""
+    frames = []
+    for index, color in enumerate(colors):
+        frame = Image.new("RGB", (160, 120), color)
+        frame.putpixel((index, 0), (index * 7 % 256, 0, 0))
+        frames.append(frame)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    return buffer.getvalue()
 
 
 def test_detail_view_decides_with_a_note_and_shows_it_in_the_history(
