@@ -67,6 +67,7 @@ class Settings:
     admin_prefix: str
     admin_token: Secret | None
     admin_max_body: int
+    review_blur_approved: bool
     cache_tag_header: str | None
     cdn_purgers: tuple[str, ...]
     cloudfront_distribution_id: str
@@ -155,6 +156,7 @@ class Settings:
             admin_prefix=reader.prefix("MODERATION_ADMIN_PREFIX"),
             admin_token=reader.secret("MODERATION_ADMIN_TOKEN", minimum_length=16),
             admin_max_body=reader.integer("MODERATION_ADMIN_MAX_BODY_BYTES", minimum=1024),
+            review_blur_approved=reader.boolean("MODERATION_REVIEW_BLUR_APPROVED"),
             cache_tag_header=reader.header("MODERATION_CACHE_TAG_HEADER"),
             cdn_purgers=tuple(reader.modules("MODERATION_CDN_PURGERS")),
             cloudfront_distribution_id=reader.string("MODERATION_CLOUDFRONT_DISTRIBUTION_ID"),

@@ -367,6 +367,13 @@ KEYS: list[tuple[str, Any, str, str]] = [
         ADMIN_GROUP,
     ),
     (
+        "MODERATION_REVIEW_BLUR_APPROVED",
+        False,
+        "Blur approved pictures on the review page too, until the reviewer hovers over "
+        "one or reveals it with a key (pending, rejected and duplicate pictures always are).",
+        ADMIN_GROUP,
+    ),
+    (
         "MODERATION_ADMIN_MAX_BODY_BYTES",
         65536,
         "Largest request body the admin API reads; larger ones get HTTP 413.",
