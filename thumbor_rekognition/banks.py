@@ -25,26 +25,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from thumbor_rekognition import pdq
+from thumbor_rekognition.pdq_index import PdqIndex, packed
 
 logger = logging.getLogger(__name__)
 
 REJECT = "reject"
 APPROVE = "approve"
 ACTIONS = (REJECT, APPROVE)
-# Entries compared at once: bounds the temporary arrays of a lookup (8 variants x this
-# many x 32 bytes).
-_CHUNK = 65_536
 _CSV_HEADER = "signal_type"
-
-_Words = NDArray[np.uint64]
 
 
 @dataclass(frozen=True)
@@ -147,19 +140,13 @@ def _entry(line: str, number: int) -> Entry | None:
         return None
 
 
-def packed(values: Sequence[int]) -> _Words:
-    """Hashes as rows of four 64-bit words, for numpy to compare."""
-    data = b"".join(value.to_bytes(32, "big") for value in values)
-    return np.frombuffer(data, dtype=">u8").astype(np.uint64).reshape(len(values), 4)
-
-
 class _Bank:
     """One bank file as last read."""
 
     def __init__(self, config: BankConfig) -> None:
         self.config = config
         self.entries: list[Entry] = []
-        self.words: _Words = packed([])
+        self.index = PdqIndex(packed([]))
         self.stamp: tuple[int, int] | None = None
         # The hashes as last read, digested: the same on every node reading the same list.
         self.digest = ""
@@ -179,22 +166,10 @@ class _Bank:
             self.stamp = None
             return False
         values = [entry.value for entry in entries]
-        self.entries, self.words, self.stamp = entries, packed(values), stamp
+        self.entries, self.index, self.stamp = entries, PdqIndex(packed(values)), stamp
         self.digest = hashlib.sha256(packed(sorted(values)).tobytes()).hexdigest()[:32]
         logger.info("hash bank %s: %d entries read", self.config.name, len(entries))
         return True
-
-    def nearest(self, variants: _Words) -> tuple[int, int] | None:
-        """The index of the entry nearest any of these hashes, and its distance."""
-        best: tuple[int, int] | None = None
-        for start in range(0, len(self.entries), _CHUNK):
-            chunk = self.words[start : start + _CHUNK]
-            distances = np.bitwise_count(variants[:, None, :] ^ chunk[None, :, :]).sum(axis=2)
-            least = distances.min(axis=0)
-            position = int(least.argmin())
-            if best is None or int(least[position]) < best[1]:
-                best = (start + position, int(least[position]))
-        return best
 
 
 class HashBanks:
@@ -241,20 +216,22 @@ class HashBanks:
         )
         found: list[Match] = []
         for bank in self._banks:
-            nearest = bank.nearest(variants)
-            if nearest is not None and nearest[1] <= self.distance:
+            nearest = bank.index.nearest(variants, self.distance)
+            if nearest is not None:
                 entry = bank.entries[nearest[0]]
                 found.append(Match(bank.config.name, bank.config.action, entry, nearest[1]))
         if not found:
             return None
         return min(found, key=lambda match: (match.action != REJECT, match.distance))
 
-    def rejecting(self, name: str) -> tuple[list[Entry], _Words]:
-        """The entries of a reject bank, to look for pictures already judged."""
+    def listed(self, name: str, value: int) -> tuple[Entry, int] | None:
+        """The entry of a bank within the distance of one hash (a stored picture's, its
+        rotations unknown), and how far; None when there is none."""
         for bank in self._banks:
-            if bank.config.name == name and bank.config.action == REJECT:
-                return bank.entries, bank.words
-        return [], packed([])
+            if bank.config.name == name:
+                nearest = bank.index.nearest(packed([value]), self.distance)
+                return (bank.entries[nearest[0]], nearest[1]) if nearest is not None else None
+        return None
 
     def digest(self, name: str) -> str:
         """A digest of a bank's hashes as last read, for the processes of a cluster to
@@ -263,17 +240,3 @@ class HashBanks:
             if bank.config.name == name:
                 return bank.digest
         return ""
-
-
-def nearest_entry(value: int, entries: list[Entry], words: _Words) -> tuple[Entry, int] | None:
-    """The entry nearest one hash (a stored picture's, its variants unknown), and how far."""
-    if not entries:
-        return None
-    query = packed([value])
-    best: tuple[Entry, int] | None = None
-    for start in range(0, len(entries), _CHUNK):
-        distances = np.bitwise_count(query ^ words[start : start + _CHUNK]).sum(axis=1)
-        position = int(distances.argmin())
-        if best is None or int(distances[position]) < best[1]:
-            best = (entries[start + position], int(distances[position]))
-    return best

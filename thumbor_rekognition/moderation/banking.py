@@ -188,24 +188,23 @@ class Banking(Resembling):
                 await self._store(self.store.release_lease, lease, self._holder)
 
     async def _reject_listed(self, name: str) -> int:
-        entries, words = self.hash_banks.rejecting(name)
         caught = 0
         cursor: str | None = None
         while True:
             page, cursor = await self._store(self.store.page, Status.APPROVED, _PAGE, cursor)
             for decision in page:
-                found = self._listed(decision, entries, words)
+                found = self._listed(decision, name)
                 if found is not None:
                     caught += await self._reject_by_bank(decision, name, *found)
             if cursor is None:
                 return caught
 
-    def _listed(self, decision: Decision, entries: Any, words: Any) -> tuple[str, int] | None:
+    def _listed(self, decision: Decision, bank: str) -> tuple[str, int] | None:
         for hashed in decision.pdq:
             if not hashed.hash:
                 continue
-            nearest = banks.nearest_entry(int(hashed.hash, 16), entries, words)
-            if nearest is not None and nearest[1] <= self.hash_banks.distance:
+            nearest = self.hash_banks.listed(bank, int(hashed.hash, 16))
+            if nearest is not None:
                 return nearest[0].text(), nearest[1]
         return None
 
