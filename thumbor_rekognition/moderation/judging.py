@@ -212,7 +212,9 @@ class Judging(Banking):
         prepared = await preparing
         prints = prepared.fingerprints
         banked = await self._banked(key, url, sha256, prepared, metrics)
-        resembled = None if banked is not None else await self._resembled(prints, metrics)
+        resembled = None
+        if banked is None:
+            resembled = await self._resembled(prepared.lookup_prints, metrics)
         copied = None
         if banked is None and resembled is None:
             copied = await self._copied(prints, sha256, metrics)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from thumbor_rekognition import fingerprint, pdq
+from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.pdq import Hash as PdqHash
 from thumbor_rekognition.preparation import colour, pixels, signatures
 
@@ -71,6 +72,9 @@ class Frame:
     """The first view's perceptual fingerprint; None when it has too little detail."""
     pdq: PdqHash | None = None
     """The first view's PDQ hash and quality, with its rotations' and mirrors'."""
+    mirrored: Print | None = None
+    """The perceptual fingerprint of the first view mirrored left to right: looked up
+    too, so that a mirrored copy of a rejected picture is found."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,17 @@ class PreparedImage:
             for index, frame in enumerate(self.frames)
             if frame.fingerprint is not None
         }
+
+    @property
+    def lookup_prints(self) -> dict[int, fingerprint.Print]:
+        """The fingerprints to look up in the index: each frame's, and each frame's
+        mirrored (under -1 - its position)."""
+        mirrored = {
+            -1 - index: frame.mirrored
+            for index, frame in enumerate(self.frames)
+            if frame.mirrored is not None
+        }
+        return {**self.fingerprints, **mirrored}
 
     @property
     def pdq(self) -> dict[int, PdqHash]:
@@ -340,6 +355,7 @@ def _encode(picture: _Picture) -> Frame:
     image = picture.image
     shown = fingerprint.of(picture.shown)
     hashed = pdq.of(picture.shown)
+    mirrored = fingerprint.of(picture.shown.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     quality = JPEG_QUALITY
     while True:
         buffer = io.BytesIO()
@@ -355,6 +371,7 @@ def _encode(picture: _Picture) -> Frame:
                 picture.grid,
                 shown,
                 hashed,
+                mirrored,
             )
         if quality > 60:
             quality -= 15
