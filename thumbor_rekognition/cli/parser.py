@@ -18,6 +18,7 @@ from thumbor_rekognition.cli.decisions import (
     run_stats,
 )
 from thumbor_rekognition.cli.environment import CONF_NAME
+from thumbor_rekognition.cli.eval_matching import run_eval_matching
 from thumbor_rekognition.cli.reevaluate import run_reevaluate
 from thumbor_rekognition.cli.similar import (
     SIMILAR_FLOOR,
@@ -162,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"at most this many pictures (default: {SIMILAR_LIMIT})",
     )
     similar.add_argument("--json", action="store_true", help="print JSON")
+
+    evaluation = command(
+        "eval-matching",
+        run_eval_matching,
+        "How well the old fingerprint and PDQ catch edited copies of a folder's pictures, "
+        "and how often distinct pictures match, at the configured thresholds.",
+    )
+    evaluation.add_argument("folder", help="folder of pictures (JPEG, PNG, WebP, GIF ...)")
+    evaluation.add_argument("--limit", type=_positive, help="at most this many pictures")
+    evaluation.add_argument("--json", action="store_true", help="print JSON")
 
     stats = command("stats", run_stats, "Counts by status and source, and backend calls.")
     stats.add_argument("--json", action="store_true", help="print JSON")
