@@ -132,8 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "urls_file",
         metavar="URLS_FILE",
+        nargs="?",
         help="one image URL a line as in Thumbor URLs; blank lines and # comments ignored; "
         "- for standard input",
+    )
+    backfill.add_argument(
+        "--fingerprints",
+        action="store_true",
+        help="instead: give every stored decision without a PDQ hash the hashes of its "
+        "quarantined or stored original (no backend call), rejecting approved pictures "
+        "a reject hash bank lists",
     )
     backfill.add_argument(
         "--concurrency",

@@ -199,6 +199,19 @@ class Banking(Resembling):
             if cursor is None:
                 return caught
 
+    async def reject_if_listed(self, decision: Decision) -> bool:
+        """Reject an approved decision whose PDQ hash a reject bank lists, as a grown bank
+        does (a decision given its hash only now); whether it was."""
+        if decision.status is not Status.APPROVED:
+            return False
+        await self._run(self._executor, self.hash_banks.refresh)
+        for config in self.settings.hash_banks:
+            if config.enabled and config.action == banks.REJECT:
+                found = self._listed(decision, config.name)
+                if found is not None:
+                    return bool(await self._reject_by_bank(decision, config.name, *found))
+        return False
+
     def _listed(self, decision: Decision, bank: str) -> tuple[str, int] | None:
         for hashed in decision.pdq:
             if not hashed.hash:
