@@ -23,8 +23,10 @@ import csv
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +125,13 @@ def parse(text: str, name: str = "") -> list[Entry]:
 
 
 def _entry(line: str, number: int) -> Entry | None:
+    if len(line) >= pdq.HEX_DIGITS and line[pdq.HEX_DIGITS : pdq.HEX_DIGITS + 1] in ("", ","):
+        # The common line, read without the CSV reader: millions of them in a list.
+        try:
+            value = int(line[: pdq.HEX_DIGITS], 16)
+        except ValueError:
+            return None
+        return Entry(value, line[pdq.HEX_DIGITS + 1 :].strip(), number)
     fields = next(csv.reader([line]))
     first = fields[0].strip().lower() if fields else ""
     if first == _CSV_HEADER:
@@ -141,11 +150,13 @@ def _entry(line: str, number: int) -> Entry | None:
 
 
 class _Bank:
-    """One bank file as last read."""
+    """One bank file as last read: its hashes indexed, their notes and line numbers."""
 
     def __init__(self, config: BankConfig) -> None:
         self.config = config
-        self.entries: list[Entry] = []
+        # Not Entry objects: at millions of hashes, they would take more than the index.
+        self.notes: list[str] = []
+        self.lines = array("l")
         self.index = PdqIndex(packed([]))
         self.stamp: tuple[int, int] | None = None
         # The hashes as last read, digested: the same on every node reading the same list.
@@ -161,15 +172,22 @@ class _Bank:
             with open(self.config.path, encoding="utf-8", errors="replace") as file:
                 entries = parse(file.read(), self.config.name)
         except OSError as error:
-            if self.stamp is not None or not self.entries:
+            if self.stamp is not None or not self.notes:
                 logger.error("hash bank %s not read: %s", self.config.name, error)
             self.stamp = None
             return False
         values = [entry.value for entry in entries]
-        self.entries, self.index, self.stamp = entries, PdqIndex(packed(values)), stamp
+        self.notes = [sys.intern(entry.note) for entry in entries]
+        self.lines = array("l", (entry.line for entry in entries))
+        self.index, self.stamp = PdqIndex(packed(values)), stamp
         self.digest = hashlib.sha256(packed(sorted(values)).tobytes()).hexdigest()[:32]
         logger.info("hash bank %s: %d entries read", self.config.name, len(entries))
         return True
+
+    def entry(self, position: int) -> Entry:
+        """The entry at a position of the index."""
+        value = int.from_bytes(self.index.words[position].astype(">u8").tobytes(), "big")
+        return Entry(value, self.notes[position], self.lines[position])
 
 
 class HashBanks:
@@ -218,7 +236,7 @@ class HashBanks:
         for bank in self._banks:
             nearest = bank.index.nearest(variants, self.distance)
             if nearest is not None:
-                entry = bank.entries[nearest[0]]
+                entry = bank.entry(nearest[0])
                 found.append(Match(bank.config.name, bank.config.action, entry, nearest[1]))
         if not found:
             return None
@@ -230,7 +248,7 @@ class HashBanks:
         for bank in self._banks:
             if bank.config.name == name:
                 nearest = bank.index.nearest(packed([value]), self.distance)
-                return (bank.entries[nearest[0]], nearest[1]) if nearest is not None else None
+                return (bank.entry(nearest[0]), nearest[1]) if nearest is not None else None
         return None
 
     def digest(self, name: str) -> str:

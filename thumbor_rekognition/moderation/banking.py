@@ -16,7 +16,7 @@ from thumbor_rekognition.decision import Decision, Event, Pdq, Reason, Source, S
 from thumbor_rekognition.moderation.memory import Metrics
 from thumbor_rekognition.moderation.resembling import Resembling
 from thumbor_rekognition.moderation.verdicts import SYSTEM
-from thumbor_rekognition.pdq import BITS
+from thumbor_rekognition.pdq import BITS, MATCH_DISTANCE
 from thumbor_rekognition.preparation import PreparedImage
 
 logger = logging.getLogger("thumbor_rekognition.moderator")
@@ -80,9 +80,11 @@ class Banking(Resembling):
         decision: Decision | None = None
         if self.hash_banks.enabled:
             match = await self._run(self._executor, self.hash_banks.match, hashes.values())
-            if match is not None:
-                recorder.incr(f"moderation.bank.{match.action}ed")
-                status = Status.REJECTED if match.action == banks.REJECT else Status.APPROVED
+            status = Status.REJECTED if match and match.action == banks.REJECT else Status.APPROVED
+            # An animation is approved by what all of its scenes show: one known frame
+            # approves nothing.
+            if match is not None and (status is Status.REJECTED or len(prepared.frames) == 1):
+                recorder.incr(f"moderation.bank.{status.value}")
                 decision = self._by_bank(key, url, sha256, prepared, status).replace(
                     reasons=(
                         bank_reason(
@@ -98,7 +100,7 @@ class Banking(Resembling):
             entry = f"HMA content {found.content_id}" if found.content_id else "HMA"
             distance = int(found.distance) if found.distance.isdigit() else 0
             return self._by_bank(key, url, sha256, prepared, Status.REJECTED).replace(
-                reasons=(bank_reason(f"hma:{found.bank}", entry, distance, distance),)
+                reasons=(bank_reason(f"hma:{found.bank}", entry, distance, MATCH_DISTANCE),)
             )
         return decision
 
