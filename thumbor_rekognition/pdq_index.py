@@ -61,10 +61,15 @@ class PdqIndex:
         if not len(self.words) or not len(queries):
             return None
         if self._sorted:
-            candidates = self._candidates(queries, within)
-            if not len(candidates):
+            asked, positions = self._candidates(queries, within)
+            if not len(positions):
                 return None
-            return _least(queries, self.words[candidates], within, candidates)
+            # Each candidate measured against the query whose slot found it only.
+            apart = np.bitwise_count(queries[asked] ^ self.words[positions]).sum(axis=1)
+            least = int(apart.argmin())
+            if int(apart[least]) > within:
+                return None
+            return int(positions[least]), int(apart[least])
         best: tuple[int, int] | None = None
         for start in range(0, len(self.words), _CHUNK):
             found = _least(queries, self.words[start : start + _CHUNK], within)
@@ -72,7 +77,11 @@ class PdqIndex:
                 best = (start + found[0], found[1])
         return best
 
-    def _candidates(self, queries: Words, within: int) -> NDArray[np.int64]:
+    def _candidates(
+        self, queries: Words, within: int
+    ) -> tuple[NDArray[np.intp], NDArray[np.int32]]:
+        """The hashes sharing a slot within within // 16 bits of a query's: the query
+        (its row) and the hash (its position) of each, repeats included."""
         radius = within // SLOTS
         masks = np.array(
             [
@@ -83,30 +92,30 @@ class PdqIndex:
             dtype=np.uint16,
         )
         slots = np.ascontiguousarray(queries).view(np.uint16).reshape(len(queries), SLOTS)
+        rows = np.repeat(np.arange(len(queries)), len(masks))
+        asked: list[NDArray[np.intp]] = []
         found: list[NDArray[np.int32]] = []
         for slot in range(SLOTS):
-            probes = np.unique(slots[:, slot, None] ^ masks[None, :])
+            probes = (slots[:, slot, None] ^ masks[None, :]).ravel()
             values = self._sorted[slot]
             first = np.searchsorted(values, probes, side="left")
-            last = np.searchsorted(values, probes, side="right")
-            lengths = last - first
+            lengths = np.searchsorted(values, probes, side="right") - first
             total = int(lengths.sum())
             if not total:
                 continue
-            # Every position of every run [first, last), in one array.
+            # Every position of every run [first, first + length), in one array.
             starts = np.repeat(first - np.cumsum(lengths) + lengths, lengths)
             found.append(self._order[slot][np.arange(total) + starts])
+            asked.append(np.repeat(rows, lengths))
         if not found:
-            return np.empty(0, dtype=np.int64)
-        return np.unique(np.concatenate(found)).astype(np.int64)
+            return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.int32)
+        return np.concatenate(asked), np.concatenate(found)
 
 
-def _least(
-    queries: Words, hashes: Words, within: int, positions: NDArray[np.int64] | None = None
-) -> tuple[int, int] | None:
+def _least(queries: Words, hashes: Words, within: int) -> tuple[int, int] | None:
     distances = np.bitwise_count(queries[:, None, :] ^ hashes[None, :, :]).sum(axis=2).min(axis=0)
     position = int(distances.argmin())
     distance = int(distances[position])
     if distance > within:
         return None
-    return (int(positions[position]) if positions is not None else position), distance
+    return position, distance
