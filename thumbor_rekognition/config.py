@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from thumbor_rekognition import duplicates, policy, taxonomy
+from thumbor_rekognition import banks, duplicates, policy, taxonomy
 from thumbor_rekognition.config_checks import ConfigurationError as ConfigurationError
 from thumbor_rekognition.config_checks import Reader, to_float
 from thumbor_rekognition.config_checks import Secret as Secret
@@ -90,6 +90,13 @@ class Settings:
     # rejected without a backend call (0: no such step).
     indexed_copy_similarity: float = 0.0
     rekognition_project_version: str | None = None
+    hash_banks: tuple[banks.BankConfig, ...] = ()
+    hash_bank_distance: int = 31
+    hash_bank_reload_seconds: float = 10.0
+    hma_url: str | None = None
+    # May hold a proxy's credentials: never printed.
+    hma_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    hma_timeout: float = 2.0
     # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
     respect_orientation: bool = False
     turn_wait: float = 1.0
@@ -184,6 +191,16 @@ class Settings:
             duplicate_similarity=_read_duplicate_similarity(reader),
             indexed_copy_similarity=_read_duplicate_step(chain),
             rekognition_project_version=_read_project_version(reader),
+            hash_banks=reader.hash_banks("MODERATION_HASH_BANKS"),
+            hash_bank_distance=reader.integer(
+                "MODERATION_HASH_BANK_DISTANCE", minimum=0, maximum=64
+            ),
+            hash_bank_reload_seconds=reader.number(
+                "MODERATION_HASH_BANK_RELOAD_SECONDS", minimum=0.01, maximum=60.0
+            ),
+            hma_url=reader.url("MODERATION_HMA_URL"),
+            hma_headers=reader.headers("MODERATION_HMA_HEADERS"),
+            hma_timeout=reader.number("MODERATION_HMA_TIMEOUT_SECONDS", minimum=0.05, maximum=60.0),
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
             check_token=reader.secret("MODERATION_CHECK_TOKEN", minimum_length=16),

@@ -10,6 +10,8 @@ from typing import Any
 
 from thumbor.config import Config
 
+from thumbor_rekognition.config_keys_banks import BANK_KEYS
+
 GROUP = "Moderation"
 REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
 NUDENET_GROUP = "Moderation - offline model"
@@ -524,6 +526,7 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "AWS lower the rate for a while. Unset: no limit.",
         REKOGNITION_GROUP,
     ),
+    *BANK_KEYS,
 ]
 
 for _key, _default, _description, _group in KEYS:

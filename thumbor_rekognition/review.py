@@ -293,6 +293,8 @@ class Review:
             "backend_calls": counters.get("backend.calls", 0),
             # Caches an override could not clean (logged); the decision stood all the same.
             "cache_errors": counters.get("caches.errors", 0),
+            # HMA lookups that failed: those pictures were judged by the backend alone.
+            "hma_unreachable": counters.get("hma.unreachable", 0),
             "backend": self.moderator.backend.name,
             "outbox": await self._store("outbox_counts"),
             # The process that answered: what it holds in memory and has in flight.

@@ -14,8 +14,8 @@ from thumbor_rekognition import backends, ratelimit, rules, stores
 from thumbor_rekognition.config import MB
 from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Source, Status
 from thumbor_rekognition.moderation.admission import decoded_cost
+from thumbor_rekognition.moderation.banking import Banking, pdq_of
 from thumbor_rekognition.moderation.memory import Metrics
-from thumbor_rekognition.moderation.resembling import Resembling
 from thumbor_rekognition.moderation.verdicts import (
     SYSTEM,
     event_for,
@@ -43,7 +43,7 @@ def resolve(future: asyncio.Future[None], *_: Any) -> None:
         future.set_result(None)
 
 
-class Judging(Resembling):
+class Judging(Banking):
     """Judging new bytes once per content in the cluster, and re-judging stored labels."""
 
     async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
@@ -271,9 +271,16 @@ class Judging(Resembling):
                 return latest  # type: ignore[return-value]
         prepared = await preparing
         prints = prepared.fingerprints
-        resembled = await self._resembled(prints, metrics)
-        copied = None if resembled is not None else await self._copied(prints, sha256, metrics)
-        if resembled is not None:
+        banked = await self._banked(key, url, sha256, prepared, metrics)
+        resembled = None
+        if banked is None:
+            resembled = await self._resembled(prepared.lookup_prints, metrics)
+        copied = None
+        if banked is None and resembled is None:
+            copied = await self._copied(prints, sha256, metrics)
+        if banked is not None:
+            decision = banked
+        elif resembled is not None:
             decision = self._duplicate(key, url, sha256, prepared, resembled)
         elif copied is not None:
             decision = self._duplicate(key, url, sha256, prepared, copied).replace(
@@ -285,6 +292,7 @@ class Judging(Resembling):
             decision = await self._analyse(
                 key, url, sha256, prepared, metrics, deadline, first_turn
             )
+        decision = decision.replace(pdq=pdq_of(prepared))
         if prints and not decision.needs_retry:
             await self._keep_fingerprints(sha256, prints)
         if decision.status is not Status.APPROVED:

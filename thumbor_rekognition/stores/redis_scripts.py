@@ -25,7 +25,8 @@ _LIBRARY = """
 local B = ARGV[1]
 local CHUNK_BYTES = %(chunk_bytes)d
 local STATUSES = {[0] = 'approved', [1] = 'rejected', [2] = 'pending', [3] = 'other'}
-local SOURCES = {[0] = 'auto', [1] = 'manual', [2] = 'duplicate', [3] = 'other'}
+-- 3: spelt out in the record, which only 'bank' is today (records._SOURCE).
+local SOURCES = {[0] = 'auto', [1] = 'manual', [2] = 'duplicate', [3] = 'bank'}
 
 local function uvarint(s, pos)
   local result, scale = 0, 1
