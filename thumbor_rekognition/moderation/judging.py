@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from thumbor_rekognition import backends, ratelimit, rules, stores
-from thumbor_rekognition.config import MB
 from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Source, Status
 from thumbor_rekognition.moderation.admission import decoded_cost
 from thumbor_rekognition.moderation.banking import Banking, pdq_of
@@ -174,52 +173,6 @@ class Judging(Banking):
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
-
-    def _budget_full(self) -> str:
-        budget = self.decode_budget
-        return (
-            f"MODERATION_DECODE_BUDGET_MB={budget.limit // MB} held by the pictures being "
-            f"judged ({budget.held / MB:.0f} MB, {budget.waiting} waiting)"
-        )
-
-    def _call_rate(self) -> ratelimit.CallRate | None:
-        call_rate = getattr(self.backend, "call_rate", None)
-        return call_rate if isinstance(call_rate, ratelimit.CallRate) else None
-
-    def _no_turn_before(self, deadline: float) -> str:
-        """Why no backend call can start before deadline (time.monotonic()), as far as
-        this process last saw the shared call rate; '' when one may."""
-        call_rate = self._call_rate()
-        if not self.policy.model or call_rate is None:
-            return ""
-        return call_rate.seen_too_late(deadline)
-
-    async def _take_turns(self, count: int, deadline: float | None) -> list[float]:
-        """Take `count` turns to call (REKOGNITION_MAX_CALLS_PER_SECOND) before deadline;
-        their time.time()s, none without a call rate. RateLimitedError when they would
-        come too late, RetryableError when the store cannot say."""
-        call_rate = self._call_rate()
-        if call_rate is None or count <= 0:
-            return []
-        wall = None if deadline is None else ratelimit.wall_clock(deadline)
-        try:
-            return await self._store(call_rate.take_many, count, wall)
-        except ratelimit.NoTurn as error:
-            raise backends.RateLimitedError(str(error)) from error
-        except stores.StoreUnavailable as error:
-            # No call without a turn: the picture waits, as it does for any outage.
-            raise backends.RetryableError(f"call rate unknown: {error}") from error
-
-    async def _turns(
-        self, frames: int, deadline: float | None, taken: list[float]
-    ) -> ratelimit.Budget:
-        """The turns of a picture's calls, one per scene (those already taken, and the
-        rest), with the first waited for here, in the event loop: no thread ever waits
-        for a turn. The budget hands them to the calls."""
-        turns = taken + await self._take_turns(frames - len(taken), deadline)
-        if turns:
-            await asyncio.sleep(max(0.0, turns[0] - time.time()))
-        return ratelimit.Budget(deadline, turns)
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
         """Wait for the right to judge these bytes: None once held, a decision another
