@@ -95,8 +95,7 @@ def _dct(image: Image.Image) -> tuple[_Floats, int]:
     # Hashed at the size given, as Meta's pdqhash does (in float32, as its C++): the same
     # bits as it, where reducing the picture first moves up to a dozen. The plugin hands
     # over the picture it judges, at most MODERATION_ANALYSIS_MAX_SIDE a side (tens of ms at 1600).
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    luma = rgb @ _LUMA
+    luma = _luma(image if image.mode == "RGB" else image.convert("RGB"))
     rows, columns = luma.shape
     across = _window(columns)
     down = _window(rows)
@@ -107,6 +106,20 @@ def _dct(image: Image.Image) -> tuple[_Floats, int]:
     picked_columns = ((np.arange(64) + 0.5) * columns / 64).astype(int)
     small = luma[np.ix_(picked_rows, picked_columns)]
     return _DCT @ small @ _DCT.T, _quality(small)
+
+
+# Rows converted to floats at a time: the picture is never held as floats three times over.
+_LUMA_ROWS = 128
+
+
+def _luma(rgb: Image.Image) -> _Floats:
+    """The luminance of an RGB picture in float32, computed a band of rows at a time."""
+    width, height = rgb.size
+    luma = np.empty((height, width), dtype=np.float32)
+    for top in range(0, height, _LUMA_ROWS):
+        band = rgb.crop((0, top, width, min(height, top + _LUMA_ROWS)))
+        luma[top : top + band.height] = np.asarray(band, dtype=np.float32) @ _LUMA
+    return luma
 
 
 def _window(side: int) -> int:
@@ -125,9 +138,10 @@ def _box(values: _Floats, window: int) -> _Floats:
     np.cumsum(values, axis=0, out=sums[1:])
     result = np.empty_like(values)
     inner = slice(behind, max(behind, length - ahead))
-    result[inner] = (sums[behind + ahead + 1 : length + 1] - sums[: length - ahead - behind]) / (
-        window
-    )
+    # Into the result itself: no temporary the size of the picture.
+    middle = result[inner]
+    np.subtract(sums[behind + ahead + 1 : length + 1], sums[: length - ahead - behind], out=middle)
+    middle /= window
     edges = np.r_[0 : min(behind, length), max(behind, length - ahead) : length]
     last = np.minimum(edges + ahead, length - 1) + 1
     first = np.maximum(edges - behind, 0)
