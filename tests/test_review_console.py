@@ -225,12 +225,13 @@ def test_queues_filter_by_source_category_date_and_url(server: ThumborServer) ->
     assert keys("") == sorted([red, by_hand])
     assert keys("source=model") == [red]
     assert keys("source=human") == [by_hand]
+    assert keys("source=bank") == []
     assert keys("category=explicit_nudity") == [red]
     assert keys("since=2000-01-01&until=2999-12-31") == sorted([red, by_hand])
     assert keys(f"since={time.time() + 3600:.0f}") == []
     assert keys("q=hand") == [by_hand]
     for query, error in [
-        ("source=bank", "source must be one of"),
+        ("source=robot", "source must be one of"),
         ("since=yesterday", "since must be"),
         ("until=9999-12-31", "until must be"),
         ("order=newest", "order must be"),
