@@ -356,6 +356,11 @@ def test_detail_view_shows_scores_history_and_a_duplicate_beside_its_original(
     detail.locator("table.history tr.event").first.wait_for()
     reasons = detail.locator("li.reason").all_inner_texts()
     events = detail.locator("tr.event").all_inner_texts()
+    offered = [
+        button.inner_text()
+        for button in detail.locator("button[data-detail]").all()
+        if button.is_visible()
+    ]
     visit.page.keyboard.press("Escape")
     open_queue(visit, server, "duplicates", "detail-poster-copy")
     cards(visit).first.click()
@@ -370,6 +375,7 @@ def test_detail_view_shows_scores_history_and_a_duplicate_beside_its_original(
 
     assert any("Nudity: 0.99 (threshold 0.6)" in reason for reason in reasons)
     assert any("rejected" in event and "auto" in event for event in events)
+    assert offered == ["Approve"]
     assert copy == "rejected"
     assert [sides.nth(i).get_attribute("data-url") for i in range(2)] == [
         "detail-poster-copy.jpg",
