@@ -42,6 +42,8 @@ class Moderator(Judging):
         along: a decision of those bytes is one of these pixels, and stands for them.
         Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
+        # The bank files are watched from the first request on (a no-op without banks).
+        self.watch_banks()
         if deadline is None:
             deadline = time.monotonic() + self.settings.request_budget
         # A caller may allow more than the budget (a backfill waiting for its turn to call).
