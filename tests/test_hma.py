@@ -22,6 +22,7 @@ from thumbor_rekognition import hma, pdq
 pytestmark = pytest.mark.e2e
 
 TOKEN = "hma-admin-token-77e1c0d9a3"
+PROXY_HEADERS = {"X-Proxy-Token": "hma-proxy-token-5521"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 _seeds = itertools.count(3000)
@@ -44,6 +45,7 @@ def server(
             "MODERATION_ADMIN_TOKEN": TOKEN,
             "MODERATION_HMA_URL": fake_hma.url,
             "MODERATION_HMA_TIMEOUT_SECONDS": 2.0,
+            "MODERATION_HMA_HEADERS": PROXY_HEADERS,
         }
     )
     thumbor = ThumborServer(root, config).start()
@@ -92,6 +94,7 @@ def test_picture_hma_knows_is_rejected_naming_its_bank_without_a_backend_call(
     assert decision["reasons"][0]["name"] == "hma:NCMEC_SAMPLE"
     assert decision["reasons"][0]["parent"] == f"HMA content {content_id}"
     assert decision["pdq"][0]["hash"] in fake_hma.lookups
+    assert fake_hma.headers["X-Proxy-Token"] == PROXY_HEADERS["X-Proxy-Token"]
 
 
 def test_picture_hma_does_not_know_is_judged_by_the_backend(
