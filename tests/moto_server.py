@@ -15,12 +15,14 @@ from typing import Any
 import boto3
 from moto.dynamodb.responses import DynamoHandler
 from moto.server import ThreadedMotoServer
+from moto.sqs.models import SQSBackend
 
 from tests.servers import free_port
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
 _DYNAMODB_LOCK = threading.RLock()
+_SQS_LOCK = threading.RLock()
 
 
 def _one_dynamodb_request_at_a_time() -> None:
@@ -44,10 +46,55 @@ def _one_dynamodb_request_at_a_time() -> None:
     DynamoHandler.call_action = atomic  # type: ignore[method-assign]
 
 
+def _one_sqs_receive_at_a_time() -> None:
+    """Hand each SQS message to one receive at a time, as the service does.
+
+    moto's server picks a receive's messages in its request thread without a lock, so two
+    receives at once can both take the same message: the first one's receipt handle is
+    then stale, its deletion does nothing, and the message comes back after its
+    visibility timeout. Each pass over the queue is made under one lock here; a long poll
+    waits between passes without it, so that other requests go on meanwhile.
+    """
+    receive = SQSBackend.receive_message
+    if getattr(receive, "one_at_a_time", False):
+        return
+
+    @functools.wraps(receive)
+    def atomic(
+        self: SQSBackend,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> Any:
+        polling_end = time.monotonic() + wait_seconds_timeout
+        while True:
+            with _SQS_LOCK:
+                found = receive(
+                    self, queue_name, count, 0, visibility_timeout, message_attribute_names
+                )
+            if found or time.monotonic() >= polling_end:
+                return found
+            time.sleep(0.02)
+
+    for name in ("delete_message", "change_message_visibility"):
+        method = getattr(SQSBackend, name)
+
+        def locked(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            with _SQS_LOCK:
+                return _method(*args, **kwargs)
+
+        setattr(SQSBackend, name, functools.wraps(method)(locked))
+    atomic.one_at_a_time = True  # type: ignore[attr-defined]
+    SQSBackend.receive_message = atomic  # type: ignore[method-assign]
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
     """A running moto server; its endpoint URL."""
     _one_dynamodb_request_at_a_time()
+    _one_sqs_receive_at_a_time()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -100,5 +147,6 @@ def moto_server_process() -> Iterator[str]:
 
 if __name__ == "__main__":
     _one_dynamodb_request_at_a_time()
+    _one_sqs_receive_at_a_time()
     ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
     threading.Event().wait()

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import string
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -217,6 +218,20 @@ class Reader:
                 "surrounding spaces."
             )
         return Secret(value)
+
+    def url_template(self, key: str, fields: tuple[str, ...], required: str) -> str:
+        """A str.format template naming only these fields, the required one included."""
+        value = self.string(key)
+        try:
+            named = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as error:
+            raise self._fail(key, value, f"Not a format template ({error}).") from None
+        known = ", ".join("{" + field + "}" for field in fields)
+        if not named <= set(fields):
+            raise self._fail(key, value, f"Its fields may only be {known}.")
+        if required not in named:
+            raise self._fail(key, value, f"It must contain {{{required}}}.")
+        return value
 
     def project_version(self, key: str) -> str | None:
         value = self.optional_str(key)

@@ -11,13 +11,11 @@ from typing import Any
 from thumbor.config import Config
 
 from thumbor_rekognition.config_keys_banks import BANK_KEYS
+from thumbor_rekognition.config_keys_operations import OPERATION_KEYS
 
 GROUP = "Moderation"
 REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
 NUDENET_GROUP = "Moderation - offline model"
-ADMIN_GROUP = "Moderation - administration"
-QUARANTINE_GROUP = "Moderation - quarantine"
-NOTIFY_GROUP = "Moderation - CDN and notifications"
 
 KEYS: list[tuple[str, Any, str, str]] = [
     (
@@ -243,8 +241,51 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_WORKERS",
         8,
         "Threads per Thumbor process for hashing and image preparation, and as many "
-        "again for backend calls, which wait there for their turn of the call rate: a "
-        "picture already judged never waits behind them.",
+        "again for backend calls (which never wait there for a turn of the call rate): "
+        "a picture already judged never waits behind them.",
+        GROUP,
+    ),
+    (
+        "MODERATION_TURN_WAIT_SECONDS",
+        1.0,
+        "Longest a first view waits for its turn of REKOGNITION_MAX_CALLS_PER_SECOND. "
+        "When the next turn is further away, the picture is answered 'pending' at once "
+        "(served as MODERATION_ON_ERROR says) and queued to be judged in the background, "
+        "in order, as turns come; no thread waits for a turn.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKLOG_SIZE",
+        1000,
+        "Most pictures a process keeps queued for judgement after answering them "
+        "'pending' because the call rate was spent. Past it (or past "
+        "MODERATION_BACKLOG_MB), a picture is judged on its next request instead. The "
+        "queue lives in memory: a restart forgets it, with the same effect.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKLOG_MB",
+        64,
+        "Most megabytes of originals the background queue of a process holds.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DECODE_BUDGET_MB",
+        128,
+        "Megabytes of originals and decoded pixels a process may hold at once for "
+        "judging new pictures (each counted as its bytes plus width x height x 4 per "
+        "scene, a JPEG at the reduced size it is decoded at). A picture that would "
+        "exceed it waits until others are done, within MODERATION_TURN_WAIT_SECONDS, "
+        "then is answered 'pending' and queued. One "
+        "picture larger than the whole budget is judged alone.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CACHE_ENTRIES",
+        10_000,
+        "Decisions a process keeps in memory, per cache (by URL and by content hash), "
+        "least recently used dropped first. An entry expired more than ten minutes ago "
+        "is dropped too; until then it answers while the decision store is unreachable.",
         GROUP,
     ),
     (
@@ -272,134 +313,7 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "has a longest side between this and twice this.",
         GROUP,
     ),
-    (
-        "MODERATION_QUARANTINE",
-        "thumbor_rekognition.quarantine.file",
-        "Module that keeps originals that are not approved, so that approving one "
-        "restores it: thumbor_rekognition.quarantine.file (a local folder) or "
-        "thumbor_rekognition.quarantine.s3 (a bucket shared by a cluster).",
-        QUARANTINE_GROUP,
-    ),
-    (
-        "MODERATION_QUARANTINE_PATH",
-        "/tmp/thumbor/quarantine",  # noqa: S108 - mirrors Thumbor's own /tmp defaults
-        "Folder of the file quarantine.",
-        QUARANTINE_GROUP,
-    ),
-    (
-        "MODERATION_QUARANTINE_S3_BUCKET",
-        "",
-        "Bucket of the S3 quarantine; required with thumbor_rekognition.quarantine.s3.",
-        QUARANTINE_GROUP,
-    ),
-    (
-        "MODERATION_QUARANTINE_S3_PREFIX",
-        "quarantine/",
-        "Key prefix of quarantined originals in the S3 bucket.",
-        QUARANTINE_GROUP,
-    ),
-    (
-        "MODERATION_QUARANTINE_S3_REGION",
-        "",
-        "Region of the S3 quarantine bucket; REKOGNITION_REGION when empty.",
-        QUARANTINE_GROUP,
-    ),
-    (
-        "MODERATION_QUARANTINE_S3_ENDPOINT_URL",
-        None,
-        "S3 endpoint URL (an S3-compatible store); AWS's own when unset.",
-        QUARANTINE_GROUP,
-    ),
-    (
-        "MODERATION_ADMIN_PREFIX",
-        "/moderation",
-        "URL prefix of the admin API and review page.",
-        ADMIN_GROUP,
-    ),
-    (
-        "MODERATION_ADMIN_TOKEN",
-        None,
-        "Bearer token of the admin API and review page. Unset: the admin API is off and "
-        "every path under the prefix answers 404 saying so. Use a long random string, "
-        "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
-        ADMIN_GROUP,
-    ),
-    (
-        "MODERATION_ADMIN_MAX_BODY_BYTES",
-        65536,
-        "Largest request body the admin API reads; larger ones get HTTP 413.",
-        ADMIN_GROUP,
-    ),
-    (
-        "MODERATION_CACHE_TAG_HEADER",
-        None,
-        "Response header naming the original of every approved image, e.g. "
-        "'Surrogate-Key' (Fastly), 'Cache-Tag' (Cloudflare), 'Edge-Cache-Tag' (Akamai), "
-        "so a CDN can purge every size of one picture at once. Unset: no header.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_CDN_PURGERS",
-        [],
-        "Modules that purge a CDN when an image becomes rejected, is forgotten or is "
-        "purged: thumbor_rekognition.cdn.cloudfront, thumbor_rekognition.cdn.http.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_CLOUDFRONT_DISTRIBUTION_ID",
-        "",
-        "CloudFront distribution invalidated by thumbor_rekognition.cdn.cloudfront.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_CLOUDFRONT_PATH_PREFIX",
-        "",
-        "Prefix put before Thumbor's result paths to make CloudFront paths, when the "
-        "distribution serves Thumbor under a sub-path.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_CLOUDFRONT_ENDPOINT_URL",
-        None,
-        "CloudFront API endpoint; AWS's own when unset.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_HTTP_PURGE",
-        {},
-        "The HTTP call of thumbor_rekognition.cdn.http: {'method': 'POST', 'url': ..., "
-        "'headers': {...}, 'body': ...}. In url, header values and body, {tag} is the "
-        "picture's cache tag, {paths} the JSON list of its result paths and {key} its "
-        "decision key, e.g. Fastly: url 'https://api.fastly.com/service/ID/purge/{tag}' "
-        "with header 'Fastly-Key'; Cloudflare: url '.../zones/ID/purge_cache', body "
-        '\'{"tags": ["{tag}"]}\' with an Authorization header.',
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_WEBHOOK_URL",
-        None,
-        "URL that receives a signed JSON POST for every decision change. Unset: none sent.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_WEBHOOK_SECRET",
-        None,
-        "Key of the HMAC-SHA256 signature of webhook calls (X-Moderation-Signature).",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_OUTBOX_TIMEOUT_SECONDS",
-        10.0,
-        "Timeout of one webhook or purge call.",
-        NOTIFY_GROUP,
-    ),
-    (
-        "MODERATION_OUTBOX_GIVE_UP_SECONDS",
-        259200,
-        "How long a webhook or purge that keeps failing is retried (with exponential "
-        "backoff up to 15 minutes) before it is given up; 3 days by default.",
-        NOTIFY_GROUP,
-    ),
+    *OPERATION_KEYS,
     (
         "NUDENET_THREADS",
         1,
@@ -447,9 +361,9 @@ KEYS: list[tuple[str, Any, str, str]] = [
         None,
         "Most Rekognition calls per second for the whole cluster (every process of every "
         "node sharing the decision store), retries and animation scenes included: calls "
-        "are spaced evenly. A request waits for its turn within MODERATION_TIMEOUT_SECONDS, "
-        "then answers 'pending' and is judged on a later request. Throttling answers from "
-        "AWS lower the rate for a while. Unset: no limit.",
+        "are spaced evenly. A first view waits for its turn MODERATION_TURN_WAIT_SECONDS "
+        "at most, then answers 'pending' and is judged in the background as turns come. "
+        "Throttling answers from AWS lower the rate for a while. Unset: no limit.",
         REKOGNITION_GROUP,
     ),
     *BANK_KEYS,

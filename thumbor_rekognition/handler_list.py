@@ -12,7 +12,7 @@ from typing import Any
 
 from libthumbor.url import Url
 
-from thumbor_rekognition import admin, quarantine, stores
+from thumbor_rekognition import admin, check, quarantine, stores
 from thumbor_rekognition.config_checks import ConfigurationError, check_backend_extra, unknown_keys
 from thumbor_rekognition.filter_table import share_filter_tables
 from thumbor_rekognition.gate import ModerationHandler
@@ -47,6 +47,8 @@ def get_handlers(context: Any) -> list[tuple[Any, ...]]:
     else:
         os.register_at_fork(after_in_child=runtime.start_warm_up)
     return [
+        # Before the admin routes: with only MODERATION_CHECK_TOKEN set, theirs say "off".
+        *check.get_handlers(context, runtime),
         *admin.get_handlers(context, runtime),
         (Url.regex(), ModerationHandler, {"context": context, "runtime": runtime}),
     ]

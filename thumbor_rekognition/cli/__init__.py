@@ -1,5 +1,6 @@
 """``thumbor-moderation``: check a file, list, inspect, override, re-evaluate and backfill,
-and find the rejected pictures nearest to one.
+find the rejected pictures nearest to one, and judge new S3 objects from their upload
+notifications.
 
 Every command reads the same thumbor.conf as the Thumbor servers it administers and
 goes through the same pieces they use (the runtime's moderator, the decision store, the
@@ -10,8 +11,8 @@ Exit codes: 0 done, 1 the operation failed (an unknown URL, an image that could 
 judged), 2 a usage or configuration error.
 
 ``parser`` is the command line; ``environment`` the configuration a command runs against;
-``output`` how commands print; ``check``, ``decisions``, ``similar``, ``reevaluate`` and
-``backfill`` the subcommands, a group each.
+``output`` how commands print; ``check``, ``decisions``, ``similar``, ``reevaluate``,
+``backfill`` and ``watch_sqs`` (with ``s3_events``) the subcommands, a group each.
 """
 
 from __future__ import annotations

@@ -26,6 +26,13 @@ from thumbor_rekognition.cli.similar import (
     SIMILAR_MINIMUM,
     run_similar,
 )
+from thumbor_rekognition.cli.watch_sqs import (
+    DEFAULT_CONCURRENCY as SQS_CONCURRENCY,
+)
+from thumbor_rekognition.cli.watch_sqs import (
+    DEFAULT_WAIT_SECONDS,
+    run_watch_sqs,
+)
 from thumbor_rekognition.decision import (
     Status,
 )
@@ -45,6 +52,14 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _wait_seconds(text: str) -> int:
+    value = _positive(text) if text != "0" else 0
+    # SQS refuses a longer long poll.
+    if value > 20:
+        raise argparse.ArgumentTypeError(f"must be 0 to 20, got {value}")
     return value
 
 
@@ -148,6 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_CONCURRENCY,
         help=f"URLs moderated at once (default: {DEFAULT_CONCURRENCY})",
+    )
+
+    watch = command(
+        "watch-sqs",
+        run_watch_sqs,
+        "Judge new S3 objects from their upload notifications in an SQS queue (S3's own, "
+        "through SNS or through EventBridge) before anyone views them; runs until SIGTERM.",
+    )
+    watch.add_argument("--queue-url", required=True, help="URL of the SQS queue")
+    watch.add_argument(
+        "--wait-seconds",
+        type=_wait_seconds,
+        default=DEFAULT_WAIT_SECONDS,
+        help=f"long-poll wait of each receive, 0 to 20 (default: {DEFAULT_WAIT_SECONDS})",
+    )
+    watch.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=SQS_CONCURRENCY,
+        help=f"receives in flight at once, each of up to 10 messages (default: {SQS_CONCURRENCY})",
     )
 
     similar = command(
