@@ -4,8 +4,10 @@ unreachable, the backend judges alone and the failure is counted."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +141,13 @@ def test_both_answer_shapes_of_hma_are_read() -> None:
     assert hma.matches({}) == []
     with pytest.raises(ValueError):
         hma.matches({"BANK_A": "yes"})
+
+
+def test_hma_refusing_connections_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = hma.Client(f"http://127.0.0.1:{port}", timeout=2.0)
+
+    with pytest.raises(hma.Unreachable):
+        asyncio.run(client.lookup("0" * 64))
