@@ -69,6 +69,8 @@ def test_backfill_fingerprints_hashes_old_decisions_and_applies_reject_banks(
     assert approved is not None
     assert approved.status is Status.APPROVED
     assert approved.pdq[0].hash == pdq.of(kept).hex()
+    assert cli.main(["--conf", str(conf), "show", "kept.png"]) == 0
+    assert f"pdq: {pdq.of(kept).hex()} quality 100" in capsys.readouterr().out
 
 
 def test_backfill_needs_urls_or_fingerprints(

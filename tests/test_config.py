@@ -328,6 +328,14 @@ def test_unknown_category_unlike_any_other_stops_start_up_without_a_suggestion()
         ("MODERATION_REDIS_CLUSTER", 2),
         ("MODERATION_REDIS_WAIT_REPLICAS", "-1"),
         ("MODERATION_REDIS_WAIT_REPLICAS", "one"),
+        # Hash banks and HMA.
+        ("MODERATION_HASH_BANKS", '[{"name": "x", "path": "/b.txt", "action": "delete"}]'),
+        ("MODERATION_HASH_BANKS", [{"name": "x", "action": "reject"}]),
+        ("MODERATION_HASH_BANKS", "{not json"),
+        ("MODERATION_HASH_BANK_DISTANCE", "65"),
+        ("MODERATION_HASH_BANK_RELOAD_SECONDS", "600"),
+        ("MODERATION_HMA_URL", "hma:5000"),
+        ("MODERATION_HMA_HEADERS", '["Authorization"]'),
     ],
 )
 def test_bad_value_stops_start_up_with_a_message_naming_the_key(key: str, value: object) -> None:
@@ -470,6 +478,20 @@ def test_a_duplicate_similarity_that_cannot_work_stops_start_up_naming_the_key(
 ADAPTER = (
     "arn:aws:rekognition:us-east-1:111122223333:project/nsfw/version/nsfw.2024-05-01/1714521600000"
 )
+
+
+def test_hash_banks_are_read_from_lists_and_json_with_their_defaults() -> None:
+    banks = '[{"name": "known-bad", "path": "/b.txt", "action": "reject", "enabled": false}]'
+
+    read = settings(MODERATION_HASH_BANKS=banks, MODERATION_HMA_URL="http://hma:5000")
+
+    assert [(b.name, b.action, b.enabled) for b in read.hash_banks] == [
+        ("known-bad", "reject", False)
+    ]
+    assert read.hash_bank_distance == 31
+    assert read.hma_url == "http://hma:5000"
+    assert settings().hash_banks == ()
+    assert settings().hma_url is None
 
 
 def test_rekognition_project_version_is_read_as_an_adapter_arn() -> None:

@@ -8,6 +8,7 @@ picture here: only a bank can reject one), a real webhook receiver.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import time
@@ -177,6 +178,25 @@ def test_picture_of_an_approve_bank_is_approved_without_a_backend_call(
     assert fake.call_count == calls
     assert decision["source"] == "bank"
     assert decision["reasons"][0]["parent"] == f"{entry} (false positive, ticket 88)"
+
+
+def test_approve_bank_does_not_approve_an_animation_by_one_known_frame(
+    server: ThumborServer, images: Path, fake: FakeRekognition, bank_files: dict[str, Path]
+) -> None:
+    known, unknown = pictures.busy(next(_seeds)), pictures.photo_like(next(_seeds))
+    listed(bank_files["cleared"], known, "cleared frame")
+    time.sleep(RELOAD_SECONDS * 2)
+    frames = [known.convert("P"), unknown.convert("P")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=500)
+    name = add(images, "cleared-frame.gif", buffer.getvalue())
+    calls = fake.call_count
+
+    status = status_of(server, name)
+
+    assert status == "approved"
+    assert fake.call_count > calls
+    assert decision_of(server, name)["source"] == "auto"
 
 
 def test_reject_bank_wins_over_approve_bank(

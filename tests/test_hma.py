@@ -4,8 +4,10 @@ unreachable, the backend judges alone and the failure is counted."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from thumbor_rekognition import hma, pdq
 pytestmark = pytest.mark.e2e
 
 TOKEN = "hma-admin-token-77e1c0d9a3"
+PROXY_HEADERS = {"X-Proxy-Token": "hma-proxy-token-5521"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 _seeds = itertools.count(3000)
@@ -44,6 +47,7 @@ def server(
             "MODERATION_ADMIN_TOKEN": TOKEN,
             "MODERATION_HMA_URL": fake_hma.url,
             "MODERATION_HMA_TIMEOUT_SECONDS": 2.0,
+            "MODERATION_HMA_HEADERS": PROXY_HEADERS,
         }
     )
     thumbor = ThumborServer(root, config).start()
@@ -92,6 +96,7 @@ def test_picture_hma_knows_is_rejected_naming_its_bank_without_a_backend_call(
     assert decision["reasons"][0]["name"] == "hma:NCMEC_SAMPLE"
     assert decision["reasons"][0]["parent"] == f"HMA content {content_id}"
     assert decision["pdq"][0]["hash"] in fake_hma.lookups
+    assert fake_hma.headers["X-Proxy-Token"] == PROXY_HEADERS["X-Proxy-Token"]
 
 
 def test_picture_hma_does_not_know_is_judged_by_the_backend(
@@ -136,3 +141,13 @@ def test_both_answer_shapes_of_hma_are_read() -> None:
     assert hma.matches({}) == []
     with pytest.raises(ValueError):
         hma.matches({"BANK_A": "yes"})
+
+
+def test_hma_refusing_connections_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = hma.Client(f"http://127.0.0.1:{port}", timeout=2.0)
+
+    with pytest.raises(hma.Unreachable):
+        asyncio.run(client.lookup("0" * 64))

@@ -13,8 +13,9 @@ command line exports (``threatexchange dataset -P --csv``: a header, then
 with their collaboration and category. A line that is neither is logged and skipped; a
 file that cannot be read keeps the entries last read from it (an empty bank at start).
 
-Files are looked at again (size and modification time) at most every
-MODERATION_HASH_BANK_RELOAD_SECONDS, and read again when either changed.
+Files are looked at again (size and modification time) every
+MODERATION_HASH_BANK_RELOAD_SECONDS by each process's watcher, and read again when
+either changed; lookups meanwhile use the banks as last read.
 """
 
 from __future__ import annotations
@@ -149,18 +150,31 @@ def _entry(line: str, number: int) -> Entry | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A bank file as read once: its hashes indexed, their notes and line numbers (not
+    Entry objects: at millions of hashes, they would take more than the index), and a
+    digest of the hashes, the same on every node reading the same list."""
+
+    index: PdqIndex
+    notes: list[str]
+    lines: array[int]
+    digest: str = ""
+
+    def entry(self, position: int) -> Entry:
+        """The entry at a position of the index."""
+        value = int.from_bytes(self.index.words[position].astype(">u8").tobytes(), "big")
+        return Entry(value, self.notes[position], self.lines[position])
+
+
 class _Bank:
-    """One bank file as last read: its hashes indexed, their notes and line numbers."""
+    """One bank file as last read."""
 
     def __init__(self, config: BankConfig) -> None:
         self.config = config
-        # Not Entry objects: at millions of hashes, they would take more than the index.
-        self.notes: list[str] = []
-        self.lines = array("l")
-        self.index = PdqIndex(packed([]))
+        # Replaced whole: a lookup during a reload sees the file as read before or after.
+        self.read = _Read(PdqIndex(packed([])), [], array("l"))
         self.stamp: tuple[int, int] | None = None
-        # The hashes as last read, digested: the same on every node reading the same list.
-        self.digest = ""
 
     def reload(self) -> bool:
         """Read the file again when its size or modification time changed; whether it was."""
@@ -172,22 +186,20 @@ class _Bank:
             with open(self.config.path, encoding="utf-8", errors="replace") as file:
                 entries = parse(file.read(), self.config.name)
         except OSError as error:
-            if self.stamp is not None or not self.notes:
+            if self.stamp is not None or not self.read.notes:
                 logger.error("hash bank %s not read: %s", self.config.name, error)
             self.stamp = None
             return False
         values = [entry.value for entry in entries]
-        self.notes = [sys.intern(entry.note) for entry in entries]
-        self.lines = array("l", (entry.line for entry in entries))
-        self.index, self.stamp = PdqIndex(packed(values)), stamp
-        self.digest = hashlib.sha256(packed(sorted(values)).tobytes()).hexdigest()[:32]
+        self.read = _Read(
+            PdqIndex(packed(values)),
+            [sys.intern(entry.note) for entry in entries],
+            array("l", (entry.line for entry in entries)),
+            hashlib.sha256(packed(sorted(values)).tobytes()).hexdigest()[:32],
+        )
+        self.stamp = stamp
         logger.info("hash bank %s: %d entries read", self.config.name, len(entries))
         return True
-
-    def entry(self, position: int) -> Entry:
-        """The entry at a position of the index."""
-        value = int.from_bytes(self.index.words[position].astype(">u8").tobytes(), "big")
-        return Entry(value, self.notes[position], self.lines[position])
 
 
 class HashBanks:
@@ -206,6 +218,8 @@ class HashBanks:
         self._clock = clock
         self._checked: float | None = None
         self._lock = threading.Lock()
+        # One reader of the files at a time; lookups go on meanwhile with what was read.
+        self._reading = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -220,6 +234,7 @@ class HashBanks:
             if recent and not force:
                 return []
             self._checked = now
+        with self._reading:
             return [bank.config for bank in self._banks if bank.reload()]
 
     def match(self, hashes: Iterable[pdq.Hash]) -> Match | None:
@@ -228,15 +243,19 @@ class HashBanks:
         queries = [hashed for hashed in hashes if hashed.usable]
         if not queries or not self._banks:
             return None
-        self.refresh()
+        if self._checked is None:
+            # Read once here; after that by the watcher (Banking.watch_banks), so that no
+            # lookup waits for a large file to be read again.
+            self.refresh()
         variants = packed(
             [value for hashed in queries for value in hashed.variants or (hashed.value,)]
         )
         found: list[Match] = []
         for bank in self._banks:
-            nearest = bank.index.nearest(variants, self.distance)
+            read = bank.read
+            nearest = read.index.nearest(variants, self.distance)
             if nearest is not None:
-                entry = bank.entry(nearest[0])
+                entry = read.entry(nearest[0])
                 found.append(Match(bank.config.name, bank.config.action, entry, nearest[1]))
         if not found:
             return None
@@ -247,8 +266,9 @@ class HashBanks:
         rotations unknown), and how far; None when there is none."""
         for bank in self._banks:
             if bank.config.name == name:
-                nearest = bank.index.nearest(packed([value]), self.distance)
-                return (bank.entry(nearest[0]), nearest[1]) if nearest is not None else None
+                read = bank.read
+                nearest = read.index.nearest(packed([value]), self.distance)
+                return (read.entry(nearest[0]), nearest[1]) if nearest is not None else None
         return None
 
     def digest(self, name: str) -> str:
@@ -256,5 +276,5 @@ class HashBanks:
         agree on whether pictures already judged were searched for them."""
         for bank in self._banks:
             if bank.config.name == name:
-                return bank.digest
+                return bank.read.digest
         return ""

@@ -53,6 +53,8 @@ class Moderator(Judging):
         most, then is answered pending and queued (see drain); patient, until deadline.
         Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
+        # The bank files are watched from the first request on (a no-op without banks).
+        self.watch_banks()
         now = time.monotonic()
         if deadline is None:
             deadline = now + self.settings.request_budget

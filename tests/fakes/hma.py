@@ -26,6 +26,8 @@ class FakeHMA:
     def __init__(self) -> None:
         self.banks: dict[str, list[tuple[int, int]]] = {}
         self.lookups: list[str] = []
+        # The headers of the last request, as a proxy in front of HMA would see them.
+        self.headers: dict[str, str] = {}
         self.unavailable = False
         self._next_id = 1000
         self._lock = threading.Lock()
@@ -75,6 +77,7 @@ class FakeHMA:
 def _handler(fake: FakeHMA) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            fake.headers = dict(self.headers.items())
             parts = urlsplit(self.path)
             query = {key: values[0] for key, values in parse_qs(parts.query).items()}
             if parts.path != "/m/lookup":

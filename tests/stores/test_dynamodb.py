@@ -32,7 +32,15 @@ from tests.stores.test_sqlite import (
 )
 from thumbor_rekognition import stores
 from thumbor_rekognition.config import ConfigurationError, Settings
-from thumbor_rekognition.decision import ContentType, Decision, Label, Reason, Source, Status
+from thumbor_rekognition.decision import (
+    ContentType,
+    Decision,
+    Label,
+    Pdq,
+    Reason,
+    Source,
+    Status,
+)
 from thumbor_rekognition.duplicates import probes
 from thumbor_rekognition.stores import dynamodb
 
@@ -356,8 +364,12 @@ def test_a_fingerprint_put_that_another_overtook_leaves_the_index_as_its_record_
         decision("host/copy.jpg", status=Status.REJECTED, source=Source.DUPLICATE).replace(
             duplicate_of="host/o.jpg", similarity=0.9688
         ),
+        decision("host/listed.jpg", status=Status.REJECTED, source=Source.BANK).replace(
+            reasons=(Reason("known-bad", "0f" * 32 + " (case 1)", 98.4, 0.8789, "hash_bank"),),
+            pdq=(Pdq("0f" * 32, 93, 0), Pdq("", 21, 1)),
+        ),
     ],
-    ids=["plain", "no-hash-url-is-key", "other-url", "every-field", "duplicate"],
+    ids=["plain", "no-hash-url-is-key", "other-url", "every-field", "duplicate", "bank"],
 )
 def test_every_field_of_a_decision_survives_its_compact_item(original: Decision) -> None:
     body = dynamodb.encode(original)
