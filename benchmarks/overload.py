@@ -374,7 +374,8 @@ def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     print(f"soak: generating {args.soak} new pictures...", flush=True)
     names = distinct_jpegs(images, args.soak, (96, 64), "small")
     fake.reset()
-    configs = servers(work, images, fake)
+    configs = servers(work, images, fake, MODERATION_CACHE_ENTRIES=args.cache_entries)
+    print(f"soak: MODERATION_CACHE_ENTRIES = {args.cache_entries}")
     warm_up = min(500, len(names) // 5)
     for kind in KINDS:
         with running(work, kind, configs[kind]) as server:
@@ -414,6 +415,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--large-mb", type=float, default=50.0)
     parser.add_argument("--soak", type=int, default=10_000, help="new pictures of the soak")
+    parser.add_argument(
+        "--cache-entries", type=int, default=10_000, help="the plugin's caches during the soak"
+    )
     parser.add_argument(
         "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None
     )
