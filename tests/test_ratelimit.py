@@ -139,6 +139,34 @@ def test_waiting_for_a_turn_sleeps_until_it(open_store: OpenStore) -> None:
     assert time.time() >= first + 2 / 4.0 - 0.001
 
 
+def test_turns_taken_ahead_are_used_before_any_new_one(open_store: OpenStore) -> None:
+    calls = rate(4.0, open_store())
+    ahead = calls.take_many(2)
+    budget = ratelimit.Budget(None, ahead)
+
+    calls.wait(budget)
+    calls.wait(budget)
+    after = calls.take()
+
+    assert time.time() >= ahead[1] - 0.001
+    # Two turns were taken ahead, one interval apart, and the next one follows them.
+    assert after == pytest.approx(ahead[1] + 1 / 4.0)
+
+
+def test_a_turn_taken_ahead_but_used_late_is_exchanged_for_a_fresh_one(
+    open_store: OpenStore,
+) -> None:
+    calls = rate(4.0, open_store())
+    [stale] = calls.take_many(1)
+    time.sleep(0.3)  # past half an interval (0.125 s): the call comes late
+    following = calls.take()
+
+    calls.wait(ratelimit.Budget(None, [stale]))
+
+    # Not sent at once beside the turn after it: it waited for a turn after that one.
+    assert time.time() >= following + 1 / 4.0 - 0.001
+
+
 def test_throttling_halves_the_rate_for_every_process_once_a_second(
     open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -156,6 +156,10 @@ class CallRate:
         (no store call, a short sleep at most), else the next one before the budget's
         deadline; NoTurn past it."""
         turn = budget.prepaid() if budget is not None else None
+        if turn is not None and time.time() - turn > 0.5 / self.current():
+            # Taken ahead, but the call comes late (its client was being built, say):
+            # sent now it would crowd the turns after it, so it takes a fresh one.
+            turn = None
         if turn is None:
             deadline = None if budget is None else budget.deadline
             turn = self.take(None if deadline is None else wall_clock(deadline))
