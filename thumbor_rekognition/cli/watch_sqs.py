@@ -37,7 +37,7 @@ import botocore.config
 import botocore.exceptions
 
 from thumbor_rekognition import stores, upload
-from thumbor_rekognition.cli.environment import EXIT_OK, Environment, Failure
+from thumbor_rekognition.cli.environment import EXIT_OK, Environment, Failure, UsageError
 from thumbor_rekognition.cli.s3_events import NewObject, Unreadable, new_objects
 from thumbor_rekognition.decision import Status
 from thumbor_rekognition.preparation import UnsupportedImage
@@ -101,6 +101,10 @@ class Consumer:
         self.template = self.runtime.settings.s3_url_template
         session = boto3.session.Session()
         region = session.region_name or _region_of(queue_url)
+        if region is None:
+            raise UsageError(
+                "no AWS region: set AWS_DEFAULT_REGION (or AWS_REGION, or a profile's region)"
+            )
         # A connection for each thread that calls AWS; the rest is boto3's own configuration.
         pool = botocore.config.Config(max_pool_connections=self._threads)
         self.sqs: Any = session.client("sqs", region_name=region, config=pool)
@@ -199,11 +203,21 @@ class Consumer:
             self.progress.failed += 1
             return
         # No object (a test event, a deletion): deleted at once.
-        outcomes = await asyncio.gather(*(self._judge(new, deadline) for new in objects))
+        outcomes = await asyncio.gather(*(self._judged(new, deadline) for new in objects))
         if all(outcomes):
             await self._delete(message)
         else:
             await self._retry_soon(message)
+
+    async def _judged(self, new: NewObject, deadline: float) -> bool:
+        try:
+            return await self._judge(new, deadline)
+        except Exception:
+            # Whatever one object raises (a quarantine down, say), the others go on and
+            # its message comes back.
+            logger.exception("judging s3://%s/%s failed", new.bucket, new.key)
+            self.progress.failed += 1
+            return False
 
     async def _judge(self, new: NewObject, deadline: float) -> bool:
         """Judge one new object; whether its decision is stored (or it is gone)."""
