@@ -35,7 +35,7 @@ from tests.test_notifications import (
     wait_for,
     waiting,
 )
-from thumbor_rekognition.cdn import PATHS_PER_PICTURE, WILDCARD
+from thumbor_rekognition.cdn import PATHS_PER_PICTURE, WILDCARD, cache_tag
 from thumbor_rekognition.stores import result_paths
 from thumbor_rekognition.stores.sqlite import Store
 
@@ -565,3 +565,51 @@ def _rejection_of(name: str) -> Callable[[Received], bool]:
         and body_of(request)["key"] == name
         and body_of(request)["status"] == "rejected"
     )
+
+
+# Each destination on its own: a slow webhook receiver holds up webhooks only.
+
+SLOW_ANSWER = 1.5
+BACKLOG = 20
+
+
+def test_a_slow_webhook_receiver_does_not_hold_up_cdn_purges(
+    tmp_path: Path, fake: FakeRekognition
+) -> None:
+    root = tmp_path / "slow-receiver"
+    images = root / "images"
+    images.mkdir(parents=True)
+    with Receiver() as hooks, Receiver() as edge:
+        hooks.delay(SLOW_ANSWER)
+        config = admin_config(root, images, fake.url)
+        config.update(
+            {
+                "MODERATION_WEBHOOK_URL": hooks.url + HOOK_PATH,
+                "MODERATION_CDN_PURGERS": [HTTP],
+                "MODERATION_HTTP_PURGE": fastly_call(edge),
+            }
+        )
+        for server in _server(root, config):
+            # Every first view queues a webhook: a backlog the slow receiver takes a while over.
+            pictures = [add_picture(images, BLUE, "backlog") for _ in range(BACKLOG)]
+            for name in pictures:
+                serve(server, name, sizes=("40x30",))
+            rejected = pictures[-3:]
+            for name in rejected:
+                answer = call(server, "PUT", f"/image?url={arg(name)}", {"status": "rejected"})
+                assert answer.status == 200
+
+            purged = edge.wait_for(3, timeout=60)
+            hooks_by_then = len(hooks.requests)
+            hooks.wait_for(BACKLOG + 3, timeout=120)
+
+    tags = {FASTLY_PURGE + cache_tag(name): name for name in rejected}
+    purge_at = {tags[purge.path]: purge.at for purge in purged}
+    rejection_at = {
+        body_of(hook)["key"]: hook.at
+        for hook in hooks.requests
+        if body_of(hook)["status"] == "rejected"
+    }
+    assert sorted(purge_at) == sorted(rejected)
+    assert hooks_by_then < BACKLOG + 3
+    assert all(purge_at[name] < rejection_at[name] for name in rejected)

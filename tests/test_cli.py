@@ -295,11 +295,11 @@ def test_check_names_an_undefined_key_of_the_conf_and_the_nearest_defined_one(
 def test_check_with_the_offline_backend_but_not_its_libraries_names_the_extra(
     site: Site,
 ) -> None:
-    # numpy as a plain `pip install .` leaves it: first on the path, failing to import.
+    # onnxruntime as a plain `pip install .` leaves it: first on the path, failing to import.
     absent = site.root / "absent"
     absent.mkdir()
-    (absent / "numpy.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'numpy'\", name='numpy')\n"
+    (absent / "onnxruntime.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n"
     )
     path = site.root / "upload.png"
     path.write_bytes(picture(RED))
@@ -316,7 +316,7 @@ def test_check_with_the_offline_backend_but_not_its_libraries_names_the_extra(
 
     assert check.returncode == 2
     assert "Config 'MODERATION_BACKEND'" in check.stderr
-    assert "No module named 'numpy'" in check.stderr
+    assert "No module named 'onnxruntime'" in check.stderr
     assert "pip install 'thumbor-moderation[local]'" in check.stderr
     assert "Traceback" not in check.stderr
 
@@ -530,8 +530,8 @@ def test_stats_counts_by_status_and_source(
     stats = json.loads(capsys.readouterr().out)
 
     assert text == as_json == 0
-    assert "approved: 1 (auto 1, manual 0, duplicate 0)" in out
-    assert "rejected: 2 (auto 1, manual 1, duplicate 0)" in out
+    assert "approved: 1 (auto 1, manual 0, duplicate 0, bank 0)" in out
+    assert "rejected: 2 (auto 1, manual 1, duplicate 0, bank 0)" in out
     assert "backend calls: 3" in out
     assert stats["decisions"] == {"approved": 1, "rejected": 2, "pending": 0}
     assert stats["by_source"]["rejected.manual"] == 1

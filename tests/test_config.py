@@ -618,11 +618,11 @@ def test_an_endpoint_without_a_scheme_stops_thumbor_at_start_up(
 def test_the_offline_backend_without_its_libraries_stops_thumbor_naming_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # numpy as a plain `pip install .` leaves it: first on the path, failing to import.
+    # onnxruntime as a plain `pip install .` leaves it: first on the path, failing to import.
     absent = tmp_path / "absent"
     absent.mkdir()
-    (absent / "numpy.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'numpy'\", name='numpy')\n"
+    (absent / "onnxruntime.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(absent))
     config = base_config(tmp_path, tmp_path / "images", None)
@@ -634,7 +634,7 @@ def test_the_offline_backend_without_its_libraries_stops_thumbor_naming_the_extr
 
     assert code != 0
     assert "Config 'MODERATION_BACKEND'" in thumbor.log
-    assert "No module named 'numpy'" in thumbor.log
+    assert "No module named 'onnxruntime'" in thumbor.log
     assert "pip install 'thumbor-moderation[local]'" in thumbor.log
     assert "cannot start" in thumbor.log
     assert "Traceback" not in thumbor.log

@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 120.0
 
 
-def status_of(port: int, path: str) -> tuple[int, str | None]:
+def status_of(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, str | None]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         response.read()
         return response.status, response.getheader("X-Moderation-Status")
@@ -52,14 +54,20 @@ def test_the_demo_starts_with_its_sample_rejected_before_any_request_fetched_it(
     )
     try:
         deadline = time.monotonic() + READY_SECONDS
-        answer: tuple[int, str | None] | None = None
-        while answer is None:
+        # The review page shows the showcase refusal's original: the demo keeps it,
+        # without any visitor fetching the picture first.
+        original = 0
+        while original != 200:
             assert demo.poll() is None, (tmp_path / "demo.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "demo.log").read_text()
             try:
-                answer = status_of(port, "/unsafe/300x200/chart.webp")
+                token = (tmp_path / "demo-data" / "admin-token").read_text().strip()
+                auth = {"Authorization": f"Bearer {token}"}
+                original, _ = status_of(port, "/moderation/original?url=chart.webp", auth)
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
+        answer = status_of(port, "/unsafe/300x200/chart.webp")
         banner = (tmp_path / "demo.log").read_text()
     finally:
         os.killpg(demo.pid, signal.SIGTERM)

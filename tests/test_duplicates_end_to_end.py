@@ -187,16 +187,21 @@ def test_approving_the_original_lifts_its_duplicates(
     assert "no longer rejected" in lifted[1]["note"]
 
 
-def test_a_mirrored_copy_is_judged_by_the_backend(
+def test_a_mirrored_copy_is_rejected_as_a_duplicate_without_a_backend_call(
     server: ThumborServer, images: Path, fake: FakeRekognition
 ) -> None:
-    _, image = rejected_by_hand(server, images, "mirrored")
+    original, image = rejected_by_hand(server, images, "mirrored")
     name = add(
         images,
-        "mirrored-copy.png",
-        pictures.encoded(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"),
+        "mirrored-copy.jpg",
+        pictures.resized_jpeg(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 0.8, 80),
     )
     calls = fake.call_count
 
-    assert status_of(server, name) == "approved"
-    assert fake.call_count == calls + 1
+    status = status_of(server, name)
+
+    decision = decision_of(server, name)
+    assert status == "rejected"
+    assert fake.call_count == calls
+    assert decision["source"] == "duplicate"
+    assert decision["duplicate_of"] == original

@@ -1,27 +1,36 @@
-"""More new pictures than the call rate allows, through the real Thumbor app: requests of
-pictures already judged do not queue behind calls waiting for their turn.
+"""More new pictures than the call rate allows, through the real Thumbor app: they are
+answered 'pending' at once, queued, and judged in the background as turns come, one
+call each; nothing waits for a turn in a thread, so pictures already judged are answered
+meanwhile.
 
-One worker thread (MODERATION_WORKERS = 1) and one call every two seconds: four new
-pictures asked at once hold turns 0, 2, 4 and 6 s away. A picture already approved,
-asked at a size never rendered, is read back from storage and hashed; it must be
-answered while the new pictures still wait for their turns, not after them.
+Two calls a second and a turn wait of half a second: of eight new pictures asked at
+once, the one or two whose turn comes within half a second are judged at once, the
+others are answered pending without waiting and judged by the process on its own.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
+import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import picture
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import ThumborServer, base_config
+from tests.test_call_rate import busiest_second
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timing]
+
+TOKEN = "overload-admin-token-3c9a81f0e2"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LIMIT = 2
+NEW = 8
 
 _sizes = itertools.count()
 
@@ -31,10 +40,11 @@ def node(tmp_path: Path, images: Path, fake: FakeRekognition) -> Iterator[Thumbo
     config = base_config(tmp_path, images, fake.url)
     config.update(
         {
+            "MODERATION_ADMIN_TOKEN": TOKEN,
             "MODERATION_WORKERS": 1,
-            "REKOGNITION_MAX_CALLS_PER_SECOND": 0.5,
+            "REKOGNITION_MAX_CALLS_PER_SECOND": LIMIT,
+            "MODERATION_TURN_WAIT_SECONDS": 0.5,
             "MODERATION_TIMEOUT_SECONDS": 12.0,
-            "REKOGNITION_TIMEOUT_SECONDS": 12.0,
         }
     )
     thumbor = ThumborServer(tmp_path, config).start()
@@ -49,33 +59,74 @@ def add(images: Path, stem: str, color: tuple[int, int, int]) -> str:
     return name
 
 
-def test_a_picture_already_judged_is_answered_while_new_ones_wait_for_their_turn(
-    node: ThumborServer, images: Path
+def in_memory(node: ThumborServer) -> dict[str, Any]:
+    response = node.request("GET", "/moderation/stats", headers=AUTH)
+    assert response.status == 200
+    process: dict[str, Any] = json.loads(response.body)["process"]
+    return process
+
+
+def wait_for(condition: Any, seconds: float = 60.0) -> bool:
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
+
+def test_a_spike_is_answered_pending_at_once_and_judged_in_the_background(
+    node: ThumborServer, images: Path, fake: FakeRekognition
 ) -> None:
     judged = add(images, "judged", (30, 140, 60))
     assert node.get(f"/unsafe/120x90/{judged}").header("X-Moderation-Status") == "approved"
-    # Its turn used: the next call may start two seconds from now.
-    new = [add(images, "new", (40 * n, 90, 200)) for n in range(1, 5)]
-    finished: list[str] = []
-    lock = threading.Lock()
+    new = [add(images, "new", (30 * n, 90, 200)) for n in range(1, NEW + 1)]
 
-    def ask(name: str) -> None:
-        node.request("GET", f"/unsafe/100x80/{name}", timeout=60)
-        with lock:
-            finished.append(name)
+    with ThreadPoolExecutor(max_workers=NEW) as pool:
+        first = list(pool.map(lambda name: node.get(f"/unsafe/100x80/{name}"), new))
+    pending = [
+        name
+        for name, r in zip(new, first, strict=True)
+        if r.header("X-Moderation-Status") == "pending"
+    ]
+    # Answered while the backlog is judged: a picture already judged, at a new size.
+    hit = node.get(f"/unsafe/64x48/{judged}")
+    # No request asks again: the process judges the queued pictures on its own.
+    all_called = wait_for(lambda: fake.call_count == 1 + NEW)
+    queue_emptied = wait_for(lambda: in_memory(node)["backlog_pictures"] == 0)
+    calls = fake.call_count
+    later = [node.get(f"/unsafe/100x80/{name}").header("X-Moderation-Status") for name in new]
 
-    waiting = [threading.Thread(target=ask, args=(name,)) for name in new]
-    for thread in waiting:
-        thread.start()
-    time.sleep(0.5)  # the new pictures are prepared and waiting for their turns
-    hit = node.request("GET", f"/unsafe/64x48/{judged}", timeout=60)
-    with lock:
-        new_done_before_hit = list(finished)
-    for thread in waiting:
-        thread.join()
+    assert [r.status for r in first] == [200] * NEW
+    assert {r.header("X-Moderation-Status") for r in first} <= {"approved", "pending"}
+    # Turns come every half second, and a request waits for one half a second at most.
+    assert len(pending) >= NEW - 3
+    assert (hit.status, hit.header("X-Moderation-Status")) == (200, "approved")
+    assert all_called
+    assert queue_emptied
+    assert later == ["approved"] * NEW
+    # One call per picture, spaced by the rate, and none more once they are judged.
+    assert calls == fake.call_count == 1 + NEW
+    assert busiest_second(fake.calls) <= LIMIT + 1
+    assert "queued picture" not in node.log
 
-    assert hit.status == 200
-    assert hit.header("X-Moderation-Status") == "approved"
-    # The last new picture's turn is 6 s away: calls wait for their turns in threads of
-    # their own, and the hit does not wait behind them (it used to wait behind them all).
-    assert len(new_done_before_hit) < len(new)
+
+def test_stats_show_what_the_process_holds(node: ThumborServer, images: Path) -> None:
+    name = add(images, "shown", (200, 200, 40))
+    assert node.get(f"/unsafe/90x90/{name}").header("X-Moderation-Status") == "approved"
+
+    process = in_memory(node)
+
+    for key in (
+        "judgements_in_flight",
+        "backend_calls_out",
+        "decode_budget_held_bytes",
+        "decode_budget_waiting",
+        "backlog_pictures",
+        "backlog_bytes",
+        "backlog_dropped",
+        "decisions_cached",
+    ):
+        assert isinstance(process[key], int), key
+    assert process["decisions_cached"] >= 1
+    assert process["decode_budget_held_bytes"] == 0

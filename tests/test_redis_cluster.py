@@ -10,17 +10,21 @@ replicas the pictures of its slots are pending until it is back, and then judged
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from tests.fakes.rekognition import FakeRekognition
+from tests.receivers import Receiver
 from tests.redis_server import RedisCluster, RedisServer
 from tests.servers import ThumborServer, base_config
 from tests.test_cluster import (
@@ -37,7 +41,7 @@ from tests.test_cluster import (
     status_of,
     wait_for,
 )
-from thumbor_rekognition.decision import Decision
+from thumbor_rekognition.decision import Decision, Event
 from thumbor_rekognition.stores import redis as redis_store
 from thumbor_rekognition.urls import normalise
 
@@ -77,14 +81,16 @@ def node_config(root: Path, images: Path, endpoint: str, url: str, replicas: int
     return config
 
 
-def start_nodes(root: Path, fake: FakeRekognition, redis: RedisCluster, replicas: int) -> Nodes:
+def start_nodes(
+    root: Path, fake: FakeRekognition, redis: RedisCluster, replicas: int, **settings: Any
+) -> Nodes:
     images = root / "origin"
     images.mkdir()
     # A names the first node of the cluster, B the last: any node leads to the others.
     a, b = (
         ThumborServer(
             root / name,
-            node_config(root / name, images, fake.url, node.url, replicas),
+            {**node_config(root / name, images, fake.url, node.url, replicas), **settings},
             log_level="debug",
         )
         for name, node in (("a", redis.nodes[0]), ("b", redis.nodes[-1]))
@@ -326,3 +332,163 @@ class TestWithoutReplicas:
         assert max(retried) < 10.0
         assert kept == known
         assert fake.call_count - calls_before >= len(elsewhere)
+
+
+# Decision changes announced through a failover.
+
+HOOK_PATH = "/moderation-events"
+UNDONE = "write not acknowledged by a replica in time: undone"
+
+
+@dataclass(frozen=True)
+class Write:
+    number: int
+    name: str
+    status: str
+    answer: int
+    after_kill: bool
+
+    @property
+    def note(self) -> str:
+        return f"write {self.number}"
+
+
+class Overrides:
+    """Admin writes flipping pictures between rejected and approved, one after another,
+    each with a note of its own; a change asked for is the opposite of the last one
+    answered 200, so that every write changes something."""
+
+    def __init__(self, node: ThumborServer, names: list[str]) -> None:
+        self.node, self.names = node, names
+        self.standing = dict.fromkeys(names, "approved")
+        self.writes: list[Write] = []
+        self.killed = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for number in itertools.count():
+            if self.stop.is_set():
+                return
+            name = self.names[number % len(self.names)]
+            status = "rejected" if self.standing[name] == "approved" else "approved"
+            body = json.dumps({"status": status, "note": f"write {number}", "actor": "tests"})
+            answer = self.node.request(
+                "PUT",
+                f"/moderation/image?url={quote(name, safe='')}",
+                body=body.encode(),
+                headers=AUTH,
+            )
+            self.writes.append(Write(number, name, status, answer.status, self.killed.is_set()))
+            if answer.status == 200:
+                self.standing[name] = status
+
+
+def histories(url: str, names: list[str]) -> dict[str, list[Event]]:
+    store = redis_store.Store(url=url, prefix=PREFIX, cluster=True, timeout=2.0)
+    try:
+        return {name: store.history(normalise(name)) for name in names}
+    finally:
+        store.close()
+
+
+class TestAnnouncedThroughAFailover:
+    def test_every_change_answered_200_is_announced_and_none_answered_503_is_saved(
+        self, tmp_path: Path, fake: FakeRekognition
+    ) -> None:
+        with Receiver() as hooks, RedisCluster(tmp_path / "redis", replicas=1) as redis:
+            nodes = start_nodes(
+                tmp_path,
+                fake,
+                redis,
+                replicas=1,
+                MODERATION_WEBHOOK_URL=hooks.url + HOOK_PATH,
+                MODERATION_OUTBOX_TIMEOUT_SECONDS=2.0,
+            )
+            try:
+                victim_index = master_for_losing(nodes)
+                names = [
+                    picture_on(nodes, {index}, BLUE, "announced", False)
+                    for index in (0, 1, 2)
+                    for _ in range(4)
+                ]
+                for name in names:
+                    assert judged_everywhere(nodes, name) == "approved"
+                on_victim = {name for name in names[4 * victim_index : 4 * victim_index + 4]}
+                overrides = Overrides(nodes.a, names)
+                writer = threading.Thread(target=overrides.run)
+                traffic = Traffic(nodes, names)
+                writer.start()
+                traffic.start()
+                wait_for(lambda: len(overrides.writes) >= 20, timeout=30)
+
+                overrides.killed.set()
+                redis.nodes[victim_index].kill()
+                redis.wait_until_serving()
+                wait_for(
+                    lambda: (
+                        sum(
+                            1
+                            for write in overrides.writes
+                            if write.after_kill and write.answer == 200 and write.name in on_victim
+                        )
+                        >= 8
+                    ),
+                    timeout=30,
+                )
+                overrides.stop.set()
+                writer.join()
+                traffic.stop()
+                answered = [write for write in overrides.writes if write.answer == 200]
+                notes = {write.note for write in answered}
+                announced = hooks.wait_for(
+                    len(answered),
+                    lambda hook: json.loads(hook.body)["note"] in notes,
+                    timeout=60,
+                )
+                survivor = next(node for node in redis.nodes if node.process is not None)
+                history = histories(survivor.url, names)
+                kept = stored(survivor.url, names)
+            finally:
+                stop_nodes(nodes)
+
+        assert {write.answer for write in overrides.writes} <= {200, 503}
+        assert traffic.errors == []
+        # Each change answered 200 announced, with the status it asked for.
+        hooked = {json.loads(hook.body)["note"]: json.loads(hook.body) for hook in announced}
+        assert all(hooked[write.note]["status"] == write.status for write in answered)
+        # None answered 503 stands: never written, or undone before the answer.
+        for write in overrides.writes:
+            if write.answer != 503:
+                continue
+            notes_of = [event.note for event in history[write.name]]
+            if write.note in notes_of:
+                assert notes_of[notes_of.index(write.note) + 1] == UNDONE
+        # What stands is what the last change answered 200 asked for.
+        assert kept == overrides.standing
+
+
+class Traffic:
+    """Viewers asking for the pictures at a few sizes, from both nodes, until stopped."""
+
+    def __init__(self, nodes: Nodes, names: list[str]) -> None:
+        self.nodes, self.names = nodes, names
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        for number in itertools.count():
+            if self._stop.is_set():
+                return
+            node = self.nodes.both[number % 2]
+            name = self.names[number % len(self.names)]
+            answer = node.get(f"/unsafe/{40 + number % 3}x30/{name}")
+            if answer.status >= 500:
+                self.errors.append(f"{name}: {answer.status}")

@@ -15,13 +15,14 @@ import json
 import logging
 import re
 import secrets
+import time
 from importlib import resources
 from typing import Any
 
 import tornado.template
 import tornado.web
 
-from thumbor_rekognition import confidence, health, stores
+from thumbor_rekognition import health, review_queue, stores
 from thumbor_rekognition.caches import ThumborCaches
 from thumbor_rekognition.decision import Status
 from thumbor_rekognition.review import BINDS_TO_FIRST_FETCH, NeverFetched, Review, decision_view
@@ -30,7 +31,10 @@ from thumbor_rekognition.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 ACTOR = "admin-api"
-PAGE_STATUSES = (Status.PENDING, Status.REJECTED, Status.APPROVED)
+# One bulk decision names at most this many URLs; a review page shows at most as many.
+BULK_LIMIT = 100
+MAX_QUEUE_PAGE = 100
+_FILTERS = ("source", "category", "since", "until", "q")
 # What a manual decision may set.
 DECIDED = {status.value: status for status in (Status.APPROVED, Status.REJECTED)}
 _templates = tornado.template.Loader(
@@ -162,16 +166,77 @@ class _AdminHandler(tornado.web.RequestHandler):
 
 
 class ImagesHandler(_AdminHandler):
-    """GET {prefix}/images?status=&limit=&cursor=: decisions, a page at a time."""
+    """GET {prefix}/images?status=&limit=&cursor=: decisions, a page at a time; with
+    queue= (and source, category, since, until, q, order), a review queue, filtered.
+    POST {prefix}/images: one decision for many URLs."""
 
     async def get(self) -> None:
-        status = _status(self.get_query_argument("status", ""), allow_empty=True)
         limit = _integer(self.get_query_argument("limit", "100"), "limit")
         cursor = self.get_query_argument("cursor", "") or None
-        decisions, next_cursor = await self.review.page(status, limit, cursor)
+        queue = self.get_query_argument("queue", "")
+        if not queue:
+            status = _status(self.get_query_argument("status", ""), allow_empty=True)
+            decisions, next_cursor = await self.review.page(status, limit, cursor)
+            self.write_json(
+                {"images": [decision_view(d) for d in decisions], "next_cursor": next_cursor}
+            )
+            return
+        if queue not in review_queue.QUEUES:
+            raise ApiError(400, f"queue must be one of: {', '.join(review_queue.QUEUES)}")
+        order = self.get_query_argument("order", "oldest" if queue == "pending" else "key")
+        if order not in ("oldest", "key"):
+            raise ApiError(400, "order must be 'oldest' or 'key'")
+        arguments = {name: self.get_query_argument(name, "") for name in _FILTERS}
+        try:
+            chosen = review_queue.filters(arguments)
+            page = await self.review.queue(
+                queue, chosen, min(limit, MAX_QUEUE_PAGE), cursor, order == "oldest"
+            )
+        except review_queue.BadFilter as error:
+            raise ApiError(400, str(error)) from None
         self.write_json(
-            {"images": [decision_view(d) for d in decisions], "next_cursor": next_cursor}
+            {
+                "images": [decision_view(d) for d in page.decisions],
+                "next_cursor": page.next_cursor,
+                "order": page.order,
+                "scanned": page.scanned,
+                "counts": await self.review.queue_counts(),
+            }
         )
+
+    async def post(self) -> None:
+        body = self.json_body()
+        urls = body.get("urls")
+        if not isinstance(urls, list) or not urls:
+            raise ApiError(400, "urls must be a non-empty list of image URLs")
+        if len(urls) > BULK_LIMIT:
+            raise ApiError(400, f"at most {BULK_LIMIT} urls in one request")
+        if not all(isinstance(url, str) and url.strip() and len(url) <= 4096 for url in urls):
+            raise ApiError(400, "every url must be a non-empty string of at most 4096 characters")
+        status, note, actor = _decision_fields(body)
+        results = []
+        saved_at = time.monotonic()
+        for url in dict.fromkeys(url.strip() for url in urls):
+            results.append(await self._decide_one(url, status, note, actor))
+        await self.review.settled(saved_at)
+        failed = sum(1 for result in results if not result["ok"])
+        self.write_json({"results": results, "decided": len(results) - failed, "failed": failed})
+
+    async def _decide_one(self, url: str, status: Status, note: str, actor: str) -> dict[str, Any]:
+        """One URL of a bulk decision, through the same rules as PUT /image."""
+        try:
+            decided = await self.review.decide(url, status, note, actor, settle=False)
+        except NeverFetched as error:
+            return {
+                "url": url,
+                "ok": False,
+                "code": 404,
+                "error": "no request has fetched this URL (a typo?)",
+                "nearest": error.nearest,
+            }
+        except stores.StoreUnavailable:
+            return {"url": url, "ok": False, "code": 503, "error": STORE_DOWN.message}
+        return {"url": url, "ok": True, "status": status.value, "updated": len(decided)}
 
 
 class ImageHandler(_AdminHandler):
@@ -186,19 +251,10 @@ class ImageHandler(_AdminHandler):
     async def put(self) -> None:
         url = self.url_argument()
         body = self.json_body()
-        given = body.get("status")
-        status = DECIDED.get(given) if isinstance(given, str) else None
-        if status is None:
-            raise ApiError(400, "status must be 'approved' or 'rejected'")
+        status, note, actor = _decision_fields(body)
         unseen = body.get("unseen", False)
         if not isinstance(unseen, bool):
             raise ApiError(400, "unseen must be true or false")
-        note = body.get("note", "")
-        if not isinstance(note, str) or len(note) > 2000:
-            raise ApiError(400, "note must be a string of at most 2000 characters")
-        actor = body.get("actor", ACTOR)
-        if not isinstance(actor, str) or not actor or len(actor) > 200:
-            raise ApiError(400, "actor must be a non-empty string of at most 200 characters")
         try:
             decided = await self.review.decide(url, status, note, actor, unseen)
         except NeverFetched as error:
@@ -269,7 +325,7 @@ class HealthHandler(_AdminHandler):
 
 
 class PageHandler(_AdminHandler):
-    """GET {prefix}/: the review page shell; with a token, ?grid=1 renders the grids."""
+    """GET {prefix}/: the review page; it reads everything through the API, with the token."""
 
     requires_token = False
 
@@ -284,20 +340,15 @@ class PageHandler(_AdminHandler):
             "frame-ancestors 'none'",
         )
         self.set_header("X-Frame-Options", "DENY")
-        if not self.get_query_argument("grid", ""):
-            html = _templates.load("review.html").generate(
-                prefix=self.runtime.settings.admin_prefix, nonce=nonce
-            )
-            self.finish(html)
-            return
-        if not self._authorised():
-            raise ApiError(401, "missing or wrong bearer token")
-        columns = []
-        for status in PAGE_STATUSES:
-            decisions, more = await self.review.page(status, 60, None)
-            columns.append((status.value, decisions, more is not None))
-        grid = _templates.load("review_grid.html").generate(columns=columns, shown=confidence.shown)
-        self.finish(grid)
+        settings = self.runtime.settings
+        html = _templates.load("review.html").generate(
+            prefix=settings.admin_prefix,
+            nonce=nonce,
+            blur_approved=settings.review_blur_approved,
+            bulk_limit=BULK_LIMIT,
+            page_size=MAX_QUEUE_PAGE,
+        )
+        self.finish(html)
 
 
 class DisabledHandler(_AdminHandler):
@@ -314,6 +365,21 @@ DISABLED = (
     "the admin API is off: set MODERATION_ADMIN_TOKEN to turn it on "
     "(the thumbor-moderation command works without it)"
 )
+
+
+def _decision_fields(body: dict[str, Any]) -> tuple[Status, str, str]:
+    """The status, note and actor of a manual decision's body, or ApiError 400."""
+    given = body.get("status")
+    status = DECIDED.get(given) if isinstance(given, str) else None
+    if status is None:
+        raise ApiError(400, "status must be 'approved' or 'rejected'")
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > 2000:
+        raise ApiError(400, "note must be a string of at most 2000 characters")
+    actor = body.get("actor", ACTOR)
+    if not isinstance(actor, str) or not actor or len(actor) > 200:
+        raise ApiError(400, "actor must be a non-empty string of at most 200 characters")
+    return status, note, actor
 
 
 def _status(value: str, allow_empty: bool) -> Status | None:

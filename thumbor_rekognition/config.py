@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from thumbor_rekognition import duplicates, policy, taxonomy
+from thumbor_rekognition import banks, duplicates, policy, taxonomy
 from thumbor_rekognition.config_checks import ConfigurationError as ConfigurationError
 from thumbor_rekognition.config_checks import Reader, to_float
 from thumbor_rekognition.config_checks import Secret as Secret
@@ -23,6 +23,8 @@ from thumbor_rekognition.config_docs import example_conf as example_conf
 from thumbor_rekognition.config_keys import DEFAULTS as DEFAULTS
 
 logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Settings:
     admin_prefix: str
     admin_token: Secret | None
     admin_max_body: int
+    review_blur_approved: bool
     cache_tag_header: str | None
     cdn_purgers: tuple[str, ...]
     cloudfront_distribution_id: str
@@ -87,8 +90,20 @@ class Settings:
     # rejected without a backend call (0: no such step).
     indexed_copy_similarity: float = 0.0
     rekognition_project_version: str | None = None
+    hash_banks: tuple[banks.BankConfig, ...] = ()
+    hash_bank_distance: int = 31
+    hash_bank_reload_seconds: float = 10.0
+    hma_url: str | None = None
+    # May hold a proxy's credentials: never printed.
+    hma_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    hma_timeout: float = 2.0
     # Thumbor's own key: whether it turns pictures as their EXIF orientation says.
     respect_orientation: bool = False
+    turn_wait: float = 1.0
+    backlog_size: int = 1000
+    backlog_bytes: int = 64 * MB
+    decode_budget: int = 128 * MB
+    cache_entries: int = 10_000
     # Upload time: the token that may only check, the largest picture a check reads, and
     # the Thumbor URL of a new S3 object.
     check_token: Secret | None = None
@@ -129,6 +144,11 @@ class Settings:
             cache_ttl=reader.number("MODERATION_CACHE_TTL_SECONDS", minimum=0.0),
             request_budget=reader.number("MODERATION_TIMEOUT_SECONDS", minimum=0.1, maximum=600.0),
             workers=reader.integer("MODERATION_WORKERS", minimum=1),
+            turn_wait=reader.number("MODERATION_TURN_WAIT_SECONDS", minimum=0.0, maximum=600.0),
+            backlog_size=reader.integer("MODERATION_BACKLOG_SIZE", minimum=0),
+            backlog_bytes=reader.integer("MODERATION_BACKLOG_MB", minimum=0) * MB,
+            decode_budget=reader.integer("MODERATION_DECODE_BUDGET_MB", minimum=1) * MB,
+            cache_entries=reader.integer("MODERATION_CACHE_ENTRIES", minimum=1),
             max_pixels=reader.integer("MODERATION_MAX_PIXELS", minimum=6400),
             max_frames=reader.integer("MODERATION_MAX_FRAMES", minimum=1, maximum=100),
             analysis_max_side=reader.integer(
@@ -143,6 +163,7 @@ class Settings:
             admin_prefix=reader.prefix("MODERATION_ADMIN_PREFIX"),
             admin_token=reader.secret("MODERATION_ADMIN_TOKEN", minimum_length=16),
             admin_max_body=reader.integer("MODERATION_ADMIN_MAX_BODY_BYTES", minimum=1024),
+            review_blur_approved=reader.boolean("MODERATION_REVIEW_BLUR_APPROVED"),
             cache_tag_header=reader.header("MODERATION_CACHE_TAG_HEADER"),
             cdn_purgers=tuple(reader.modules("MODERATION_CDN_PURGERS")),
             cloudfront_distribution_id=reader.string("MODERATION_CLOUDFRONT_DISTRIBUTION_ID"),
@@ -170,6 +191,16 @@ class Settings:
             duplicate_similarity=_read_duplicate_similarity(reader),
             indexed_copy_similarity=_read_duplicate_step(chain),
             rekognition_project_version=_read_project_version(reader),
+            hash_banks=reader.hash_banks("MODERATION_HASH_BANKS"),
+            hash_bank_distance=reader.integer(
+                "MODERATION_HASH_BANK_DISTANCE", minimum=0, maximum=64
+            ),
+            hash_bank_reload_seconds=reader.number(
+                "MODERATION_HASH_BANK_RELOAD_SECONDS", minimum=0.01, maximum=60.0
+            ),
+            hma_url=reader.url("MODERATION_HMA_URL"),
+            hma_headers=reader.headers("MODERATION_HMA_HEADERS"),
+            hma_timeout=reader.number("MODERATION_HMA_TIMEOUT_SECONDS", minimum=0.05, maximum=60.0),
             # Read as Thumbor reads it (its truth value), so judged as Thumbor turns it.
             respect_orientation=bool(getattr(config, "RESPECT_ORIENTATION", False)),
             check_token=reader.secret("MODERATION_CHECK_TOKEN", minimum_length=16),

@@ -19,6 +19,7 @@ from typing import Any
 import botocore.utils
 from thumbor.config import Config
 
+from thumbor_rekognition import banks
 from thumbor_rekognition.config_keys import DEFAULTS
 
 # The pattern of DetectModerationLabels' ProjectVersion in the Rekognition service model.
@@ -89,7 +90,8 @@ def _tail(key: str) -> str:
 # Backends that need an extra beyond the base install: the extra, and what it brings
 # that the backend imports.
 BACKEND_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
-    "thumbor_rekognition.backends.nudenet": ("local", ("numpy", "cv2", "onnxruntime", "nudenet")),
+    # numpy is the plugin's own dependency (PDQ hashes).
+    "thumbor_rekognition.backends.nudenet": ("local", ("cv2", "onnxruntime", "nudenet")),
 }
 
 
@@ -347,6 +349,26 @@ class Reader:
             )
             raise self._fail(key, value, f"Must be {bounds}.")
         return number
+
+    def hash_banks(self, key: str) -> tuple[banks.BankConfig, ...]:
+        value = self.raw(key)
+        if isinstance(value, str):
+            value = self._json(key, value) if value.strip() else []
+        try:
+            return banks.configs(value)
+        except ValueError as error:
+            raise self._fail(key, value, str(error)) from None
+
+    def headers(self, key: str) -> dict[str, str]:
+        value = self.raw(key)
+        if isinstance(value, str):
+            value = self._json(key, value) if value.strip() else {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            # Not repeated: the headers may hold credentials.
+            raise ConfigurationError(f"Config '{key}' is not a mapping of header names to text.")
+        return dict(value)
 
     def mapping(self, key: str) -> dict[str, Any]:
         value = self.raw(key)

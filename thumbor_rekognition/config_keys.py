@@ -10,6 +10,8 @@ from typing import Any
 
 from thumbor.config import Config
 
+from thumbor_rekognition.config_keys_banks import BANK_KEYS
+
 GROUP = "Moderation"
 REKOGNITION_GROUP = "Moderation - Amazon Rekognition"
 NUDENET_GROUP = "Moderation - offline model"
@@ -242,8 +244,51 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_WORKERS",
         8,
         "Threads per Thumbor process for hashing and image preparation, and as many "
-        "again for backend calls, which wait there for their turn of the call rate: a "
-        "picture already judged never waits behind them.",
+        "again for backend calls (which never wait there for a turn of the call rate): "
+        "a picture already judged never waits behind them.",
+        GROUP,
+    ),
+    (
+        "MODERATION_TURN_WAIT_SECONDS",
+        1.0,
+        "Longest a first view waits for its turn of REKOGNITION_MAX_CALLS_PER_SECOND. "
+        "When the next turn is further away, the picture is answered 'pending' at once "
+        "(served as MODERATION_ON_ERROR says) and queued to be judged in the background, "
+        "in order, as turns come; no thread waits for a turn.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKLOG_SIZE",
+        1000,
+        "Most pictures a process keeps queued for judgement after answering them "
+        "'pending' because the call rate was spent. Past it (or past "
+        "MODERATION_BACKLOG_MB), a picture is judged on its next request instead. The "
+        "queue lives in memory: a restart forgets it, with the same effect.",
+        GROUP,
+    ),
+    (
+        "MODERATION_BACKLOG_MB",
+        64,
+        "Most megabytes of originals the background queue of a process holds.",
+        GROUP,
+    ),
+    (
+        "MODERATION_DECODE_BUDGET_MB",
+        128,
+        "Megabytes of originals and decoded pixels a process may hold at once for "
+        "judging new pictures (each counted as its bytes plus width x height x 4 per "
+        "scene, a JPEG at the reduced size it is decoded at). A picture that would "
+        "exceed it waits until others are done, within MODERATION_TURN_WAIT_SECONDS, "
+        "then is answered 'pending' and queued. One "
+        "picture larger than the whole budget is judged alone.",
+        GROUP,
+    ),
+    (
+        "MODERATION_CACHE_ENTRIES",
+        10_000,
+        "Decisions a process keeps in memory, per cache (by URL and by content hash), "
+        "least recently used dropped first. An entry expired more than ten minutes ago "
+        "is dropped too; until then it answers while the decision store is unreachable.",
         GROUP,
     ),
     (
@@ -321,6 +366,13 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "Bearer token of the admin API and review page. Unset: the admin API is off and "
         "every path under the prefix answers 404 saying so. Use a long random string, "
         "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
+        ADMIN_GROUP,
+    ),
+    (
+        "MODERATION_REVIEW_BLUR_APPROVED",
+        False,
+        "Blur approved pictures on the review page too, until the reviewer hovers over "
+        "one or reveals it with a key (pending, rejected and duplicate pictures always are).",
         ADMIN_GROUP,
     ),
     (
@@ -474,6 +526,7 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "AWS lower the rate for a while. Unset: no limit.",
         REKOGNITION_GROUP,
     ),
+    *BANK_KEYS,
 ]
 
 for _key, _default, _description, _group in KEYS:

@@ -25,6 +25,9 @@ class Source(str, enum.Enum):
     MANUAL = "manual"
     # Rejected without a backend call: it resembles a rejected picture (duplicate_of).
     DUPLICATE = "duplicate"
+    # Decided without a backend call: its PDQ hash is in a hash bank (MODERATION_HASH_BANKS)
+    # or HMA's; the reason names the bank and the entry.
+    BANK = "bank"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ class ContentType:
         return cls(
             name=str(data["name"]),
             confidence=float(data.get("confidence", 0.0)),
+            frame=int(data.get("frame", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Pdq:
+    """The PDQ hash (64 hex digits; '' below quality 50, not worth matching) and quality
+    of one judged frame."""
+
+    hash: str
+    quality: int
+    frame: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pdq:
+        return cls(
+            hash=str(data.get("hash", "")),
+            quality=int(data.get("quality", 0)),
             frame=int(data.get("frame", 0)),
         )
 
@@ -149,6 +173,8 @@ class Decision:
     # Source MANUAL: decided before any request fetched the picture (see rules.py); it
     # names a URL, and the URL's first fetch binds it to bytes.
     blind: bool = False
+    # The PDQ hash and quality of each judged frame, when the picture was prepared.
+    pdq: tuple[Pdq, ...] = ()
 
     @functools.cached_property
     def digest(self) -> bytes:
@@ -203,6 +229,7 @@ class Decision:
             duplicate_of=str(data.get("duplicate_of", "")),
             similarity=float(data.get("similarity", 0.0)),
             blind=bool(data.get("blind", False)),
+            pdq=tuple(Pdq.from_dict(item) for item in data.get("pdq", ())),
         )
 
     @classmethod

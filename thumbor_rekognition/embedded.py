@@ -237,6 +237,7 @@ def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
     space = ""
     # Each at most once (the first, as decoders read it); another is removed unread.
     seen: set[bytes] = set()
+    rewritten = False
     while True:
         if position + 12 > len(data):
             raise UnsupportedImage("truncated PNG: no IEND chunk")
@@ -263,7 +264,9 @@ def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
             removed.extend(lost)
             if not tiff:
                 continue
-            chunk = _png_chunk(kind, tiff)
+            if tiff != body:
+                rewritten = True
+                chunk = _png_chunk(kind, tiff)
         elif kind not in _PNG_KEPT:
             removed.append(f"{kind.decode('latin-1')} chunk")
             continue
@@ -271,6 +274,10 @@ def _png(data: bytes, upright: bool) -> tuple[bytes, list[str]]:
         if kind == b"IEND":
             if data[position:]:
                 removed.append("data after the end of the image")
+            if not removed and not rewritten:
+                # Nothing to take out: the bytes as they came, not a copy of them (a
+                # large original would be held twice while it is judged).
+                return data, removed
             return b"".join(out), removed
 
 

@@ -38,6 +38,9 @@ STATUS_HEADER = "X-Moderation-Status"
 OK = 200
 NOT_AN_IMAGE = 400
 FORBIDDEN = 403
+# A loader error that is no error: the placeholder at the size asked for is rendered
+# already (ModerationHandler.rendered_placeholder), and Thumbor's _error answers it.
+PLACEHOLDER_RENDERED = 200
 INTERNAL_ERROR = 500
 HEADER_VALUES = {status: status.value for status in Status}
 APPROVED = Status.APPROVED
@@ -54,6 +57,8 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     moderation_status: Status | None = None
     moderation_refusal: LoaderResult | None = None
     placeholder_key: str | None = None
+    # The placeholder already rendered at this request's size, when the loader answers it.
+    rendered_placeholder: tuple[Any, str] | None = None
     # A first view's judgement, running while Thumbor renders the picture.
     overlap: Overlap | None = None
     _key = ""
@@ -234,6 +239,20 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
         self.filters_runner = runner
         await self.get_image()
 
+    def _error(self, status: int, msg: str | None = None) -> None:
+        rendered = self.rendered_placeholder
+        if status != PLACEHOLDER_RENDERED or rendered is None:
+            super()._error(status, msg)
+            return
+        # Thumbor's writer, which never waits: run to its end here.
+        writing = ImagingHandler._write_results_to_client(self, *rendered)
+        try:
+            writing.send(None)
+        except StopIteration:
+            return
+        writing.close()
+        raise RuntimeError("writing a rendered placeholder waited for something")
+
     def finish(self, chunk: Any = None) -> Any:
         # Headers are added here rather than when the decision is read: measured, that is
         # cheaper for Tornado, and a response's status may change once (a stored original
@@ -286,6 +305,15 @@ def apply_decision(
     if runtime.settings.rejected_response == "forbidden":
         return LoaderResult(successful=False, error=FORBIDDEN)
     fit_placeholder(context, decision)
+    handler = getattr(context, "request_handler", None)
+    if isinstance(handler, ModerationHandler) and handler.placeholder_key is not None:
+        rendered = runtime.placeholders.get(handler.placeholder_key)
+        if rendered is not None:
+            # Already rendered at this size: answered as it is, without decoding and
+            # rendering the placeholder again (what a spike of new pictures, each answered
+            # pending, would otherwise cost every one of them).
+            handler.rendered_placeholder = rendered
+            return LoaderResult(successful=False, error=PLACEHOLDER_RENDERED)
     return LoaderResult(buffer=runtime.placeholder)
 
 

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from typing import Any
 
 from thumbor_rekognition.decision import Decision, Source, Status
-from thumbor_rekognition.moderation.judging import Judging, resolve
+from thumbor_rekognition.moderation.admission import Queued
+from thumbor_rekognition.moderation.judging import QUEUED, Judging, resolve
 from thumbor_rekognition.moderation.memory import Metrics, sha256_hex
 from thumbor_rekognition.preparation import UnsupportedImage
+
+logger = logging.getLogger("thumbor_rekognition.moderator")
+
+# How far ahead a queued picture may take its turn to call: past it, it waits for a request.
+BACKLOG_TURN_WAIT_SECONDS = 600.0
 
 
 class Moderator(Judging):
@@ -32,6 +39,7 @@ class Moderator(Judging):
         deadline: float | None = None,
         called: asyncio.Future[None] | None = None,
         was: str = "",
+        patient: bool = False,
     ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
@@ -40,12 +48,17 @@ class Moderator(Judging):
         has the picture (prepared, so the bytes are a picture), whoever's flight called it.
         was, if given, is the hash of these bytes before embedded.cleaned removed what rode
         along: a decision of those bytes is one of these pixels, and stands for them.
+        A new picture waits for its turn to call (REKOGNITION_MAX_CALLS_PER_SECOND) and for
+        room to decode it (MODERATION_DECODE_BUDGET_MB) MODERATION_TURN_WAIT_SECONDS at
+        most, then is answered pending and queued (see drain); patient, until deadline.
         Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
+        now = time.monotonic()
         if deadline is None:
-            deadline = time.monotonic() + self.settings.request_budget
+            deadline = now + self.settings.request_budget
         # A caller may allow more than the budget (a backfill waiting for its turn to call).
-        asked_at = min(time.monotonic(), deadline - self.settings.request_budget)
+        asked_at = min(now, deadline - self.settings.request_budget)
+        turn_by = deadline if patient else min(deadline, now + self.settings.turn_wait)
         sha256 = await self._run(self._executor, sha256_hex, buffer)
         refusal = self._refused.get(sha256)
         if refusal is not None:
@@ -72,10 +85,14 @@ class Moderator(Judging):
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
-                self._decide(key, url, sha256, buffer, metrics, asked_at, deadline, was)
+                self._decide(key, url, sha256, buffer, metrics, asked_at, turn_by, was)
             )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))
+            if not patient:
+                flight.add_done_callback(
+                    functools.partial(self._queue_if_busy, sha256, Queued(key, url, buffer))
+                )
         else:
             Metrics(metrics).incr("moderation.single_flight.joined")
         if called is not None and sha256 in self._called:
@@ -93,3 +110,33 @@ class Moderator(Judging):
         if decision.key != key:
             decision = await self._adopt(decision, key, url, metrics)
         return decision
+
+    def _queue_if_busy(self, sha256: str, item: Queued, flight: asyncio.Future[Decision]) -> None:
+        """Queue a picture answered pending for want of a turn to call or of room to
+        decode it, to be judged in the background."""
+        if flight.cancelled() or flight.exception() is not None:
+            return
+        if not flight.result().error.startswith(QUEUED) or not self.backlog.offer(sha256, item):
+            return
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self.drain())
+
+    async def drain(self) -> None:
+        """Judge the queued pictures, oldest first, one at a time: each waits for its turn
+        of the shared call rate (without a thread) and stores its decision, which the
+        next request of the picture finds. One that another process or a later request
+        judged meanwhile costs no call."""
+        while (queued := self.backlog.take()) is not None:
+            _, item = queued
+            try:
+                await self.moderate(
+                    item.key,
+                    item.url,
+                    item.buffer,
+                    deadline=time.monotonic() + BACKLOG_TURN_WAIT_SECONDS,
+                    patient=True,
+                )
+            except UnsupportedImage:
+                continue
+            except Exception:  # one picture's failure must not stop the rest
+                logger.exception("queued picture %s not judged", item.key)

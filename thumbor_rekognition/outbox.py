@@ -1,8 +1,12 @@
 """Webhooks, CDN purges and S3 deletions, delivered at least once from the store's outbox.
 
-Nothing here runs on the request path: a decision change only adds items to the outbox
-(one store write), and a thread in each Thumbor process delivers them. Items of one
-picture are delivered in order; a failing one is retried with exponential backoff until
+Nothing here runs on the request path: a decision change adds its items to the outbox in
+the same atomic store write as the change itself (the store calls ``Outbox.entries``), so
+a change is saved and announced, or neither. Each Thumbor process delivers with a thread
+per destination (the webhook, each CDN, each thumbor-aws bucket), so that one slow
+receiver holds up only its own items; a thread delivers the items it claims at once,
+each the next of its own picture. Items of one picture are delivered in order per
+destination; a failing one is retried with exponential backoff until
 MODERATION_OUTBOX_GIVE_UP_SECONDS, then kept as abandoned and counted in the stats.
 
 Webhook requests are signed: ``X-Moderation-Signature: sha256=<hex>`` is the
@@ -15,6 +19,7 @@ for them; only the keys that failed come here, to be retried in the same way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -40,6 +45,8 @@ CDN_PREFIX = "cdn:"
 S3_PREFIX = "s3:"
 CLAIM_BATCH = 5
 MAX_BACKOFF_SECONDS = 900.0
+# How often each process looks for items of topics it has no thread for.
+OTHERS_SECONDS = 10.0
 
 
 class DeliveryError(Exception):
@@ -60,90 +67,159 @@ class Outbox:
         self.purgers = cdn.load_purgers(settings)
         # thumbor-aws buckets by role, whose failed deletions are retried here.
         self.buckets = dict(buckets or {})
-        self._wake = threading.Event()
         self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        # A delivering thread per destination (topic), each woken by its own event.
+        self._wakes: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+        # Every decision change this store writes carries its entries, in the same write.
+        store.announcer = self.entries
 
     @property
     def enabled(self) -> bool:
         return bool(self.settings.webhook_url or self.purgers)
 
-    # Enqueuing: blocking store writes, called from the store's thread.
+    # Enqueuing: what a decision change calls for is written by the store with the change
+    # (Store.announcer); the rest are blocking store writes, from the store's thread.
 
-    def decision_changed(
-        self, previous: Decision | None, current: Decision | None, event: Event
-    ) -> None:
-        """Queue a webhook for a change, and purges when a served picture stops being served;
-        both name the paths it was served at."""
+    def entries(
+        self,
+        previous: Decision | None,
+        current: Decision | None,
+        event: Event,
+        recorded: list[str],
+    ) -> list[tuple[str, str]]:
+        """The outbox entries of a change: a webhook, and purges when a served picture
+        stops being served; both name the paths it was served at."""
         decision = current or previous
-        if decision is None:
-            return
+        if decision is None or _unchanged(previous, current):
+            return []
         key = decision.key
         was_served = previous is not None and previous.status.value == "approved"
         stopped = was_served and (current is None or current.status.value != "approved")
-        paths: list[str] = []
-        if stopped and (self.settings.webhook_url or self.purgers):
-            paths = cdn.purge_paths(key, stores.result_paths(self.store.results(key)))
+        paths = cdn.purge_paths(key, stores.result_paths(recorded)) if stopped else []
+        entries: list[tuple[str, str]] = []
         if self.settings.webhook_url:
             body = _webhook_body(decision, previous, current, event, paths)
-            self.store.enqueue(WEBHOOK, key, json.dumps(body))
-            self._wake.set()
-        if self.purgers and stopped:
-            self._enqueue_purges(key, paths, "rejected" if current else "forgotten")
+            entries.append((WEBHOOK, json.dumps(body)))
+        if stopped:
+            entries += self._purges(key, paths, "rejected" if current else "forgotten")
+        return entries
+
+    def wake(self) -> None:
+        """Look for due items now rather than at the next poll."""
+        for wake in list(self._wakes.values()):
+            wake.set()
 
     def purge(self, key: str, paths: list[str], reason: str) -> None:
         """Queue one purge per configured CDN of the paths recorded for key."""
         self._enqueue_purges(key, cdn.purge_paths(key, paths), reason)
 
     def _enqueue_purges(self, key: str, paths: list[str], reason: str) -> None:
+        for topic, payload in self._purges(key, paths, reason):
+            self.store.enqueue(topic, key, payload)
+        self.wake()
+
+    def _purges(self, key: str, paths: list[str], reason: str) -> list[tuple[str, str]]:
         payload = json.dumps({"tag": cdn.cache_tag(key), "paths": paths, "reason": reason})
-        for name in self.purgers:
-            self.store.enqueue(CDN_PREFIX + name, key, payload)
-        self._wake.set()
+        return [(CDN_PREFIX + name, payload) for name in self.purgers]
 
     def remove_objects(self, key: str, bucket: aws_caches.Bucket, keys: list[str]) -> None:
         """Queue a deletion of objects of key's picture that failed when first tried."""
         payload = json.dumps({"bucket": bucket.name, "keys": keys})
         self.store.enqueue(S3_PREFIX + bucket.role, key, payload)
-        self._wake.set()
+        self.wake()
 
     # Delivering.
 
+    def destinations(self) -> list[str]:
+        """The topics delivered to: the webhook, each CDN, each thumbor-aws bucket."""
+        topics = [WEBHOOK] if self.settings.webhook_url else []
+        topics += [CDN_PREFIX + name for name in self.purgers]
+        return topics + [S3_PREFIX + role for role in self.buckets]
+
     def start(self) -> None:
-        """Deliver in a daemon thread of this process."""
-        if (self.enabled or self.buckets) and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="moderation-outbox", daemon=True)
-            self._thread.start()
+        """Deliver from daemon threads of this process: one per destination, so that a
+        slow or failing one holds up only its own items."""
+        if self._threads or not self.destinations():
+            return
+        for topic in self.destinations():
+            self._start_worker(topic)
+        # Items of topics no longer configured are tried (and given up) in the same way.
+        self._threads.append(
+            threading.Thread(target=self._look_for_others, name="moderation-outbox", daemon=True)
+        )
+        self._threads[-1].start()
+
+    def _start_worker(self, topic: str) -> None:
+        with self._lock:
+            if topic in self._wakes:
+                return
+            self._wakes[topic] = threading.Event()
+            thread = threading.Thread(
+                target=self._run, args=(topic,), name=f"moderation-outbox-{topic}", daemon=True
+            )
+            self._threads.append(thread)
+        thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.settings.outbox_timeout * CLAIM_BATCH + 1)
+        self.wake()
+        for thread in list(self._threads):
+            thread.join(timeout=self.settings.outbox_timeout + 1)
 
-    def _run(self) -> None:
-        while not self._stopped.is_set():
+    def _look_for_others(self) -> None:
+        while not self._stopped.wait(OTHERS_SECONDS):
             try:
-                delivered = self.deliver_due()
-            except stores.StoreUnavailable as error:
-                logger.warning("outbox paused, store unavailable: %s", error)
-                delivered = 0
+                counts = self.store.outbox_counts()
+            except stores.StoreUnavailable:
+                continue
             except Exception:
-                logger.exception("outbox delivery loop failed")
-                delivered = 0
-            if not delivered:
-                self._wake.wait(1.0)
-                self._wake.clear()
+                logger.exception("outbox counts failed")
+                continue
+            for name, count in counts.items():
+                topic, _, state = name.rpartition(".")
+                if state == "pending" and count > 0:
+                    self._start_worker(topic)
 
-    def deliver_due(self, limit: int = CLAIM_BATCH) -> int:
-        """Deliver the items that are due now; how many were claimed."""
+    def _run(self, topic: str) -> None:
+        wake = self._wakes[topic]
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=CLAIM_BATCH, thread_name_prefix=f"moderation-outbox-{topic}"
+        ) as pool:
+            while not self._stopped.is_set():
+                try:
+                    delivered = self.deliver_due(topic=topic, pool=pool)
+                except stores.StoreUnavailable as error:
+                    logger.warning("outbox paused, store unavailable: %s", error)
+                    delivered = 0
+                except Exception:
+                    logger.exception("outbox delivery loop failed")
+                    delivered = 0
+                if not delivered:
+                    wake.wait(1.0)
+                    wake.clear()
+
+    def deliver_due(
+        self,
+        limit: int = CLAIM_BATCH,
+        topic: str | None = None,
+        pool: concurrent.futures.Executor | None = None,
+    ) -> int:
+        """Deliver the items (of a topic, or of any) that are due now, at once when a pool
+        is given: each is the next of its own picture, so order per picture holds.
+        Returns how many were claimed."""
         now = time.time()
         # Long enough for every claimed item to time out once; a process that dies
         # holding a claim delays its items by no more than this.
         lease = self.settings.outbox_timeout * limit + 5
-        items = self.store.claim(now, lease, limit)
-        for item in items:
-            self._deliver(item)
+        items = self.store.claim(now, lease, limit, topic)
+        if pool is None or len(items) < 2:
+            for item in items:
+                self._deliver(item)
+        else:
+            for future in [pool.submit(self._deliver, item) for item in items]:
+                future.result()
         return len(items)
 
     def _deliver(self, item: stores.OutboxItem) -> None:
@@ -244,6 +320,16 @@ class Outbox:
     def counts(self) -> dict[str, Any]:
         """Waiting and abandoned items per topic, for the admin stats."""
         return self.store.outbox_counts()
+
+
+def _unchanged(previous: Decision | None, current: Decision | None) -> bool:
+    """A save that changed nothing a receiver or a CDN is told about."""
+    return (
+        previous is not None
+        and current is not None
+        and (previous.status, previous.source, previous.sha256)
+        == (current.status, current.source, current.sha256)
+    )
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

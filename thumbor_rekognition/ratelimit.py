@@ -16,11 +16,12 @@ call that much closer together.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -118,24 +119,31 @@ class CallRate:
 
         deadline is a time.time() too; NoTurn when the turn would come after it.
         """
+        return self.take_many(1, deadline)[0]
+
+    def take_many(self, count: int, deadline: float | None = None) -> list[float]:
+        """Take the next `count` turns at once (the scenes of an animation, asked about
+        together): their time.time()s, spaced by the rate. NoTurn, and none taken, when
+        the last would come after deadline (a time.time())."""
         turns: list[float] = []
         late: list[float] = []
 
-        def next_turn(state: _State, now: float) -> _State | None:
+        def next_turns(state: _State, now: float) -> _State | None:
             turns.clear()
             late.clear()
-            turn = max(state.next_at, now)
-            if deadline is not None and turn > deadline:
-                late.append(turn)
-                return None
-            turns.append(turn)
             interval = 1.0 / (self.limit * state.share_at(now))
-            return replace(state, next_at=turn + interval)
+            first = max(state.next_at, now)
+            last = first + (count - 1) * interval
+            if deadline is not None and last > deadline:
+                late.append(last)
+                return None
+            turns.extend(first + index * interval for index in range(count))
+            return replace(state, next_at=last + interval)
 
-        self._swap(next_turn)
+        self._swap(next_turns)
         if late:
             raise NoTurn(self._too_late(late[0]))
-        return turns[0]
+        return turns
 
     def _too_late(self, turn: float) -> str:
         return (
@@ -143,10 +151,14 @@ class CallRate:
             f"(REKOGNITION_MAX_CALLS_PER_SECOND={self.limit:g}, now {self.current():g}/s)"
         )
 
-    def wait(self, deadline: float | None = None) -> None:
-        """Block until this caller's turn (deadline in time.monotonic()); NoTurn past it."""
-        wall_deadline = None if deadline is None else time.time() + (deadline - time.monotonic())
-        turn = self.take(wall_deadline)
+    def wait(self, budget: Budget | None = None) -> None:
+        """Block until this caller's turn: one taken ahead for it if the budget holds one
+        (no store call, a short sleep at most), else the next one before the budget's
+        deadline; NoTurn past it."""
+        turn = budget.prepaid() if budget is not None else None
+        if turn is None:
+            deadline = None if budget is None else budget.deadline
+            turn = self.take(None if deadline is None else wall_clock(deadline))
         delay = turn - time.time()
         if delay > 0:
             time.sleep(delay)
@@ -186,29 +198,52 @@ class CallRate:
         return self.limit * state.share_at(time.time())
 
 
-# The deadline of the calls a thread makes, set by whoever knows the request's budget.
+def wall_clock(at: float) -> float:
+    """A time.monotonic() as the time.time() of the same moment."""
+    return time.time() + (at - time.monotonic())
 
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "moderation_call_deadline", default=None
+
+# What the calls a thread makes may spend on turns, set by whoever knows the request's budget.
+
+
+class Budget:
+    """How long a judgement's calls may wait for their turns (deadline, in
+    time.monotonic(); None: as long as it takes), and the turns taken for them ahead,
+    by a caller that waited for the first without holding a thread. Shared by the
+    threads that call the scenes of one animation."""
+
+    def __init__(self, deadline: float | None, turns: Iterable[float] = ()) -> None:
+        self.deadline = deadline
+        self._turns = collections.deque(sorted(turns))
+        self._lock = threading.Lock()
+
+    def prepaid(self) -> float | None:
+        """The earliest turn taken ahead and not used yet (a time.time()); None: none left."""
+        with self._lock:
+            return self._turns.popleft() if self._turns else None
+
+
+_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "moderation_call_budget", default=None
 )
 
 
 @contextmanager
-def deadline(at: float | None) -> Iterator[None]:
-    """Calls made inside wait for their turn until at (time.monotonic()) at most."""
-    token = _deadline.set(at)
+def spending(budget: Budget | None) -> Iterator[None]:
+    """Calls made inside wait for their turns as budget allows."""
+    token = _budget.set(budget)
     try:
         yield
     finally:
-        _deadline.reset(token)
+        _budget.reset(token)
 
 
-def within(at: float | None, func: Callable[..., T], *args: object) -> T:
-    """func(*args) with the calls it makes bounded by deadline at (for executors)."""
-    with deadline(at):
+def within(budget: Budget | None, func: Callable[..., T], *args: object) -> T:
+    """func(*args) with the calls it makes bounded by budget (for executors)."""
+    with spending(budget):
         return func(*args)
 
 
-def current_deadline() -> float | None:
-    """The deadline set for the calls of this thread (None: wait as long as it takes)."""
-    return _deadline.get()
+def current_budget() -> Budget | None:
+    """The budget set for the calls of this thread (None: wait as long as it takes)."""
+    return _budget.get()

@@ -12,13 +12,14 @@ of the pictures rejected as its duplicates (see ``duplicates``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from thumbor_rekognition import aws_caches, confidence, stores
+from thumbor_rekognition import aws_caches, confidence, review_queue, stores
 from thumbor_rekognition.caches import ThumborCaches, storage_key
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.moderation.memory import sha256_hex
@@ -84,6 +85,32 @@ class Review:
         )
         return page
 
+    async def queue(
+        self,
+        name: str,
+        chosen: review_queue.Filters,
+        limit: int,
+        cursor: str | None,
+        oldest_first: bool,
+    ) -> review_queue.QueuePage:
+        """A page of one review queue (see review_queue), filtered."""
+        counts = await self.queue_counts()
+        status = None if name == "duplicates" else Status(name)
+        if status is None:
+            chosen = dataclasses.replace(chosen, source=Source.DUPLICATE)
+        return await review_queue.read(
+            self.page, status, chosen, limit, cursor, oldest_first, counts[name]
+        )
+
+    async def queue_counts(self) -> dict[str, int]:
+        """How many pictures each queue holds, from the store's tallies."""
+        counts: dict[str, int] = await self._store("counts")
+        sizes = {status.value: counts.get(status.value, 0) for status in Status}
+        sizes["duplicates"] = sum(
+            counts.get(f"{s.value}.{Source.DUPLICATE.value}", 0) for s in Status
+        )
+        return sizes
+
     async def key(self, url: str) -> str:
         """The decision key an administrator means by a URL.
 
@@ -105,7 +132,13 @@ class Review:
         return decision, await self._store("history", key)
 
     async def decide(
-        self, url: str, status: Status, note: str, actor: str, unseen: bool = False
+        self,
+        url: str,
+        status: Status,
+        note: str,
+        actor: str,
+        unseen: bool = False,
+        settle: bool = True,
     ) -> list[Decision]:
         """A manual decision for the picture at this URL, and every URL showing the same bytes.
 
@@ -114,7 +147,9 @@ class Review:
         then the decision is kept for the URL and binds to the bytes of its first fetch.
         Every decision is saved before anything else, so that viewers are refused (or
         served) at once; keeping the original and cleaning caches follow, and a failure
-        there is logged and counted without undoing the decision.
+        there is logged and counted without undoing the decision. Unless settle is False
+        (the caller waits once for a batch, see settled), it answers once every process
+        has heard of the change.
         """
         if status is Status.PENDING:
             raise ValueError("a manual decision approves or rejects")
@@ -166,12 +201,17 @@ class Review:
                 # Any cache's failure (a storage without remove, say): the decision stands.
                 logger.error("caches of %s not updated (%s): %s", target.key, status.value, error)
                 await self.moderator.count("caches.errors")
+        if settle:
+            await self.settled(saved_at)
+        return decided
+
+    async def settled(self, saved_at: float) -> None:
+        """Wait until a change saved at that time (time.monotonic) has reached every process."""
         # Answer once the other processes have heard of it too: a viewer who asks after
         # the answer gets the new decision from every process of this node.
         remaining = self.moderator.store.propagation_seconds - (time.monotonic() - saved_at)
         if remaining > 0:
             await asyncio.sleep(remaining)
-        return decided
 
     async def nearest(self, key: str) -> list[str]:
         """The known URLs whose keys are nearest to a key, nearest first.
@@ -253,6 +293,8 @@ class Review:
             "backend_calls": counters.get("backend.calls", 0),
             # Caches an override could not clean (logged); the decision stood all the same.
             "cache_errors": counters.get("caches.errors", 0),
+            # HMA lookups that failed: those pictures were judged by the backend alone.
+            "hma_unreachable": counters.get("hma.unreachable", 0),
             "backend": self.moderator.backend.name,
             "outbox": await self._store("outbox_counts"),
             # The process that answered: what it holds in memory and has in flight.

@@ -77,7 +77,7 @@ def test_a_call_with_no_turn_before_its_deadline_is_not_made(
     backend.detect(image, 50.0)
 
     with pytest.raises(RateLimitedError, match="REKOGNITION_MAX_CALLS_PER_SECOND") as raised:
-        ratelimit.within(time.monotonic() + 0.5, backend.detect, image, 50.0)
+        ratelimit.within(ratelimit.Budget(time.monotonic() + 0.5), backend.detect, image, 50.0)
 
     assert raised.value.kind == "rate_limited"
     assert fake.call_count == 1

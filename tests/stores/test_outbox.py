@@ -15,12 +15,33 @@ from pathlib import Path
 import pytest
 
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
-from tests.stores.test_sqlite import MakeStore
+from tests.stores.test_sqlite import MakeStore, decision, event, save
 from thumbor_rekognition import stores
+from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.stores import redis as redis_store
 from thumbor_rekognition.stores import sqlite
 
 LEASE = 30.0
+
+
+class Announcer:
+    """Announces every change as '<previous status>-><status> <recorded paths>', on the
+    webhook topic and one CDN's; remembers what it was asked."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
+        self.asked: list[tuple[str | None, str | None, str, list[str]]] = []
+
+    def __call__(
+        self, previous: Decision | None, current: Decision | None, event: Event, recorded: list[str]
+    ) -> list[tuple[str, str]]:
+        before = previous.status.value if previous else None
+        after = current.status.value if current else None
+        self.asked.append((before, after, event.note, recorded))
+        if self.fails:
+            raise RuntimeError("announcer failing on purpose")
+        text = f"{before}->{after} {' '.join(recorded)}".strip()
+        return [("webhook", text), ("cdn:http", text)]
 
 
 def claim_all(store: stores.Store, now: float | None = None) -> list[stores.OutboxItem]:
@@ -152,6 +173,69 @@ class OutboxContract:
 
         assert [item.payload for item in following] == ["next"]
         assert store.outbox_counts() == {"webhook.abandoned": 1, "webhook.pending": 1}
+
+    def test_a_claim_for_one_topic_takes_its_items_only(self, store: stores.Store) -> None:
+        for number in range(3):
+            store.enqueue("webhook", f"host/{number}.jpg", f"hook {number}")
+        store.enqueue("cdn:http", "host/0.jpg", "purge 0")
+
+        purges = store.claim(time.time(), LEASE, 10, "cdn:http")
+        webhooks = store.claim(time.time(), LEASE, 10, "webhook")
+
+        assert [item.payload for item in purges] == ["purge 0"]
+        assert sorted(item.payload for item in webhooks) == ["hook 0", "hook 1", "hook 2"]
+
+    def test_a_saved_change_is_in_the_outbox_with_what_its_announcer_said_of_it(
+        self, store: stores.Store
+    ) -> None:
+        announcer = Announcer()
+        store.announcer = announcer
+        store.add_results("host/a.jpg", ["/unsafe/50x50/a.jpg"])
+
+        save(store, decision("host/a.jpg"), note="judged")
+        save(store, decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL))
+        store.delete("host/a.jpg", event(None, None, note="forgotten"))
+
+        changes = []
+        for _ in range(3):
+            [hook] = store.claim(time.time(), LEASE, 10, "webhook")
+            changes.append(hook.payload)
+            store.complete(hook)
+        assert changes == [
+            "None->approved /unsafe/50x50/a.jpg",
+            "approved->rejected /unsafe/50x50/a.jpg",
+            "rejected->None /unsafe/50x50/a.jpg",
+        ]
+        assert [asked[2] for asked in announcer.asked] == ["judged", "", "forgotten"]
+        assert store.outbox_counts() == {"cdn:http.pending": 3}
+
+    def test_a_save_that_changes_nothing_announces_nothing(self, store: stores.Store) -> None:
+        store.announcer = Announcer()
+        manual = decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL)
+        save(store, manual)
+        announced = claim_all(store)
+        for item in announced:
+            store.complete(item)
+
+        save(store, decision("host/a.jpg", status=Status.APPROVED))
+
+        assert store.get("host/a.jpg") == manual
+        assert [item.payload for item in announced] == ["None->rejected"] * 2
+        assert store.outbox_counts() == {}
+
+    def test_a_change_whose_announcements_cannot_be_made_is_not_saved(
+        self, store: stores.Store
+    ) -> None:
+        save(store, decision("host/a.jpg"))
+        store.announcer = Announcer(fails=True)
+
+        with pytest.raises(RuntimeError):
+            save(store, decision("host/a.jpg", status=Status.REJECTED, source=Source.MANUAL))
+        with pytest.raises(RuntimeError):
+            store.delete("host/a.jpg", event(None, None))
+
+        assert store.get("host/a.jpg") == decision("host/a.jpg")
+        assert claim_all(store) == []
 
     def test_an_item_claimed_in_one_process_is_completed_from_another(
         self, make_store: MakeStore

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.decision import (
+    ContentType,
+    Decision,
+    Event,
+    Label,
+    Pdq,
+    Reason,
+    Source,
+    Status,
+)
 from thumbor_rekognition.stores import records, redis_scripts, wire
 
 SHA = hashlib.sha256(b"picture").hexdigest()
@@ -47,6 +56,7 @@ def full_decision() -> Decision:
         duplicate_of="cdn.example.com/photos/2024/05/img-00012344-large.jpg",
         similarity=0.96875,
         blind=True,
+        pdq=(Pdq("0f" * 32, 87, 0), Pdq("", 12, 1)),
     )
 
 
@@ -152,7 +162,8 @@ def test_the_flags_byte_says_status_and_hash_where_the_lua_scripts_read_them() -
 
 
 def test_every_source_has_a_number_in_the_flags_byte_and_the_lua_tallies() -> None:
-    names = {0: "auto", 1: "manual", 2: "duplicate"}
+    # 3 is spelt out in the record; the Redis counts name it after the one source it is.
+    names = {0: "auto", 1: "manual", 2: "duplicate", 3: "bank"}
     for source in Source:
         record = records.encode_decision(full_decision().replace(source=source))
 

@@ -15,10 +15,11 @@ import pytest
 import redis
 
 from tests.redis_server import RedisCluster, redis_cluster  # noqa: F401
+from tests.stores.test_outbox import Announcer
 from tests.stores.test_redis import Changes
 from tests.stores.test_sqlite import MakeStore, StoreContract, decision, save
 from thumbor_rekognition import stores
-from thumbor_rekognition.decision import Decision, Status
+from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.stores import redis as redis_store
 
 TIMEOUT = 0.5
@@ -188,6 +189,69 @@ class TestAFailover:
         store.close()
         reader.close()
 
+    def test_a_promoted_replica_takes_writes_without_a_replica_of_its_own(
+        self, cluster: RedisCluster
+    ) -> None:
+        store = redis_store.Store(
+            url=cluster.url, prefix="promoted:", timeout=TIMEOUT, cluster=True, wait_replicas=1
+        )
+        victim_index = 1
+        key = key_on(cluster, store, victim_index, "promoted")
+        save(store, decision(key))
+        victim = cluster.nodes[victim_index]
+
+        victim.kill()
+        time.sleep(RedisCluster.NODE_TIMEOUT_MS / 1000)
+        cluster.wait_until_serving()
+        rejected = save_eventually(store, decision(key, status=Status.REJECTED), seconds=10)
+        again = save(store, decision(f"{key}?again", status=Status.REJECTED))
+
+        assert rejected.status is Status.REJECTED
+        assert store.get(key) == rejected
+        assert again.status is Status.REJECTED
+        store.close()
+
+    def test_a_decision_and_its_announcements_survive_the_loss_of_their_master_together(
+        self, cluster: RedisCluster
+    ) -> None:
+        store = redis_store.Store(
+            url=cluster.url, prefix="together:", timeout=2.0, cluster=True, wait_replicas=1
+        )
+        store.announcer = Announcer()
+        keys = [key_on(cluster, store, 1, f"together-{number}") for number in range(20)]
+        for key in keys:
+            save(store, decision(key, status=Status.REJECTED, source=Source.MANUAL))
+
+        cluster.nodes[1].kill()
+        time.sleep(RedisCluster.NODE_TIMEOUT_MS / 1000)
+        cluster.wait_until_serving()
+        announced = claim_eventually(store, "webhook", len(keys), seconds=10)
+
+        assert sorted(item.key for item in announced) == sorted(keys)
+        assert {item.payload for item in announced} == {"None->rejected"}
+        store.close()
+
+
+def claim_eventually(
+    store: redis_store.Store, topic: str, count: int, seconds: float
+) -> list[stores.OutboxItem]:
+    """Items of a topic claimed, and completed, until there are count of them (after a
+    failover): the next item of a key is claimed once the one before is complete."""
+    deadline = time.monotonic() + seconds
+    claimed: list[stores.OutboxItem] = []
+    while len(claimed) < count:
+        try:
+            taken = store.claim(time.time(), 60.0, count, topic)
+            for item in taken:
+                store.complete(item)
+            claimed += taken
+        except stores.StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+        assert time.monotonic() < deadline, f"{len(claimed)} of {count} items claimed"
+        time.sleep(0.1)
+    return claimed
+
 
 class TestTheListenersNodeLost:
     @pytest.fixture
@@ -258,6 +322,38 @@ class TestAReplicaThatDoesNotAnswer:
                 save(store, decision(key, status=Status.REJECTED))
         finally:
             replica.thaw()
+        store.close()
+
+    def test_a_decision_its_replica_did_not_take_is_undone_before_it_is_answered(
+        self, cluster: RedisCluster
+    ) -> None:
+        store = redis_store.Store(
+            url=cluster.url, prefix="undone:", timeout=TIMEOUT, cluster=True, wait_replicas=1
+        )
+        announcer = Announcer()
+        store.announcer = announcer
+        key = key_on(cluster, store, 0, "undone")
+        approved = save(store, decision(key))
+        replica = cluster.replica_of(cluster.master_of(store._of_key(key) + "rd"))
+
+        replica.freeze()
+        try:
+            with pytest.raises(stores.StoreUnavailable):
+                save(store, decision(key, status=Status.REJECTED, source=Source.MANUAL))
+            stored = store.get(key)
+        finally:
+            replica.thaw()
+        announced = claim_eventually(store, "webhook", 3, seconds=10)
+
+        assert stored == approved
+        # Announced as the change back, in case the first was delivered meanwhile.
+        assert [
+            item.payload for item in sorted(announced, key=lambda i: int(i.id.split("/")[1]))
+        ] == [
+            "None->approved",
+            "approved->rejected",
+            "rejected->approved",
+        ]
         store.close()
 
 

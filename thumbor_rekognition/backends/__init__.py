@@ -30,6 +30,12 @@ class RetryableError(BackendError):
     kind = "retryable"
 
 
+class RateLimitedError(RetryableError):
+    """No turn to call within the request's budget (REKOGNITION_MAX_CALLS_PER_SECOND)."""
+
+    kind = "rate_limited"
+
+
 class BadImageError(BackendError):
     """The backend refused the picture we prepared: a preparation bug, logged loudly."""
 

@@ -20,6 +20,7 @@ from thumbor_rekognition.backends import (
     BackendConfigurationError,
     BackendError,
     BadImageError,
+    RateLimitedError,
     RetryableError,
 )
 from thumbor_rekognition.decision import (
@@ -69,12 +70,6 @@ CONFIGURATION_CODES = frozenset(
         "HumanLoopQuotaExceededException",
     }
 )
-
-
-class RateLimitedError(RetryableError):
-    """No turn to call within the request's budget (REKOGNITION_MAX_CALLS_PER_SECOND)."""
-
-    kind = "rate_limited"
 
 
 class Backend(BaseBackend):
@@ -127,7 +122,7 @@ class Backend(BaseBackend):
 
     def _take_turn(self, **_: Any) -> None:
         if self.call_rate is not None:
-            self.call_rate.wait(ratelimit.current_deadline())
+            self.call_rate.wait(ratelimit.current_budget())
 
     def _heard(self, response: Any = None, **_: Any) -> None:
         if self.call_rate is None or response is None:
@@ -144,15 +139,13 @@ class Backend(BaseBackend):
 
     def detect(self, image: PreparedImage, min_confidence: float) -> Analysis:
         model_version = project_version = ""
-        deadline = ratelimit.current_deadline()
+        budget = ratelimit.current_budget()
         if len(image.frames) > 1:
             # The scenes of an animation are asked about together: one round trip, not
             # one per scene. The first failure is raised, as one call's would be.
             responses = list(
                 self._frame_calls.get().map(
-                    lambda frame: ratelimit.within(
-                        deadline, self._call, frame.data, min_confidence
-                    ),
+                    lambda frame: ratelimit.within(budget, self._call, frame.data, min_confidence),
                     image.frames,
                 )
             )

@@ -23,6 +23,7 @@ from thumbor_rekognition.cli.environment import (
     UsageError,
     read_file,
 )
+from thumbor_rekognition.cli.fingerprints import run_fingerprints
 from thumbor_rekognition.decision import (
     Status,
 )
@@ -64,6 +65,12 @@ class Backfill:
 
 def run_backfill(environment: Environment, arguments: argparse.Namespace) -> int:
     """Moderate a list of image URLs ahead of traffic."""
+    if arguments.fingerprints:
+        if arguments.urls_file:
+            raise UsageError("backfill --fingerprints takes no URLS_FILE: it reads the store")
+        return run_fingerprints(environment)
+    if not arguments.urls_file:
+        raise UsageError("backfill needs a URLS_FILE (or --fingerprints)")
     urls, duplicates = read_urls(arguments.urls_file)
     result = asyncio.run(_backfill(environment, urls, arguments.concurrency))
     result.duplicates = duplicates

@@ -70,6 +70,9 @@ def run_show(environment: Environment, arguments: argparse.Namespace) -> int:
         print(f"labels kept: confidence {confidence.shown(decision.min_confidence)} or more")
     if decision.width and decision.height:
         print(f"size: {decision.width}x{decision.height}")
+    for hashed in decision.pdq:
+        frame = f" (frame {hashed.frame})" if len(decision.pdq) > 1 else ""
+        print(f"pdq{frame}: {hashed.hash or '-'} quality {hashed.quality}")
     if decision.error:
         print(f"error: {decision.error}")
     print(f"created: {when(decision.created_at)}")
@@ -126,6 +129,8 @@ def run_stats(environment: Environment, arguments: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"backend: {stats['backend']}")
     print(f"backend calls: {stats['backend_calls']}")
+    if stats["hma_unreachable"]:
+        print(f"HMA lookups failed (backend judged alone): {stats['hma_unreachable']}")
     by_source = stats["by_source"]
     for status in Status:
         sources = ", ".join(

@@ -18,6 +18,7 @@ from thumbor_rekognition.cli.decisions import (
     run_stats,
 )
 from thumbor_rekognition.cli.environment import CONF_NAME
+from thumbor_rekognition.cli.eval_matching import run_eval_matching
 from thumbor_rekognition.cli.reevaluate import run_reevaluate
 from thumbor_rekognition.cli.similar import (
     SIMILAR_FLOOR,
@@ -146,8 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "urls_file",
         metavar="URLS_FILE",
+        nargs="?",
         help="one image URL a line as in Thumbor URLs; blank lines and # comments ignored; "
         "- for standard input",
+    )
+    backfill.add_argument(
+        "--fingerprints",
+        action="store_true",
+        help="instead: give every stored decision without a PDQ hash the hashes of its "
+        "quarantined or stored original (no backend call), rejecting approved pictures "
+        "a reject hash bank lists",
     )
     backfill.add_argument(
         "--concurrency",
@@ -197,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"at most this many pictures (default: {SIMILAR_LIMIT})",
     )
     similar.add_argument("--json", action="store_true", help="print JSON")
+
+    evaluation = command(
+        "eval-matching",
+        run_eval_matching,
+        "How well the old fingerprint and PDQ catch edited copies of a folder's pictures, "
+        "and how often distinct pictures match, at the configured thresholds.",
+    )
+    evaluation.add_argument("folder", help="folder of pictures (JPEG, PNG, WebP, GIF ...)")
+    evaluation.add_argument("--limit", type=_positive, help="at most this many pictures")
+    evaluation.add_argument("--json", action="store_true", help="print JSON")
 
     stats = command("stats", run_stats, "Counts by status and source, and backend calls.")
     stats.add_argument("--json", action="store_true", help="print JSON")

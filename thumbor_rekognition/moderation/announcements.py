@@ -1,7 +1,7 @@
 """Saving a decision through the store's compare-and-set (rules.settle decides what
 stands) and announcing every change: the index of fingerprints follows it, the
-duplicates it lifts or catches are announced in turn, webhooks and CDN purges are
-queued in the outbox."""
+duplicates it lifts or catches are announced in turn; webhooks and CDN purges are
+written to the outbox by the store, in the same atomic write as the change."""
 
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ class Announcements(Originals):
     async def announce(
         self, previous: Decision | None, current: Decision | None, event: Event
     ) -> None:
-        """Keep the index of rejected pictures in step with a decision change, and queue
-        the webhook and CDN purges the change calls for; never raises."""
+        """Keep the index of rejected pictures in step with a decision change; never
+        raises. Its webhook and CDN purges are in the outbox already: the store wrote
+        them with the change (Store.announcer)."""
         unchanged = (
             previous is not None
             and current is not None
@@ -60,13 +61,9 @@ class Announcements(Originals):
         )
         if unchanged:
             return
+        if self.outbox is not None:
+            self.outbox.wake()
         await self.reindex(previous, current)
-        if self.outbox is None or not self.outbox.enabled:
-            return
-        try:
-            await self._store(self.outbox.decision_changed, previous, current, event)
-        except stores.StoreUnavailable as error:
-            logger.error("notification of %s not queued: %s", (current or previous), error)
 
     async def reindex(self, previous: Decision | None, current: Decision | None) -> None:
         """Follow a decision change in the index of fingerprints; when its picture is no

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from thumbor_rekognition import backends, stores
-from thumbor_rekognition.config import Settings
+from thumbor_rekognition import backends, ratelimit, stores
+from thumbor_rekognition.config import MB, Settings
 from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.duplicates import Duplicates
+from thumbor_rekognition.moderation.admission import Backlog, DecodeBudget
 from thumbor_rekognition.moderation.memory import Bounded, DecisionCache, Metrics, T
 from thumbor_rekognition.moderation.verdicts import SYSTEM
 from thumbor_rekognition.policy import Policy
@@ -64,16 +65,20 @@ class Calls:
         self.duplicates = Duplicates(store, settings.duplicate_similarity, SYSTEM)
         self._executor = executor
         self._store_executor = store_executor
-        # Backend calls, which wait for their turn of the shared call rate in their
-        # thread: apart, so that hashing, preparing and quarantining (what a request of a
-        # picture already judged may need) never queue behind calls waiting for a turn.
+        # Backend calls: apart, so that hashing, preparing and quarantining (what a
+        # request of a picture already judged may need) never queue behind slow calls.
         self._calls_executor = calls_executor or executor
-        # Backend calls sent to that pool and not answered yet, waiting for a turn or out.
+        # Backend calls sent to that pool and not answered yet.
         self.calls_out = 0
-        self._by_key = DecisionCache(settings.cache_ttl)
+        self._by_key = DecisionCache(settings.cache_ttl, settings.cache_entries)
         # The decision this process holds in memory for a key: the per-request fast path.
         self.remembered: Callable[[str], Decision | None] = self._by_key.get
-        self._by_hash = DecisionCache(settings.cache_ttl)
+        self._by_hash = DecisionCache(settings.cache_ttl, settings.cache_entries)
+        # Originals and decoded pixels held for judging new pictures, bounded.
+        self.decode_budget = DecodeBudget(settings.decode_budget)
+        # Pictures answered pending for want of a turn or of room, judged as turns come.
+        self.backlog = Backlog(settings.backlog_size, settings.backlog_bytes)
+        self._draining: asyncio.Future[None] | None = None
         self._flights: dict[str, asyncio.Future[Decision]] = {}
         # Content hash -> resolved once its flight's backend call is out: a caller with
         # other work to do (Thumbor's rendering) stops waiting there.
@@ -96,11 +101,16 @@ class Calls:
         self.backend_failure: tuple[float, str] | None = None
 
     def in_memory(self) -> dict[str, int]:
-        """What this process holds now: judgements in flight, backend calls out or
-        waiting for their turn, and the sizes of its caches."""
+        """What this process holds now: judgements in flight, backend calls out, the
+        decode budget held and waited for, the background queue, and its caches."""
         return {
             "judgements_in_flight": len(self._flights),
             "backend_calls_out": self.calls_out,
+            "decode_budget_held_bytes": self.decode_budget.held,
+            "decode_budget_waiting": self.decode_budget.waiting,
+            "backlog_pictures": len(self.backlog),
+            "backlog_bytes": self.backlog.bytes,
+            "backlog_dropped": self.backlog.dropped,
             "decisions_cached": len(self._by_key),
             "hashes_cached": len(self._by_hash),
             "pictures_with_paths_recorded": len(self._recorded),
@@ -192,6 +202,52 @@ class Calls:
             max_frames=settings.max_frames,
             oriented=settings.respect_orientation,
         )
+
+    def _budget_full(self) -> str:
+        budget = self.decode_budget
+        return (
+            f"MODERATION_DECODE_BUDGET_MB={budget.limit // MB} held by the pictures being "
+            f"judged ({budget.held / MB:.0f} MB, {budget.waiting} waiting)"
+        )
+
+    def _call_rate(self) -> ratelimit.CallRate | None:
+        call_rate = getattr(self.backend, "call_rate", None)
+        return call_rate if isinstance(call_rate, ratelimit.CallRate) else None
+
+    def _no_turn_before(self, deadline: float) -> str:
+        """Why no backend call can start before deadline (time.monotonic()), as far as
+        this process last saw the shared call rate; '' when one may."""
+        call_rate = self._call_rate()
+        if not self.policy.model or call_rate is None:
+            return ""
+        return call_rate.seen_too_late(deadline)
+
+    async def _take_turns(self, count: int, deadline: float | None) -> list[float]:
+        """Take `count` turns to call (REKOGNITION_MAX_CALLS_PER_SECOND) before deadline;
+        their time.time()s, none without a call rate. RateLimitedError when they would
+        come too late, RetryableError when the store cannot say."""
+        call_rate = self._call_rate()
+        if call_rate is None or count <= 0:
+            return []
+        wall = None if deadline is None else ratelimit.wall_clock(deadline)
+        try:
+            return await self._store(call_rate.take_many, count, wall)
+        except ratelimit.NoTurn as error:
+            raise backends.RateLimitedError(str(error)) from error
+        except stores.StoreUnavailable as error:
+            # No call without a turn: the picture waits, as it does for any outage.
+            raise backends.RetryableError(f"call rate unknown: {error}") from error
+
+    async def _turns(
+        self, frames: int, deadline: float | None, taken: list[float]
+    ) -> ratelimit.Budget:
+        """The turns of a picture's calls, one per scene (those already taken, and the
+        rest), with the first waited for here, in the event loop: no thread ever waits
+        for a turn. The budget hands them to the calls."""
+        turns = taken + await self._take_turns(frames - len(taken), deadline)
+        if turns:
+            await asyncio.sleep(max(0.0, turns[0] - time.time()))
+        return ratelimit.Budget(deadline, turns)
 
     def _undecided(self, key: str, url: str, sha256: str, reason: str) -> Decision:
         """A pending decision, not stored: retried on the next request."""

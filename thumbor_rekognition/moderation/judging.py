@@ -12,8 +12,9 @@ from typing import Any
 
 from thumbor_rekognition import backends, ratelimit, rules, stores
 from thumbor_rekognition.decision import UNJUDGED, Decision, Event, Source, Status
+from thumbor_rekognition.moderation.admission import decoded_cost
+from thumbor_rekognition.moderation.banking import Banking, pdq_of
 from thumbor_rekognition.moderation.memory import Metrics
-from thumbor_rekognition.moderation.resembling import Resembling
 from thumbor_rekognition.moderation.verdicts import (
     SYSTEM,
     event_for,
@@ -23,6 +24,11 @@ from thumbor_rekognition.moderation.verdicts import (
 from thumbor_rekognition.preparation import PreparedImage, UnsupportedImage
 
 logger = logging.getLogger("thumbor_rekognition.moderator")
+
+# Why a picture is pending when no turn to call or no room to decode it came in time:
+# queued, and judged in the background (Moderator.drain).
+BUSY = "busy"
+QUEUED = (f"{backends.RateLimitedError.kind}:", f"{BUSY}:")
 
 
 def _seen(future: asyncio.Future[Any]) -> None:
@@ -36,7 +42,7 @@ def resolve(future: asyncio.Future[None], *_: Any) -> None:
         future.set_result(None)
 
 
-class Judging(Resembling):
+class Judging(Banking):
     """Judging new bytes once per content in the cluster, and re-judging stored labels."""
 
     async def lookup(self, key: str, metrics: Any = None) -> Decision | None:
@@ -135,12 +141,26 @@ class Judging(Resembling):
             # later request judges it.
             Metrics(metrics).incr("moderation.backend.errors.rate_limited")
             return self._undecided(key, url, sha256, f"rate_limited: {late}")
+        cost = decoded_cost(buffer, self.settings.max_frames, self.settings.analysis_max_side)
+        if not await self.decode_budget.acquire(cost, deadline):
+            Metrics(metrics).incr("moderation.decode_budget.full")
+            return self._undecided(key, url, sha256, f"{BUSY}: {self._budget_full()}")
+        try:
+            # Taken before decoding: a picture that gets no turn costs no preparation.
+            # (Lost when the picture turns out to need no call: a copy, say.)
+            first_turn = await self._take_turns(1, deadline) if self.policy.model else []
+        except backends.BackendError as error:
+            self.decode_budget.release(cost)
+            Metrics(metrics).incr(f"moderation.backend.errors.{error.kind}")
+            return self._undecided(key, url, sha256, f"{error.kind}: {error}")
         lease = f"judge:{sha256}"
         waiting_since = time.time()
         # Prepared while the store is asked who judges it: the call goes out as soon as
         # the answer is this process. Thrown away if another one judged it meanwhile.
         preparing = asyncio.get_running_loop().run_in_executor(self._executor, self.prepare, buffer)
         preparing.add_done_callback(_seen)
+        # The decoded pixels are gone once prepared: what is left is small.
+        preparing.add_done_callback(lambda _: self.decode_budget.release(cost))
         outcome = await self._take_lease(lease, sha256, metrics)
         if isinstance(outcome, Decision):
             return await self._adopt(outcome, key, url, metrics)
@@ -148,19 +168,11 @@ class Judging(Resembling):
             return self._undecided(key, url, sha256, outcome)
         try:
             return await self._judge(
-                key, url, sha256, buffer, preparing, waiting_since, metrics, deadline
+                key, url, sha256, buffer, preparing, waiting_since, metrics, deadline, first_turn
             )
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
-
-    def _no_turn_before(self, deadline: float) -> str:
-        """Why no backend call can start before deadline (time.monotonic()), as far as
-        this process last saw the shared call rate; '' when one may."""
-        call_rate = getattr(self.backend, "call_rate", None)
-        if not self.policy.model or not isinstance(call_rate, ratelimit.CallRate):
-            return ""
-        return call_rate.seen_too_late(deadline)
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
         """Wait for the right to judge these bytes: None once held, a decision another
@@ -193,6 +205,7 @@ class Judging(Resembling):
         waiting_since: float,
         metrics: Any,
         deadline: float,
+        first_turn: list[float],
     ) -> Decision:
         # Another process may have finished between the content lookup and the lease.
         twin = await self._twin(sha256, metrics)
@@ -211,9 +224,16 @@ class Judging(Resembling):
                 return latest  # type: ignore[return-value]
         prepared = await preparing
         prints = prepared.fingerprints
-        resembled = await self._resembled(prints, metrics)
-        copied = None if resembled is not None else await self._copied(prints, sha256, metrics)
-        if resembled is not None:
+        banked = await self._banked(key, url, sha256, prepared, metrics)
+        resembled = None
+        if banked is None:
+            resembled = await self._resembled(prepared.lookup_prints, metrics)
+        copied = None
+        if banked is None and resembled is None:
+            copied = await self._copied(prints, sha256, metrics)
+        if banked is not None:
+            decision = banked
+        elif resembled is not None:
             decision = self._duplicate(key, url, sha256, prepared, resembled)
         elif copied is not None:
             decision = self._duplicate(key, url, sha256, prepared, copied).replace(
@@ -222,7 +242,10 @@ class Judging(Resembling):
         elif not self.policy.model:
             decision = self._for_a_human(key, url, sha256, prepared)
         else:
-            decision = await self._analyse(key, url, sha256, prepared, metrics, deadline)
+            decision = await self._analyse(
+                key, url, sha256, prepared, metrics, deadline, first_turn
+            )
+        decision = decision.replace(pdq=pdq_of(prepared))
         if prints and not decision.needs_retry:
             await self._keep_fingerprints(sha256, prints)
         if decision.status is not Status.APPROVED:
@@ -261,41 +284,46 @@ class Judging(Resembling):
         prepared: PreparedImage,
         metrics: Any,
         deadline: float | None = None,
+        taken: list[float] | None = None,
     ) -> Decision:
         recorder = Metrics(metrics)
         min_confidence = self.policy.min_confidence
-        started = time.perf_counter()
-        recorder.incr("moderation.backend.calls")
-        self.backend_calls += 1
-        # Sent first, counted while it is out: nothing stands between a prepared picture
-        # and its call.
-        # The backend's calls wait for their turn (REKOGNITION_MAX_CALLS_PER_SECOND) until
-        # the deadline of the request that asked first, not longer.
-        call = asyncio.get_running_loop().run_in_executor(
-            self._calls_executor,
-            ratelimit.within,
-            deadline,
-            self.backend.detect,
-            prepared,
-            min_confidence,
-        )
-        self.calls_out += 1
-        call.add_done_callback(self._call_done)
-        called = self._called.get(sha256)
-        if called is not None:
-            resolve(called)
-        await self.count("backend.calls")
         base = self._undecided(key, url, sha256, "").replace(
             policy=self.policy.fingerprint,
             min_confidence=min_confidence,
             width=prepared.width,
             height=prepared.height,
         )
+        started = time.perf_counter()
         try:
+            # The turns of REKOGNITION_MAX_CALLS_PER_SECOND, taken until the deadline of the
+            # request that asked first and waited for here, in the event loop.
+            budget = await self._turns(len(prepared.frames), deadline, taken or [])
+            recorder.incr("moderation.backend.calls")
+            self.backend_calls += 1
+            # Sent first, counted while it is out: nothing stands between a prepared
+            # picture and its call.
+            call = asyncio.get_running_loop().run_in_executor(
+                self._calls_executor,
+                ratelimit.within,
+                budget,
+                self.backend.detect,
+                prepared,
+                min_confidence,
+            )
+            self.calls_out += 1
+            call.add_done_callback(self._call_done)
+            called = self._called.get(sha256)
+            if called is not None:
+                resolve(called)
+            await self.count("backend.calls")
             analysis = await call
         except backends.BackendError as error:
             recorder.incr("moderation.backend.errors")
             recorder.incr(f"moderation.backend.errors.{error.kind}")
+            if isinstance(error, backends.RateLimitedError):
+                # The call rate is spent, the backend is fine: pending, and queued.
+                return base.replace(error=f"{error.kind}: {error}")
             log = logger.error if error.kind in ("configuration", "bad_image") else logger.warning
             log("%s backend failed for %s (%s): %s", self.backend.name, key, error.kind, error)
             if error.kind != "bad_image":

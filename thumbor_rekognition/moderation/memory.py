@@ -59,6 +59,17 @@ class Bounded(Generic[V]):
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
 
+    def drop_oldest_while(self, stale: Callable[[V], bool]) -> None:
+        """Forget the least recently written entries for as long as they are stale."""
+        while self._items:
+            try:
+                key, value = next(iter(self._items.items()))
+            except (StopIteration, RuntimeError):  # emptied or changed by another thread
+                return
+            if not stale(value):
+                return
+            self._items.pop(key, None)
+
     def snapshot(self) -> list[str]:
         """The keys held now (a copy: other threads may change them meanwhile)."""
         return list(self._items)
@@ -70,14 +81,19 @@ class Bounded(Generic[V]):
         self._items.clear()
 
 
+# How long an expired decision is kept to answer while the decision store is unreachable.
+STALE_KEPT_SECONDS = 600.0
+
+
 class DecisionCache:
     """Decisions that expire after a TTL, in a bounded LRU.
 
-    Expired entries stay until evicted: when the store is unreachable, the last known
-    decision still answers.
+    An expired entry stays for STALE_KEPT_SECONDS more, unless evicted before: when the
+    store is unreachable, the last known decision still answers. Entries are written in
+    the order they expire, so the stale ones are dropped from the front as others come.
     """
 
-    def __init__(self, ttl: float, size: int = 100_000) -> None:
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
         self.ttl = ttl
         self._entries: Bounded[tuple[float, Decision]] = Bounded(size)
 
@@ -94,7 +110,9 @@ class DecisionCache:
 
     def put(self, key: str, decision: Decision) -> None:
         if self.ttl > 0:
-            self._entries.put(key, (time.monotonic() + self.ttl, decision))
+            now = time.monotonic()
+            self._entries.put(key, (now + self.ttl, decision))
+            self._entries.drop_oldest_while(lambda item: item[0] + STALE_KEPT_SECONDS < now)
 
     def discard(self, key: str) -> None:
         self._entries.discard(key)
@@ -107,10 +125,11 @@ class DecisionCache:
 
     def expire(self) -> None:
         """Make every entry ask the store again, while keeping it as the stale answer."""
+        now = time.monotonic()
         for key in self._entries.snapshot():
             decision = self.stale(key)
             if decision is not None:
-                self._entries.put(key, (0.0, decision))
+                self._entries.put(key, (now, decision))
 
 
 def sha256_hex(data: bytes) -> str:

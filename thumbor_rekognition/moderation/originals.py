@@ -50,7 +50,7 @@ class Originals(Calls):
         except stores.StoreUnavailable as error:
             logger.error("result %s of %s not recorded, purge will miss it: %s", path, key, error)
             return
-        if len(self._recorded) > 100_000:
+        if len(self._recorded) > self.settings.cache_entries:
             self._recorded.clear()
         self._recorded.setdefault(key, set()).add(path)
 

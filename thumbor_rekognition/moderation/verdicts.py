@@ -41,6 +41,13 @@ def event_for(decision: Decision) -> Event:
             f"resembles {decision.duplicate_of} (similarity {decision.similarity:.3f}), "
             "rejected without a backend call"
         )
+    elif decision.source is Source.BANK and decision.reasons:
+        reason = decision.reasons[0]
+        note = (
+            f"PDQ hash in bank {reason.name}: {reason.parent} "
+            f"(similarity {reason.confidence / 100:.3f}), {decision.status.value} "
+            "without a backend call"
+        )
     elif decision.reasons and decision.reasons[0].category == UNJUDGED:
         unjudged = decision.reasons[0]
         note = (

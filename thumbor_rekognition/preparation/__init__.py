@@ -8,8 +8,9 @@ every viewer can be shown it, all views in the one picture sent: one that is not
 opaque flattened onto white as a browser shows it and with its alpha dropped as Thumbor's
 JPEG output shows it; one with a colour profile in sRGB as colour-managed viewers show it,
 and also as stored where the profile changes what it shows. Each frame also gets the
-perceptual fingerprint of its first view (see ``fingerprint``), computed here once from the
-pixels the backend is sent. This is blocking work: callers run it in the plugin's executor.
+perceptual fingerprint and PDQ hash of its first view (see ``fingerprint`` and ``pdq``),
+computed here once from the pixels the backend is sent. This is blocking work: callers
+run it in the plugin's executor.
 
 The parts below this one: ``pixels`` (modes, alpha, layout), ``colour`` (ICC profiles),
 ``signatures`` (telling an animation's frames apart).
@@ -24,7 +25,9 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from thumbor_rekognition import fingerprint
+from thumbor_rekognition import fingerprint, pdq
+from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.pdq import Hash as PdqHash
 from thumbor_rekognition.preparation import colour, pixels, signatures
 
 MAX_BYTES = 5 * 1024 * 1024
@@ -67,6 +70,11 @@ class Frame:
     """The columns and rows the views are laid out in, left to right then top to bottom."""
     fingerprint: fingerprint.Print | None = None
     """The first view's perceptual fingerprint; None when it has too little detail."""
+    pdq: PdqHash | None = None
+    """The first view's PDQ hash and quality, with its rotations' and mirrors'."""
+    mirrored: Print | None = None
+    """The perceptual fingerprint of the first view mirrored left to right: looked up
+    too, so that a mirrored copy of a rejected picture is found."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,26 @@ class PreparedImage:
             index: frame.fingerprint
             for index, frame in enumerate(self.frames)
             if frame.fingerprint is not None
+        }
+
+    @property
+    def lookup_prints(self) -> dict[int, fingerprint.Print]:
+        """The fingerprints to look up in the index: each frame's, and each frame's
+        mirrored (under -1 - its position)."""
+        mirrored = {
+            -1 - index: frame.mirrored
+            for index, frame in enumerate(self.frames)
+            if frame.mirrored is not None
+        }
+        return {**self.fingerprints, **mirrored}
+
+    @property
+    def pdq(self) -> dict[int, PdqHash]:
+        """The PDQ hash of each frame whose quality is enough to match it, by position."""
+        return {
+            index: frame.pdq
+            for index, frame in enumerate(self.frames)
+            if frame.pdq is not None and frame.pdq.usable
         }
 
 
@@ -326,6 +354,8 @@ def _pad(image: Image.Image) -> Image.Image:
 def _encode(picture: _Picture) -> Frame:
     image = picture.image
     shown = fingerprint.of(picture.shown)
+    hashed = pdq.of(picture.shown)
+    mirrored = fingerprint.of(picture.shown.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     quality = JPEG_QUALITY
     while True:
         buffer = io.BytesIO()
@@ -333,7 +363,15 @@ def _encode(picture: _Picture) -> Frame:
         data = buffer.getvalue()
         if len(data) <= MAX_BYTES:
             return Frame(
-                data, "JPEG", image.width, image.height, picture.views, picture.grid, shown
+                data,
+                "JPEG",
+                image.width,
+                image.height,
+                picture.views,
+                picture.grid,
+                shown,
+                hashed,
+                mirrored,
             )
         if quality > 60:
             quality -= 15

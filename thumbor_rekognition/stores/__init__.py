@@ -44,6 +44,12 @@ def storage_paths(recorded: list[str]) -> list[str]:
     return [path[mark:] for path in recorded if path.startswith(STORAGE_PATH_MARK)]
 
 
+# The outbox entries, (topic, payload), that a decision change calls for: given the
+# decision stored before, the one stored now (None when forgotten), the event, and the
+# paths recorded for the key. Set by the outbox on the store it delivers from.
+Announcer = Callable[[Decision | None, Decision | None, Event, list[str]], list[tuple[str, str]]]
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached or answered with an error."""
 
@@ -76,6 +82,10 @@ class Store:
     # How long a saved change takes to reach every other process (their change feeds).
     propagation_seconds = 0.0
 
+    # What a change announces: save and delete write its entries to the outbox in the same
+    # atomic write as the change itself, so that no change goes unannounced.
+    announcer: Announcer | None = None
+
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
@@ -94,13 +104,23 @@ class Store:
 
     def save(self, decision: Decision, event: Event) -> Decision:
         """Propose a decision for its key: what rules.settle keeps over the decision stored
-        there, read and written atomically (compare-and-set), with the event logged when
-        something is written. Returns the decision now stored."""
+        there, read and written atomically (compare-and-set), with the event logged and
+        the announcer's outbox entries added when something is written, all in one atomic
+        write. Returns the decision now stored."""
         raise NotImplementedError
 
     def delete(self, key: str, event: Event) -> bool:
-        """Forget a decision (its history stays); True if there was one."""
+        """Forget a decision (its history stays), with the announcer's outbox entries in
+        the same atomic write; True if there was one."""
         raise NotImplementedError
+
+    def announcements(
+        self, previous: Decision | None, current: Decision | None, event: Event, recorded: list[str]
+    ) -> list[tuple[str, str]]:
+        """The outbox entries of a change, for save and delete to write with it."""
+        if self.announcer is None:
+            return []
+        return self.announcer(previous, current, event, recorded)
 
     def history(self, key: str) -> list[Event]:
         """Every change of a key's decision, oldest first."""
@@ -164,9 +184,12 @@ class Store:
         """Add an item to the durable outbox."""
         raise NotImplementedError
 
-    def claim(self, now: float, lease: float, limit: int) -> list[OutboxItem]:
-        """Due items, each the oldest undelivered one of its topic and key, hidden from
-        other claimers for lease seconds; their attempt counts are increased."""
+    def claim(
+        self, now: float, lease: float, limit: int, topic: str | None = None
+    ) -> list[OutboxItem]:
+        """Due items (of one topic, or of any), each the oldest undelivered one of its
+        topic and key, hidden from other claimers for lease seconds; their attempt counts
+        are increased."""
         raise NotImplementedError
 
     def complete(self, item: OutboxItem) -> None:

@@ -125,13 +125,10 @@ class Store(FingerprintIndex):
             }
             if stands.sha256:
                 body["h"] = {"B": bytes.fromhex(stands.sha256)}
-            try:
-                self._do("put_item", TableName=self.table, Item=body, **_unchanged(item))
-            except _Refused:
+            noted = rules.noted(stands, decision, event)
+            if not self._written(decision.key, body, item, current, stands, noted):
                 return False  # Changed since it was read: read it again.
-            self._changed(
-                stands.key, version, rules.noted(stands, decision, event), current, stands
-            )
+            self._changed(stands.key, version, noted, current, stands)
             kept.append(stands)
             return True
 
@@ -150,9 +147,7 @@ class Store(FingerprintIndex):
             version = _version(item) + 1
             # The version stays behind, so that history entries keep their order.
             tombstone = {**_key(_decision_pk(key), "d"), "v": _n(version)}
-            try:
-                self._do("put_item", TableName=self.table, Item=tombstone, **_unchanged(item))
-            except _Refused:
+            if not self._written(key, tombstone, item, current, None, event):
                 return False
             self._changed(key, version, event, current, None)
             deleted.append(True)
@@ -160,6 +155,32 @@ class Store(FingerprintIndex):
 
         self._retrying(attempt, f"forgetting {key}")
         return deleted[0]
+
+    def _written(
+        self,
+        key: str,
+        body: dict[str, Any],
+        item: dict[str, Any] | None,
+        previous: Decision | None,
+        current: Decision | None,
+        event: Event,
+    ) -> bool:
+        """Put a decision item on the condition that it is still as read, in one
+        transaction with the outbox items its change calls for; False if it moved."""
+        entries = (
+            self.announcements(previous, current, event, self.results(key))
+            if self.announcer is not None
+            else []
+        )
+        try:
+            if not entries:
+                self._do("put_item", TableName=self.table, Item=body, **_unchanged(item))
+                return True
+            outbox = self._outbox_writes(key, entries)
+            self._transact([{"Put": {"Item": body, **_unchanged(item)}}, *outbox])
+        except _Refused:
+            return False
+        return True
 
     def _changed(
         self,

@@ -12,7 +12,16 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from thumbor_rekognition.config_checks import ConfigurationError, checked_endpoint_url
-from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.decision import (
+    ContentType,
+    Decision,
+    Event,
+    Label,
+    Pdq,
+    Reason,
+    Source,
+    Status,
+)
 
 if TYPE_CHECKING:
     pass
@@ -207,7 +216,7 @@ def _add(pk: str, changes: dict[str, int]) -> dict[str, Any] | None:
 # The decision's own item: every field but the key (in pk) and the content hash (a
 # binary attribute), under one-letter names, defaults left out: s status, o source,
 # t created, a updated (when it differs), u URL or q what precedes the key in it,
-# l labels, r reasons, x content types (lists of their fields), and _FIELDS.
+# l labels, r reasons, x content types, k PDQ hashes (lists of their fields), and _FIELDS.
 
 
 _FIELDS = {
@@ -265,6 +274,8 @@ def encode(decision: Decision) -> str:
         data["r"] = [_reason(reason) for reason in decision.reasons]
     if decision.content_types:
         data["x"] = [_content_type(kind) for kind in decision.content_types]
+    if decision.pdq:
+        data["k"] = [[hashed.hash, hashed.quality, hashed.frame] for hashed in decision.pdq]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -299,6 +310,7 @@ def decode(key: str, sha256: str, body: str) -> Decision:
         duplicate_of=data.get("d", ""),
         similarity=data.get("n", 0.0),
         blind=data.get("z", False),
+        pdq=tuple(Pdq(*fields) for fields in data.get("k", ())),
     )
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.stores.dynamodb_items import (
     FEED_KEEP_SECONDS,
+    _add,
     _due_sk,
     _key,
     _n,
@@ -22,8 +23,17 @@ from thumbor_rekognition.stores.dynamodb_items import (
 )
 from thumbor_rekognition.stores.dynamodb_table import Table
 
-if TYPE_CHECKING:
-    pass
+# Where earlier versions kept what is due, of every topic.
+LEGACY_DUE = "OD"
+
+
+def _due_pk(topic: str) -> str:
+    return "OD#" + topic
+
+
+def _due_pk_of(item: dict[str, Any]) -> str:
+    """The partition an outbox item is due in (earlier versions' items name none)."""
+    return str(item["dp"]["S"]) if "dp" in item else LEGACY_DUE
 
 
 class SharedState(Table):
@@ -101,48 +111,83 @@ class SharedState(Table):
     # a put adds to and takes from those sets (ADD and DELETE need no read).
 
     def enqueue(self, topic: str, key: str, payload: str) -> None:
-        queue = _queue_pk(topic, key)
-        number = int(
-            self._do(
-                "update_item",
-                TableName=self.table,
-                Key=_key(queue, "n"),
-                UpdateExpression="ADD n :one",
-                ExpressionAttributeValues={":one": _n(1)},
-                ReturnValues="UPDATED_NEW",
-            )["Attributes"]["n"]["N"]
-        )
-        now = time.time()
-        item_id = f"{number}-{uuid.uuid4().hex}"
-        due = _due_sk(now)
-        entry = {
-            **_key(queue, f"i#{number:012d}"),
-            "u": _s(item_id),
-            "t": _s(topic),
-            "k": _s(key),
-            "p": _s(payload),
-            "a": _n(0),
-            "c": _n(f"{now:.6f}"),
-            "d": _s(due),
-        }
         self._transact_retrying(
-            lambda: [
-                {"Put": {"Item": entry}},
-                {"Put": {"Item": {**_key("OD", due), "q": _s(queue), "i": entry["sk"]}}},
-                _outbox_count(topic, pending=1),
-            ],
-            f"queueing {topic} for {key}",
+            lambda: self._outbox_writes(key, [(topic, payload)]), f"queueing {topic} for {key}"
         )
 
-    def claim(self, now: float, lease: float, limit: int) -> list[stores.OutboxItem]:
+    def _outbox_writes(self, key: str, entries: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The writes of a transaction that add outbox items of a key (none for none)."""
+        writes: list[dict[str, Any]] = []
+        for topic, payload in entries:
+            queue = _queue_pk(topic, key)
+            # Numbered after the decision was read: a change written later gets a higher one.
+            number = int(
+                self._do(
+                    "update_item",
+                    TableName=self.table,
+                    Key=_key(queue, "n"),
+                    UpdateExpression="ADD n :one",
+                    ExpressionAttributeValues={":one": _n(1)},
+                    ReturnValues="UPDATED_NEW",
+                )["Attributes"]["n"]["N"]
+            )
+            now = time.time()
+            due, due_pk = _due_sk(now), _due_pk(topic)
+            entry = {
+                **_key(queue, f"i#{number:012d}"),
+                "u": _s(f"{number}-{uuid.uuid4().hex}"),
+                "t": _s(topic),
+                "k": _s(key),
+                "p": _s(payload),
+                "a": _n(0),
+                "c": _n(f"{now:.6f}"),
+                "d": _s(due),
+                "dp": _s(due_pk),
+            }
+            writes += [
+                {"Put": {"Item": entry}},
+                {"Put": {"Item": {**_key(due_pk, due), "q": _s(queue), "i": entry["sk"]}}},
+            ]
+        if entries:
+            pending: dict[str, int] = {}
+            for topic, _ in entries:
+                pending[f"{topic}.pending"] = pending.get(f"{topic}.pending", 0) + 1
+            counted = _add("C#outbox", pending)
+            if counted is not None:
+                writes.append({"Update": counted})
+        return writes
+
+    def claim(
+        self, now: float, lease: float, limit: int, topic: str | None = None
+    ) -> list[stores.OutboxItem]:
+        claimed: list[stores.OutboxItem] = []
+        if topic is not None:
+            topics = [topic]
+        else:
+            names = self.outbox_counts()
+            topics = sorted(
+                {name.rpartition(".")[0] for name in names if name.endswith(".pending")}
+            )
+        # Each topic's items are due in a partition of their own; earlier versions kept
+        # every topic's in LEGACY_DUE, which is read until it is empty.
+        for due_pk in [*(_due_pk(name) for name in topics), LEGACY_DUE]:
+            if len(claimed) < limit:
+                claimed += self._claim_from(due_pk, now, lease, limit - len(claimed), topic)
+        return claimed
+
+    def _claim_from(
+        self, due_pk: str, now: float, lease: float, limit: int, topic: str | None
+    ) -> list[stores.OutboxItem]:
         claimed: list[stores.OutboxItem] = []
         due = list(
-            self._query("OD", "sk <= :now", {":now": _s(f"{now:017.6f}~")}, limit=limit * 10)
+            self._query(due_pk, "sk <= :now", {":now": _s(f"{now:017.6f}~")}, limit=limit * 10)
         )
         for entry in due:
             if len(claimed) >= limit:
                 break
             queue, number = entry["q"]["S"], entry["i"]["S"]
+            if topic is not None and not queue.startswith(f"Q#{topic}#"):
+                continue
             head = next(iter(self._query(queue, "begins_with(sk, :i)", {":i": _s("i#")}, 1)), None)
             if head is None or head["sk"]["S"] != number or head["d"]["S"] != entry["sk"]["S"]:
                 continue
@@ -162,8 +207,8 @@ class SharedState(Table):
                                 },
                             }
                         },
-                        {"Delete": {"Key": _key("OD", entry["sk"]["S"])}},
-                        {"Put": {"Item": {**_key("OD", later), "q": _s(queue), "i": _s(number)}}},
+                        {"Delete": {"Key": _key(due_pk, entry["sk"]["S"])}},
+                        {"Put": {"Item": {**_key(due_pk, later), "q": _s(queue), "i": _s(number)}}},
                     ]
                 )
             except _Refused:
@@ -196,7 +241,7 @@ class SharedState(Table):
         self._transact_retrying(
             lambda: [
                 {"Delete": {"Key": _key(queue, number)}},
-                {"Delete": {"Key": _key("OD", found["d"]["S"])}},
+                {"Delete": {"Key": _key(_due_pk_of(found), found["d"]["S"])}},
                 _outbox_count(item.topic, pending=-1),
             ],
             f"completing {item.topic} for {item.key}",
@@ -220,8 +265,12 @@ class SharedState(Table):
                         },
                     }
                 },
-                {"Delete": {"Key": _key("OD", found["d"]["S"])}},
-                {"Put": {"Item": {**_key("OD", later), "q": _s(queue), "i": _s(number)}}},
+                {"Delete": {"Key": _key(_due_pk_of(found), found["d"]["S"])}},
+                {
+                    "Put": {
+                        "Item": {**_key(_due_pk_of(found), later), "q": _s(queue), "i": _s(number)}
+                    }
+                },
             ],
             f"rescheduling {item.topic} for {item.key}",
         )
@@ -241,7 +290,7 @@ class SharedState(Table):
         self._transact_retrying(
             lambda: [
                 {"Delete": {"Key": _key(queue, number)}},
-                {"Delete": {"Key": _key("OD", found["d"]["S"])}},
+                {"Delete": {"Key": _key(_due_pk_of(found), found["d"]["S"])}},
                 {"Put": {"Item": given_up}},
                 _outbox_count(item.topic, pending=-1, abandoned=1),
             ],

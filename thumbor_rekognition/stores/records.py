@@ -15,7 +15,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from thumbor_rekognition.decision import ContentType, Decision, Event, Label, Reason, Source, Status
+from thumbor_rekognition.decision import (
+    ContentType,
+    Decision,
+    Event,
+    Label,
+    Pdq,
+    Reason,
+    Source,
+    Status,
+)
 from thumbor_rekognition.stores import wire
 from thumbor_rekognition.stores.wire import DICTIONARY as DICTIONARY
 from thumbor_rekognition.stores.wire import RecordError as RecordError
@@ -30,7 +39,9 @@ _STATUS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
 _SOURCE = {Source.AUTO: 0, Source.MANUAL: 1, Source.DUPLICATE: 2}
 # A status or source these tables do not number is spelt out in a field (code 3) and
 # kept whole; give a new one a number here and in redis_scripts (STATUSES, SOURCES),
-# which names the Redis store's counts.
+# which names the Redis store's counts. The source numbers are all taken: Source.BANK is
+# spelt out, and redis_scripts counts code 3 as 'bank'; a further source needs a field
+# of its own for the Redis counts to tell it apart.
 _SPELT = 3
 RAW_SHA = 0x10
 DEFLATED = 0x20
@@ -43,6 +54,7 @@ class _D:
     POLICY_HEX, POLICY, MIN_CONFIDENCE, WIDTH, HEIGHT, ERROR = 7, 8, 9, 10, 11, 12
     CREATED_AT, SINCE_CREATION, CONTENT_TYPE, SHA256, STATUS, SOURCE = 13, 14, 15, 16, 17, 18
     UPDATED_AT, PROJECT_VERSION, DUPLICATE_OF, SIMILARITY, BLIND = 19, 20, 21, 22, 23
+    PDQ = 24
 
 
 _TEXTS = {
@@ -73,6 +85,10 @@ class _C:
     NAME, CONFIDENCE, FRAME = 1, 2, 3
 
 
+class _P:
+    HASH, QUALITY, FRAME = 1, 2, 3
+
+
 class _E:
     STATUS, SOURCE, ACTOR, NOTE, AT = 1, 2, 3, 4, 5
 
@@ -101,6 +117,7 @@ DECISION_FIELDS = frozenset(
         "duplicate_of",
         "similarity",
         "blind",
+        "pdq",
     }
 )
 
@@ -184,6 +201,27 @@ def _read_content_type(data: bytes) -> ContentType:
     return ContentType(**values)
 
 
+def _pdq(item: Pdq) -> bytes:
+    out = wire.Writer()
+    if wire.is_hex(item.hash, 64):
+        out.raw(_P.HASH, bytes.fromhex(item.hash))
+    out.integer(_P.QUALITY, item.quality)
+    out.integer(_P.FRAME, item.frame)
+    return bytes(out.out)
+
+
+def _read_pdq(data: bytes) -> Pdq:
+    values: dict[str, Any] = {"hash": "", "quality": 0}
+    for number, _, value in wire.fields(data):
+        if number == _P.HASH:
+            values["hash"] = bytes(value).hex()
+        elif number == _P.QUALITY:
+            values["quality"] = value
+        elif number == _P.FRAME:
+            values["frame"] = value
+    return Pdq(**values)
+
+
 def raw_sha(sha256: str) -> bytes:
     """The 32 bytes of a SHA-256 written as 64 hex digits; empty for anything else."""
     return bytes.fromhex(sha256) if wire.is_hex(sha256, 64) else b""
@@ -220,6 +258,8 @@ def encode_decision(decision: Decision) -> bytes:
         out.raw(_D.REASON, _reason(reason))
     for item in decision.content_types:
         out.raw(_D.CONTENT_TYPE, _content_type(item))
+    for hashed in decision.pdq:
+        out.raw(_D.PDQ, _pdq(hashed))
     out.text(_D.BACKEND, decision.backend)
     out.text(_D.MODEL_VERSION, decision.model_version)
     if wire.is_hex(decision.policy):
@@ -283,6 +323,7 @@ def decode_decision(key: str, record: bytes) -> Decision:
     labels: list[Label] = []
     reasons: list[Reason] = []
     content_types: list[ContentType] = []
+    hashes: list[Pdq] = []
     since_creation, updated_at = 0.0, None
     for number, wire_type, value in wire.fields(body):
         if number == _D.URL_PREFIX:
@@ -295,6 +336,8 @@ def decode_decision(key: str, record: bytes) -> Decision:
             reasons.append(_read_reason(value))
         elif number == _D.CONTENT_TYPE:
             content_types.append(_read_content_type(value))
+        elif number == _D.PDQ:
+            hashes.append(_read_pdq(value))
         elif number in _TEXTS:
             values[_TEXTS[number]] = wire.text(value)
         elif number == _D.POLICY_HEX:
@@ -325,6 +368,7 @@ def decode_decision(key: str, record: bytes) -> Decision:
         labels=tuple(labels),
         reasons=tuple(reasons),
         content_types=tuple(content_types),
+        pdq=tuple(hashes),
     )
 
 

@@ -11,23 +11,28 @@ key order; statuses other than approved have an index of their own. The index of
 judged pictures' fingerprints, the links to their duplicates and the shared values
 (the call rate) live beside the partitions, each command on one key.
 
+Each partition also holds its outbox (``redis_shared``): a save or a forget writes the
+decision and the webhooks and CDN purges it calls for in one script, in one slot.
+
 Every change is published (classic pub/sub, which a cluster forwards to every node) so
 that each process drops the decision from its memory at once; the cache TTL is the
 backstop when a notification is missed. Durability is Redis's: AOF on a single server,
-and ``MODERATION_REDIS_WAIT_REPLICAS`` through a cluster's failovers.
+and ``MODERATION_REDIS_WAIT_REPLICAS`` through a cluster's failovers: a write waits for
+as many replicas as its master has now, up to that number, and one they did not
+acknowledge in time is undone before it is answered as failed.
 
 The layers below the decisions: ``redis_client`` (connections, clusters, partitions,
 scripts), ``redis_shared`` (counters, leases, shared values, the outbox), ``redis_index``
-(fingerprints, the index, duplicates); the decisions' scripts are ``redis_scripts``.
+(fingerprints, the index, duplicates), ``redis_listing`` (pages in key order); the
+decisions' scripts are ``redis_scripts``.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -43,12 +48,14 @@ from thumbor_rekognition.stores.redis_client import (
     PARTITIONS,
     TAGS,
     Client,
+    NotAcknowledged,
     _glob_escape,
     _text,
 )
 from thumbor_rekognition.stores.redis_index import (
     FingerprintIndex,
 )
+from thumbor_rekognition.stores.redis_listing import Merge
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -58,81 +65,14 @@ __all__ = ["PARTITIONS", "TAGS", "Store"]
 
 logger = logging.getLogger(__name__)
 
+# Who undoes a write its replicas did not acknowledge, in its history.
+UNDONE_BY = "thumbor-moderation"
+
 # Bytes of a content hash that its index keeps: readers check the whole hash.
 HASH_PREFIX = 8
 
 
 _STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
-
-
-@dataclass
-class _Stream:
-    """One partition's share of a listing: what it answered, and how far it has read."""
-
-    partition: str
-    after: str | None
-    done: bool = False
-    found: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-class _Merge:
-    """Decisions of every partition in key order, reading each partition only as far as
-    the merge needs: about limit + PARTITIONS entries for a page of `limit`."""
-
-    def __init__(self, store: Store, client: Client, chosen: str, wanted: str, after: str | None):
-        self.store, self.client, self.chosen, self.wanted = store, client, chosen, wanted
-        self.streams = [_Stream(store._partition(number), after) for number in range(PARTITIONS)]
-
-    def _read(self, streams: list[_Stream], each: int) -> None:
-        calls = [
-            (
-                "page",
-                stream.partition,
-                (
-                    self.chosen,
-                    self.wanted,
-                    stream.after or "",
-                    "1" if stream.after is not None else "0",
-                    each,
-                    scripts.CHUNKS_PER_CALL,
-                ),
-            )
-            for stream in streams
-        ]
-        for stream, answer in zip(streams, self.store._run_many(self.client, calls), strict=True):
-            done, last, *found = answer
-            stream.done = bool(int(done))
-            if found or last:
-                stream.after = _text(last)
-            stream.found += [
-                (_text(key), record) for key, record in zip(found[::2], found[1::2], strict=True)
-            ]
-
-    def take(self, count: int) -> list[tuple[str, bytes]]:
-        taken: list[tuple[str, bytes]] = []
-        waiting = list(self.streams)
-        each = -(-2 * count // PARTITIONS) + 1
-        while True:
-            self._read(waiting, each)
-            open_streams = [s for s in self.streams if not s.done]
-            # Every stream has read all its keys up to the frontier: what is found up to
-            # it can be given out in order.
-            frontier = min((s.after or "" for s in open_streams), default=None)
-            ready = [
-                (key, record)
-                for s in self.streams
-                for key, record in s.found
-                if frontier is None or key <= frontier
-            ]
-            for item in heapq.nsmallest(count - len(taken), ready):
-                taken.append(item)
-            given = {key for key, _ in taken}
-            for s in self.streams:
-                s.found = [item for item in s.found if item[0] not in given]
-            if len(taken) >= count or frontier is None:
-                return taken
-            waiting = [s for s in open_streams if (s.after or "") == frontier]
-            each = max(each, count - len(taken))
 
 
 class Store(FingerprintIndex):
@@ -169,7 +109,7 @@ class Store(FingerprintIndex):
     def save(self, decision: Decision, event: Event) -> Decision:
         key = decision.key
         with self._call() as client:
-            read = self._run(client, "get", self._of_key(key), key) or b""
+            read, paths = self._entry(client, key)
             for _ in range(stores.RACES):
                 current = records.decode_decision(key, read) if read else None
                 stands = rules.settle(current, decision)
@@ -180,43 +120,140 @@ class Store(FingerprintIndex):
                 if digest:
                     # Indexed before it is saved: the index never misses a stored decision.
                     self._index(client, "index_add", digest, key)
-                saved, found = self._run_acknowledged(
-                    client,
-                    "save",
-                    self._of_key(key),
-                    key,
-                    record,
-                    records.encode_event(rules.noted(stands, decision, event)),
-                    read,
-                    self._channel,
-                    self._changes.sender + key,
-                )
+                noted = rules.noted(stands, decision, event)
+                try:
+                    saved, *found = self._run_acknowledged(
+                        client,
+                        "save",
+                        self._of_key(key),
+                        key,
+                        record,
+                        records.encode_event(noted),
+                        read,
+                        paths,
+                        self._channel,
+                        self._changes.sender + key,
+                        *self._entries(key, current, stands, noted, paths),
+                    )
+                except NotAcknowledged as error:
+                    if int(error.answer[0]):
+                        self._undo(client, key, (record, stands), (read, current), paths)
+                    raise
                 if not saved:
                     # Written by another process since it was read: settle against that.
-                    read = found or b""
+                    read, paths = found[0] or b"", found[1] or b""
                     continue
                 previous = records.sha_of(read) if read else b""
-                if previous and previous != digest:
-                    self._unindex(client, previous, key)
-                # The picture is judged: whoever held the right to judge it no longer needs it.
-                client.delete(self.prefix + "lease:judge:" + stands.sha256)
+                self._tidy(client, key, previous if previous != digest else b"", stands.sha256)
                 return records.decode_decision(key, record)
         raise stores.StoreUnavailable(f"Redis store: saving {key} kept losing races")
 
     def delete(self, key: str, event: Event) -> bool:
         with self._call() as client:
-            old = self._run_acknowledged(
+            read, paths = self._entry(client, key)
+            for _ in range(stores.RACES):
+                if not read:
+                    return False
+                current = records.decode_decision(key, read)
+                try:
+                    done, *found = self._run_acknowledged(
+                        client,
+                        "delete",
+                        self._of_key(key),
+                        key,
+                        records.encode_event(event),
+                        read,
+                        paths,
+                        self._channel,
+                        self._changes.sender + key,
+                        *self._entries(key, current, None, event, paths),
+                    )
+                except NotAcknowledged as error:
+                    if int(error.answer[0]):
+                        self._undo(client, key, (b"", None), (read, current), paths)
+                    raise
+                if not done:
+                    read, paths = found[0] or b"", found[1] or b""
+                    continue
+                self._tidy(client, key, records.sha_of(read), "")
+                return True
+        raise stores.StoreUnavailable(f"Redis store: forgetting {key} kept losing races")
+
+    def _tidy(self, client: Client, key: str, unindexed: bytes, judged: str) -> None:
+        """What follows a saved change, on other keys (other nodes of a cluster): drop the
+        index entry of the bytes it no longer names, and the lease of whoever judged the
+        picture. The change is saved and announced: a failure here must not answer it as
+        failed; an entry left behind is checked by readers, a lease expires."""
+        try:
+            if unindexed:
+                self._unindex(client, unindexed, key)
+            if judged:
+                client.delete(self.prefix + "lease:judge:" + judged)
+        except (*_ERRORS, stores.StoreUnavailable) as error:
+            logger.warning("%s saved; index or lease not tidied: %s", key, error)
+
+    def _undo(
+        self,
+        client: Client,
+        key: str,
+        written: tuple[bytes, Decision | None],
+        before: tuple[bytes, Decision | None],
+        paths: bytes,
+    ) -> None:
+        """Put back what a write replaced when its replicas did not acknowledge it, so
+        that a write answered as failed changed nothing; announced as the change back,
+        in case the first was delivered meanwhile. Never raises: if the master cannot
+        take it either, what it holds is the write and its announcements, together."""
+        (record, changed), (old, previous) = written, before
+        event = Event(
+            previous.status if previous else None,
+            previous.source if previous else None,
+            UNDONE_BY,
+            "write not acknowledged by a replica in time: undone",
+        )
+        try:
+            done, *_ = self._run_acknowledged(
                 client,
-                "delete",
+                "save",
                 self._of_key(key),
                 key,
+                old,
                 records.encode_event(event),
+                record,
+                paths,
                 self._channel,
                 self._changes.sender + key,
+                *self._entries(key, changed, previous, event, paths),
             )
-            if old and records.sha_of(old):
-                self._unindex(client, records.sha_of(old), key)
-        return bool(old)
+        except NotAcknowledged as error:
+            if int(error.answer[0]):
+                logger.warning("write of %s undone, on its master only: %s", key, error)
+            else:
+                logger.error("write of %s not acknowledged, and changed again since", key)
+            return
+        except stores.StoreUnavailable as error:
+            logger.error("write of %s not acknowledged, and not undone: %s", key, error)
+            return
+        if not int(done):
+            logger.error("write of %s not acknowledged, and changed again since", key)
+
+    def _entry(self, client: Client, key: str) -> tuple[bytes, bytes]:
+        """A key's record and recorded paths, as the scripts compare them."""
+        record, _, paths = self._run(client, "entry", self._of_key(key), key)
+        return record or b"", paths or b""
+
+    def _entries(
+        self,
+        key: str,
+        previous: Decision | None,
+        current: Decision | None,
+        event: Event,
+        paths: bytes,
+    ) -> list[str]:
+        """The arguments that end a save or a delete: now, then its outbox entries."""
+        recorded = [records.decode_path(key, path) for path in records.split(paths)]
+        entries = self.announcements(previous, current, event, recorded)
+        return [repr(time.time()), *(part for entry in entries for part in entry)]
 
     def _index(self, client: Client, script: str, digest: bytes, key: str) -> None:
         self._run(client, script, self._of_hash(digest), digest[:HASH_PREFIX] + key.encode())
@@ -274,7 +311,7 @@ class Store(FingerprintIndex):
         else:
             chosen, wanted = f"x{_STATUS_NUMBERS[status]}", str(_STATUS_NUMBERS[status])
         with self._call() as client:
-            found = _Merge(self, client, chosen, wanted, cursor).take(limit + 1)
+            found = Merge(self, client, chosen, wanted, cursor).take(limit + 1)
         page = [records.decode_decision(key, record) for key, record in found[:limit]]
         return page, (found[limit - 1][0] if len(found) > limit else None)
 
@@ -395,7 +432,7 @@ class Store(FingerprintIndex):
                 converted += self._convert(client, key)
             for name in client.scan_iter(_glob_escape(self.prefix + "ob:") + "*", 1000):
                 suffix = _text(name)[len(self.prefix) + len("ob:") :]
-                client.rename(name, self._outbox + suffix)
+                client.rename(name, self._legacy_outbox + suffix)
             if _text(client.get(self.prefix + "format")) != FORMAT:
                 converted = max(converted, self._index_every_picture(client))
             client.set(self.prefix + "format", FORMAT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,7 +71,21 @@ _SCRIPTS = {
     "index_remove": scripts.INDEX_REMOVE,
     "index_find": scripts.INDEX_FIND,
     "import": scripts.IMPORT,
+    "enqueue": scripts.ENQUEUE,
 }
+
+
+# How long the number of a master's replicas is believed before it is asked again: a
+# replica attached meanwhile starts acknowledging writes at most this late.
+REPLICAS_SECONDS = 2.0
+
+
+class NotAcknowledged(stores.StoreUnavailable):
+    """A write that landed on its master but not on the replicas it waited for."""
+
+    def __init__(self, answer: Any, message: str) -> None:
+        super().__init__(message)
+        self.answer = answer
 
 
 def _glob_escape(text: str) -> str:
@@ -119,6 +134,8 @@ class Connected(stores.Store):
         self._pid = 0
         self._checked = False
         self._shas = {name: _sha1(text) for name, text in _SCRIPTS.items()}
+        # Replicas of each master, by node name, and when its ROLE told.
+        self._known_replicas: dict[str, tuple[int, float]] = {}
 
     def _connect(self) -> Client:
         options: dict[str, Any] = {
@@ -248,20 +265,20 @@ class Connected(stores.Store):
             client.nodes_manager.initialize()
 
     def _run_acknowledged(self, client: Client, name: str, partition: str, *args: Any) -> Any:
-        """A write, answered once MODERATION_REDIS_WAIT_REPLICAS replicas hold it too."""
+        """A write, answered once the replicas its master has (at most
+        MODERATION_REDIS_WAIT_REPLICAS) hold it too; NotAcknowledged when they did not."""
         if not self.wait_replicas:
             return self._run(client, name, partition, *args)
         # WAIT counts the writes of its own connection: both go down one connection.
-        node_client = (
-            client.get_redis_connection(client.get_node_from_key(partition + "rd"))
-            if self.cluster
-            else client
-        )
+        node = client.get_node_from_key(partition + "rd") if self.cluster else None
+        node_client = client.get_redis_connection(node) if node is not None else client
+        place = node.name if node is not None else ""
+        wanted = min(self.wait_replicas, self._replicas(place, node_client))
         for attempt in range(2):
             pipeline = node_client.pipeline(transaction=False)
             pipeline.evalsha(self._shas[name], 1, partition + "rd", partition, *args)
             # Half the budget: the answer must arrive within the socket's timeout.
-            pipeline.execute_command("WAIT", self.wait_replicas, max(1, int(self.timeout * 500)))
+            pipeline.execute_command("WAIT", wanted, max(1, int(self.timeout * 500)))
             answer, acknowledged = pipeline.execute(raise_on_error=False)
             if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
                 node_client.script_load(_SCRIPTS[name])
@@ -274,13 +291,29 @@ class Connected(stores.Store):
                 raise answer
             if isinstance(acknowledged, Exception):
                 raise acknowledged
-            if int(acknowledged) < self.wait_replicas:
-                raise stores.StoreUnavailable(
-                    f"Redis store: {acknowledged} of {self.wait_replicas} replicas acknowledged "
-                    "the write in time"
+            if int(acknowledged) < wanted:
+                # A master that lost replicas since it was asked (a failover): what it has
+                # now is what can acknowledge.
+                wanted = min(wanted, self._replicas(place, node_client, again=True))
+            if int(acknowledged) < wanted:
+                raise NotAcknowledged(
+                    answer,
+                    f"Redis store: {acknowledged} of {wanted} replicas acknowledged "
+                    "the write in time",
                 )
             return answer
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replicas(self, place: str, node_client: Client, again: bool = False) -> int:
+        """How many replicas the master at place has now, as its ROLE tells (asked again
+        after REPLICAS_SECONDS, or at once with again)."""
+        known = self._known_replicas.get(place)
+        if known is not None and not again and time.monotonic() - known[1] < REPLICAS_SECONDS:
+            return known[0]
+        role = node_client.execute_command("ROLE")
+        count = len(role[2]) if _text(role[0]) == "master" else 0
+        self._known_replicas[place] = (count, time.monotonic())
+        return count
 
     def _on_nodes(self, client: Client, calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[Any]:
         """Commands on one key each (that key, the command, its arguments) sent together: one

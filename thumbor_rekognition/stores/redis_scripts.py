@@ -25,7 +25,8 @@ _LIBRARY = """
 local B = ARGV[1]
 local CHUNK_BYTES = %(chunk_bytes)d
 local STATUSES = {[0] = 'approved', [1] = 'rejected', [2] = 'pending', [3] = 'other'}
-local SOURCES = {[0] = 'auto', [1] = 'manual', [2] = 'duplicate', [3] = 'other'}
+-- 3: spelt out in the record, which only 'bank' is today (records._SOURCE).
+local SOURCES = {[0] = 'auto', [1] = 'manual', [2] = 'duplicate', [3] = 'bank'}
 
 local function uvarint(s, pos)
   local result, scale = 0, 1
@@ -237,6 +238,25 @@ local function index_of(rec)
   return 'x' .. status_of(rec)
 end
 
+-- An outbox item of this partition (its outbox is in the partition's slot, so that a
+-- change and its announcements are one write): a queue per topic and key, what is due
+-- per topic, the topics known, counts per topic.
+local function enqueue(topic, k, payload, now)
+  local o = B .. 'ob:'
+  local id = tostring(redis.call('INCR', o .. 'seq'))
+  redis.call('HSET', o .. 'i:' .. id, 'topic', topic, 'key', k, 'payload', payload,
+    'attempts', 0, 'created_at', now)
+  redis.call('RPUSH', o .. 'q:' .. topic .. ':' .. k, id)
+  redis.call('ZADD', o .. 'due:' .. topic, now, id)
+  redis.call('SADD', o .. 'topics', topic)
+  redis.call('HINCRBY', o .. 'counts', topic .. '.pending', 1)
+end
+
+-- The outbox entries given as ARGV[first], ARGV[first + 1] ... (topic, payload pairs).
+local function enqueue_all(k, first, now)
+  for i = first, #ARGV - 1, 2 do enqueue(ARGV[i], k, ARGV[i + 1], now) end
+end
+
 local function reindex(k, old, new)
   local before, after = index_of(old), index_of(new)
   if before == after then return end
@@ -257,33 +277,48 @@ if rec == '' then return false end
 return rec
 """)
 
-# ARGV: prefix, key, record, event, the record the writer read ('' for none), channel,
-# message. -> {1, previous record or ''} once saved; {0, record found} when the key's
-# record is no longer the one read (compare-and-set: the writer settles again).
+# ARGV: prefix, key, record, event, the record and the paths the writer read ('' for
+# none), channel, message, now, then the outbox entries (topic, payload ...). -> {1, previous
+# record or ''} once saved with its entries; {0, record found, paths found} when the key's
+# record or paths are no longer the ones read (compare-and-set: the writer settles again).
 SAVE = _script("""
 local key, rec = ARGV[2], ARGV[3]
 local old, hist, paths = sections(map_get('d', key))
-if old ~= ARGV[5] then
-  return {0, old}
+if old ~= ARGV[5] or paths ~= ARGV[6] then
+  return {0, old, paths}
 end
 tally(old, -1)
 tally(rec, 1)
 reindex(key, old, rec)
 map_set('d', key, entry(rec, hist .. item(ARGV[4]), paths))
+enqueue_all(key, 10, ARGV[9])
+redis.call('PUBLISH', ARGV[7], ARGV[8])
+return {1, old}
+""")
+
+# ARGV: prefix, key, event, the record and the paths the writer read, channel, message,
+# now, then the outbox entries. -> {1, forgotten record} once forgotten with its entries,
+# {1, ''} when there was nothing to forget, {0, record found, paths found} when the key's
+# record or paths are no longer the ones read.
+DELETE = _script("""
+local key = ARGV[2]
+local old, hist, paths = sections(map_get('d', key))
+if old ~= ARGV[4] or paths ~= ARGV[5] then
+  return {0, old, paths}
+end
+if old == '' then return {1, ''} end
+tally(old, -1)
+reindex(key, old, '')
+map_set('d', key, entry('', hist .. item(ARGV[3]), paths))
+enqueue_all(key, 9, ARGV[8])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return {1, old}
 """)
 
-# ARGV: prefix, key, event, channel, message -> the forgotten record, or nil.
-DELETE = _script("""
-local key = ARGV[2]
-local old, hist, paths = sections(map_get('d', key))
-if old == '' then return false end
-tally(old, -1)
-reindex(key, old, '')
-map_set('d', key, entry('', hist .. item(ARGV[3]), paths))
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return old
+# ARGV: prefix, now, then the outbox entries (topic, key, payload ...) -> 1.
+ENQUEUE = _script("""
+for i = 3, #ARGV - 2, 3 do enqueue(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[2]) end
+return 1
 """)
 
 # ARGV: prefix, key -> {record, history, paths} ('' for each that is missing).

@@ -108,12 +108,17 @@ class Store(FingerprintIndex):
             self._tally(cursor, current, -1)
             self._tally(cursor, decision, 1)
             self._changed(cursor, decision.key)
+            recorded = [records.decode_path(decision.key, p) for p in records.split(paths or b"")]
+            self._enqueue(
+                cursor, decision.key, self.announcements(current, decision, event, recorded)
+            )
         return records.decode_decision(decision.key, record)
 
     def delete(self, key: str, event: Event) -> bool:
         with self._cursor(write=True) as cursor:
             row = cursor.execute(
-                "SELECT record, history FROM pictures WHERE key = ? AND record IS NOT NULL", (key,)
+                "SELECT record, history, paths FROM pictures WHERE key = ? AND record IS NOT NULL",
+                (key,),
             ).fetchone()
             if row is None:
                 return False
@@ -122,8 +127,11 @@ class Store(FingerprintIndex):
                 "WHERE key = ?",
                 (row[1] + records.join([records.encode_event(event)]), key),
             )
-            self._tally(cursor, records.decode_decision(key, row[0]), -1)
+            previous = records.decode_decision(key, row[0])
+            self._tally(cursor, previous, -1)
             self._changed(cursor, key)
+            recorded = [records.decode_path(key, p) for p in records.split(row[2] or b"")]
+            self._enqueue(cursor, key, self.announcements(previous, None, event, recorded))
         return True
 
     @staticmethod

@@ -118,23 +118,29 @@ class SharedState(stores.Store):
         return found
 
     def enqueue(self, topic: str, key: str, payload: str) -> None:
-        now = time.time()
         with self._cursor(write=True) as cursor:
-            cursor.execute(
-                "INSERT INTO outbox (topic, key, payload, created_at, next_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (topic, key, payload, now, now),
-            )
+            self._enqueue(cursor, key, [(topic, payload)])
 
-    def claim(self, now: float, lease: float, limit: int) -> list[stores.OutboxItem]:
+    @staticmethod
+    def _enqueue(cursor: sqlite3.Cursor, key: str, entries: list[tuple[str, str]]) -> None:
+        """Add outbox items inside the caller's transaction."""
+        now = time.time()
+        cursor.executemany(
+            "INSERT INTO outbox (topic, key, payload, created_at, next_at) VALUES (?, ?, ?, ?, ?)",
+            [(topic, key, payload, now, now) for topic, payload in entries],
+        )
+
+    def claim(
+        self, now: float, lease: float, limit: int, topic: str | None = None
+    ) -> list[stores.OutboxItem]:
         with self._cursor(write=True) as cursor:
             rows = cursor.execute(
                 "SELECT id, topic, key, payload, attempts, created_at FROM outbox AS item "
-                "WHERE state = 'pending' AND next_at <= ? AND id = ("
+                "WHERE state = 'pending' AND next_at <= ? AND (? IS NULL OR topic = ?) AND id = ("
                 "  SELECT MIN(id) FROM outbox AS head WHERE head.state = 'pending' "
                 "  AND head.topic = item.topic AND head.key = item.key) "
                 "ORDER BY next_at, id LIMIT ?",
-                (now, limit),
+                (now, topic, topic, limit),
             ).fetchall()
             cursor.executemany(
                 "UPDATE outbox SET next_at = ?, attempts = attempts + 1 WHERE id = ?",

@@ -1,0 +1,431 @@
+"""Print how the plugin holds up on a bad day, against stock Thumbor measured in the same run.
+
+    make bench SCRIPT=overload ARGS='--spike-seconds 60'
+
+Four figures, each for stock Thumbor and the plugin (one Thumbor process each, pinned to
+the server core; clients on the others; a fake Rekognition answering in --delay s):
+
+1. A spike: REKOGNITION_MAX_CALLS_PER_SECOND = --limit, --rate new pictures a second for
+   --spike-seconds, while --hit-clients clients ask for one picture already judged and
+   rendered (a result-storage hit). First-view latency p50/p99 and what they were
+   answered; cached-hit p99 and req/s before, during and after; RSS before, peak, after.
+   Goals: cached-hit p99 during the spike within 2x of before; new pictures answered
+   (pending past the rate) within 1 s; the plugin's RSS increase within 1.5x of stock's.
+2. Cached hits at 1, 4 and 16 clients, rounds alternating between the two servers.
+   Goal: >= 0.95x stock's req/s at 16 clients.
+3. Peak RSS increase for 4 concurrent first views of distinct 50 MB PNGs. Goal: within
+   1.5x of stock's increase.
+4. RSS per 10,000 new pictures: --soak small new pictures (backend without delay or rate),
+   RSS after against before, scaled to 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
+from tests.fakes.rekognition import FakeRekognition  # noqa: E402
+from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
+from tests.servers import stock_config as stock_thumbor  # noqa: E402
+
+KINDS = ("stock", "plugin")
+HIT_PATH = "/unsafe/200x150/judged.jpg"
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+class Sampler:
+    """A process's RSS every `every` seconds, in a thread, while it runs."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid = pid
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), rss_mb(self.pid)))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, since: float = 0.0, until: float = float("inf")) -> float:
+        return max((rss for at, rss in self.samples if since <= at <= until), default=0.0)
+
+
+@dataclass
+class Hits:
+    """Latencies (ms) of cached hits, with when each was answered."""
+
+    done: list[tuple[float, float]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [ms for at, ms in self.done if start <= at < end]
+
+    def line(self, start: float, end: float) -> str:
+        values = self.between(start, end)
+        rate = len(values) / max(end - start, 1e-9)
+        return f"p99 {percentile(values, 0.99):6.1f} ms, {rate:6.0f} req/s"
+
+
+@contextmanager
+def hitting(port: int, clients: int) -> Iterator[Hits]:
+    """Clients asking for the cached picture over kept-alive connections until the block ends."""
+    hits = Hits()
+    stop = threading.Event()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while not stop.is_set():
+            started = time.perf_counter()
+            connection.request("GET", HIT_PATH)
+            response = connection.getresponse()
+            response.read()
+            now = time.monotonic()
+            if response.status != 200:
+                hits.failures.append(f"HTTP {response.status}")
+            hits.done.append((now, (time.perf_counter() - started) * 1000))
+        connection.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield hits
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def distinct_jpegs(folder: Path, count: int, size: tuple[int, int], prefix: str) -> list[str]:
+    """`count` JPEGs with distinct bytes and distinct looks (a numbered mark each)."""
+    base = Image.open(io.BytesIO(photo_like(*size)))
+    names = []
+    for index in range(count):
+        image = base.copy()
+        draw = ImageDraw.Draw(image)
+        for bit in range(16):
+            if index >> bit & 1:
+                x = 4 + (bit % 8) * (size[0] // 9)
+                y = 4 + (bit // 8) * (size[1] // 3)
+                draw.rectangle((x, y, x + size[0] // 12, y + size[1] // 5), fill=(0, 0, 0))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        name = f"{prefix}-{index}.jpg"
+        (folder / name).write_bytes(buffer.getvalue())
+        names.append(name)
+    return names
+
+
+def servers(work: Path, images: Path, fake: FakeRekognition, **plugin: Any) -> dict[str, Any]:
+    stock = stock_thumbor(work / "stock", images, STOCK_HANDLER_LISTS)
+    moderated = base_config(work / "plugin", images, fake.url)
+    # A production cache, not the tests' fifth of a second.
+    moderated.pop("MODERATION_CACHE_TTL_SECONDS")
+    moderated.update(plugin)
+    return {"stock": stock, "plugin": moderated}
+
+
+@contextmanager
+def running(work: Path, name: str, config: dict[str, Any]) -> Iterator[ThumborServer]:
+    server = ThumborServer(work / f"{name}-{time.monotonic_ns()}", config, cpus=SERVER_CPUS)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pid(server: ThumborServer) -> int:
+    assert server.process is not None
+    return server.process.pid
+
+
+def warm(server: ThumborServer) -> None:
+    for _ in range(20):
+        response = server.get(HIT_PATH)
+        if response.status != 200:
+            raise RuntimeError(f"{HIT_PATH}: HTTP {response.status}")
+
+
+def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
+    images = work / "spike"
+    images.mkdir()
+    (images / "judged.jpg").write_bytes(photo_like(800, 600))
+    count = int(args.rate * args.spike_seconds)
+    print(f"spike: generating {count} new pictures...", flush=True)
+    names = distinct_jpegs(images, count, (320, 240), "new")
+    fake.reset()
+    fake.fail("slow", delay=args.delay)
+    configs = servers(
+        work,
+        images,
+        fake,
+        REKOGNITION_MAX_CALLS_PER_SECOND=args.limit,
+    )
+    print(
+        f"spike: limit {args.limit:g} calls/s, {args.rate:g} new pictures/s for "
+        f"{args.spike_seconds:g} s, backend {args.delay * 1000:.0f} ms, "
+        f"{args.hit_clients} clients on a cached picture"
+    )
+    for kind in args.kinds:
+        with running(work, kind, configs[kind]) as server:
+            warm(server)
+            time.sleep(1)
+            answers: list[tuple[float, str]] = []
+            lock = threading.Lock()
+
+            def first_view(
+                name: str,
+                server: ThumborServer = server,
+                answers: list[tuple[float, str]] = answers,
+                lock: threading.Lock = lock,
+            ) -> None:
+                started = time.perf_counter()
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+                try:
+                    connection.request("GET", f"/unsafe/300x200/{name}")
+                    response = connection.getresponse()
+                    response.read()
+                    what = response.getheader("X-Moderation-Status") or str(response.status)
+                finally:
+                    connection.close()
+                with lock:
+                    answers.append(((time.perf_counter() - started) * 1000, what))
+
+            with Sampler(pid(server)) as memory, hitting(server.port, args.hit_clients) as hits:
+                before_start = time.monotonic()
+                time.sleep(args.calm_seconds)
+                spike_start = time.monotonic()
+                with ThreadPoolExecutor(max_workers=512) as pool:
+                    for index, name in enumerate(names):
+                        due = spike_start + index / args.rate
+                        time.sleep(max(0.0, due - time.monotonic()))
+                        pool.submit(first_view, name)
+                    spike_end = time.monotonic()
+                    # The calm after: hits go on while the last first views are answered.
+                    time.sleep(args.calm_seconds)
+                drained = time.monotonic()
+                time.sleep(args.calm_seconds)
+                after_end = time.monotonic()
+            latencies = [ms for ms, _ in answers]
+            told: dict[str, int] = {}
+            for _, what in answers:
+                told[what] = told.get(what, 0) + 1
+            before = statistics.median(rss for at, rss in memory.samples if at < spike_start)
+            after = memory.samples[-1][1]
+            print(f"  {kind}:")
+            print(
+                f"    first views: p50 {percentile(latencies, 0.5):7.1f} ms, "
+                f"p99 {percentile(latencies, 0.99):7.1f} ms, max {max(latencies):7.1f} ms; "
+                f"answered {dict(sorted(told.items()))}"
+            )
+            print(f"    cached hits before: {hits.line(before_start, spike_start)}")
+            print(f"    cached hits during: {hits.line(spike_start, spike_end)}")
+            print(f"    cached hits after:  {hits.line(drained, after_end)}")
+            print(
+                f"    RSS before {before:.0f} MB, peak {memory.peak():.0f} MB "
+                f"(+{memory.peak() - before:.0f}), after {after:.0f} MB (+{after - before:.0f})"
+            )
+            if hits.failures:
+                print(f"    cached hits failed: {len(hits.failures)} ({hits.failures[0]})")
+            if kind == "plugin":
+                print(f"    backend calls: {len(fake.calls)}")
+
+
+def clients_rounds(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
+    images = work / "hits"
+    images.mkdir()
+    (images / "judged.jpg").write_bytes(photo_like(800, 600))
+    fake.reset()
+    configs = servers(work, images, fake)
+    print(
+        f"cached hits: {args.rounds} rounds of {args.hit_seconds:g} s per client count, "
+        "alternating servers; median req/s and p99"
+    )
+    with (
+        running(work, "stock", configs["stock"]) as stock,
+        running(work, "plugin", configs["plugin"]) as plugin,
+    ):
+        pair = {"stock": stock, "plugin": plugin}
+        for server in pair.values():
+            warm(server)
+        for clients in (1, 4, 16):
+            rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+            tails: dict[str, list[float]] = {kind: [] for kind in KINDS}
+            for _ in range(args.rounds):
+                for kind in KINDS:
+                    with hitting(pair[kind].port, clients) as hits:
+                        started = time.monotonic()
+                        time.sleep(args.hit_seconds)
+                        ended = time.monotonic()
+                    values = hits.between(started, ended)
+                    rates[kind].append(len(values) / (ended - started))
+                    tails[kind].append(percentile(values, 0.99))
+            stock_rate = statistics.median(rates["stock"])
+            plugin_rate = statistics.median(rates["plugin"])
+            print(
+                f"  {clients:2d} clients: stock {stock_rate:6.0f} req/s "
+                f"(p99 {statistics.median(tails['stock']):5.1f} ms), plugin "
+                f"{plugin_rate:6.0f} req/s (p99 {statistics.median(tails['plugin']):5.1f} ms); "
+                f"{plugin_rate / stock_rate:.2f}x" + ("  (goal >= 0.95x)" if clients == 16 else "")
+            )
+
+
+def noise_png(path: Path, side: int, seed: int) -> None:
+    """A PNG of random pixels: incompressible, so about side * side * 3 bytes."""
+    data = bytearray(os.urandom(side * side * 3))
+    data[:8] = seed.to_bytes(8, "big")
+    Image.frombytes("RGB", (side, side), bytes(data)).save(path, "PNG", compress_level=1)
+
+
+def large(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
+    images = work / "large"
+    images.mkdir()
+    (images / "judged.jpg").write_bytes(photo_like(800, 600))
+    side = int((args.large_mb * 1e6 / 3) ** 0.5)
+    for index in range(8):
+        noise_png(images / f"large-{index}.png", side, index)
+    size = (images / "large-0.png").stat().st_size / 1e6
+    fake.reset()
+    fake.fail("slow", delay=args.delay)
+    configs = servers(work, images, fake)
+    increases = {}
+    for offset, kind in enumerate(KINDS):
+        with running(work, kind, configs[kind]) as server:
+            warm(server)
+            time.sleep(1)
+            baseline = rss_mb(pid(server))
+            with Sampler(pid(server), every=0.02) as memory:
+                statuses = []
+
+                def view(
+                    index: int, server: ThumborServer = server, statuses: list[int] = statuses
+                ) -> None:
+                    response = server.request(
+                        "GET", f"/unsafe/300x200/large-{index}.png", timeout=300
+                    )
+                    statuses.append(response.status)
+
+                threads = [
+                    threading.Thread(target=view, args=(offset * 4 + index,)) for index in range(4)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            increases[kind] = memory.peak() - baseline
+            print(
+                f"  {kind}: RSS {baseline:.0f} MB -> peak {memory.peak():.0f} MB "
+                f"(+{increases[kind]:.0f}); statuses {sorted(statuses)}"
+            )
+    print(
+        f"4 concurrent first views of {size:.0f} MB PNGs ({side}x{side}): plugin increase "
+        f"{increases['plugin'] / increases['stock']:.2f}x stock's (goal <= 1.5x)"
+    )
+
+
+def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
+    images = work / "soak"
+    images.mkdir()
+    (images / "judged.jpg").write_bytes(photo_like(800, 600))
+    print(f"soak: generating {args.soak} new pictures...", flush=True)
+    names = distinct_jpegs(images, args.soak, (96, 64), "small")
+    fake.reset()
+    configs = servers(work, images, fake)
+    warm_up = min(500, len(names) // 5)
+    for kind in KINDS:
+        with running(work, kind, configs[kind]) as server:
+            warm(server)
+
+            def view(name: str, server: ThumborServer = server) -> None:
+                response = server.request("GET", f"/unsafe/50x40/{name}", timeout=120)
+                if response.status != 200:
+                    raise RuntimeError(f"{name}: HTTP {response.status}")
+
+            def ask(batch: list[str], view: Callable[[str], None] = view) -> None:
+                with ThreadPoolExecutor(max_workers=4) as pool:
+                    list(pool.map(view, batch))
+
+            ask(names[:warm_up])
+            before = rss_mb(pid(server))
+            started = time.monotonic()
+            ask(names[warm_up:])
+            spent = time.monotonic() - started
+            after = rss_mb(pid(server))
+            count = len(names) - warm_up
+            print(
+                f"  {kind}: {count} new pictures in {spent:.0f} s, RSS {before:.0f} -> "
+                f"{after:.0f} MB: {(after - before) * 10_000 / count:+.1f} MB per 10,000"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--limit", type=float, default=5.0, help="calls per second allowed")
+    parser.add_argument("--rate", type=float, default=30.0, help="new pictures per second")
+    parser.add_argument("--spike-seconds", type=float, default=60.0)
+    parser.add_argument("--calm-seconds", type=float, default=10.0)
+    parser.add_argument("--delay", type=float, default=0.15, help="backend answer time (s)")
+    parser.add_argument("--hit-clients", type=int, default=4)
+    parser.add_argument("--hit-seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--large-mb", type=float, default=50.0)
+    parser.add_argument("--soak", type=int, default=10_000, help="new pictures of the soak")
+    parser.add_argument(
+        "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None
+    )
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    args = parser.parse_args()
+    os.sched_setaffinity(0, CLIENT_CPUS)
+    parts = {"spike": spike, "hits": clients_rounds, "large": large, "soak": soak}
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as directory, FakeRekognition() as fake:
+        for name in args.only or parts:
+            parts[name](Path(directory), fake, args)
+
+
+if __name__ == "__main__":
+    main()

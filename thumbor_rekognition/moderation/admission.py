@@ -1,0 +1,132 @@
+"""What a process lets in when more new pictures arrive than it can judge: a budget of
+memory for the pictures being judged, and a bounded queue of those answered 'pending'
+because the call rate was spent, judged in the background as turns come."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from PIL import Image
+
+# Bytes per decoded pixel counted for a picture: RGBA, the widest mode preparation uses.
+BYTES_PER_PIXEL = 4
+
+
+def decoded_cost(buffer: bytes, max_frames: int, max_side: int) -> int:
+    """What judging these bytes may hold at once: the bytes, and their pixels decoded, for
+    every scene up to max_frames (a JPEG as preparation decodes it, reduced towards
+    max_side by its draft mode). Read from the header only; unreadable: the bytes alone
+    (preparation refuses them without decoding)."""
+    try:
+        with Image.open(io.BytesIO(buffer)) as image:
+            width, height = image.size
+            frames = min(max(1, getattr(image, "n_frames", 1)), max_frames)
+            draft = image.format == "JPEG"
+    except Exception:  # any unreadable header: preparation says why
+        return len(buffer)
+    if draft:
+        # Pillow decodes a JPEG at 1/2, 1/4 or 1/8 scale, never below the size asked for.
+        scale = 1
+        while scale < 8 and max(width, height) // (scale * 2) >= max_side:
+            scale *= 2
+        width, height = -(-width // scale), -(-height // scale)
+    return len(buffer) + width * height * BYTES_PER_PIXEL * frames
+
+
+class DecodeBudget:
+    """Bytes of originals and decoded pixels a process holds for judging, at most `limit`.
+
+    Pictures are let in first come, first served; one waits for room until its deadline.
+    One larger than the whole budget is let in alone, when nothing else is held, so that
+    every picture can be judged. Used from the event loop only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, cost: int) -> bool:
+        return self.held == 0 or self.held + cost <= self.limit
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def acquire(self, cost: int, deadline: float) -> bool:
+        """Hold `cost` bytes of the budget; False when there was no room before deadline
+        (time.monotonic())."""
+        if not self._waiting and self._fits(cost):
+            self.held += cost
+            return True
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (cost, admitted)
+        self._waiting.append(entry)
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(admitted), timeout=max(0.0, deadline - time.monotonic())
+            )
+        except asyncio.TimeoutError:
+            if admitted.done():
+                return True  # let in as the wait ran out: held, the caller releases it
+            self._waiting.remove(entry)
+            self._admit()
+            return False
+        return True
+
+    def release(self, cost: int) -> None:
+        self.held -= cost
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][0]):
+            cost, admitted = self._waiting.popleft()
+            self.held += cost
+            admitted.set_result(None)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A picture answered 'pending' because no turn to call came in time."""
+
+    key: str
+    url: str
+    buffer: bytes
+
+
+class Backlog:
+    """Pictures to judge when turns come, oldest first, one entry per content hash,
+    bounded in entries and in bytes. What does not fit is judged on its next request."""
+
+    def __init__(self, entries: int, size: int) -> None:
+        self.entries = entries
+        self.size = size
+        self.bytes = 0
+        self.dropped = 0
+        self._items: OrderedDict[str, Queued] = OrderedDict()
+
+    def offer(self, sha256: str, item: Queued) -> bool:
+        """Queue a picture; False when it does not fit (counted in dropped)."""
+        if sha256 in self._items:
+            return True
+        if len(self._items) >= self.entries or self.bytes + len(item.buffer) > self.size:
+            self.dropped += 1
+            return False
+        self._items[sha256] = item
+        self.bytes += len(item.buffer)
+        return True
+
+    def take(self) -> tuple[str, Queued] | None:
+        """The oldest picture queued, taken out of the queue; None when it is empty."""
+        if not self._items:
+            return None
+        sha256, item = self._items.popitem(last=False)
+        self.bytes -= len(item.buffer)
+        return sha256, item
+
+    def __len__(self) -> int:
+        return len(self._items)
