@@ -573,6 +573,9 @@ def test_stats_count_decisions_by_status_and_source_and_backend_calls(
         "pending.auto": 1,
         "pending.manual": 0,
         "pending.duplicate": 0,
+        "approved.bank": 0,
+        "rejected.bank": 0,
+        "pending.bank": 0,
     }
     assert stats["backend_calls"] == 4 == fake.call_count
     assert stats["backend"] == "rekognition"
@@ -582,6 +585,11 @@ def test_stats_count_decisions_by_status_and_source_and_backend_calls(
     assert set(stats["process"]) == {
         "judgements_in_flight",
         "backend_calls_out",
+        "decode_budget_held_bytes",
+        "decode_budget_waiting",
+        "backlog_pictures",
+        "backlog_bytes",
+        "backlog_dropped",
         "decisions_cached",
         "hashes_cached",
         "pictures_with_paths_recorded",
