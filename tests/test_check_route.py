@@ -254,7 +254,8 @@ def test_a_body_too_large_sent_in_chunks_is_a_413(server: ThumborServer) -> None
         ("GET", "/images", None),
         ("GET", "/original?url=a.png", None),
         ("GET", "/stats", None),
-        ("GET", "/?grid=1", None),
+        ("POST", "/images", b'{"urls": ["a.png"], "status": "approved"}'),
+        ("POST", "/images", b'{"urls": ["a.png"], "status": "rejected"}'),
     ],
 )
 def test_the_check_token_is_refused_by_every_other_admin_route(
