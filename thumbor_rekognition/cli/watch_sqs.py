@@ -130,6 +130,7 @@ class Consumer:
             loop.add_signal_handler(number, self.stop)
         try:
             self.visibility = await self._visibility_timeout()
+            await self._warm_up()
             calls_before = self.runtime.moderator.backend_calls
             self._started = time.monotonic()
             progress = asyncio.ensure_future(self._show_progress(calls_before))
@@ -151,6 +152,15 @@ class Consumer:
         return await asyncio.get_running_loop().run_in_executor(
             self._aws, functools.partial(func, *args, **kwargs)
         )
+
+    async def _warm_up(self) -> None:
+        # The backend's client is built before the first turn to call is taken: built by
+        # the first call instead, it would hold back the calls whose turns pass meanwhile,
+        # which would then go out together, over the rate.
+        try:
+            await self._call(self.runtime.moderator.backend.warm_up)
+        except Exception:
+            logger.exception("moderation backend failed to warm up")
 
     async def _visibility_timeout(self) -> int:
         try:
@@ -233,7 +243,7 @@ class Consumer:
             self.progress.failed += 1
             return False
         try:
-            decision = await upload.judge(self.runtime, url, data, None, deadline)
+            decision = await upload.judge(self.runtime, url, data, None, deadline, patient=True)
         except UnsupportedImage as error:
             logger.warning("%s is not a picture the plugin can judge: %s", url, error)
             self.progress.failed += 1
