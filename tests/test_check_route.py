@@ -255,6 +255,7 @@ def test_a_body_too_large_sent_in_chunks_is_a_413(server: ThumborServer) -> None
         ("GET", "/original?url=a.png", None),
         ("GET", "/stats", None),
         ("POST", "/images", b'{"urls": ["a.png"], "status": "approved"}'),
+        ("POST", "/images", b'{"urls": ["a.png"], "status": "rejected"}'),
     ],
 )
 def test_the_check_token_is_refused_by_every_other_admin_route(
@@ -325,6 +326,54 @@ def test_a_check_with_no_turn_of_the_call_rate_is_a_429_and_stores_nothing(
     assert answers[1].header("Retry-After")
     assert shown.status == 404
     assert fake.call_count == 1
+
+
+def test_a_judgement_longer_than_the_budget_is_a_503_then_stored_for_the_next_check(
+    tmp_path: Path, fake: FakeRekognition
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    config = check_config(tmp_path, images, fake.url, MODERATION_TIMEOUT_SECONDS=0.5)
+    thumbor = ThumborServer(tmp_path, config).start()
+    fake.respond(RED, NUDITY)
+    fake.fail("slow", times=1, delay=2.0)
+    try:
+        name, data = add_picture(images, RED, "slow")
+        late = check(thumbor, name, data, PNG)
+        deadline = time.monotonic() + 20
+        again = check(thumbor, name, data, PNG)
+        while again.status != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            again = check(thumbor, name, data, PNG)
+    finally:
+        thumbor.stop()
+
+    assert late.status == 503
+    assert json_of(late)["status"] == "pending"
+    assert "timeout" in json_of(late)["error"]
+    assert late.header("Retry-After")
+    assert again.status == 200
+    assert json_of(again)["status"] == "rejected"
+    assert fake.call_count == 1
+    assert "Traceback" not in thumbor.log
+
+
+def test_a_backend_failure_is_a_503_and_the_next_check_judges_again(
+    server: ThumborServer, images: Path, fake: FakeRekognition
+) -> None:
+    fake.fail("internal", times=1)
+    name, data = add_picture(images, BLUE, "backend-down")
+
+    failed = check(server, name, data, PNG)
+    shown = server.get(f"{PREFIX}/image?url={quote(name, safe='')}", headers=ADMIN)
+    retried = check(server, name, data, PNG)
+
+    assert failed.status == 503
+    assert json_of(failed)["status"] == "pending"
+    # Kept as a first view keeps it: pending, to be retried.
+    assert json_of(shown)["status"] == "pending"
+    assert retried.status == 200
+    assert json_of(retried)["status"] == "approved"
 
 
 # Webhooks

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+import boto3
 import pytest
 from thumbor.config import Config
 
@@ -490,16 +491,23 @@ def test_the_call_rate_holds_across_consumers_and_thumbor_together(
 ) -> None:
     limit = 4
     config = consumer_config(
-        tmp_path, fake, REKOGNITION_MAX_CALLS_PER_SECOND=limit, MODERATION_TIMEOUT_SECONDS=60.0
+        tmp_path,
+        fake,
+        REKOGNITION_MAX_CALLS_PER_SECOND=limit,
+        # Thumbor's first views wait for their turns too, rather than answer pending.
+        MODERATION_TIMEOUT_SECONDS=60.0,
+        MODERATION_TURN_WAIT_SECONDS=60.0,
     )
     keys = [f"rate/{index:02d}.png" for index in range(16)]
     for key in keys:
         aws.put(key, new_picture())
     viewed = [f"viewed-{index}.png" for index in range(8)]
-    for name in viewed:
+    for name in ["warm-up.png", *viewed]:
         (tmp_path / "images" / name).write_bytes(new_picture())
     thumbor = ThumborServer(tmp_path / "thumbor", config).start()
     try:
+        # Its Rekognition client built, as a server's is once it has warmed up.
+        assert thumbor.get("/unsafe/60x60/warm-up.png").header("X-Moderation-Status") == "approved"
         consumers(tmp_path / "a", config, aws)
         consumers(tmp_path / "b", config, aws)
         aws.send(*(s3_shape(aws.bucket, key) for key in keys))
@@ -515,7 +523,7 @@ def test_the_call_rate_holds_across_consumers_and_thumbor_together(
         thumbor.stop()
 
     assert [view.header("X-Moderation-Status") for view in views] == ["approved"] * 8
-    assert fake.call_count == 24
+    assert fake.call_count == 25
     times = sorted(call.at for call in fake.calls)
     busiest = max(sum(1 for other in times if start <= other < start + 1.0) for start in times)
     assert busiest <= limit + 1
@@ -611,3 +619,59 @@ def test_a_url_template_with_other_fields_is_refused_at_start_up(template: str, 
 
     assert "MODERATION_S3_URL_TEMPLATE" in str(refused.value)
     assert says in str(refused.value)
+
+
+def run_once(conf: Path, queue_url: str, environment: dict[str, str]) -> Any:
+    """watch-sqs run to its end: SIGTERM once it has had time to read its queue."""
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("thumbor-moderation")),
+            "--conf",
+            str(conf),
+            "watch-sqs",
+            "--queue-url",
+            queue_url,
+            "--wait-seconds",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        _, stderr = process.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+def test_without_a_region_the_queue_url_of_aws_gives_it_and_another_is_a_usage_error(
+    tmp_path: Path, endpoint: str, fake: FakeRekognition
+) -> None:
+    conf = write_conf(tmp_path, consumer_config(tmp_path, fake))
+    sqs = boto3.session.Session().client(
+        "sqs",
+        region_name="eu-west-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    name = f"regional-{uuid.uuid4().hex[:8]}"
+    sqs.create_queue(QueueName=name)
+    environment = aws_test_environment()
+    environment.pop("AWS_DEFAULT_REGION")
+    environment["AWS_ENDPOINT_URL"] = endpoint
+    environment["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
+
+    aws_url = run_once(
+        conf, f"https://sqs.eu-west-1.amazonaws.com/123456789012/{name}", environment
+    )
+    other_url = run_once(conf, f"{endpoint}/123456789012/{name}", environment)
+
+    # Its queue found in the queue URL's region: read, and stopped cleanly.
+    assert aws_url[0] == 0, aws_url[1]
+    assert "judged 0, rejected 0, failed 0" in aws_url[1]
+    assert other_url[0] == 2
+    assert "no AWS region" in other_url[1]

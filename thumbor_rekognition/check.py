@@ -5,9 +5,11 @@ The body is the picture's bytes, and ``url`` the image URL Thumbor will be asked
 (as written, not URL-encoded); without a body the picture is fetched at that URL with
 MODERATION_SOURCE_LOADER. The answer is the decision as ``GET {prefix}/image`` shows it:
 200 once decided (approved, rejected, or pending for a human), 429 when the call rate
-has no turn within the request budget, 503 when the backend or the store failed (both
-pending, nothing stored, ask again). A body that is not a picture is a 400 naming why, a
-body over MODERATION_CHECK_MAX_BODY_BYTES a 413, as on the image route.
+has no turn within MODERATION_TURN_WAIT_SECONDS (the picture is queued and judged in the
+background), 503 when the backend or the store failed or the
+budget ran out (pending each time, judged again when asked again). A body that is not a
+picture is a 400 naming why, a body over MODERATION_CHECK_MAX_BODY_BYTES a 413, as on
+the image route.
 
 It takes MODERATION_ADMIN_TOKEN or MODERATION_CHECK_TOKEN, a token an upload backend can
 hold without being able to approve, reject, purge or read anything: every other route
@@ -81,11 +83,11 @@ class CheckHandler(_AdminHandler):
         if not decision.needs_retry:
             self.write_json(view)
             return
-        # Pending and not stored: the caller asks again (a judgement still running when
-        # the budget ended is stored when it lands, and answers the next check at once).
+        # Pending, to be judged again when asked again (a judgement still running when the
+        # budget ended is stored when it lands, and answers the next check at once).
         self.set_header("Retry-After", RETRY_AFTER)
-        limited = upload.is_rate_limited(decision)
-        self.write_json(view, TOO_MANY_REQUESTS if limited else UNAVAILABLE)
+        busy = upload.is_busy(decision)
+        self.write_json(view, TOO_MANY_REQUESTS if busy else UNAVAILABLE)
 
     async def _fetched(self, url: str) -> bytes:
         try:

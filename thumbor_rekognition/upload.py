@@ -20,12 +20,12 @@ from thumbor_rekognition import embedded
 from thumbor_rekognition.caches import storage_key
 from thumbor_rekognition.decision import Decision
 from thumbor_rekognition.loader import as_loader_result
+from thumbor_rekognition.moderation.judging import QUEUED
 from thumbor_rekognition.runtime import Runtime
 from thumbor_rekognition.urls import normalise
 
 logger = logging.getLogger(__name__)
 
-RATE_LIMITED = "rate_limited"
 # Why a URL gave no picture: the source loader refused it, found nothing, timed out, failed.
 REFUSED, NOT_FOUND, TIMEOUT, FAILED = "refused", "not found", "timeout", "failed"
 LOAD_FAILURES = {
@@ -49,10 +49,13 @@ async def judge(
     data: bytes,
     metrics: Any = None,
     deadline: float | None = None,
+    patient: bool = False,
 ) -> Decision:
     """The decision for these bytes served under this URL (as a person writes it, not
     URL-encoded), stored unless it is pending for a retry.
 
+    A new picture waits for its turn of the call rate as a first view does (then answered
+    pending and judged in the background), or, patient, until deadline.
     Raises preparation.UnsupportedImage when the bytes are not a picture the plugin judges.
     """
     quoted = storage_key(url)
@@ -61,13 +64,20 @@ async def judge(
     upright = not runtime.settings.respect_orientation
     cleaned = await moderator.run_blocking(embedded.cleaned, data, upright)
     return await moderator.moderate(
-        normalise(quoted), unquote(quoted), cleaned.data, metrics, deadline, was=cleaned.was
+        normalise(quoted),
+        unquote(quoted),
+        cleaned.data,
+        metrics,
+        deadline,
+        was=cleaned.was,
+        patient=patient,
     )
 
 
-def is_rate_limited(decision: Decision) -> bool:
-    """Whether a pending decision waits for a turn of the call rate, not for a failure."""
-    return decision.needs_retry and decision.error.startswith(RATE_LIMITED)
+def is_busy(decision: Decision) -> bool:
+    """Whether a pending decision waits for a turn of the call rate or for room to decode
+    the picture (queued, judged in the background), not for a failure."""
+    return decision.needs_retry and decision.error.startswith(QUEUED)
 
 
 async def load(runtime: Runtime, context: Any, url: str) -> bytes:

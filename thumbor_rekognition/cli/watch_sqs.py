@@ -37,7 +37,7 @@ import botocore.config
 import botocore.exceptions
 
 from thumbor_rekognition import stores, upload
-from thumbor_rekognition.cli.environment import EXIT_OK, Environment, Failure
+from thumbor_rekognition.cli.environment import EXIT_OK, Environment, Failure, UsageError
 from thumbor_rekognition.cli.s3_events import NewObject, Unreadable, new_objects
 from thumbor_rekognition.decision import Status
 from thumbor_rekognition.preparation import UnsupportedImage
@@ -101,6 +101,10 @@ class Consumer:
         self.template = self.runtime.settings.s3_url_template
         session = boto3.session.Session()
         region = session.region_name or _region_of(queue_url)
+        if region is None:
+            raise UsageError(
+                "no AWS region: set AWS_DEFAULT_REGION (or AWS_REGION, or a profile's region)"
+            )
         # A connection for each thread that calls AWS; the rest is boto3's own configuration.
         pool = botocore.config.Config(max_pool_connections=self._threads)
         self.sqs: Any = session.client("sqs", region_name=region, config=pool)
@@ -126,6 +130,7 @@ class Consumer:
             loop.add_signal_handler(number, self.stop)
         try:
             self.visibility = await self._visibility_timeout()
+            await self._warm_up()
             calls_before = self.runtime.moderator.backend_calls
             self._started = time.monotonic()
             progress = asyncio.ensure_future(self._show_progress(calls_before))
@@ -147,6 +152,15 @@ class Consumer:
         return await asyncio.get_running_loop().run_in_executor(
             self._aws, functools.partial(func, *args, **kwargs)
         )
+
+    async def _warm_up(self) -> None:
+        # The backend's client is built before the first turn to call is taken: built by
+        # the first call instead, it would hold back the calls whose turns pass meanwhile,
+        # which would then go out together, over the rate.
+        try:
+            await self._call(self.runtime.moderator.backend.warm_up)
+        except Exception:
+            logger.exception("moderation backend failed to warm up")
 
     async def _visibility_timeout(self) -> int:
         try:
@@ -199,11 +213,21 @@ class Consumer:
             self.progress.failed += 1
             return
         # No object (a test event, a deletion): deleted at once.
-        outcomes = await asyncio.gather(*(self._judge(new, deadline) for new in objects))
+        outcomes = await asyncio.gather(*(self._judged(new, deadline) for new in objects))
         if all(outcomes):
             await self._delete(message)
         else:
             await self._retry_soon(message)
+
+    async def _judged(self, new: NewObject, deadline: float) -> bool:
+        try:
+            return await self._judge(new, deadline)
+        except Exception:
+            # Whatever one object raises (a quarantine down, say), the others go on and
+            # its message comes back.
+            logger.exception("judging s3://%s/%s failed", new.bucket, new.key)
+            self.progress.failed += 1
+            return False
 
     async def _judge(self, new: NewObject, deadline: float) -> bool:
         """Judge one new object; whether its decision is stored (or it is gone)."""
@@ -219,7 +243,7 @@ class Consumer:
             self.progress.failed += 1
             return False
         try:
-            decision = await upload.judge(self.runtime, url, data, None, deadline)
+            decision = await upload.judge(self.runtime, url, data, None, deadline, patient=True)
         except UnsupportedImage as error:
             logger.warning("%s is not a picture the plugin can judge: %s", url, error)
             self.progress.failed += 1
