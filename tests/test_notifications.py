@@ -446,6 +446,32 @@ def test_queued_webhooks_survive_a_thumbor_restart_and_arrive_in_order(
     assert all(verify(SECRET.encode(), hook.headers, hook.body) for hook in hooks)
 
 
+def test_a_thumbor_killed_while_delivering_a_full_outbox_loses_no_webhook(
+    own: Own, fake: FakeRekognition
+) -> None:
+    server, receiver, images = own()
+    receiver.start()
+    receiver.delay(1.5)
+    names = [add_picture(images, BLUE, "killed") for _ in range(12)]
+    for name in names:
+        assert first_status(server, name) == "approved"
+    # Some are being delivered (claimed, the receiver answering slowly), the rest wait.
+    receiver.wait_for(1)
+    queued = waiting(server)
+
+    server.kill()
+    receiver.delay(0)
+    server.start()
+    hooks = receiver.wait_for(len(names), about(*names), timeout=60)
+    wait_for(lambda: waiting(server) == 0, timeout=60)
+
+    assert queued >= 1
+    assert {change for change in changes(receiver.matching(about(*names)))} == {
+        (name, None, "approved", "auto") for name in names
+    }
+    assert len(hooks) >= len(names)
+
+
 def test_a_receiver_answering_500_gets_retries_at_doubling_intervals_until_it_accepts(
     server: ThumborServer, receiver: Receiver, images: Path
 ) -> None:

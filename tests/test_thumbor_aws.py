@@ -268,13 +268,16 @@ def landed(faults: S3Faults, paths: list[str]) -> list[float]:
     return [at for key, at in faults.puts if any(key.endswith(path) for path in paths)]
 
 
-def cached_everywhere(server: ThumborServer, aws: AWS) -> tuple[str, bytes]:
-    """A picture approved, served at every size, and kept in storage and result storage."""
+def cached_everywhere(server: ThumborServer, aws: AWS, store: dict[str, Any]) -> tuple[str, bytes]:
+    """A picture approved, served at every size, kept in storage and result storage, and
+    each result's path recorded in the decision store (what a purge deletes)."""
     name, data = add_origin(aws)
     served = views(server, name)
     assert [status_of(response) for response in served] == ["approved"] * len(SIZES)
-    # thumbor-aws writes a result once the response is on its way.
+    # thumbor-aws writes a result once the response is on its way; the plugin records its
+    # path after the write has landed, so a purge in between would miss it.
     wait_for(lambda: len(aws.results(name)) == len(SIZES))
+    wait_for(lambda: len(recorded_results(store, name)) == len(SIZES))
     return name, data
 
 
@@ -319,9 +322,9 @@ class TestPluginOverThumborAws:
         assert "Traceback" not in thumbor.log
 
     def test_thumbor_aws_keeps_what_it_serves_under_its_own_keys(
-        self, server: ThumborServer, aws: AWS, fake: FakeRekognition
+        self, server: ThumborServer, aws: AWS, store: dict[str, Any], fake: FakeRekognition
     ) -> None:
-        name, _ = cached_everywhere(server, aws)
+        name, _ = cached_everywhere(server, aws, store)
 
         stored = aws.stored(name)
         results = aws.results(name)
@@ -336,9 +339,9 @@ class TestPluginOverThumborAws:
         assert fake.call_count == 1
 
     def test_a_rejection_leaves_no_object_of_the_picture_in_storage_or_result_storage(
-        self, server: ThumborServer, aws: AWS, fake: FakeRekognition
+        self, server: ThumborServer, aws: AWS, store: dict[str, Any], fake: FakeRekognition
     ) -> None:
-        name, data = cached_everywhere(server, aws)
+        name, data = cached_everywhere(server, aws, store)
 
         answer = decide(server, name, "rejected")
         left = (aws.stored(name), aws.results(name))
@@ -360,9 +363,7 @@ class TestPluginOverThumborAws:
     def test_the_purge_answer_counts_the_results_deleted(
         self, server: ThumborServer, aws: AWS, store: dict[str, Any]
     ) -> None:
-        name, _ = cached_everywhere(server, aws)
-        # The gate records a served path once the viewer has the answer.
-        wait_for(lambda: len(recorded_results(store, name)) == len(SIZES))
+        name, _ = cached_everywhere(server, aws, store)
 
         answer = server.request(
             "POST", f"/moderation/purge?url={quote(name, safe='')}", headers=AUTH
@@ -373,9 +374,9 @@ class TestPluginOverThumborAws:
         assert (aws.stored(name), aws.results(name)) == ([], [])
 
     def test_approval_with_the_origin_object_deleted_serves_it_from_the_quarantine(
-        self, server: ThumborServer, aws: AWS
+        self, server: ThumborServer, aws: AWS, store: dict[str, Any]
     ) -> None:
-        name, data = cached_everywhere(server, aws)
+        name, data = cached_everywhere(server, aws, store)
         assert decide(server, name, "rejected").status == 200
         aws.client.delete_object(Bucket=ORIGINS, Key=name)
 
@@ -392,9 +393,9 @@ class TestPluginOverThumborAws:
         assert body.read() == data
 
     def test_a_failed_deletion_waits_in_the_outbox_and_is_retried_until_done(
-        self, server: ThumborServer, aws: AWS, faults: S3Faults
+        self, server: ThumborServer, aws: AWS, store: dict[str, Any], faults: S3Faults
     ) -> None:
-        name, _ = cached_everywhere(server, aws)
+        name, _ = cached_everywhere(server, aws, store)
         faults.fail_deletes(1000, naming=RESULTS_ROOT + "/")
 
         def tries() -> list[Deletion]:
@@ -419,9 +420,9 @@ class TestPluginOverThumborAws:
         assert [status_of(view) for view in views(server, name)] == ["rejected"] * len(SIZES)
 
     def test_a_result_written_after_the_rejection_was_purged_deletes_itself(
-        self, server: ThumborServer, aws: AWS, faults: S3Faults
+        self, server: ThumborServer, aws: AWS, store: dict[str, Any], faults: S3Faults
     ) -> None:
-        name, _ = cached_everywhere(server, aws)
+        name, _ = cached_everywhere(server, aws, store)
         faults.delay_puts(SLOW_WRITE, naming=RESULTS_ROOT + "/")
         late = [f"/unsafe/{width}x{width}/{name}" for width in (90, 70)]
 

@@ -178,8 +178,10 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "MODERATION_REDIS_WAIT_REPLICAS",
         0,
         "Replicas that must hold a decision before it is answered (Redis WAIT, within "
-        "MODERATION_STORE_TIMEOUT_SECONDS); 1 with a replica per master keeps every answered "
-        "decision through a failover. 0: answer once the master has it.",
+        "MODERATION_STORE_TIMEOUT_SECONDS), at most as many as its master has at the time; "
+        "1 with a replica per master keeps every answered decision through a failover, and "
+        "a promoted replica takes writes alone until a replica attaches. A write they do "
+        "not acknowledge is undone and answered as failed. 0: answer once the master has it.",
         GROUP,
     ),
     (

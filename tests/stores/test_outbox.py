@@ -6,9 +6,11 @@ subclassing it with a ``make_store`` fixture, as ``StoreContract`` does.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +44,16 @@ class Announcer:
             raise RuntimeError("announcer failing on purpose")
         text = f"{before}->{after} {' '.join(recorded)}".strip()
         return [("webhook", text), ("cdn:http", text)]
+
+
+def neighbour_of(key: str) -> str:
+    """Another key that the Redis store keeps in the same partition (and outbox)."""
+    partition = zlib.crc32(key.encode()) % redis_store.PARTITIONS
+    return next(
+        other
+        for other in (f"host/other-{number}.jpg" for number in itertools.count())
+        if zlib.crc32(other.encode()) % redis_store.PARTITIONS == partition
+    )
 
 
 def claim_all(store: stores.Store, now: float | None = None) -> list[stores.OutboxItem]:
@@ -173,6 +185,19 @@ class OutboxContract:
 
         assert [item.payload for item in following] == ["next"]
         assert store.outbox_counts() == {"webhook.abandoned": 1, "webhook.pending": 1}
+
+    def test_items_queued_behind_a_failing_one_do_not_keep_other_pictures_waiting(
+        self, store: stores.Store
+    ) -> None:
+        for number in range(60):
+            store.enqueue("webhook", "host/busy.jpg", f"busy {number}")
+        [failing] = store.claim(time.time(), LEASE, 1)
+        store.reschedule(failing, time.time() + 600, "receiver down")
+        store.enqueue("webhook", neighbour_of("host/busy.jpg"), "other")
+
+        claimed = store.claim(time.time(), LEASE, 1)
+
+        assert [item.payload for item in claimed] == ["other"]
 
     def test_a_claim_for_one_topic_takes_its_items_only(self, store: stores.Store) -> None:
         for number in range(3):

@@ -19,12 +19,14 @@ everything, told apart by the prefix of ``pk``:
 
 Every save reads the decision, then writes it on the condition that its version has
 not moved meanwhile: an automatic decision therefore never lands on a manual one about
-the same bytes, whichever node writes it. Its history entry, change-feed entry, index
-entries and counts follow in one batch; index entries are checked against the decision
-when read, so one left behind by a race or a crash is never believed. Reads are
-strongly consistent, but for lookups in the index of fingerprints (a match found a
-moment late costs one backend call; the decision it names is read strongly). The outbox
-moves its items with transactions.
+the same bytes, whichever node writes it. When the change calls for outbox items
+(webhooks, CDN purges), they, its history entry, change-feed entry and counts are
+written with it in one transaction; otherwise those follow the conditional put.
+Index entries follow in one batch, and are checked against the decision when read,
+so one left behind by a race or a crash is never believed. Reads are strongly
+consistent, but for lookups in the index of fingerprints (a match found a moment late
+costs one backend call; the decision it names is read strongly). The outbox moves its
+items with transactions.
 
 The layers below the decisions: ``dynamodb_items`` (items as pure functions),
 ``dynamodb_table`` (client, table, requests), ``dynamodb_shared`` (counters, leases,
@@ -34,6 +36,7 @@ shared values, the outbox), ``dynamodb_index`` (fingerprints, the index, duplica
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -67,6 +70,8 @@ from thumbor_rekognition.stores.dynamodb_items import (
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
+
+logger = logging.getLogger(__name__)
 
 # A decision's item and the table's definition are read from here too.
 __all__ = ["POLL_SECONDS", "Store", "decode", "encode", "table_definition"]
@@ -126,9 +131,9 @@ class Store(FingerprintIndex):
             if stands.sha256:
                 body["h"] = {"B": bytes.fromhex(stands.sha256)}
             noted = rules.noted(stands, decision, event)
-            if not self._written(decision.key, body, item, current, stands, noted):
+            if not self._written(decision.key, version, body, item, (current, stands), noted):
                 return False  # Changed since it was read: read it again.
-            self._changed(stands.key, version, noted, current, stands)
+            self._changed(stands.key, current, stands)
             kept.append(stands)
             return True
 
@@ -147,9 +152,9 @@ class Store(FingerprintIndex):
             version = _version(item) + 1
             # The version stays behind, so that history entries keep their order.
             tombstone = {**_key(_decision_pk(key), "d"), "v": _n(version)}
-            if not self._written(key, tombstone, item, current, None, event):
+            if not self._written(key, version, tombstone, item, (current, None), event):
                 return False
-            self._changed(key, version, event, current, None)
+            self._changed(key, current, None)
             deleted.append(True)
             return True
 
@@ -159,55 +164,75 @@ class Store(FingerprintIndex):
     def _written(
         self,
         key: str,
+        version: int,
         body: dict[str, Any],
         item: dict[str, Any] | None,
-        previous: Decision | None,
-        current: Decision | None,
+        change: tuple[Decision | None, Decision | None],
         event: Event,
     ) -> bool:
-        """Put a decision item on the condition that it is still as read, in one
-        transaction with the outbox items its change calls for; False if it moved."""
+        """Put a decision item on the condition that it is still as read, with its
+        history entry, its change-feed entry and the decision counts; False if it moved.
+        When the change calls for outbox items, they are all one transaction; otherwise
+        the conditional put lands first and the rest follow (a transaction costs twice
+        the writes), logged rather than raised if they fail: the change stands."""
+        previous, current = change
         entries = (
             self.announcements(previous, current, event, self.results(key))
             if self.announcer is not None
             else []
         )
-        try:
-            if not entries:
-                self._do("put_item", TableName=self.table, Item=body, **_unchanged(item))
-                return True
-            outbox = self._outbox_writes(key, entries)
-            self._transact([{"Put": {"Item": body, **_unchanged(item)}}, *outbox])
-        except _Refused:
-            return False
-        return True
-
-    def _changed(
-        self,
-        key: str,
-        version: int,
-        event: Event,
-        current: Decision | None,
-        new: Decision | None,
-    ) -> None:
-        """What follows a decision's change, once its conditional write has landed.
-
-        These writes carry no condition, so they go in batches: a change they race with
-        can leave an index entry behind, never take one away from the decision the
-        store holds, and readers check entries against the decisions.
-        """
-        counted = _counted(current, new)
-        if counted is not None:
-            self._do("update_item", TableName=self.table, **counted)
         at = time.time()
-        puts = [
-            {**_key(_decision_pk(key), f"e#{version:012d}"), "j": _s(_event_json(event))},
+        writes: list[dict[str, Any]] = [
+            {"Put": {"Item": body, **_unchanged(item)}},
             {
-                **_key(f"F#{int(at // 60)}", f"{at:017.6f}#{self._changes.sender}#{_token()}"),
-                "k": _s(key),
-                "ttl": _n(int(at) + FEED_KEEP_SECONDS),
+                "Put": {
+                    "Item": {
+                        **_key(_decision_pk(key), f"e#{version:012d}"),
+                        "j": _s(_event_json(event)),
+                    }
+                }
+            },
+            {
+                "Put": {
+                    "Item": {
+                        **_key(
+                            f"F#{int(at // 60)}", f"{at:017.6f}#{self._changes.sender}#{_token()}"
+                        ),
+                        "k": _s(key),
+                        "ttl": _n(int(at) + FEED_KEEP_SECONDS),
+                    }
+                }
             },
         ]
+        counted = _counted(previous, current)
+        if counted is not None:
+            writes.append({"Update": counted})
+        try:
+            if entries:
+                self._transact([*writes, *self._outbox_writes(key, entries)])
+            else:
+                self._do("put_item", TableName=self.table, **writes[0]["Put"])
+        except _Refused as refused:
+            reasons = refused.reasons
+            if refused.conflict or "ConditionalCheckFailed" in reasons or not reasons:
+                return False  # Changed since it was read, or being changed: read it again.
+            raise stores.StoreUnavailable(f"DynamoDB store: refused: {reasons}") from None
+        if not entries:
+            try:
+                if counted is not None:
+                    self._do("update_item", TableName=self.table, **counted)
+                self._write_all([write["Put"]["Item"] for write in writes[1:3]], [])
+            except stores.StoreUnavailable as error:
+                logger.error("%s saved; its history or counts not written: %s", key, error)
+        return True
+
+    def _changed(self, key: str, current: Decision | None, new: Decision | None) -> None:
+        """What follows a decision's change, once its transaction has landed: its index
+        entries. These writes carry no condition, so they go in batches: a change they
+        race with can leave an index entry behind, never take one away from the decision
+        the store holds, and readers check entries against the decisions. The change is
+        saved and announced: a failure here is logged, not answered as the change's."""
+        puts = []
         deletes = []
         if current is not None and current.sha256 and (new is None or new.sha256 != current.sha256):
             deletes.append(_key("H#" + current.sha256, _name(key)))
@@ -220,7 +245,10 @@ class Store(FingerprintIndex):
                 # The picture is judged: whoever held the right to judge it no longer needs it.
                 deletes.append(_key("L#judge:" + new.sha256, "l"))
             puts.append(_index_item("S#" + new.status.value, key))
-        self._write_all(puts, deletes)
+        try:
+            self._write_all(puts, deletes)
+        except stores.StoreUnavailable as error:
+            logger.warning("%s saved; its index entries not all written: %s", key, error)
 
     def history(self, key: str) -> list[Event]:
         items = self._query(_decision_pk(key), "begins_with(sk, :e)", {":e": _s("e#")})

@@ -23,6 +23,9 @@ from thumbor_rekognition.stores.dynamodb_items import (
 )
 from thumbor_rekognition.stores.dynamodb_table import Table
 
+# Due entries a claim reads at most.
+CLAIM_SCAN = 1000
+
 # Where earlier versions kept what is due, of every topic.
 LEGACY_DUE = "OD"
 
@@ -179,16 +182,21 @@ class SharedState(Table):
         self, due_pk: str, now: float, lease: float, limit: int, topic: str | None
     ) -> list[stores.OutboxItem]:
         claimed: list[stores.OutboxItem] = []
-        due = list(
-            self._query(due_pk, "sk <= :now", {":now": _s(f"{now:017.6f}~")}, limit=limit * 10)
-        )
+        # Items queued behind one that is failing stay due: read past them (each queue
+        # is asked for its head once), up to CLAIM_SCAN entries.
+        due = self._query(due_pk, "sk <= :now", {":now": _s(f"{now:017.6f}~")}, CLAIM_SCAN)
+        heads: dict[str, dict[str, Any] | None] = {}
         for entry in due:
             if len(claimed) >= limit:
                 break
             queue, number = entry["q"]["S"], entry["i"]["S"]
             if topic is not None and not queue.startswith(f"Q#{topic}#"):
                 continue
-            head = next(iter(self._query(queue, "begins_with(sk, :i)", {":i": _s("i#")}, 1)), None)
+            if queue not in heads:
+                heads[queue] = next(
+                    iter(self._query(queue, "begins_with(sk, :i)", {":i": _s("i#")}, 1)), None
+                )
+            head = heads[queue]
             if head is None or head["sk"]["S"] != number or head["d"]["S"] != entry["sk"]["S"]:
                 continue
             later = _due_sk(now + lease)

@@ -239,15 +239,18 @@ local function index_of(rec)
 end
 
 -- An outbox item of this partition (its outbox is in the partition's slot, so that a
--- change and its announcements are one write): a queue per topic and key, what is due
--- per topic, the topics known, counts per topic.
+-- change and its announcements are one write): a queue per topic and key, the heads
+-- of the queues due per topic, the topics known, counts per topic.
 local function enqueue(topic, k, payload, now)
   local o = B .. 'ob:'
   local id = tostring(redis.call('INCR', o .. 'seq'))
   redis.call('HSET', o .. 'i:' .. id, 'topic', topic, 'key', k, 'payload', payload,
     'attempts', 0, 'created_at', now)
-  redis.call('RPUSH', o .. 'q:' .. topic .. ':' .. k, id)
-  redis.call('ZADD', o .. 'due:' .. topic, now, id)
+  -- Only the head of a queue is due: the next one becomes due when it is done, so that
+  -- items queued behind a failing one never crowd the others out of a claim.
+  if redis.call('RPUSH', o .. 'q:' .. topic .. ':' .. k, id) == 1 then
+    redis.call('ZADD', o .. 'due:' .. topic, now, id)
+  end
   redis.call('SADD', o .. 'topics', topic)
   redis.call('HINCRBY', o .. 'counts', topic .. '.pending', 1)
 end

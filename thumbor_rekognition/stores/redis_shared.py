@@ -74,15 +74,19 @@ return claimed
 """
 )
 
-# ARGV: outbox, legacy, id, 'done' or 'abandoned', error.
+# ARGV: outbox, legacy, id, 'done' or 'abandoned', error, now. The next item of its queue
+# becomes due (earlier versions' outbox had every item due already).
 _FINISH = (
     _DUE_KEYS
     + """
 local id, state, err = ARGV[3], ARGV[4], ARGV[5]
 local item = redis.call('HMGET', o .. 'i:' .. id, 'topic', 'key')
 if not item[1] then return 0 end
-redis.call('ZREM', due_keys(item[1])[1], id)
-redis.call('LREM', o .. 'q:' .. item[1] .. ':' .. item[2], 1, id)
+local due, queue = due_keys(item[1])[1], o .. 'q:' .. item[1] .. ':' .. item[2]
+redis.call('ZREM', due, id)
+redis.call('LREM', queue, 1, id)
+local next = redis.call('LINDEX', queue, 0)
+if next then redis.call('ZADD', due, 'NX', ARGV[6], next) end
 redis.call('HINCRBY', o .. 'counts', item[1] .. '.pending', -1)
 if state == 'done' then
   redis.call('DEL', o .. 'i:' .. id)
@@ -279,7 +283,9 @@ class SharedState(Connected):
     def complete(self, item: stores.OutboxItem) -> None:
         base, legacy, number = self._outbox_of(item)
         with self._call() as client:
-            client.eval(_FINISH, 1, base + "seq", base, legacy, number, "done", "")
+            client.eval(
+                _FINISH, 1, base + "seq", base, legacy, number, "done", "", repr(time.time())
+            )
 
     def reschedule(self, item: stores.OutboxItem, next_at: float, error: str) -> None:
         base, legacy, number = self._outbox_of(item)
@@ -291,7 +297,17 @@ class SharedState(Connected):
     def abandon(self, item: stores.OutboxItem, error: str) -> None:
         base, legacy, number = self._outbox_of(item)
         with self._call() as client:
-            client.eval(_FINISH, 1, base + "seq", base, legacy, number, "abandoned", error[:2000])
+            client.eval(
+                _FINISH,
+                1,
+                base + "seq",
+                base,
+                legacy,
+                number,
+                "abandoned",
+                error[:2000],
+                repr(time.time()),
+            )
 
     def outbox_counts(self) -> dict[str, int]:
         with self._call() as client:
