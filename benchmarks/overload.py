@@ -262,6 +262,12 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
                 f"p99 {percentile(latencies, 0.99):7.1f} ms, max {max(latencies):7.1f} ms; "
                 f"answered {dict(sorted(told.items()))}"
             )
+            for what in sorted(told) if len(told) > 1 else ():
+                among = [ms for ms, answer in answers if answer == what]
+                print(
+                    f"      answered {what}: p50 {percentile(among, 0.5):7.1f} ms, "
+                    f"p99 {percentile(among, 0.99):7.1f} ms"
+                )
             print(f"    cached hits before: {hits.line(before_start, spike_start)}")
             print(f"    cached hits during: {hits.line(spike_start, spike_end)}")
             print(f"    cached hits after:  {hits.line(drained, after_end)}")
