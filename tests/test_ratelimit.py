@@ -139,6 +139,16 @@ def test_waiting_for_a_turn_sleeps_until_it(open_store: OpenStore) -> None:
     assert time.time() >= first + 2 / 4.0 - 0.001
 
 
+def test_a_turn_free_now_is_taken_even_past_the_deadline(open_store: OpenStore) -> None:
+    calls = rate(0.5, open_store())
+
+    turn = calls.take(deadline=time.time() - 1.0)
+
+    assert turn <= time.time()
+    with pytest.raises(ratelimit.NoTurn):
+        calls.take(deadline=time.time() - 1.0)
+
+
 def test_turns_taken_ahead_are_used_before_any_new_one(open_store: OpenStore) -> None:
     calls = rate(4.0, open_store())
     ahead = calls.take_many(2)

@@ -134,7 +134,9 @@ class CallRate:
             interval = 1.0 / (self.limit * state.share_at(now))
             first = max(state.next_at, now)
             last = first + (count - 1) * interval
-            if deadline is not None and last > deadline:
+            # Refused only when waiting for it would run past the deadline: a turn free
+            # now is taken, however late the caller is.
+            if deadline is not None and last > max(deadline, now):
                 late.append(last)
                 return None
             turns.extend(first + index * interval for index in range(count))
