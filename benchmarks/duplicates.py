@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import percentile  # noqa: E402
+from benchmarks.common import percentile  # noqa: E402
 from tests import pictures  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 from thumbor_rekognition import fingerprint  # noqa: E402

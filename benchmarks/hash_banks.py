@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import percentile  # noqa: E402
+from benchmarks.common import percentile  # noqa: E402
 from thumbor_rekognition import banks, pdq  # noqa: E402
 
 

@@ -42,28 +42,19 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CLIENT_CPUS,
+    SERVER_CPUS,
+    percentile,
+    photo_like,
+    rss_mb,
+)
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
 from tests.servers import stock_config as stock_thumbor  # noqa: E402
 
 KINDS = ("stock", "plugin")
 HIT_PATH = "/unsafe/200x150/judged.jpg"
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 class Sampler:

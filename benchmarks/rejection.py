@@ -35,8 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import percentile  # noqa: E402
 from benchmarks.duplicates import near  # noqa: E402
-from benchmarks.run import percentile  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 from thumbor_rekognition.config import DEFAULTS  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Source, Status  # noqa: E402

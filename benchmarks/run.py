@@ -30,7 +30,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import CLIENT_CPUS, SERVER_CPUS, photo_like  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CLIENT_CPUS,
+    SERVER_CPUS,
+    percentile,
+    photo_like,
+    rss_mb,
+)
 from benchmarks.first_view import first_view  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.servers import STOCK_HANDLER_LISTS, ThumborServer, base_config  # noqa: E402
@@ -158,18 +164,6 @@ def compare_hits(
             for server in group:
                 server.stop()
     return figures
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def throughput(work: Path, fake: FakeRekognition, seconds: float, rounds: int) -> None:
