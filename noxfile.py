@@ -43,7 +43,7 @@ def e2e(session: nox.Session, thumbor: str, extras: str) -> None:
     # Not all of constraints.txt: its pins were resolved for one Python, and a user on
     # another gets what the ranges resolve to there. Only the AWS libraries keep their
     # pins: left free, pip backtracks through years of botocore releases.
-    session.env.pop("PIP_CONSTRAINT", None)
+    session.env["PIP_CONSTRAINT"] = None  # None: left out of the environment inherited
     pins = Path(session.create_tmp()) / "aws-pins.txt"
     pins.write_text(
         "".join(
@@ -59,7 +59,8 @@ def e2e(session: nox.Session, thumbor: str, extras: str) -> None:
     if str(installed).strip() != thumbor:
         session.error(f"Thumbor {thumbor} asked for, {str(installed).strip()} installed")
     skip = [] if "aws" in extras else ["--ignore", "tests/test_thumbor_aws.py"]
-    workers = ["-n", "2"]
-    session.run(
-        "pytest", "-m", "e2e", "-q", "-p", "no:cacheprovider", *workers, *skip, *session.posargs
-    )
+    # As `make test` does: the tests that assert a wall-clock bound run alone, after the
+    # rest, so that the other workers' load does not count against them.
+    common = ["-q", "-p", "no:cacheprovider", *skip, *session.posargs]
+    session.run("pytest", "-m", "e2e and not timing", "-n", "2", "--dist", "worksteal", *common)
+    session.run("pytest", "-m", "e2e and timing", *common)
