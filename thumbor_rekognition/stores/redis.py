@@ -7,7 +7,9 @@ Cluster's 16,384. Every write of a decision is one Lua script on one partition:
 atomic, and on one node of a cluster. The content-hash index is partitioned by hash,
 so a save adds the new hash's entry before the decision and removes the old one after
 (a reader checks what it finds against the decision). Listing merges the partitions in
-key order; statuses other than approved have an index of their own. The index of
+key order; statuses other than approved have an index of their own, and one by time
+(the time code of the last change, then the key), kept by the same script that writes
+the decision; a process builds it once for data saved before it existed. The index of
 judged pictures' fingerprints, the links to their duplicates and the shared values
 (the call rate) live beside the partitions, each command on one key.
 
@@ -73,6 +75,8 @@ HASH_PREFIX = 8
 
 
 _STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
+# Set once every pending and rejected decision is in its status's index by time.
+_TIMED_MARK = "timed"
 
 
 class Store(FingerprintIndex):
@@ -250,10 +254,12 @@ class Store(FingerprintIndex):
         event: Event,
         paths: bytes,
     ) -> list[str]:
-        """The arguments that end a save or a delete: now, then its outbox entries."""
+        """The arguments that end a save or a delete: now, the time codes of the decision
+        before and after, then its outbox entries."""
         recorded = [records.decode_path(key, path) for path in records.split(paths)]
         entries = self.announcements(previous, current, event, recorded)
-        return [repr(time.time()), *(part for entry in entries for part in entry)]
+        codes = [stores.time_code(d.updated_at) if d else "" for d in (previous, current)]
+        return [repr(time.time()), *codes, *(part for entry in entries for part in entry)]
 
     def _index(self, client: Client, script: str, digest: bytes, key: str) -> None:
         self._run(client, script, self._of_hash(digest), digest[:HASH_PREFIX] + key.encode())
@@ -314,6 +320,64 @@ class Store(FingerprintIndex):
             found = Merge(self, client, chosen, wanted, cursor).take(limit + 1)
         page = [records.decode_decision(key, record) for key, record in found[:limit]]
         return page, (found[limit - 1][0] if len(found) > limit else None)
+
+    def page_by_time(
+        self, status: Status, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        stores.check_timed(status, limit)
+        if cursor:
+            stores.split_time_cursor(cursor)
+        number = _STATUS_NUMBERS[status]
+        # The index by time is keyed by time code and key: the same merge orders it.
+        with self._call() as client:
+            found = Merge(self, client, f"t{number}", str(number), cursor).take(limit + 1)
+        page = [
+            records.decode_decision(stores.split_time_cursor(entry)[1], record)
+            for entry, record in found[:limit]
+        ]
+        return page, (found[limit - 1][0] if len(found) > limit else None)
+
+    def _check_format(self, client: Client) -> None:
+        """The format, then the index by time, built once for data saved before it existed
+        (each process looks at its mark once)."""
+        super()._check_format(client)
+        if not client.exists(self.prefix + _TIMED_MARK):
+            self._order_by_time(client)
+
+    def _order_by_time(self, client: Client) -> int:
+        """List every pending and rejected decision in its status's index by time (each
+        still as read; a save meanwhile lists its own), then set the mark; how many were
+        listed. Idempotent: `migrate-store` runs it again."""
+        listed = 0
+        for number in range(PARTITIONS):
+            partition = self._partition(number)
+            for status in stores.TIMED:
+                wanted = str(_STATUS_NUMBERS[status])
+                after: str | None = None
+                while True:
+                    done, last, *found = self._run(
+                        client,
+                        "page",
+                        partition,
+                        "x" + wanted,
+                        wanted,
+                        after or "",
+                        "1" if after is not None else "0",
+                        500,
+                        scripts.CHUNKS_PER_CALL,
+                    )
+                    triples: list[bytes | str] = []
+                    for key, record in zip(found[::2], found[1::2], strict=True):
+                        decision = records.decode_decision(_text(key), record)
+                        triples += [key, record, stores.time_code(decision.updated_at)]
+                    if triples:
+                        listed += int(self._run(client, "time_add", partition, *triples))
+                    if found or last:
+                        after = _text(last)
+                    if int(done):
+                        break
+        client.set(self.prefix + _TIMED_MARK, "1")
+        return listed
 
     def counts(self) -> dict[str, int]:
         with self._call() as client:
@@ -442,6 +506,7 @@ class Store(FingerprintIndex):
                 for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
                     client.delete(name)
             client.delete(self.prefix + "all")
+            converted = max(converted, self._order_by_time(client))
             self._checked = False
             return converted
         except _ERRORS as error:
@@ -466,4 +531,7 @@ class Store(FingerprintIndex):
         )
         if record and records.sha_of(record):
             self._index(client, "index_add", records.sha_of(record), key)
-        return int(self._run(client, "import", self._of_key(key), key, record, history, paths))
+        code = stores.time_code(Decision.from_json(body).updated_at) if body else ""
+        return int(
+            self._run(client, "import", self._of_key(key), key, record, history, paths, code)
+        )
