@@ -94,6 +94,18 @@ class TestDynamoDBStore(StoreContract):
     def make_store(self, table_store: MakeStore) -> MakeStore:
         return table_store
 
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        assert isinstance(store, dynamodb.Store)
+        client = store._client.get()
+        entries = [
+            {"pk": item["pk"], "sk": item["sk"]}
+            for status in ("pending", "rejected")
+            for item in store._query("T#" + status)
+        ]
+        assert entries
+        for key in [*entries, {"pk": {"S": "M#timed"}, "sk": {"S": "m"}}]:
+            client.delete_item(TableName=store.table, Key=key)
+
 
 class TestDynamoDBOutbox(OutboxContract):
     @pytest.fixture

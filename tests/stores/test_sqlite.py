@@ -7,6 +7,7 @@ Store object on the same underlying data, as another Thumbor process would.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -679,6 +680,34 @@ class StoreContract:
         with pytest.raises(ValueError, match="limit"):
             store.page(limit=0)
 
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        """Take the index by time away from the store's data, as the version before it
+        left its data."""
+        raise NotImplementedError
+
+    def test_decisions_saved_before_the_index_by_time_are_listed_by_time_once_opened(
+        self, make_store: MakeStore
+    ) -> None:
+        writer = make_store()
+        statuses = [Status.PENDING, Status.REJECTED, Status.PENDING, Status.APPROVED]
+        for number, status in enumerate(statuses * 3):
+            save(
+                writer,
+                decision(
+                    f"host/{number:02d}.jpg", f"{number:064x}", status, updated_at=100.0 - number
+                ),
+            )
+        self.forget_order_by_time(writer)
+
+        reopened = make_store()
+
+        assert every_key_by_time(reopened, Status.PENDING, 2) == [
+            f"host/{number:02d}.jpg" for number in (10, 8, 6, 4, 2, 0)
+        ]
+        assert every_key_by_time(reopened, Status.REJECTED, 2) == [
+            f"host/{number:02d}.jpg" for number in (9, 5, 1)
+        ]
+
     @pytest.mark.parametrize("status", [Status.PENDING, Status.REJECTED])
     def test_page_by_time_lists_a_status_oldest_first_across_pages(
         self, store: stores.Store, status: Status
@@ -999,6 +1028,35 @@ class TestSQLiteStore(StoreContract):
         yield make
         for store in opened:
             store.close()
+
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        assert isinstance(store, sqlite.Store)
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            db.execute("DROP INDEX pictures_by_time")
+            db.execute("ALTER TABLE pictures DROP COLUMN changed")
+            db.commit()
+
+    def test_pictures_an_earlier_version_saved_into_a_file_with_the_index_are_timed_when_opened(
+        self, make_store: MakeStore
+    ) -> None:
+        writer = make_store()
+        for number in range(3):
+            save(
+                writer,
+                decision(f"host/{number}.jpg", status=Status.PENDING, updated_at=9.0 - number),
+            )
+        path = writer.path if isinstance(writer, sqlite.Store) else ""
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("UPDATE pictures SET changed = NULL WHERE key = 'host/1.jpg'")
+            db.commit()
+
+        reopened = make_store()
+
+        assert every_key_by_time(reopened, Status.PENDING) == [
+            "host/2.jpg",
+            "host/1.jpg",
+            "host/0.jpg",
+        ]
 
     def test_change_saved_by_another_process_reaches_this_ones_listener(
         self, make_store: MakeStore

@@ -340,6 +340,9 @@ class Store(FingerprintIndex):
     def _check_format(self, client: Client) -> None:
         """The format, then the index by time, built once for data saved before it existed
         (each process looks at its mark once)."""
+        if not client.exists(self.prefix + "format"):
+            # Nothing saved yet under this prefix: nothing to list.
+            client.set(self.prefix + _TIMED_MARK, "1", nx=True)
         super()._check_format(client)
         if not client.exists(self.prefix + _TIMED_MARK):
             self._order_by_time(client)
@@ -347,7 +350,7 @@ class Store(FingerprintIndex):
     def _order_by_time(self, client: Client) -> int:
         """List every pending and rejected decision in its status's index by time (each
         still as read; a save meanwhile lists its own), then set the mark; how many were
-        listed. Idempotent: `migrate-store` runs it again."""
+        missing. Idempotent: `migrate-store` runs it again."""
         listed = 0
         for number in range(PARTITIONS):
             partition = self._partition(number)

@@ -432,15 +432,16 @@ map_set('d', key, entry(rec, ARGV[4], ARGV[5]))
 return 1
 """)
 
-# ARGV: prefix, then (key, record, its time code) ... -> how many were listed by time: each
+# ARGV: prefix, then (key, record, its time code) ... -> how many entries were added: each
 # decision still as read (a save since has listed its own) gets its entry in its status's
-# index by time (decisions saved before that index existed).
+# index by time, if it has none (decisions saved before that index existed).
 TIME_ADD = _script("""
 local added = 0
 for i = 2, #ARGV - 2, 3 do
   local key, rec = ARGV[i], ARGV[i + 1]
-  if rec ~= '' and sections(map_get('d', key)) == rec and timed_of(rec) then
-    map_set(timed_of(rec), ARGV[i + 2] .. key, '')
+  local timed = rec ~= '' and timed_of(rec)
+  if timed and sections(map_get('d', key)) == rec and not map_get(timed, ARGV[i + 2] .. key) then
+    map_set(timed, ARGV[i + 2] .. key, '')
     added = added + 1
   end
 end

@@ -20,9 +20,9 @@ CREATE TABLE IF NOT EXISTS pictures (
     record BLOB,
     history BLOB NOT NULL DEFAULT x'',
     paths BLOB NOT NULL DEFAULT x'',
-    -- The decision's updated_at in microseconds, for the statuses listed by time
-    -- (stores.TIMED: status > 0); NULL otherwise.
     changed INTEGER
+    -- changed: the decision's updated_at in microseconds where its status is listed by
+    -- time, pending or rejected, else NULL.
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pictures_by_sha ON pictures (sha) WHERE sha IS NOT NULL;
 CREATE INDEX IF NOT EXISTS pictures_waiting ON pictures (status, key) WHERE status > 0;
