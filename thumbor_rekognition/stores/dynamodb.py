@@ -255,10 +255,10 @@ class Store(FingerprintIndex):
                 # The picture is judged: whoever held the right to judge it no longer needs it.
                 deletes.append(_key("L#judge:" + new.sha256, "l"))
             puts.append(_index_item("S#" + new.status.value, key))
-        timed = [d for d in (current, new) if d is not None and d.status in stores.TIMED]
-        if current in timed and (new not in timed or _timed_key(new) != _timed_key(current)):
-            deletes.append(_timed_key(current))
-        if new is not None and new in timed:
+        before, after = _timed_key(current), _timed_key(new)
+        if before is not None and before != after:
+            deletes.append(before)
+        if new is not None and after is not None:
             puts.append(_timed_item(new))
         try:
             self._write_all(puts, deletes)
@@ -355,7 +355,7 @@ class Store(FingerprintIndex):
             missing = [
                 _timed_item(d)
                 for d in decisions.values()
-                if d.status is status and _timed_key(d)["sk"]["S"] not in held
+                if d.status is status and _timed_item(d)["sk"]["S"] not in held
             ]
             self._write_all(missing, [])
             listed += len(missing)

@@ -163,9 +163,11 @@ def _index_item(pk: str, key: str) -> dict[str, Any]:
     return item
 
 
-def _timed_key(decision: Decision) -> dict[str, Any]:
-    """The key of a decision's entry in the index by time of its status: the time code of
-    its last change, then its key, as the sort key."""
+def _timed_key(decision: Decision | None) -> dict[str, Any] | None:
+    """The key of a decision's entry in the index by time of its status (the time code of
+    its last change, then its key, as the sort key); None for a status without one."""
+    if decision is None or decision.status not in stores.TIMED:
+        return None
     code = stores.time_code(decision.updated_at)
     return _key("T#" + decision.status.value, _timed_sk(code, decision.key))
 
@@ -175,7 +177,9 @@ def _timed_sk(code: str, key: str) -> str:
 
 
 def _timed_item(decision: Decision) -> dict[str, Any]:
-    item = _timed_key(decision)
+    item = _key(
+        "T#" + decision.status.value, _timed_sk(stores.time_code(decision.updated_at), decision.key)
+    )
     if _name(decision.key) != decision.key:
         item["k"] = _s(decision.key)
     return item
