@@ -1058,6 +1058,23 @@ class TestSQLiteStore(StoreContract):
             "host/0.jpg",
         ]
 
+    def test_migrate_store_dates_waiting_pictures_an_earlier_version_saved_meanwhile(
+        self, make_store: MakeStore
+    ) -> None:
+        store = make_store()
+        for number in range(3):
+            save(store, decision(f"host/{number}.jpg", status=Status.PENDING, updated_at=5.0))
+        assert isinstance(store, sqlite.Store)
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            db.execute("UPDATE pictures SET changed = NULL WHERE key != 'host/1.jpg'")
+            db.commit()
+
+        dated, again = store.migrate(), store.migrate()
+
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            untimed = db.execute("SELECT COUNT(*) FROM pictures WHERE changed IS NULL").fetchone()
+        assert (dated, again, untimed[0]) == (2, 0, 0)
+
     def test_change_saved_by_another_process_reaches_this_ones_listener(
         self, make_store: MakeStore
     ) -> None:

@@ -134,15 +134,18 @@ def initialise(connection: sqlite3.Connection) -> None:
             delay = min(delay * 2, 0.2)
 
 
-def order_by_time(connection: sqlite3.Connection) -> None:
+def order_by_time(connection: sqlite3.Connection) -> int:
     """Give a file the order by time of pending and rejected pictures, once: the column
     (when a file made before it lacks it), its index, and the time of every waiting
-    picture written without one (by an earlier version), in one transaction. Run at
-    every opening: a file that needs nothing costs one look at the index."""
+    picture written without one (by an earlier version), in one transaction; how many
+    pictures were dated. Run at every opening: a file that needs nothing costs one look
+    at the index."""
+    if not _columns(connection):
+        return 0  # No table yet (a file migrate-store found empty): nothing to order.
     if _has_changed(connection):
         connection.execute(TIME_ORDER)
         if not _untimed(connection):
-            return
+            return 0
     connection.execute("BEGIN IMMEDIATE")
     try:
         if not _has_changed(connection):
@@ -160,6 +163,7 @@ def order_by_time(connection: sqlite3.Connection) -> None:
         if connection.in_transaction:
             connection.rollback()
         raise
+    return len(rows)
 
 
 def changed_of(decision: Decision) -> int | None:
@@ -167,8 +171,12 @@ def changed_of(decision: Decision) -> int | None:
     return int(stores.time_code(decision.updated_at)) if decision.status in stores.TIMED else None
 
 
+def _columns(connection: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in connection.execute("PRAGMA table_info(pictures)")}
+
+
 def _has_changed(connection: sqlite3.Connection) -> bool:
-    return any(row[1] == "changed" for row in connection.execute("PRAGMA table_info(pictures)"))
+    return "changed" in _columns(connection)
 
 
 def _untimed(connection: sqlite3.Connection) -> bool:
@@ -221,7 +229,7 @@ def migrate(path: str) -> int:
             converted = _convert(connection) if version < INDEX_ONLY_REJECTED else 0
             converted = max(converted, _index_every_picture(connection))
         connection.execute("COMMIT")
-        return converted
+        return max(converted, order_by_time(connection))
     except sqlite3.Error as error:
         if connection.in_transaction:
             connection.rollback()
