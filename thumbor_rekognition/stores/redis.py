@@ -57,7 +57,13 @@ from thumbor_rekognition.stores.redis_client import (
 from thumbor_rekognition.stores.redis_index import (
     FingerprintIndex,
 )
-from thumbor_rekognition.stores.redis_listing import Merge
+from thumbor_rekognition.stores.redis_listing import (
+    _STATUS_NUMBERS,
+    TIMED_MARK,
+    Merge,
+    by_time,
+    order_by_time,
+)
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -72,11 +78,6 @@ UNDONE_BY = "thumbor-moderation"
 
 # Bytes of a content hash that its index keeps: readers check the whole hash.
 HASH_PREFIX = 8
-
-
-_STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
-# Set once every pending and rejected decision is in its status's index by time.
-_TIMED_MARK = "timed"
 
 
 class Store(FingerprintIndex):
@@ -325,62 +326,18 @@ class Store(FingerprintIndex):
         self, status: Status, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Decision], str | None]:
         stores.check_timed(status, limit)
-        if cursor:
-            stores.split_time_cursor(cursor)
-        number = _STATUS_NUMBERS[status]
-        # The index by time is keyed by time code and key: the same merge orders it.
         with self._call() as client:
-            found = Merge(self, client, f"t{number}", str(number), cursor).take(limit + 1)
-        page = [
-            records.decode_decision(stores.split_time_cursor(entry)[1], record)
-            for entry, record in found[:limit]
-        ]
-        return page, (found[limit - 1][0] if len(found) > limit else None)
+            return by_time(self, client, status, limit, cursor)
 
     def _check_format(self, client: Client) -> None:
         """The format, then the index by time, built once for data saved before it existed
         (each process looks at its mark once)."""
         if not client.exists(self.prefix + "format"):
             # Nothing saved yet under this prefix: nothing to list.
-            client.set(self.prefix + _TIMED_MARK, "1", nx=True)
+            client.set(self.prefix + TIMED_MARK, "1", nx=True)
         super()._check_format(client)
-        if not client.exists(self.prefix + _TIMED_MARK):
-            self._order_by_time(client)
-
-    def _order_by_time(self, client: Client) -> int:
-        """List every pending and rejected decision in its status's index by time (each
-        still as read; a save meanwhile lists its own), then set the mark; how many were
-        missing. Idempotent: `migrate-store` runs it again."""
-        listed = 0
-        for number in range(PARTITIONS):
-            partition = self._partition(number)
-            for status in stores.TIMED:
-                wanted = str(_STATUS_NUMBERS[status])
-                after: str | None = None
-                while True:
-                    done, last, *found = self._run(
-                        client,
-                        "page",
-                        partition,
-                        "x" + wanted,
-                        wanted,
-                        after or "",
-                        "1" if after is not None else "0",
-                        500,
-                        scripts.CHUNKS_PER_CALL,
-                    )
-                    triples: list[bytes | str] = []
-                    for key, record in zip(found[::2], found[1::2], strict=True):
-                        decision = records.decode_decision(_text(key), record)
-                        triples += [key, record, stores.time_code(decision.updated_at)]
-                    if triples:
-                        listed += int(self._run(client, "time_add", partition, *triples))
-                    if found or last:
-                        after = _text(last)
-                    if int(done):
-                        break
-        client.set(self.prefix + _TIMED_MARK, "1")
-        return listed
+        if not client.exists(self.prefix + TIMED_MARK):
+            order_by_time(self, client)
 
     def counts(self) -> dict[str, int]:
         with self._call() as client:
@@ -509,7 +466,7 @@ class Store(FingerprintIndex):
                 for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
                     client.delete(name)
             client.delete(self.prefix + "all")
-            converted = max(converted, self._order_by_time(client))
+            converted = max(converted, order_by_time(self, client))
             self._checked = False
             return converted
         except _ERRORS as error:
