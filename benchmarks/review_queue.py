@@ -32,6 +32,7 @@ TOKEN = "benchmark-token-0123456789"
 QUERIES = {
     "pending, first page": "queue=pending",
     "rejected, first page": "queue=rejected",
+    "rejected, oldest first": "queue=rejected&order=oldest",
     "approved, first page": "queue=approved",
     "duplicates (none), first page": "queue=duplicates",
     "pending, source=human": "queue=pending&source=human",

@@ -262,6 +262,78 @@ def test_pending_queue_is_oldest_first_and_pages_by_cursor(server: ThumborServer
     assert first["counts"]["pending"] >= 5
 
 
+LONG = 2_500
+
+
+@pytest.fixture(scope="module")
+def long_queue(module_root: Path, module_fake: FakeRekognition) -> Iterator[ThumborServer]:
+    """A server whose store holds LONG pending decisions saved through the store's API,
+    each a second older than the one before it in key order, and one rejected."""
+    root = module_root / "long-queue"
+    images = root / "images"
+    images.mkdir(parents=True)
+    store = Store(path=str(root / "decisions.sqlite3"))
+    for index in range(LONG + 1):
+        key = f"queue/{index:05d}.png"
+        status = Status.REJECTED if index == LONG else Status.PENDING
+        store.save(
+            Decision(
+                key=key,
+                url=key,
+                sha256=hashlib.sha256(key.encode()).hexdigest(),
+                status=status,
+                source=Source.AUTO,
+                updated_at=1_700_000_000.0 - index,
+            ),
+            Event(status, Source.AUTO, "seed", ""),
+        )
+    store.close()
+    config = base_config(root, images, module_fake.url)
+    config["MODERATION_ADMIN_TOKEN"] = TOKEN
+    thumbor = ThumborServer(root, config).start()
+    yield thumbor
+    thumbor.stop()
+    assert "Traceback" not in thumbor.log
+
+
+def test_a_pending_queue_of_thousands_is_oldest_first_on_every_page(
+    long_queue: ThumborServer,
+) -> None:
+    pages = [answer(call(long_queue, "GET", "/images?queue=pending&limit=100"))]
+    while pages[-1]["next_cursor"]:
+        cursor = quote(pages[-1]["next_cursor"], safe="")
+        pages.append(answer(call(long_queue, "GET", f"/images?queue=pending&cursor={cursor}")))
+
+    oldest = [f"queue/{index:05d}.png" for index in reversed(range(LONG))]
+    assert pages[0]["counts"]["pending"] == LONG
+    assert {page["order"] for page in pages} == {"oldest"}
+    assert [image["key"] for image in pages[0]["images"]] == oldest[:100]
+    assert [image["key"] for image in pages[1]["images"]] == oldest[100:200]
+    assert [image["key"] for page in pages for image in page["images"]] == oldest
+    assert max(len(page["images"]) for page in pages) == 100
+
+
+def test_a_picture_decided_leaves_the_pending_order_for_the_rejected_one(
+    long_queue: ThumborServer,
+) -> None:
+    oldest = f"queue/{LONG - 1:05d}.png"
+    decided = call(
+        long_queue, "PUT", f"/image?url={quote(oldest, safe='')}", {"status": "rejected"}
+    )
+    assert decided.status == 200
+
+    pending = answer(call(long_queue, "GET", "/images?queue=pending&limit=2"))
+    rejected = answer(call(long_queue, "GET", "/images?queue=rejected&order=oldest&limit=2"))
+
+    assert [image["key"] for image in pending["images"]] == [
+        f"queue/{LONG - 2:05d}.png",
+        f"queue/{LONG - 3:05d}.png",
+    ]
+    # The one rejected at seeding is older than the decision just taken.
+    assert [image["key"] for image in rejected["images"]] == [f"queue/{LONG:05d}.png", oldest]
+    assert rejected["order"] == "oldest"
+
+
 # The page
 
 

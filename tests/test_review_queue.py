@@ -37,14 +37,24 @@ def read(
     ) -> tuple[list[Decision], str | None]:
         return store.page(status, limit, cursor)
 
-    size = store.counts().get(status.value if status else "", 0)
-    return asyncio.run(review_queue.read(pager, status, chosen, limit, cursor, oldest_first, size))
+    async def timed(
+        status: Status, limit: int, cursor: str | None
+    ) -> tuple[list[Decision], str | None]:
+        return store.page_by_time(status, limit, cursor)
+
+    return asyncio.run(review_queue.read(pager, timed, status, chosen, limit, cursor, oldest_first))
 
 
-def every_key(store: stores.Store, status: Status | None, chosen: Filters, limit: int) -> list[str]:
+def every_key(
+    store: stores.Store,
+    status: Status | None,
+    chosen: Filters,
+    limit: int,
+    oldest: bool | None = None,
+) -> list[str]:
     keys: list[str] = []
     cursor = None
-    oldest = status is Status.PENDING
+    oldest = status is Status.PENDING if oldest is None else oldest
     while True:
         page = read(store, status, chosen, limit, cursor, oldest)
         keys += [decision.key for decision in page.decisions]
@@ -112,15 +122,33 @@ class QueueContract:
         assert searched == [f"queue/{i:02d}.png" for i in range(10, 20)]
         assert dated == [f"queue/{i:02d}.png" for i in range(11) if i % 3 == 2]
 
-    def test_a_long_queue_is_read_in_key_order(
-        self, store: stores.Store, monkeypatch: pytest.MonkeyPatch
+    def test_rejected_queue_asked_oldest_first_is_filtered_in_that_order(
+        self, store: stores.Store
     ) -> None:
-        monkeypatch.setattr(review_queue, "OLDEST_FIRST_LIMIT", 5)
+        chosen = Filters(category="explicit_nudity")
 
-        page = read(store, Status.PENDING, limit=3, oldest_first=True)
+        keys = every_key(store, Status.REJECTED, chosen, limit=2, oldest=True)
 
-        assert page.order == "key"
-        assert [d.key for d in page.decisions] == ["queue/00.png", "queue/03.png", "queue/06.png"]
+        assert keys == [f"queue/{i:02d}.png" for i in reversed(range(30)) if i % 3 == 1 and i % 2]
+
+    def test_oldest_first_is_refused_where_no_store_orders_by_time(
+        self, store: stores.Store
+    ) -> None:
+        with pytest.raises(review_queue.BadFilter, match="pending and rejected"):
+            read(store, Status.APPROVED, oldest_first=True)
+        with pytest.raises(review_queue.BadFilter, match="pending and rejected"):
+            read(store, None, Filters(source=Source.DUPLICATE), oldest_first=True)
+
+    def test_a_cursor_of_one_order_is_refused_by_the_other(self, store: stores.Store) -> None:
+        oldest = read(store, Status.PENDING, limit=2, oldest_first=True)
+        keyed = read(store, Status.PENDING, limit=2)
+        assert oldest.next_cursor is not None
+        assert keyed.next_cursor is not None
+
+        with pytest.raises(review_queue.BadFilter, match="oldest-first"):
+            read(store, Status.PENDING, cursor=oldest.next_cursor)
+        with pytest.raises(review_queue.BadFilter, match="key order"):
+            read(store, Status.PENDING, cursor=keyed.next_cursor, oldest_first=True)
 
 
 class TestSQLiteQueue(QueueContract):

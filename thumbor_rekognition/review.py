@@ -85,6 +85,15 @@ class Review:
         )
         return page
 
+    async def page_by_time(
+        self, status: Status, limit: int, cursor: str | None
+    ) -> tuple[list[Decision], str | None]:
+        """Decisions of a status oldest first, after the cursor (see Store.page_by_time)."""
+        page: tuple[list[Decision], str | None] = await self._store(
+            "page_by_time", status, max(1, min(limit, MAX_PAGE)), cursor
+        )
+        return page
+
     async def queue(
         self,
         name: str,
@@ -94,12 +103,11 @@ class Review:
         oldest_first: bool,
     ) -> review_queue.QueuePage:
         """A page of one review queue (see review_queue), filtered."""
-        counts = await self.queue_counts()
         status = None if name == "duplicates" else Status(name)
         if status is None:
             chosen = dataclasses.replace(chosen, source=Source.DUPLICATE)
         return await review_queue.read(
-            self.page, status, chosen, limit, cursor, oldest_first, counts[name]
+            self.page, self.page_by_time, status, chosen, limit, cursor, oldest_first
         )
 
     async def queue_counts(self) -> dict[str, int]:

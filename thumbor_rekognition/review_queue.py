@@ -1,27 +1,27 @@
 """The review queues: one status (or the duplicates), filtered, a page at a time.
 
-No store keeps decisions indexed by source, category, date or by time: every store pages
-one status in key order, through an index of its own (see ``Store.page``). A queue is
-read that way and filtered here, reading at most SCAN_BUDGET decisions per request: a
-request that reads that many without filling its page answers with what it found and a
-cursor to go on from. The pending queue is shown oldest first while it holds at most
-OLDEST_FIRST_LIMIT pictures (a human queue is short; its count is a tally, free to
-read); a longer one is shown in key order, and the answer says which order it used.
+No store keeps decisions indexed by source, category or date: every store pages one
+status in key order, and pending and rejected pictures by time too, through indexes of
+its own (see ``Store.page`` and ``Store.page_by_time``). A queue is read in one of those
+orders and filtered here, reading at most SCAN_BUDGET decisions per request: a request
+that reads that many without filling its page answers with what it found and a cursor
+to go on from. The pending queue is shown oldest first by default, at any size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Source, Status
 
 # At most this many decisions are read from the store to answer one request.
 SCAN_BUDGET = 5000
-# The pending queue is sorted oldest first up to this many pictures.
-OLDEST_FIRST_LIMIT = 2000
 # What a reviewer calls each source; the store's own names are accepted too.
 SOURCES = {
     "model": Source.AUTO,
@@ -30,7 +30,8 @@ SOURCES = {
     **{source.value: source for source in Source},
 }
 QUEUES = ("pending", "rejected", "approved", "duplicates")
-# A cursor of the oldest-first order: the time and key of the last picture shown.
+# Starts a cursor of the oldest-first order (then the store's cursor of page_by_time), so
+# that one of the key order is told apart.
 _TIMED = "t:"
 
 
@@ -108,8 +109,10 @@ def _date(value: str, end: bool) -> float:
     return moment.timestamp()
 
 
-# Reads one page of a status from the store: (status, limit, cursor) -> (page, next cursor).
+# Reads one page of a status from the store: (status, limit, cursor) -> (page, next cursor),
+# in key order (Store.page) or, for the statuses of stores.TIMED, by time (page_by_time).
 Pager = Callable[[Status | None, int, str | None], Any]
+TimedPager = Callable[[Status, int, str | None], Any]
 
 
 @dataclass(frozen=True)
@@ -124,79 +127,67 @@ class QueuePage:
 
 async def read(
     pager: Pager,
+    timed: TimedPager,
     status: Status | None,
     chosen: Filters,
     limit: int,
     cursor: str | None,
     oldest_first: bool,
-    size: int,
 ) -> QueuePage:
-    """A page of the queue: oldest first when asked and the queue (of about size
-    decisions, its tally) is short enough, else in key order."""
-    if oldest_first and size <= OLDEST_FIRST_LIMIT:
-        page = await _oldest_first(pager, status, chosen, limit, cursor)
-        if page is not None:
-            return page
-    if cursor and cursor.startswith(_TIMED):
-        raise BadFilter("the queue is no longer sorted oldest first: start again")
-    return await _key_order(pager, status, chosen, limit, cursor)
+    """A page of the queue: oldest first (pending and rejected pictures, through the
+    store's order by time), or in key order."""
+    if not oldest_first:
+        if cursor and cursor.startswith(_TIMED):
+            raise BadFilter("that cursor belongs to the oldest-first order: leave order=key out")
+        keyed = functools.partial(pager, status)
+        return await _scan(keyed, chosen, limit, cursor, _key, "key")
+    if status is None or status not in stores.TIMED:
+        raise BadFilter("order=oldest is for the pending and rejected queues")
+    if cursor:
+        if not cursor.startswith(_TIMED):
+            raise BadFilter("that cursor belongs to the key order: leave order out")
+        cursor = cursor[len(_TIMED) :]
+        try:
+            stores.split_time_cursor(cursor)
+        except ValueError:
+            raise BadFilter("cursor is not one this API gave") from None
+    by_time = functools.partial(timed, status)
+    page = await _scan(by_time, chosen, limit, cursor, stores.time_cursor, "oldest")
+    if page.next_cursor is None:
+        return page
+    return dataclasses.replace(page, next_cursor=_TIMED + page.next_cursor)
 
 
-async def _key_order(
-    pager: Pager, status: Status | None, chosen: Filters, limit: int, cursor: str | None
+def _key(decision: Decision) -> str:
+    return decision.key
+
+
+async def _scan(
+    pager: Callable[[int, str | None], Any],
+    chosen: Filters,
+    limit: int,
+    cursor: str | None,
+    after: Callable[[Decision], str],
+    order: str,
 ) -> QueuePage:
+    """Up to limit decisions that pass the filters, reading the pager's order from the
+    cursor; after(decision) is the cursor that follows a decision in that order."""
     found: list[Decision] = []
     scanned = 0
     # Read a page's worth when nothing is filtered out, bigger pages when filters are on.
     batch = limit + 1 if not chosen.narrows else 500
     while scanned < SCAN_BUDGET:
-        page, after = await pager(status, batch, cursor)
+        page, following = await pager(batch, cursor)
         scanned += len(page)
         for decision in page:
             if not chosen.keeps(decision):
-                cursor = decision.key
+                cursor = after(decision)
                 continue
             if len(found) == limit:
-                return QueuePage(found, found[-1].key, "key", scanned)
+                return QueuePage(found, after(found[-1]), order, scanned)
             found.append(decision)
-            cursor = decision.key
-        if after is None:
-            return QueuePage(found, None, "key", scanned)
-        cursor = after
-    return QueuePage(found, cursor, "key", scanned)
-
-
-async def _oldest_first(
-    pager: Pager, status: Status | None, chosen: Filters, limit: int, cursor: str | None
-) -> QueuePage | None:
-    """Every decision of the queue, sorted by time of last change; None when the queue
-    is longer than OLDEST_FIRST_LIMIT (the caller falls back to key order)."""
-    everything: list[Decision] = []
-    after: str | None = None
-    while True:
-        page, after = await pager(status, 500, after)
-        everything.extend(page)
-        if len(everything) > OLDEST_FIRST_LIMIT:
-            return None
-        if after is None:
-            break
-    ordered = sorted(
-        (d for d in everything if chosen.keeps(d)), key=lambda d: (d.updated_at, d.key)
-    )
-    if cursor:
-        last = _timed(cursor)
-        ordered = [d for d in ordered if (d.updated_at, d.key) > last]
-    shown = ordered[:limit]
-    more = len(ordered) > limit
-    next_cursor = f"{_TIMED}{shown[-1].updated_at!r}:{shown[-1].key}" if more else None
-    return QueuePage(shown, next_cursor, "oldest", len(everything))
-
-
-def _timed(cursor: str) -> tuple[float, str]:
-    if not cursor.startswith(_TIMED):
-        raise BadFilter("that cursor belongs to the key order: leave order out")
-    at, _, key = cursor[len(_TIMED) :].partition(":")
-    try:
-        return float(at), key
-    except ValueError:
-        raise BadFilter("cursor is not one this API gave") from None
+            cursor = after(decision)
+        if following is None:
+            return QueuePage(found, None, order, scanned)
+        cursor = following
+    return QueuePage(found, cursor, order, scanned)

@@ -141,5 +141,10 @@ class TestRedisCompareAndSet(CompareAndSetContract):
 
         with redis.Redis.from_url(redis_server.url) as client:
             keys = sorted(key.decode() for key in client.scan_iter(match=store.prefix + "*"))
-        # Beside the format key that every store writes on its first call.
-        assert keys == [store.prefix + "format", store.prefix + "{shared:rate:rekognition}"]
+        # Beside the format key and the mark of the index by time that every store writes
+        # on its first call.
+        assert keys == [
+            store.prefix + "format",
+            store.prefix + "timed",
+            store.prefix + "{shared:rate:rekognition}",
+        ]

@@ -23,6 +23,7 @@ from tests.stores.test_outbox import OutboxContract
 from tests.stores.test_sqlite import (
     PRINT_A,
     SHA_A,
+    SHA_B,
     MakeStore,
     StoreContract,
     decision,
@@ -93,6 +94,51 @@ class TestDynamoDBStore(StoreContract):
     @pytest.fixture
     def make_store(self, table_store: MakeStore) -> MakeStore:
         return table_store
+
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        assert isinstance(store, dynamodb.Store)
+        client = store._client.get()
+        entries = [
+            {"pk": item["pk"], "sk": item["sk"]}
+            for status in ("pending", "rejected")
+            for item in store._query("T#" + status)
+        ]
+        assert entries
+        for key in [*entries, {"pk": {"S": "M#timed"}, "sk": {"S": "m"}}]:
+            client.delete_item(TableName=store.table, Key=key)
+
+
+def test_an_entry_by_time_a_race_left_behind_is_skipped_and_dropped(
+    table_store: MakeStore,
+) -> None:
+    store = table_store()
+    assert isinstance(store, dynamodb.Store)
+    save(store, decision("host/a.jpg", status=Status.PENDING, updated_at=50.0))
+    save(store, decision("host/b.jpg", SHA_B, status=Status.PENDING, updated_at=60.0))
+    # What a save that lost a race to a later one can leave: the entry of an earlier time.
+    left = {"pk": {"S": "T#pending"}, "sk": {"S": stores.time_code(10.0) + "host/b.jpg"}}
+    store._client.get().put_item(TableName=store.table, Item=left)
+
+    page, cursor = store.page_by_time(Status.PENDING, limit=5)
+
+    assert ([d.key for d in page], cursor) == (["host/a.jpg", "host/b.jpg"], None)
+    assert [item["sk"]["S"][16:] for item in store._query("T#pending")] == [
+        "host/a.jpg",
+        "host/b.jpg",
+    ]
+
+
+def test_a_key_too_long_for_a_sort_key_is_listed_by_time(table_store: MakeStore) -> None:
+    store = table_store()
+    long_key = "host/" + "x" * 1500 + ".jpg"
+    save(store, decision(long_key, status=Status.REJECTED, updated_at=20.0))
+    save(store, decision("host/a.jpg", SHA_B, status=Status.REJECTED, updated_at=30.0))
+
+    first, cursor = store.page_by_time(Status.REJECTED, limit=1)
+    second, last = store.page_by_time(Status.REJECTED, limit=1, cursor=cursor)
+
+    assert [d.key for d in first + second] == [long_key, "host/a.jpg"]
+    assert last is None
 
 
 class TestDynamoDBOutbox(OutboxContract):

@@ -16,7 +16,7 @@ import redis
 
 from tests.redis_server import RedisCluster, redis_cluster  # noqa: F401
 from tests.stores.test_outbox import Announcer
-from tests.stores.test_redis import Changes
+from tests.stores.test_redis import Changes, forget_order_by_time
 from tests.stores.test_sqlite import MakeStore, StoreContract, decision, save
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Source, Status
@@ -59,6 +59,10 @@ class TestRedisClusterStore(StoreContract):
         yield make
         for store in opened:
             store.close()
+
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        assert isinstance(store, redis_store.Store)
+        forget_order_by_time(store)
 
     @pytest.mark.timing
     def test_a_change_published_on_any_master_reaches_every_listener_within_a_second(

@@ -7,6 +7,7 @@ Store object on the same underlying data, as another Thumbor process would.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -80,6 +81,18 @@ def every_key(store: stores.Store, status: Status | None = None, limit: int = 37
         if cursor is None:
             return keys
     raise AssertionError("page() never returned a last page")
+
+
+def every_key_by_time(store: stores.Store, status: Status, limit: int = 37) -> list[str]:
+    keys: list[str] = []
+    cursor: str | None = None
+    for _ in range(10_000):
+        page, cursor = store.page_by_time(status, limit=limit, cursor=cursor)
+        assert len(page) <= limit
+        keys.extend(item.key for item in page)
+        if cursor is None:
+            return keys
+    raise AssertionError("page_by_time() never returned a last page")
 
 
 class StoreContract:
@@ -655,6 +668,95 @@ class StoreContract:
         with pytest.raises(ValueError, match="limit"):
             store.page(limit=0)
 
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        """Take the index by time away from the store's data, as the version before it
+        left its data."""
+        raise NotImplementedError
+
+    def test_decisions_saved_before_the_index_by_time_are_listed_by_time_once_opened(
+        self, make_store: MakeStore
+    ) -> None:
+        writer = make_store()
+        statuses = [Status.PENDING, Status.REJECTED, Status.PENDING, Status.APPROVED]
+        for number, status in enumerate(statuses * 3):
+            save(
+                writer,
+                decision(
+                    f"host/{number:02d}.jpg", f"{number:064x}", status, updated_at=100.0 - number
+                ),
+            )
+        self.forget_order_by_time(writer)
+
+        reopened = make_store()
+
+        assert every_key_by_time(reopened, Status.PENDING, 2) == [
+            f"host/{number:02d}.jpg" for number in (10, 8, 6, 4, 2, 0)
+        ]
+        assert every_key_by_time(reopened, Status.REJECTED, 2) == [
+            f"host/{number:02d}.jpg" for number in (9, 5, 1)
+        ]
+
+    @pytest.mark.parametrize("status", [Status.PENDING, Status.REJECTED])
+    def test_page_by_time_lists_a_status_oldest_first_across_pages(
+        self, store: stores.Store, status: Status
+    ) -> None:
+        statuses = [Status.PENDING, Status.APPROVED, Status.REJECTED]
+        expected: list[tuple[float, str]] = []
+        for number in range(90):
+            key = f"host-{number % 7}/image-{number:04d}.jpg"
+            # Times out of key order, some shared by two pictures (then in key order).
+            at = 1_700_000_000.0 + (number * 37 % 90) // 2 + 0.25
+            if statuses[number % 3] is status:
+                expected.append((at, key))
+            save(store, decision(key, f"{number:064x}", statuses[number % 3], updated_at=at))
+
+        walked = every_key_by_time(store, status, limit=7)
+
+        assert walked == [key for _, key in sorted(expected)]
+
+    def test_a_status_change_moves_a_picture_between_orderings(self, store: stores.Store) -> None:
+        for number, key in enumerate(["host/c.jpg", "host/a.jpg", "host/b.jpg"]):
+            save(store, decision(key, status=Status.PENDING, updated_at=100.0 + number))
+
+        save(store, decision("host/c.jpg", status=Status.REJECTED, updated_at=200.0))
+        pending_then = every_key_by_time(store, Status.PENDING)
+        save(store, decision("host/c.jpg", status=Status.PENDING, updated_at=300.0))
+        save(store, decision("host/a.jpg", status=Status.APPROVED, updated_at=400.0))
+        store.delete("host/b.jpg", event(None, None))
+
+        assert pending_then == ["host/a.jpg", "host/b.jpg"]
+        assert every_key_by_time(store, Status.PENDING) == ["host/c.jpg"]
+        assert every_key_by_time(store, Status.REJECTED) == []
+
+    def test_page_by_time_returns_whole_decisions_and_resumes_after_a_forgotten_one(
+        self, store: stores.Store
+    ) -> None:
+        saved = [
+            save(store, decision(f"host/{n}.jpg", status=Status.PENDING, updated_at=10.0 - n))
+            for n in range(4)
+        ]
+        first, cursor = store.page_by_time(Status.PENDING, limit=2)
+        assert cursor is not None
+        store.delete("host/2.jpg", event(None, None))
+
+        second, last = store.page_by_time(Status.PENDING, limit=2, cursor=cursor)
+
+        assert first == [saved[3], saved[2]]
+        assert second == [saved[1], saved[0]]
+        assert last is None
+
+    def test_page_by_time_of_approved_or_after_a_cursor_it_never_gave_is_refused(
+        self, store: stores.Store
+    ) -> None:
+        save(store, decision("host/a.jpg", status=Status.PENDING))
+
+        with pytest.raises(ValueError, match="by time"):
+            store.page_by_time(Status.APPROVED)
+        with pytest.raises(ValueError, match="cursor"):
+            store.page_by_time(Status.PENDING, cursor="host/a.jpg")
+        with pytest.raises(ValueError, match="limit"):
+            store.page_by_time(Status.PENDING, limit=0)
+
     def test_automatic_save_racing_a_manual_one_about_the_same_bytes_never_replaces_it(
         self, make_store: MakeStore
     ) -> None:
@@ -914,6 +1016,52 @@ class TestSQLiteStore(StoreContract):
         yield make
         for store in opened:
             store.close()
+
+    def forget_order_by_time(self, store: stores.Store) -> None:
+        assert isinstance(store, sqlite.Store)
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            db.execute("DROP INDEX pictures_by_time")
+            db.execute("ALTER TABLE pictures DROP COLUMN changed")
+            db.commit()
+
+    def test_pictures_an_earlier_version_saved_into_a_file_with_the_index_are_timed_when_opened(
+        self, make_store: MakeStore
+    ) -> None:
+        writer = make_store()
+        for number in range(3):
+            save(
+                writer,
+                decision(f"host/{number}.jpg", status=Status.PENDING, updated_at=9.0 - number),
+            )
+        path = writer.path if isinstance(writer, sqlite.Store) else ""
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("UPDATE pictures SET changed = NULL WHERE key = 'host/1.jpg'")
+            db.commit()
+
+        reopened = make_store()
+
+        assert every_key_by_time(reopened, Status.PENDING) == [
+            "host/2.jpg",
+            "host/1.jpg",
+            "host/0.jpg",
+        ]
+
+    def test_migrate_store_dates_waiting_pictures_an_earlier_version_saved_meanwhile(
+        self, make_store: MakeStore
+    ) -> None:
+        store = make_store()
+        for number in range(3):
+            save(store, decision(f"host/{number}.jpg", status=Status.PENDING, updated_at=5.0))
+        assert isinstance(store, sqlite.Store)
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            db.execute("UPDATE pictures SET changed = NULL WHERE key != 'host/1.jpg'")
+            db.commit()
+
+        dated, again = store.migrate(), store.migrate()
+
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            untimed = db.execute("SELECT COUNT(*) FROM pictures WHERE changed IS NULL").fetchone()
+        assert (dated, again, untimed[0]) == (2, 0, 0)
 
     def test_change_saved_by_another_process_reaches_this_ones_listener(
         self, make_store: MakeStore

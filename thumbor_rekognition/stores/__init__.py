@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 # How often a compare-and-set write retries after losing a race, before giving up.
 RACES = 50
 
+# The statuses whose decisions a store also lists by time (page_by_time): the ones a
+# person works through. Approved pictures, most of them, are listed in key order only.
+TIMED = (Status.PENDING, Status.REJECTED)
+# Digits of a time in microseconds, as ordered listings write it (up to the year 2286).
+_TIME_DIGITS = 16
+
 # Marks a recorded path as a STORAGE path of the original; result paths start with '/'.
 STORAGE_PATH_MARK = "storage:"
 
@@ -48,6 +54,34 @@ def storage_paths(recorded: list[str]) -> list[str]:
 # decision stored before, the one stored now (None when forgotten), the event, and the
 # paths recorded for the key. Set by the outbox on the store it delivers from.
 Announcer = Callable[[Decision | None, Decision | None, Event, list[str]], list[tuple[str, str]]]
+
+
+def time_code(at: float) -> str:
+    """A time (seconds since the epoch) as text that sorts as the times do: microseconds,
+    zero-padded."""
+    return f"{max(0, round(at * 1_000_000)):0{_TIME_DIGITS}d}"
+
+
+def time_cursor(decision: Decision) -> str:
+    """The cursor of page_by_time that comes after a decision: its time code, then its key."""
+    return time_code(decision.updated_at) + decision.key
+
+
+def split_time_cursor(cursor: str) -> tuple[str, str]:
+    """A cursor of page_by_time as (time code, key); ValueError for one no store gave."""
+    code, key = cursor[:_TIME_DIGITS], cursor[_TIME_DIGITS:]
+    if len(code) != _TIME_DIGITS or not code.isascii() or not code.isdigit():
+        raise ValueError("not a cursor of a listing by time")
+    return code, key
+
+
+def check_timed(status: Status, limit: int) -> None:
+    """Refuse what page_by_time cannot list."""
+    if status not in TIMED:
+        named = " and ".join(timed.value for timed in TIMED)
+        raise ValueError(f"only {named} decisions are listed by time")
+    if limit < 1:
+        raise ValueError(f"page limit must be at least 1, got {limit}")
 
 
 class StoreUnavailable(Exception):
@@ -131,6 +165,16 @@ class Store:
     ) -> tuple[list[Decision], str | None]:
         """Decisions ordered by key after the cursor, and the cursor of the next page
         (None on the last). A limit below 1 raises ValueError."""
+        raise NotImplementedError
+
+    def page_by_time(
+        self, status: Status, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        """Decisions of a status of TIMED, oldest change (updated_at) first and, at the same
+        microsecond, in key order, after the cursor (time_cursor of the last one shown), and
+        the cursor of the next page (None on the last). A page may hold fewer than limit
+        with more to come. Another status, a limit below 1 or a cursor no store gave raise
+        ValueError."""
         raise NotImplementedError
 
     def counts(self) -> dict[str, int]:

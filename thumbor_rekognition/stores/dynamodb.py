@@ -6,7 +6,9 @@ everything, told apart by the prefix of ``pk``:
 - ``D#<key>``: the decision (sk ``d``), its history (``e#<version>``) and its result
   paths (``r#<path>``, numbered by the counter ``r``);
 - ``H#<sha256>`` and ``S#<status>``: one small item per decision, sorted by key, to find
-  decisions by content hash and to list them by status;
+  decisions by content hash and to list them by status; ``T#pending`` and
+  ``T#rejected``: one per waiting decision, sorted by the time of its last change, then
+  its key (``M#timed`` says those saved before this index existed were added);
 - ``C#counts``, ``C#counters``, ``C#outbox``: counters (the decision counts split over a
   few items so that concurrent saves seldom touch the same one);
 - ``L#<name>``: leases, a conditional put with an expiry time;
@@ -60,6 +62,10 @@ from thumbor_rekognition.stores.dynamodb_items import (
     _name,
     _Refused,
     _s,
+    _timed_item,
+    _timed_key,
+    _timed_key_of,
+    _timed_sk,
     _token,
     _unchanged,
     _version,
@@ -82,6 +88,8 @@ POLL_SECONDS = 0.5
 # that took long to land, or a writer whose clock is behind by less than this, is not
 # missed (past it the memory TTL acts). Each poll reads this many seconds of changes.
 FEED_OVERLAP_SECONDS = 2.0
+# The item whose presence says every pending and rejected decision is indexed by time.
+_TIMED_MARK = "M#timed"
 
 
 class Store(FingerprintIndex):
@@ -108,6 +116,8 @@ class Store(FingerprintIndex):
             timeout=timeout,
         )
         self._changes = stores.ChangeFeed(self._poll)
+        # Whether this object has seen the index by time built (see _order_by_time).
+        self._timed = False
 
     def get(self, key: str) -> Decision | None:
         return _decision(key, self._item(_decision_pk(key), "d"))
@@ -245,6 +255,11 @@ class Store(FingerprintIndex):
                 # The picture is judged: whoever held the right to judge it no longer needs it.
                 deletes.append(_key("L#judge:" + new.sha256, "l"))
             puts.append(_index_item("S#" + new.status.value, key))
+        before, after = _timed_key(current), _timed_key(new)
+        if before is not None and before != after:
+            deletes.append(before)
+        if new is not None and after is not None:
+            puts.append(_timed_item(new))
         try:
             self._write_all(puts, deletes)
         except stores.StoreUnavailable as error:
@@ -294,6 +309,64 @@ class Store(FingerprintIndex):
             if key in decisions and (status is None or decisions[key].status is status)
         ]
         return page, (ordered[limit - 1] if len(ordered) > limit else None)
+
+    def page_by_time(
+        self, status: Status, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        stores.check_timed(status, limit)
+        condition, values = "", {}
+        if cursor:
+            code, key = stores.split_time_cursor(cursor)
+            condition, values = "sk > :after", {":after": _s(_timed_sk(code, key))}
+        if not self._timed:
+            if self._item(_TIMED_MARK, "m") is None:
+                self._order_by_time()
+            self._timed = True
+        entries = [
+            (str(item["sk"]["S"])[: len(stores.time_code(0))], _timed_key_of(item))
+            for item in self._query("T#" + status.value, condition, values, limit=limit + 1)
+        ]
+        decisions = self._decisions([key for _, key in entries[:limit]])
+        page, stale = [], []
+        for code, key in entries[:limit]:
+            found = decisions.get(key)
+            if found and found.status is status and stores.time_code(found.updated_at) == code:
+                page.append(found)
+            else:
+                # Left behind by racing saves: the decision has moved on since.
+                stale.append(_key("T#" + status.value, _timed_sk(code, key)))
+        if stale:
+            with contextlib.suppress(stores.StoreUnavailable):
+                self._write_all([], stale)
+        last = entries[limit - 1] if len(entries) > limit else None
+        return page, (last[0] + last[1] if last else None)
+
+    def _order_by_time(self) -> int:
+        """List every pending and rejected decision in its status's index by time (for
+        decisions saved before it existed), then mark it done; how many were missing.
+        Idempotent: `migrate-store` runs it again. An entry a save meanwhile leaves
+        behind is checked and dropped by readers."""
+        listed = 0
+        for status in stores.TIMED:
+            decisions = self._decisions(
+                [_indexed_key(item) for item in self._query("S#" + status.value)]
+            )
+            held = {str(item["sk"]["S"]) for item in self._query("T#" + status.value)}
+            missing = [
+                _timed_item(d)
+                for d in decisions.values()
+                if d.status is status and _timed_item(d)["sk"]["S"] not in held
+            ]
+            self._write_all(missing, [])
+            listed += len(missing)
+        self._do("put_item", TableName=self.table, Item=_key(_TIMED_MARK, "m"))
+        return listed
+
+    def migrate(self) -> int:
+        """The fingerprint index's conversion, then the index by time of pending and
+        rejected decisions."""
+        converted = super().migrate()
+        return max(converted, self._order_by_time())
 
     def counts(self) -> dict[str, int]:
         totals: dict[str, int] = {}

@@ -11,6 +11,7 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from thumbor_rekognition import stores
 from thumbor_rekognition.config_checks import ConfigurationError, checked_endpoint_url
 from thumbor_rekognition.decision import (
     ContentType,
@@ -160,6 +161,33 @@ def _index_item(pk: str, key: str) -> dict[str, Any]:
     if _name(key) != key:
         item["k"] = _s(key)
     return item
+
+
+def _timed_key(decision: Decision | None) -> dict[str, Any] | None:
+    """The key of a decision's entry in the index by time of its status (the time code of
+    its last change, then its key, as the sort key); None for a status without one."""
+    if decision is None or decision.status not in stores.TIMED:
+        return None
+    code = stores.time_code(decision.updated_at)
+    return _key("T#" + decision.status.value, _timed_sk(code, decision.key))
+
+
+def _timed_sk(code: str, key: str) -> str:
+    return code + _name(key)
+
+
+def _timed_item(decision: Decision) -> dict[str, Any]:
+    item = _key(
+        "T#" + decision.status.value, _timed_sk(stores.time_code(decision.updated_at), decision.key)
+    )
+    if _name(decision.key) != decision.key:
+        item["k"] = _s(decision.key)
+    return item
+
+
+def _timed_key_of(item: dict[str, Any]) -> str:
+    """The decision key of an entry of an index by time."""
+    return str(item["k"]["S"]) if "k" in item else stores.split_time_cursor(item["sk"]["S"])[1]
 
 
 def _indexed_key(item: dict[str, Any]) -> str:

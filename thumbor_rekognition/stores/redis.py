@@ -7,7 +7,9 @@ Cluster's 16,384. Every write of a decision is one Lua script on one partition:
 atomic, and on one node of a cluster. The content-hash index is partitioned by hash,
 so a save adds the new hash's entry before the decision and removes the old one after
 (a reader checks what it finds against the decision). Listing merges the partitions in
-key order; statuses other than approved have an index of their own. The index of
+key order; statuses other than approved have an index of their own, and one by time
+(the time code of the last change, then the key), kept by the same script that writes
+the decision; a process builds it once for data saved before it existed. The index of
 judged pictures' fingerprints, the links to their duplicates and the shared values
 (the call rate) live beside the partitions, each command on one key.
 
@@ -55,7 +57,13 @@ from thumbor_rekognition.stores.redis_client import (
 from thumbor_rekognition.stores.redis_index import (
     FingerprintIndex,
 )
-from thumbor_rekognition.stores.redis_listing import Merge
+from thumbor_rekognition.stores.redis_listing import (
+    _STATUS_NUMBERS,
+    TIMED_MARK,
+    Merge,
+    by_time,
+    order_by_time,
+)
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -70,9 +78,6 @@ UNDONE_BY = "thumbor-moderation"
 
 # Bytes of a content hash that its index keeps: readers check the whole hash.
 HASH_PREFIX = 8
-
-
-_STATUS_NUMBERS = {Status.APPROVED: 0, Status.REJECTED: 1, Status.PENDING: 2}
 
 
 class Store(FingerprintIndex):
@@ -250,10 +255,12 @@ class Store(FingerprintIndex):
         event: Event,
         paths: bytes,
     ) -> list[str]:
-        """The arguments that end a save or a delete: now, then its outbox entries."""
+        """The arguments that end a save or a delete: now, the time codes of the decision
+        before and after, then its outbox entries."""
         recorded = [records.decode_path(key, path) for path in records.split(paths)]
         entries = self.announcements(previous, current, event, recorded)
-        return [repr(time.time()), *(part for entry in entries for part in entry)]
+        codes = [stores.time_code(d.updated_at) if d else "" for d in (previous, current)]
+        return [repr(time.time()), *codes, *(part for entry in entries for part in entry)]
 
     def _index(self, client: Client, script: str, digest: bytes, key: str) -> None:
         self._run(client, script, self._of_hash(digest), digest[:HASH_PREFIX] + key.encode())
@@ -314,6 +321,23 @@ class Store(FingerprintIndex):
             found = Merge(self, client, chosen, wanted, cursor).take(limit + 1)
         page = [records.decode_decision(key, record) for key, record in found[:limit]]
         return page, (found[limit - 1][0] if len(found) > limit else None)
+
+    def page_by_time(
+        self, status: Status, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        stores.check_timed(status, limit)
+        with self._call() as client:
+            return by_time(self, client, status, limit, cursor)
+
+    def _check_format(self, client: Client) -> None:
+        """The format, then the index by time, built once for data saved before it existed
+        (each process looks at its mark once)."""
+        if not client.exists(self.prefix + "format"):
+            # Nothing saved yet under this prefix: nothing to list.
+            client.set(self.prefix + TIMED_MARK, "1", nx=True)
+        super()._check_format(client)
+        if not client.exists(self.prefix + TIMED_MARK):
+            order_by_time(self, client)
 
     def counts(self) -> dict[str, int]:
         with self._call() as client:
@@ -442,6 +466,7 @@ class Store(FingerprintIndex):
                 for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
                     client.delete(name)
             client.delete(self.prefix + "all")
+            converted = max(converted, order_by_time(self, client))
             self._checked = False
             return converted
         except _ERRORS as error:
@@ -466,4 +491,7 @@ class Store(FingerprintIndex):
         )
         if record and records.sha_of(record):
             self._index(client, "index_add", records.sha_of(record), key)
-        return int(self._run(client, "import", self._of_key(key), key, record, history, paths))
+        code = stores.time_code(Decision.from_json(body).updated_at) if body else ""
+        return int(
+            self._run(client, "import", self._of_key(key), key, record, history, paths, code)
+        )

@@ -72,6 +72,7 @@ _SCRIPTS = {
     "index_find": scripts.INDEX_FIND,
     "import": scripts.IMPORT,
     "enqueue": scripts.ENQUEUE,
+    "time_add": scripts.TIME_ADD,
 }
 
 

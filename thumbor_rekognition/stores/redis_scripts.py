@@ -266,6 +266,22 @@ local function reindex(k, old, new)
   if before then map_set(before, k, nil) end
   if after then map_set(after, k, '') end
 end
+
+-- Decisions that are not approved are listed by time too: in 't<status>', keyed by the
+-- time code of their last change (stores.time_code, 16 digits, given by the writer, who
+-- reads the record) followed by their key.
+local TIME_CODE = 16
+local function timed_of(rec)
+  if rec == '' or status_of(rec) == 0 then return nil end
+  return 't' .. status_of(rec)
+end
+
+local function retime(k, old, new, old_code, new_code)
+  local before, after = timed_of(old), timed_of(new)
+  if before == after and old_code == new_code then return end
+  if before then map_set(before, old_code .. k, nil) end
+  if after then map_set(after, new_code .. k, '') end
+end
 """
 
 
@@ -281,7 +297,8 @@ return rec
 """)
 
 # ARGV: prefix, key, record, event, the record and the paths the writer read ('' for
-# none), channel, message, now, then the outbox entries (topic, payload ...). -> {1, previous
+# none), channel, message, now, the time codes of the record read and of the new one ('' for
+# none), then the outbox entries (topic, payload ...). -> {1, previous
 # record or ''} once saved with its entries; {0, record found, paths found} when the key's
 # record or paths are no longer the ones read (compare-and-set: the writer settles again).
 SAVE = _script("""
@@ -293,14 +310,16 @@ end
 tally(old, -1)
 tally(rec, 1)
 reindex(key, old, rec)
+retime(key, old, rec, ARGV[10], ARGV[11])
 map_set('d', key, entry(rec, hist .. item(ARGV[4]), paths))
-enqueue_all(key, 10, ARGV[9])
+enqueue_all(key, 12, ARGV[9])
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 return {1, old}
 """)
 
 # ARGV: prefix, key, event, the record and the paths the writer read, channel, message,
-# now, then the outbox entries. -> {1, forgotten record} once forgotten with its entries,
+# now, the time code of the record read, '' (where a save has the new record's), then the
+# outbox entries. -> {1, forgotten record} once forgotten with its entries,
 # {1, ''} when there was nothing to forget, {0, record found, paths found} when the key's
 # record or paths are no longer the ones read.
 DELETE = _script("""
@@ -312,8 +331,9 @@ end
 if old == '' then return {1, ''} end
 tally(old, -1)
 reindex(key, old, '')
+retime(key, old, '', ARGV[9], '')
 map_set('d', key, entry('', hist .. item(ARGV[3]), paths))
-enqueue_all(key, 9, ARGV[8])
+enqueue_all(key, 11, ARGV[8])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return {1, old}
 """)
@@ -355,10 +375,12 @@ if paths ~= '' then map_set('d', key, entry(rec, hist, '')) end
 return 1
 """)
 
-# ARGV: prefix, map ('d' or a status index), status number or '', after, '1' when there is
-# an after, limit, budget -> {done, last key read, key1, record1, ...}.
+# ARGV: prefix, map ('d', a status index or a status's index by time), status number or '',
+# after, '1' when there is an after, limit, budget -> {done, last key read, key1, record1,
+# ...}: the keys of the map read (time code and key, in an index by time).
 PAGE = _script("""
 local m, wanted = ARGV[2], tonumber(ARGV[3])
+local skip = string.sub(m, 1, 1) == 't' and TIME_CODE or 0
 local after = ARGV[5] == '1' and ARGV[4] or nil
 local accept
 if m == 'd' then
@@ -369,7 +391,7 @@ if m == 'd' then
   end
 else
   accept = function(k, v)
-    local rec = sections(map_get('d', k))
+    local rec = sections(map_get('d', string.sub(k, skip + 1)))
     if rec == '' or (wanted and status_of(rec) ~= wanted) then return nil end
     return rec
   end
@@ -398,13 +420,30 @@ local after = first and ARGV[2] or ARGV[3]
 return map_range('h', after, first, ARGV[2], 1000000, tonumber(ARGV[4]), accept)
 """)
 
-# ARGV: prefix, key, record, history, paths -> 1 when written, 0 when the key already has
-# an entry (a whole entry of old data moved in; newer data wins).
+# ARGV: prefix, key, record, history, paths, the record's time code -> 1 when written, 0
+# when the key already has an entry (a whole entry of old data moved in; newer data wins).
 IMPORT = _script("""
 local key, rec = ARGV[2], ARGV[3]
 if map_get('d', key) then return 0 end
 tally(rec, 1)
 reindex(key, '', rec)
+retime(key, '', rec, '', ARGV[6])
 map_set('d', key, entry(rec, ARGV[4], ARGV[5]))
 return 1
+""")
+
+# ARGV: prefix, then (key, record, its time code) ... -> how many entries were added: each
+# decision still as read (a save since has listed its own) gets its entry in its status's
+# index by time, if it has none (decisions saved before that index existed).
+TIME_ADD = _script("""
+local added = 0
+for i = 2, #ARGV - 2, 3 do
+  local key, rec = ARGV[i], ARGV[i + 1]
+  local timed = rec ~= '' and timed_of(rec)
+  if timed and sections(map_get('d', key)) == rec and not map_get(timed, ARGV[i + 2] .. key) then
+    map_set(timed, ARGV[i + 2] .. key, '')
+    added = added + 1
+  end
+end
+return added
 """)

@@ -9,7 +9,8 @@ a tenth of a second.
 One row per picture holds its decision as a compact record (``records``), its history
 and its recorded paths, in a table without rowids keyed by the picture's key; the
 content-hash index keeps 8 bytes of the hash, and only pictures that are not approved
-are indexed by status (approved ones are listed by reading the table in key order).
+are indexed by status, in key order and by time (approved ones are listed by reading
+the table in key order).
 Fingerprints, links to duplicates and shared values have tables of their own.
 
 The layers below the decisions: ``sqlite_schema`` (the file's schema and formats),
@@ -45,6 +46,12 @@ _PAGE_APPROVED = (
 _PAGE_WAITING = (
     "SELECT key, record FROM pictures WHERE status = ? AND status > 0 AND key > ? "
     "ORDER BY key LIMIT ?"
+)
+
+# Through the partial index by time of the same statuses.
+_PAGE_BY_TIME = (
+    "SELECT key, record FROM pictures WHERE status = ? AND status > 0 AND (changed, key) > (?, ?) "
+    "ORDER BY changed, key LIMIT ?"
 )
 
 
@@ -94,8 +101,8 @@ class Store(FingerprintIndex):
             # The picture is judged: whoever held the right to judge it no longer needs it.
             cursor.execute("DELETE FROM leases WHERE name = ?", ("judge:" + decision.sha256,))
             cursor.execute(
-                "INSERT OR REPLACE INTO pictures (key, sha, status, record, history, paths) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO pictures "
+                "(key, sha, status, record, history, paths, changed) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     decision.key,
                     records.sha_of(record)[:HASH_PREFIX] or None,
@@ -103,6 +110,7 @@ class Store(FingerprintIndex):
                     record,
                     history + records.join([records.encode_event(event)]),
                     paths,
+                    sqlite_schema.changed_of(decision),
                 ),
             )
             self._tally(cursor, current, -1)
@@ -123,7 +131,8 @@ class Store(FingerprintIndex):
             if row is None:
                 return False
             cursor.execute(
-                "UPDATE pictures SET sha = NULL, status = NULL, record = NULL, history = ? "
+                "UPDATE pictures SET sha = NULL, status = NULL, record = NULL, changed = NULL, "
+                "history = ? "
                 "WHERE key = ?",
                 (row[1] + records.join([records.encode_event(event)]), key),
             )
@@ -208,6 +217,19 @@ class Store(FingerprintIndex):
             rows = db.execute(query, [*arguments, limit + 1]).fetchall()
         page = [records.decode_decision(key, record) for key, record in rows[:limit]]
         next_cursor = rows[limit - 1][0] if len(rows) > limit else None
+        return page, next_cursor
+
+    def page_by_time(
+        self, status: Status, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Decision], str | None]:
+        stores.check_timed(status, limit)
+        changed, key = stores.split_time_cursor(cursor) if cursor else ("-1", "")
+        with self._cursor() as db:
+            rows = db.execute(
+                _PAGE_BY_TIME, (_STATUS_NUMBERS[status], int(changed), key, limit + 1)
+            ).fetchall()
+        page = [records.decode_decision(key, record) for key, record in rows[:limit]]
+        next_cursor = stores.time_cursor(page[-1]) if len(rows) > limit else None
         return page, next_cursor
 
     def counts(self) -> dict[str, int]:
