@@ -35,7 +35,7 @@ TEST_WORKERS ?= 4
 
 test: install
 	scripts/install-system-packages
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not timing'
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m 'not timing'
 	$(BIN)/python -m pytest -m timing
 
 check: install

@@ -62,5 +62,5 @@ def e2e(session: nox.Session, thumbor: str, extras: str) -> None:
     # As `make test` does: the tests that assert a wall-clock bound run alone, after the
     # rest, so that the other workers' load does not count against them.
     common = ["-q", "-p", "no:cacheprovider", *skip, *session.posargs]
-    session.run("pytest", "-m", "e2e and not timing", "-n", "2", "--dist", "worksteal", *common)
+    session.run("pytest", "-m", "e2e and not timing", "-n", "2", *common)
     session.run("pytest", "-m", "e2e and timing", *common)
