@@ -328,7 +328,17 @@ def large(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     size = (images / "large-0.png").stat().st_size / 1e6
     fake.reset()
     fake.fail("slow", delay=args.delay)
-    configs = servers(work, images, fake)
+    configs = servers(
+        work,
+        images,
+        fake,
+        MODERATION_TURN_WAIT_SECONDS=args.large_turn_wait,
+        MODERATION_TIMEOUT_SECONDS=max(10.0, args.large_turn_wait * 2),
+    )
+    print(
+        f"large: MODERATION_TURN_WAIT_SECONDS = {args.large_turn_wait:g} (how long a first "
+        "view waits for room in MODERATION_DECODE_BUDGET_MB before it is answered pending)"
+    )
     increases = {}
     for offset, kind in enumerate(KINDS):
         with running(work, kind, configs[kind]) as server:
@@ -336,15 +346,16 @@ def large(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
             time.sleep(1)
             baseline = rss_mb(pid(server))
             with Sampler(pid(server), every=0.02) as memory:
-                statuses = []
+                statuses: list[str] = []
 
                 def view(
-                    index: int, server: ThumborServer = server, statuses: list[int] = statuses
+                    index: int, server: ThumborServer = server, statuses: list[str] = statuses
                 ) -> None:
                     response = server.request(
                         "GET", f"/unsafe/300x200/large-{index}.png", timeout=300
                     )
-                    statuses.append(response.status)
+                    told = response.header("X-Moderation-Status")
+                    statuses.append(f"{response.status}" + (f" {told}" if told else ""))
 
                 threads = [
                     threading.Thread(target=view, args=(offset * 4 + index,)) for index in range(4)
@@ -411,6 +422,12 @@ def main() -> None:
     parser.add_argument("--hit-seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--large-mb", type=float, default=50.0)
+    parser.add_argument(
+        "--large-turn-wait",
+        type=float,
+        default=1.0,
+        help="MODERATION_TURN_WAIT_SECONDS for the 50 MB PNGs (1 s is the default)",
+    )
     parser.add_argument("--soak", type=int, default=10_000, help="new pictures of the soak")
     parser.add_argument(
         "--cache-entries", type=int, default=10_000, help="the plugin's caches during the soak"

@@ -115,3 +115,18 @@ def test_decisions_expired_long_ago_are_dropped_from_memory(monkeypatch: object)
     assert cache.stale("old") is None
     assert cache.stale("recent") is decision
     assert len(cache) == 2
+
+
+def test_a_picture_not_loaded_yet_is_let_in_for_what_the_last_ones_cost() -> None:
+    async def scenario() -> tuple[int, int, bool, int]:
+        budget = DecodeBudget(100)
+        # Nothing known yet: the whole budget, so that the first ones load one at a time.
+        first = budget.expected
+        assert await budget.acquire(first, time.monotonic() + 1)
+        budget.settle(first, 70)
+        expected = budget.expected
+        # 70 held, and the next one is expected to cost 70 too: it waits.
+        beside = await budget.acquire(expected, time.monotonic() + 0.05)
+        return first, expected, beside, budget.held
+
+    assert asyncio.run(scenario()) == (100, 70, False, 70)

@@ -14,6 +14,8 @@ from PIL import Image
 
 # Bytes per decoded pixel counted for a picture: RGBA, the widest mode preparation uses.
 BYTES_PER_PIXEL = 4
+# How many of the last pictures let in give what one not loaded yet is expected to cost.
+RECENT_COSTS = 8
 
 
 def decoded_cost(buffer: bytes, max_frames: int, max_side: int) -> int:
@@ -42,13 +44,30 @@ class DecodeBudget:
 
     Pictures are let in first come, first served; one waits for room until its deadline.
     One larger than the whole budget is let in alone, when nothing else is held, so that
-    every picture can be judged. Used from the event loop only.
+    every picture can be judged. A picture not loaded yet is let in for what it is
+    expected to cost (see expected), and settled at its cost once loaded. Used from the
+    event loop only.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._recent: deque[int] = deque(maxlen=RECENT_COSTS)
+
+    @property
+    def expected(self) -> int:
+        """What a picture not loaded yet is expected to cost: the most any of the last
+        pictures settled cost; the whole budget before any was, so that the first ones
+        after start are loaded one at a time until their sizes are known."""
+        return max(self._recent, default=self.limit)
+
+    def settle(self, expected: int, cost: int) -> None:
+        """Count a picture let in for `expected` at its `cost`, known once it is loaded.
+        Never waits: its bytes are in memory already; later pictures wait for it."""
+        self._recent.append(cost)
+        self.held += cost - expected
+        self._admit()
 
     def _fits(self, cost: int) -> bool:
         return self.held == 0 or self.held + cost <= self.limit
