@@ -5,9 +5,13 @@ because the call rate was spent, judged in the background as turns come."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import io
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -16,6 +20,33 @@ from PIL import Image
 BYTES_PER_PIXEL = 4
 # How many of the last pictures let in give what one not loaded yet is expected to cost.
 RECENT_COSTS = 8
+# Decoded pixels from which the memory freed after preparing a picture is handed back.
+TRIM_FROM = 32 * 1024 * 1024
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
+    return trim
+
+
+def give_back_memory() -> bool:
+    """Hand the memory the C heaps hold free back to the system (glibc's malloc_trim);
+    False where there is no such call.
+
+    Pixels decoded in a worker thread are freed into that thread's heap, which keeps
+    what it grew to: measured, preparing a 4082x4082 PNG in a thread left 75 MB more
+    resident after it than before, 5 MB once trimmed, and pictures prepared one after
+    the other in different threads left the sum of their peaks. Blocking.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def decoded_cost(buffer: bytes, max_frames: int, max_side: int) -> int:
