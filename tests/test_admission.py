@@ -122,7 +122,7 @@ def test_decisions_expired_long_ago_are_dropped_from_memory(monkeypatch: object)
 def test_a_picture_not_loaded_yet_is_let_in_for_what_the_last_ones_cost() -> None:
     async def scenario() -> tuple[int, int, bool, int]:
         budget = DecodeBudget(100)
-        # Nothing known yet: the whole budget, so that the first ones load one at a time.
+        # Nothing known yet: nothing held while it is loaded.
         first = budget.expected
         assert await budget.acquire(first, time.monotonic() + 1)
         budget.settle(first, 70)
@@ -131,7 +131,7 @@ def test_a_picture_not_loaded_yet_is_let_in_for_what_the_last_ones_cost() -> Non
         beside = await budget.acquire(expected, time.monotonic() + 0.05)
         return first, expected, beside, budget.held
 
-    assert asyncio.run(scenario()) == (100, 70, False, 70)
+    assert asyncio.run(scenario()) == (0, 70, False, 70)
 
 
 def test_memory_freed_after_preparing_a_large_picture_is_handed_back(

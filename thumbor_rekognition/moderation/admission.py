@@ -89,9 +89,10 @@ class DecodeBudget:
     @property
     def expected(self) -> int:
         """What a picture not loaded yet is expected to cost: the most any of the last
-        pictures settled cost; the whole budget before any was, so that the first ones
-        after start are loaded one at a time until their sizes are known."""
-        return max(self._recent, default=self.limit)
+        pictures settled cost; nothing before any was (a request may be loading its
+        original from this very process: holding the whole budget meanwhile would make
+        the request for it wait for room that only its own answer gives back)."""
+        return max(self._recent, default=0)
 
     def settle(self, expected: int, cost: int) -> None:
         """Count a picture let in for `expected` at its `cost`, known once it is loaded.
