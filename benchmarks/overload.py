@@ -384,7 +384,7 @@ def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     fake.reset()
     configs = servers(work, images, fake, MODERATION_CACHE_ENTRIES=args.cache_entries)
     print(f"soak: MODERATION_CACHE_ENTRIES = {args.cache_entries}")
-    warm_up = min(500, len(names) // 5)
+    warm_up = args.soak_warm_up if args.soak_warm_up is not None else min(500, len(names) // 5)
     for kind in KINDS:
         with running(work, kind, configs[kind]) as server:
             warm(server)
@@ -431,6 +431,12 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=10_000, help="new pictures of the soak")
     parser.add_argument(
         "--cache-entries", type=int, default=10_000, help="the plugin's caches during the soak"
+    )
+    parser.add_argument(
+        "--soak-warm-up",
+        type=int,
+        default=None,
+        help="pictures of the soak asked for before RSS is read (default: 500 at most)",
     )
     parser.add_argument(
         "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None
