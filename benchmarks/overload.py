@@ -328,7 +328,17 @@ def large(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     size = (images / "large-0.png").stat().st_size / 1e6
     fake.reset()
     fake.fail("slow", delay=args.delay)
-    configs = servers(work, images, fake)
+    configs = servers(
+        work,
+        images,
+        fake,
+        MODERATION_TURN_WAIT_SECONDS=args.large_turn_wait,
+        MODERATION_TIMEOUT_SECONDS=max(10.0, args.large_turn_wait * 2),
+    )
+    print(
+        f"large: MODERATION_TURN_WAIT_SECONDS = {args.large_turn_wait:g} (how long a first "
+        "view waits for room in MODERATION_DECODE_BUDGET_MB before it is answered pending)"
+    )
     increases = {}
     for offset, kind in enumerate(KINDS):
         with running(work, kind, configs[kind]) as server:
@@ -336,15 +346,16 @@ def large(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
             time.sleep(1)
             baseline = rss_mb(pid(server))
             with Sampler(pid(server), every=0.02) as memory:
-                statuses = []
+                statuses: list[str] = []
 
                 def view(
-                    index: int, server: ThumborServer = server, statuses: list[int] = statuses
+                    index: int, server: ThumborServer = server, statuses: list[str] = statuses
                 ) -> None:
                     response = server.request(
                         "GET", f"/unsafe/300x200/large-{index}.png", timeout=300
                     )
-                    statuses.append(response.status)
+                    told = response.header("X-Moderation-Status")
+                    statuses.append(f"{response.status}" + (f" {told}" if told else ""))
 
                 threads = [
                     threading.Thread(target=view, args=(offset * 4 + index,)) for index in range(4)
@@ -373,7 +384,7 @@ def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     fake.reset()
     configs = servers(work, images, fake, MODERATION_CACHE_ENTRIES=args.cache_entries)
     print(f"soak: MODERATION_CACHE_ENTRIES = {args.cache_entries}")
-    warm_up = min(500, len(names) // 5)
+    warm_up = args.soak_warm_up if args.soak_warm_up is not None else min(500, len(names) // 5)
     for kind in KINDS:
         with running(work, kind, configs[kind]) as server:
             warm(server)
@@ -411,9 +422,21 @@ def main() -> None:
     parser.add_argument("--hit-seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--large-mb", type=float, default=50.0)
+    parser.add_argument(
+        "--large-turn-wait",
+        type=float,
+        default=1.0,
+        help="MODERATION_TURN_WAIT_SECONDS for the 50 MB PNGs (1 s is the default)",
+    )
     parser.add_argument("--soak", type=int, default=10_000, help="new pictures of the soak")
     parser.add_argument(
         "--cache-entries", type=int, default=10_000, help="the plugin's caches during the soak"
+    )
+    parser.add_argument(
+        "--soak-warm-up",
+        type=int,
+        default=None,
+        help="pictures of the soak asked for before RSS is read (default: 500 at most)",
     )
     parser.add_argument(
         "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None

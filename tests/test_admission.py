@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from types import SimpleNamespace
 
+import pytest
 from PIL import Image
 
 from thumbor_rekognition.moderation.admission import Backlog, DecodeBudget, Queued, decoded_cost
@@ -115,3 +117,38 @@ def test_decisions_expired_long_ago_are_dropped_from_memory(monkeypatch: object)
     assert cache.stale("old") is None
     assert cache.stale("recent") is decision
     assert len(cache) == 2
+
+
+def test_a_picture_not_loaded_yet_is_let_in_for_what_the_last_ones_cost() -> None:
+    async def scenario() -> tuple[int, int, bool, int]:
+        budget = DecodeBudget(100)
+        # Nothing known yet: nothing held while it is loaded.
+        first = budget.expected
+        assert await budget.acquire(first, time.monotonic() + 1)
+        budget.settle(first, 70)
+        expected = budget.expected
+        # 70 held, and the next one is expected to cost 70 too: it waits.
+        beside = await budget.acquire(expected, time.monotonic() + 0.05)
+        return first, expected, beside, budget.held
+
+    assert asyncio.run(scenario()) == (0, 70, False, 70)
+
+
+def test_memory_freed_after_preparing_a_large_picture_is_handed_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from thumbor_rekognition.moderation import calls
+
+    trimmed: list[bool] = []
+    monkeypatch.setattr(calls, "give_back_memory", lambda: trimmed.append(True))
+    settings = SimpleNamespace(
+        analysis_max_side=1600, max_pixels=100_000_000, max_frames=5, respect_orientation=True
+    )
+    moderator = SimpleNamespace(settings=settings, backend=SimpleNamespace(max_side=None))
+
+    # 1000x1000 decoded is 4 MB: kept by the thread's heap for the next picture.
+    calls.Calls.prepare(moderator, png(1000, 1000))  # type: ignore[arg-type]
+    assert trimmed == []
+    # 3000x3000 is 36 MB: handed back once prepared.
+    calls.Calls.prepare(moderator, png(3000, 3000))  # type: ignore[arg-type]
+    assert trimmed == [True]

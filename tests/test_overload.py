@@ -130,3 +130,42 @@ def test_stats_show_what_the_process_holds(node: ThumborServer, images: Path) ->
         assert isinstance(process[key], int), key
     assert process["decisions_cached"] >= 1
     assert process["decode_budget_held_bytes"] == 0
+
+
+def test_first_views_wait_for_room_before_they_load_their_originals(
+    tmp_path: Path, images: Path, fake: FakeRekognition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each picture costs more than the whole budget once decoded (1200x1000 pixels,
+    # 4.8 MB): one first view at a time holds its original, from its loading until its
+    # request ends (Thumbor decodes it too), as stock Thumbor's file loader and decoding,
+    # which never yield, hold one at a time.
+    log = tmp_path / "loads.jsonl"
+    monkeypatch.setenv("COUNTING_LOADER_LOG", str(log))
+    config = base_config(tmp_path, images, fake.url)
+    config.update(
+        {
+            "MODERATION_SOURCE_LOADER": "tests.fakes.counting_loader",
+            "MODERATION_DECODE_BUDGET_MB": 1,
+            "MODERATION_TURN_WAIT_SECONDS": 60.0,
+            "MODERATION_TIMEOUT_SECONDS": 120.0,
+        }
+    )
+    names = []
+    for index in range(4):
+        name = f"large-{index}-{next(_sizes)}.png"
+        (images / name).write_bytes(picture((40 + 30 * index, 90, 200), size=(1200, 1000)))
+        names.append(name)
+    node = ThumborServer(tmp_path, config).start()
+    try:
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            answers = list(pool.map(lambda name: node.get(f"/unsafe/100x80/{name}"), names))
+    finally:
+        node.stop()
+    loads = [json.loads(line) for line in log.read_text().splitlines()]
+
+    assert [(r.status, r.header("X-Moderation-Status")) for r in answers] == [
+        (200, "approved")
+    ] * len(names)
+    assert sorted(load["path"] for load in loads) == sorted(names)
+    # No original was loaded while another first view still held its own.
+    assert [load["held"] for load in loads] == [0] * len(names)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thumbor_rekognition.urls import key_of, normalise
+from thumbor_rekognition.cdn import cache_tag
+from thumbor_rekognition.urls import MEMO_ENTRIES, key_of, normalise
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,14 @@ def test_file_loader_names_containing_a_hash_sign_get_different_keys(
 def test_names_differing_only_by_surrounding_spaces_are_different_pictures() -> None:
     assert len({normalise("mint.png"), normalise("mint.png%20"), normalise("%20mint.png")}) == 3
     assert key_of("mint.png ") != key_of("mint.png")
+
+
+def test_keys_remembered_for_urls_are_bounded() -> None:
+    # Every new picture's URL is normalised on its first view: a process serving new
+    # pictures day after day keeps a bounded number of them, not one per picture.
+    for index in range(MEMO_ENTRIES + 2_000):
+        normalise(f"bounded/{index}.jpg")
+        cache_tag(f"bounded/{index}.jpg")
+    assert normalise.cache_info().currsize <= MEMO_ENTRIES
+    assert cache_tag.cache_info().currsize <= MEMO_ENTRIES
+    assert MEMO_ENTRIES <= 10_000

@@ -278,7 +278,10 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "judging new pictures (each counted as its bytes plus width x height x 4 per "
         "scene, a JPEG at the reduced size it is decoded at). A picture that would "
         "exceed it waits until others are done, within MODERATION_TURN_WAIT_SECONDS, "
-        "then is answered 'pending' and queued. One "
+        "then is answered 'pending' and queued. A first view holds its room from before "
+        "its original is loaded (as much as the last pictures cost) until its request "
+        "ends, Thumbor's rendering included; one that gets no room in time is answered "
+        "'pending' without being loaded, and judged on a later request. One "
         "picture larger than the whole budget is judged alone.",
         GROUP,
     ),

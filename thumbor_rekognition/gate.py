@@ -66,6 +66,9 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
     _served: tuple[str, list[str]] | None = None
 
     _deadline: float | None = None
+    # Room this request holds in the decode budget for the originals it loaded to judge
+    # (see loader.py), given back when it ends.
+    budget_held = 0
 
     def initialize(self, context: Any, runtime: Runtime | None = None) -> None:
         _initialize(self, context)
@@ -112,7 +115,12 @@ class ModerationHandler(ImagingHandler):  # type: ignore[misc]
                     self.context.modules.result_storage = None
         # Not judged yet: the moderating STORAGE judges a stored original before handing it
         # out, and the moderating RESULT_STORAGE answers no result without an approval.
-        await _execute_image_operations(self)
+        try:
+            await _execute_image_operations(self)
+        finally:
+            if self.budget_held:
+                moderator.decode_budget.release(self.budget_held)
+                self.budget_held = 0
         served = self._served
         if served is not None:
             # After the answer: the viewer does not wait for the record.

@@ -76,6 +76,17 @@ async def load(context: Any, path: str) -> LoaderResult:
         if refusal is not None:
             return refusal
 
+    room = await _room_for_original(runtime, handler, known)
+    if room == NO_ROOM:
+        # No room to hold one more original for judging in time: not loaded.
+        answer = _refuse(
+            context, runtime, runtime.moderator.no_room(key, unquote(path), context.metrics), main
+        )
+        if answer is not None:
+            return answer
+        # Failing open: loaded, and judged as any other caller's picture is.
+        room = None
+
     result = as_loader_result(await runtime.source_loader.load(context, path))
     if result.successful and not result.buffer:
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": "empty"})
@@ -86,6 +97,8 @@ async def load(context: Any, path: str) -> LoaderResult:
         # Approved since it was quarantined, and gone from its origin: the kept copy
         # is the original (same bytes), so it is served and stored again.
         result = LoaderResult(buffer=kept)
+    if room is not None:
+        _settle(runtime, handler, room, result.buffer)
     if _from_moderated_thumbor(result):
         # A rendering by a moderated Thumbor (this one, say): judging it as a new picture
         # would give it a decision of its own that rejecting its source would not reach.
@@ -96,7 +109,17 @@ async def load(context: Any, path: str) -> LoaderResult:
 
     try:
         result, was = await _cleaned(runtime, key, result)
-        decision = await _judge(context, runtime, handler, key, path, result.buffer, main, was)
+        decision = await _judge(
+            context,
+            runtime,
+            handler,
+            key,
+            path,
+            result.buffer,
+            main,
+            was,
+            admitted=room is not None,
+        )
     except UnsupportedImage as error:
         logger.warning("original %s is not an image the plugin can judge: %s", key, error)
         return LoaderResult(successful=False, error=NOT_AN_IMAGE, extras={"reason": str(error)})
@@ -120,6 +143,40 @@ async def load(context: Any, path: str) -> LoaderResult:
     return answer
 
 
+# What _room_for_original answers when no room came in time.
+NO_ROOM = -1
+
+
+async def _room_for_original(runtime: Runtime, handler: Any, known: Decision | None) -> int | None:
+    """Room in the decode budget for an original about to be loaded and judged, held by
+    the request until it ends (Thumbor decodes the picture too): what is held for it
+    until it is settled at its cost; NO_ROOM when no room came in time; None for one
+    that is not judged (known approved) or not loaded by the image route, which judging
+    counts when it decodes it."""
+    moderator = runtime.moderator
+    if not isinstance(handler, ModerationHandler) or (
+        known is not None and known.status is Status.APPROVED and moderator.stands(known)
+    ):
+        return None
+    if handler.budget_held:
+        # A picture pasted into the request's main one: counted, never waited for, as
+        # the request would otherwise wait for room it holds itself.
+        return 0
+    room = await moderator.room_for_original(handler.deadline)
+    if room is None:
+        return NO_ROOM
+    handler.budget_held += room
+    return room
+
+
+def _settle(runtime: Runtime, handler: Any, room: int, buffer: bytes) -> None:
+    """Count a loaded original at what it costs, from now until the request ends: first
+    views after it wait for room before they load theirs."""
+    cost = runtime.moderator.cost_of(buffer)
+    runtime.moderator.decode_budget.settle(room, cost)
+    handler.budget_held += cost - room
+
+
 async def _cleaned(runtime: Runtime, key: str, result: LoaderResult) -> tuple[LoaderResult, str]:
     """The loaded original as it is judged and served (see embedded.py), and the hash of
     the bytes as loaded when cleaning changed them."""
@@ -141,6 +198,7 @@ async def _judge(
     buffer: bytes,
     main: bool,
     was: str,
+    admitted: bool = False,
 ) -> Decision | None:
     """The decision for a loaded original; None when the gate awaits it while Thumbor
     renders the picture (the main picture of the image route, once the backend has it)."""
@@ -150,12 +208,19 @@ async def _judge(
         # A picture pasted into another is judged before it is used (the main one too,
         # when a filter pastes it into itself while it renders).
         return await moderator.moderate(
-            key, unquote(path), buffer, context.metrics, deadline, was=was
+            key, unquote(path), buffer, context.metrics, deadline, was=was, admitted=admitted
         )
     called: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     judgement = asyncio.ensure_future(
         moderator.moderate(
-            key, unquote(path), buffer, context.metrics, deadline, called=called, was=was
+            key,
+            unquote(path),
+            buffer,
+            context.metrics,
+            deadline,
+            called=called,
+            was=was,
+            admitted=admitted,
         )
     )
     # Preparing the picture comes first: what the plugin cannot judge (hostile files

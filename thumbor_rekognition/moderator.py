@@ -40,6 +40,7 @@ class Moderator(Judging):
         called: asyncio.Future[None] | None = None,
         was: str = "",
         patient: bool = False,
+        admitted: bool = False,
     ) -> Decision:
         """The decision for these bytes at this key, calling the backend only for new content.
 
@@ -51,6 +52,8 @@ class Moderator(Judging):
         A new picture waits for its turn to call (REKOGNITION_MAX_CALLS_PER_SECOND) and for
         room to decode it (MODERATION_DECODE_BUDGET_MB) MODERATION_TURN_WAIT_SECONDS at
         most, then is answered pending and queued (see drain); patient, until deadline.
+        admitted: the caller holds room in the decode budget for these bytes already
+        (see room_for_original), until it is done with them.
         Raises preparation.UnsupportedImage when the bytes are not a picture.
         """
         # The bank files are watched from the first request on (a no-op without banks).
@@ -79,7 +82,7 @@ class Moderator(Judging):
             return await self.bind_rejection(current, sha256, buffer, metrics)
         if was and current is not None and current.sha256 == was:
             current = await self._rebind(current, sha256, metrics)
-        if current is not None and current.sha256 == sha256 and self._stands(current):
+        if current is not None and current.sha256 == sha256 and self.stands(current):
             return current
         flight = self._flights.get(sha256)
         if flight is None:
@@ -87,7 +90,7 @@ class Moderator(Judging):
             # A task of its own: a caller that is cancelled neither cancels the others
             # waiting for this picture nor throws away an answer already paid for.
             flight = asyncio.ensure_future(
-                self._decide(key, url, sha256, buffer, metrics, asked_at, turn_by, was)
+                self._decide(key, url, sha256, buffer, metrics, asked_at, turn_by, was, admitted)
             )
             self._flights[sha256] = flight
             flight.add_done_callback(functools.partial(self._landed, sha256))

@@ -8,9 +8,13 @@ from urllib.parse import quote, unquote
 
 _SCHEME = re.compile(r"^(?:https?:)?/{1,2}", re.IGNORECASE)
 _DEFAULT_PORT = re.compile(r":(?:80|443)$")
+# URLs whose key (and cache tag) a process remembers: the pictures asked for again and
+# again, without keeping two strings for every picture ever asked for (65,536 were
+# kept, about 20 MB once full: most of what a soak of new pictures grew by).
+MEMO_ENTRIES = 8192
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=MEMO_ENTRIES)
 def normalise(image_url: str) -> str:
     """The decision key of an image URL as Thumbor's loaders receive it (quoted or not).
 

@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from thumbor_rekognition import stores
+from thumbor_rekognition.urls import MEMO_ENTRIES
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -49,7 +50,7 @@ class Purger:
         raise NotImplementedError
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=MEMO_ENTRIES)
 def cache_tag(key: str) -> str:
     """The cache tag of a picture: stable across sizes, safe in any header."""
     return "img-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]

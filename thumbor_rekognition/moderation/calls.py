@@ -18,7 +18,13 @@ from thumbor_rekognition import backends, ratelimit, stores
 from thumbor_rekognition.config import MB, Settings
 from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.duplicates import Duplicates
-from thumbor_rekognition.moderation.admission import Backlog, DecodeBudget
+from thumbor_rekognition.moderation.admission import (
+    BYTES_PER_PIXEL,
+    TRIM_FROM,
+    Backlog,
+    DecodeBudget,
+    give_back_memory,
+)
 from thumbor_rekognition.moderation.memory import Bounded, DecisionCache, Metrics, T
 from thumbor_rekognition.moderation.verdicts import SYSTEM
 from thumbor_rekognition.policy import Policy
@@ -195,13 +201,17 @@ class Calls:
     def prepare(self, buffer: bytes) -> PreparedImage:
         """Original bytes as this backend takes them (blocking: run it in the executor)."""
         settings = self.settings
-        return prepare(
+        prepared = prepare(
             buffer,
             max_side=min(settings.analysis_max_side, self.backend.max_side or 10_000),
             max_pixels=settings.max_pixels,
             max_frames=settings.max_frames,
             oriented=settings.respect_orientation,
         )
+        if prepared.width * prepared.height * BYTES_PER_PIXEL >= TRIM_FROM:
+            # Its decoded pixels are freed: handed back, not kept by this thread's heap.
+            give_back_memory()
+        return prepared
 
     def _budget_full(self) -> str:
         budget = self.decode_budget

@@ -71,7 +71,7 @@ class Judging(Banking):
             # Marks a failure as seen even when every caller has gone.
             flight.exception()
 
-    def _stands(self, decision: Decision) -> bool:
+    def stands(self, decision: Decision) -> bool:
         """Whether a stored decision answers for its bytes without asking the backend."""
         return not decision.needs_retry and not self.needs_new_analysis(decision)
 
@@ -108,6 +108,7 @@ class Judging(Banking):
         asked_at: float,
         deadline: float,
         was: str = "",
+        admitted: bool = False,
     ) -> Decision:
         twin = await self._twin(sha256, metrics)
         if twin is None and was:
@@ -123,7 +124,7 @@ class Judging(Banking):
             # request made after the failure tries again.
             return failed[1].replace(key=key, url=url)
         try:
-            decision = await self._decide_new(key, url, sha256, buffer, metrics, deadline)
+            decision = await self._decide_new(key, url, sha256, buffer, metrics, deadline, admitted)
         except UnsupportedImage as error:
             self._refused.put(sha256, str(error))
             raise
@@ -132,7 +133,14 @@ class Judging(Banking):
         return decision
 
     async def _decide_new(
-        self, key: str, url: str, sha256: str, buffer: bytes, metrics: Any, deadline: float
+        self,
+        key: str,
+        url: str,
+        sha256: str,
+        buffer: bytes,
+        metrics: Any,
+        deadline: float,
+        admitted: bool = False,
     ) -> Decision:
         late = self._no_turn_before(deadline)
         if late:
@@ -141,8 +149,9 @@ class Judging(Banking):
             # later request judges it.
             Metrics(metrics).incr("moderation.backend.errors.rate_limited")
             return self._undecided(key, url, sha256, f"rate_limited: {late}")
-        cost = decoded_cost(buffer, self.settings.max_frames, self.settings.analysis_max_side)
-        if not await self.decode_budget.acquire(cost, deadline):
+        # Counted already when the request that asked holds room for its original.
+        cost = 0 if admitted else self.cost_of(buffer)
+        if cost and not await self.decode_budget.acquire(cost, deadline):
             Metrics(metrics).incr("moderation.decode_budget.full")
             return self._undecided(key, url, sha256, f"{BUSY}: {self._budget_full()}")
         try:
@@ -173,6 +182,24 @@ class Judging(Banking):
         finally:
             with contextlib.suppress(stores.StoreUnavailable):
                 await self._store(self.store.release_lease, lease, self._holder)
+
+    def cost_of(self, buffer: bytes) -> int:
+        """What judging these bytes holds in memory (see admission.decoded_cost)."""
+        return decoded_cost(buffer, self.settings.max_frames, self.settings.analysis_max_side)
+
+    async def room_for_original(self, deadline: float) -> int | None:
+        """Room in the decode budget for an original still to be loaded, waited for
+        MODERATION_TURN_WAIT_SECONDS at most (deadline, time.monotonic(), if sooner):
+        what is held for it, to settle once it is loaded; None when no room came."""
+        expected = self.decode_budget.expected
+        turn_by = min(deadline, time.monotonic() + self.settings.turn_wait)
+        return expected if await self.decode_budget.acquire(expected, turn_by) else None
+
+    def no_room(self, key: str, url: str, metrics: Any) -> Decision:
+        """Pending, for a first view that got no room to load its original in time: it
+        is judged on a later request."""
+        Metrics(metrics).incr("moderation.decode_budget.full")
+        return self._undecided(key, url, "", f"{BUSY}: {self._budget_full()}")
 
     async def _take_lease(self, lease: str, sha256: str, metrics: Any) -> Decision | str | None:
         """Wait for the right to judge these bytes: None once held, a decision another
@@ -272,7 +299,7 @@ class Judging(Banking):
             except stores.StoreUnavailable as error:
                 self._store_down(error, metrics)
                 return None
-        if twin is None or not self._stands(twin):
+        if twin is None or not self.stands(twin):
             return None
         return await self._reapply(twin)
 
