@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +142,11 @@ def test_first_views_wait_for_room_before_they_load_their_originals(
     # which never yield, hold one at a time.
     log = tmp_path / "loads.jsonl"
     monkeypatch.setenv("COUNTING_LOADER_LOG", str(log))
+    # Thumbor imports the counting loader from this checkout's tests package.
+    root = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     config = base_config(tmp_path, images, fake.url)
     config.update(
         {
