@@ -265,6 +265,16 @@ def test_pending_queue_is_oldest_first_and_pages_by_cursor(server: ThumborServer
 LONG = 2_500
 
 
+def serve_seeded(root: Path, images: Path, fake: FakeRekognition) -> Iterator[ThumborServer]:
+    """The review console's Thumbor over a store a fixture has filled through its API."""
+    config = base_config(root, images, fake.url)
+    config["MODERATION_ADMIN_TOKEN"] = TOKEN
+    thumbor = ThumborServer(root, config).start()
+    yield thumbor
+    thumbor.stop()
+    assert "Traceback" not in thumbor.log
+
+
 @pytest.fixture(scope="module")
 def long_queue(module_root: Path, module_fake: FakeRekognition) -> Iterator[ThumborServer]:
     """A server whose store holds LONG pending decisions saved through the store's API,
@@ -288,12 +298,7 @@ def long_queue(module_root: Path, module_fake: FakeRekognition) -> Iterator[Thum
             Event(status, Source.AUTO, "seed", ""),
         )
     store.close()
-    config = base_config(root, images, module_fake.url)
-    config["MODERATION_ADMIN_TOKEN"] = TOKEN
-    thumbor = ThumborServer(root, config).start()
-    yield thumbor
-    thumbor.stop()
-    assert "Traceback" not in thumbor.log
+    yield from serve_seeded(root, images, module_fake)
 
 
 def test_a_pending_queue_of_thousands_is_oldest_first_on_every_page(
@@ -600,12 +605,7 @@ def crowded(module_root: Path, module_fake: FakeRekognition) -> Iterator[Thumbor
             event,
         )
     store.close()
-    config = base_config(root, images, module_fake.url)
-    config["MODERATION_ADMIN_TOKEN"] = TOKEN
-    thumbor = ThumborServer(root, config).start()
-    yield thumbor
-    thumbor.stop()
-    assert "Traceback" not in thumbor.log
+    yield from serve_seeded(root, images, module_fake)
 
 
 @pytest.mark.slow
