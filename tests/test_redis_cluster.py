@@ -101,6 +101,16 @@ def start_nodes(
     return Nodes(a, b, images, redis)
 
 
+def warnings_of(nodes: Nodes) -> str:
+    """The nodes' warnings and errors, to say why an answer was not the one expected."""
+    return "\n".join(
+        f"{name}: {line}"
+        for name, node in zip("ab", nodes.both, strict=True)
+        for line in node.log.splitlines()
+        if ":WARNING " in line or ":ERROR " in line or ":CRITICAL " in line
+    )[-8000:]
+
+
 def stop_nodes(nodes: Nodes) -> None:
     for node in nodes.both:
         node.stop()
@@ -210,7 +220,9 @@ class TestWithReplicas:
             responses = list(pool.map(lambda request: request[0].get(request[1]), requests))
 
         assert fake.call_count == 1
-        assert [status_of(response) for response in responses] == ["approved"] * BURST
+        assert [status_of(response) for response in responses] == ["approved"] * BURST, warnings_of(
+            nodes
+        )
 
     @pytest.mark.timing
     def test_an_override_on_one_node_is_enforced_by_the_other_within_a_second(
