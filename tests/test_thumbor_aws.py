@@ -472,7 +472,10 @@ class TestPluginOverThumborAwsInTwoProcesses(TestPluginOverThumborAws):
     @classmethod
     def store(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with RedisServer(tmp_path_factory.mktemp("redis")) as redis:
-            yield {"MODERATION_REDIS_URL": redis.url}
+            # No test here is about a slow store, and a result is written only once its
+            # decision is read back in time: beside other tests on a loaded machine a
+            # read can take longer than the default 0.5 s, and the result never lands.
+            yield {"MODERATION_REDIS_URL": redis.url, "MODERATION_STORE_TIMEOUT_SECONDS": 5.0}
 
 
 @pytest.mark.parametrize(
