@@ -38,3 +38,14 @@ def test_slots_find_the_same_nearest_hash_as_measuring_every_one() -> None:
 
 def test_empty_index_finds_nothing() -> None:
     assert PdqIndex(packed([])).nearest(packed([0]), 31) is None
+
+
+def test_distances_count_every_differing_bit_up_to_all_256() -> None:
+    value = random.Random(11).getrandbits(256)
+    indexed = PdqIndex(packed([value] * SMALL))
+
+    found = indexed.nearest(packed([value ^ ((1 << 256) - 1)]), 256)
+
+    assert found is not None
+    assert found[1] == 256
+    assert indexed.nearest(packed([value ^ 0b111]), 31) == (0, 3)
