@@ -10,9 +10,10 @@ hash with 20 bits changed (a match), half new hashes (no match). Timed twice: th
 in-memory index alone (PdqIndex.nearest, the variants packed beforehand), then the whole
 lookup a judgement makes (HashBanks.match: packing the variants, the index, reading the
 entry found), in elapsed time and in the CPU time of the thread (which waiting for a CPU
-on a busy machine does not count). Memory is measured with tracemalloc (Python objects and numpy arrays
-alike) for the whole bank, and from the arrays for the index. The load average of the
-machine is printed before and after: on a shared machine the p99 follows it.
+on a busy machine does not count). Memory is measured with tracemalloc (Python objects
+and numpy arrays alike) for the whole bank, and from the arrays for the index. The load
+average of the machine is printed before and after: on a shared machine the p99 follows
+it.
 """
 
 from __future__ import annotations
