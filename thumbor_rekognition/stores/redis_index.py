@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _field(value: int) -> str:
-    """A band value as the field of its band's hash."""
+    """A slot value as the field of its slot's hash."""
     return f"{value:0{BAND_BITS // 4}x}"
 
 
@@ -38,7 +38,7 @@ def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
 def _entries(
     sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
 ) -> set[tuple[int, str, bytes]]:
-    """A picture's entries in the index: (band, band value's field, entry)."""
+    """A picture's entries in the index: (slot, slot value's field, entry)."""
     digest = bytes.fromhex(sha256)
     return {
         (band, _field(value), print_.entry() + digest + bytes([frame in rejecting]))
