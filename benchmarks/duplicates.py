@@ -1,19 +1,21 @@
-"""Print the near-duplicate figures: how well fingerprints tell copies from other pictures,
-and what a lookup in the index of rejected pictures costs at a million entries.
+"""Print the near-duplicate figures: how well fingerprints (PDQ hashes with their
+rotations and mirrors) tell copies from other pictures, and what a lookup in the index of
+judged pictures costs at a million entries.
 
     python benchmarks/duplicates.py [--pictures 100] [--index 1000000] [--lookups 2000]
 
 Quality, on generated pictures (tests/pictures.py, four families of --pictures each):
 every pair of distinct pictures, counted at or above the default similarity (false
 matches), and each picture's copies (a JPEG at quality 70 scaled to 70 %, 6 % brighter,
-a JPEG at quality 45) counted at or above it (hits); then what the fingerprint does not
-catch (mirrored, cropped, covered in part), for the README.
+a JPEG at quality 45) counted at or above it (hits); then what the fingerprint is not
+built for (cropped, covered in part), for the README. Pictures whose PDQ quality is below
+50 get no fingerprint.
 
-Speed: --index random fingerprints (each half set, as real ones are) put in the index of
+Speed: --index random PDQ hashes (each half set, as real ones are) put in the index of
 the SQLite store and of the Redis store (a real redis-server, on this machine), then
---lookups lookups through Duplicates.nearest at the default similarity, of new pictures
-(no match) and of copies of indexed ones (a few coarse bits changed), with the memory or
-disk the index takes.
+--lookups lookups through Duplicates.nearest at the default similarity, each with 8
+variants as a judged picture has, of new pictures (no match) and of copies of indexed
+ones (a few bits changed), with the memory or disk the index takes.
 """
 
 from __future__ import annotations
@@ -39,14 +41,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import percentile  # noqa: E402
 from tests import pictures  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
-from thumbor_rekognition import fingerprint  # noqa: E402
+from thumbor_rekognition import fingerprint, pdq  # noqa: E402
 from thumbor_rekognition.config import DEFAULTS  # noqa: E402
 from thumbor_rekognition.duplicates import Duplicates  # noqa: E402
-from thumbor_rekognition.fingerprint import BAND_BITS, COARSE_BITS, FINE_BITS, Print  # noqa: E402
+from thumbor_rekognition.fingerprint import BAND_BITS, BITS, Print  # noqa: E402
 from thumbor_rekognition.stores import Store, redis_index  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
-from thumbor_rekognition.stores.sqlite_index import signed as _signed  # noqa: E402
 
 SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
 BATCH = 20_000
@@ -100,12 +101,12 @@ def quality(per_family: int) -> None:
         for seed in range(per_family)
     }
     started = time.perf_counter()
-    prints = {key: fingerprint.of(image) for key, image in generated.items()}
+    prints = {key: fingerprint.of(pdq.of(image)) for key, image in generated.items()}
     per_print = (time.perf_counter() - started) / len(prints) * 1000
     kept = {key: value for key, value in prints.items() if value is not None}
     print(f"quality: {len(generated)} generated pictures, 640x480, four families")
     print(f"  fingerprint                {per_print:6.2f} ms a picture (640x480)")
-    print(f"  without a fingerprint      {len(generated) - len(kept):6d} (too little detail)")
+    print(f"  without a fingerprint      {len(generated) - len(kept):6d} (PDQ quality below 50)")
 
     false_pairs: Counter[str] = Counter()
     closest: dict[str, float] = {}
@@ -161,8 +162,8 @@ def _scores(
 ) -> list[float]:
     scores = []
     for key, original in kept.items():
-        copy = fingerprint.of(pictures.decoded(make_copy(generated[key])))
-        scores.append(original.similarity(copy) if copy is not None else 0.0)
+        copy = fingerprint.of(pdq.of(pictures.decoded(make_copy(generated[key]))))
+        scores.append(copy.similarity(original) if copy is not None else 0.0)
     return scores
 
 
@@ -191,17 +192,22 @@ def _balanced(rng: random.Random, bits: int) -> int:
 
 def random_prints(count: int, seed: int) -> list[Print]:
     rng = random.Random(seed)
-    return [Print(_balanced(rng, COARSE_BITS), _balanced(rng, FINE_BITS)) for _ in range(count)]
+    return [Print(_balanced(rng, BITS)) for _ in range(count)]
 
 
-def near(value: Print, rng: random.Random, coarse_bits: int) -> Print:
-    """A copy of a fingerprint with some coarse bits moved, as a re-encoding moves them."""
-    ones = [bit for bit in range(COARSE_BITS) if value.coarse >> bit & 1]
-    zeros = [bit for bit in range(COARSE_BITS) if not value.coarse >> bit & 1]
-    coarse = value.coarse
-    for bit in rng.sample(ones, coarse_bits // 2) + rng.sample(zeros, coarse_bits // 2):
-        coarse ^= 1 << bit
-    return Print(coarse, value.fine)
+def with_variants(value: Print, rng: random.Random) -> Print:
+    """A query as a judged picture makes it: its hash and 7 others (its rotations')."""
+    return Print(value.value, (value.value, *(_balanced(rng, BITS) for _ in range(7))))
+
+
+def near(value: Print, rng: random.Random, moved: int) -> Print:
+    """A copy of a hash with some bits moved, as a re-encoding moves them."""
+    ones = [bit for bit in range(BITS) if value.value >> bit & 1]
+    zeros = [bit for bit in range(BITS) if not value.value >> bit & 1]
+    changed = value.value
+    for bit in rng.sample(ones, moved // 2) + rng.sample(zeros, moved // 2):
+        changed ^= 1 << bit
+    return Print(changed)
 
 
 def load_sqlite(path: str, prints: list[Print]) -> None:
@@ -209,14 +215,18 @@ def load_sqlite(path: str, prints: list[Print]) -> None:
     schema.counters()
     schema.close()
     connection = sqlite3.connect(path)
+    slots = range(len(prints[0].bands()))
+    insert = (
+        f"INSERT INTO prints (sha256, frame, print, hash, rejecting, "
+        f"{', '.join(f's{slot}' for slot in slots)}) "
+        f"VALUES (?, 0, ?, ?, 1, {', '.join('?' for _ in slots)})"
+    )
     with connection:
         for start in range(0, len(prints), BATCH):
             connection.executemany(
-                "INSERT INTO fingerprints "
-                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
-                "VALUES (?, 0, ?, ?, 1, ?, ?, ?, ?)",
+                insert,
                 [
-                    (f"{start + n:064x}", value.to_bytes(), _signed(value.coarse), *value.bands())
+                    (f"{start + n:064x}", value.to_bytes(), value.entry(), *value.bands())
                     for n, value in enumerate(prints[start : start + BATCH])
                 ],
             )
@@ -229,7 +239,7 @@ def load_redis(store: redis_store.Store, prints: list[Print]) -> None:
     for band in range(len(prints[0].bands())):
         entries: dict[str, bytearray] = {}
         for n, value in enumerate(prints):
-            entry = value.to_bytes() + bytes.fromhex(f"{n:064x}") + b"\x01"
+            entry = value.entry() + bytes.fromhex(f"{n:064x}") + b"\x01"
             entries.setdefault(redis_index._field(value.bands()[band]), bytearray()).extend(entry)
         fields = list(entries.items())
         for start in range(0, len(fields), BATCH):
@@ -261,11 +271,14 @@ def index(size: int, count: int, work: Path) -> None:
     started = time.perf_counter()
     prints = random_prints(size, seed=1)
     rng = random.Random(2)
-    misses = random_prints(count, seed=3)
-    hits = [near(prints[rng.randrange(size)], rng, rng.choice([0, 2, 4, 6])) for _ in range(count)]
+    misses = [with_variants(value, rng) for value in random_prints(count, seed=3)]
+    hits = [
+        with_variants(near(prints[rng.randrange(size)], rng, rng.choice([0, 4, 8, 16])), rng)
+        for _ in range(count)
+    ]
     buckets = Counter(value.bands()[0] for value in prints)
     print(
-        f"  generated in {time.perf_counter() - started:.0f} s; entries per band value: "
+        f"  generated in {time.perf_counter() - started:.0f} s; entries per slot value: "
         f"mean {size / 2**BAND_BITS:.1f}, largest {max(buckets.values())}"
     )
 

@@ -18,11 +18,14 @@ approves anything, and a duplicate never rejects anything itself (copies of copi
 drift). Lookups answer each candidate's content hash and whether it rejects, so a step
 that refuses near-copies of any indexed picture can use the same index.
 
-The index is multi-index hashing. The 64 coarse bits are cut into four bands of 16; two
-fingerprints at most d coarse bits apart have a band within d // 4 bits (were every band
-d // 4 + 1 bits apart, they would be more than d apart). A lookup asks the store for the
-indexed fingerprints with a band value within that many bits of the query's, 17 values a
-band at the default similarity, and measures only those.
+Fingerprints are PDQ hashes (see ``fingerprint``): the index holds each frame's own hash,
+frames below PDQ quality 50 having none, and a lookup asks with the 8 rotations and
+mirrors of the query, so a mirrored or rotated copy is caught both ways. The index is
+multi-index hashing: the 256 bits are cut into 16 slots of 16; two hashes at most d bits
+apart have a slot within d // 16 bits (were every slot d // 16 + 1 bits apart, they would
+be more than d apart). A lookup asks the store for the indexed hashes with a slot value
+within that many bits of a query variant's, 17 values a slot up to 31 bits, and measures
+only those.
 
 Blocking: every method here runs on the store's thread.
 """
@@ -35,7 +38,7 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from thumbor_rekognition import fingerprint, rules
+from thumbor_rekognition import fingerprint, pdq, rules
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, BANDS, Print
 from thumbor_rekognition.stores import Store
@@ -46,9 +49,10 @@ logger = logging.getLogger(__name__)
 # caught forward for the rest (each copy at its next judgement), and logged.
 MAX_CAUGHT = 1000
 
-# The lowest MODERATION_DUPLICATE_SIMILARITY allowed: unrelated pictures come closer than
-# this now and then, and lower values cost a first fetch ever more band values to look up.
-MIN_SIMILARITY = 0.85
+# The lowest MODERATION_DUPLICATE_SIMILARITY allowed: Meta's threshold, 31 bits of 256.
+# Unrelated pictures come closer than this now and then, and a lower value costs a first
+# fetch eight times more slot values to look up (each slot within 2 bits, not 1).
+MIN_SIMILARITY = 1.0 - pdq.MATCH_DISTANCE / fingerprint.BITS
 
 
 # Reason category of a rejection by Cloudinary's 'duplicate:<score>' chain step: a near-copy
@@ -110,8 +114,8 @@ def rejecting_frames(decision: Decision, prints: Collection[int]) -> set[int]:
 
 
 def probes(prints: Iterable[Print], within: int) -> list[set[int]]:
-    """The band values to look up, band by band, for fingerprints at most `within` coarse
-    bits from any of these."""
+    """The slot values to look up, slot by slot, for hashes at most `within` bits from any
+    of these fingerprints' variants."""
     radius = within // BANDS
     masks = [
         sum(1 << bit for bit in bits)
@@ -120,8 +124,9 @@ def probes(prints: Iterable[Print], within: int) -> list[set[int]]:
     ]
     values: list[set[int]] = [set() for _ in range(BANDS)]
     for print_ in prints:
-        for band, value in enumerate(print_.bands()):
-            values[band].update(value ^ mask for mask in masks)
+        for variant in print_.variants or (print_.value,):
+            for band, value in enumerate(Print(variant).bands()):
+                values[band].update(value ^ mask for mask in masks)
     return values
 
 
@@ -151,22 +156,20 @@ class Duplicates:
         if not prints:
             return []
         within = fingerprint.within(minimum)
-        coarse = [query.coarse for query in prints.values()]
-        only = coarse[0]
+        variants = [
+            variant for query in prints.values() for variant in query.variants or (query.value,)
+        ]
 
-        # Called for each of thousands of candidates at millions of entries: a still
-        # picture, the common case, is one comparison.
+        # Called for each of thousands of candidates at millions of entries.
         def close(candidate: int) -> bool:
-            if len(coarse) == 1:
-                return (candidate ^ only).bit_count() <= within
-            return any((candidate ^ query).bit_count() <= within for query in coarse)
+            return any((candidate ^ variant).bit_count() <= within for variant in variants)
 
         best: dict[str, float] = {}
         rejecting: set[str] = set()
         for entry in self.store.indexed_near(probes(prints.values(), within), close):
             if only_rejecting and not entry.rejecting:
                 continue
-            score = max(entry.print.similarity(query) for query in prints.values())
+            score = max(query.similarity(entry.print) for query in prints.values())
             if score < minimum:
                 continue
             best[entry.sha256] = max(score, best.get(entry.sha256, -1.0))

@@ -274,9 +274,9 @@ class Store:
     def indexed_near(
         self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
     ) -> list[Indexed]:
-        """Every indexed fingerprint whose band i (Print.bands) is one of probes[i] and whose
-        coarse part close() accepts, once each. close() sees every candidate: the rest of
-        an entry is read only for those it keeps."""
+        """Every indexed fingerprint whose slot i (Print.bands) is one of probes[i] and whose
+        hash (256 bits) close() accepts, once each. close() sees every candidate: the rest
+        of an entry is read only for those it keeps."""
         raise NotImplementedError
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:

@@ -1,21 +1,15 @@
-"""The SQLite store's fingerprint index and links to duplicates: each frame's print under
-its four bands, each band indexed with the coarse print beside it."""
+"""The SQLite store's fingerprint index and links to duplicates: each frame's PDQ hash
+under its 16 slots, each slot indexed with the hash beside it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from thumbor_rekognition import stores
-from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.fingerprint import BANDS, Print
 from thumbor_rekognition.stores.sqlite_shared import SharedState
 
-_UNSIGNED = (1 << 64) - 1
-
-
-def signed(value: int) -> int:
-    """A 64-bit unsigned value as the signed integer SQLite stores."""
-    return value - (1 << 64) if value >> 63 else value
-
+_COLUMNS = ", ".join(f"s{slot}" for slot in range(BANDS))
 
 # Band values per statement of an index lookup, well under SQLite's limit on parameters.
 PROBES_PER_QUERY = 500
@@ -32,25 +26,24 @@ class FingerprintIndex(SharedState):
                 sha256,
                 frame,
                 print_.to_bytes(),
-                signed(print_.coarse),
+                print_.entry(),
                 int(frame in rejecting),
                 *print_.bands(),
             )
             for frame, print_ in sorted(prints.items())
         ]
         with self._cursor(write=True) as cursor:
-            cursor.execute("DELETE FROM fingerprints WHERE sha256 = ?", (sha256,))
+            cursor.execute("DELETE FROM prints WHERE sha256 = ?", (sha256,))
             cursor.executemany(
-                "INSERT INTO fingerprints "
-                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO prints (sha256, frame, print, hash, rejecting, {_COLUMNS}) "  # noqa: S608 - column names only
+                f"VALUES ({', '.join('?' * (5 + BANDS))})",
                 rows,
             )
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
         with self._cursor() as cursor:
             rows = cursor.execute(
-                "SELECT frame, print FROM fingerprints WHERE sha256 = ? ORDER BY frame", (sha256,)
+                "SELECT frame, print FROM prints WHERE sha256 = ? ORDER BY frame", (sha256,)
             ).fetchall()
         return {frame: Print.from_bytes(data) for frame, data in rows}
 
@@ -63,21 +56,23 @@ class FingerprintIndex(SharedState):
                 ordered = sorted(values)
                 for start in range(0, len(ordered), PROBES_PER_QUERY):
                     chunk = ordered[start : start + PROBES_PER_QUERY]
-                    # Read from the band's index alone (coarse is in it): the table is
+                    # Read from the slot's index alone (the hash is in it): the table is
                     # read only for the rows kept.
                     rows = cursor.execute(
-                        f"SELECT rowid, coarse FROM fingerprints "  # noqa: S608 - band is 0..3
-                        f"INDEXED BY fingerprints_band{band:d} "
-                        f"WHERE b{band:d} IN ({', '.join('?' * len(chunk))})",
+                        f"SELECT rowid, hash FROM prints "  # noqa: S608 - band is 0..15
+                        f"INDEXED BY prints_slot{band:d} "
+                        f"WHERE s{band:d} IN ({', '.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
-                    kept.update(rowid for rowid, coarse in rows if close(coarse & _UNSIGNED))
+                    kept.update(
+                        rowid for rowid, value in rows if close(int.from_bytes(value, "big"))
+                    )
             ordered_rows = sorted(kept)
             found = []
             for start in range(0, len(ordered_rows), PROBES_PER_QUERY):
                 chunk = ordered_rows[start : start + PROBES_PER_QUERY]
                 found += cursor.execute(
-                    f"SELECT sha256, print, rejecting FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
+                    f"SELECT sha256, hash, rejecting FROM prints WHERE rowid IN "  # noqa: S608 - placeholders only
                     f"({', '.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
