@@ -199,7 +199,7 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
         assert found is None
 
 
-def test_a_query_matches_through_any_of_its_rotations_and_mirrors(world: World) -> None:
+def test_a_copy_near_any_rotation_or_mirror_of_a_rejected_frame_matches(world: World) -> None:
     moderator = world.moderator()
     rejected = Decision(
         key="host/rejected.jpg",
@@ -209,16 +209,45 @@ def test_a_query_matches_through_any_of_its_rotations_and_mirrors(world: World) 
         source=Source.AUTO,
     )
     world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
-    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, rejecting={0})
-    others = [random.Random(turn).getrandbits(256) for turn in range(7)]
-    # A mirrored copy: its own hash far from the indexed one, its mirror 3 bits from it.
-    mirrored = (*others[:4], flipped(INDEXED, 3).value, *others[4:])
+    # The rejected frame's own hash, then its 7 rotations' and mirrors', as preparation
+    # gives them; a mirrored copy's own hash is 3 bits from one of them and far from the
+    # rejected frame's own.
+    turned = [random.Random(turn).getrandbits(256) for turn in range(7)]
+    variants = (INDEXED.value, *turned)
+    world.store.put_fingerprints(rejected.sha256, {0: Print(INDEXED.value, variants)}, {0})
+    mirrored = flipped(Print(turned[3]), 3)
+    unrelated = flipped(Print(random.Random(99).getrandbits(256)), 3)
 
-    found = moderator.duplicates.find({0: Print(mirrored[0], mirrored)})
-    unmirrored = moderator.duplicates.find({0: Print(mirrored[0])})
+    found = moderator.duplicates.find({0: mirrored})
+    not_found = moderator.duplicates.find({0: unrelated})
 
+    assert (mirrored.value ^ INDEXED.value).bit_count() > 100
     assert found == Resemblance(rejected.sha256, 1 - 3 / 256, rejected.key, rejecting=True)
-    assert unmirrored is None
+    assert not_found is None
+
+
+def test_a_rejected_frames_rotations_and_mirrors_leave_the_index_when_it_stops_rejecting(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    turned = [random.Random(turn).getrandbits(256) for turn in range(7)]
+    indexed = Print(INDEXED.value, (INDEXED.value, *turned))
+    rejected = Decision(
+        key="host/rejected.jpg",
+        url="http://host/rejected.jpg",
+        sha256="a" * 64,
+        status=Status.REJECTED,
+        source=Source.AUTO,
+    )
+    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
+    world.store.put_fingerprints(rejected.sha256, {0: indexed}, {0})
+    mirrored = {0: flipped(Print(turned[5]), 2)}
+    before = moderator.duplicates.nearest(mirrored, 0.95, limit=10)
+
+    world.store.put_fingerprints(rejected.sha256, {0: indexed}, rejecting=())
+
+    assert [match.sha256 for match in before] == [rejected.sha256]
+    assert moderator.duplicates.nearest(mirrored, 0.95, limit=10) == []
 
 
 def test_a_human_rejection_marks_every_frame_rejecting_and_the_model_only_those_that_decided(

@@ -18,14 +18,16 @@ approves anything, and a duplicate never rejects anything itself (copies of copi
 drift). Lookups answer each candidate's content hash and whether it rejects, so a step
 that refuses near-copies of any indexed picture can use the same index.
 
-Fingerprints are PDQ hashes (see ``fingerprint``): the index holds each frame's own hash,
-frames below PDQ quality 50 having none, and a lookup asks with the 8 rotations and
-mirrors of the query, so a mirrored or rotated copy is caught both ways. The index is
-multi-index hashing: the 256 bits are cut into 16 slots of 16; two hashes at most d bits
-apart have a slot within d // 16 bits (were every slot d // 16 + 1 bits apart, they would
-be more than d apart). A lookup asks the store for the indexed hashes with a slot value
-within that many bits of a query variant's, 17 values a slot up to 31 bits, and measures
-only those.
+Fingerprints are PDQ hashes (see ``fingerprint``), frames below PDQ quality 50 having
+none. The store keeps two indexes: every frame's own hash, and every rotation and mirror
+of each rejecting frame. A forward lookup (every first view) asks the second with the new
+picture's own hash; a backward one (a rejection, rarer) asks the first with the 8 variants
+of the rejected frames. Either way a mirrored or rotated copy is caught, and a first view
+pays for one hash's slot values, not eight. The indexes are multi-index hashing: the 256
+bits are cut into 16 slots of 16; two hashes at most d bits apart have a slot within
+d // 16 bits (were every slot d // 16 + 1 bits apart, they would be more than d apart).
+A lookup asks the store for the indexed hashes with a slot value within that many bits
+of a query's, 17 values a slot up to 31 bits (272 for one hash), and measures only those.
 
 Blocking: every method here runs on the store's thread.
 """
@@ -164,11 +166,16 @@ class Duplicates:
         def close(candidate: int) -> bool:
             return any((candidate ^ variant).bit_count() <= within for variant in variants)
 
+        # Among rejecting frames the index holds every rotation and mirror, so each query's
+        # own hash is enough; among all frames only their own hashes, so every variant asks.
+        asking = (
+            [Print(query.value) for query in prints.values()] if only_rejecting else prints.values()
+        )
         best: dict[str, float] = {}
         rejecting: set[str] = set()
-        for entry in self.store.indexed_near(probes(prints.values(), within), close):
-            if only_rejecting and not entry.rejecting:
-                continue
+        for entry in self.store.indexed_near(
+            probes(asking, within), close, rejecting_only=only_rejecting
+        ):
             score = max(query.similarity(entry.print) for query in prints.values())
             if score < minimum:
                 continue

@@ -551,6 +551,8 @@ def test_index_keys_are_sixteen_slot_hashes_picture_records_and_duplicate_sets(
         # Written by every store on its first call: the format of the data.
         "p:format",
         "p:pdq:{" + "a" * 64 + "}",
+        # The index of rejecting frames: frame 0 rejects its picture.
+        *sorted(f"p:pdqr:{slot}" for slot in range(16)),
         *sorted(f"p:pdqx:{slot}" for slot in range(16)),
         # Written by every store on its first call: the index by time is built.
         "p:timed",

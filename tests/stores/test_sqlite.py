@@ -839,6 +839,45 @@ class StoreContract:
         assert near_a == [stores.Indexed(SHA_A, HASH_A, rejecting=True)]
         assert near_b == [stores.Indexed(SHA_A, PRINT_B, rejecting=False)]
 
+    def test_the_index_of_rejecting_frames_holds_their_rotations_and_mirrors_alone(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, rejecting={0})
+        store.put_fingerprints(SHA_B, {0: Print(PRINT_A.variants[5])}, rejecting=())
+        # PRINT_A's variants share most slots: each lookup keeps one hash exactly.
+        turned, fifth = Print(PRINT_A.variants[3]), Print(PRINT_A.variants[5])
+
+        def lookup(print_: Print, rejecting_only: bool) -> list[stores.Indexed]:
+            found = store.indexed_near(
+                probes([print_], within=0), print_.value.__eq__, rejecting_only=rejecting_only
+            )
+            return sorted(found, key=by_hash)
+
+        assert lookup(turned, rejecting_only=True) == [stores.Indexed(SHA_A, turned, True)]
+        assert lookup(turned, rejecting_only=False) == []
+        assert lookup(PRINT_B, rejecting_only=True) == []
+        assert lookup(PRINT_B, rejecting_only=False) == [stores.Indexed(SHA_A, PRINT_B, False)]
+        assert lookup(fifth, rejecting_only=True) == [stores.Indexed(SHA_A, fifth, True)]
+        assert lookup(fifth, rejecting_only=False) == [stores.Indexed(SHA_B, fifth, False)]
+        assert store.fingerprints(SHA_A) == {0: PRINT_A, 1: PRINT_B}
+
+    def test_a_frame_that_stops_rejecting_leaves_the_index_of_rejecting_frames(
+        self, make_store: MakeStore
+    ) -> None:
+        writer, reader = make_store(), make_store()
+        turned = Print(PRINT_A.variants[6])
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
+        asked = probes([turned], within=0)
+        found = reader.indexed_near(asked, turned.value.__eq__, rejecting_only=True)
+
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting=())
+
+        assert found == [stores.Indexed(SHA_A, turned, rejecting=True)]
+        assert reader.indexed_near(asked, everything, rejecting_only=True) == []
+        assert reader.indexed_near(probes([PRINT_A], within=0), everything) == [
+            stores.Indexed(SHA_A, HASH_A, rejecting=False)
+        ]
+
     def test_a_band_within_the_probed_values_is_enough_to_be_found(
         self, store: stores.Store
     ) -> None:

@@ -16,7 +16,8 @@ everything, told apart by the prefix of ``pk``:
 - ``Q#...``, ``OD``, ``QA#<topic>``: the outbox (queues per topic and key, what is due
   when, what was given up); ``V#<name>``: small shared values (the call rate);
 - ``K#<sha256>``: a picture's fingerprints (PDQ hashes); ``J#<slot>#<value>``: the index
-  of judged pictures, one item per slot value; ``X#<sha256>``: the keys of the decisions
+  of judged pictures, one item per slot value (sk ``i``; sk ``r``: the rotations and
+  mirrors of rejecting frames); ``X#<sha256>``: the keys of the decisions
   that reject duplicates of that picture. (``P#`` and ``I#`` held the former fingerprint
   and its index: `migrate-store` deletes them.)
 

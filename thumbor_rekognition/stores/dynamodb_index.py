@@ -39,20 +39,29 @@ def _band_pk(band: int, value: int) -> str:
 
 def _index_entries(
     sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
-) -> set[tuple[str, bytes]]:
-    """The index entries of a picture's frames: (slot item, entry)."""
+) -> set[tuple[tuple[str, str], bytes]]:
+    """The index entries of a picture's frames: (slot item's key, entry). Every frame's own
+    hash is in its slot values' items 'i'; each rotation and mirror of a rejecting frame
+    in items 'r' of the same slot values (the index of rejecting frames)."""
     digest = bytes.fromhex(sha256)
-    return {
-        (_band_pk(band, value), print_.entry() + digest + bytes([frame in rejecting]))
+    entries = {
+        ((_band_pk(band, value), "i"), print_.entry() + digest + bytes([frame in rejecting]))
         for frame, print_ in prints.items()
         for band, value in enumerate(print_.bands())
     }
+    for values in stores.rejecting_variants(prints, rejecting).values():
+        for variant in map(Print, values):
+            entries.update(
+                ((_band_pk(band, value), "r"), variant.entry() + digest + b"\x01")
+                for band, value in enumerate(variant.bands())
+            )
+    return entries
 
 
-def _by_item(entries: set[tuple[str, bytes]]) -> dict[str, set[bytes]]:
-    grouped: dict[str, set[bytes]] = {}
-    for pk, entry in entries:
-        grouped.setdefault(pk, set()).add(entry)
+def _by_item(entries: set[tuple[tuple[str, str], bytes]]) -> dict[tuple[str, str], set[bytes]]:
+    grouped: dict[tuple[str, str], set[bytes]] = {}
+    for key, entry in entries:
+        grouped.setdefault(key, set()).add(entry)
     return grouped
 
 
@@ -130,12 +139,12 @@ class FingerprintIndex(SharedState):
                 return deleted
             arguments["ExclusiveStartKey"] = last
 
-    def _change_index(self, action: str, entries: dict[str, set[bytes]]) -> None:
-        for pk, values in sorted(entries.items()):
+    def _change_index(self, action: str, entries: dict[tuple[str, str], set[bytes]]) -> None:
+        for (pk, sk), values in sorted(entries.items()):
             self._do(
                 "update_item",
                 TableName=self.table,
-                Key=_key(pk, "i"),
+                Key=_key(pk, sk),
                 # DELETE of a set's last value removes the attribute; the item's keys stay.
                 UpdateExpression=f"{action} e :entries",
                 ExpressionAttributeValues={":entries": {"BS": sorted(values)}},
@@ -146,10 +155,14 @@ class FingerprintIndex(SharedState):
         return prints
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
+        sk = "r" if rejecting_only else "i"
         keys = [
-            _key(_band_pk(band, value), "i")
+            _key(_band_pk(band, value), sk)
             for band, values in enumerate(probes)
             for value in sorted(values)
         ]

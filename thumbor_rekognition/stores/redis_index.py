@@ -1,6 +1,7 @@
 """The Redis store's index of fingerprints: a picture's record, one hash per slot whose
-fields are slot values holding the entries of every judged frame, the links to
-duplicates, and the removal of the former fingerprint's index (`migrate-store`)."""
+fields are slot values holding the entries of every judged frame (and one per slot for the
+rotations and mirrors of rejecting frames), the links to duplicates, and the removal of
+the former fingerprint's index (`migrate-store`)."""
 
 from __future__ import annotations
 
@@ -37,14 +38,23 @@ def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
 
 def _entries(
     sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
-) -> set[tuple[int, str, bytes]]:
-    """A picture's entries in the index: (slot, slot value's field, entry)."""
+) -> set[tuple[str, int, str, bytes]]:
+    """A picture's entries in the indexes: (which index, slot, slot value's field, entry),
+    'pdqx' of every frame's own hash, 'pdqr' of every rotation and mirror of a rejecting
+    frame's."""
     digest = bytes.fromhex(sha256)
-    return {
-        (band, _field(value), print_.entry() + digest + bytes([frame in rejecting]))
+    entries = {
+        ("pdqx", band, _field(value), print_.entry() + digest + bytes([frame in rejecting]))
         for frame, print_ in prints.items()
         for band, value in enumerate(print_.bands())
     }
+    for values in stores.rejecting_variants(prints, rejecting).values():
+        for variant in map(Print, values):
+            entries.update(
+                ("pdqr", band, _field(value), variant.entry() + digest + b"\x01")
+                for band, value in enumerate(variant.bands())
+            )
+    return entries
 
 
 # One entry of a slot's hash added ('1') or removed ('0'): entries are compared whole,
@@ -85,15 +95,17 @@ class FingerprintIndex(SharedState):
     # variants', and the frames that reject it), one hash per slot of the index,
     # 'pdqx:<slot>' (field: the slot's value in hex; value: its entries end to end, each
     # the 32-byte PDQ hash, the 32-byte content hash, and a byte, 1 when the frame rejects
-    # its picture), and 'dup:{<sha256>}' (a set: keys of its duplicates' decisions).
+    # its picture), one hash per slot of the index of rejecting frames, 'pdqr:<slot>'
+    # (the same entries, of each rotation and mirror of a frame that rejects its picture),
+    # and 'dup:{<sha256>}' (a set: keys of its duplicates' decisions).
     # Sixteen hashes rather than a set per slot value: a lookup is sixteen HMGETs, not
     # some two thousand commands, and an entry costs its 65 bytes and no key of its own.
     # On a cluster the sixteen hashes spread over the nodes, and each picture's record
     # and set sit on the slot of its hash. The former fingerprint's keys ('fp:{...}',
     # 'fpx:<band>', 'fpi:<band>') are read by nothing; `migrate-store` deletes them.
 
-    def _band_key(self, band: int) -> str:
-        return f"{self.prefix}pdqx:{band}"
+    def _band_key(self, band: int, among: str = "pdqx") -> str:
+        return f"{self.prefix}{among}:{band}"
 
     def _record_key(self, sha256: str) -> str:
         return self.prefix + "pdq:{" + sha256 + "}"
@@ -110,7 +122,7 @@ class FingerprintIndex(SharedState):
         sha256: str,
         prints: Mapping[int, Print],
         rejecting: Collection[int],
-        old: set[tuple[int, str, bytes]] | None = None,
+        old: set[tuple[str, int, str, bytes]] | None = None,
     ) -> None:
         record = self._record_key(sha256)
         if old is None:
@@ -119,14 +131,17 @@ class FingerprintIndex(SharedState):
         # The index first, the record last: a call cut short leaves the record naming
         # what the index held before, and the next call mends both. An entry left over
         # names a picture whose decision lookups read anyway, and so is never believed.
-        changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
-        changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
+        changes = [
+            (self._band_key(band, among), field_, entry, "0")
+            for among, band, field_, entry in old - new
+        ]
+        changes += [
+            (self._band_key(band, among), field_, entry, "1")
+            for among, band, field_, entry in new - old
+        ]
         self._on_nodes(
             client,
-            [
-                (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
-                for band, *rest in changes
-            ],
+            [(key, "eval", (_INDEX_ENTRY, 1, key, *rest)) for key, *rest in changes],
         )
         client.set(
             record,
@@ -145,21 +160,25 @@ class FingerprintIndex(SharedState):
         return prints
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
-        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
+        among = "pdqr" if rejecting_only else "pdqx"
+        asked = [
+            (self._band_key(band, among), sorted(values))
+            for band, values in enumerate(probes)
+            if values
+        ]
         if not asked:
             return []
         with self._call() as client:
             answers = self._on_nodes(
                 client,
                 [
-                    (
-                        self._band_key(band),
-                        "hmget",
-                        (self._band_key(band), [_field(value) for value in values]),
-                    )
-                    for band, values in asked
+                    (key, "hmget", (key, [_field(value) for value in values]))
+                    for key, values in asked
                 ],
             )
         kept = {

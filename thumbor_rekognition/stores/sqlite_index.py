@@ -1,5 +1,6 @@
 """The SQLite store's fingerprint index and links to duplicates: each frame's PDQ hash
-under its 16 slots, each slot indexed with the hash beside it."""
+under its 16 slots, and each rotation and mirror of a rejecting frame under its own, each
+slot indexed with the hash beside it (a partial index for either)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class FingerprintIndex(SharedState):
             (
                 sha256,
                 frame,
+                0,
                 print_.to_bytes(),
                 print_.entry(),
                 int(frame in rejecting),
@@ -32,24 +34,40 @@ class FingerprintIndex(SharedState):
             )
             for frame, print_ in sorted(prints.items())
         ]
+        rows += [
+            (sha256, frame, variant, b"", Print(value).entry(), 1, *Print(value).bands())
+            for frame, values in stores.rejecting_variants(prints, rejecting).items()
+            for variant, value in enumerate(values)
+            if variant
+        ]
         with self._cursor(write=True) as cursor:
             cursor.execute("DELETE FROM prints WHERE sha256 = ?", (sha256,))
             cursor.executemany(
-                f"INSERT INTO prints (sha256, frame, print, hash, rejecting, {_COLUMNS}) "  # noqa: S608 - column names only
-                f"VALUES ({', '.join('?' * (5 + BANDS))})",
+                f"INSERT INTO prints (sha256, frame, variant, print, hash, rejecting, {_COLUMNS}) "  # noqa: S608 - column names only
+                f"VALUES ({', '.join('?' * (6 + BANDS))})",
                 rows,
             )
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
         with self._cursor() as cursor:
             rows = cursor.execute(
-                "SELECT frame, print FROM prints WHERE sha256 = ? ORDER BY frame", (sha256,)
+                "SELECT frame, print FROM prints WHERE sha256 = ? AND variant = 0 ORDER BY frame",
+                (sha256,),
             ).fetchall()
         return {frame: Print.from_bytes(data) for frame, data in rows}
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
+        # Each slot has a partial index for either: frames' own hashes, rejecting frames'.
+        among = (
+            ("rejecting_slot", "rejecting = 1")
+            if rejecting_only
+            else ("prints_slot", "variant = 0")
+        )
         kept: set[int] = set()
         with self._cursor() as cursor:
             for band, values in enumerate(probes):
@@ -60,8 +78,8 @@ class FingerprintIndex(SharedState):
                     # read only for the rows kept.
                     rows = cursor.execute(
                         f"SELECT rowid, hash FROM prints "  # noqa: S608 - band is 0..15
-                        f"INDEXED BY prints_slot{band:d} "
-                        f"WHERE s{band:d} IN ({', '.join('?' * len(chunk))})",
+                        f"INDEXED BY {among[0]}{band:d} "
+                        f"WHERE {among[1]} AND s{band:d} IN ({', '.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
                     kept.update(

@@ -62,13 +62,19 @@ CREATE TABLE IF NOT EXISTS shared (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
--- The index of judged pictures: each frame's PDQ hash under its 16 slots of 16 bits.
+-- The index of judged pictures: each frame's PDQ hash under its 16 slots of 16 bits
+-- (variant 0), and the index of rejecting frames: each rotation and mirror of a frame that
+-- rejects its picture (variants 0 to 7, rejecting 1: stores.rejecting_variants).
 -- (Format 3's 'fingerprints' table held the former fingerprint: `migrate-store` drops it.)
 CREATE TABLE IF NOT EXISTS prints (
     sha256 TEXT NOT NULL,
     frame INTEGER NOT NULL,
-    -- The hash and its rotations' and mirrors' (256 bytes), and the hash alone (32 bytes).
+    -- 0 for the frame's own hash, else the place of a rotation's or mirror's among its
+    -- distinct variants.
+    variant INTEGER NOT NULL,
+    -- Variant 0: the hash and its rotations' and mirrors' (256 bytes), others: empty.
     print BLOB NOT NULL,
+    -- This row's hash alone (32 bytes).
     hash BLOB NOT NULL,
     -- 1 when this frame rejects its picture (see duplicates.rejecting_frames).
     rejecting INTEGER NOT NULL,
@@ -88,24 +94,40 @@ CREATE TABLE IF NOT EXISTS prints (
     s13 INTEGER NOT NULL,
     s14 INTEGER NOT NULL,
     s15 INTEGER NOT NULL,
-    PRIMARY KEY (sha256, frame)
+    PRIMARY KEY (sha256, frame, variant)
 );
-CREATE INDEX IF NOT EXISTS prints_slot0 ON prints (s0, hash);
-CREATE INDEX IF NOT EXISTS prints_slot1 ON prints (s1, hash);
-CREATE INDEX IF NOT EXISTS prints_slot2 ON prints (s2, hash);
-CREATE INDEX IF NOT EXISTS prints_slot3 ON prints (s3, hash);
-CREATE INDEX IF NOT EXISTS prints_slot4 ON prints (s4, hash);
-CREATE INDEX IF NOT EXISTS prints_slot5 ON prints (s5, hash);
-CREATE INDEX IF NOT EXISTS prints_slot6 ON prints (s6, hash);
-CREATE INDEX IF NOT EXISTS prints_slot7 ON prints (s7, hash);
-CREATE INDEX IF NOT EXISTS prints_slot8 ON prints (s8, hash);
-CREATE INDEX IF NOT EXISTS prints_slot9 ON prints (s9, hash);
-CREATE INDEX IF NOT EXISTS prints_slot10 ON prints (s10, hash);
-CREATE INDEX IF NOT EXISTS prints_slot11 ON prints (s11, hash);
-CREATE INDEX IF NOT EXISTS prints_slot12 ON prints (s12, hash);
-CREATE INDEX IF NOT EXISTS prints_slot13 ON prints (s13, hash);
-CREATE INDEX IF NOT EXISTS prints_slot14 ON prints (s14, hash);
-CREATE INDEX IF NOT EXISTS prints_slot15 ON prints (s15, hash);
+CREATE INDEX IF NOT EXISTS prints_slot0 ON prints (s0, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot1 ON prints (s1, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot2 ON prints (s2, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot3 ON prints (s3, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot4 ON prints (s4, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot5 ON prints (s5, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot6 ON prints (s6, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot7 ON prints (s7, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot8 ON prints (s8, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot9 ON prints (s9, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot10 ON prints (s10, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot11 ON prints (s11, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot12 ON prints (s12, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot13 ON prints (s13, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot14 ON prints (s14, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot15 ON prints (s15, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS rejecting_slot0 ON prints (s0, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot1 ON prints (s1, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot2 ON prints (s2, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot3 ON prints (s3, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot4 ON prints (s4, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot5 ON prints (s5, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot6 ON prints (s6, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot7 ON prints (s7, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot8 ON prints (s8, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot9 ON prints (s9, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot10 ON prints (s10, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot11 ON prints (s11, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot12 ON prints (s12, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot13 ON prints (s13, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot14 ON prints (s14, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot15 ON prints (s15, hash) WHERE rejecting = 1;
 CREATE TABLE IF NOT EXISTS duplicates (
     original TEXT NOT NULL,
     key TEXT NOT NULL,
