@@ -250,17 +250,22 @@ def index_costs(endpoint: str) -> None:
         )
     for similarity in (0.9, 1 - 31 / 256):
         within = fingerprint.within(similarity)
-        store.requests = Counter()
-        wanted = probes([some_query()], within)
-        store.indexed_near(wanted, lambda value: True)
-        keys = sum(len(values) for values in wanted)
-        # Eventually consistent: half a read unit per item of at most 4 kB, found or not.
-        read_units = keys * math.ceil(max(bands) / 4096) / 2
-        print(
-            f"  lookup of a still picture's 8 variants at similarity {similarity:.3f} (within "
-            f"{within} bits): {keys} slot items in {sum(store.requests.values())} requests "
-            f"({_listed(store.requests)}), {read_units:g} read units (eventually consistent)"
-        )
+        query = some_query()
+        for title, asked, rejecting_only in (
+            ("a first view (its own hash, rejecting frames)", [Print(query.value)], True),
+            ("a rejection (its 8 variants, every frame)", [query], False),
+        ):
+            store.requests = Counter()
+            wanted = probes(asked, within)
+            store.indexed_near(wanted, lambda value: True, rejecting_only=rejecting_only)
+            keys = sum(len(values) for values in wanted)
+            # Eventually consistent: half a read unit per item of at most 4 kB, found or not.
+            read_units = keys * math.ceil(max(bands) / 4096) / 2
+            print(
+                f"  lookup of {title} at similarity {similarity:.3f} (within {within} bits): "
+                f"{keys} slot items in {sum(store.requests.values())} requests "
+                f"({_listed(store.requests)}), {read_units:g} read units (eventually consistent)"
+            )
     store.close()
 
 

@@ -99,9 +99,9 @@ def load_sqlite(path: str, prints: list[Print]) -> float:
         connection.execute(f"DROP INDEX prints_slot{band}")
     connection.execute("BEGIN")
     insert = (
-        f"INSERT INTO prints (sha256, frame, print, hash, rejecting, "
+        f"INSERT INTO prints (sha256, frame, variant, print, hash, rejecting, "
         f"{', '.join(f's{band}' for band in range(BANDS))}) "
-        f"VALUES (?, 0, ?, ?, 0, {', '.join('?' for _ in range(BANDS))})"
+        f"VALUES (?, 0, 0, ?, ?, 0, {', '.join('?' for _ in range(BANDS))})"
     )
     for start in range(0, len(prints), BATCH):
         connection.executemany(
@@ -113,7 +113,9 @@ def load_sqlite(path: str, prints: list[Print]) -> float:
         )
     connection.execute("COMMIT")
     for band in range(BANDS):
-        connection.execute(f"CREATE INDEX prints_slot{band} ON prints (s{band}, hash)")
+        connection.execute(
+            f"CREATE INDEX prints_slot{band} ON prints (s{band}, hash) WHERE variant = 0"
+        )
     connection.close()
     return time.perf_counter() - started
 

@@ -158,19 +158,17 @@ class Duplicates:
         if not prints:
             return []
         within = fingerprint.within(minimum)
-        variants = [
-            variant for query in prints.values() for variant in query.variants or (query.value,)
-        ]
-
-        # Called for each of thousands of candidates at millions of entries.
-        def close(candidate: int) -> bool:
-            return any((candidate ^ variant).bit_count() <= within for variant in variants)
-
         # Among rejecting frames the index holds every rotation and mirror, so each query's
         # own hash is enough; among all frames only their own hashes, so every variant asks.
         asking = (
             [Print(query.value) for query in prints.values()] if only_rejecting else prints.values()
         )
+        variants = [variant for query in asking for variant in query.variants or (query.value,)]
+
+        # Called for each of thousands of candidates at millions of entries.
+        def close(candidate: int) -> bool:
+            return any((candidate ^ variant).bit_count() <= within for variant in variants)
+
         best: dict[str, float] = {}
         rejecting: set[str] = set()
         for entry in self.store.indexed_near(
