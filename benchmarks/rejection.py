@@ -73,7 +73,7 @@ class Counting:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.store, name)
 
-        def counted(*args: Any) -> Any:
+        def counted(*args: Any, **keywords: Any) -> Any:
             self.calls[name] += 1
             if name == "indexed_near":
                 probes, close = args
@@ -82,8 +82,8 @@ class Counting:
                     self.candidates += 1
                     return bool(close(value))
 
-                return method(probes, seen)
-            return method(*args)
+                return method(probes, seen, **keywords)
+            return method(*args, **keywords)
 
         return counted
 
