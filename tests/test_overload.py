@@ -125,6 +125,7 @@ def test_stats_show_what_the_process_holds(node: ThumborServer, images: Path) ->
         "decode_budget_waiting",
         "backlog_pictures",
         "backlog_bytes",
+        "backlog_in_memory_bytes",
         "backlog_dropped",
         "decisions_cached",
     ):
