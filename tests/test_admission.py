@@ -174,7 +174,7 @@ def test_an_original_changed_in_the_spool_is_not_judged(caplog: pytest.LogCaptur
 
     # Skipped, to be judged on its next request; the next one is read as it was.
     assert read == [("changed", None), ("intact", png(60, 50))]
-    assert "queued picture changed read back changed from the spool" in caplog.text
+    assert "queued picture changed not judged: its original changed in the spool" in caplog.text
     assert spool_size(backlog) == 0
 
 
@@ -191,7 +191,7 @@ def test_an_original_that_cannot_be_read_back_is_not_judged(
     read = judge_all(backlog)
 
     assert read == [("unread", None)]
-    assert "queued picture unread not read back from the spool" in caplog.text
+    assert "queued picture unread not judged: its original not read back" in caplog.text
     assert backlog.held == 0
 
 

@@ -250,10 +250,14 @@ class Backlog:
                 raise OSError("no spool")
             buffer = os.pread(self._spool.fileno(), item.length, item.offset)
         except OSError as error:
-            logger.warning("queued picture %s not read back from the spool: %s", item.key, error)
+            logger.warning(
+                "queued picture %s not judged: its original not read back: %s", item.key, error
+            )
             return None
         if len(buffer) != item.length or sha256_hex(buffer) != sha256:
-            logger.warning("queued picture %s read back changed from the spool", item.key)
+            logger.warning(
+                "queued picture %s not judged: its original changed in the spool", item.key
+            )
             return None
         return buffer
 
