@@ -589,6 +589,7 @@ def test_stats_count_decisions_by_status_and_source_and_backend_calls(
         "decode_budget_waiting",
         "backlog_pictures",
         "backlog_bytes",
+        "backlog_in_memory_bytes",
         "backlog_dropped",
         "decisions_cached",
         "hashes_cached",

@@ -4,15 +4,19 @@ tests/test_overload.py shows them through Thumbor."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
-from thumbor_rekognition.moderation.admission import Backlog, DecodeBudget, Queued, decoded_cost
-from thumbor_rekognition.moderation.memory import STALE_KEPT_SECONDS, DecisionCache
+from thumbor_rekognition.moderation import admission
+from thumbor_rekognition.moderation.admission import Backlog, DecodeBudget, decoded_cost
+from thumbor_rekognition.moderation.memory import STALE_KEPT_SECONDS, DecisionCache, sha256_hex
 
 
 def png(width: int, height: int) -> bytes:
@@ -85,17 +89,141 @@ def test_a_wait_that_runs_out_lets_the_next_in() -> None:
     assert asyncio.run(scenario()) == (False, True, 100)
 
 
+def offer(backlog: Backlog, key: str, buffer: bytes) -> bool:
+    return backlog.offer(sha256_hex(buffer), key, f"{key}.png", buffer)
+
+
+def judge_all(backlog: Backlog) -> list[tuple[str, bytes | None]]:
+    """What draining the queue reads back, oldest first: (key, original)."""
+    read = []
+    while (queued := backlog.take()) is not None:
+        sha256, item = queued
+        read.append((item.key, backlog.read(sha256, item)))
+        backlog.release(item)
+    return read
+
+
+def spool_size(backlog: Backlog) -> int:
+    assert backlog._spool is not None
+    return os.fstat(backlog._spool.fileno()).st_size
+
+
 def test_the_backlog_keeps_order_one_entry_per_content_and_its_bounds() -> None:
     backlog = Backlog(entries=2, size=10)
-    assert backlog.offer("h1", Queued("a", "a.png", b"12345"))
-    assert backlog.offer("h1", Queued("a2", "a2.png", b"12345"))  # the same bytes: queued once
-    assert not backlog.offer("h2", Queued("b", "b.png", b"123456"))  # 11 bytes > 10
-    assert backlog.offer("h3", Queued("c", "c.png", b"1234"))
-    assert not backlog.offer("h4", Queued("d", "d.png", b"1"))  # a third entry
-    assert (len(backlog), backlog.bytes, backlog.dropped) == (2, 9, 2)
-    taken = [backlog.take(), backlog.take(), backlog.take()]
-    assert [item[0] if item else None for item in taken] == ["h1", "h3", None]
-    assert backlog.bytes == 0
+    assert offer(backlog, "a", b"12345")
+    assert offer(backlog, "a2", b"12345")  # the same bytes: queued once
+    assert not offer(backlog, "b", b"123456")  # 11 bytes > 10
+    assert offer(backlog, "c", b"1234")
+    assert not offer(backlog, "d", b"1")  # a third entry
+    assert (len(backlog), backlog.held, backlog.dropped) == (2, 9, 2)
+
+    read = judge_all(backlog)
+
+    assert read == [("a", b"12345"), ("c", b"1234")]
+    assert backlog.take() is None
+    assert backlog.held == 0
+
+
+def test_queued_originals_wait_in_the_spool_not_in_memory() -> None:
+    originals = [png(40 + n, 30) for n in range(5)]
+    backlog = Backlog(entries=10, size=1 << 20)
+
+    for n, original in enumerate(originals):
+        assert offer(backlog, f"p{n}", original)
+    queued = list(backlog._items.values())
+
+    # The queue holds where each original lies, not the original.
+    assert all(item.kept is None for item in queued)
+    assert not any(isinstance(value, bytes) for item in queued for value in vars(item).values())
+    assert (backlog.held, backlog.kept) == (sum(map(len, originals)), 0)
+    assert spool_size(backlog) == sum(map(len, originals))
+    assert judge_all(backlog) == [(f"p{n}", original) for n, original in enumerate(originals)]
+
+
+def test_the_spool_is_emptied_once_the_queue_is_and_grows_again_from_nothing() -> None:
+    backlog = Backlog(entries=10, size=1 << 20)
+    assert offer(backlog, "a", png(50, 50))
+    assert offer(backlog, "b", png(60, 50))
+    sha256, first = backlog.take() or ("", None)
+    assert first is not None
+
+    # Queued meanwhile: appended after what is being read.
+    assert offer(backlog, "c", png(70, 50))
+    assert backlog.read(sha256, first) == png(50, 50)
+    backlog.release(first)
+    grown = spool_size(backlog)
+    read = judge_all(backlog)
+    emptied = spool_size(backlog)
+    assert offer(backlog, "d", png(80, 50))
+
+    assert grown == len(png(50, 50)) + len(png(60, 50)) + len(png(70, 50))
+    assert read == [("b", png(60, 50)), ("c", png(70, 50))]
+    assert (emptied, backlog.held) == (0, len(png(80, 50)))
+    assert spool_size(backlog) == len(png(80, 50))
+    assert judge_all(backlog) == [("d", png(80, 50))]
+
+
+def test_an_original_changed_in_the_spool_is_not_judged(caplog: pytest.LogCaptureFixture) -> None:
+    backlog = Backlog(entries=10, size=1 << 20)
+    assert offer(backlog, "changed", png(50, 50))
+    assert offer(backlog, "intact", png(60, 50))
+    assert backlog._spool is not None
+    os.pwrite(backlog._spool.fileno(), b"XX", 12)  # "IHDR" of the first: "XXDR"
+
+    read = judge_all(backlog)
+
+    # Skipped, to be judged on its next request; the next one is read as it was.
+    assert read == [("changed", None), ("intact", png(60, 50))]
+    assert "queued picture changed not judged: its original changed in the spool" in caplog.text
+    assert spool_size(backlog) == 0
+
+
+def test_an_original_that_cannot_be_read_back_is_not_judged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backlog = Backlog(entries=10, size=1 << 20)
+    assert offer(backlog, "unread", png(50, 50))
+
+    def failing(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(admission.os, "pread", failing)
+    read = judge_all(backlog)
+
+    assert read == [("unread", None)]
+    assert "queued picture unread not judged: its original not read back" in caplog.text
+    assert backlog.held == 0
+
+
+@pytest.mark.parametrize("failure", ["no temporary directory", "disk full"])
+def test_originals_the_spool_cannot_take_are_kept_in_memory_within_the_bound(
+    failure: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if failure == "no temporary directory":
+        monkeypatch.setattr(admission.tempfile, "tempdir", str(tmp_path / "missing"))
+    else:
+
+        def full(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(admission.os, "pwrite", full)
+    backlog = Backlog(entries=10, size=300)
+
+    queued = [offer(backlog, "a", b"a" * 100), offer(backlog, "b", b"b" * 150)]
+    dropped = offer(backlog, "c", b"c" * 100)  # 350 bytes > 300
+    held = (backlog.held, backlog.kept, backlog.dropped)
+    read = judge_all(backlog)
+
+    assert queued == [True, True]
+    assert not dropped
+    assert held == (250, 250, 1)
+    assert read == [("a", b"a" * 100), ("b", b"b" * 150)]
+    assert (backlog.held, backlog.kept) == (0, 0)
+    # Said once, not once a picture.
+    assert caplog.text.count("originals kept in memory, the spool failed") == 1
 
 
 def test_decisions_expired_long_ago_are_dropped_from_memory(monkeypatch: object) -> None:

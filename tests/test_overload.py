@@ -92,9 +92,11 @@ def test_a_spike_is_answered_pending_at_once_and_judged_in_the_background(
     ]
     # Answered while the backlog is judged: a picture already judged, at a new size.
     hit = node.get(f"/unsafe/64x48/{judged}")
+    queueing = in_memory(node)
     # No request asks again: the process judges the queued pictures on its own.
     all_called = wait_for(lambda: fake.call_count == 1 + NEW)
     queue_emptied = wait_for(lambda: in_memory(node)["backlog_pictures"] == 0)
+    emptied = in_memory(node)
     calls = fake.call_count
     later = [node.get(f"/unsafe/100x80/{name}").header("X-Moderation-Status") for name in new]
 
@@ -105,11 +107,15 @@ def test_a_spike_is_answered_pending_at_once_and_judged_in_the_background(
     assert (hit.status, hit.header("X-Moderation-Status")) == (200, "approved")
     assert all_called
     assert queue_emptied
+    # The queued originals waited in the spool, not in memory, and it was emptied.
+    assert queueing["backlog_in_memory_bytes"] == 0
+    assert (emptied["backlog_bytes"], emptied["backlog_in_memory_bytes"]) == (0, 0)
     assert later == ["approved"] * NEW
     # One call per picture, spaced by the rate, and none more once they are judged.
     assert calls == fake.call_count == 1 + NEW
     assert busiest_second(fake.calls) <= LIMIT + 1
     assert "queued picture" not in node.log
+    assert "the spool failed" not in node.log
 
 
 def test_stats_show_what_the_process_holds(node: ThumborServer, images: Path) -> None:
@@ -125,6 +131,7 @@ def test_stats_show_what_the_process_holds(node: ThumborServer, images: Path) ->
         "decode_budget_waiting",
         "backlog_pictures",
         "backlog_bytes",
+        "backlog_in_memory_bytes",
         "backlog_dropped",
         "decisions_cached",
     ):

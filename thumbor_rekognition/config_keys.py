@@ -264,13 +264,19 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "Most pictures a process keeps queued for judgement after answering them "
         "'pending' because the call rate was spent. Past it (or past "
         "MODERATION_BACKLOG_MB), a picture is judged on its next request instead. The "
-        "queue lives in memory: a restart forgets it, with the same effect.",
+        "queue lives in the process: a restart forgets it, with the same effect.",
         GROUP,
     ),
     (
         "MODERATION_BACKLOG_MB",
         64,
-        "Most megabytes of originals the background queue of a process holds.",
+        "Most megabytes of originals the background queue of a process holds. They wait "
+        "in one temporary file per process, not in its memory (in the system's temporary "
+        "directory, TMPDIR: on a disk, not a tmpfs, for them to take no memory at all), "
+        "appended to and emptied whenever the queue is; this bounds that file, judged "
+        "originals included until it is emptied. Where it cannot be written (no room, a "
+        "directory not writable), originals are kept in memory instead, within the same "
+        "bound.",
         GROUP,
     ),
     (

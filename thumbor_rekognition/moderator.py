@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from thumbor_rekognition.decision import Decision, Source, Status
-from thumbor_rekognition.moderation.admission import Queued
 from thumbor_rekognition.moderation.judging import QUEUED, Judging, resolve
 from thumbor_rekognition.moderation.memory import Metrics, sha256_hex
 from thumbor_rekognition.preparation import UnsupportedImage
@@ -96,7 +95,7 @@ class Moderator(Judging):
             flight.add_done_callback(functools.partial(self._landed, sha256))
             if not patient:
                 flight.add_done_callback(
-                    functools.partial(self._queue_if_busy, sha256, Queued(key, url, buffer))
+                    functools.partial(self._queue_if_busy, sha256, key, url, buffer)
                 )
         else:
             Metrics(metrics).incr("moderation.single_flight.joined")
@@ -116,12 +115,16 @@ class Moderator(Judging):
             decision = await self._adopt(decision, key, url, metrics)
         return decision
 
-    def _queue_if_busy(self, sha256: str, item: Queued, flight: asyncio.Future[Decision]) -> None:
+    def _queue_if_busy(
+        self, sha256: str, key: str, url: str, buffer: bytes, flight: asyncio.Future[Decision]
+    ) -> None:
         """Queue a picture answered pending for want of a turn to call or of room to
         decode it, to be judged in the background."""
         if flight.cancelled() or flight.exception() is not None:
             return
-        if not flight.result().error.startswith(QUEUED) or not self.backlog.offer(sha256, item):
+        if not flight.result().error.startswith(QUEUED):
+            return
+        if not self.backlog.offer(sha256, key, url, buffer):
             return
         if self._draining is None or self._draining.done():
             self._draining = asyncio.ensure_future(self.drain())
@@ -130,14 +133,21 @@ class Moderator(Judging):
         """Judge the queued pictures, oldest first, one at a time: each waits for its turn
         of the shared call rate (without a thread) and stores its decision, which the
         next request of the picture finds. One that another process or a later request
-        judged meanwhile costs no call."""
+        judged meanwhile costs no call; one whose original cannot be read back as it was
+        queued is judged on its next request."""
         while (queued := self.backlog.take()) is not None:
-            _, item = queued
+            sha256, item = queued
+            try:
+                buffer = await self._run(self._executor, self.backlog.read, sha256, item)
+            finally:
+                self.backlog.release(item)
+            if buffer is None:
+                continue
             try:
                 await self.moderate(
                     item.key,
                     item.url,
-                    item.buffer,
+                    buffer,
                     deadline=time.monotonic() + BACKLOG_TURN_WAIT_SECONDS,
                     patient=True,
                 )

@@ -9,12 +9,20 @@ import ctypes
 import ctypes.util
 import functools
 import io
+import logging
+import os
+import tempfile
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 from PIL import Image
+
+from thumbor_rekognition.moderation.memory import sha256_hex
+
+logger = logging.getLogger("thumbor_rekognition.moderator")
 
 # Bytes per decoded pixel counted for a picture: RGBA, the widest mode preparation uses.
 BYTES_PER_PIXEL = 4
@@ -142,42 +150,134 @@ class DecodeBudget:
 
 @dataclass(frozen=True)
 class Queued:
-    """A picture answered 'pending' because no turn to call came in time."""
+    """A picture answered 'pending' because no turn to call came in time: where its
+    original lies in the spool, or the original itself where the spool could not take it."""
 
     key: str
     url: str
-    buffer: bytes
+    offset: int
+    length: int
+    kept: bytes | None = None
 
 
 class Backlog:
     """Pictures to judge when turns come, oldest first, one entry per content hash,
-    bounded in entries and in bytes. What does not fit is judged on its next request."""
+    bounded in entries and in bytes. What does not fit is judged on its next request.
+
+    The originals wait outside the process's memory, appended to one anonymous temporary
+    file (the spool: one descriptor, in the system's temporary directory, TMPDIR; gone
+    with the process), emptied whenever the queue is. `size` bounds the spool with the
+    originals kept in memory, which are those the spool could not take (no room on the
+    disk, a directory not writable). Used from the event loop, but for read.
+    """
 
     def __init__(self, entries: int, size: int) -> None:
         self.entries = entries
         self.size = size
-        self.bytes = 0
+        # Bytes of the spool (queued originals and those taken since it was last emptied).
+        self.spooled = 0
+        # Bytes of the originals the spool could not take, queued or being read.
+        self.kept = 0
         self.dropped = 0
         self._items: OrderedDict[str, Queued] = OrderedDict()
+        self._spool: IO[bytes] | None = None
+        # Whether the spool failed since it last worked: said once in the log.
+        self._failing = False
+        # Entries taken and not released yet: their bytes must stay where they are.
+        self._reading = 0
 
-    def offer(self, sha256: str, item: Queued) -> bool:
+    @property
+    def held(self) -> int:
+        """What the queue holds: its spool's bytes and the originals kept in memory."""
+        return self.spooled + self.kept
+
+    def offer(self, sha256: str, key: str, url: str, buffer: bytes) -> bool:
         """Queue a picture; False when it does not fit (counted in dropped)."""
         if sha256 in self._items:
             return True
-        if len(self._items) >= self.entries or self.bytes + len(item.buffer) > self.size:
+        if len(self._items) >= self.entries or self.held + len(buffer) > self.size:
             self.dropped += 1
             return False
+        if self._spool_write(buffer):
+            item = Queued(key, url, self.spooled, len(buffer))
+            self.spooled += len(buffer)
+        else:
+            item = Queued(key, url, 0, len(buffer), kept=buffer)
+            self.kept += len(buffer)
         self._items[sha256] = item
-        self.bytes += len(item.buffer)
+        return True
+
+    def _spool_write(self, buffer: bytes) -> bool:
+        # A write into the page cache, no fsync: cheap enough for the event loop.
+        try:
+            if self._spool is None:
+                # Open for the life of the process, not of a block.
+                self._spool = tempfile.TemporaryFile(prefix="thumbor-rekognition-backlog-")  # noqa: SIM115
+            written = 0
+            while written < len(buffer):
+                done = os.pwrite(
+                    self._spool.fileno(), memoryview(buffer)[written:], self.spooled + written
+                )
+                if done == 0:
+                    raise OSError("nothing written")
+                written += done
+        except OSError as error:
+            if not self._failing:
+                logger.warning(
+                    "background queue: originals kept in memory, the spool failed: %s", error
+                )
+            self._failing = True
+            return False
+        self._failing = False
         return True
 
     def take(self) -> tuple[str, Queued] | None:
-        """The oldest picture queued, taken out of the queue; None when it is empty."""
+        """The oldest picture queued, taken out of the queue; None when it is empty.
+        Its bytes (see read) stay until it is released."""
         if not self._items:
             return None
         sha256, item = self._items.popitem(last=False)
-        self.bytes -= len(item.buffer)
+        self._reading += 1
         return sha256, item
+
+    def read(self, sha256: str, item: Queued) -> bytes | None:
+        """The original of a picture taken, None when it cannot be read back as it was
+        queued (said in the log). Blocking: hashes the bytes, in a thread."""
+        if item.kept is not None:
+            return item.kept
+        try:
+            if self._spool is None:
+                raise OSError("no spool")
+            buffer = os.pread(self._spool.fileno(), item.length, item.offset)
+        except OSError as error:
+            logger.warning(
+                "queued picture %s not judged: its original not read back: %s", item.key, error
+            )
+            return None
+        if len(buffer) != item.length or sha256_hex(buffer) != sha256:
+            logger.warning(
+                "queued picture %s not judged: its original changed in the spool", item.key
+            )
+            return None
+        return buffer
+
+    def release(self, item: Queued) -> None:
+        """Done with a picture taken: once none is queued or being read, the spool is
+        emptied (the disk space given back; it grows again from nothing)."""
+        self._reading -= 1
+        if item.kept is not None:
+            self.kept -= item.length
+        if self._items or self._reading or not self.spooled:
+            return
+        self.spooled = 0
+        if self._spool is None:
+            return
+        try:
+            os.ftruncate(self._spool.fileno(), 0)
+        except OSError as error:
+            logger.warning("background queue: spool not emptied, opened anew: %s", error)
+            self._spool.close()
+            self._spool = None
 
     def __len__(self) -> int:
         return len(self._items)

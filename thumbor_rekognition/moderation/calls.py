@@ -108,14 +108,16 @@ class Calls:
 
     def in_memory(self) -> dict[str, int]:
         """What this process holds now: judgements in flight, backend calls out, the
-        decode budget held and waited for, the background queue, and its caches."""
+        decode budget held and waited for, the background queue (its bytes: those spooled
+        and those kept in memory), and its caches."""
         return {
             "judgements_in_flight": len(self._flights),
             "backend_calls_out": self.calls_out,
             "decode_budget_held_bytes": self.decode_budget.held,
             "decode_budget_waiting": self.decode_budget.waiting,
             "backlog_pictures": len(self.backlog),
-            "backlog_bytes": self.backlog.bytes,
+            "backlog_bytes": self.backlog.held,
+            "backlog_in_memory_bytes": self.backlog.kept,
             "backlog_dropped": self.backlog.dropped,
             "decisions_cached": len(self._by_key),
             "hashes_cached": len(self._by_hash),
