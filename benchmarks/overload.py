@@ -8,7 +8,9 @@ the server core; clients on the others; a fake Rekognition answering in --delay 
 1. A spike: REKOGNITION_MAX_CALLS_PER_SECOND = --limit, --rate new pictures a second for
    --spike-seconds, while --hit-clients clients ask for one picture already judged and
    rendered (a result-storage hit). First-view latency p50/p99 and what they were
-   answered; cached-hit p99 and req/s before, during and after; RSS before, peak, after.
+   answered; cached-hit p99 and req/s before, during and after; the server's CPU time
+   in its event loop and in its other threads (and their time waiting for a core) before,
+   during and after; RSS before, peak, after.
    Goals: cached-hit p99 during the spike within 2x of before; new pictures answered
    (pending past the rate) within 1 s; the plugin's RSS increase within 1.5x of stock's.
 2. Cached hits at 1, 4 and 16 clients, rounds alternating between the two servers.
@@ -82,6 +84,44 @@ class Sampler:
 
     def peak(self, since: float = 0.0, until: float = float("inf")) -> float:
         return max((rss for at, rss in self.samples if since <= at <= until), default=0.0)
+
+
+@dataclass(frozen=True)
+class ThreadTimes:
+    """A process's CPU time, and time spent runnable waiting for a core, at one moment:
+    its main thread (Thumbor's event loop) apart from its other threads (ns, from
+    /proc/<pid>/task/*/schedstat)."""
+
+    at: float
+    loop_cpu: int
+    loop_waiting: int
+    others_cpu: int
+    others_waiting: int
+
+    @classmethod
+    def of(cls, pid: int) -> ThreadTimes:
+        at = time.monotonic()
+        loop = others = (0, 0)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                cpu, waiting = (int(v) for v in (task / "schedstat").read_text().split()[:2])
+            except (OSError, ValueError):  # a thread that ended meanwhile
+                continue
+            if task.name == str(pid):
+                loop = (cpu, waiting)
+            else:
+                others = (others[0] + cpu, others[1] + waiting)
+        return cls(at, *loop, *others)
+
+    def line(self, later: ThreadTimes) -> str:
+        """ms a second of each between this moment and a later one."""
+        per_second = 1e-6 / max(later.at - self.at, 1e-9)
+        return (
+            f"event loop {(later.loop_cpu - self.loop_cpu) * per_second:4.0f} ms/s "
+            f"(waited for a core {(later.loop_waiting - self.loop_waiting) * per_second:4.0f}), "
+            f"other threads {(later.others_cpu - self.others_cpu) * per_second:4.0f} ms/s "
+            f"(waited {(later.others_waiting - self.others_waiting) * per_second:4.0f})"
+        )
 
 
 @dataclass
@@ -228,19 +268,24 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
 
             with Sampler(pid(server)) as memory, hitting(server.port, args.hit_clients) as hits:
                 before_start = time.monotonic()
+                times = [ThreadTimes.of(pid(server))]
                 time.sleep(args.calm_seconds)
                 spike_start = time.monotonic()
+                times.append(ThreadTimes.of(pid(server)))
                 with ThreadPoolExecutor(max_workers=512) as pool:
                     for index, name in enumerate(names):
                         due = spike_start + index / args.rate
                         time.sleep(max(0.0, due - time.monotonic()))
                         pool.submit(first_view, name)
                     spike_end = time.monotonic()
+                    times.append(ThreadTimes.of(pid(server)))
                     # The calm after: hits go on while the last first views are answered.
                     time.sleep(args.calm_seconds)
                 drained = time.monotonic()
+                times.append(ThreadTimes.of(pid(server)))
                 time.sleep(args.calm_seconds)
                 after_end = time.monotonic()
+                times.append(ThreadTimes.of(pid(server)))
             latencies = [ms for ms, _ in answers]
             told: dict[str, int] = {}
             for _, what in answers:
@@ -262,6 +307,9 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
             print(f"    cached hits before: {hits.line(before_start, spike_start)}")
             print(f"    cached hits during: {hits.line(spike_start, spike_end)}")
             print(f"    cached hits after:  {hits.line(drained, after_end)}")
+            print(f"    server CPU before: {times[0].line(times[1])}")
+            print(f"    server CPU during: {times[1].line(times[2])}")
+            print(f"    server CPU after:  {times[3].line(times[4])}")
             print(
                 f"    RSS before {before:.0f} MB, peak {memory.peak():.0f} MB "
                 f"(+{memory.peak() - before:.0f}), after {after:.0f} MB (+{after - before:.0f})"

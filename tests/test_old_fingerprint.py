@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+import statistics
 from collections.abc import Callable
 
 import pytest
@@ -129,3 +131,47 @@ def test_bytes_of_the_wrong_length_are_refused() -> None:
 @pytest.mark.parametrize(("similarity", "bits"), [(1.0, 0), (0.9, 6), (0.875, 8), (0.85, 9)])
 def test_within_is_the_most_coarse_bits_apart_at_a_similarity(similarity: float, bits: int) -> None:
     assert fingerprint.within(similarity) == bits
+
+
+def _plain_loop_print(image: Image.Image) -> tuple[int, int]:
+    """The fingerprint as a plain Python loop computes it: each sum added in order."""
+    small = image.convert("L").resize((fingerprint.SIDE, fingerprint.SIDE), Image.Resampling.BOX)
+    pixels = list(small.tobytes())
+    side = fingerprint.SIDE
+    cosines = [
+        [math.cos(math.pi * (2 * x + 1) * u / (2 * side)) for x in range(side)] for u in range(side)
+    ]
+
+    def dot(values: list[float], weights: list[float]) -> float:
+        total = 0.0
+        for value, weight in zip(values, weights, strict=True):
+            total += value * weight
+        return total
+
+    rows = [
+        [float(value) for value in pixels[start : start + side]]
+        for start in range(0, side * side, side)
+    ]
+    transformed = [[dot(row, cosines[v]) for v in range(side)] for row in rows]
+    coefficients = [
+        dot([row[v] for row in transformed], cosines[u]) for u, v in fingerprint._FREQUENCIES
+    ]
+
+    def bits(values: list[float]) -> int:
+        median = statistics.median(values)
+        return int("".join("1" if value > median else "0" for value in values), 2)
+
+    coarse = coefficients[: fingerprint.COARSE_BITS]
+    return bits(coarse), bits(coefficients[fingerprint.COARSE_BITS :])
+
+
+@pytest.mark.parametrize("family", sorted(pictures.FAMILIES))
+@pytest.mark.parametrize("seed", range(5))
+def test_the_bits_are_those_of_sums_added_in_order_as_stored_fingerprints_were(
+    family: str, seed: int
+) -> None:
+    image = pictures.FAMILIES[family](seed)
+
+    computed = print_of(image)
+
+    assert (computed.coarse, computed.fine) == _plain_loop_print(image)

@@ -175,7 +175,5 @@ def _bits(dct: _Floats) -> int:
     flat = dct.ravel()
     # The reference's median (Torben's) is the lower of the two middle values.
     median = np.partition(flat, 127)[127]
-    value = 0
-    for position in np.flatnonzero(flat > median):
-        value |= 1 << int(position)
-    return value
+    # Bit i of the hash is coefficient i: little-endian bytes of little-endian bits.
+    return int.from_bytes(np.packbits(flat > median, bitorder="little").tobytes(), "little")
