@@ -25,6 +25,7 @@ with the memory or disk the indexes take.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import random
@@ -301,7 +302,7 @@ def _report(store: Store, name: str, queries: dict[str, list[Print]]) -> None:
         )
 
 
-def index(size: int, count: int, share: float, work: Path) -> None:
+def index(size: int, count: int, share: float, work: Path, kinds: set[str]) -> None:
     print(
         f"index: {size:,} judged pictures, {share:.0%} of them rejected, "
         f"lookups at similarity {SIMILARITY:g}, load average {os.getloadavg()[0]:.1f}"
@@ -348,6 +349,16 @@ def index(size: int, count: int, share: float, work: Path) -> None:
         f"first view probes: {probed}, a rejection: {probed * 8}"
     )
 
+    if "sqlite" in kinds:
+        _sqlite(work, prints, rejected, queries)
+    if "redis" in kinds:
+        _redis(work, prints, rejected, queries)
+
+
+def _sqlite(
+    work: Path, prints: list[Print], rejected: dict[int, Print], queries: dict[str, list[Print]]
+) -> None:
+    size = len(prints)
     path = str(work / "index.sqlite3")
     started = time.perf_counter()
     load_sqlite(path, prints, rejected)
@@ -360,6 +371,13 @@ def index(size: int, count: int, share: float, work: Path) -> None:
         f"({os.path.getsize(path) / size:.0f} bytes a judged picture), loaded in {loaded:.0f} s"
     )
 
+
+def _redis(
+    work: Path, prints: list[Print], rejected: dict[int, Print], queries: dict[str, list[Print]]
+) -> None:
+    size = len(prints)
+    # redis-py parses replies with hiredis when it is installed (pip install hiredis).
+    parser = "hiredis" if importlib.util.find_spec("hiredis") else "redis-py's own parser"
     with RedisServer(work / "redis") as server:
         store = redis_store.Store(url=server.url, prefix="bench:", timeout=5.0)
         client = store._redis()
@@ -374,7 +392,7 @@ def index(size: int, count: int, share: float, work: Path) -> None:
         version = client.info("server")["redis_version"]
         print(
             f"  Redis   {used / 2**20:.0f} MiB ({used / size:.0f} bytes a judged picture, "
-            f"Redis {version}), loaded in {loaded:.0f} s"
+            f"Redis {version}, {parser}), loaded in {loaded:.0f} s"
         )
         store.close()
 
@@ -387,6 +405,9 @@ def main() -> None:
     parser.add_argument(
         "--rejected", type=float, default=0.05, help="share of judged pictures rejected"
     )
+    parser.add_argument(
+        "--stores", default="sqlite,redis", help="stores whose index is measured, comma-separated"
+    )
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-index", action="store_true")
     arguments = parser.parse_args()
@@ -394,7 +415,13 @@ def main() -> None:
         quality(arguments.pictures)
     if not arguments.skip_index:
         with tempfile.TemporaryDirectory() as work:
-            index(arguments.index, arguments.lookups, arguments.rejected, Path(work))
+            index(
+                arguments.index,
+                arguments.lookups,
+                arguments.rejected,
+                Path(work),
+                set(arguments.stores.split(",")),
+            )
 
 
 if __name__ == "__main__":
