@@ -1,24 +1,31 @@
-"""Print the near-duplicate figures: how well fingerprints tell copies from other pictures,
-and what a lookup in the index of rejected pictures costs at a million entries.
+"""Print the near-duplicate figures: how well fingerprints (PDQ hashes with their
+rotations and mirrors) tell copies from other pictures, and what a lookup in the index of
+judged pictures costs at a million entries.
 
     python benchmarks/duplicates.py [--pictures 100] [--index 1000000] [--lookups 2000]
 
 Quality, on generated pictures (tests/pictures.py, four families of --pictures each):
 every pair of distinct pictures, counted at or above the default similarity (false
 matches), and each picture's copies (a JPEG at quality 70 scaled to 70 %, 6 % brighter,
-a JPEG at quality 45) counted at or above it (hits); then what the fingerprint does not
-catch (mirrored, cropped, covered in part), for the README.
+a JPEG at quality 45) counted at or above it (hits); then what the fingerprint is not
+built for (cropped, covered in part), for the README. Pictures whose PDQ quality is below
+50 get no fingerprint.
 
-Speed: --index random fingerprints (each half set, as real ones are) put in the index of
-the SQLite store and of the Redis store (a real redis-server, on this machine), then
---lookups lookups through Duplicates.nearest at the default similarity, of new pictures
-(no match) and of copies of indexed ones (a few coarse bits changed), with the memory or
-disk the index takes.
+Speed: --index judged pictures, each a random PDQ hash (half its bits set, as real ones
+are), a share --rejected of them rejected (their 7 rotations and mirrors indexed too, as
+random hashes), put in the indexes of the SQLite store and of the Redis store (a real
+redis-server, on this machine), then --lookups lookups of each kind through
+Duplicates.nearest at the default similarity, each with 8 variants as a judged picture
+has: a first view (the index of rejecting frames, asked with the picture's own hash) of a
+new picture and of a mirrored or rotated copy of a rejected one (a few bits changed), a
+rejection (every frame's own hash, asked with 8 variants) finding no copy and finding one;
+with the memory or disk the indexes take.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import random
@@ -39,14 +46,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import percentile  # noqa: E402
 from tests import pictures  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
-from thumbor_rekognition import fingerprint  # noqa: E402
+from thumbor_rekognition import fingerprint, pdq  # noqa: E402
 from thumbor_rekognition.config import DEFAULTS  # noqa: E402
-from thumbor_rekognition.duplicates import Duplicates  # noqa: E402
-from thumbor_rekognition.fingerprint import BAND_BITS, COARSE_BITS, FINE_BITS, Print  # noqa: E402
+from thumbor_rekognition.duplicates import Duplicates, probes  # noqa: E402
+from thumbor_rekognition.fingerprint import BAND_BITS, BITS, Print  # noqa: E402
 from thumbor_rekognition.stores import Store, redis_index  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
-from thumbor_rekognition.stores.sqlite_index import signed as _signed  # noqa: E402
 
 SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
 BATCH = 20_000
@@ -100,12 +106,12 @@ def quality(per_family: int) -> None:
         for seed in range(per_family)
     }
     started = time.perf_counter()
-    prints = {key: fingerprint.of(image) for key, image in generated.items()}
+    prints = {key: fingerprint.of(pdq.of(image)) for key, image in generated.items()}
     per_print = (time.perf_counter() - started) / len(prints) * 1000
     kept = {key: value for key, value in prints.items() if value is not None}
     print(f"quality: {len(generated)} generated pictures, 640x480, four families")
     print(f"  fingerprint                {per_print:6.2f} ms a picture (640x480)")
-    print(f"  without a fingerprint      {len(generated) - len(kept):6d} (too little detail)")
+    print(f"  without a fingerprint      {len(generated) - len(kept):6d} (PDQ quality below 50)")
 
     false_pairs: Counter[str] = Counter()
     closest: dict[str, float] = {}
@@ -161,8 +167,8 @@ def _scores(
 ) -> list[float]:
     scores = []
     for key, original in kept.items():
-        copy = fingerprint.of(pictures.decoded(make_copy(generated[key])))
-        scores.append(original.similarity(copy) if copy is not None else 0.0)
+        copy = fingerprint.of(pdq.of(pictures.decoded(make_copy(generated[key]))))
+        scores.append(copy.similarity(original) if copy is not None else 0.0)
     return scores
 
 
@@ -191,97 +197,187 @@ def _balanced(rng: random.Random, bits: int) -> int:
 
 def random_prints(count: int, seed: int) -> list[Print]:
     rng = random.Random(seed)
-    return [Print(_balanced(rng, COARSE_BITS), _balanced(rng, FINE_BITS)) for _ in range(count)]
+    return [Print(_balanced(rng, BITS)) for _ in range(count)]
 
 
-def near(value: Print, rng: random.Random, coarse_bits: int) -> Print:
-    """A copy of a fingerprint with some coarse bits moved, as a re-encoding moves them."""
-    ones = [bit for bit in range(COARSE_BITS) if value.coarse >> bit & 1]
-    zeros = [bit for bit in range(COARSE_BITS) if not value.coarse >> bit & 1]
-    coarse = value.coarse
-    for bit in rng.sample(ones, coarse_bits // 2) + rng.sample(zeros, coarse_bits // 2):
-        coarse ^= 1 << bit
-    return Print(coarse, value.fine)
+def with_variants(value: Print, rng: random.Random) -> Print:
+    """A query as a judged picture makes it: its hash and 7 others (its rotations')."""
+    return Print(value.value, (value.value, *(_balanced(rng, BITS) for _ in range(7))))
 
 
-def load_sqlite(path: str, prints: list[Print]) -> None:
+def near(value: Print, rng: random.Random, moved: int) -> Print:
+    """A copy of a hash with some bits moved, as a re-encoding moves them."""
+    ones = [bit for bit in range(BITS) if value.value >> bit & 1]
+    zeros = [bit for bit in range(BITS) if not value.value >> bit & 1]
+    changed = value.value
+    for bit in rng.sample(ones, moved // 2) + rng.sample(zeros, moved // 2):
+        changed ^= 1 << bit
+    return Print(changed)
+
+
+def load_sqlite(path: str, prints: list[Print], rejected: dict[int, Print]) -> None:
+    """Every picture's own hash (variant 0), and each rejected one's variants too, in the
+    layout put_fingerprints keeps."""
     schema = sqlite_store.Store(path=path)
     schema.counters()
     schema.close()
     connection = sqlite3.connect(path)
+    slots = range(len(prints[0].bands()))
+    insert = (
+        f"INSERT INTO prints (sha256, frame, variant, print, hash, rejecting, "
+        f"{', '.join(f's{slot}' for slot in slots)}) "
+        f"VALUES (?, 0, ?, ?, ?, ?, {', '.join('?' for _ in slots)})"
+    )
+
+    def rows(start: int) -> list[tuple[object, ...]]:
+        found: list[tuple[object, ...]] = []
+        for n in range(start, min(start + BATCH, len(prints))):
+            own = rejected.get(n, prints[n])
+            found.append(
+                (f"{n:064x}", 0, own.to_bytes(), own.entry(), int(n in rejected), *own.bands())
+            )
+            for variant, value in enumerate(own.variants[1:], start=1):
+                turned = Print(value)
+                found.append((f"{n:064x}", variant, b"", turned.entry(), 1, *turned.bands()))
+        return found
+
     with connection:
         for start in range(0, len(prints), BATCH):
-            connection.executemany(
-                "INSERT INTO fingerprints "
-                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
-                "VALUES (?, 0, ?, ?, 1, ?, ?, ?, ?)",
-                [
-                    (f"{start + n:064x}", value.to_bytes(), _signed(value.coarse), *value.bands())
-                    for n, value in enumerate(prints[start : start + BATCH])
-                ],
-            )
+            connection.executemany(insert, rows(start))
     connection.close()
 
 
-def load_redis(store: redis_store.Store, prints: list[Print]) -> None:
-    """Each band's hash written whole, in the layout put_fingerprints keeps."""
+def load_redis(store: redis_store.Store, prints: list[Print], rejected: dict[int, Print]) -> None:
+    """Each slot's hashes written whole, in the layout put_fingerprints keeps: 'pdqx' every
+    picture's own hash, 'pdqr' each rotation and mirror of the rejected ones'."""
     client = store._redis()
     for band in range(len(prints[0].bands())):
-        entries: dict[str, bytearray] = {}
-        for n, value in enumerate(prints):
-            entry = value.to_bytes() + bytes.fromhex(f"{n:064x}") + b"\x01"
-            entries.setdefault(redis_index._field(value.bands()[band]), bytearray()).extend(entry)
-        fields = list(entries.items())
-        for start in range(0, len(fields), BATCH):
-            client.hset(store._band_key(band), mapping=dict(fields[start : start + BATCH]))
+        for among, entries in (
+            ("pdqx", ((n, value.value, n in rejected) for n, value in enumerate(prints))),
+            (
+                "pdqr",
+                ((n, value, True) for n, own in rejected.items() for value in own.variants),
+            ),
+        ):
+            by_field: dict[str, bytearray] = {}
+            for n, value, rejecting in entries:
+                hashed = Print(value)
+                entry = hashed.entry() + bytes.fromhex(f"{n:064x}") + bytes([rejecting])
+                by_field.setdefault(redis_index._field(hashed.bands()[band]), bytearray()).extend(
+                    entry
+                )
+            fields = list(by_field.items())
+            for start in range(0, len(fields), BATCH):
+                client.hset(
+                    store._band_key(band, among), mapping=dict(fields[start : start + BATCH])
+                )
 
 
-def lookups(store: Store, queries: list[Print], expect_match: bool) -> list[float]:
+def lookups(
+    store: Store, queries: list[Print], expect_match: bool, only_rejecting: bool
+) -> list[float]:
     duplicates = Duplicates(store, SIMILARITY, "benchmark")
     timings = []
     for query in queries:
         started = time.perf_counter()
-        found = duplicates.nearest({0: query}, SIMILARITY, limit=10)
+        found = duplicates.nearest({0: query}, SIMILARITY, 10, only_rejecting)
         timings.append((time.perf_counter() - started) * 1000)
         if bool(found) != expect_match:
             raise RuntimeError(f"lookup of {query} found {found}, expected a match: {expect_match}")
     return timings
 
 
-def _report(name: str, misses: list[float], hits: list[float]) -> None:
-    for label, timings in (("new picture (no match)", misses), ("copy of an indexed one", hits)):
+def _report(store: Store, name: str, queries: dict[str, list[Print]]) -> None:
+    lookups(store, queries["new"][:50], expect_match=False, only_rejecting=True)
+    for label, kind, only_rejecting, expect in (
+        ("first view, new picture", "new", True, False),
+        ("first view, copy of a rejected one", "copy", True, True),
+        ("rejection, no copy", "new", False, False),
+        ("rejection, a copy indexed", "indexed", False, True),
+    ):
+        timings = lookups(store, queries[kind], expect, only_rejecting)
         print(
-            f"  {name:7s} {label:24s} p50 {statistics.median(timings):6.2f} ms"
+            f"  {name:7s} {label:36s} p50 {statistics.median(timings):6.2f} ms"
             f"   p99 {percentile(timings, 0.99):6.2f} ms"
         )
 
 
-def index(size: int, count: int, work: Path) -> None:
-    print(f"index: {size:,} rejected fingerprints, lookups at similarity {SIMILARITY:g}")
+def index(size: int, count: int, share: float, work: Path, kinds: set[str]) -> None:
+    print(
+        f"index: {size:,} judged pictures, {share:.0%} of them rejected, "
+        f"lookups at similarity {SIMILARITY:g}, load average {os.getloadavg()[0]:.1f}"
+    )
     started = time.perf_counter()
     prints = random_prints(size, seed=1)
     rng = random.Random(2)
-    misses = random_prints(count, seed=3)
-    hits = [near(prints[rng.randrange(size)], rng, rng.choice([0, 2, 4, 6])) for _ in range(count)]
+    rejected = {
+        n: with_variants(prints[n], rng) for n in rng.sample(range(size), int(size * share))
+    }
+    chosen = list(rejected.values())
+    queries = {
+        "new": [with_variants(value, rng) for value in random_prints(count, seed=3)],
+        # A copy of a rejected picture as it was, mirrored or rotated: its own hash near
+        # one of the rejected picture's variants.
+        "copy": [
+            with_variants(
+                near(
+                    Print(rng.choice(rng.choice(chosen).variants)), rng, rng.choice([0, 4, 8, 16])
+                ),
+                rng,
+            )
+            for _ in range(count)
+        ],
+        # A rejected picture whose copy was judged before it: one of its variants near
+        # that copy's own hash.
+        "indexed": [
+            Print(
+                value.value,
+                (
+                    value.value,
+                    near(prints[rng.randrange(size)], rng, 8).value,
+                    *with_variants(value, rng).variants[2:],
+                ),
+            )
+            for value in random_prints(count, seed=4)
+        ],
+    }
     buckets = Counter(value.bands()[0] for value in prints)
+    probed = sum(map(len, probes([Print(prints[0].value)], fingerprint.within(SIMILARITY))))
     print(
-        f"  generated in {time.perf_counter() - started:.0f} s; entries per band value: "
-        f"mean {size / 2**BAND_BITS:.1f}, largest {max(buckets.values())}"
+        f"  generated in {time.perf_counter() - started:.0f} s; entries per slot value: "
+        f"mean {size / 2**BAND_BITS:.1f}, largest {max(buckets.values())}; slot values a "
+        f"first view probes: {probed}, a rejection: {probed * 8}"
     )
 
+    if "sqlite" in kinds:
+        _sqlite(work, prints, rejected, queries)
+    if "redis" in kinds:
+        _redis(work, prints, rejected, queries)
+
+
+def _sqlite(
+    work: Path, prints: list[Print], rejected: dict[int, Print], queries: dict[str, list[Print]]
+) -> None:
+    size = len(prints)
     path = str(work / "index.sqlite3")
     started = time.perf_counter()
-    load_sqlite(path, prints)
+    load_sqlite(path, prints, rejected)
     loaded = time.perf_counter() - started
     sqlite = sqlite_store.Store(path=path)
-    lookups(sqlite, misses[:50], expect_match=False)
-    _report("SQLite", lookups(sqlite, misses, False), lookups(sqlite, hits, True))
+    _report(sqlite, "SQLite", queries)
     sqlite.close()
     print(
         f"  SQLite  file {os.path.getsize(path) / 2**20:.0f} MiB "
-        f"({os.path.getsize(path) / size:.0f} bytes a fingerprint), loaded in {loaded:.0f} s"
+        f"({os.path.getsize(path) / size:.0f} bytes a judged picture), loaded in {loaded:.0f} s"
     )
 
+
+def _redis(
+    work: Path, prints: list[Print], rejected: dict[int, Print], queries: dict[str, list[Print]]
+) -> None:
+    size = len(prints)
+    # redis-py parses replies with hiredis when it is installed (pip install hiredis).
+    parser = "hiredis" if importlib.util.find_spec("hiredis") else "redis-py's own parser"
     with RedisServer(work / "redis") as server:
         store = redis_store.Store(url=server.url, prefix="bench:", timeout=5.0)
         client = store._redis()
@@ -289,15 +385,14 @@ def index(size: int, count: int, work: Path) -> None:
         client.config_set("appendonly", "no")
         before = int(client.info("memory")["used_memory"])
         started = time.perf_counter()
-        load_redis(store, prints)
+        load_redis(store, prints, rejected)
         loaded = time.perf_counter() - started
         used = int(client.info("memory")["used_memory"]) - before
-        lookups(store, misses[:50], expect_match=False)
-        _report("Redis", lookups(store, misses, False), lookups(store, hits, True))
+        _report(store, "Redis", queries)
         version = client.info("server")["redis_version"]
         print(
-            f"  Redis   {used / 2**20:.0f} MiB ({used / size:.0f} bytes a fingerprint, "
-            f"Redis {version}), loaded in {loaded:.0f} s"
+            f"  Redis   {used / 2**20:.0f} MiB ({used / size:.0f} bytes a judged picture, "
+            f"Redis {version}, {parser}), loaded in {loaded:.0f} s"
         )
         store.close()
 
@@ -307,6 +402,12 @@ def main() -> None:
     parser.add_argument("--pictures", type=int, default=100, help="pictures per family")
     parser.add_argument("--index", type=int, default=1_000_000, help="fingerprints indexed")
     parser.add_argument("--lookups", type=int, default=2000, help="lookups of each kind")
+    parser.add_argument(
+        "--rejected", type=float, default=0.05, help="share of judged pictures rejected"
+    )
+    parser.add_argument(
+        "--stores", default="sqlite,redis", help="stores whose index is measured, comma-separated"
+    )
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-index", action="store_true")
     arguments = parser.parse_args()
@@ -314,7 +415,13 @@ def main() -> None:
         quality(arguments.pictures)
     if not arguments.skip_index:
         with tempfile.TemporaryDirectory() as work:
-            index(arguments.index, arguments.lookups, Path(work))
+            index(
+                arguments.index,
+                arguments.lookups,
+                arguments.rejected,
+                Path(work),
+                set(arguments.stores.split(",")),
+            )
 
 
 if __name__ == "__main__":

@@ -215,25 +215,29 @@ def index_costs(endpoint: str) -> None:
     randomness = random.Random(7)
 
     def some_print() -> Print:
-        return Print(randomness.getrandbits(64), randomness.getrandbits(128))
+        return Print(randomness.getrandbits(256))
+
+    def some_query() -> Print:
+        variants = tuple(randomness.getrandbits(256) for _ in range(8))
+        return Print(variants[0], variants)
 
     for _ in range(INDEXED):
         store.put_fingerprints(os.urandom(32).hex(), {0: some_print()}, rejecting={0})
     client = aws_client("dynamodb", endpoint)
     bands = []
     for page in client.get_paginator("scan").paginate(TableName=table):
-        bands += [item_size(item) for item in page["Items"] if item["pk"]["S"].startswith("I#")]
+        bands += [item_size(item) for item in page["Items"] if item["pk"]["S"].startswith("J#")]
 
     print(f"\nIndex of judged pictures ({INDEXED:,} indexed pictures, random fingerprints)")
     print(
-        f"  band items: {len(bands):,}, {min(bands)} to {max(bands)} bytes "
+        f"  slot items: {len(bands):,}, {min(bands)} to {max(bands)} bytes "
         f"(an entry adds {dynamodb_index._ENTRY} bytes)"
     )
     for title, rejecting in (("a rejecting frame", {0}), ("an approved picture", set())):
         store.requests, store.written = Counter(), []
         sha256 = os.urandom(32).hex()
-        store.put_fingerprints(sha256, {0: some_print()}, rejecting=rejecting)
-        record = client.get_item(TableName=table, Key=dynamodb_items._key("P#" + sha256, "p"))[
+        store.put_fingerprints(sha256, {0: some_query()}, rejecting=rejecting)
+        record = client.get_item(TableName=table, Key=dynamodb_items._key("K#" + sha256, "p"))[
             "Item"
         ]
         updates = store.requests["update_item"]
@@ -244,19 +248,24 @@ def index_costs(endpoint: str) -> None:
             f"requests ({_listed(store.requests)}); record {item_size(record)} bytes; "
             f"1 strongly consistent read unit, {write_units} write units"
         )
-    for similarity in (0.9, 0.85):
+    for similarity in (0.9, 1 - 31 / 256):
         within = fingerprint.within(similarity)
-        store.requests = Counter()
-        wanted = probes([some_print()], within)
-        store.indexed_near(wanted, lambda coarse: True)
-        keys = sum(len(values) for values in wanted)
-        # Eventually consistent: half a read unit per item of at most 4 kB, found or not.
-        read_units = keys * math.ceil(max(bands) / 4096) / 2
-        print(
-            f"  lookup of a still picture at similarity {similarity} (within {within} coarse "
-            f"bits): {keys} band items in {sum(store.requests.values())} requests "
-            f"({_listed(store.requests)}), {read_units:g} read units (eventually consistent)"
-        )
+        query = some_query()
+        for title, asked, rejecting_only in (
+            ("a first view (its own hash, rejecting frames)", [Print(query.value)], True),
+            ("a rejection (its 8 variants, every frame)", [query], False),
+        ):
+            store.requests = Counter()
+            wanted = probes(asked, within)
+            store.indexed_near(wanted, lambda value: True, rejecting_only=rejecting_only)
+            keys = sum(len(values) for values in wanted)
+            # Eventually consistent: half a read unit per item of at most 4 kB, found or not.
+            read_units = keys * math.ceil(max(bands) / 4096) / 2
+            print(
+                f"  lookup of {title} at similarity {similarity:.3f} (within {within} bits): "
+                f"{keys} slot items in {sum(store.requests.values())} requests "
+                f"({_listed(store.requests)}), {read_units:g} read units (eventually consistent)"
+            )
     store.close()
 
 

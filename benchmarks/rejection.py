@@ -4,14 +4,14 @@ picture's fingerprint in the index.
 
     python benchmarks/rejection.py [--pictures 10000000] [--rejections 300] [--stores sqlite,redis]
 
---pictures synthetic judged pictures (one random fingerprint each, as a still picture
-has; random fingerprints spread over the band values as real ones do) are loaded into the
+--pictures synthetic judged pictures (one random PDQ hash each, as a still picture has;
+random hashes spread over the slot values as real ones do) are loaded into the
 index of the SQLite store and of the Redis store (a real redis-server on this machine).
 Then --rejections pictures among them are rejected in turn, half of them with two
-approved copies planted beforehand (a few coarse bits away, as re-encodings are), and
+approved copies planted beforehand (a few bits away, as re-encodings are), and
 Duplicates.catch runs as the moderator runs it after a rejection: it reads the rejected
-picture's fingerprints and decisions, looks its fingerprint up in the index (17 band
-values a band at the default similarity), and rejects each approved copy through the
+picture's fingerprints and decisions, looks its 8 variants up in the index (17 values
+a slot each at the default similarity), and rejects each approved copy through the
 store's compare-and-set. Reported: store calls a rejection, index entries the lookup
 reads, time per rejection (p50, p99) without copies and with two, and the space the
 index takes. The time is the whole catch, store round trips included, on this machine.
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import percentile  # noqa: E402
-from benchmarks.duplicates import near  # noqa: E402
+from benchmarks.duplicates import near, with_variants  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 from thumbor_rekognition.config import DEFAULTS  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Source, Status  # noqa: E402
@@ -45,7 +45,6 @@ from thumbor_rekognition.fingerprint import BAND_BITS, BANDS, Print  # noqa: E40
 from thumbor_rekognition.stores import Store, redis_index  # noqa: E402
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
-from thumbor_rekognition.stores.sqlite_index import signed as _signed  # noqa: E402
 
 SIMILARITY = float(DEFAULTS["MODERATION_DUPLICATE_SIMILARITY"])
 BATCH = 50_000
@@ -60,7 +59,7 @@ def sha_of(number: int) -> str:
 
 def random_prints(count: int, seed: int) -> list[Print]:
     rng = random.Random(seed)
-    return [Print(rng.getrandbits(64), rng.getrandbits(128)) for _ in range(count)]
+    return [Print(rng.getrandbits(256)) for _ in range(count)]
 
 
 class Counting:
@@ -74,17 +73,17 @@ class Counting:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.store, name)
 
-        def counted(*args: Any) -> Any:
+        def counted(*args: Any, **keywords: Any) -> Any:
             self.calls[name] += 1
             if name == "indexed_near":
                 probes, close = args
 
-                def seen(coarse: int) -> bool:
+                def seen(value: int) -> bool:
                     self.candidates += 1
-                    return bool(close(coarse))
+                    return bool(close(value))
 
-                return method(probes, seen)
-            return method(*args)
+                return method(probes, seen, **keywords)
+            return method(*args, **keywords)
 
         return counted
 
@@ -97,21 +96,25 @@ def load_sqlite(path: str, prints: list[Print]) -> float:
     schema.close()
     connection = sqlite3.connect(path, isolation_level=None)
     for band in range(BANDS):
-        connection.execute(f"DROP INDEX fingerprints_band{band}")
+        connection.execute(f"DROP INDEX prints_slot{band}")
     connection.execute("BEGIN")
+    insert = (
+        f"INSERT INTO prints (sha256, frame, variant, print, hash, rejecting, "
+        f"{', '.join(f's{band}' for band in range(BANDS))}) "
+        f"VALUES (?, 0, 0, ?, ?, 0, {', '.join('?' for _ in range(BANDS))})"
+    )
     for start in range(0, len(prints), BATCH):
         connection.executemany(
-            "INSERT INTO fingerprints (sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
-            "VALUES (?, 0, ?, ?, 0, ?, ?, ?, ?)",
+            insert,
             [
-                (sha_of(start + n), value.to_bytes(), _signed(value.coarse), *value.bands())
+                (sha_of(start + n), value.to_bytes(), value.entry(), *value.bands())
                 for n, value in enumerate(prints[start : start + BATCH])
             ],
         )
     connection.execute("COMMIT")
     for band in range(BANDS):
         connection.execute(
-            f"CREATE INDEX fingerprints_band{band} ON fingerprints (b{band}, coarse)"
+            f"CREATE INDEX prints_slot{band} ON prints (s{band}, hash) WHERE variant = 0"
         )
     connection.close()
     return time.perf_counter() - started
@@ -124,7 +127,7 @@ def load_redis(store: redis_store.Store, prints: list[Print]) -> float:
     for band in range(BANDS):
         entries: dict[str, bytearray] = {}
         for n, value in enumerate(prints):
-            entry = value.to_bytes() + bytes.fromhex(sha_of(n)) + b"\x00"
+            entry = value.entry() + bytes.fromhex(sha_of(n)) + b"\x00"
             entries.setdefault(redis_index._field(value.bands()[band]), bytearray()).extend(entry)
         fields = list(entries.items())
         del entries
@@ -159,7 +162,7 @@ def reject_all(
         if index % 2:
             continue
         for _ in range(COPIES):
-            copy = near(prints[number], rng, rng.choice([2, 4]))
+            copy = near(prints[number], rng, rng.choice([4, 8]))
             store.put_fingerprints(sha_of(extra), {0: copy}, ())
             store.save(judged(extra, Status.APPROVED), event)
             extra += 1
@@ -169,7 +172,8 @@ def reject_all(
     for number in chosen:
         rejected = judged(number, Status.REJECTED, Source.MANUAL)
         store.save(rejected, reject)
-        store.put_fingerprints(rejected.sha256, {0: prints[number]}, {0})
+        query = with_variants(prints[number], rng)
+        store.put_fingerprints(rejected.sha256, {0: query}, {0})
         counting = Counting(store)
         duplicates = Duplicates(counting, SIMILARITY, "benchmark")  # type: ignore[arg-type]
         started = time.perf_counter()
@@ -201,7 +205,7 @@ def run(size: int, rejections: int, names: list[str], work: Path) -> None:
     print(
         f"{size:,} judged pictures in the index, {rejections} rejections at similarity "
         f"{SIMILARITY:g} (generated in {time.perf_counter() - started:.0f} s; "
-        f"{size / 2**BAND_BITS:.0f} entries per band value on average)"
+        f"{size / 2**BAND_BITS:.0f} entries per slot value on average)"
     )
     if "sqlite" in names:
         path = str(work / "index.sqlite3")

@@ -11,7 +11,7 @@ import pytest
 from tests import pictures
 from tests.fakes.rekognition import FakeRekognition
 from tests.servers import base_config, storage_file
-from thumbor_rekognition import cli, pdq
+from thumbor_rekognition import cli, fingerprint, pdq
 from thumbor_rekognition.caches import storage_key
 from thumbor_rekognition.decision import Event, Source, Status
 from thumbor_rekognition.stores.sqlite import Store
@@ -47,11 +47,18 @@ def test_backfill_fingerprints_hashes_old_decisions_and_applies_reject_banks(
     assert cli.main(["--conf", str(conf), "backfill", str(urls)]) == 0
     store = Store(path=config["MODERATION_SQLITE_PATH"])
     try:
-        # As an earlier version stored them: no PDQ hashes.
+        # As earlier versions stored them: no PDQ hashes (listed.png), or PDQ hashes in
+        # the decision (kept.png); neither in the index of judged pictures.
+        listed_decision = store.get("listed.png")
+        assert listed_decision is not None
+        store.save(
+            listed_decision.replace(pdq=()),
+            Event(listed_decision.status, listed_decision.source, "t", ""),
+        )
         for key in ("listed.png", "kept.png"):
             decision = store.get(key)
             assert decision is not None
-            store.save(decision.replace(pdq=()), Event(decision.status, decision.source, "t", ""))
+            store.put_fingerprints(decision.sha256, {}, ())
         bank.write_text(f"{pdq.of(listed).hex()},listed later\n")
         capsys.readouterr()
 
@@ -59,11 +66,18 @@ def test_backfill_fingerprints_hashes_old_decisions_and_applies_reject_banks(
 
         out = capsys.readouterr().out
         rejected, approved = store.get("listed.png"), store.get("kept.png")
+        assert rejected is not None
+        assert approved is not None
+        indexed = [store.fingerprints(item.sha256) for item in (rejected, approved)]
     finally:
         store.close()
     assert code == 0
-    assert "hashed: 1" in out
+    assert out.startswith("hashed: 0\nindexed: 1\n")
     assert "rejected by a hash bank: 1" in out
+    assert indexed == [
+        {0: fingerprint.of(pdq.of(listed))},
+        {0: fingerprint.of(pdq.of(kept))},
+    ]
     assert rejected is not None
     assert (rejected.status, rejected.source) == (Status.REJECTED, Source.BANK)
     assert approved is not None

@@ -792,7 +792,7 @@ def test_similar_lists_the_nearest_rejected_pictures_and_the_duplicates_of_one(
     duplicates = {item["key"]: item["similarity"] for item in original_view["duplicates"]}
     assert set(duplicates) == set(COPIES)
     assert min(duplicates.values()) >= 0.9
-    assert "nearest rejected pictures (similarity 0.8 or more):\n  none" in other_out
+    assert "nearest rejected pictures (similarity 0.85 or more):\n  none" in other_out
 
 
 def test_similar_of_an_unknown_url_fails_and_a_bad_similarity_is_a_usage_error(
@@ -806,7 +806,7 @@ def test_similar_of_an_unknown_url_fails_and_a_bad_similarity_is_a_usage_error(
     assert unknown == 1
     assert "no decision for nowhere.png" in unknown_err
     assert usage.value.code == 2
-    assert "between 0.75 and 1" in capsys.readouterr().err
+    assert "between 0.82 and 1" in capsys.readouterr().err
 
 
 def test_approving_the_original_forgets_its_duplicates(

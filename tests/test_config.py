@@ -447,20 +447,20 @@ def test_duplicate_step_0_only_indexes_and_no_step_means_none() -> None:
     assert settings(MODERATION_RULES="aws_rek|duplicate:0").duplicate_similarity == 0.9
 
 
-def test_duplicate_step_below_what_the_fingerprint_tells_apart_is_read_as_0_85(
+def test_duplicate_step_below_what_pdq_tells_apart_is_read_as_31_bits(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="thumbor_rekognition.config"):
         result = settings(MODERATION_RULES="aws_rek|duplicate:0.7")
 
-    assert result.indexed_copy_similarity == 0.85
-    assert "'duplicate:0.7' is read as 'duplicate:0.85'" in caplog.text
+    assert result.indexed_copy_similarity == 1 - 31 / 256
+    assert "'duplicate:0.7' is read as 'duplicate:0.879'" in caplog.text
 
 
 @pytest.mark.parametrize(
     ("values", "names"),
     [
-        ({"MODERATION_DUPLICATE_SIMILARITY": 0.5}, ["MODERATION_DUPLICATE_SIMILARITY", "0.85"]),
+        ({"MODERATION_DUPLICATE_SIMILARITY": 0.86}, ["MODERATION_DUPLICATE_SIMILARITY", "0.879"]),
         ({"MODERATION_DUPLICATE_SIMILARITY": "1.5"}, ["MODERATION_DUPLICATE_SIMILARITY"]),
         ({"MODERATION_RULES": "aws_rek|duplicate:high"}, ["MODERATION_RULES", "'high'"]),
         ({"MODERATION_RULES": "aws_rek|duplicate:1.5"}, ["MODERATION_RULES", "between 0 and 1"]),

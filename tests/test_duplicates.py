@@ -33,7 +33,7 @@ from thumbor_rekognition.duplicates import (
     probes,
     rejecting_frames,
 )
-from thumbor_rekognition.fingerprint import COARSE_BITS, Print
+from thumbor_rekognition.fingerprint import BITS, Print
 from thumbor_rekognition.moderator import Moderator
 from thumbor_rekognition.stores import sqlite
 
@@ -84,35 +84,48 @@ def decide(moderator: Moderator, key: str, status: Status) -> Decision:
 # --- the index ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("within", "values"), [(0, 1), (3, 1), (6, 17), (9, 137), (16, 2517)])
-def test_a_lookup_asks_for_the_band_values_within_a_quarter_of_the_distance(
+@pytest.mark.parametrize(
+    ("within", "values"), [(0, 1), (15, 1), (16, 17), (25, 17), (31, 17), (32, 137)]
+)
+def test_a_lookup_asks_for_the_slot_values_within_a_sixteenth_of_the_distance(
     within: int, values: int
 ) -> None:
-    wanted = probes([Print(0x0123_4567_89AB_CDEF, 0)], within)
+    wanted = probes([Print(0x0123_4567_89AB_CDEF << 150)], within)
 
-    assert [len(band) for band in wanted] == [values] * 4
+    assert [len(slot) for slot in wanted] == [values] * 16
+
+
+def test_a_lookup_asks_for_the_slot_values_of_every_rotation_and_mirror() -> None:
+    variants = tuple(random.Random(turn).getrandbits(256) for turn in range(8))
+
+    wanted = probes([Print(variants[0], variants)], 0)
+
+    assert [len(slot) for slot in wanted] == [
+        len({Print(variant).bands()[slot] for variant in variants}) for slot in range(16)
+    ]
+    assert all(Print(variants[5]).bands()[slot] in wanted[slot] for slot in range(16))
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    coarse=st.integers(min_value=0, max_value=2**64 - 1),
-    within=st.sampled_from([6, 9]),
+    value=st.integers(min_value=0, max_value=2**256 - 1),
+    within=st.sampled_from([25, 31]),
     data=st.data(),
 )
 def test_every_indexed_fingerprint_within_the_distance_is_found(
-    tmp_path_factory: pytest.TempPathFactory, coarse: int, within: int, data: st.DataObject
+    tmp_path_factory: pytest.TempPathFactory, value: int, within: int, data: st.DataObject
 ) -> None:
-    bits = st.integers(min_value=0, max_value=COARSE_BITS - 1)
+    bits = st.integers(min_value=0, max_value=BITS - 1)
     flipped = data.draw(st.sets(bits, max_size=within))
     store = sqlite.Store(path=str(tmp_path_factory.mktemp("index") / "index.sqlite3"))
-    indexed = Print(coarse, 1234)
-    query = Print(coarse ^ sum(1 << bit for bit in flipped), 1234)
+    indexed = Print(value)
+    query = Print(value ^ sum(1 << bit for bit in flipped))
     for number in range(1, 50):
-        other = Print(random.Random(number).getrandbits(64), 1234)
+        other = Print(random.Random(number).getrandbits(256))
         store.put_fingerprints(f"{number:064x}", {0: other}, rejecting={0})
     store.put_fingerprints("f" * 64, {0: indexed}, rejecting={0})
 
-    found = store.indexed_near(probes([query], within), lambda coarse: True)
+    found = store.indexed_near(probes([query], within), lambda value: True)
 
     assert stores.Indexed("f" * 64, indexed, rejecting=True) in found
     store.close()
@@ -120,61 +133,48 @@ def test_every_indexed_fingerprint_within_the_distance_is_found(
 
 def test_nearest_ranks_by_similarity_and_keeps_only_those_close_enough(world: World) -> None:
     duplicates = Duplicates(world.store, 0.9, "test")
-    base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
-    world.store.put_fingerprints("1" * 64, {0: Print(base.coarse ^ 0b11, 0)}, rejecting={0})
+    base = Print(0x0F0F_0F0F_0F0F_0F0F << 100)
+    world.store.put_fingerprints("1" * 64, {0: Print(base.value ^ 0b11)}, rejecting={0})
     world.store.put_fingerprints("2" * 64, {0: base}, rejecting={0})
-    world.store.put_fingerprints("3" * 64, {0: Print(base.coarse ^ 0xFF, 0)}, rejecting={0})
+    world.store.put_fingerprints("3" * 64, {0: Print(base.value ^ (1 << 40) - 1)}, rejecting={0})
 
     nearest = duplicates.nearest({0: base}, minimum=0.9, limit=5)
 
     assert [(match.sha256, match.similarity) for match in nearest] == [
         ("2" * 64, 1.0),
-        ("1" * 64, 1 - 2 / 64),
+        ("1" * 64, 1 - 2 / 256),
     ]
 
 
-# Pairs of fingerprints on either side of the configured similarity, in the coarse
-# layout (what the index looks up) and in the fine detail (what tells simple pictures
-# apart): (MODERATION_DUPLICATE_SIMILARITY, coarse bits flipped, fine bits flipped,
-# matched). None is the default, 0.9: 6 of 64 coarse bits (0.906) and 12 of 128 fine bits
-# (0.906) are close enough, 7 (0.891) and 13 (0.898) are not. At 0.875 the cut-off falls
-# exactly on 8 coarse and 16 fine bits.
+# Pairs of PDQ hashes on either side of the configured similarity (1 - distance/256):
+# (MODERATION_DUPLICATE_SIMILARITY, bits flipped, matched). None is the default, 0.9:
+# 25 bits (0.902) are close enough, 26 (0.898) are not; the lowest allowed, Meta's 31 bits.
 CUT_OFF_PAIRS = [
-    (None, 6, 0, True),
-    (None, 7, 0, False),
-    (None, 0, 12, True),
-    (None, 0, 13, False),
-    (None, 6, 12, True),
-    (0.95, 3, 0, True),
-    (0.95, 4, 0, False),
-    (0.95, 0, 6, True),
-    (0.95, 0, 7, False),
-    (0.875, 8, 0, True),
-    (0.875, 9, 0, False),
-    (0.875, 0, 16, True),
-    (0.875, 0, 17, False),
+    (None, 25, True),
+    (None, 26, False),
+    (0.95, 12, True),
+    (0.95, 13, False),
+    (1 - 31 / 256, 31, True),
+    (1 - 31 / 256, 32, False),
 ]
-INDEXED = Print(0x0123_4567_89AB_CDEF, 0x0F1E_2D3C_4B5A_6978_8796_A5B4_C3D2_E1F0)
+INDEXED = Print(0x0123_4567_89AB_CDEF_0F1E_2D3C_4B5A_6978_8796_A5B4_C3D2_E1F0 << 60)
 
 
-def flipped(print_: Print, coarse: int, fine: int) -> Print:
-    """The fingerprint with this many coarse and fine bits flipped, spread over every band."""
-    return Print(
-        print_.coarse ^ sum(1 << bit for bit in range(0, 64, 7)[:coarse]),
-        print_.fine ^ sum(1 << bit for bit in range(0, 128, 7)[:fine]),
-    )
+def flipped(print_: Print, bits: int) -> Print:
+    """The hash with this many bits flipped, spread over every slot."""
+    return Print(print_.value ^ sum(1 << bit for bit in range(0, 256, 7)[:bits]))
 
 
 @pytest.mark.parametrize(
-    ("similarity", "coarse", "fine", "matched"),
+    ("similarity", "bits", "matched"),
     CUT_OFF_PAIRS,
     ids=[
-        f"{similarity or 'default'}-coarse{coarse}-fine{fine}-{'match' if matched else 'miss'}"
-        for similarity, coarse, fine, matched in CUT_OFF_PAIRS
+        f"{similarity or 'default'}-{bits}bits-{'match' if matched else 'miss'}"
+        for similarity, bits, matched in CUT_OFF_PAIRS
     ],
 )
 def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configured(
-    world: World, similarity: float | None, coarse: int, fine: int, matched: bool
+    world: World, similarity: float | None, bits: int, matched: bool
 ) -> None:
     configured = {} if similarity is None else {"MODERATION_DUPLICATE_SIMILARITY": similarity}
     moderator = world.moderator(**configured)
@@ -187,23 +187,74 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
     )
     world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
     world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, rejecting={0})
-    query = flipped(INDEXED, coarse, fine)
+    query = flipped(INDEXED, bits)
 
     found = moderator.duplicates.find({0: query})
 
-    alike = INDEXED.similarity(query)
-    assert alike == 1 - max(coarse / 64, fine / 128)
+    alike = query.similarity(INDEXED)
+    assert alike == 1 - bits / 256
     if matched:
         assert found == Resemblance(rejected.sha256, alike, rejected.key, rejecting=True)
     else:
         assert found is None
 
 
+def test_a_copy_near_any_rotation_or_mirror_of_a_rejected_frame_matches(world: World) -> None:
+    moderator = world.moderator()
+    rejected = Decision(
+        key="host/rejected.jpg",
+        url="http://host/rejected.jpg",
+        sha256="a" * 64,
+        status=Status.REJECTED,
+        source=Source.AUTO,
+    )
+    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
+    # The rejected frame's own hash, then its 7 rotations' and mirrors', as preparation
+    # gives them; a mirrored copy's own hash is 3 bits from one of them and far from the
+    # rejected frame's own.
+    turned = [random.Random(turn).getrandbits(256) for turn in range(7)]
+    variants = (INDEXED.value, *turned)
+    world.store.put_fingerprints(rejected.sha256, {0: Print(INDEXED.value, variants)}, {0})
+    mirrored = flipped(Print(turned[3]), 3)
+    unrelated = flipped(Print(random.Random(99).getrandbits(256)), 3)
+
+    found = moderator.duplicates.find({0: mirrored})
+    not_found = moderator.duplicates.find({0: unrelated})
+
+    assert (mirrored.value ^ INDEXED.value).bit_count() > 100
+    assert found == Resemblance(rejected.sha256, 1 - 3 / 256, rejected.key, rejecting=True)
+    assert not_found is None
+
+
+def test_a_rejected_frames_rotations_and_mirrors_leave_the_index_when_it_stops_rejecting(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    turned = [random.Random(turn).getrandbits(256) for turn in range(7)]
+    indexed = Print(INDEXED.value, (INDEXED.value, *turned))
+    rejected = Decision(
+        key="host/rejected.jpg",
+        url="http://host/rejected.jpg",
+        sha256="a" * 64,
+        status=Status.REJECTED,
+        source=Source.AUTO,
+    )
+    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
+    world.store.put_fingerprints(rejected.sha256, {0: indexed}, {0})
+    mirrored = {0: flipped(Print(turned[5]), 2)}
+    before = moderator.duplicates.nearest(mirrored, 0.95, limit=10)
+
+    world.store.put_fingerprints(rejected.sha256, {0: indexed}, rejecting=())
+
+    assert [match.sha256 for match in before] == [rejected.sha256]
+    assert moderator.duplicates.nearest(mirrored, 0.95, limit=10) == []
+
+
 def test_a_human_rejection_marks_every_frame_rejecting_and_the_model_only_those_that_decided(
     world: World,
 ) -> None:
     moderator = world.moderator()
-    prints = {0: Print(1, 1), 1: Print(2, 2), 2: Print(3, 3)}
+    prints = {0: Print(1), 1: Print(2), 2: Print(3)}
     auto = Decision(
         key="host/a.gif",
         url="http://host/a.gif",
@@ -315,7 +366,7 @@ def test_a_duplicate_is_indexed_but_rejects_nothing_itself(world: World) -> None
     duplicate = moderate(moderator, "host/copy.jpg", copy)
 
     prints = world.store.fingerprints(duplicate.sha256)
-    found = world.store.indexed_near(probes(prints.values(), 16), lambda coarse: True)
+    found = world.store.indexed_near(probes(prints.values(), 31), lambda value: True)
 
     assert prints
     assert {entry.sha256 for entry in found if entry.rejecting} == {original.sha256}
@@ -439,6 +490,31 @@ def test_copies_approved_before_the_model_rejects_their_original_become_its_dupl
     assert len(world.backend.calls) == 4
 
 
+def test_mirrored_and_rotated_copies_approved_before_their_original_is_rejected_are_caught(
+    world: World,
+) -> None:
+    moderator = world.moderator()
+    image = pictures.busy(121)
+    turned = {
+        "host/mirrored.png": png(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        "host/rotated.png": png(image.transpose(Image.Transpose.ROTATE_90)),
+    }
+    world.backend.labels = ()
+    earlier = [moderate(moderator, key, data) for key, data in turned.items()]
+
+    rejected_by_the_model(world, moderator, image)
+
+    assert {item.status for item in earlier} == {Status.APPROVED}
+    for key in turned:
+        copy = world.store.get(key)
+        assert copy is not None
+        assert (copy.status, copy.source, copy.duplicate_of) == (
+            Status.REJECTED,
+            Source.DUPLICATE,
+            ORIGINAL,
+        )
+
+
 def test_only_stills_of_the_frame_that_decided_an_animation_become_its_duplicates(
     world: World,
 ) -> None:
@@ -487,15 +563,15 @@ def test_a_human_rejecting_an_animation_makes_copies_of_every_frame_its_duplicat
 
 def test_lookups_answer_every_indexed_picture_marked_rejecting_or_not(world: World) -> None:
     duplicates = Duplicates(world.store, 0.9, "test")
-    base = Print(0x0F0F_0F0F_0F0F_0F0F, 0)
+    base = Print(0x0F0F_0F0F_0F0F_0F0F << 100)
     world.store.put_fingerprints("1" * 64, {0: base}, rejecting=())
-    world.store.put_fingerprints("2" * 64, {0: Print(base.coarse ^ 0b1, 0)}, rejecting={0})
+    world.store.put_fingerprints("2" * 64, {0: Print(base.value ^ 0b1)}, rejecting={0})
 
     every = duplicates.nearest({0: base}, minimum=0.9, limit=5, only_rejecting=False)
     rejecting = duplicates.nearest({0: base}, minimum=0.9, limit=5)
 
     assert every == [
         Resemblance("1" * 64, 1.0, rejecting=False),
-        Resemblance("2" * 64, 1 - 1 / 64, rejecting=True),
+        Resemblance("2" * 64, 1 - 1 / 256, rejecting=True),
     ]
-    assert rejecting == [Resemblance("2" * 64, 1 - 1 / 64, rejecting=True)]
+    assert rejecting == [Resemblance("2" * 64, 1 - 1 / 256, rejecting=True)]

@@ -205,3 +205,44 @@ def test_a_mirrored_copy_is_rejected_as_a_duplicate_without_a_backend_call(
     assert fake.call_count == calls
     assert decision["source"] == "duplicate"
     assert decision["duplicate_of"] == original
+
+
+def test_copies_fetched_from_another_process_are_rejected_through_the_store_index(
+    tmp_path: Path, images: Path, fake: FakeRekognition
+) -> None:
+    # Two Thumbor processes on one SQLite store: nothing but the store's index of PDQ
+    # hashes carries the rejection from the first to the second.
+    config = base_config(tmp_path, images, fake.url)
+    config["MODERATION_ADMIN_TOKEN"] = TOKEN
+    first = ThumborServer(tmp_path / "first", config).start()
+    second = ThumborServer(tmp_path / "second", config).start()
+    try:
+        original, image = rejected_by_hand(first, images, "cross-process")
+        copies = [
+            add(images, "cross-process-q45.jpg", pictures.reencoded(image, 45)),
+            add(images, "cross-process-half.jpg", pictures.resized_jpeg(image, 0.5, 80)),
+            add(
+                images,
+                "cross-process-mirrored.jpg",
+                pictures.resized_jpeg(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 0.8, 80),
+            ),
+            add(
+                images,
+                "cross-process-rotated.jpg",
+                pictures.resized_jpeg(image.transpose(Image.Transpose.ROTATE_90), 0.8, 80),
+            ),
+        ]
+        calls = fake.call_count
+
+        statuses = [status_of(second, name) for name in copies]
+        decisions = [decision_of(second, name) for name in copies]
+    finally:
+        first.stop()
+        second.stop()
+
+    assert statuses == ["rejected"] * 4
+    assert fake.call_count == calls
+    for decision in decisions:
+        assert (decision["source"], decision["duplicate_of"]) == ("duplicate", original)
+        assert decision["backend"] == ""
+    assert "Traceback" not in first.log + second.log

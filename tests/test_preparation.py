@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageChops, ImageCms, ImageFile
 
 from tests import pictures
-from thumbor_rekognition import fingerprint, preparation
+from thumbor_rekognition import fingerprint, pdq, preparation
 from thumbor_rekognition.preparation import (
     ALPHA_IGNORED,
     MAX_BYTES,
@@ -751,7 +751,8 @@ def test_truncated_jpeg_is_unsupported_inside_a_thumbor_process(
         prepare(data)
 
 
-# Fingerprints: one per judged frame, from the first view, before padding.
+# Fingerprints (PDQ hashes with their variants): one per judged frame of PDQ quality 50 or
+# more, from the first view, before padding.
 
 
 def test_still_picture_has_the_fingerprint_of_what_it_shows() -> None:
@@ -759,7 +760,7 @@ def test_still_picture_has_the_fingerprint_of_what_it_shows() -> None:
 
     prepared = prepare(encode(image, "PNG"))
 
-    assert prepared.fingerprints == {0: fingerprint.of(image)}
+    assert prepared.fingerprints == {0: fingerprint.of(pdq.of(image))}
 
 
 def test_transparent_picture_is_fingerprinted_as_shown_on_white() -> None:
@@ -771,7 +772,7 @@ def test_transparent_picture_is_fingerprinted_as_shown_on_white() -> None:
     prepared = prepare(encode(image, "PNG"))
 
     assert prepared.frames[0].grid == (1, 2)
-    assert prepared.fingerprints == {0: fingerprint.of(on_white)}
+    assert prepared.fingerprints == {0: fingerprint.of(pdq.of(on_white))}
 
 
 def test_small_picture_padded_for_the_backend_is_fingerprinted_unpadded() -> None:
@@ -780,7 +781,7 @@ def test_small_picture_padded_for_the_backend_is_fingerprinted_unpadded() -> Non
     prepared = prepare(encode(image, "PNG"))
 
     assert prepared.frames[0].height == preparation.MIN_SIDE
-    assert prepared.fingerprints[0] == fingerprint.of(image)
+    assert prepared.fingerprints[0] == fingerprint.of(pdq.of(image))
 
 
 def test_each_judged_frame_of_an_animation_has_its_own_fingerprint() -> None:
@@ -793,4 +794,7 @@ def test_each_judged_frame_of_an_animation_has_its_own_fingerprint() -> None:
     prepared = prepare(data.getvalue(), max_frames=5)
 
     assert len(prepared.frames) == 3
-    assert prepared.fingerprints == {0: fingerprint.of(frames[0]), 1: fingerprint.of(frames[1])}
+    assert prepared.fingerprints == {
+        0: fingerprint.of(pdq.of(frames[0])),
+        1: fingerprint.of(pdq.of(frames[1])),
+    }

@@ -254,10 +254,10 @@ def _read_duplicate_step(chain: policy.Chain | None) -> float:
     if score is None or score == 0:
         return 0.0
     if score < duplicates.MIN_SIMILARITY:
-        # Cloudinary's scores are its own; this fingerprint puts unrelated pictures up to
-        # 0.875 alike, so a lower score would refuse unrelated uploads.
+        # Cloudinary's scores are its own; below Meta's 31 bits of 256, PDQ puts unrelated
+        # pictures close enough now and then that a lower score would refuse them.
         logger.warning(
-            "MODERATION_RULES: 'duplicate:%g' is read as 'duplicate:%g': below that, "
+            "MODERATION_RULES: 'duplicate:%g' is read as 'duplicate:%.3f': below that, "
             "unrelated pictures come close enough to be refused as copies",
             score,
             duplicates.MIN_SIMILARITY,
@@ -270,8 +270,8 @@ def _similarity(value: float, key: str) -> float:
     if 0.0 < value < duplicates.MIN_SIMILARITY:
         raise ConfigurationError(
             f"Config '{key}' sets the duplicate similarity to {value:g}. Use 0 (no matching) "
-            f"or {duplicates.MIN_SIMILARITY:g} to 1: unrelated pictures come closer than "
-            f"{duplicates.MIN_SIMILARITY:g} now and then."
+            f"or {duplicates.MIN_SIMILARITY:.3f} (31 bits of 256) to 1: unrelated pictures come "
+            f"closer than that now and then."
         )
     return value
 

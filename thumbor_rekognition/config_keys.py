@@ -83,8 +83,8 @@ KEYS: list[tuple[str, Any, str, str]] = [
         "approves or rejects it; 'manual' alone (or 'duplicate:0.9|manual') leaves every "
         "new picture to a human without a backend call; a 'duplicate:<score>' step, as in "
         "Cloudinary, rejects a near-copy of any picture already judged, approved or not "
-        "(de-duplication of uploads; 'duplicate:0' turns it off, scores below 0.85 are "
-        "read as 0.85). Merged with "
+        "(de-duplication of uploads; 'duplicate:0' turns it off, scores below 0.879 "
+        "(31 PDQ bits of 256) are read as 0.879). Merged with "
         "MODERATION_CATEGORY_THRESHOLDS and MODERATION_IGNORED_CATEGORIES; a category "
         "given different values in two places stops start-up.",
         GROUP,
@@ -101,11 +101,13 @@ KEYS: list[tuple[str, Any, str, str]] = [
         0.9,
         "How alike (0..1) a new picture must be to one the model or a human rejected to "
         "be rejected as its duplicate, without a backend call, naming it (source "
-        "'duplicate'). Re-encoded, resized and slightly brightened copies score 0.94 or "
-        "more (one in 1,200 lower in the figures of docs/duplicates.md), distinct "
-        "pictures 0.5 to 0.7 (0.875 at most); 0 disables matching, values from 0.85 up "
-        "are accepted. When the rejected picture is approved, its duplicates are judged "
-        "on their own. Cloudinary's 'duplicate:<score>' step in MODERATION_RULES is another rule: "
+        "'duplicate'): 1 - distance/256 between their PDQ hashes, the new picture's "
+        "rotations and mirrors included (0.9 is 25 bits; Meta's threshold, 31 bits, is "
+        "0.879, the lowest accepted; 0 disables matching). Re-encoded, resized, brighter "
+        "and mirrored copies are a few bits apart, distinct pictures about 128. Frames "
+        "of PDQ quality below 50 are not matched. When the rejected picture is approved, "
+        "its duplicates are judged on their own. Cloudinary's 'duplicate:<score>' step "
+        "in MODERATION_RULES is another rule: "
         "copies of any judged picture.",
         GROUP,
     ),

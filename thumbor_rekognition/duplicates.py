@@ -18,11 +18,16 @@ approves anything, and a duplicate never rejects anything itself (copies of copi
 drift). Lookups answer each candidate's content hash and whether it rejects, so a step
 that refuses near-copies of any indexed picture can use the same index.
 
-The index is multi-index hashing. The 64 coarse bits are cut into four bands of 16; two
-fingerprints at most d coarse bits apart have a band within d // 4 bits (were every band
-d // 4 + 1 bits apart, they would be more than d apart). A lookup asks the store for the
-indexed fingerprints with a band value within that many bits of the query's, 17 values a
-band at the default similarity, and measures only those.
+Fingerprints are PDQ hashes (see ``fingerprint``), frames below PDQ quality 50 having
+none. The store keeps two indexes: every frame's own hash, and every rotation and mirror
+of each rejecting frame. A forward lookup (every first view) asks the second with the new
+picture's own hash; a backward one (a rejection, rarer) asks the first with the 8 variants
+of the rejected frames. Either way a mirrored or rotated copy is caught, and a first view
+pays for one hash's slot values, not eight. The indexes are multi-index hashing: the 256
+bits are cut into 16 slots of 16; two hashes at most d bits apart have a slot within
+d // 16 bits (were every slot d // 16 + 1 bits apart, they would be more than d apart).
+A lookup asks the store for the indexed hashes with a slot value within that many bits
+of a query's, 17 values a slot up to 31 bits (272 for one hash), and measures only those.
 
 Blocking: every method here runs on the store's thread.
 """
@@ -35,7 +40,7 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from thumbor_rekognition import fingerprint, rules
+from thumbor_rekognition import fingerprint, pdq, rules
 from thumbor_rekognition.decision import Decision, Event, Source, Status
 from thumbor_rekognition.fingerprint import BAND_BITS, BANDS, Print
 from thumbor_rekognition.stores import Store
@@ -46,9 +51,10 @@ logger = logging.getLogger(__name__)
 # caught forward for the rest (each copy at its next judgement), and logged.
 MAX_CAUGHT = 1000
 
-# The lowest MODERATION_DUPLICATE_SIMILARITY allowed: unrelated pictures come closer than
-# this now and then, and lower values cost a first fetch ever more band values to look up.
-MIN_SIMILARITY = 0.85
+# The lowest MODERATION_DUPLICATE_SIMILARITY allowed: Meta's threshold, 31 bits of 256.
+# Unrelated pictures come closer than this now and then, and a lower value costs a first
+# fetch eight times more slot values to look up (each slot within 2 bits, not 1).
+MIN_SIMILARITY = 1.0 - pdq.MATCH_DISTANCE / fingerprint.BITS
 
 
 # Reason category of a rejection by Cloudinary's 'duplicate:<score>' chain step: a near-copy
@@ -110,8 +116,8 @@ def rejecting_frames(decision: Decision, prints: Collection[int]) -> set[int]:
 
 
 def probes(prints: Iterable[Print], within: int) -> list[set[int]]:
-    """The band values to look up, band by band, for fingerprints at most `within` coarse
-    bits from any of these."""
+    """The slot values to look up, slot by slot, for hashes at most `within` bits from any
+    of these fingerprints' variants."""
     radius = within // BANDS
     masks = [
         sum(1 << bit for bit in bits)
@@ -120,8 +126,9 @@ def probes(prints: Iterable[Print], within: int) -> list[set[int]]:
     ]
     values: list[set[int]] = [set() for _ in range(BANDS)]
     for print_ in prints:
-        for band, value in enumerate(print_.bands()):
-            values[band].update(value ^ mask for mask in masks)
+        for variant in print_.variants or (print_.value,):
+            for band, value in enumerate(Print(variant).bands()):
+                values[band].update(value ^ mask for mask in masks)
     return values
 
 
@@ -151,22 +158,23 @@ class Duplicates:
         if not prints:
             return []
         within = fingerprint.within(minimum)
-        coarse = [query.coarse for query in prints.values()]
-        only = coarse[0]
+        # Among rejecting frames the index holds every rotation and mirror, so each query's
+        # own hash is enough; among all frames only their own hashes, so every variant asks.
+        asking = (
+            [Print(query.value) for query in prints.values()] if only_rejecting else prints.values()
+        )
+        variants = [variant for query in asking for variant in query.variants or (query.value,)]
 
-        # Called for each of thousands of candidates at millions of entries: a still
-        # picture, the common case, is one comparison.
+        # Called for each of thousands of candidates at millions of entries.
         def close(candidate: int) -> bool:
-            if len(coarse) == 1:
-                return (candidate ^ only).bit_count() <= within
-            return any((candidate ^ query).bit_count() <= within for query in coarse)
+            return any((candidate ^ variant).bit_count() <= within for variant in variants)
 
         best: dict[str, float] = {}
         rejecting: set[str] = set()
-        for entry in self.store.indexed_near(probes(prints.values(), within), close):
-            if only_rejecting and not entry.rejecting:
-                continue
-            score = max(entry.print.similarity(query) for query in prints.values())
+        for entry in self.store.indexed_near(
+            probes(asking, within), close, rejecting_only=only_rejecting
+        ):
+            score = max(query.similarity(entry.print) for query in prints.values())
             if score < minimum:
                 continue
             best[entry.sha256] = max(score, best.get(entry.sha256, -1.0))

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from thumbor_rekognition.cli.old_fingerprint import BAND_BITS, Print
 from thumbor_rekognition.decision import Decision, Event
-from thumbor_rekognition.fingerprint import BAND_BITS, Print
 
 SQLITE_SCHEMA = """
 CREATE TABLE decisions (

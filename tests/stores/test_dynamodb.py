@@ -21,6 +21,7 @@ from tests.servers import free_port
 from tests.stores.test_compare_and_set import CompareAndSetContract
 from tests.stores.test_outbox import OutboxContract
 from tests.stores.test_sqlite import (
+    HASH_A,
     PRINT_A,
     SHA_A,
     SHA_B,
@@ -350,7 +351,7 @@ class Interrupted(dynamodb.Store):
 
     def _item(self, pk: str, sk: str) -> dict[str, Any] | None:
         item = super()._item(pk, sk)
-        if pk.startswith("P#") and self.meanwhile is not None:
+        if pk.startswith("K#") and self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
             meanwhile()
         return item
@@ -368,7 +369,7 @@ def test_a_fingerprint_put_that_another_overtook_leaves_the_index_as_its_record_
 
     found = other.indexed_near(probes([PRINT_A], within=0), everything)
     late.close()
-    assert found == [stores.Indexed(SHA_A, PRINT_A, rejecting=True)]
+    assert found == [stores.Indexed(SHA_A, HASH_A, rejecting=True)]
 
 
 # The decision item's own encoding.

@@ -343,7 +343,7 @@ class TestRedisStore(StoreContract):
         store.acquire_lease("backfill", "node-1", 30)
         store.compare_and_set("calls", None, "1")
         store.enqueue("webhook", "host/a.jpg", "{}")
-        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF, 7)}, rejecting={0})
+        store.put_fingerprints("a" * 64, {0: Print(0x0123_4567_89AB_CDEF << 190)}, rejecting={0})
         store.link_duplicate("a" * 64, "host/b.jpg")
 
         keys = keys_of(url)
@@ -535,14 +535,14 @@ def test_index_entries_are_matched_whole_never_across_two_others(
     assert emptied is False
 
 
-def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
+def test_index_keys_are_sixteen_slot_hashes_picture_records_and_duplicate_sets(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     url = flushed(redis_server.url_of_db(3))
     store = redis_store.Store(url=url, prefix="p:")
-    a = Print(0x0123_4567_89AB_CDEF, 7)
+    a = Print(0x0123_4567_89AB_CDEF << 190)
 
-    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000, 9)}, rejecting={0})
+    store.put_fingerprints("a" * 64, {0: a, 1: Print(0xFFFF_0000_FFFF_0000 << 7)}, rejecting={0})
     store.link_duplicate("a" * 64, "host/copy.jpg")
     store.close()
 
@@ -550,11 +550,10 @@ def test_index_keys_are_four_band_hashes_picture_records_and_duplicate_sets(
         "p:dup:{" + "a" * 64 + "}",
         # Written by every store on its first call: the format of the data.
         "p:format",
-        "p:fp:{" + "a" * 64 + "}",
-        "p:fpx:0",
-        "p:fpx:1",
-        "p:fpx:2",
-        "p:fpx:3",
+        "p:pdq:{" + "a" * 64 + "}",
+        # The index of rejecting frames: frame 0 rejects its picture.
+        *sorted(f"p:pdqr:{slot}" for slot in range(16)),
+        *sorted(f"p:pdqx:{slot}" for slot in range(16)),
         # Written by every store on its first call: the index by time is built.
         "p:timed",
     ]

@@ -29,13 +29,17 @@ MakeStore = Callable[[], stores.Store]
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
-# Two fingerprints whose coarse bands differ everywhere, and one 3 bits from the first.
-PRINT_A = Print(0x0123_4567_89AB_CDEF, 0x5555 << 100)
-PRINT_B = Print(0xFEDC_BA98_7654_3210, 0xAAAA << 90)
-NEAR_A = Print(PRINT_A.coarse ^ 0b1000_0000_0000_0001 ^ (1 << 40), PRINT_A.fine)
+# Two fingerprints whose slots differ everywhere (the first with its rotations' and
+# mirrors' hashes, as a judged frame has them), and one 3 bits from the first.
+_A = 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210_0F1E_2D3C_4B5A_6978_8796_A5B4_C3D2_E1F0
+PRINT_A = Print(_A, (_A, *(_A ^ (0xFFFF << (16 * turn)) for turn in range(1, 8))))
+PRINT_B = Print(_A ^ ((1 << 256) - 1))
+NEAR_A = Print(_A ^ 0b1000_0000_0000_0001 ^ (1 << 40) ^ (1 << 255))
+# What the index answers for the first: its hash alone.
+HASH_A = Print(_A)
 
 
-def everything(coarse: int) -> bool:
+def everything(value: int) -> bool:
     return True
 
 
@@ -832,38 +836,78 @@ class StoreContract:
         near_a = store.indexed_near(probes([NEAR_A], within=6), everything)
         near_b = store.indexed_near(probes([PRINT_B], within=6), everything)
 
-        assert near_a == [stores.Indexed(SHA_A, PRINT_A, rejecting=True)]
+        assert near_a == [stores.Indexed(SHA_A, HASH_A, rejecting=True)]
         assert near_b == [stores.Indexed(SHA_A, PRINT_B, rejecting=False)]
+
+    def test_the_index_of_rejecting_frames_holds_their_rotations_and_mirrors_alone(
+        self, store: stores.Store
+    ) -> None:
+        store.put_fingerprints(SHA_A, {0: PRINT_A, 1: PRINT_B}, rejecting={0})
+        store.put_fingerprints(SHA_B, {0: Print(PRINT_A.variants[5])}, rejecting=())
+        # PRINT_A's variants share most slots: each lookup keeps one hash exactly.
+        turned, fifth = Print(PRINT_A.variants[3]), Print(PRINT_A.variants[5])
+
+        def lookup(print_: Print, rejecting_only: bool) -> list[stores.Indexed]:
+            found = store.indexed_near(
+                probes([print_], within=0), print_.value.__eq__, rejecting_only=rejecting_only
+            )
+            return sorted(found, key=by_hash)
+
+        assert lookup(turned, rejecting_only=True) == [stores.Indexed(SHA_A, turned, True)]
+        assert lookup(turned, rejecting_only=False) == []
+        assert lookup(PRINT_B, rejecting_only=True) == []
+        assert lookup(PRINT_B, rejecting_only=False) == [stores.Indexed(SHA_A, PRINT_B, False)]
+        assert lookup(fifth, rejecting_only=True) == [stores.Indexed(SHA_A, fifth, True)]
+        assert lookup(fifth, rejecting_only=False) == [stores.Indexed(SHA_B, fifth, False)]
+        assert store.fingerprints(SHA_A) == {0: PRINT_A, 1: PRINT_B}
+
+    def test_a_frame_that_stops_rejecting_leaves_the_index_of_rejecting_frames(
+        self, make_store: MakeStore
+    ) -> None:
+        writer, reader = make_store(), make_store()
+        turned = Print(PRINT_A.variants[6])
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
+        asked = probes([turned], within=0)
+        found = reader.indexed_near(asked, turned.value.__eq__, rejecting_only=True)
+
+        writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting=())
+
+        assert found == [stores.Indexed(SHA_A, turned, rejecting=True)]
+        assert reader.indexed_near(asked, everything, rejecting_only=True) == []
+        assert reader.indexed_near(probes([PRINT_A], within=0), everything) == [
+            stores.Indexed(SHA_A, HASH_A, rejecting=False)
+        ]
 
     def test_a_band_within_the_probed_values_is_enough_to_be_found(
         self, store: stores.Store
     ) -> None:
         store.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
         bands = PRINT_A.bands()
-        only_third_band = [set(), set(), {bands[2]}, set()]
-        wrong_values = [{bands[0] ^ 1}, {bands[1] ^ 1}, {bands[2] ^ 1}, {bands[3] ^ 1}]
+        only_third_band: list[set[int]] = [set() for _ in bands]
+        only_third_band[2] = {bands[2]}
+        wrong_values = [{value ^ 1} for value in bands]
 
         assert store.indexed_near(only_third_band, everything) == [
-            stores.Indexed(SHA_A, PRINT_A, rejecting=True)
+            stores.Indexed(SHA_A, HASH_A, rejecting=True)
         ]
         assert store.indexed_near(wrong_values, everything) == []
 
-    def test_close_sees_each_candidates_coarse_bits_and_keeps_only_what_it_accepts(
+    def test_close_sees_each_candidates_hash_and_keeps_only_what_it_accepts(
         self, store: stores.Store
     ) -> None:
         store.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting={0})
         store.put_fingerprints(SHA_B, {0: PRINT_B}, rejecting={0})
-        both = [a | b for a, b in zip(probes([PRINT_A], 0), probes([PRINT_B], 0), strict=True)]
+        both = [a | b for a, b in zip(probes([HASH_A], 0), probes([PRINT_B], 0), strict=True)]
         seen: list[int] = []
 
-        def only_b(coarse: int) -> bool:
-            seen.append(coarse)
-            return coarse == PRINT_B.coarse
+        def only_b(value: int) -> bool:
+            seen.append(value)
+            return value == PRINT_B.value
 
         found = store.indexed_near(both, only_b)
 
         assert found == [stores.Indexed(SHA_B, PRINT_B, rejecting=True)]
-        assert sorted(set(seen)) == sorted({PRINT_A.coarse, PRINT_B.coarse})
+        assert sorted(set(seen)) == sorted({PRINT_A.value, PRINT_B.value})
 
     def test_a_picture_put_again_without_rejecting_frames_stays_indexed_once(
         self, make_store: MakeStore
@@ -876,14 +920,14 @@ class StoreContract:
         writer.put_fingerprints(SHA_A, {0: PRINT_A}, rejecting=())
 
         assert sorted(found, key=by_hash) == [
-            stores.Indexed(SHA_A, PRINT_A, rejecting=True),
-            stores.Indexed(SHA_B, PRINT_A, rejecting=True),
+            stores.Indexed(SHA_A, HASH_A, rejecting=True),
+            stores.Indexed(SHA_B, HASH_A, rejecting=True),
         ]
         assert sorted(
             reader.indexed_near(probes([PRINT_A], within=0), everything), key=by_hash
         ) == [
-            stores.Indexed(SHA_A, PRINT_A, rejecting=False),
-            stores.Indexed(SHA_B, PRINT_A, rejecting=True),
+            stores.Indexed(SHA_A, HASH_A, rejecting=False),
+            stores.Indexed(SHA_B, HASH_A, rejecting=True),
         ]
         assert reader.fingerprints(SHA_A) == {0: PRINT_A}
 

@@ -4,8 +4,9 @@ from other pictures, on a folder of pictures, at the configured thresholds.
 Each picture is put through the standard edits of a re-upload (JPEG quality 50 and 30,
 half size, a 5 % crop, a mirror, 10 % brighter, a small watermark, a 10-pixel border);
 every original and copy goes through the same preparation as a judged picture. Per edit:
-the share of copies caught (the old fingerprint at MODERATION_DUPLICATE_SIMILARITY, PDQ
-at MODERATION_HASH_BANK_DISTANCE with its rotations and mirrors); then the share of
+the share of copies caught (the plugin's former fingerprint, see ``old_fingerprint``, of
+the picture the backend is sent and of its mirror, at MODERATION_DUPLICATE_SIMILARITY;
+PDQ at MODERATION_HASH_BANK_DISTANCE with its rotations and mirrors); then the share of
 pairs of distinct pictures of the folder that would match (false positives).
 """
 
@@ -23,8 +24,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from thumbor_rekognition import pdq, preparation
+from thumbor_rekognition.cli import old_fingerprint
 from thumbor_rekognition.cli.environment import EXIT_OK, Environment, UsageError
-from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.cli.old_fingerprint import Print
 from thumbor_rekognition.pdq_index import packed
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -95,7 +97,14 @@ def hashed(data: bytes) -> Hashed:
     """The hashes of a picture's first frame, through the preparation a judgement uses."""
     frame = preparation.prepare(data).frames[0]
     usable = frame.pdq if frame.pdq is not None and frame.pdq.usable else None
-    return Hashed(frame.fingerprint, frame.mirrored, usable)
+    with Image.open(io.BytesIO(frame.data)) as sent:
+        columns, rows = frame.grid
+        shown = sent.crop((0, 0, sent.width // columns, sent.height // rows))
+    return Hashed(
+        old_fingerprint.of(shown),
+        old_fingerprint.of(shown.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        usable,
+    )
 
 
 def evaluate(

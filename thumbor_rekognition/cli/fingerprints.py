@@ -3,8 +3,10 @@
 Each decision about known bytes without a PDQ hash gets the hashes of its original,
 read where reviewers read it (the quarantined copy, else Thumbor's STORAGE) and prepared
 as a judgement prepares it; an approved one that a reject hash bank now lists is then
-rejected, as a bank grown since would have. The old fingerprints, where missing, are
-kept too. Nothing is judged again and no backend is called.
+rejected, as a bank grown since would have. Each picture the index of judged pictures
+holds no fingerprint for (one judged before the index held PDQ hashes) gets its PDQ
+fingerprints there too, so that copies of it are matched again. Nothing is judged again
+and no backend is called.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ _PAGE = 200
 def run_fingerprints(environment: Environment) -> int:
     """Give stored decisions their PDQ hashes; prints what was done."""
     outcomes = asyncio.run(_fingerprint_all(environment))
-    for outcome in ("hashed", "already hashed", "rejected by a hash bank", "no original"):
+    outcomes_shown = (
+        "hashed",
+        "indexed",
+        "already hashed",
+        "rejected by a hash bank",
+        "no original",
+    )
+    for outcome in outcomes_shown:
         print(f"{outcome}: {outcomes[outcome]}")
     for outcome, count in sorted(outcomes.items()):
         if outcome.startswith("unreadable"):
@@ -54,13 +63,18 @@ async def _fingerprint_all(environment: Environment) -> Counter[str]:
 
 async def _fingerprint(environment: Environment, decision: Decision) -> str:
     moderator = environment.runtime.moderator
-    if decision.pdq:
-        return "already hashed"
     if not decision.sha256:
-        return "no original"
+        return "already hashed" if decision.pdq else "no original"
+    indexed = await moderator.run_store(moderator.store.fingerprints, decision.sha256)
+    if decision.pdq and indexed:
+        return "already hashed"
     original = await environment.review.original(decision.url)
     if original is None:
         return "no original"
+    if decision.pdq:
+        # Hashed already, but indexed by the former fingerprint (or not at all).
+        await moderator.fingerprint(decision.sha256, original)
+        return "indexed"
     try:
         prepared = await moderator.run_blocking(moderator.prepare, original)
     except UnsupportedImage as error:

@@ -254,7 +254,7 @@ class Judging(Banking):
         banked = await self._banked(key, url, sha256, prepared, metrics)
         resembled = None
         if banked is None:
-            resembled = await self._resembled(prepared.lookup_prints, metrics)
+            resembled = await self._resembled(prints, metrics)
         copied = None
         if banked is None and resembled is None:
             copied = await self._copied(prints, sha256, metrics)

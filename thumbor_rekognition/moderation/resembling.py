@@ -93,7 +93,7 @@ class Resembling(Announcements):
 
     async def fingerprint(self, sha256: str, buffer: bytes) -> None:
         """Keep the fingerprints of an original that none were kept for (one decided by hand
-        before any request judged it, or judged before fingerprints were kept). Never
+        before any request judged it, or judged before the index held PDQ hashes). Never
         raises: the decision it comes with stands without them."""
         try:
             if await self._store(self.store.fingerprints, sha256):

@@ -8,8 +8,9 @@ every viewer can be shown it, all views in the one picture sent: one that is not
 opaque flattened onto white as a browser shows it and with its alpha dropped as Thumbor's
 JPEG output shows it; one with a colour profile in sRGB as colour-managed viewers show it,
 and also as stored where the profile changes what it shows. Each frame also gets the
-perceptual fingerprint and PDQ hash of its first view (see ``fingerprint`` and ``pdq``),
-computed here once from the pixels the backend is sent. This is blocking work: callers
+PDQ hash of its first view, with its rotations' and mirrors' (see ``pdq``; the index of
+judged pictures keeps it as the frame's ``fingerprint``), computed here once from the
+pixels the backend is sent. This is blocking work: callers
 run it in the plugin's executor.
 
 The parts below this one: ``pixels`` (modes, alpha, layout), ``colour`` (ICC profiles),
@@ -26,7 +27,6 @@ from dataclasses import dataclass, replace
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from thumbor_rekognition import fingerprint, pdq
-from thumbor_rekognition.fingerprint import Print
 from thumbor_rekognition.pdq import Hash as PdqHash
 from thumbor_rekognition.preparation import colour, pixels, signatures
 
@@ -68,13 +68,8 @@ class Frame:
     changes what the picture shows."""
     grid: tuple[int, int] = (1, 1)
     """The columns and rows the views are laid out in, left to right then top to bottom."""
-    fingerprint: fingerprint.Print | None = None
-    """The first view's perceptual fingerprint; None when it has too little detail."""
     pdq: PdqHash | None = None
     """The first view's PDQ hash and quality, with its rotations' and mirrors'."""
-    mirrored: Print | None = None
-    """The perceptual fingerprint of the first view mirrored left to right: looked up
-    too, so that a mirrored copy of a rejected picture is found."""
 
 
 @dataclass(frozen=True)
@@ -100,23 +95,10 @@ class PreparedImage:
 
     @property
     def fingerprints(self) -> dict[int, fingerprint.Print]:
-        """The fingerprint of each frame that has one, by its position in frames."""
-        return {
-            index: frame.fingerprint
-            for index, frame in enumerate(self.frames)
-            if frame.fingerprint is not None
-        }
-
-    @property
-    def lookup_prints(self) -> dict[int, fingerprint.Print]:
-        """The fingerprints to look up in the index: each frame's, and each frame's
-        mirrored (under -1 - its position)."""
-        mirrored = {
-            -1 - index: frame.mirrored
-            for index, frame in enumerate(self.frames)
-            if frame.mirrored is not None
-        }
-        return {**self.fingerprints, **mirrored}
+        """The fingerprint of each frame whose PDQ quality is enough to match it, by its
+        position in frames."""
+        prints = {index: fingerprint.of(frame.pdq) for index, frame in enumerate(self.frames)}
+        return {index: print_ for index, print_ in prints.items() if print_ is not None}
 
     @property
     def pdq(self) -> dict[int, PdqHash]:
@@ -353,9 +335,7 @@ def _pad(image: Image.Image) -> Image.Image:
 
 def _encode(picture: _Picture) -> Frame:
     image = picture.image
-    shown = fingerprint.of(picture.shown)
     hashed = pdq.of(picture.shown)
-    mirrored = fingerprint.of(picture.shown.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     quality = JPEG_QUALITY
     while True:
         buffer = io.BytesIO()
@@ -369,9 +349,7 @@ def _encode(picture: _Picture) -> Frame:
                 image.height,
                 picture.views,
                 picture.grid,
-                shown,
                 hashed,
-                mirrored,
             )
         if quality > 60:
             quality -= 15

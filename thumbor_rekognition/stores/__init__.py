@@ -110,6 +110,18 @@ class Indexed:
     rejecting: bool
 
 
+def rejecting_variants(
+    prints: Mapping[int, Print], rejecting: Collection[int]
+) -> dict[int, tuple[int, ...]]:
+    """The hashes each rejecting frame is kept under in the index of rejecting frames: its
+    own and its rotations' and mirrors' (those known), each once, its own first."""
+    return {
+        frame: tuple(dict.fromkeys(print_.variants or (print_.value,)))
+        for frame, print_ in sorted(prints.items())
+        if frame in rejecting
+    }
+
+
 class Store:
     """Persistent decisions keyed by normalised URL, indexed by content hash, with history."""
 
@@ -264,7 +276,9 @@ class Store:
         self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
     ) -> None:
         """Keep a judged picture's fingerprints by frame in the index, in place of any kept
-        before; the frames named in rejecting are marked as rejecting their picture."""
+        before; the frames named in rejecting are marked as rejecting their picture, and
+        each of their rotations and mirrors (rejecting_variants) is kept in the index of
+        rejecting frames too, which lookups with rejecting_only read."""
         raise NotImplementedError
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
@@ -272,11 +286,18 @@ class Store:
         raise NotImplementedError
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[Indexed]:
-        """Every indexed fingerprint whose band i (Print.bands) is one of probes[i] and whose
-        coarse part close() accepts, once each. close() sees every candidate: the rest of
-        an entry is read only for those it keeps."""
+        """Every indexed fingerprint whose slot i (Print.bands) is one of probes[i] and whose
+        hash (256 bits) close() accepts, once each. close() sees every candidate: the rest
+        of an entry is read only for those it keeps. With rejecting_only, the index of
+        rejecting frames is read instead, whose entries are every rotation and mirror of
+        those frames (each answered as found, marked rejecting): a lookup with a hash's own
+        slots there finds what a lookup with its 8 variants finds among rejecting frames,
+        at an eighth of the slot values."""
         raise NotImplementedError
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:

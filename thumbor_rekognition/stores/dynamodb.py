@@ -15,9 +15,11 @@ everything, told apart by the prefix of ``pk``:
 - ``F#<minute>``: the change feed, one item per change, polled by every process;
 - ``Q#...``, ``OD``, ``QA#<topic>``: the outbox (queues per topic and key, what is due
   when, what was given up); ``V#<name>``: small shared values (the call rate);
-- ``P#<sha256>``: a picture's fingerprints; ``I#<band>#<value>``: the index of judged
-  pictures, one item per band value; ``X#<sha256>``: the keys of the decisions that
-  reject duplicates of that picture.
+- ``K#<sha256>``: a picture's fingerprints (PDQ hashes); ``J#<slot>#<value>``: the index
+  of judged pictures, one item per slot value (sk ``i``; sk ``r``: the rotations and
+  mirrors of rejecting frames); ``X#<sha256>``: the keys of the decisions
+  that reject duplicates of that picture. (``P#`` and ``I#`` held the former fingerprint
+  and its index: `migrate-store` deletes them.)
 
 Every save reads the decision, then writes it on the condition that its version has
 not moved meanwhile: an automatic decision therefore never lands on a manual one about

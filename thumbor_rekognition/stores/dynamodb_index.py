@@ -1,6 +1,6 @@
-"""The DynamoDB store's index of fingerprints: a picture's record ('P#'), one item per band
-value ('I#') holding the entries of every judged frame, the links to duplicates ('X#'),
-and the conversion of records of the earlier layout (`migrate-store`)."""
+"""The DynamoDB store's index of fingerprints: a picture's record ('K#'), one item per slot
+value ('J#') holding the entries of every judged frame, the links to duplicates ('X#'),
+and the removal of the former fingerprint's items (`migrate-store`)."""
 
 from __future__ import annotations
 
@@ -25,78 +25,68 @@ from thumbor_rekognition.stores.dynamodb_shared import SharedState
 if TYPE_CHECKING:
     pass
 
-# An index entry: a fingerprint (24 bytes), its picture's content hash (32 bytes), and
-# whether the frame rejects its picture (1 byte). Records written before every judged
-# picture was indexed ('i': the rejecting frames, no 'x') have entries of their
-# rejecting frames only, without the last byte; `migrate-store` converts them.
-_ENTRY = 57
-_REJECTING_ENTRY = 56
-# 'x' of a fingerprint record whose entries are in the current layout.
-_INDEX_LAYOUT = "3"
+# An index entry: a PDQ hash (32 bytes), its picture's content hash (32 bytes), and
+# whether the frame rejects its picture (1 byte).
+_ENTRY = 65
+# Prefixes of the former fingerprint's items: its records ('P#') and its index ('I#').
+# Nothing reads them; `migrate-store` deletes them.
+_FORMER = ("P#", "I#")
 
 
 def _band_pk(band: int, value: int) -> str:
-    return f"I#{band}#{value:0{BAND_BITS // 4}x}"
+    return f"J#{band}#{value:0{BAND_BITS // 4}x}"
 
 
 def _index_entries(
     sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
-) -> set[tuple[str, bytes]]:
-    """The index entries of a picture's frames: (band item, entry)."""
+) -> set[tuple[tuple[str, str], bytes]]:
+    """The index entries of a picture's frames: (slot item's key, entry). Every frame's own
+    hash is in its slot values' items 'i'; each rotation and mirror of a rejecting frame
+    in items 'r' of the same slot values (the index of rejecting frames)."""
     digest = bytes.fromhex(sha256)
-    return {
-        (_band_pk(band, value), print_.to_bytes() + digest + bytes([frame in rejecting]))
+    entries = {
+        ((_band_pk(band, value), "i"), print_.entry() + digest + bytes([frame in rejecting]))
         for frame, print_ in prints.items()
         for band, value in enumerate(print_.bands())
     }
+    for values in stores.rejecting_variants(prints, rejecting).values():
+        for variant in map(Print, values):
+            entries.update(
+                ((_band_pk(band, value), "r"), variant.entry() + digest + b"\x01")
+                for band, value in enumerate(variant.bands())
+            )
+    return entries
 
 
-def _held_entries(sha256: str, item: dict[str, Any] | None) -> set[tuple[str, bytes]]:
-    """The index entries a fingerprint record says the index holds."""
-    prints, rejecting = _fingerprint_record(item)
-    if item is None or "x" in item:
-        return _index_entries(sha256, prints, rejecting)
-    digest = bytes.fromhex(sha256)
-    return {
-        (_band_pk(band, value), print_.to_bytes() + digest)
-        for frame, print_ in prints.items()
-        if frame in rejecting
-        for band, value in enumerate(print_.bands())
-    }
-
-
-def _by_item(entries: set[tuple[str, bytes]]) -> dict[str, set[bytes]]:
-    grouped: dict[str, set[bytes]] = {}
-    for pk, entry in entries:
-        grouped.setdefault(pk, set()).add(entry)
+def _by_item(entries: set[tuple[tuple[str, str], bytes]]) -> dict[tuple[str, str], set[bytes]]:
+    grouped: dict[tuple[str, str], set[bytes]] = {}
+    for key, entry in entries:
+        grouped.setdefault(key, set()).add(entry)
     return grouped
 
 
 def _fingerprint_record(item: dict[str, Any] | None) -> tuple[dict[int, Print], list[int]]:
-    """A picture's fingerprints and the frames that reject it, from its record (or none);
-    records of the earlier layout named them 'i' (the frames in the index)."""
+    """A picture's fingerprints and the frames that reject it, from its record (or none)."""
     if item is None:
         return {}, []
     prints = {
         int(frame): Print.from_bytes(bytes(value["B"]))
         for frame, value in item.get("f", {}).get("M", {}).items()
     }
-    frames = item.get("r", item.get("i", {}))
-    return prints, [int(frame) for frame in frames.get("NS", [])]
+    return prints, [int(frame) for frame in item.get("r", {}).get("NS", [])]
 
 
 class FingerprintIndex(SharedState):
-    """Fingerprints, the index of judged pictures by band, and links to duplicates."""
+    """Fingerprints, the index of judged pictures by slot, and links to duplicates."""
 
     def put_fingerprints(
         self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
     ) -> None:
-        pk = "P#" + sha256
+        pk = "K#" + sha256
         wanted = _index_entries(sha256, prints, rejecting)
         record: dict[str, Any] = {
             **_key(pk, "p"),
             "f": {"M": {str(frame): {"B": p.to_bytes()} for frame, p in sorted(prints.items())}},
-            "x": _n(_INDEX_LAYOUT),
         }
         frames = sorted({frame for frame in rejecting if frame in prints})
         if frames:
@@ -104,7 +94,7 @@ class FingerprintIndex(SharedState):
 
         def attempt() -> bool:
             item = self._item(pk, "p")
-            held = _held_entries(sha256, item)
+            held = _index_entries(sha256, *_fingerprint_record(item))
             # The index first, the record last, on the condition that no other put
             # landed meanwhile: the one that did not land reads that put's record and
             # moves the index from there, so the last record names what the index holds.
@@ -124,48 +114,55 @@ class FingerprintIndex(SharedState):
         self._retrying(attempt, f"keeping the fingerprints of {sha256}")
 
     def migrate(self) -> int:
-        """Index every judged picture's kept fingerprints: records written when only the
-        frames of rejected pictures were indexed get this layout's entries. Lookups read
-        both meanwhile, so this can run while Thumbor serves."""
-        converted = 0
+        """Delete the former fingerprint's records and index items ('P#', 'I#'): nothing
+        reads them, and each picture's PDQ fingerprints come from `backfill --fingerprints`
+        or its next judgement. Returns how many records were deleted; can run while Thumbor
+        serves, and again after an interruption."""
+        deleted = 0
         arguments: dict[str, Any] = {
             "TableName": self.table,
-            "FilterExpression": "begins_with(pk, :p) AND sk = :sk AND attribute_not_exists(x)",
-            "ExpressionAttributeValues": {":p": _s("P#"), ":sk": _s("p")},
-            "ProjectionExpression": "pk",
+            "FilterExpression": "begins_with(pk, :p) OR begins_with(pk, :i)",
+            "ExpressionAttributeValues": {":p": _s(_FORMER[0]), ":i": _s(_FORMER[1])},
+            "ProjectionExpression": "pk, sk",
         }
         while True:
             response = self._do("scan", **arguments)
             for found in response.get("Items", []):
-                sha256 = str(found["pk"]["S"])[2:]
-                prints, rejecting = _fingerprint_record(self._item("P#" + sha256, "p"))
-                self.put_fingerprints(sha256, prints, rejecting)
-                converted += 1
+                self._do(
+                    "delete_item",
+                    TableName=self.table,
+                    Key=_key(found["pk"]["S"], found["sk"]["S"]),
+                )
+                deleted += str(found["pk"]["S"]).startswith(_FORMER[0])
             last = response.get("LastEvaluatedKey")
             if not last:
-                return converted
+                return deleted
             arguments["ExclusiveStartKey"] = last
 
-    def _change_index(self, action: str, entries: dict[str, set[bytes]]) -> None:
-        for pk, values in sorted(entries.items()):
+    def _change_index(self, action: str, entries: dict[tuple[str, str], set[bytes]]) -> None:
+        for (pk, sk), values in sorted(entries.items()):
             self._do(
                 "update_item",
                 TableName=self.table,
-                Key=_key(pk, "i"),
+                Key=_key(pk, sk),
                 # DELETE of a set's last value removes the attribute; the item's keys stay.
                 UpdateExpression=f"{action} e :entries",
                 ExpressionAttributeValues={":entries": {"BS": sorted(values)}},
             )
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
-        prints, _ = _fingerprint_record(self._item("P#" + sha256, "p"))
+        prints, _ = _fingerprint_record(self._item("K#" + sha256, "p"))
         return prints
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
+        sk = "r" if rejecting_only else "i"
         keys = [
-            _key(_band_pk(band, value), "i")
+            _key(_band_pk(band, value), sk)
             for band, values in enumerate(probes)
             for value in sorted(values)
         ]
@@ -173,16 +170,12 @@ class FingerprintIndex(SharedState):
         for item in self._read_all(keys, consistent=False, ProjectionExpression="e"):
             for entry in item.get("e", {}).get("BS", []):
                 entry = bytes(entry)
-                if len(entry) not in (_ENTRY, _REJECTING_ENTRY):
+                if len(entry) != _ENTRY:
                     raise ValueError(f"an index entry is {_ENTRY} bytes, got {len(entry)}")
-                if entry not in kept and close(int.from_bytes(entry[:8], "big")):
+                if entry not in kept and close(int.from_bytes(entry[:32], "big")):
                     kept.add(entry)
         return [
-            stores.Indexed(
-                entry[24:56].hex(),
-                Print.from_bytes(entry[:24]),
-                len(entry) == _REJECTING_ENTRY or entry[56:] == b"\x01",
-            )
+            stores.Indexed(entry[32:64].hex(), Print.from_bytes(entry[:32]), entry[64:] == b"\x01")
             for entry in sorted(kept)
         ]
 

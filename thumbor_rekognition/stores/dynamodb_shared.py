@@ -105,12 +105,13 @@ class SharedState(Table):
             return str(found["s"]["S"]) if found else None
         return expected
 
-    # Near-duplicates. A picture's record 'P#<sha256>' holds its fingerprints by frame
-    # ('f', a map of 24-byte values), the frames that reject it ('r'), the layout of its
-    # entries ('x') and a version ('v'); the index is one item per band value,
-    # 'I#<band>#<value in hex>', whose binary set 'e' holds its entries (a fingerprint, its
-    # picture's content hash, whether the frame rejects it). A lookup is then a
-    # BatchGetItem of the probed band values, each read one small item of one partition;
+    # Near-duplicates. A picture's record 'K#<sha256>' holds its fingerprints by frame
+    # ('f', a map of 256-byte values: each frame's PDQ hash and its variants'), the frames
+    # that reject it ('r') and a version ('v'); the index is one item per slot value,
+    # 'J#<slot>#<value in hex>', whose item 'i' has a binary set 'e' of its entries (a PDQ
+    # hash, its picture's content hash, whether the frame rejects it) and whose item 'r'
+    # the entries of each rotation and mirror of rejecting frames. A lookup is then a few
+    # BatchGetItem of the probed slot values, each read one small item of one partition;
     # a put adds to and takes from those sets (ADD and DELETE need no read).
 
     def enqueue(self, topic: str, key: str, payload: str) -> None:

@@ -438,7 +438,7 @@ class Store(FingerprintIndex):
     def migrate(self) -> int:
         """Convert the earlier formats under this prefix: the first (a JSON document, a
         history list, a results set and index entries per decision, all on one server),
-        and format 2 (an index of rejected pictures' fingerprints only).
+        and the former fingerprint's index (formats 2 and 3), which is deleted.
 
         Pictures that already have an entry in this format keep it. Once everything is
         copied the format key is set and the old keys are deleted; run again after an
@@ -457,11 +457,8 @@ class Store(FingerprintIndex):
             for name in client.scan_iter(_glob_escape(self.prefix + "ob:") + "*", 1000):
                 suffix = _text(name)[len(self.prefix) + len("ob:") :]
                 client.rename(name, self._legacy_outbox + suffix)
-            if _text(client.get(self.prefix + "format")) != FORMAT:
-                converted = max(converted, self._index_every_picture(client))
+            self._drop_former_fingerprints(client)
             client.set(self.prefix + "format", FORMAT)
-            for band in range(4):
-                client.delete(f"{self.prefix}fpi:{band}")
             for kind in ("d:", "h:", "r:", "sha:", "st:", "ss:"):
                 for name in client.scan_iter(_glob_escape(self.prefix + kind) + "*", 1000):
                     client.delete(name)

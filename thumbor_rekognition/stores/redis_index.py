@@ -1,6 +1,7 @@
-"""The Redis store's index of fingerprints: a picture's record, one hash per band whose
-fields are band values holding the entries of every judged frame, the links to
-duplicates, and the conversion of format 2's index (`migrate-store`)."""
+"""The Redis store's index of fingerprints: a picture's record, one hash per slot whose
+fields are slot values holding the entries of every judged frame (and one per slot for the
+rotations and mirrors of rejecting frames), the links to duplicates, and the removal of
+the former fingerprint's index (`migrate-store`)."""
 
 from __future__ import annotations
 
@@ -22,34 +23,42 @@ if TYPE_CHECKING:
 
 
 def _field(value: int) -> str:
-    """A band value as the field of its band's hash."""
+    """A slot value as the field of its slot's hash."""
     return f"{value:0{BAND_BITS // 4}x}"
 
 
 def _fingerprint_record(body: Any) -> tuple[dict[int, Print], list[int]]:
-    """A picture's fingerprints and the frames that reject it, from its record (or none);
-    format 2 named them 'indexed'."""
+    """A picture's fingerprints and the frames that reject it, from its record (or none)."""
     if not body:
         return {}, []
     data = json.loads(body)
     prints = {int(frame): Print.from_hex(text) for frame, text in data.get("prints", {}).items()}
-    return prints, [int(frame) for frame in data.get("rejecting", data.get("indexed", []))]
+    return prints, [int(frame) for frame in data.get("rejecting", [])]
 
 
 def _entries(
     sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
-) -> set[tuple[int, str, bytes]]:
-    """A picture's entries in the index: (band, band value's field, entry)."""
+) -> set[tuple[str, int, str, bytes]]:
+    """A picture's entries in the indexes: (which index, slot, slot value's field, entry),
+    'pdqx' of every frame's own hash, 'pdqr' of every rotation and mirror of a rejecting
+    frame's."""
     digest = bytes.fromhex(sha256)
-    return {
-        (band, _field(value), print_.to_bytes() + digest + bytes([frame in rejecting]))
+    entries = {
+        ("pdqx", band, _field(value), print_.entry() + digest + bytes([frame in rejecting]))
         for frame, print_ in prints.items()
         for band, value in enumerate(print_.bands())
     }
+    for values in stores.rejecting_variants(prints, rejecting).values():
+        for variant in map(Print, values):
+            entries.update(
+                ("pdqr", band, _field(value), variant.entry() + digest + b"\x01")
+                for band, value in enumerate(variant.bands())
+            )
+    return entries
 
 
-# One entry of a band's hash added ('1') or removed ('0'): entries are compared whole,
-# 56 bytes at a time, so that no entry is mistaken for the bytes across two others.
+# One entry of a slot's hash added ('1') or removed ('0'): entries are compared whole,
+# 65 bytes at a time, so that no entry is mistaken for the bytes across two others.
 _INDEX_ENTRY = """
 local entries = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 local size = string.len(ARGV[2])
@@ -73,26 +82,33 @@ return 0
 """
 
 
-# An index entry: a fingerprint (24 bytes), its picture's content hash (32 bytes), and
+# An index entry: a PDQ hash (32 bytes), its picture's content hash (32 bytes), and
 # whether the frame rejects its picture (1 byte).
-_ENTRY = 57
+_ENTRY = 65
 
 
 class FingerprintIndex(SharedState):
     """Fingerprints, the index of judged pictures by band, and links to duplicates."""
 
     # Every command reads or writes one key: a picture's record
-    # 'fp:{<sha256>}' (JSON: its fingerprints by frame, and the frames that reject it), one
-    # hash per band of the index, 'fpx:<band>' (field: the band's value in hex; value: its
-    # entries end to end, each the 24-byte fingerprint, the 32-byte content hash, and a
-    # byte, 1 when the frame rejects its picture), and
-    # 'dup:{<sha256>}' (a set: keys of its duplicates' decisions). Four hashes rather
-    # than a set per band value: a lookup is four HMGETs, not some seventy commands, and
-    # an entry costs its 57 bytes and no key of its own. On a cluster the four hashes sit
-    # on up to four nodes, and each picture's record and set on the slot of its hash.
+    # 'pdq:{<sha256>}' (JSON: its fingerprints by frame, each its PDQ hash and its
+    # variants', and the frames that reject it), one hash per slot of the index,
+    # 'pdqx:<slot>' (field: the slot's value in hex; value: its entries end to end, each
+    # the 32-byte PDQ hash, the 32-byte content hash, and a byte, 1 when the frame rejects
+    # its picture), one hash per slot of the index of rejecting frames, 'pdqr:<slot>'
+    # (the same entries, of each rotation and mirror of a frame that rejects its picture),
+    # and 'dup:{<sha256>}' (a set: keys of its duplicates' decisions).
+    # Sixteen hashes rather than a set per slot value: a lookup is sixteen HMGETs, not
+    # some two thousand commands, and an entry costs its 65 bytes and no key of its own.
+    # On a cluster the sixteen hashes spread over the nodes, and each picture's record
+    # and set sit on the slot of its hash. The former fingerprint's keys ('fp:{...}',
+    # 'fpx:<band>', 'fpi:<band>') are read by nothing; `migrate-store` deletes them.
 
-    def _band_key(self, band: int) -> str:
-        return f"{self.prefix}fpx:{band}"
+    def _band_key(self, band: int, among: str = "pdqx") -> str:
+        return f"{self.prefix}{among}:{band}"
+
+    def _record_key(self, sha256: str) -> str:
+        return self.prefix + "pdq:{" + sha256 + "}"
 
     def put_fingerprints(
         self, sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
@@ -106,23 +122,26 @@ class FingerprintIndex(SharedState):
         sha256: str,
         prints: Mapping[int, Print],
         rejecting: Collection[int],
-        old: set[tuple[int, str, bytes]] | None = None,
+        old: set[tuple[str, int, str, bytes]] | None = None,
     ) -> None:
-        record = self.prefix + "fp:{" + sha256 + "}"
+        record = self._record_key(sha256)
         if old is None:
             old = _entries(sha256, *_fingerprint_record(client.get(record)))
         new = _entries(sha256, prints, rejecting)
         # The index first, the record last: a call cut short leaves the record naming
         # what the index held before, and the next call mends both. An entry left over
         # names a picture whose decision lookups read anyway, and so is never believed.
-        changes = [(band, field_, entry, "0") for band, field_, entry in old - new]
-        changes += [(band, field_, entry, "1") for band, field_, entry in new - old]
+        changes = [
+            (self._band_key(band, among), field_, entry, "0")
+            for among, band, field_, entry in old - new
+        ]
+        changes += [
+            (self._band_key(band, among), field_, entry, "1")
+            for among, band, field_, entry in new - old
+        ]
         self._on_nodes(
             client,
-            [
-                (self._band_key(band), "eval", (_INDEX_ENTRY, 1, self._band_key(band), *rest))
-                for band, *rest in changes
-            ],
+            [(key, "eval", (_INDEX_ENTRY, 1, key, *rest)) for key, *rest in changes],
         )
         client.set(
             record,
@@ -137,25 +156,29 @@ class FingerprintIndex(SharedState):
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
         with self._call() as client:
-            prints, _ = _fingerprint_record(client.get(self.prefix + "fp:{" + sha256 + "}"))
+            prints, _ = _fingerprint_record(client.get(self._record_key(sha256)))
         return prints
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
-        asked = [(band, sorted(values)) for band, values in enumerate(probes) if values]
+        among = "pdqr" if rejecting_only else "pdqx"
+        asked = [
+            (self._band_key(band, among), sorted(values))
+            for band, values in enumerate(probes)
+            if values
+        ]
         if not asked:
             return []
         with self._call() as client:
             answers = self._on_nodes(
                 client,
                 [
-                    (
-                        self._band_key(band),
-                        "hmget",
-                        (self._band_key(band), [_field(value) for value in values]),
-                    )
-                    for band, values in asked
+                    (key, "hmget", (key, [_field(value) for value in values]))
+                    for key, values in asked
                 ],
             )
         kept = {
@@ -164,10 +187,10 @@ class FingerprintIndex(SharedState):
             for entries in answer
             if entries
             for start in range(0, len(entries), _ENTRY)
-            if close(int.from_bytes(entries[start : start + 8], "big"))
+            if close(int.from_bytes(entries[start : start + 32], "big"))
         }
         return [
-            stores.Indexed(entry[24:56].hex(), Print.from_bytes(entry[:24]), entry[56:] == b"\x01")
+            stores.Indexed(entry[32:64].hex(), Print.from_bytes(entry[:32]), entry[64:] == b"\x01")
             for entry in kept
         ]
 
@@ -183,17 +206,15 @@ class FingerprintIndex(SharedState):
             keys = client.smembers(self.prefix + "dup:{" + original + "}")
         return sorted(_text(key) for key in keys)
 
-    def _index_every_picture(self, client: Client) -> int:
-        """Every picture's kept fingerprints into this format's index (format 2 indexed
-        those of rejected pictures only, in 'fpi:<band>'); how many were converted."""
-        converted = 0
-        start = len(self.prefix + "fp:{")
+    def _drop_former_fingerprints(self, client: Client) -> int:
+        """Delete the former fingerprint's records and index (formats 2 and 3 of the
+        index: 'fp:{<sha256>}', 'fpx:<band>', 'fpi:<band>'); how many records were deleted.
+        Nothing reads them any more; each picture's PDQ fingerprints come from `backfill
+        --fingerprints` or its next judgement."""
+        deleted = 0
         for name in client.scan_iter(_glob_escape(self.prefix + "fp:{") + "*", 1000):
-            body = client.get(name)
-            if not body or "rejecting" in json.loads(body):
-                continue
-            sha256 = _text(name)[start:-1]
-            prints, rejecting = _fingerprint_record(body)
-            self._put_fingerprints(client, sha256, prints, rejecting, old=set())
-            converted += 1
-        return converted
+            deleted += int(client.delete(name))
+        for band in range(4):
+            client.delete(f"{self.prefix}fpx:{band}")
+            client.delete(f"{self.prefix}fpi:{band}")
+        return deleted

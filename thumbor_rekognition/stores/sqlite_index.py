@@ -1,21 +1,16 @@
-"""The SQLite store's fingerprint index and links to duplicates: each frame's print under
-its four bands, each band indexed with the coarse print beside it."""
+"""The SQLite store's fingerprint index and links to duplicates: each frame's PDQ hash
+under its 16 slots, and each rotation and mirror of a rejecting frame under its own, each
+slot indexed with the hash beside it (a partial index for either)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from thumbor_rekognition import stores
-from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.fingerprint import BANDS, Print
 from thumbor_rekognition.stores.sqlite_shared import SharedState
 
-_UNSIGNED = (1 << 64) - 1
-
-
-def signed(value: int) -> int:
-    """A 64-bit unsigned value as the signed integer SQLite stores."""
-    return value - (1 << 64) if value >> 63 else value
-
+_COLUMNS = ", ".join(f"s{slot}" for slot in range(BANDS))
 
 # Band values per statement of an index lookup, well under SQLite's limit on parameters.
 PROBES_PER_QUERY = 500
@@ -31,53 +26,71 @@ class FingerprintIndex(SharedState):
             (
                 sha256,
                 frame,
+                0,
                 print_.to_bytes(),
-                signed(print_.coarse),
+                print_.entry(),
                 int(frame in rejecting),
                 *print_.bands(),
             )
             for frame, print_ in sorted(prints.items())
         ]
+        rows += [
+            (sha256, frame, variant, b"", Print(value).entry(), 1, *Print(value).bands())
+            for frame, values in stores.rejecting_variants(prints, rejecting).items()
+            for variant, value in enumerate(values)
+            if variant
+        ]
         with self._cursor(write=True) as cursor:
-            cursor.execute("DELETE FROM fingerprints WHERE sha256 = ?", (sha256,))
+            cursor.execute("DELETE FROM prints WHERE sha256 = ?", (sha256,))
             cursor.executemany(
-                "INSERT INTO fingerprints "
-                "(sha256, frame, print, coarse, rejecting, b0, b1, b2, b3) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO prints (sha256, frame, variant, print, hash, rejecting, {_COLUMNS}) "  # noqa: S608 - column names only
+                f"VALUES ({', '.join('?' * (6 + BANDS))})",
                 rows,
             )
 
     def fingerprints(self, sha256: str) -> dict[int, Print]:
         with self._cursor() as cursor:
             rows = cursor.execute(
-                "SELECT frame, print FROM fingerprints WHERE sha256 = ? ORDER BY frame", (sha256,)
+                "SELECT frame, print FROM prints WHERE sha256 = ? AND variant = 0 ORDER BY frame",
+                (sha256,),
             ).fetchall()
         return {frame: Print.from_bytes(data) for frame, data in rows}
 
     def indexed_near(
-        self, probes: Sequence[Collection[int]], close: Callable[[int], bool]
+        self,
+        probes: Sequence[Collection[int]],
+        close: Callable[[int], bool],
+        rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
+        # Each slot has a partial index for either: frames' own hashes, rejecting frames'.
+        among = (
+            ("rejecting_slot", "rejecting = 1")
+            if rejecting_only
+            else ("prints_slot", "variant = 0")
+        )
         kept: set[int] = set()
         with self._cursor() as cursor:
             for band, values in enumerate(probes):
                 ordered = sorted(values)
                 for start in range(0, len(ordered), PROBES_PER_QUERY):
                     chunk = ordered[start : start + PROBES_PER_QUERY]
-                    # Read from the band's index alone (coarse is in it): the table is
+                    # Read from the slot's index alone (the hash is in it): the table is
                     # read only for the rows kept.
                     rows = cursor.execute(
-                        f"SELECT rowid, coarse FROM fingerprints "  # noqa: S608 - band is 0..3
-                        f"INDEXED BY fingerprints_band{band:d} "
-                        f"WHERE b{band:d} IN ({', '.join('?' * len(chunk))})",
+                        f"SELECT rowid, hash FROM prints "  # noqa: S608 - band is 0..15
+                        f"INDEXED BY {among[0]}{band:d} "
+                        f"WHERE {among[1]} AND s{band:d} IN ({', '.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
-                    kept.update(rowid for rowid, coarse in rows if close(coarse & _UNSIGNED))
+                    kept.update(
+                        rowid for rowid, value in rows if close(int.from_bytes(value, "big"))
+                    )
             ordered_rows = sorted(kept)
             found = []
             for start in range(0, len(ordered_rows), PROBES_PER_QUERY):
                 chunk = ordered_rows[start : start + PROBES_PER_QUERY]
                 found += cursor.execute(
-                    f"SELECT sha256, print, rejecting FROM fingerprints WHERE rowid IN "  # noqa: S608 - placeholders only
+                    f"SELECT sha256, hash, rejecting FROM prints WHERE rowid IN "  # noqa: S608 - placeholders only
                     f"({', '.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()

@@ -62,23 +62,72 @@ CREATE TABLE IF NOT EXISTS shared (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS fingerprints (
+-- The index of judged pictures: each frame's PDQ hash under its 16 slots of 16 bits
+-- (variant 0), and the index of rejecting frames: each rotation and mirror of a frame that
+-- rejects its picture (variants 0 to 7, rejecting 1: stores.rejecting_variants).
+-- (Format 3's 'fingerprints' table held the former fingerprint: `migrate-store` drops it.)
+CREATE TABLE IF NOT EXISTS prints (
     sha256 TEXT NOT NULL,
     frame INTEGER NOT NULL,
+    -- 0 for the frame's own hash, else the place of a rotation's or mirror's among its
+    -- distinct variants.
+    variant INTEGER NOT NULL,
+    -- Variant 0: the hash and its rotations' and mirrors' (256 bytes), others: empty.
     print BLOB NOT NULL,
-    coarse INTEGER NOT NULL,
+    -- This row's hash alone (32 bytes).
+    hash BLOB NOT NULL,
     -- 1 when this frame rejects its picture (see duplicates.rejecting_frames).
     rejecting INTEGER NOT NULL,
-    b0 INTEGER NOT NULL,
-    b1 INTEGER NOT NULL,
-    b2 INTEGER NOT NULL,
-    b3 INTEGER NOT NULL,
-    PRIMARY KEY (sha256, frame)
+    s0 INTEGER NOT NULL,
+    s1 INTEGER NOT NULL,
+    s2 INTEGER NOT NULL,
+    s3 INTEGER NOT NULL,
+    s4 INTEGER NOT NULL,
+    s5 INTEGER NOT NULL,
+    s6 INTEGER NOT NULL,
+    s7 INTEGER NOT NULL,
+    s8 INTEGER NOT NULL,
+    s9 INTEGER NOT NULL,
+    s10 INTEGER NOT NULL,
+    s11 INTEGER NOT NULL,
+    s12 INTEGER NOT NULL,
+    s13 INTEGER NOT NULL,
+    s14 INTEGER NOT NULL,
+    s15 INTEGER NOT NULL,
+    PRIMARY KEY (sha256, frame, variant)
 );
-CREATE INDEX IF NOT EXISTS fingerprints_band0 ON fingerprints (b0, coarse);
-CREATE INDEX IF NOT EXISTS fingerprints_band1 ON fingerprints (b1, coarse);
-CREATE INDEX IF NOT EXISTS fingerprints_band2 ON fingerprints (b2, coarse);
-CREATE INDEX IF NOT EXISTS fingerprints_band3 ON fingerprints (b3, coarse);
+CREATE INDEX IF NOT EXISTS prints_slot0 ON prints (s0, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot1 ON prints (s1, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot2 ON prints (s2, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot3 ON prints (s3, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot4 ON prints (s4, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot5 ON prints (s5, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot6 ON prints (s6, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot7 ON prints (s7, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot8 ON prints (s8, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot9 ON prints (s9, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot10 ON prints (s10, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot11 ON prints (s11, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot12 ON prints (s12, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot13 ON prints (s13, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot14 ON prints (s14, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS prints_slot15 ON prints (s15, hash) WHERE variant = 0;
+CREATE INDEX IF NOT EXISTS rejecting_slot0 ON prints (s0, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot1 ON prints (s1, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot2 ON prints (s2, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot3 ON prints (s3, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot4 ON prints (s4, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot5 ON prints (s5, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot6 ON prints (s6, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot7 ON prints (s7, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot8 ON prints (s8, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot9 ON prints (s9, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot10 ON prints (s10, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot11 ON prints (s11, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot12 ON prints (s12, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot13 ON prints (s13, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot14 ON prints (s14, hash) WHERE rejecting = 1;
+CREATE INDEX IF NOT EXISTS rejecting_slot15 ON prints (s15, hash) WHERE rejecting = 1;
 CREATE TABLE IF NOT EXISTS duplicates (
     original TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -227,7 +276,8 @@ def migrate(path: str) -> int:
         except PreviousFormat:
             (version,) = connection.execute("PRAGMA user_version").fetchone()
             converted = _convert(connection) if version < INDEX_ONLY_REJECTED else 0
-            converted = max(converted, _index_every_picture(connection))
+            connection.execute(f"PRAGMA user_version = {FORMAT}")
+        drop_former_fingerprints(connection)
         connection.execute("COMMIT")
         return max(converted, order_by_time(connection))
     except sqlite3.Error as error:
@@ -299,21 +349,8 @@ def _convert(connection: sqlite3.Connection) -> int:
     return len(keys)
 
 
-def _index_every_picture(connection: sqlite3.Connection) -> int:
-    """Format 2's fingerprints into format 3's index, inside the caller's transaction: the
-    frames it indexed are those that reject their picture, and every frame is indexed now.
-    Returns how many pictures' fingerprints were converted."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(fingerprints)")}
-    converted = 0
-    if "indexed" in columns:
-        (converted,) = connection.execute(
-            "SELECT COUNT(DISTINCT sha256) FROM fingerprints"
-        ).fetchone()
-        connection.execute("ALTER TABLE fingerprints RENAME COLUMN indexed TO rejecting")
-    for band in range(4):
-        connection.execute(f"DROP INDEX IF EXISTS fingerprints_b{band:d}")
-    for statement in SCHEMA.split(";"):
-        if "fingerprints_band" in statement:
-            connection.execute(statement)
-    connection.execute(f"PRAGMA user_version = {FORMAT}")
-    return int(converted)
+def drop_former_fingerprints(connection: sqlite3.Connection) -> None:
+    """Drop the index of the former fingerprint (the 'fingerprints' table of formats 2 and
+    3), inside the caller's transaction; nothing matches by it any more, and each picture's
+    PDQ fingerprints come from `backfill --fingerprints` or its next judgement. Idempotent."""
+    connection.execute("DROP TABLE IF EXISTS fingerprints")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from tests import pictures
-from thumbor_rekognition import fingerprint
-from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.cli import old_fingerprint as fingerprint
+from thumbor_rekognition.cli.old_fingerprint import Print
 
 
 def print_of(image: Image.Image) -> Print:
