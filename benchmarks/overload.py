@@ -458,7 +458,7 @@ def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     )
     print(f"soak: MODERATION_CACHE_ENTRIES = {args.cache_entries}")
     warm_up = args.soak_warm_up if args.soak_warm_up is not None else min(500, len(names) // 5)
-    for kind in KINDS:
+    for kind in args.kinds:
         with running(work, kind, configs[kind]) as server:
             warm(server)
 
