@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
-import itertools
 import os
 import time
 from pathlib import Path
@@ -270,7 +269,6 @@ def test_memory_freed_after_preparing_a_large_picture_is_handed_back(
 
     trimmed: list[bool] = []
     monkeypatch.setattr(calls, "give_back_memory", lambda: trimmed.append(True))
-    monkeypatch.setattr(admission, "_prepared", itertools.count(1))
     settings = SimpleNamespace(
         analysis_max_side=1600, max_pixels=100_000_000, max_frames=5, respect_orientation=True
     )
@@ -282,24 +280,3 @@ def test_memory_freed_after_preparing_a_large_picture_is_handed_back(
     # 3000x3000 is 36 MB: handed back once prepared.
     calls.Calls.prepare(moderator, png(3000, 3000))  # type: ignore[arg-type]
     assert trimmed == [True]
-
-
-def test_memory_freed_after_preparing_small_pictures_is_handed_back_every_so_many(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from thumbor_rekognition.moderation import calls
-
-    prepared: list[object] = []
-    trimmed_after: list[int] = []
-    monkeypatch.setattr(calls, "give_back_memory", lambda: trimmed_after.append(len(prepared) + 1))
-    monkeypatch.setattr(admission, "_prepared", itertools.count(1))
-    monkeypatch.setattr(admission, "TRIM_EVERY", 3)
-    settings = SimpleNamespace(
-        analysis_max_side=1600, max_pixels=100_000_000, max_frames=5, respect_orientation=True
-    )
-    moderator = SimpleNamespace(settings=settings, backend=SimpleNamespace(max_side=None))
-
-    # Small pictures fragment the threads' heaps: handed back every TRIM_EVERY pictures.
-    for _ in range(7):
-        prepared.append(calls.Calls.prepare(moderator, png(96, 64)))  # type: ignore[arg-type]
-    assert trimmed_after == [3, 6]

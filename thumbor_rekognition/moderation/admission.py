@@ -9,7 +9,6 @@ import ctypes
 import ctypes.util
 import functools
 import io
-import itertools
 import logging
 import os
 import tempfile
@@ -31,10 +30,6 @@ BYTES_PER_PIXEL = 4
 RECENT_COSTS = 8
 # Decoded pixels from which the memory freed after preparing a picture is handed back.
 TRIM_FROM = 32 * 1024 * 1024
-# Pictures prepared, whatever their size, between two hand-backs.
-TRIM_EVERY = 1000
-# Pictures this process has prepared (one count for its threads, which share the heaps).
-_prepared = itertools.count(1)
 
 
 @functools.cache
@@ -60,18 +55,6 @@ def give_back_memory() -> bool:
         return False
     trim(0)
     return True
-
-
-def trim_due(pixel_bytes: int) -> bool:
-    """Whether to hand memory back after preparing a picture of pixel_bytes decoded: a
-    large one at once, and every TRIM_EVERY pictures.
-
-    The heaps of the threads that prepare pictures keep what they grew to, and fragment:
-    measured, over 24,000 small new pictures with every cache full, what glibc held grew
-    from 29 to 34 MB while what was in use stayed at 20 MB.
-    """
-    due = next(_prepared) % TRIM_EVERY == 0
-    return due or pixel_bytes >= TRIM_FROM
 
 
 def decoded_cost(buffer: bytes, max_frames: int, max_side: int) -> int:

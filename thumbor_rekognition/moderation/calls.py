@@ -20,10 +20,10 @@ from thumbor_rekognition.decision import Decision, Source, Status
 from thumbor_rekognition.duplicates import Duplicates
 from thumbor_rekognition.moderation.admission import (
     BYTES_PER_PIXEL,
+    TRIM_FROM,
     Backlog,
     DecodeBudget,
     give_back_memory,
-    trim_due,
 )
 from thumbor_rekognition.moderation.memory import Bounded, DecisionCache, Metrics, T
 from thumbor_rekognition.moderation.verdicts import SYSTEM
@@ -210,8 +210,8 @@ class Calls:
             max_frames=settings.max_frames,
             oriented=settings.respect_orientation,
         )
-        if trim_due(prepared.width * prepared.height * BYTES_PER_PIXEL):
-            # Decoded pixels freed: handed back, not kept by the threads' heaps.
+        if prepared.width * prepared.height * BYTES_PER_PIXEL >= TRIM_FROM:
+            # Its decoded pixels are freed: handed back, not kept by this thread's heap.
             give_back_memory()
         return prepared
 
