@@ -18,7 +18,10 @@ the server core; clients on the others; a fake Rekognition answering in --delay 
 3. Peak RSS increase for 4 concurrent first views of distinct 50 MB PNGs. Goal: within
    1.5x of stock's increase.
 4. RSS per 10,000 new pictures: --soak small new pictures (backend without delay or rate),
-   RSS after against before, scaled to 10,000.
+   RSS after against before, scaled to 10,000; with --soak-every N, RSS (and the sizes of
+   the plugin's caches, from `GET /moderation/stats`) after every N pictures too. The
+   servers inherit this process's environment: MALLOC_ARENA_MAX=2 before the command
+   caps glibc's heaps in both.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import json
 import os
 import statistics
 import sys
@@ -57,6 +61,9 @@ from tests.servers import stock_config as stock_thumbor  # noqa: E402
 
 KINDS = ("stock", "plugin")
 HIT_PATH = "/unsafe/200x150/judged.jpg"
+TOKEN = "overload-benchmark-token-7c2d"
+# What the soak prints of the plugin's `GET /moderation/stats` at each checkpoint.
+CACHES = ("decisions_cached", "hashes_cached", "pictures_with_paths_recorded")
 
 
 class Sampler:
@@ -423,6 +430,18 @@ def large(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     )
 
 
+def checkpoint(server: ThumborServer) -> str:
+    """The server's RSS and, for the plugin, the sizes of its caches (`GET /moderation/stats`)."""
+    line = f"RSS {rss_mb(pid(server)):.1f} MB"
+    if "MODERATION_ADMIN_TOKEN" in server.config:
+        response = server.request(
+            "GET", "/moderation/stats", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        held = json.loads(response.body)["process"]
+        line += ", " + ", ".join(f"{name} {held[name]}" for name in CACHES)
+    return line
+
+
 def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     images = work / "soak"
     images.mkdir()
@@ -430,10 +449,16 @@ def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     print(f"soak: generating {args.soak} new pictures...", flush=True)
     names = distinct_jpegs(images, args.soak, (96, 64), "small")
     fake.reset()
-    configs = servers(work, images, fake, MODERATION_CACHE_ENTRIES=args.cache_entries)
+    configs = servers(
+        work,
+        images,
+        fake,
+        MODERATION_CACHE_ENTRIES=args.cache_entries,
+        MODERATION_ADMIN_TOKEN=TOKEN,
+    )
     print(f"soak: MODERATION_CACHE_ENTRIES = {args.cache_entries}")
     warm_up = args.soak_warm_up if args.soak_warm_up is not None else min(500, len(names) // 5)
-    for kind in KINDS:
+    for kind in args.kinds:
         with running(work, kind, configs[kind]) as server:
             warm(server)
 
@@ -448,8 +473,14 @@ def soak(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
 
             ask(names[:warm_up])
             before = rss_mb(pid(server))
+            print(f"  {kind}: after the warm-up of {warm_up}: {checkpoint(server)}", flush=True)
             started = time.monotonic()
-            ask(names[warm_up:])
+            every = args.soak_every or len(names)
+            for start in range(warm_up, len(names), every):
+                ask(names[start : start + every])
+                if args.soak_every:
+                    asked = min(start + every, len(names))
+                    print(f"  {kind}: {asked}: {checkpoint(server)}", flush=True)
             spent = time.monotonic() - started
             after = rss_mb(pid(server))
             count = len(names) - warm_up
@@ -485,6 +516,12 @@ def main() -> None:
         type=int,
         default=None,
         help="pictures of the soak asked for before RSS is read (default: 500 at most)",
+    )
+    parser.add_argument(
+        "--soak-every",
+        type=int,
+        default=None,
+        help="print RSS (and the plugin's cache sizes) after every this many pictures of the soak",
     )
     parser.add_argument(
         "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None
