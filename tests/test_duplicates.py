@@ -165,6 +165,20 @@ def flipped(print_: Print, bits: int) -> Print:
     return Print(print_.value ^ sum(1 << bit for bit in range(0, 256, 7)[:bits]))
 
 
+def rejected_by_the_model_with(world: World, print_: Print) -> Decision:
+    """A decision the model made rejecting a picture, whose one frame has this fingerprint."""
+    rejected = Decision(
+        key="host/rejected.jpg",
+        url="http://host/rejected.jpg",
+        sha256="a" * 64,
+        status=Status.REJECTED,
+        source=Source.AUTO,
+    )
+    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
+    world.store.put_fingerprints(rejected.sha256, {0: print_}, rejecting={0})
+    return rejected
+
+
 @pytest.mark.parametrize(
     ("similarity", "bits", "matched"),
     CUT_OFF_PAIRS,
@@ -178,15 +192,7 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
 ) -> None:
     configured = {} if similarity is None else {"MODERATION_DUPLICATE_SIMILARITY": similarity}
     moderator = world.moderator(**configured)
-    rejected = Decision(
-        key="host/rejected.jpg",
-        url="http://host/rejected.jpg",
-        sha256="a" * 64,
-        status=Status.REJECTED,
-        source=Source.AUTO,
-    )
-    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
-    world.store.put_fingerprints(rejected.sha256, {0: INDEXED}, rejecting={0})
+    rejected = rejected_by_the_model_with(world, INDEXED)
     query = flipped(INDEXED, bits)
 
     found = moderator.duplicates.find({0: query})
@@ -201,20 +207,11 @@ def test_a_fingerprint_matches_a_rejected_one_only_at_least_as_alike_as_configur
 
 def test_a_copy_near_any_rotation_or_mirror_of_a_rejected_frame_matches(world: World) -> None:
     moderator = world.moderator()
-    rejected = Decision(
-        key="host/rejected.jpg",
-        url="http://host/rejected.jpg",
-        sha256="a" * 64,
-        status=Status.REJECTED,
-        source=Source.AUTO,
-    )
-    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
     # The rejected frame's own hash, then its 7 rotations' and mirrors', as preparation
     # gives them; a mirrored copy's own hash is 3 bits from one of them and far from the
     # rejected frame's own.
     turned = [random.Random(turn).getrandbits(256) for turn in range(7)]
-    variants = (INDEXED.value, *turned)
-    world.store.put_fingerprints(rejected.sha256, {0: Print(INDEXED.value, variants)}, {0})
+    rejected = rejected_by_the_model_with(world, Print(INDEXED.value, (INDEXED.value, *turned)))
     mirrored = flipped(Print(turned[3]), 3)
     unrelated = flipped(Print(random.Random(99).getrandbits(256)), 3)
 
@@ -232,15 +229,7 @@ def test_a_rejected_frames_rotations_and_mirrors_leave_the_index_when_it_stops_r
     moderator = world.moderator()
     turned = [random.Random(turn).getrandbits(256) for turn in range(7)]
     indexed = Print(INDEXED.value, (INDEXED.value, *turned))
-    rejected = Decision(
-        key="host/rejected.jpg",
-        url="http://host/rejected.jpg",
-        sha256="a" * 64,
-        status=Status.REJECTED,
-        source=Source.AUTO,
-    )
-    world.store.save(rejected, Event(Status.REJECTED, Source.AUTO, "test", ""))
-    world.store.put_fingerprints(rejected.sha256, {0: indexed}, {0})
+    rejected = rejected_by_the_model_with(world, indexed)
     mirrored = {0: flipped(Print(turned[5]), 2)}
     before = moderator.duplicates.nearest(mirrored, 0.95, limit=10)
 
