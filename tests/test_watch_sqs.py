@@ -402,6 +402,9 @@ def test_a_consumer_killed_mid_batch_loses_nothing(
     wait_for(lambda: fake.call_count >= 1)
     killed.kill()
     fake.release("drop")
+    # The fake records a request when it has read it: one the killed consumer was still
+    # sending is recorded when its connection closes, which may come after the kill.
+    wait_for(lambda: fake.connections == 0)
     calls_before = fake.call_count
     survivor = consumers(tmp_path / "survivor", config, aws)
     wait_for(all_judged(config, keys, aws))

@@ -273,6 +273,16 @@ class FakeRekognition:
             return list(self._calls)
 
     @property
+    def connections(self) -> int:
+        """Connections open to the fake: requests of a client still being read or answered,
+        or kept alive for its next one."""
+        server = self._server
+        if server is None:
+            return 0
+        with server._connections_lock:
+            return len(server._connections)
+
+    @property
     def call_count(self) -> int:
         """Number of DetectModerationLabels requests received, failed ones included."""
         with self._lock:
