@@ -120,10 +120,13 @@ class AWS:
         ]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float = 20.0, seen: Callable[[], object] = str
+) -> None:
+    """Wait for a condition; when it is not met in time, fail saying what seen() shows."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met in time: {seen()}"
         time.sleep(0.05)
 
 
@@ -402,8 +405,16 @@ class TestPluginOverThumborAws:
             return [call for call in faults.deletions if call.keys == 2 * len(SIZES)]
 
         answer = decide(server, name, "rejected")
-        # boto3's three attempts in the purge, then three in the outbox's first delivery.
-        wait_for(lambda: len(tries()) >= 6)
+        # boto3's three attempts in the purge, then three in the outbox's first delivery:
+        # twice boto3's backoff and the outbox's wait, which took over 20 s once beside two
+        # CPU burners (two Thumbor processes, Redis and moto on two starved cores).
+        wait_for(
+            lambda: len(tries()) >= 6,
+            timeout=60.0,
+            seen=lambda: (
+                f"{len(tries())} tries at {[call.at for call in tries()]}, outbox {outbox(server)}"
+            ),
+        )
         left = aws.results(name)
         waiting = outbox(server)
         faults.fail_deletes(0)
