@@ -39,11 +39,11 @@ from tests.conftest import picture  # noqa: E402
 from tests.fakes.rekognition import FakeRekognition  # noqa: E402
 from tests.moto_server import aws_client, moto_server  # noqa: E402
 from tests.servers import ThumborServer, base_config  # noqa: E402
-from thumbor_rekognition import fingerprint  # noqa: E402
+from thumbor_rekognition import fingerprint, stores  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Label, Reason, Source, Status  # noqa: E402
 from thumbor_rekognition.duplicates import probes  # noqa: E402
 from thumbor_rekognition.fingerprint import Print  # noqa: E402
-from thumbor_rekognition.stores import dynamodb, dynamodb_index, dynamodb_items  # noqa: E402
+from thumbor_rekognition.stores import dynamodb, dynamodb_items  # noqa: E402
 
 # DynamoDB bills this much storage on top of each item's own size.
 ITEM_OVERHEAD = 100
@@ -231,7 +231,7 @@ def index_costs(endpoint: str) -> None:
     print(f"\nIndex of judged pictures ({INDEXED:,} indexed pictures, random fingerprints)")
     print(
         f"  slot items: {len(bands):,}, {min(bands)} to {max(bands)} bytes "
-        f"(an entry adds {dynamodb_index._ENTRY} bytes)"
+        f"(an entry adds {stores.ENTRY_BYTES} bytes)"
     )
     for title, rejecting in (("a rejecting frame", {0}), ("an approved picture", set())):
         store.requests, store.written = Counter(), []

@@ -126,7 +126,7 @@ def probes(prints: Iterable[Print], within: int) -> list[set[int]]:
     ]
     values: list[set[int]] = [set() for _ in range(BANDS)]
     for print_ in prints:
-        for variant in print_.variants or (print_.value,):
+        for variant in print_.hashes:
             for band, value in enumerate(Print(variant).bands()):
                 values[band].update(value ^ mask for mask in masks)
     return values
@@ -163,7 +163,7 @@ class Duplicates:
         asking = (
             [Print(query.value) for query in prints.values()] if only_rejecting else prints.values()
         )
-        variants = [variant for query in asking for variant in query.variants or (query.value,)]
+        variants = [variant for query in asking for variant in query.hashes]
 
         # Called for each of thousands of candidates at millions of entries.
         def close(candidate: int) -> bool:

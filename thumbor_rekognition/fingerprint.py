@@ -1,10 +1,11 @@
 """A frame's fingerprint in the index of judged pictures: its PDQ hash (see ``pdq``), with
 the hashes of its 8 rotations and mirrors.
 
-The index holds each frame's own hash, cut into 16 slots of 16 bits (multi-index
-hashing, Meta's layout); a lookup asks with all 8 variants of the new picture, so a
-mirrored or rotated copy is found, and the backward search (a picture just rejected,
-its approved copies) asks with the 8 variants kept in the rejected picture's record.
+The stores index each frame's own hash, and each rotation and mirror of a frame that
+rejects its picture, cut into 16 slots of 16 bits (multi-index hashing, Meta's layout):
+a new picture's own hash finds a mirrored or rotated copy of a rejected one, and the
+backward search (a picture just rejected, its approved copies) asks with the 8 variants
+kept in the rejected picture's record (see ``duplicates``).
 Frames whose PDQ quality is below 50 get no fingerprint: too flat for their hash to
 mean anything, and matched by nothing.
 
@@ -35,9 +36,14 @@ class Print:
     value: int
     variants: tuple[int, ...] = ()
 
+    @property
+    def hashes(self) -> tuple[int, ...]:
+        """Its variants' hashes when known, else its own alone."""
+        return self.variants or (self.value,)
+
     def distance(self, other: Print) -> int:
         """Bits the other's hash is apart from the nearest of this one's variants."""
-        return min((value ^ other.value).bit_count() for value in self.variants or (self.value,))
+        return min((value ^ other.value).bit_count() for value in self.hashes)
 
     def similarity(self, other: Print) -> float:
         """1.0 for the same hash (or a variant of it), about 0.5 for unrelated pictures."""

@@ -116,10 +116,41 @@ def rejecting_variants(
     """The hashes each rejecting frame is kept under in the index of rejecting frames: its
     own and its rotations' and mirrors' (those known), each once, its own first."""
     return {
-        frame: tuple(dict.fromkeys(print_.variants or (print_.value,)))
+        frame: tuple(dict.fromkeys(print_.hashes))
         for frame, print_ in sorted(prints.items())
         if frame in rejecting
     }
+
+
+# An index entry as the Redis and DynamoDB stores keep it: a PDQ hash (32 bytes), its
+# picture's content hash (32 bytes), and a byte, 1 when the frame rejects its picture.
+ENTRY_BYTES = 65
+
+
+def index_entries(
+    sha256: str, prints: Mapping[int, Print], rejecting: Collection[int]
+) -> set[tuple[bool, int, int, bytes]]:
+    """A picture's entries in the two indexes, as ENTRY_BYTES each: (whether in the index
+    of rejecting frames, slot, slot value, entry). Every frame's own hash is in the index
+    of judged frames; each rotation and mirror of a rejecting frame in the other."""
+    digest = bytes.fromhex(sha256)
+    entries = {
+        (False, slot, value, print_.entry() + digest + bytes([frame in rejecting]))
+        for frame, print_ in prints.items()
+        for slot, value in enumerate(print_.bands())
+    }
+    for values in rejecting_variants(prints, rejecting).values():
+        for variant in map(Print, values):
+            entries.update(
+                (True, slot, value, variant.entry() + digest + b"\x01")
+                for slot, value in enumerate(variant.bands())
+            )
+    return entries
+
+
+def indexed(entry: bytes) -> Indexed:
+    """An entry of index_entries read back."""
+    return Indexed(entry[32:64].hex(), Print.from_bytes(entry[:32]), entry[64:] == b"\x01")
 
 
 class Store:

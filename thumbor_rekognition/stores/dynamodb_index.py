@@ -25,9 +25,6 @@ from thumbor_rekognition.stores.dynamodb_shared import SharedState
 if TYPE_CHECKING:
     pass
 
-# An index entry: a PDQ hash (32 bytes), its picture's content hash (32 bytes), and
-# whether the frame rejects its picture (1 byte).
-_ENTRY = 65
 # Prefixes of the former fingerprint's items: its records ('P#') and its index ('I#').
 # Nothing reads them; `migrate-store` deletes them.
 _FORMER = ("P#", "I#")
@@ -43,19 +40,10 @@ def _index_entries(
     """The index entries of a picture's frames: (slot item's key, entry). Every frame's own
     hash is in its slot values' items 'i'; each rotation and mirror of a rejecting frame
     in items 'r' of the same slot values (the index of rejecting frames)."""
-    digest = bytes.fromhex(sha256)
-    entries = {
-        ((_band_pk(band, value), "i"), print_.entry() + digest + bytes([frame in rejecting]))
-        for frame, print_ in prints.items()
-        for band, value in enumerate(print_.bands())
+    return {
+        ((_band_pk(slot, value), "r" if among_rejecting else "i"), entry)
+        for among_rejecting, slot, value, entry in stores.index_entries(sha256, prints, rejecting)
     }
-    for values in stores.rejecting_variants(prints, rejecting).values():
-        for variant in map(Print, values):
-            entries.update(
-                ((_band_pk(band, value), "r"), variant.entry() + digest + b"\x01")
-                for band, value in enumerate(variant.bands())
-            )
-    return entries
 
 
 def _by_item(entries: set[tuple[tuple[str, str], bytes]]) -> dict[tuple[str, str], set[bytes]]:
@@ -170,14 +158,13 @@ class FingerprintIndex(SharedState):
         for item in self._read_all(keys, consistent=False, ProjectionExpression="e"):
             for entry in item.get("e", {}).get("BS", []):
                 entry = bytes(entry)
-                if len(entry) != _ENTRY:
-                    raise ValueError(f"an index entry is {_ENTRY} bytes, got {len(entry)}")
+                if len(entry) != stores.ENTRY_BYTES:
+                    raise ValueError(
+                        f"an index entry is {stores.ENTRY_BYTES} bytes, got {len(entry)}"
+                    )
                 if entry not in kept and close(int.from_bytes(entry[:32], "big")):
                     kept.add(entry)
-        return [
-            stores.Indexed(entry[32:64].hex(), Print.from_bytes(entry[:32]), entry[64:] == b"\x01")
-            for entry in sorted(kept)
-        ]
+        return [stores.indexed(entry) for entry in sorted(kept)]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
         if linked:

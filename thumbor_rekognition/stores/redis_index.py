@@ -42,19 +42,10 @@ def _entries(
     """A picture's entries in the indexes: (which index, slot, slot value's field, entry),
     'pdqx' of every frame's own hash, 'pdqr' of every rotation and mirror of a rejecting
     frame's."""
-    digest = bytes.fromhex(sha256)
-    entries = {
-        ("pdqx", band, _field(value), print_.entry() + digest + bytes([frame in rejecting]))
-        for frame, print_ in prints.items()
-        for band, value in enumerate(print_.bands())
+    return {
+        ("pdqr" if among_rejecting else "pdqx", slot, _field(value), entry)
+        for among_rejecting, slot, value, entry in stores.index_entries(sha256, prints, rejecting)
     }
-    for values in stores.rejecting_variants(prints, rejecting).values():
-        for variant in map(Print, values):
-            entries.update(
-                ("pdqr", band, _field(value), variant.entry() + digest + b"\x01")
-                for band, value in enumerate(variant.bands())
-            )
-    return entries
 
 
 # One entry of a slot's hash added ('1') or removed ('0'): entries are compared whole,
@@ -80,11 +71,6 @@ if ARGV[3] == '1' then
 end
 return 0
 """
-
-
-# An index entry: a PDQ hash (32 bytes), its picture's content hash (32 bytes), and
-# whether the frame rejects its picture (1 byte).
-_ENTRY = 65
 
 
 class FingerprintIndex(SharedState):
@@ -182,17 +168,14 @@ class FingerprintIndex(SharedState):
                 ],
             )
         kept = {
-            entries[start : start + _ENTRY]
+            entries[start : start + stores.ENTRY_BYTES]
             for answer in answers
             for entries in answer
             if entries
-            for start in range(0, len(entries), _ENTRY)
+            for start in range(0, len(entries), stores.ENTRY_BYTES)
             if close(int.from_bytes(entries[start : start + 32], "big"))
         }
-        return [
-            stores.Indexed(entry[32:64].hex(), Print.from_bytes(entry[:32]), entry[64:] == b"\x01")
-            for entry in kept
-        ]
+        return [stores.indexed(entry) for entry in kept]
 
     def link_duplicate(self, original: str, key: str, linked: bool = True) -> None:
         with self._call() as client:
