@@ -2,7 +2,7 @@
 
     make bench SCRIPT=overload ARGS='--spike-seconds 60'
 
-Four figures, each for stock Thumbor and the plugin (one Thumbor process each, pinned to
+Five figures, each for stock Thumbor and the plugin (one Thumbor process each, pinned to
 the server core; clients on the others; a fake Rekognition answering in --delay s):
 
 1. A spike: REKOGNITION_MAX_CALLS_PER_SECOND = --limit, --rate new pictures a second for
@@ -13,20 +13,30 @@ the server core; clients on the others; a fake Rekognition answering in --delay 
    during and after; RSS before, peak, after.
    Goals: cached-hit p99 during the spike within 2x of before; new pictures answered
    (pending past the rate) within 1 s; the plugin's RSS increase within 1.5x of stock's.
-2. Cached hits at 1, 4 and 16 clients, rounds alternating between the two servers.
+   With --spike-warm-up N, each server first sees a small spike of N new pictures, and
+   the plugin judges them all, before the figures' "before": a process that has been
+   through one already (its threads started, their heaps grown, its store's cache warm).
+2. The cost of one first view: the server's CPU time (event loop, other threads) per new
+   picture asked one after the other, stock's rendering against the plugin's answer
+   'pending' (the call rate spent) and its judgement (then Thumbor's rendering).
+3. Cached hits at 1, 4 and 16 clients, rounds alternating between the two servers.
    Goal: >= 0.95x stock's req/s at 16 clients.
-3. Peak RSS increase for 4 concurrent first views of distinct 50 MB PNGs. Goal: within
+4. Peak RSS increase for 4 concurrent first views of distinct 50 MB PNGs. Goal: within
    1.5x of stock's increase.
-4. RSS per 10,000 new pictures: --soak small new pictures (backend without delay or rate),
+5. RSS per 10,000 new pictures: --soak small new pictures (backend without delay or rate),
    RSS after against before, scaled to 10,000; with --soak-every N, RSS (and the sizes of
    the plugin's caches, from `GET /moderation/stats`) after every N pictures too. The
    servers inherit this process's environment: MALLOC_ARENA_MAX=2 before the command
    caps glibc's heaps in both.
+
+With --set KEY=VALUE (repeated), the plugin runs with that setting of thumbor.conf (a
+Python literal) in every part, e.g. --set MODERATION_WORKERS=2.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import http.client
 import io
 import json
@@ -177,11 +187,14 @@ def hitting(port: int, clients: int) -> Iterator[Hits]:
             thread.join()
 
 
-def distinct_jpegs(folder: Path, count: int, size: tuple[int, int], prefix: str) -> list[str]:
-    """`count` JPEGs with distinct bytes and distinct looks (a numbered mark each)."""
+def distinct_jpegs(
+    folder: Path, count: int, size: tuple[int, int], prefix: str, first: int = 0
+) -> list[str]:
+    """`count` JPEGs with distinct bytes and distinct looks (a numbered mark each, from
+    `first`: pictures of another call look distinct from these where their numbers do)."""
     base = Image.open(io.BytesIO(photo_like(*size)))
     names = []
-    for index in range(count):
+    for index in range(first, first + count):
         image = base.copy()
         draw = ImageDraw.Draw(image)
         for bit in range(16):
@@ -197,12 +210,17 @@ def distinct_jpegs(folder: Path, count: int, size: tuple[int, int], prefix: str)
     return names
 
 
+# The plugin's settings given with --set, over every part's own.
+SETTINGS: dict[str, Any] = {}
+
+
 def servers(work: Path, images: Path, fake: FakeRekognition, **plugin: Any) -> dict[str, Any]:
     stock = stock_thumbor(work / "stock", images, STOCK_HANDLER_LISTS)
     moderated = base_config(work / "plugin", images, fake.url)
     # A production cache, not the tests' fifth of a second.
     moderated.pop("MODERATION_CACHE_TTL_SECONDS")
     moderated.update(plugin)
+    moderated.update(SETTINGS)
     return {"stock": stock, "plugin": moderated}
 
 
@@ -235,6 +253,7 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     count = int(args.rate * args.spike_seconds)
     print(f"spike: generating {count} new pictures...", flush=True)
     names = distinct_jpegs(images, count, (320, 240), "new")
+    earlier = distinct_jpegs(images, args.spike_warm_up, (320, 240), "earlier", first=count)
     fake.reset()
     fake.fail("slow", delay=args.delay)
     configs = servers(
@@ -251,6 +270,14 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
     for kind in args.kinds:
         with running(work, kind, configs[kind]) as server:
             warm(server)
+            if earlier:
+                # A small spike first, and time for its queue to be judged: the threads,
+                # heaps and caches a process has once it has seen one.
+                with ThreadPoolExecutor(max_workers=64) as pool:
+                    for name in earlier:
+                        pool.submit(server.get, f"/unsafe/300x200/{name}")
+                        time.sleep(max(0.0, 1 / args.rate))
+                time.sleep(len(earlier) / args.limit + 2)
             time.sleep(1)
             answers: list[tuple[float, str]] = []
             lock = threading.Lock()
@@ -319,7 +346,7 @@ def spike(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
             print(f"    server CPU after:  {times[3].line(times[4])}")
             print(
                 f"    RSS before {before:.0f} MB, peak {memory.peak():.0f} MB "
-                f"(+{memory.peak() - before:.0f}), after {after:.0f} MB (+{after - before:.0f})"
+                f"(+{memory.peak() - before:.1f}), after {after:.0f} MB (+{after - before:.1f})"
             )
             if hits.failures:
                 print(f"    cached hits failed: {len(hits.failures)} ({hits.failures[0]})")
@@ -364,6 +391,53 @@ def clients_rounds(work: Path, fake: FakeRekognition, args: argparse.Namespace) 
                 f"{plugin_rate:6.0f} req/s (p99 {statistics.median(tails['plugin']):5.1f} ms); "
                 f"{plugin_rate / stock_rate:.2f}x" + ("  (goal >= 0.95x)" if clients == 16 else "")
             )
+
+
+def cost(work: Path, fake: FakeRekognition, args: argparse.Namespace) -> None:
+    images = work / "cost"
+    images.mkdir()
+    (images / "judged.jpg").write_bytes(photo_like(800, 600))
+    names = distinct_jpegs(images, args.cost_pictures * 2, (320, 240), "new")
+    fake.reset()
+    print(
+        f"cost: CPU time of the server per first view of a new 320x240 picture, "
+        f"{args.cost_pictures} asked one after the other (no other traffic, backend without delay)"
+    )
+    cases: tuple[tuple[str, str, dict[str, float], list[str]], ...] = (
+        ("stock", "rendered", {}, names[: args.cost_pictures]),
+        # No turn within the wait: answered 'pending' and queued (judged in the background,
+        # at 0.5 a second, which this part's time leaves out but for a few).
+        (
+            "plugin",
+            "answered pending",
+            {"REKOGNITION_MAX_CALLS_PER_SECOND": 0.5, "MODERATION_TURN_WAIT_SECONDS": 0.0},
+            names[: args.cost_pictures],
+        ),
+        (
+            "plugin",
+            "judged and rendered",
+            {"REKOGNITION_MAX_CALLS_PER_SECOND": 1000.0},
+            names[args.cost_pictures :],
+        ),
+    )
+    for kind, what, settings, asked in cases:
+        config = servers(work, images, fake, **settings)[kind]
+        with running(work, kind, config) as server:
+            warm(server)
+            time.sleep(1)
+            told: dict[str, int] = {}
+            started = ThreadTimes.of(pid(server))
+            for name in asked:
+                response = server.get(f"/unsafe/300x200/{name}")
+                answer = response.header("X-Moderation-Status") or str(response.status)
+                told[answer] = told.get(answer, 0) + 1
+            ended = ThreadTimes.of(pid(server))
+        count = len(asked)
+        print(
+            f"  {kind:6s} {what:20s}: event loop "
+            f"{(ended.loop_cpu - started.loop_cpu) / 1e6 / count:5.2f} ms, other threads "
+            f"{(ended.others_cpu - started.others_cpu) / 1e6 / count:5.2f} ms; answered {told}"
+        )
 
 
 def noise_png(path: Path, side: int, seed: int) -> None:
@@ -496,6 +570,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=30.0, help="new pictures per second")
     parser.add_argument("--spike-seconds", type=float, default=60.0)
     parser.add_argument("--calm-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--spike-warm-up",
+        type=int,
+        default=0,
+        help="new pictures each server is asked for at --rate before the spike, then time "
+        "for the plugin to judge them all (a process that has seen a spike before)",
+    )
     parser.add_argument("--delay", type=float, default=0.15, help="backend answer time (s)")
     parser.add_argument("--hit-clients", type=int, default=4)
     parser.add_argument("--hit-seconds", type=float, default=5.0)
@@ -524,12 +605,34 @@ def main() -> None:
         help="print RSS (and the plugin's cache sizes) after every this many pictures of the soak",
     )
     parser.add_argument(
-        "--only", choices=("spike", "hits", "large", "soak"), action="append", default=None
+        "--cost-pictures", type=int, default=300, help="first views of each case of 'cost'"
+    )
+    parser.add_argument(
+        "--only", choices=("spike", "cost", "hits", "large", "soak"), action="append", default=None
     )
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the plugin's thumbor.conf (a Python literal), e.g. MODERATION_WORKERS=2",
+    )
     args = parser.parse_args()
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        try:
+            SETTINGS[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--set {setting}: not KEY=<a Python literal>")
     os.sched_setaffinity(0, CLIENT_CPUS)
-    parts = {"spike": spike, "hits": clients_rounds, "large": large, "soak": soak}
+    parts = {
+        "spike": spike,
+        "cost": cost,
+        "hits": clients_rounds,
+        "large": large,
+        "soak": soak,
+    }
     print(f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as directory, FakeRekognition() as fake:
         for name in args.only or parts:
