@@ -594,6 +594,7 @@ def test_stats_count_decisions_by_status_and_source_and_backend_calls(
         "decisions_cached",
         "hashes_cached",
         "pictures_with_paths_recorded",
+        "failures_remembered",
     }
 
 

@@ -4,6 +4,7 @@ tests/test_overload.py shows them through Thumbor."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import io
 import os
@@ -134,7 +135,11 @@ def test_queued_originals_wait_in_the_spool_not_in_memory() -> None:
 
     # The queue holds where each original lies, not the original.
     assert all(item.kept is None for item in queued)
-    assert not any(isinstance(value, bytes) for item in queued for value in vars(item).values())
+    assert not any(
+        isinstance(getattr(item, field.name), bytes)
+        for item in queued
+        for field in dataclasses.fields(item)
+    )
     assert (backlog.held, backlog.kept) == (sum(map(len, originals)), 0)
     assert spool_size(backlog) == sum(map(len, originals))
     assert judge_all(backlog) == [(f"p{n}", original) for n, original in enumerate(originals)]

@@ -148,7 +148,7 @@ class DecodeBudget:
             admitted.set_result(None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Queued:
     """A picture answered 'pending' because no turn to call came in time: where its
     original lies in the spool, or the original itself where the spool could not take it."""

@@ -100,7 +100,8 @@ class Calls:
         self._store_probing = False
         # Content hash -> why those bytes are not a picture.
         self._refused: Bounded[str] = Bounded(10_000)
-        # Content hash -> when its judgement failed, and the failed decision.
+        # Content hash -> when its judgement failed, and the failed decision, for the
+        # request budget (MODERATION_TIMEOUT_SECONDS) after.
         self._failed: Bounded[tuple[float, Decision]] = Bounded(10_000)
         self.backend_calls = 0
         # When the last backend call failed, and why, until one succeeds (see health.py).
@@ -109,7 +110,8 @@ class Calls:
     def in_memory(self) -> dict[str, int]:
         """What this process holds now: judgements in flight, backend calls out, the
         decode budget held and waited for, the background queue (its bytes: those spooled
-        and those kept in memory), and its caches."""
+        and those kept in memory), its caches, and the failed judgements it remembers to
+        answer the requests that waited for them."""
         return {
             "judgements_in_flight": len(self._flights),
             "backend_calls_out": self.calls_out,
@@ -122,6 +124,7 @@ class Calls:
             "decisions_cached": len(self._by_key),
             "hashes_cached": len(self._by_hash),
             "pictures_with_paths_recorded": len(self._recorded),
+            "failures_remembered": len(self._failed),
         }
 
     def _call_done(self, _: object) -> None:

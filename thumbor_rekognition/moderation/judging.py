@@ -129,7 +129,13 @@ class Judging(Banking):
             self._refused.put(sha256, str(error))
             raise
         if decision.needs_retry:
-            self._failed.put(sha256, (time.monotonic(), decision))
+            now = time.monotonic()
+            self._failed.put(sha256, (now, decision))
+            # Only requests already waiting when it failed are answered from here, and
+            # none waits past its budget: older failures are forgotten, not kept until
+            # evicted (one for every picture answered 'pending' in a spike).
+            forgotten = now - self.settings.request_budget
+            self._failed.drop_oldest_while(lambda item: item[0] < forgotten)
         return decision
 
     async def _decide_new(
