@@ -42,7 +42,11 @@ from thumbor_rekognition.config import DEFAULTS  # noqa: E402
 from thumbor_rekognition.decision import Decision, Event, Source, Status  # noqa: E402
 from thumbor_rekognition.duplicates import Duplicates  # noqa: E402
 from thumbor_rekognition.fingerprint import BAND_BITS, BANDS, Print  # noqa: E402
-from thumbor_rekognition.stores import Store, redis_index  # noqa: E402
+from thumbor_rekognition.stores import (  # noqa: E402
+    Store,
+    redis_index,
+    sqlite_schema,
+)
 from thumbor_rekognition.stores import redis as redis_store  # noqa: E402
 from thumbor_rekognition.stores import sqlite as sqlite_store  # noqa: E402
 
@@ -95,8 +99,10 @@ def load_sqlite(path: str, prints: list[Print]) -> float:
     schema.counters()
     schema.close()
     connection = sqlite3.connect(path, isolation_level=None)
+    # Only judged frames' own hashes are loaded: their index is built once they are in.
+    index, rows_held = sqlite_schema.SLOT_INDEXES[False]
     for band in range(BANDS):
-        connection.execute(f"DROP INDEX prints_slot{band}")
+        connection.execute(f"DROP INDEX {index}{band}")
     connection.execute("BEGIN")
     insert = (
         f"INSERT INTO prints (sha256, frame, variant, print, hash, rejecting, "
@@ -114,7 +120,7 @@ def load_sqlite(path: str, prints: list[Print]) -> float:
     connection.execute("COMMIT")
     for band in range(BANDS):
         connection.execute(
-            f"CREATE INDEX prints_slot{band} ON prints (s{band}, hash) WHERE variant = 0"
+            f"CREATE INDEX {index}{band} ON prints (s{band}, hash) WHERE {rows_held}"
         )
     connection.close()
     return time.perf_counter() - started

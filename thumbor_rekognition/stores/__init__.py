@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from thumbor_rekognition import rules
 from thumbor_rekognition.decision import Decision, Event, Status
-from thumbor_rekognition.fingerprint import Print
+from thumbor_rekognition.fingerprint import BYTES, Print
 
 if TYPE_CHECKING:
     from thumbor_rekognition.config import Settings
@@ -122,9 +122,9 @@ def rejecting_variants(
     }
 
 
-# An index entry as the Redis and DynamoDB stores keep it: a PDQ hash (32 bytes), its
+# An index entry as the Redis and DynamoDB stores keep it: a PDQ hash (BYTES), its
 # picture's content hash (32 bytes), and a byte, 1 when the frame rejects its picture.
-ENTRY_BYTES = 65
+ENTRY_BYTES = BYTES + 32 + 1
 
 
 def index_entries(
@@ -150,7 +150,7 @@ def index_entries(
 
 def indexed(entry: bytes) -> Indexed:
     """An entry of index_entries read back."""
-    return Indexed(entry[32:64].hex(), Print.from_bytes(entry[:32]), entry[64:] == b"\x01")
+    return Indexed(entry[BYTES:-1].hex(), Print.from_bytes(entry[:BYTES]), entry[-1:] == b"\x01")
 
 
 class Store:

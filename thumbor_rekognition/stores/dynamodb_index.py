@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from thumbor_rekognition import stores
-from thumbor_rekognition.fingerprint import BAND_BITS, Print
+from thumbor_rekognition.fingerprint import BAND_BITS, BYTES, Print
 from thumbor_rekognition.stores.dynamodb_items import (
     _index_item,
     _indexed_key,
@@ -162,7 +162,7 @@ class FingerprintIndex(SharedState):
                     raise ValueError(
                         f"an index entry is {stores.ENTRY_BYTES} bytes, got {len(entry)}"
                     )
-                if entry not in kept and close(int.from_bytes(entry[:32], "big")):
+                if entry not in kept and close(int.from_bytes(entry[:BYTES], "big")):
                     kept.add(entry)
         return [stores.indexed(entry) for entry in sorted(kept)]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from thumbor_rekognition import stores
-from thumbor_rekognition.fingerprint import BAND_BITS, Print
+from thumbor_rekognition.fingerprint import BAND_BITS, BYTES, Print
 from thumbor_rekognition.stores.redis_client import (
     Client,
     _glob_escape,
@@ -173,7 +173,7 @@ class FingerprintIndex(SharedState):
             for entries in answer
             if entries
             for start in range(0, len(entries), stores.ENTRY_BYTES)
-            if close(int.from_bytes(entries[start : start + 32], "big"))
+            if close(int.from_bytes(entries[start : start + BYTES], "big"))
         }
         return [stores.indexed(entry) for entry in kept]
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.fingerprint import BANDS, Print
+from thumbor_rekognition.stores import sqlite_schema
 from thumbor_rekognition.stores.sqlite_shared import SharedState
 
 _COLUMNS = ", ".join(f"s{slot}" for slot in range(BANDS))
@@ -35,9 +36,9 @@ class FingerprintIndex(SharedState):
             for frame, print_ in sorted(prints.items())
         ]
         rows += [
-            (sha256, frame, variant, b"", Print(value).entry(), 1, *Print(value).bands())
+            (sha256, frame, variant, b"", print_.entry(), 1, *print_.bands())
             for frame, values in stores.rejecting_variants(prints, rejecting).items()
-            for variant, value in enumerate(values)
+            for variant, print_ in enumerate(map(Print, values))
             if variant
         ]
         with self._cursor(write=True) as cursor:
@@ -63,11 +64,7 @@ class FingerprintIndex(SharedState):
         rejecting_only: bool = False,
     ) -> list[stores.Indexed]:
         # Each slot has a partial index for either: frames' own hashes, rejecting frames'.
-        among = (
-            ("rejecting_slot", "rejecting = 1")
-            if rejecting_only
-            else ("prints_slot", "variant = 0")
-        )
+        index, rows_held = sqlite_schema.SLOT_INDEXES[rejecting_only]
         kept: set[int] = set()
         with self._cursor() as cursor:
             for band, values in enumerate(probes):
@@ -78,8 +75,8 @@ class FingerprintIndex(SharedState):
                     # read only for the rows kept.
                     rows = cursor.execute(
                         f"SELECT rowid, hash FROM prints "  # noqa: S608 - band is 0..15
-                        f"INDEXED BY {among[0]}{band:d} "
-                        f"WHERE {among[1]} AND s{band:d} IN ({', '.join('?' * len(chunk))})",
+                        f"INDEXED BY {index}{band:d} "
+                        f"WHERE {rows_held} AND s{band:d} IN ({', '.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
                     kept.update(

@@ -8,9 +8,24 @@ import time
 
 from thumbor_rekognition import stores
 from thumbor_rekognition.decision import Decision, Event, Source, Status
+from thumbor_rekognition.fingerprint import BANDS
 from thumbor_rekognition.stores import records
 
-SCHEMA = """
+# Each slot's own column in 'prints', and per slot a partial index over either index of
+# fingerprints: (its name without the slot, the rows it holds). A lookup names the index
+# and repeats its condition, without which SQLite would not use it.
+SLOT_INDEXES = {
+    False: ("prints_slot", "variant = 0"),
+    True: ("rejecting_slot", "rejecting = 1"),
+}
+_SLOT_COLUMNS = "".join(f"    s{slot} INTEGER NOT NULL,\n" for slot in range(BANDS))
+_SLOT_INDEXES = "".join(
+    f"CREATE INDEX IF NOT EXISTS {name}{slot} ON prints (s{slot}, hash) WHERE {rows};\n"
+    for name, rows in SLOT_INDEXES.values()
+    for slot in range(BANDS)
+)
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS pictures (
     key TEXT PRIMARY KEY,
     -- The first bytes of the SHA-256 (NULL without a decision): readers check the rest.
@@ -78,57 +93,9 @@ CREATE TABLE IF NOT EXISTS prints (
     hash BLOB NOT NULL,
     -- 1 when this frame rejects its picture (see duplicates.rejecting_frames).
     rejecting INTEGER NOT NULL,
-    s0 INTEGER NOT NULL,
-    s1 INTEGER NOT NULL,
-    s2 INTEGER NOT NULL,
-    s3 INTEGER NOT NULL,
-    s4 INTEGER NOT NULL,
-    s5 INTEGER NOT NULL,
-    s6 INTEGER NOT NULL,
-    s7 INTEGER NOT NULL,
-    s8 INTEGER NOT NULL,
-    s9 INTEGER NOT NULL,
-    s10 INTEGER NOT NULL,
-    s11 INTEGER NOT NULL,
-    s12 INTEGER NOT NULL,
-    s13 INTEGER NOT NULL,
-    s14 INTEGER NOT NULL,
-    s15 INTEGER NOT NULL,
-    PRIMARY KEY (sha256, frame, variant)
+{_SLOT_COLUMNS}    PRIMARY KEY (sha256, frame, variant)
 );
-CREATE INDEX IF NOT EXISTS prints_slot0 ON prints (s0, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot1 ON prints (s1, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot2 ON prints (s2, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot3 ON prints (s3, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot4 ON prints (s4, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot5 ON prints (s5, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot6 ON prints (s6, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot7 ON prints (s7, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot8 ON prints (s8, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot9 ON prints (s9, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot10 ON prints (s10, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot11 ON prints (s11, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot12 ON prints (s12, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot13 ON prints (s13, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot14 ON prints (s14, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS prints_slot15 ON prints (s15, hash) WHERE variant = 0;
-CREATE INDEX IF NOT EXISTS rejecting_slot0 ON prints (s0, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot1 ON prints (s1, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot2 ON prints (s2, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot3 ON prints (s3, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot4 ON prints (s4, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot5 ON prints (s5, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot6 ON prints (s6, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot7 ON prints (s7, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot8 ON prints (s8, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot9 ON prints (s9, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot10 ON prints (s10, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot11 ON prints (s11, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot12 ON prints (s12, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot13 ON prints (s13, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot14 ON prints (s14, hash) WHERE rejecting = 1;
-CREATE INDEX IF NOT EXISTS rejecting_slot15 ON prints (s15, hash) WHERE rejecting = 1;
-CREATE TABLE IF NOT EXISTS duplicates (
+{_SLOT_INDEXES}CREATE TABLE IF NOT EXISTS duplicates (
     original TEXT NOT NULL,
     key TEXT NOT NULL,
     PRIMARY KEY (original, key)
